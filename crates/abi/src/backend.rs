@@ -1,0 +1,204 @@
+//! The contract a backend implements, so the supervisor and the conformance suite can drive it.
+//!
+//! A backend owns one thing: the containment boundary. It spawns a cell, moves frames across the
+//! boundary and kills the cell. Protocol semantics — correlation, validation of every guest frame,
+//! the event queue, broker dispatch — live once, in the [`HostSide`] the supervisor hands to
+//! [`Backend::spawn`]; every pipe delivers each guest frame to it and obeys the [`Flow`] it returns.
+//!
+//! A transaction is one host frame (Hello, Exec, Call) and the guest frames it causes, up to the
+//! one the host side answers with [`Flow::Done`]. Byte-stream backends implement [`FrameIo`] and
+//! get the whole transaction loop from [`drive`]; in-process backends may call the host side
+//! directly, without encoding, as long as they honour the same flow.
+//!
+//! Third-party backends implement [`Backend`] and [`CellPipe`], register with the supervisor and
+//! run the conformance suite (`cell-conformance`) against themselves.
+
+use crate::{CellError, ErrorCode, GuestFrame, Hello, HostFrame, wire};
+use std::{boxed::Box, string::String, sync::Arc, time::Instant, vec::Vec};
+
+/// What the host side tells the pipe after each guest frame.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Flow {
+    /// Keep delivering guest frames.
+    Continue,
+    /// Send this frame to the guest (a broker reply), then keep delivering.
+    Reply(HostFrame),
+    /// The transaction is complete.
+    Done,
+    /// Stop: the guest broke the protocol or a limit; the cell must be killed.
+    Abort(CellError),
+}
+
+/// The host side of the protocol for one cell. Implemented once, by the supervisor.
+pub trait HostSide: Send + Sync {
+    fn on_frame(&self, frame: GuestFrame) -> Flow;
+}
+
+/// Kills a cell from any thread, at any time, promptly. Idempotent.
+pub trait Killer: Send + Sync {
+    fn kill(&self);
+}
+
+/// Resource limits the boundary enforces (beyond the engine limits in [`Hello`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resources {
+    /// Memory the cell may use: address space, cgroup limit or guest RAM.
+    pub memory_bytes: u64,
+    /// CPU time over the cell's life, in milliseconds (0 = unlimited).
+    pub cpu_time_ms: u64,
+    /// Processes or threads the cell may create (process backend).
+    pub max_processes: u32,
+    /// Open file descriptors (process backend).
+    pub max_open_files: u32,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            memory_bytes: 64 << 20,
+            cpu_time_ms: 0,
+            max_processes: 1,
+            max_open_files: 16,
+        }
+    }
+}
+
+/// A confinement layer and whether it is active for a cell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub name: String,
+    pub active: bool,
+    /// Why it is inactive, or what it enforces.
+    pub detail: String,
+}
+
+/// Everything a backend needs to spawn one cell.
+#[derive(Clone, Debug)]
+pub struct SpawnSpec {
+    /// The handshake the host will send; carries the name, engine limits and modules.
+    pub hello: Hello,
+    pub resources: Resources,
+    /// Cap on any frame in either direction, checked before allocation.
+    pub max_frame_len: u32,
+    /// Confinement layers the policy requires; a backend that cannot provide one refuses to spawn.
+    pub required_layers: Vec<String>,
+}
+
+/// Why a backend could not spawn a cell.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    #[error("backend {backend} is unavailable here: {reason}")]
+    Unavailable { backend: String, reason: String },
+    #[error("required confinement layer {layer} is not available: {reason}")]
+    MissingLayer { layer: String, reason: String },
+    #[error("spawn failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("spawn failed: {0}")]
+    Other(String),
+}
+
+/// Why a transaction did not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipeError {
+    #[error("the cell was killed")]
+    Killed,
+    #[error("the cell ran past its deadline")]
+    TimedOut,
+    #[error("the cell closed its channel")]
+    Closed,
+    #[error("the cell crashed: {0}")]
+    Crashed(String),
+    #[error("the cell sent a bad frame: {0}")]
+    Wire(#[from] wire::WireError),
+    #[error("{0}")]
+    Aborted(CellError),
+    #[error("channel i/o failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl PipeError {
+    /// The error a caller of exec/call sees when the transaction broke.
+    pub fn to_cell_error(&self) -> CellError {
+        let code = match self {
+            PipeError::Killed => ErrorCode::Cancelled,
+            PipeError::TimedOut => ErrorCode::TimedOut,
+            PipeError::Closed | PipeError::Crashed(_) | PipeError::Io(_) => ErrorCode::CellCrashed,
+            PipeError::Wire(wire::WireError::TooLarge { .. }) => ErrorCode::LimitFrameSize,
+            PipeError::Wire(_) => ErrorCode::ProtocolViolation,
+            PipeError::Aborted(e) => return e.clone(),
+        };
+        CellError::new(code, std::format!("{self}"))
+    }
+}
+
+/// A spawned cell as its backend sees it.
+pub trait CellPipe: Send {
+    /// Sends `frame` and delivers every guest frame it causes to the host side until the host
+    /// side says [`Flow::Done`]. Past `deadline` the transaction fails with [`PipeError::TimedOut`].
+    fn transact(&mut self, frame: HostFrame, deadline: Option<Instant>) -> Result<(), PipeError>;
+
+    /// A handle that kills this cell from any thread, including while `transact` runs.
+    fn killer(&self) -> Arc<dyn Killer>;
+
+    /// The confinement layers and whether each is active.
+    fn layers(&self) -> Vec<Layer> {
+        Vec::new()
+    }
+
+    /// Asks the cell to exit and releases its resources. Killing first is allowed.
+    fn shutdown(&mut self) -> Result<(), PipeError>;
+}
+
+/// A containment boundary that spawns cells.
+pub trait Backend: Send + Sync {
+    /// Short name used in policies and on the command line (`subinterp`, `process`, `microvm`).
+    fn name(&self) -> &str;
+
+    /// `Ok` if cells can be spawned on this host, else why not.
+    fn available(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Spawns a cell; every guest frame it ever sends goes to `host`.
+    fn spawn(
+        &self,
+        spec: &SpawnSpec,
+        host: Arc<dyn HostSide>,
+    ) -> Result<Box<dyn CellPipe>, SpawnError>;
+}
+
+/// Byte-level frame transport for backends whose boundary carries bytes (sockets, shared memory).
+pub trait FrameIo: Send {
+    /// Sends one whole encoded frame (length prefix included).
+    fn send_frame(&mut self, frame: &[u8]) -> Result<(), PipeError>;
+
+    /// Receives the next whole frame body from the guest, without its prefix. Implementations
+    /// check the prefix with [`wire::body_len`] against `max_len` before allocating the body.
+    fn recv_frame(&mut self, deadline: Option<Instant>, max_len: u32)
+    -> Result<Vec<u8>, PipeError>;
+}
+
+/// The transaction loop every byte-stream backend shares: send `frame`, then decode each guest
+/// frame, hand it to `host` and follow its [`Flow`] until [`Flow::Done`].
+pub fn drive<I: FrameIo + ?Sized>(
+    io: &mut I,
+    host: &dyn HostSide,
+    frame: &HostFrame,
+    deadline: Option<Instant>,
+    max_len: u32,
+) -> Result<(), PipeError> {
+    io.send_frame(&wire::encode(frame, max_len)?)?;
+    loop {
+        let body = io.recv_frame(deadline, max_len)?;
+        let guest: GuestFrame = wire::decode_body(&body)?;
+        match host.on_frame(guest) {
+            Flow::Continue => {}
+            Flow::Reply(reply) => io.send_frame(&wire::encode(&reply, max_len)?)?,
+            Flow::Done => return Ok(()),
+            Flow::Abort(err) => return Err(PipeError::Aborted(err)),
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The value model: what crosses the boundary as an argument, a result or an event payload.
+//!
+//! Decoding is depth-limited (a hostile frame of nested one-element lists cannot overflow the
+//! host's stack) and never pre-allocates from a length the peer claims.
+
+use alloc::{collections::BTreeMap, string::String, vec::Vec};
+use core::fmt;
+use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Maps are keyed by strings and ordered, so encodings are deterministic.
+pub type Map = BTreeMap<String, Value>;
+
+/// Deepest nesting of lists and maps a value may have (the top level counts as depth 1).
+pub const MAX_VALUE_DEPTH: usize = 64;
+
+/// Upper bound on elements reserved up front while decoding, whatever length the peer claims.
+const MAX_PREALLOC: usize = 1024;
+
+/// A value of the cell ABI. Wire discriminants are the variant order (append-only).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum Value {
+    #[default]
+    Unit,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    List(Vec<Value>),
+    Map(Map),
+}
+
+/// Why a value does not fit the limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueLimitError {
+    TooDeep { max: usize },
+}
+
+impl fmt::Display for ValueLimitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValueLimitError::TooDeep { max } => write!(f, "value nested deeper than {max} levels"),
+        }
+    }
+}
+
+impl Value {
+    /// The name of the variant, for error messages.
+    pub const fn type_name(&self) -> &'static str {
+        match self {
+            Value::Unit => "unit",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::Str(_) => "string",
+            Value::Bytes(_) => "bytes",
+            Value::List(_) => "list",
+            Value::Map(_) => "map",
+        }
+    }
+
+    /// Checks the nesting depth without recursing past the limit.
+    pub fn check_depth(&self) -> Result<(), ValueLimitError> {
+        fn walk(v: &Value, depth: usize) -> bool {
+            if depth > MAX_VALUE_DEPTH {
+                return false;
+            }
+            match v {
+                Value::List(items) => items.iter().all(|i| walk(i, depth + 1)),
+                Value::Map(map) => map.values().all(|i| walk(i, depth + 1)),
+                _ => true,
+            }
+        }
+        if walk(self, 1) {
+            Ok(())
+        } else {
+            Err(ValueLimitError::TooDeep {
+                max: MAX_VALUE_DEPTH,
+            })
+        }
+    }
+
+    /// Bit-exact equality (NaN equals NaN with the same bits; 0.0 and -0.0 differ). This is the
+    /// equality the wire preserves.
+    pub fn bit_eq(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits(),
+            (Value::List(a), Value::List(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.bit_eq(y))
+            }
+            (Value::Map(a), Value::Map(b)) => {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b)
+                        .all(|((ka, va), (kb, vb))| ka == kb && va.bit_eq(vb))
+            }
+            _ => self == other,
+        }
+    }
+}
+
+macro_rules! from_impls {
+    ($($t:ty => $variant:ident),* $(,)?) => {$(
+        impl From<$t> for Value {
+            fn from(v: $t) -> Self { Value::$variant(v.into()) }
+        }
+    )*};
+}
+from_impls!(bool => Bool, i64 => Int, i32 => Int, f64 => Float, String => Str, &str => Str, Vec<u8> => Bytes, Vec<Value> => List, Map => Map);
+
+impl From<()> for Value {
+    fn from(_: ()) -> Self {
+        Value::Unit
+    }
+}
+
+const VARIANTS: &[&str] = &[
+    "Unit", "Bool", "Int", "Float", "Str", "Bytes", "List", "Map",
+];
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Unit => s.serialize_unit_variant("Value", 0, "Unit"),
+            Value::Bool(b) => s.serialize_newtype_variant("Value", 1, "Bool", b),
+            Value::Int(i) => s.serialize_newtype_variant("Value", 2, "Int", i),
+            Value::Float(x) => s.serialize_newtype_variant("Value", 3, "Float", x),
+            Value::Str(t) => s.serialize_newtype_variant("Value", 4, "Str", t),
+            Value::Bytes(b) => s.serialize_newtype_variant("Value", 5, "Bytes", &BytesRef(b)),
+            Value::List(l) => s.serialize_newtype_variant("Value", 6, "List", l),
+            Value::Map(m) => s.serialize_newtype_variant("Value", 7, "Map", m),
+        }
+    }
+}
+
+struct BytesRef<'a>(&'a [u8]);
+impl Serialize for BytesRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ValueSeed { depth: 1 }.deserialize(d)
+    }
+}
+
+/// Deserializes one value at a known depth; nested values go through a deeper seed.
+struct ValueSeed {
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        if self.depth > MAX_VALUE_DEPTH {
+            return Err(de::Error::custom(ValueLimitError::TooDeep {
+                max: MAX_VALUE_DEPTH,
+            }));
+        }
+        d.deserialize_enum("Value", VARIANTS, self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed {
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a cell value")
+    }
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
+        let (tag, variant) = data.variant::<u32>()?;
+        let depth = self.depth;
+        Ok(match tag {
+            0 => {
+                variant.unit_variant()?;
+                Value::Unit
+            }
+            1 => Value::Bool(variant.newtype_variant()?),
+            2 => Value::Int(variant.newtype_variant()?),
+            3 => Value::Float(variant.newtype_variant()?),
+            4 => Value::Str(variant.newtype_variant()?),
+            5 => Value::Bytes(variant.newtype_variant_seed(BytesSeed)?),
+            6 => Value::List(variant.newtype_variant_seed(ListSeed { depth })?),
+            7 => Value::Map(variant.newtype_variant_seed(MapSeed { depth })?),
+            other => {
+                return Err(de::Error::invalid_value(
+                    de::Unexpected::Unsigned(other.into()),
+                    &"a value tag 0..=7",
+                ));
+            }
+        })
+    }
+}
+
+struct BytesSeed;
+impl<'de> DeserializeSeed<'de> for BytesSeed {
+    type Value = Vec<u8>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(self)
+    }
+}
+impl<'de> Visitor<'de> for BytesSeed {
+    type Value = Vec<u8>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("bytes")
+    }
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+        Ok(v.to_vec())
+    }
+    fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+        Ok(v)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_PREALLOC));
+        while let Some(b) = seq.next_element()? {
+            out.push(b);
+        }
+        Ok(out)
+    }
+}
+
+struct ListSeed {
+    depth: usize,
+}
+impl<'de> DeserializeSeed<'de> for ListSeed {
+    type Value = Vec<Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Value>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+impl<'de> Visitor<'de> for ListSeed {
+    type Value = Vec<Value>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of values")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Value>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_PREALLOC));
+        while let Some(v) = seq.next_element_seed(ValueSeed {
+            depth: self.depth + 1,
+        })? {
+            out.push(v);
+        }
+        Ok(out)
+    }
+}
+
+struct MapSeed {
+    depth: usize,
+}
+impl<'de> DeserializeSeed<'de> for MapSeed {
+    type Value = Map;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Map, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+impl<'de> Visitor<'de> for MapSeed {
+    type Value = Map;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map from strings to values")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Map, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(ValueSeed {
+                depth: self.depth + 1,
+            })?;
+            // Keys are strictly ordered on the wire; a duplicate or out-of-order key is forged.
+            if let Some((last, _)) = out.last_key_value() {
+                if *last >= key {
+                    return Err(de::Error::custom("map keys must be unique and sorted"));
+                }
+            }
+            out.insert(key, value);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn nested(depth: usize) -> Value {
+        let mut v = Value::Unit;
+        for _ in 1..depth {
+            v = Value::List(vec![v]);
+        }
+        v
+    }
+
+    #[test]
+    fn depth_limit_is_exact() {
+        assert!(nested(MAX_VALUE_DEPTH).check_depth().is_ok());
+        assert!(nested(MAX_VALUE_DEPTH + 1).check_depth().is_err());
+        let ok = postcard::to_allocvec(&nested(MAX_VALUE_DEPTH)).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<Value>(&ok).unwrap(),
+            nested(MAX_VALUE_DEPTH)
+        );
+        let deep = postcard::to_allocvec(&nested(MAX_VALUE_DEPTH + 1)).unwrap();
+        assert!(postcard::from_bytes::<Value>(&deep).is_err());
+    }
+
+    #[test]
+    fn hostile_nesting_does_not_overflow_the_stack() {
+        // One million "List of length 1" headers: would recurse a million times without the limit.
+        let mut bytes = Vec::new();
+        for _ in 0..1_000_000 {
+            bytes.extend_from_slice(&[6, 1]);
+        }
+        assert!(postcard::from_bytes::<Value>(&bytes).is_err());
+    }
+
+    #[test]
+    fn claimed_lengths_are_not_preallocated() {
+        // A list claiming u32::MAX elements followed by nothing.
+        let bytes = [6, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(postcard::from_bytes::<Value>(&bytes).is_err());
+    }
+
+    #[test]
+    fn unsorted_map_keys_are_rejected() {
+        // Map with 2 entries "b" then "a".
+        let bytes = [7, 2, 1, b'b', 0, 1, b'a', 0];
+        assert!(postcard::from_bytes::<Value>(&bytes).is_err());
+    }
+
+    #[test]
+    fn bit_eq_treats_nan_as_itself() {
+        let nan = Value::Float(f64::NAN);
+        assert!(nan.bit_eq(&nan.clone()));
+        assert!(!Value::Float(0.0).bit_eq(&Value::Float(-0.0)));
+    }
+}

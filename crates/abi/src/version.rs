@@ -1,0 +1,34 @@
+//! ABI version and schema key.
+//!
+//! Compatibility rules (see SPEC.md): enums are append-only, existing structs never change shape,
+//! and any change to the bytes of an existing frame bumps [`ABI_VERSION`]. Both sides refuse a
+//! handshake whose version differs from their own.
+
+/// The ABI version carried in the handshake.
+pub const ABI_VERSION: u32 = 1;
+
+/// A key naming the schema of this version: the operation set and the frame layout generation.
+pub const SCHEMA_KEY: &str =
+    "cell-abi/1;ops=exec,call,post,recv,log,metric,request;wire=postcard-le32";
+
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+// Tripwires: changing either constant must be a deliberate, reviewed edit of these lines too.
+const _: () = assert!(ABI_VERSION == 1);
+const _: () = assert!(str_eq(
+    SCHEMA_KEY,
+    "cell-abi/1;ops=exec,call,post,recv,log,metric,request;wire=postcard-le32"
+));

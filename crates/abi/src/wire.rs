@@ -1,0 +1,155 @@
+//! The wire format: a frame is a 4-byte little-endian body length followed by the postcard
+//! encoding of one [`HostFrame`](crate::HostFrame) or [`GuestFrame`](crate::GuestFrame).
+//!
+//! The length is checked against a cap before anything is allocated, the body must be consumed
+//! exactly, and no byte sequence makes decoding panic.
+
+use alloc::vec::Vec;
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Bytes in the length prefix.
+pub const HEADER_LEN: usize = 4;
+
+/// Default cap on a frame body: 1 MiB.
+pub const DEFAULT_MAX_FRAME_LEN: u32 = 1 << 20;
+
+/// No configuration may raise the cap above this: 16 MiB.
+pub const ABSOLUTE_MAX_FRAME_LEN: u32 = 16 << 20;
+
+/// Why bytes are not a valid frame.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    #[error("frame of {len} bytes exceeds the cap of {max} bytes")]
+    TooLarge { len: u64, max: u32 },
+    #[error("empty frame body")]
+    Empty,
+    #[error("frame body is malformed: {0}")]
+    Malformed(postcard::Error),
+    #[error("frame body has {0} trailing bytes")]
+    TrailingBytes(usize),
+}
+
+/// Checks a length prefix against `max` (itself clamped to [`ABSOLUTE_MAX_FRAME_LEN`]) and
+/// returns the body length. Call this before allocating the body.
+pub fn body_len(header: [u8; HEADER_LEN], max: u32) -> Result<usize, WireError> {
+    let len = u32::from_le_bytes(header);
+    let max = max.min(ABSOLUTE_MAX_FRAME_LEN);
+    if len > max {
+        return Err(WireError::TooLarge {
+            len: len.into(),
+            max,
+        });
+    }
+    if len == 0 {
+        return Err(WireError::Empty);
+    }
+    Ok(len as usize)
+}
+
+/// Encodes one frame with its length prefix, refusing a body larger than `max`.
+pub fn encode<F: Serialize>(frame: &F, max: u32) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let mut out = postcard::to_extend(frame, out).map_err(WireError::Malformed)?;
+    let len = out.len() - HEADER_LEN;
+    let max = max.min(ABSOLUTE_MAX_FRAME_LEN);
+    if len as u64 > max as u64 {
+        return Err(WireError::TooLarge {
+            len: len as u64,
+            max,
+        });
+    }
+    out[..HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(out)
+}
+
+/// Decodes one frame body (without the length prefix). Every byte must be used.
+pub fn decode_body<F: DeserializeOwned>(body: &[u8]) -> Result<F, WireError> {
+    if body.is_empty() {
+        return Err(WireError::Empty);
+    }
+    let (frame, rest) = postcard::take_from_bytes(body).map_err(WireError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(WireError::TrailingBytes(rest.len()));
+    }
+    Ok(frame)
+}
+
+/// Decodes one whole frame (prefix and body) from a buffer, checking the prefix against `max`
+/// and that the buffer holds exactly one frame.
+pub fn decode<F: DeserializeOwned>(bytes: &[u8], max: u32) -> Result<F, WireError> {
+    let Some((header, body)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+        return Err(WireError::Malformed(
+            postcard::Error::DeserializeUnexpectedEnd,
+        ));
+    };
+    let len = body_len(*header, max)?;
+    if body.len() < len {
+        return Err(WireError::Malformed(
+            postcard::Error::DeserializeUnexpectedEnd,
+        ));
+    }
+    if body.len() > len {
+        return Err(WireError::TrailingBytes(body.len() - len));
+    }
+    decode_body(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{GuestFrame, HostFrame, Value};
+    use alloc::string::String;
+
+    #[test]
+    fn round_trip_and_cap() {
+        let f = GuestFrame::Post(Value::Int(42));
+        let bytes = encode(&f, DEFAULT_MAX_FRAME_LEN).unwrap();
+        assert_eq!(bytes, [3, 0, 0, 0, 3, 2, 84]);
+        assert_eq!(
+            decode::<GuestFrame>(&bytes, DEFAULT_MAX_FRAME_LEN).unwrap(),
+            f
+        );
+        let big = GuestFrame::Post(Value::Str(
+            String::from_utf8(alloc::vec![b'x'; 100]).unwrap(),
+        ));
+        assert!(matches!(encode(&big, 50), Err(WireError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn header_is_checked_before_allocation() {
+        let four_gib = u32::MAX.to_le_bytes();
+        assert_eq!(
+            body_len(four_gib, DEFAULT_MAX_FRAME_LEN),
+            Err(WireError::TooLarge {
+                len: u32::MAX as u64,
+                max: DEFAULT_MAX_FRAME_LEN
+            })
+        );
+        assert_eq!(
+            body_len((ABSOLUTE_MAX_FRAME_LEN + 1).to_le_bytes(), u32::MAX),
+            Err(WireError::TooLarge {
+                len: ABSOLUTE_MAX_FRAME_LEN as u64 + 1,
+                max: ABSOLUTE_MAX_FRAME_LEN
+            })
+        );
+        assert_eq!(body_len([0; 4], 10), Err(WireError::Empty));
+    }
+
+    #[test]
+    fn trailing_and_truncated_bytes_are_errors() {
+        let mut bytes = encode(&HostFrame::Shutdown, 100).unwrap();
+        bytes.push(0);
+        assert!(matches!(
+            decode::<HostFrame>(&bytes, 100),
+            Err(WireError::TrailingBytes(1))
+        ));
+        assert!(matches!(
+            decode_body::<HostFrame>(&[4, 0]),
+            Err(WireError::TrailingBytes(1))
+        ));
+        assert!(decode_body::<HostFrame>(&[1]).is_err());
+        assert!(decode_body::<HostFrame>(&[99]).is_err());
+    }
+}

@@ -1,0 +1,52 @@
+//! Property tests of the wire format: values round-trip bit-exactly; no byte sequence panics.
+
+use cell_abi::wire::{self, DEFAULT_MAX_FRAME_LEN};
+use cell_abi::{GuestFrame, HostFrame, Value};
+use proptest::prelude::*;
+
+fn value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Unit),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::Int),
+        any::<f64>().prop_map(Value::Float),
+        ".{0,16}".prop_map(Value::Str),
+        proptest::collection::vec(any::<u8>(), 0..16).prop_map(Value::Bytes),
+    ];
+    leaf.prop_recursive(4, 64, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::List),
+            proptest::collection::btree_map(".{0,8}", inner, 0..6).prop_map(Value::Map),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn values_round_trip_bit_exactly(v in value()) {
+        let frame = GuestFrame::Post(v.clone());
+        let bytes = wire::encode(&frame, DEFAULT_MAX_FRAME_LEN).unwrap();
+        let GuestFrame::Post(back) = wire::decode::<GuestFrame>(&bytes, DEFAULT_MAX_FRAME_LEN).unwrap() else {
+            panic!("kind changed");
+        };
+        prop_assert!(back.bit_eq(&v));
+    }
+
+    #[test]
+    fn arbitrary_bytes_decode_to_a_frame_or_a_typed_error(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = wire::decode::<GuestFrame>(&bytes, DEFAULT_MAX_FRAME_LEN);
+        let _ = wire::decode::<HostFrame>(&bytes, DEFAULT_MAX_FRAME_LEN);
+        let _ = wire::decode_body::<GuestFrame>(&bytes);
+        let _ = wire::decode_body::<HostFrame>(&bytes);
+    }
+
+    #[test]
+    fn mutated_valid_frames_never_panic(v in value(), flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+        let mut bytes = wire::encode(&GuestFrame::Post(v), DEFAULT_MAX_FRAME_LEN).unwrap();
+        for (i, b) in flips {
+            let i = i.index(bytes.len());
+            bytes[i] = b;
+        }
+        let _ = wire::decode::<GuestFrame>(&bytes, DEFAULT_MAX_FRAME_LEN);
+    }
+}
