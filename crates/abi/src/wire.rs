@@ -64,6 +64,13 @@ pub fn encode<F: Serialize>(frame: &F, max: u32) -> Result<Vec<u8>, WireError> {
     Ok(out)
 }
 
+/// The body length [`encode`] would produce, without allocating it. In-process pipes use this to
+/// enforce the same cap as the byte-stream ones.
+pub fn encoded_len<F: Serialize>(frame: &F) -> Result<usize, WireError> {
+    postcard::serialize_with_flavor(frame, postcard::ser_flavors::Size::default())
+        .map_err(WireError::Malformed)
+}
+
 /// Decodes one frame body (without the length prefix). Every byte must be used.
 pub fn decode_body<F: DeserializeOwned>(body: &[u8]) -> Result<F, WireError> {
     if body.is_empty() {

@@ -1,14 +1,37 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The guest side of a cell, shared by every backend (`no_std + alloc`).
+//!
+//! * [`Cell`] — one Rhai engine and its state: `exec` runs source, functions it defines stay and
+//!   are reachable by `call`, together with the host modules the policy allows;
+//! * the script API is exactly `post`, `log`, `metric` and `request` ([`api`]); everything else
+//!   out of model (`eval`, `print`, `debug`, undeclared imports) fails with a hint;
+//! * [`Transport`] — the pipe a backend supplies; [`agent::serve`] is the loop over it;
+//! * [`Interrupt`] — cancellation and deadlines, polled from the engine's progress callback.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_code)]
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+extern crate alloc;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+#[cfg(all(feature = "std", feature = "no_std"))]
+compile_error!("enable exactly one of the `std` and `no_std` features of cell-runtime");
+#[cfg(not(any(feature = "std", feature = "no_std")))]
+compile_error!("enable one of the `std` and `no_std` features of cell-runtime");
+
+pub mod agent;
+mod api;
+mod cell;
+pub mod convert;
+mod errors;
+pub mod modules;
+mod transport;
+
+pub use cell::Cell;
+pub use cell::{Step, check_hello, ready};
+pub use errors::cell_error;
+pub use transport::{
+    Interrupt, NeverInterrupt, Transport, TransportError, decode_frame, encode_frame,
+};
+
+/// The engine name reported in the handshake.
+pub const ENGINE: &str = "rhai";
+/// The engine version reported in the handshake.
+pub const ENGINE_VERSION: &str = "1.27";

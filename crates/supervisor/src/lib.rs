@@ -1,14 +1,31 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The supervisor: the user-facing API of the cell runtime.
+//!
+//! ```no_run
+//! use cell_supervisor::{Policy, Supervisor};
+//! let supervisor = Supervisor::new();
+//! let cell = supervisor.spawn("demo", "subinterp", &Policy::default()).unwrap();
+//! cell.exec("post(40 + 2)").unwrap();
+//! let event = cell.recv(Some(std::time::Duration::from_secs(1))).unwrap();
+//! cell.close();
+//! ```
+//!
+//! * [`Supervisor`] — backends by name, named cells, `spawn`, `list`;
+//! * [`Cell`] — `exec`, `call`, `recv`, `kill`, `close` on one cell;
+//! * [`host`] — the host side of the protocol, the one piece every backend's pipe plugs into;
+//! * [`Policy`] — limits, modules and channel bounds, loaded from TOML (unknown keys are errors);
+//! * [`RequestHandler`] — where `request(...)` goes; denies everything until a broker is attached.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod cell;
+pub mod event;
+pub mod host;
+pub mod json;
+pub mod policy;
+mod requests;
+mod supervisor;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use abi::{CellError, ErrorCode, Level, Map, Value};
+pub use cell::{Cell, CellInfo, CellState, RecvError};
+pub use event::Event;
+pub use policy::{Policy, PolicyError};
+pub use requests::{DenyAll, RequestContext, RequestHandler};
+pub use supervisor::{Supervisor, SupervisorError};

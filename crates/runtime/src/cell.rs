@@ -1,0 +1,251 @@
+//! One cell's engine and state: exec, call, and the dispatch of host frames.
+
+use crate::api::{self, Link};
+use crate::convert::{from_dynamic, to_dynamic};
+use crate::errors::cell_error;
+use crate::transport::{Interrupt, Transport};
+use crate::{ENGINE, ENGINE_VERSION, modules};
+use abi::{
+    ABI_VERSION, CellError, ErrorCode, GuestFrame, Hello, HostFrame, Map, Ready, SCHEMA_KEY, Value,
+};
+use alloc::{boxed::Box, format, string::String, sync::Arc, vec::Vec};
+use rhai::packages::{Package, StandardPackage};
+use rhai::{AST, CallFnOptions, Dynamic, Engine, EvalAltResult, Module, Scope, Shared};
+
+/// What the agent loop does after a host frame.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// The frame was handled; wait for the next one.
+    Continue,
+    /// The host asked the cell to exit.
+    Shutdown,
+    /// The host broke the protocol (a frame that cannot come now); the guest exits.
+    Violation(CellError),
+}
+
+/// A cell: its engine, the variables and functions earlier execs left, and its channel.
+pub struct Cell {
+    engine: Engine,
+    scope: Scope<'static>,
+    /// Functions defined by every exec so far (later definitions replace earlier ones).
+    lib: AST,
+    link: Arc<Link>,
+    modules: Vec<String>,
+}
+
+/// Rhai's standard library, built once per process and shared by every engine.
+fn standard_library() -> Shared<Module> {
+    static STANDARD: spin::Once<Shared<Module>> = spin::Once::new();
+    STANDARD
+        .call_once(|| StandardPackage::new().as_shared_module())
+        .clone()
+}
+
+/// Refuses a handshake from a host that speaks another ABI version or schema.
+pub fn check_hello(hello: &Hello) -> Result<(), CellError> {
+    if hello.abi_version != ABI_VERSION || hello.schema != SCHEMA_KEY {
+        return Err(CellError::new(
+            ErrorCode::VersionMismatch,
+            format!(
+                "host speaks ABI {} ({}), this cell speaks ABI {ABI_VERSION} ({SCHEMA_KEY})",
+                hello.abi_version, hello.schema
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The handshake answer of this runtime.
+pub fn ready() -> Ready {
+    Ready {
+        abi_version: ABI_VERSION,
+        schema: SCHEMA_KEY.into(),
+        engine: ENGINE.into(),
+        engine_version: ENGINE_VERSION.into(),
+    }
+}
+
+impl Cell {
+    /// Builds a cell for `hello` (checked first) that talks over `transport`.
+    pub fn new(
+        hello: &Hello,
+        transport: Box<dyn Transport>,
+        interrupt: Arc<dyn Interrupt>,
+    ) -> Result<Cell, CellError> {
+        Self::with_link(hello, Arc::new(Link::new(transport)), interrupt)
+    }
+
+    pub(crate) fn with_link(
+        hello: &Hello,
+        link: Arc<Link>,
+        interrupt: Arc<dyn Interrupt>,
+    ) -> Result<Cell, CellError> {
+        check_hello(hello)?;
+        let limits = &hello.limits;
+        let mut engine = Engine::new_raw();
+        engine.register_global_module(standard_library());
+        engine
+            .set_max_operations(limits.max_operations)
+            .set_max_call_levels(limits.max_call_depth as usize)
+            .set_max_expr_depths(
+                limits.max_expr_depth as usize,
+                limits.max_expr_depth as usize,
+            )
+            .set_max_string_size(limits.max_string_len as usize)
+            .set_max_array_size(limits.max_array_len as usize)
+            .set_max_map_size(limits.max_map_len as usize)
+            .set_max_modules(hello.modules.len().max(1));
+        // Out of model: a script using `eval` fails to compile with a hint (see `errors`).
+        engine.disable_symbol("eval");
+        engine.on_progress(move |ops| {
+            interrupt
+                .check(ops)
+                .map(|code| Dynamic::from_int(code.as_u16().into()))
+        });
+
+        for name in &hello.modules {
+            let module = modules::get(name).ok_or_else(|| {
+                CellError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("the policy allows module `{name}`, which this runtime does not provide (it has: {})", modules::AVAILABLE.join(", ")),
+                )
+            })?;
+            engine.register_static_module(name.as_str(), module);
+        }
+        engine.set_module_resolver(modules::PolicyResolver::new(hello.modules.clone()));
+        api::register(&mut engine, &link);
+
+        Ok(Cell {
+            engine,
+            scope: Scope::new(),
+            lib: AST::empty(),
+            link,
+            modules: hello.modules.clone(),
+        })
+    }
+
+    /// Runs source text. Variables it declares and functions it defines stay in the cell.
+    /// Returns the value of the last expression.
+    pub fn exec(&mut self, source: &str) -> Result<Value, CellError> {
+        let ast = self
+            .engine
+            .compile_with_scope(&self.scope, source)
+            .map_err(|e| cell_error(&Box::<EvalAltResult>::from(e)))?;
+        let merged = self.lib.merge(&ast);
+        self.lib = merged.clone_functions_only();
+        let result = self
+            .engine
+            .eval_ast_with_scope::<Dynamic>(&mut self.scope, &merged);
+        from_dynamic(result.map_err(|e| cell_error(&e))?)
+    }
+
+    /// Invokes `function` — `name` or `main.name` for functions defined by exec, `module.name`
+    /// for a host module the policy allows. Non-empty `kwargs` arrive as one trailing map argument.
+    pub fn call(
+        &mut self,
+        function: &str,
+        mut args: Vec<Value>,
+        kwargs: Map,
+    ) -> Result<Value, CellError> {
+        let (module, name) = split_path(function)?;
+        if !kwargs.is_empty() {
+            args.push(Value::Map(kwargs));
+        }
+        let args: Vec<Dynamic> = args.into_iter().map(to_dynamic).collect();
+        let result = match module {
+            None | Some("main") => {
+                let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
+                self.engine.call_fn_with_options::<Dynamic>(
+                    options,
+                    &mut self.scope,
+                    &self.lib,
+                    name,
+                    args,
+                )
+            }
+            Some(module) => {
+                if !self.modules.iter().any(|m| m == module) {
+                    return Err(CellError::new(
+                        ErrorCode::OutOfModel,
+                        format!("module `{module}` is not allowed by this cell's policy"),
+                    ));
+                }
+                // The path segments are validated identifiers, so this expression is exactly a
+                // call of `module::name` with the arguments bound as constants.
+                let mut scope = Scope::new();
+                let mut expr = format!("{module}::{name}(");
+                for (i, arg) in args.into_iter().enumerate() {
+                    scope.push_constant_dynamic(format!("__arg{i}"), arg);
+                    expr.push_str(&format!("{}__arg{i}", if i == 0 { "" } else { ", " }));
+                }
+                expr.push(')');
+                self.engine
+                    .eval_expression_with_scope::<Dynamic>(&mut scope, &expr)
+            }
+        };
+        from_dynamic(result.map_err(|e| cell_error(&e))?)
+    }
+
+    /// Handles one host frame of a running cell; completions go out over the channel.
+    pub fn handle(&mut self, frame: HostFrame) -> Step {
+        let (id, result) = match frame {
+            HostFrame::Exec { id, source } => (id, self.exec(&source)),
+            HostFrame::Call {
+                id,
+                function,
+                args,
+                kwargs,
+            } => (id, self.call(&function, args, kwargs)),
+            HostFrame::Shutdown => return Step::Shutdown,
+            other => {
+                return Step::Violation(CellError::new(
+                    ErrorCode::ProtocolViolation,
+                    format!(
+                        "a {:?} frame cannot arrive between transactions",
+                        other.kind()
+                    ),
+                ));
+            }
+        };
+        self.complete(id, result)
+    }
+
+    fn complete(&self, id: u64, result: Result<Value, CellError>) -> Step {
+        match self.link.send(GuestFrame::Done { id, result }) {
+            Ok(()) => Step::Continue,
+            // The value could not be sent (too large for a frame): report that instead.
+            Err(crate::TransportError::Failed(err)) => match self.link.send(GuestFrame::Done {
+                id,
+                result: Err(err),
+            }) {
+                Ok(()) => Step::Continue,
+                Err(e) => Step::Violation(e.into_cell_error()),
+            },
+            Err(e) => Step::Violation(e.into_cell_error()),
+        }
+    }
+
+    pub(crate) fn link(&self) -> &Arc<Link> {
+        &self.link
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn split_path(path: &str) -> Result<(Option<&str>, &str), CellError> {
+    let (module, name) = match path.split_once('.') {
+        Some((m, n)) => (Some(m), n),
+        None => (None, path),
+    };
+    if !module.is_none_or(is_identifier) || !is_identifier(name) {
+        return Err(CellError::new(
+            ErrorCode::InvalidArgument,
+            format!("`{path}` is not a function path: use `name`, `main.name` or `module.name`"),
+        ));
+    }
+    Ok((module, name))
+}

@@ -1,0 +1,121 @@
+//! Lossless conversions between ABI values and Rhai values. They never panic: a Rhai value with
+//! no ABI counterpart (a function pointer, a custom type) or nested too deeply is an error.
+
+use abi::value::MAX_VALUE_DEPTH;
+use abi::{CellError, ErrorCode, Map, Value};
+use alloc::{format, string::ToString, vec::Vec};
+use rhai::Dynamic;
+
+/// Converts an ABI value into a Rhai value. ABI values are depth-checked when decoded, and the
+/// recursion here follows that bound.
+pub fn to_dynamic(value: Value) -> Dynamic {
+    match value {
+        Value::Unit => Dynamic::UNIT,
+        Value::Bool(b) => b.into(),
+        Value::Int(i) => Dynamic::from_int(i),
+        Value::Float(x) => Dynamic::from_float(x),
+        Value::Str(s) => s.into(),
+        Value::Bytes(b) => Dynamic::from_blob(b),
+        Value::List(items) => Dynamic::from_array(items.into_iter().map(to_dynamic).collect()),
+        Value::Map(map) => Dynamic::from_map(
+            map.into_iter()
+                .map(|(k, v)| (k.into(), to_dynamic(v)))
+                .collect::<rhai::Map>(),
+        ),
+    }
+}
+
+/// Converts a Rhai value into an ABI value.
+pub fn from_dynamic(value: Dynamic) -> Result<Value, CellError> {
+    convert(value, 1)
+}
+
+fn convert(value: Dynamic, depth: usize) -> Result<Value, CellError> {
+    if depth > MAX_VALUE_DEPTH {
+        return Err(CellError::new(
+            ErrorCode::LimitValue,
+            format!("value nested deeper than {MAX_VALUE_DEPTH} levels cannot cross the boundary"),
+        ));
+    }
+    // Values captured by closures are shared; read through to the value itself.
+    let value = value.flatten();
+    if value.is_unit() {
+        return Ok(Value::Unit);
+    }
+    if let Ok(b) = value.as_bool() {
+        return Ok(Value::Bool(b));
+    }
+    if let Ok(i) = value.as_int() {
+        return Ok(Value::Int(i));
+    }
+    if let Ok(x) = value.as_float() {
+        return Ok(Value::Float(x));
+    }
+    if let Ok(c) = value.as_char() {
+        return Ok(Value::Str(c.to_string()));
+    }
+    if value.is_string() {
+        return Ok(Value::Str(value.into_string().unwrap_or_default()));
+    }
+    if value.is_blob() {
+        return Ok(Value::Bytes(value.into_blob().unwrap_or_default()));
+    }
+    if value.is_array() {
+        let items = value.into_array().unwrap_or_default();
+        return items
+            .into_iter()
+            .map(|v| convert(v, depth + 1))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::List);
+    }
+    if value.is_map() {
+        let map = value.cast::<rhai::Map>();
+        let mut out = Map::new();
+        for (k, v) in map {
+            out.insert(k.to_string(), convert(v, depth + 1)?);
+        }
+        return Ok(Value::Map(out));
+    }
+    Err(CellError::new(
+        ErrorCode::InvalidArgument,
+        format!(
+            "a value of type `{}` cannot cross the cell boundary",
+            value.type_name()
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn round_trip_every_variant() {
+        let mut map = Map::new();
+        map.insert("k".into(), Value::Bytes(vec![1, 2, 3]));
+        let v = Value::List(vec![
+            Value::Unit,
+            Value::Bool(false),
+            Value::Int(i64::MIN),
+            Value::Float(f64::NAN),
+            Value::Str("ü".into()),
+            Value::Map(map),
+        ]);
+        assert!(from_dynamic(to_dynamic(v.clone())).unwrap().bit_eq(&v));
+    }
+
+    #[test]
+    fn function_pointers_and_deep_values_are_errors() {
+        let fp = Dynamic::from(rhai::FnPtr::new("f").unwrap());
+        assert_eq!(
+            from_dynamic(fp).unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+        let mut d = Dynamic::UNIT;
+        for _ in 0..=MAX_VALUE_DEPTH {
+            d = Dynamic::from_array(vec![d]);
+        }
+        assert_eq!(from_dynamic(d).unwrap_err().code, ErrorCode::LimitValue);
+    }
+}

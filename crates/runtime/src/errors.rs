@@ -1,0 +1,120 @@
+//! Mapping Rhai errors to the ABI's stable error codes, and the errors our API throws.
+
+use abi::{CellError, ErrorCode, op::out_of_model_hint};
+use alloc::{boxed::Box, format, string::String, string::ToString};
+use rhai::{Dynamic, EvalAltResult, ParseErrorType, Position};
+
+/// The error a script sees when one of our functions fails: a map `#{code, name, message}` so
+/// scripts can `catch` it and inspect the code.
+pub fn throw(err: CellError) -> Box<EvalAltResult> {
+    let mut map = rhai::Map::new();
+    map.insert("code".into(), Dynamic::from_int(err.code.as_u16().into()));
+    map.insert("name".into(), err.code.name().into());
+    map.insert("message".into(), err.message.into());
+    Box::new(EvalAltResult::ErrorRuntime(map.into(), Position::NONE))
+}
+
+pub fn out_of_model(name: &str) -> CellError {
+    let hint = out_of_model_hint(name).unwrap_or("it is not part of the cell ABI");
+    CellError::new(
+        ErrorCode::OutOfModel,
+        format!("`{name}` is out of model: {hint}"),
+    )
+}
+
+/// Converts any Rhai error into the ABI error a caller of exec/call receives.
+pub fn cell_error(err: &EvalAltResult) -> CellError {
+    use EvalAltResult as E;
+    let code = match err {
+        E::ErrorParsing(kind, _) => return parse_error(kind, err),
+        E::ErrorInFunctionCall(_, _, inner, _) | E::ErrorInModule(_, inner, _) => {
+            let inner = cell_error(inner);
+            return CellError::new(inner.code, format!("{err}"));
+        }
+        E::ErrorRuntime(value, _) => {
+            if let Some(thrown) = thrown_error(value) {
+                return thrown;
+            }
+            ErrorCode::Runtime
+        }
+        E::ErrorFunctionNotFound(signature, _) => {
+            let name = signature.split(['(', ' ']).next().unwrap_or_default();
+            if out_of_model_hint(name).is_some() {
+                return out_of_model(name);
+            }
+            ErrorCode::NotFound
+        }
+        E::ErrorModuleNotFound(name, _) => {
+            return CellError::new(
+                ErrorCode::OutOfModel,
+                format!(
+                    "module `{name}` is not allowed by this cell's policy: imports resolve only the modules the policy lists"
+                ),
+            );
+        }
+        E::ErrorTooManyOperations(_) => ErrorCode::LimitOperations,
+        E::ErrorStackOverflow(_) => ErrorCode::LimitCallDepth,
+        E::ErrorDataTooLarge(what, _) => {
+            let what = what.to_ascii_lowercase();
+            if what.contains("string") {
+                ErrorCode::LimitStringSize
+            } else if what.contains("array") {
+                ErrorCode::LimitArraySize
+            } else if what.contains("map") {
+                ErrorCode::LimitMapSize
+            } else {
+                ErrorCode::LimitValue
+            }
+        }
+        E::ErrorTerminated(token, _) => {
+            let code = token
+                .as_int()
+                .ok()
+                .and_then(|c| u16::try_from(c).ok())
+                .and_then(ErrorCode::from_u16)
+                .unwrap_or(ErrorCode::Cancelled);
+            return CellError::new(code, terminated_message(code));
+        }
+        E::ErrorMismatchDataType(..) | E::ErrorMismatchOutputType(..) => ErrorCode::InvalidArgument,
+        _ => ErrorCode::Runtime,
+    };
+    CellError::new(code, err.to_string())
+}
+
+fn terminated_message(code: ErrorCode) -> String {
+    match code {
+        ErrorCode::TimedOut => "the script ran past its wall-time limit".into(),
+        ErrorCode::Cancelled => "the script was cancelled: the cell was killed".into(),
+        other => format!("the script was stopped: {other}"),
+    }
+}
+
+fn parse_error(kind: &ParseErrorType, err: &EvalAltResult) -> CellError {
+    match kind {
+        ParseErrorType::ExprTooDeep => CellError::new(ErrorCode::LimitExprDepth, err.to_string()),
+        ParseErrorType::Reserved(word) | ParseErrorType::UnknownOperator(word)
+            if out_of_model_hint(word).is_some() =>
+        {
+            out_of_model(word)
+        }
+        ParseErrorType::BadInput(rhai::LexError::ImproperSymbol(word, _))
+            if out_of_model_hint(word).is_some() =>
+        {
+            out_of_model(word)
+        }
+        ParseErrorType::LiteralTooLarge(..) => {
+            CellError::new(ErrorCode::LimitValue, err.to_string())
+        }
+        _ => CellError::new(ErrorCode::Syntax, err.to_string()),
+    }
+}
+
+/// Recognises the map [`throw`] produces, so an error raised by `request` inside a function keeps
+/// its code all the way to the caller.
+fn thrown_error(value: &Dynamic) -> Option<CellError> {
+    let map = value.read_lock::<rhai::Map>()?;
+    let code = map.get("code")?.as_int().ok()?;
+    let code = ErrorCode::from_u16(u16::try_from(code).ok()?)?;
+    let message = map.get("message")?.clone().into_string().ok()?;
+    Some(CellError::new(code, message))
+}

@@ -1,0 +1,198 @@
+//! Host-provided modules. A cell sees a module only if its policy lists it: then scripts may
+//! `import "name" as n;` or call `name::f(...)`, and the host may `call("name.f", ...)`.
+
+use crate::convert::{from_dynamic, to_dynamic};
+use crate::errors::throw;
+use abi::{CellError, ErrorCode, Value};
+use alloc::{boxed::Box, format, string::String, string::ToString, vec::Vec};
+use rhai::{Array, Dynamic, EvalAltResult, FLOAT, INT, Module, Shared};
+
+type Res<T> = Result<T, Box<EvalAltResult>>;
+
+/// Names of every module the host can provide.
+pub const AVAILABLE: &[&str] = &["math", "text", "json"];
+
+/// The module with this name, built once per process and shared by every cell.
+pub fn get(name: &str) -> Option<Shared<Module>> {
+    static MATH: spin::Once<Shared<Module>> = spin::Once::new();
+    static TEXT: spin::Once<Shared<Module>> = spin::Once::new();
+    static JSON: spin::Once<Shared<Module>> = spin::Once::new();
+    match name {
+        "math" => Some(MATH.call_once(|| math().into()).clone()),
+        "text" => Some(TEXT.call_once(|| text().into()).clone()),
+        "json" => Some(JSON.call_once(|| json().into()).clone()),
+        _ => None,
+    }
+}
+
+/// Resolves `import "name"` to a host module, only for the names the policy allows.
+pub struct PolicyResolver {
+    allowed: Vec<String>,
+}
+
+impl PolicyResolver {
+    pub fn new(allowed: Vec<String>) -> Self {
+        PolicyResolver { allowed }
+    }
+}
+
+impl rhai::ModuleResolver for PolicyResolver {
+    fn resolve(
+        &self,
+        _: &rhai::Engine,
+        _: Option<&str>,
+        path: &str,
+        pos: rhai::Position,
+    ) -> Res<Shared<Module>> {
+        match get(path) {
+            Some(module) if self.allowed.iter().any(|a| a == path) => Ok(module),
+            _ => Err(Box::new(EvalAltResult::ErrorModuleNotFound(
+                path.into(),
+                pos,
+            ))),
+        }
+    }
+}
+
+fn numbers(items: &Array) -> Res<Vec<FLOAT>> {
+    items
+        .iter()
+        .map(|d| {
+            d.as_float()
+                .or_else(|_| d.as_int().map(|i| i as FLOAT))
+                .map_err(|t| {
+                    throw(CellError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("expected numbers, found {t}"),
+                    ))
+                })
+        })
+        .collect()
+}
+
+fn math() -> Module {
+    let mut m = Module::new();
+    m.set_native_fn("clamp", |x: INT, lo: INT, hi: INT| Ok(x.max(lo).min(hi)));
+    m.set_native_fn("clamp", |x: FLOAT, lo: FLOAT, hi: FLOAT| {
+        Ok(x.max(lo).min(hi))
+    });
+    m.set_native_fn("sqrt", |x: FLOAT| Ok(libm::sqrt(x)));
+    m.set_native_fn("sqrt", |x: INT| Ok(libm::sqrt(x as FLOAT)));
+    m.set_native_fn("sum", |items: Array| {
+        Ok(numbers(&items)?.iter().sum::<FLOAT>())
+    });
+    m.set_native_fn("mean", |items: Array| {
+        let xs = numbers(&items)?;
+        if xs.is_empty() {
+            return Err(throw(CellError::new(
+                ErrorCode::InvalidArgument,
+                "mean of an empty list",
+            )));
+        }
+        Ok(xs.iter().sum::<FLOAT>() / xs.len() as FLOAT)
+    });
+    m.set_native_fn("max", |items: Array| {
+        numbers(&items)?
+            .into_iter()
+            .reduce(FLOAT::max)
+            .ok_or_else(|| {
+                throw(CellError::new(
+                    ErrorCode::InvalidArgument,
+                    "max of an empty list",
+                ))
+            })
+    });
+    m.set_native_fn("min", |items: Array| {
+        numbers(&items)?
+            .into_iter()
+            .reduce(FLOAT::min)
+            .ok_or_else(|| {
+                throw(CellError::new(
+                    ErrorCode::InvalidArgument,
+                    "min of an empty list",
+                ))
+            })
+    });
+    m.set_var("PI", core::f64::consts::PI);
+    m.set_var("E", core::f64::consts::E);
+    m
+}
+
+fn text() -> Module {
+    let mut m = Module::new();
+    m.set_native_fn("upper", |s: &str| Ok(s.to_uppercase()));
+    m.set_native_fn("lower", |s: &str| Ok(s.to_lowercase()));
+    m.set_native_fn("trim", |s: &str| Ok(String::from(s.trim())));
+    m.set_native_fn("words", |s: &str| {
+        Ok(s.split_whitespace()
+            .map(|w| Dynamic::from(String::from(w)))
+            .collect::<Array>())
+    });
+    m.set_native_fn("join", |items: Array, sep: &str| {
+        Ok(items
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(sep))
+    });
+    m.set_native_fn("chars", |s: &str| Ok(s.chars().count() as INT));
+    m.set_native_fn("starts_with", |s: &str, p: &str| Ok(s.starts_with(p)));
+    m.set_native_fn("ends_with", |s: &str, p: &str| Ok(s.ends_with(p)));
+    m
+}
+
+fn json() -> Module {
+    let mut m = Module::new();
+    m.set_native_fn("encode", |v: Dynamic| {
+        let value = from_dynamic(v).map_err(throw)?;
+        serde_json::to_string(&to_json(value)).map_err(|e| {
+            throw(CellError::new(
+                ErrorCode::InvalidArgument,
+                format!("cannot encode as JSON: {e}"),
+            ))
+        })
+    });
+    m.set_native_fn("decode", |s: &str| {
+        let json: serde_json::Value = serde_json::from_str(s).map_err(|e| {
+            throw(CellError::new(
+                ErrorCode::InvalidArgument,
+                format!("invalid JSON: {e}"),
+            ))
+        })?;
+        Ok(to_dynamic(from_json(json)))
+    });
+    m
+}
+
+/// ABI value → JSON: unit is null, bytes are an array of numbers.
+pub fn to_json(value: Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        Value::Unit => J::Null,
+        Value::Bool(b) => J::Bool(b),
+        Value::Int(i) => J::from(i),
+        Value::Float(x) => serde_json::Number::from_f64(x)
+            .map(J::Number)
+            .unwrap_or(J::Null),
+        Value::Str(s) => J::String(s),
+        Value::Bytes(b) => J::Array(b.into_iter().map(J::from).collect()),
+        Value::List(items) => J::Array(items.into_iter().map(to_json).collect()),
+        Value::Map(map) => J::Object(map.into_iter().map(|(k, v)| (k, to_json(v))).collect()),
+    }
+}
+
+/// JSON → ABI value: integers that fit i64 stay integers.
+pub fn from_json(json: serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match json {
+        J::Null => Value::Unit,
+        J::Bool(b) => Value::Bool(b),
+        J::Number(n) => n
+            .as_i64()
+            .map(Value::Int)
+            .unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(f64::NAN))),
+        J::String(s) => Value::Str(s),
+        J::Array(items) => Value::List(items.into_iter().map(from_json).collect()),
+        J::Object(map) => Value::Map(map.into_iter().map(|(k, v)| (k, from_json(v))).collect()),
+    }
+}

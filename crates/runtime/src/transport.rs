@@ -1,0 +1,83 @@
+//! What a backend supplies to the guest runtime.
+
+use abi::{CellError, ErrorCode, GuestFrame, HostFrame};
+use alloc::string::String;
+
+/// Why the transport could not move a frame.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The host refused the frame and stops the cell (a limit, a protocol rule).
+    Aborted(CellError),
+    /// The host end is gone.
+    Closed,
+    /// The frame could not be encoded or moved (too large, i/o failure).
+    Failed(CellError),
+}
+
+impl TransportError {
+    pub fn into_cell_error(self) -> CellError {
+        match self {
+            TransportError::Aborted(e) | TransportError::Failed(e) => e,
+            TransportError::Closed => {
+                CellError::new(ErrorCode::CellClosed, "the host closed the channel")
+            }
+        }
+    }
+
+    pub fn failed(code: ErrorCode, message: impl Into<String>) -> Self {
+        TransportError::Failed(CellError::new(code, message))
+    }
+}
+
+/// The guest end of a cell's channel: frames to the host, frames from the host.
+///
+/// `recv` is called by the agent loop between transactions and by `request` to wait for the
+/// broker's [`HostFrame::Reply`]; everything else only sends.
+pub trait Transport: Send {
+    fn send(&mut self, frame: GuestFrame) -> Result<(), TransportError>;
+    fn recv(&mut self) -> Result<HostFrame, TransportError>;
+}
+
+/// Cancellation and deadlines, polled by the engine on every operation (keep it cheap).
+pub trait Interrupt: Send + Sync {
+    /// `Some(code)` stops the running script with that code (`Cancelled`, `TimedOut`, ...).
+    fn check(&self, operations: u64) -> Option<ErrorCode>;
+}
+
+/// For boundaries that stop the guest from outside (a killed process or vCPU).
+pub struct NeverInterrupt;
+
+impl Interrupt for NeverInterrupt {
+    fn check(&self, _: u64) -> Option<ErrorCode> {
+        None
+    }
+}
+
+/// Encodes a guest frame for a byte-stream transport. A frame over the cap is an error the
+/// script sees (`limit_frame_size`), not a reason to kill the cell.
+pub fn encode_frame(
+    frame: &GuestFrame,
+    max_frame_len: u32,
+) -> Result<alloc::vec::Vec<u8>, TransportError> {
+    abi::wire::encode(frame, max_frame_len).map_err(|e| match e {
+        abi::wire::WireError::TooLarge { .. } => TransportError::failed(
+            ErrorCode::LimitFrameSize,
+            alloc::format!("cannot send: {e}"),
+        ),
+        other => TransportError::failed(
+            ErrorCode::Internal,
+            alloc::format!("cannot encode: {other}"),
+        ),
+    })
+}
+
+/// Decodes a host frame body for a byte-stream transport.
+pub fn decode_frame(body: &[u8]) -> Result<HostFrame, TransportError> {
+    abi::wire::decode_body(body).map_err(|e| {
+        TransportError::Aborted(CellError::new(
+            ErrorCode::ProtocolViolation,
+            alloc::format!("bad host frame: {e}"),
+        ))
+    })
+}

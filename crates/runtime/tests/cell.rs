@@ -1,0 +1,392 @@
+//! The guest runtime against an in-memory transport: the script API, exec/call, limits,
+//! out-of-model names, cancellation and the agent loop.
+
+use abi::{CellError, EngineLimits, ErrorCode, GuestFrame, Hello, HostFrame, Level, Map, Value};
+use cell_runtime::{Cell, Interrupt, NeverInterrupt, Transport, TransportError, agent};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Records what the guest sends; answers requests from a script of host frames.
+#[derive(Clone, Default)]
+struct Recorder {
+    sent: Arc<Mutex<Vec<GuestFrame>>>,
+    inbox: Arc<Mutex<VecDeque<HostFrame>>>,
+}
+
+impl Transport for Recorder {
+    fn send(&mut self, frame: GuestFrame) -> Result<(), TransportError> {
+        if let GuestFrame::Request { id, capability, .. } = &frame {
+            let result = if capability == "echo" {
+                Ok(Value::Str("granted".into()))
+            } else {
+                Err(CellError::new(
+                    ErrorCode::Denied,
+                    format!("capability {capability} not granted"),
+                ))
+            };
+            self.inbox
+                .lock()
+                .unwrap()
+                .push_front(HostFrame::Reply { id: *id, result });
+        }
+        self.sent.lock().unwrap().push(frame);
+        Ok(())
+    }
+    fn recv(&mut self) -> Result<HostFrame, TransportError> {
+        self.inbox
+            .lock()
+            .unwrap()
+            .pop_front()
+            .ok_or(TransportError::Closed)
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<GuestFrame> {
+        std::mem::take(&mut self.sent.lock().unwrap())
+    }
+}
+
+fn hello(modules: &[&str]) -> Hello {
+    Hello::new(
+        "test",
+        EngineLimits::default(),
+        modules.iter().map(|m| m.to_string()).collect(),
+    )
+}
+
+fn cell_with(limits: EngineLimits, modules: &[&str]) -> (Cell, Recorder) {
+    let rec = Recorder::default();
+    let mut h = hello(modules);
+    h.limits = limits;
+    (
+        Cell::new(&h, Box::new(rec.clone()), Arc::new(NeverInterrupt)).unwrap(),
+        rec,
+    )
+}
+
+fn cell() -> (Cell, Recorder) {
+    cell_with(EngineLimits::default(), &["math", "text", "json"])
+}
+
+#[test]
+fn guest_operations_reach_the_transport() {
+    let (mut c, rec) = cell();
+    let v = c
+        .exec(r#"post(40 + 2); log("warn", "careful", #{n: 1}); metric("x", 1.5, #{k: "v"}); request("echo", "go", [1])"#)
+        .unwrap();
+    assert_eq!(v, Value::Str("granted".into()));
+    let sent = rec.take();
+    assert_eq!(sent[0], GuestFrame::Post(Value::Int(42)));
+    let GuestFrame::Log {
+        level,
+        message,
+        fields,
+    } = &sent[1]
+    else {
+        panic!("{sent:?}")
+    };
+    assert_eq!(
+        (*level, message.as_str(), fields.get("n")),
+        (Level::Warn, "careful", Some(&Value::Int(1)))
+    );
+    let GuestFrame::Metric { name, value, tags } = &sent[2] else {
+        panic!("{sent:?}")
+    };
+    assert_eq!((name.as_str(), *value, tags["k"].as_str()), ("x", 1.5, "v"));
+    assert!(
+        matches!(&sent[3], GuestFrame::Request { capability, action, payload, .. }
+        if capability == "echo" && action == "go" && *payload == Value::List(vec![Value::Int(1)]))
+    );
+}
+
+#[test]
+fn denied_requests_raise_a_catchable_typed_error() {
+    let (mut c, _) = cell();
+    let err = c
+        .exec(r#"request("fs", "read", "/etc/passwd")"#)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Denied);
+    assert!(err.message.contains("fs"));
+    let caught = c
+        .exec(r#"let r = (); try { request("fs", "read", ()) } catch (e) { r = e.name } r"#)
+        .unwrap();
+    assert_eq!(caught, Value::Str("denied".into()));
+    // The code survives a function boundary.
+    c.exec(r#"fn sneaky() { request("net", "get", ()) }"#)
+        .unwrap();
+    assert_eq!(
+        c.call("sneaky", vec![], Map::new()).unwrap_err().code,
+        ErrorCode::Denied
+    );
+}
+
+#[test]
+fn functions_and_variables_persist_across_execs() {
+    let (mut c, _) = cell();
+    c.exec("fn add(a, b) { a + b } let base = 10;").unwrap();
+    assert_eq!(c.exec("add(base, 5)").unwrap(), Value::Int(15));
+    assert_eq!(
+        c.call("add", vec![Value::Int(1), Value::Int(2)], Map::new())
+            .unwrap(),
+        Value::Int(3)
+    );
+    assert_eq!(
+        c.call("main.add", vec![Value::Int(1), Value::Int(2)], Map::new())
+            .unwrap(),
+        Value::Int(3)
+    );
+    c.exec("fn add(a, b) { a * b }").unwrap();
+    assert_eq!(
+        c.call("add", vec![Value::Int(3), Value::Int(4)], Map::new())
+            .unwrap(),
+        Value::Int(12)
+    );
+}
+
+#[test]
+fn kwargs_arrive_as_a_trailing_map() {
+    let (mut c, _) = cell();
+    c.exec("fn greet(name, opts) { opts.greeting + \", \" + name }")
+        .unwrap();
+    let mut kw = Map::new();
+    kw.insert("greeting".into(), Value::Str("hi".into()));
+    assert_eq!(
+        c.call("greet", vec![Value::Str("ann".into())], kw).unwrap(),
+        Value::Str("hi, ann".into())
+    );
+}
+
+#[test]
+fn host_modules_only_when_allowed() {
+    let (mut c, _) = cell_with(EngineLimits::default(), &["math"]);
+    assert_eq!(
+        c.call("math.sqrt", vec![Value::Float(9.0)], Map::new())
+            .unwrap(),
+        Value::Float(3.0)
+    );
+    assert_eq!(
+        c.exec("import \"math\" as m; m::clamp(15, 0, 10)").unwrap(),
+        Value::Int(10)
+    );
+    assert_eq!(c.exec("math::sum([1, 2.5])").unwrap(), Value::Float(3.5));
+    let err = c.exec("import \"text\" as t; t::upper(\"x\")").unwrap_err();
+    assert_eq!(err.code, ErrorCode::OutOfModel);
+    assert!(err.message.contains("not allowed"), "{}", err.message);
+    assert_eq!(
+        c.call("text.upper", vec![Value::Str("x".into())], Map::new())
+            .unwrap_err()
+            .code,
+        ErrorCode::OutOfModel
+    );
+    assert_eq!(
+        c.call("math.nope", vec![], Map::new()).unwrap_err().code,
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        c.call("math.sqrt(1)); evil(", vec![], Map::new())
+            .unwrap_err()
+            .code,
+        ErrorCode::InvalidArgument
+    );
+}
+
+#[test]
+fn json_and_text_modules_work() {
+    let (mut c, _) = cell();
+    assert_eq!(
+        c.exec(r#"json::encode(#{a: [1, 2.5, ()], b: "x"})"#)
+            .unwrap(),
+        Value::Str(r#"{"a":[1,2.5,null],"b":"x"}"#.into())
+    );
+    assert_eq!(
+        c.exec(r#"json::decode("{\"k\": [true, 3]}").k[1]"#)
+            .unwrap(),
+        Value::Int(3)
+    );
+    assert_eq!(
+        c.exec(r#"json::decode("{bad")"#).unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        c.exec(r#"text::join(text::words(" a  b "), "-")"#).unwrap(),
+        Value::Str("a-b".into())
+    );
+}
+
+#[test]
+fn out_of_model_names_fail_with_a_hint() {
+    let (mut c, _) = cell();
+    for src in [
+        "print(1)",
+        "debug(1)",
+        "eval(\"1\")",
+        "timestamp()",
+        "sleep(1)",
+    ] {
+        let err = c.exec(src).expect_err(src);
+        assert_eq!(err.code, ErrorCode::OutOfModel, "{src}: {err}");
+        assert!(
+            err.message.contains("out of model"),
+            "{src}: {}",
+            err.message
+        );
+    }
+    assert!(c.exec("print(1)").unwrap_err().message.contains("post"));
+}
+
+#[test]
+fn errors_are_typed_and_the_cell_stays_usable() {
+    let (mut c, _) = cell();
+    assert_eq!(c.exec("let x = ;").unwrap_err().code, ErrorCode::Syntax);
+    assert_eq!(
+        c.exec("throw \"boom\"").unwrap_err().code,
+        ErrorCode::Runtime
+    );
+    assert_eq!(
+        c.exec("no_such_fn(1)").unwrap_err().code,
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        c.call("missing", vec![], Map::new()).unwrap_err().code,
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        c.exec("log(\"loud\", \"x\")").unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        c.exec("metric(\"m\", \"NaN\")").unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        c.exec("post(Fn(\"f\"))").unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(c.exec("1 + 1").unwrap(), Value::Int(2));
+}
+
+#[test]
+fn engine_limits_apply() {
+    let limits = EngineLimits {
+        max_operations: 10_000,
+        max_string_len: 100,
+        max_array_len: 10,
+        max_map_len: 10,
+        max_call_depth: 8,
+        max_expr_depth: 16,
+    };
+    let (mut c, _) = cell_with(limits, &[]);
+    assert_eq!(
+        c.exec("loop {}").unwrap_err().code,
+        ErrorCode::LimitOperations
+    );
+    assert_eq!(
+        c.exec("let s = \"x\"; for i in 0..10 { s += s; }")
+            .unwrap_err()
+            .code,
+        ErrorCode::LimitStringSize
+    );
+    assert_eq!(
+        c.exec("let a = []; for i in 0..20 { a.push(i); }")
+            .unwrap_err()
+            .code,
+        ErrorCode::LimitArraySize
+    );
+    assert_eq!(
+        c.exec("fn r(n) { r(n + 1) } r(0)").unwrap_err().code,
+        ErrorCode::LimitCallDepth
+    );
+    let deep = format!("{}1{}", "(".repeat(40), ")".repeat(40));
+    assert_eq!(c.exec(&deep).unwrap_err().code, ErrorCode::LimitExprDepth);
+    assert_eq!(c.exec("40 + 2").unwrap(), Value::Int(42));
+}
+
+struct Flag(AtomicBool);
+impl Interrupt for Flag {
+    fn check(&self, _: u64) -> Option<ErrorCode> {
+        self.0
+            .load(Ordering::Relaxed)
+            .then_some(ErrorCode::Cancelled)
+    }
+}
+
+#[test]
+fn interrupt_stops_a_spinning_script() {
+    let flag = Arc::new(Flag(AtomicBool::new(false)));
+    let mut limits = EngineLimits::default();
+    limits.max_operations = 0;
+    let mut h = hello(&[]);
+    h.limits = limits;
+    let mut c = Cell::new(&h, Box::new(Recorder::default()), flag.clone()).unwrap();
+    let f = flag.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        f.0.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(c.exec("loop {}").unwrap_err().code, ErrorCode::Cancelled);
+    t.join().unwrap();
+}
+
+#[test]
+fn version_mismatch_is_refused() {
+    let mut h = hello(&[]);
+    h.abi_version = 99;
+    let err = Cell::new(&h, Box::new(Recorder::default()), Arc::new(NeverInterrupt))
+        .err()
+        .unwrap();
+    assert_eq!(err.code, ErrorCode::VersionMismatch);
+    assert!(err.message.contains("99"));
+}
+
+#[test]
+fn agent_loop_handshakes_serves_and_shuts_down() {
+    let rec = Recorder::default();
+    rec.inbox.lock().unwrap().extend([
+        HostFrame::Hello(hello(&[])),
+        HostFrame::Exec {
+            id: 1,
+            source: "fn f(x) { post(x); x * 2 }".into(),
+        },
+        HostFrame::Call {
+            id: 2,
+            function: "f".into(),
+            args: vec![Value::Int(21)],
+            kwargs: Map::new(),
+        },
+        HostFrame::Shutdown,
+    ]);
+    agent::serve(Box::new(rec.clone()), Arc::new(NeverInterrupt)).unwrap();
+    let sent = rec.take();
+    assert!(matches!(&sent[0], GuestFrame::Ready(r) if r.engine == "rhai"));
+    assert_eq!(
+        sent[1],
+        GuestFrame::Done {
+            id: 1,
+            result: Ok(Value::Unit)
+        }
+    );
+    assert_eq!(sent[2], GuestFrame::Post(Value::Int(21)));
+    assert_eq!(
+        sent[3],
+        GuestFrame::Done {
+            id: 2,
+            result: Ok(Value::Int(42))
+        }
+    );
+}
+
+#[test]
+fn agent_refuses_a_bad_handshake() {
+    let rec = Recorder::default();
+    rec.inbox.lock().unwrap().push_back(HostFrame::Exec {
+        id: 1,
+        source: "1".into(),
+    });
+    let err = agent::serve(Box::new(rec.clone()), Arc::new(NeverInterrupt)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ProtocolViolation);
+    assert!(
+        matches!(&rec.take()[0], GuestFrame::Refused(e) if e.code == ErrorCode::ProtocolViolation)
+    );
+}

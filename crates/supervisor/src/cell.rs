@@ -1,0 +1,247 @@
+//! A handle to one running cell: exec, call, recv, kill, close.
+
+use crate::event::Event;
+use crate::host::{CellHost, Stats};
+use abi::backend::{CellPipe, Killer, Layer};
+use abi::{CellError, ErrorCode, HostFrame, Map, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why `recv` returned no event.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    #[error("no event within the timeout")]
+    Timeout,
+    /// The cell is gone and every event it sent has been received.
+    #[error("the cell is gone: {0}")]
+    Closed(CellError),
+}
+
+/// Whether a cell can still run code.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellState {
+    Alive,
+    Dead(CellError),
+}
+
+/// A snapshot of a cell for `list`.
+#[derive(Debug, Clone)]
+pub struct CellInfo {
+    pub name: String,
+    pub backend: String,
+    pub state: CellState,
+    pub layers: Vec<Layer>,
+    pub stats: Stats,
+}
+
+pub(crate) struct Inner {
+    pub(crate) name: String,
+    pub(crate) backend: String,
+    pub(crate) host: Arc<CellHost>,
+    pipe: Mutex<Option<Box<dyn CellPipe>>>,
+    killer: Arc<dyn Killer>,
+    layers: Vec<Layer>,
+    next_id: AtomicU64,
+    wall_time: Option<Duration>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(mut pipe) = self
+            .pipe
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            self.killer.kill();
+            let _ = pipe.shutdown();
+        }
+    }
+}
+
+/// A running cell. Cheap to clone; every clone is the same cell. `exec`/`call` on one cell run
+/// one at a time; `recv` and `kill` work from any thread meanwhile.
+#[derive(Clone)]
+pub struct Cell {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cell")
+            .field("name", &self.inner.name)
+            .field("backend", &self.inner.backend)
+            .finish()
+    }
+}
+
+impl Cell {
+    pub(crate) fn new(
+        name: &str,
+        backend: &str,
+        host: Arc<CellHost>,
+        pipe: Box<dyn CellPipe>,
+        wall_time: Option<Duration>,
+    ) -> Cell {
+        Cell {
+            inner: Arc::new(Inner {
+                name: name.into(),
+                backend: backend.into(),
+                host,
+                killer: pipe.killer(),
+                layers: pipe.layers(),
+                pipe: Mutex::new(Some(pipe)),
+                next_id: AtomicU64::new(1),
+                wall_time,
+            }),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn backend(&self) -> &str {
+        &self.inner.backend
+    }
+
+    /// Runs the handshake; on failure the cell is dead and the error says why.
+    pub(crate) fn handshake(&self, hello: abi::Hello) -> Result<(), CellError> {
+        self.transact(|_| HostFrame::Hello(hello)).map(drop)
+    }
+
+    /// Runs source text in the cell and returns the value of its last expression. Posts, logs
+    /// and metrics it sends wait for [`Cell::recv`].
+    pub fn exec(&self, source: &str) -> Result<Value, CellError> {
+        let _span =
+            tracing::info_span!("exec", cell = %self.inner.name, backend = %self.inner.backend)
+                .entered();
+        self.transact(|id| HostFrame::Exec {
+            id,
+            source: source.into(),
+        })
+    }
+
+    /// Invokes `function` (`name`, `main.name` or `module.name`) with positional arguments and
+    /// keyword arguments (passed as one trailing map when non-empty).
+    pub fn call(&self, function: &str, args: Vec<Value>, kwargs: Map) -> Result<Value, CellError> {
+        let _span = tracing::info_span!("call", cell = %self.inner.name, backend = %self.inner.backend, function).entered();
+        self.transact(|id| HostFrame::Call {
+            id,
+            function: function.into(),
+            args,
+            kwargs,
+        })
+    }
+
+    fn transact(&self, frame: impl FnOnce(u64) -> HostFrame) -> Result<Value, CellError> {
+        let inner = &*self.inner;
+        let mut pipe = inner.pipe.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(dead) = inner.host.dead() {
+            return Err(CellError::new(
+                ErrorCode::CellClosed,
+                format!("cell `{}` is gone: {dead}", inner.name),
+            ));
+        }
+        let Some(pipe) = pipe.as_mut() else {
+            return Err(CellError::new(
+                ErrorCode::CellClosed,
+                format!("cell `{}` is closed", inner.name),
+            ));
+        };
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = frame(id);
+        let is_hello = matches!(frame, HostFrame::Hello(_));
+        if !is_hello {
+            inner.host.begin(id);
+        }
+        let deadline = inner.wall_time.map(|t| Instant::now() + t);
+        match pipe.transact(frame, deadline) {
+            Ok(()) if is_hello => Ok(Value::Unit),
+            Ok(()) => {
+                let result = inner.host.take_completion().unwrap_or_else(|| {
+                    Err(CellError::new(
+                        ErrorCode::Internal,
+                        "the pipe ended the transaction without a completion",
+                    ))
+                });
+                if let Err(err) = &result {
+                    if err.code.is_fatal() {
+                        self.die(err.clone());
+                    }
+                }
+                result
+            }
+            Err(pipe_err) => {
+                // A kill from another thread explains the broken pipe better than the pipe can.
+                let err = inner
+                    .host
+                    .dead()
+                    .unwrap_or_else(|| pipe_err.to_cell_error());
+                self.die(err.clone());
+                Err(err)
+            }
+        }
+    }
+
+    fn die(&self, reason: CellError) {
+        self.inner.killer.kill();
+        self.inner.host.mark_dead(reason);
+    }
+
+    /// Receives the next post, log or metric, waiting up to `timeout` (`None`: as long as the
+    /// cell lives). Events sent before the cell died are still delivered, then `Closed`.
+    pub fn recv(&self, timeout: Option<Duration>) -> Result<Event, RecvError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        self.inner
+            .host
+            .next_event(deadline)
+            .map_err(|dead| match dead {
+                Some(reason) => RecvError::Closed(reason),
+                None => RecvError::Timeout,
+            })
+    }
+
+    /// Kills the cell now, from any thread; a running exec/call returns `Cancelled`.
+    pub fn kill(&self) {
+        let _span = tracing::info_span!("kill", cell = %self.inner.name).entered();
+        self.die(CellError::new(
+            ErrorCode::Cancelled,
+            format!("cell `{}` was killed", self.inner.name),
+        ));
+    }
+
+    /// Asks the cell to exit and releases its boundary. Queued events stay receivable.
+    pub fn close(&self) {
+        let _span = tracing::info_span!("close", cell = %self.inner.name).entered();
+        let mut pipe = self.inner.pipe.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut pipe) = pipe.take() {
+            if let Err(e) = pipe.shutdown() {
+                tracing::debug!(cell = %self.inner.name, "shutdown: {e}");
+            }
+        }
+        self.inner.host.mark_dead(CellError::new(
+            ErrorCode::CellClosed,
+            format!("cell `{}` was closed", self.inner.name),
+        ));
+    }
+
+    pub fn state(&self) -> CellState {
+        match self.inner.host.dead() {
+            None => CellState::Alive,
+            Some(reason) => CellState::Dead(reason),
+        }
+    }
+
+    pub fn info(&self) -> CellInfo {
+        CellInfo {
+            name: self.inner.name.clone(),
+            backend: self.inner.backend.clone(),
+            state: self.state(),
+            layers: self.inner.layers.clone(),
+            stats: self.inner.host.stats(),
+        }
+    }
+}

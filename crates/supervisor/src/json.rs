@@ -1,0 +1,66 @@
+//! JSON renderings of values and events, for the CLI's JSON lines and transcripts.
+//! Unit is `null`, bytes are `{"$bytes": "<hex>"}`, non-finite floats are strings.
+
+use crate::event::Event;
+use abi::{CellError, Value};
+use serde_json::{Value as J, json};
+
+pub fn value(v: &Value) -> J {
+    match v {
+        Value::Unit => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::from(*i),
+        Value::Float(x) => serde_json::Number::from_f64(*x)
+            .map(J::Number)
+            .unwrap_or_else(|| J::String(x.to_string())),
+        Value::Str(s) => J::String(s.clone()),
+        Value::Bytes(b) => {
+            json!({ "$bytes": b.iter().map(|x| format!("{x:02x}")).collect::<String>() })
+        }
+        Value::List(items) => J::Array(items.iter().map(value).collect()),
+        Value::Map(m) => J::Object(m.iter().map(|(k, v)| (k.clone(), value(v))).collect()),
+    }
+}
+
+/// JSON → value, for arguments given on the command line: integers stay integers.
+pub fn parse_value(j: &J) -> Value {
+    match j {
+        J::Null => Value::Unit,
+        J::Bool(b) => Value::Bool(*b),
+        J::Number(n) => n
+            .as_i64()
+            .map(Value::Int)
+            .unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(f64::NAN))),
+        J::String(s) => Value::Str(s.clone()),
+        J::Array(items) => Value::List(items.iter().map(parse_value).collect()),
+        J::Object(m) => Value::Map(m.iter().map(|(k, v)| (k.clone(), parse_value(v))).collect()),
+    }
+}
+
+pub fn event(e: &Event) -> J {
+    match e {
+        Event::Post(v) => json!({ "event": "post", "value": value(v) }),
+        Event::Log {
+            level,
+            message,
+            fields,
+        } => json!({
+            "event": "log", "level": level.name(), "message": message,
+            "fields": value(&Value::Map(fields.clone())),
+        }),
+        Event::Metric { name, value, tags } => {
+            json!({ "event": "metric", "name": name, "value": value, "tags": tags })
+        }
+    }
+}
+
+pub fn result(r: &Result<Value, CellError>) -> J {
+    match r {
+        Ok(v) => json!({ "event": "result", "value": value(v) }),
+        Err(e) => error(e),
+    }
+}
+
+pub fn error(e: &CellError) -> J {
+    json!({ "event": "error", "code": e.code.name(), "message": e.message })
+}

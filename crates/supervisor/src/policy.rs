@@ -1,0 +1,316 @@
+//! Policies: what a cell may do and use, loaded from TOML. Unknown keys are errors — a misspelt
+//! limit must never silently be no limit.
+//!
+//! ```toml
+//! backend = "subinterp"          # default backend for `cell run`
+//! modules = ["math", "json"]     # host modules scripts may import and call
+//!
+//! [limits]
+//! max_operations = 10_000_000    # per exec/call
+//! wall_time_ms = 5_000           # per exec/call; past it the cell is killed
+//! memory_mib = 64
+//!
+//! [channel]
+//! max_frame_bytes = 1_048_576
+//! max_queued_events = 10_000
+//!
+//! [confinement]
+//! require = ["seccomp"]          # refuse to spawn unless these layers are active
+//! ```
+
+use abi::backend::{Resources, SpawnSpec};
+use abi::wire::{ABSOLUTE_MAX_FRAME_LEN, DEFAULT_MAX_FRAME_LEN};
+use abi::{EngineLimits, Hello};
+use serde::Deserialize;
+use std::path::Path;
+use std::time::Duration;
+
+/// Everything a cell is allowed, in one place.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Backend used when the caller names none.
+    pub backend: Option<String>,
+    /// Host-provided modules the cell may import and call.
+    pub modules: Vec<String>,
+    pub limits: Limits,
+    pub channel: Channel,
+    pub confinement: Confinement,
+}
+
+/// Limits on one cell. Engine limits apply per exec/call; the rest to the cell's whole life.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_operations: u64,
+    pub max_call_depth: u32,
+    pub max_expr_depth: u32,
+    pub max_string_len: u32,
+    pub max_array_len: u32,
+    pub max_map_len: u32,
+    /// Wall time of one exec/call, in milliseconds (0 = none). Past it the cell is killed.
+    pub wall_time_ms: u64,
+    /// Memory of the cell (process and microvm backends), in MiB.
+    pub memory_mib: u64,
+    /// CPU time over the cell's life (process backend), in milliseconds (0 = none).
+    pub cpu_time_ms: u64,
+    /// Processes or threads the cell may have (process backend).
+    pub max_processes: u32,
+    /// Open files (process backend).
+    pub max_open_files: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let engine = EngineLimits::default();
+        let resources = Resources::default();
+        Limits {
+            max_operations: engine.max_operations,
+            max_call_depth: engine.max_call_depth,
+            max_expr_depth: engine.max_expr_depth,
+            max_string_len: engine.max_string_len,
+            max_array_len: engine.max_array_len,
+            max_map_len: engine.max_map_len,
+            wall_time_ms: 10_000,
+            memory_mib: resources.memory_bytes >> 20,
+            cpu_time_ms: resources.cpu_time_ms,
+            max_processes: resources.max_processes,
+            max_open_files: resources.max_open_files,
+        }
+    }
+}
+
+/// Bounds on the channel between a cell and the host.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Channel {
+    /// Largest frame in either direction, checked before allocation.
+    pub max_frame_bytes: u32,
+    /// Events (posts, logs, metrics) waiting for `recv`; a cell that floods past it is killed.
+    pub max_queued_events: usize,
+    /// Bytes of events waiting for `recv`.
+    pub max_queued_bytes: usize,
+}
+
+impl Default for Channel {
+    fn default() -> Self {
+        Channel {
+            max_frame_bytes: DEFAULT_MAX_FRAME_LEN,
+            max_queued_events: 10_000,
+            max_queued_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Confinement layers the cell requires (fail closed).
+#[derive(Clone, Debug, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Confinement {
+    pub require: Vec<String>,
+}
+
+/// Why a policy was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid policy: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid policy: `{field}` {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Policy {
+    /// Parses and validates a policy from TOML text.
+    pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
+        let policy: Policy = toml::from_str(text)?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    /// Reads, parses and validates a policy file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Policy, PolicyError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Policy::from_toml(&text)
+    }
+
+    /// Checks values a type cannot express.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let invalid = |field, reason: &str| {
+            Err(PolicyError::Invalid {
+                field,
+                reason: reason.into(),
+            })
+        };
+        let c = &self.channel;
+        if c.max_frame_bytes < 256 || c.max_frame_bytes > ABSOLUTE_MAX_FRAME_LEN {
+            return invalid(
+                "channel.max_frame_bytes",
+                &format!("must be between 256 and {ABSOLUTE_MAX_FRAME_LEN}"),
+            );
+        }
+        if c.max_queued_events == 0 || c.max_queued_bytes == 0 {
+            return invalid(
+                "channel.max_queued_events",
+                "and max_queued_bytes must be positive",
+            );
+        }
+        let l = &self.limits;
+        if l.max_call_depth == 0 || l.max_expr_depth == 0 {
+            return invalid(
+                "limits.max_call_depth",
+                "and max_expr_depth must be positive",
+            );
+        }
+        if l.memory_mib < 1 || l.memory_mib > 1 << 20 {
+            return invalid("limits.memory_mib", "must be between 1 and 1048576");
+        }
+        if l.max_processes == 0 || l.max_open_files < 3 {
+            return invalid(
+                "limits.max_processes",
+                "must be positive and max_open_files at least 3",
+            );
+        }
+        for (i, m) in self.modules.iter().enumerate() {
+            if m.is_empty()
+                || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || self.modules[..i].contains(m)
+            {
+                return invalid(
+                    "modules",
+                    &format!("has an invalid or repeated entry `{m}`"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn wall_time(&self) -> Option<Duration> {
+        (self.limits.wall_time_ms > 0).then(|| Duration::from_millis(self.limits.wall_time_ms))
+    }
+
+    /// The engine limits sent to the guest in the handshake.
+    pub fn engine_limits(&self) -> EngineLimits {
+        let l = &self.limits;
+        EngineLimits {
+            max_operations: l.max_operations,
+            max_call_depth: l.max_call_depth,
+            max_expr_depth: l.max_expr_depth,
+            max_string_len: l.max_string_len,
+            max_array_len: l.max_array_len,
+            max_map_len: l.max_map_len,
+        }
+    }
+
+    /// What a backend needs to spawn a cell named `name` under this policy.
+    pub fn spawn_spec(&self, name: &str) -> SpawnSpec {
+        let l = &self.limits;
+        SpawnSpec {
+            hello: Hello::new(name, self.engine_limits(), self.modules.clone()),
+            resources: Resources {
+                memory_bytes: l.memory_mib << 20,
+                cpu_time_ms: l.cpu_time_ms,
+                max_processes: l.max_processes,
+                max_open_files: l.max_open_files,
+            },
+            max_frame_len: self.channel.max_frame_bytes,
+            required_layers: self.confinement.require.clone(),
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            backend: None,
+            modules: vec!["math".into(), "text".into(), "json".into()],
+            limits: Limits::default(),
+            channel: Channel::default(),
+            confinement: Confinement::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_policy_parses() {
+        let p = Policy::from_toml(
+            r#"
+            backend = "subinterp"
+            modules = ["math"]
+            [limits]
+            max_operations = 1000
+            wall_time_ms = 50
+            [channel]
+            max_queued_events = 3
+            [confinement]
+            require = ["seccomp"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(p.limits.max_operations, 1000);
+        assert_eq!(p.channel.max_queued_events, 3);
+        assert_eq!(p.spawn_spec("x").required_layers, ["seccomp"]);
+        assert_eq!(p.spawn_spec("x").hello.limits.max_operations, 1000);
+        assert_eq!(Policy::from_toml("").unwrap(), Policy::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        for (text, key) in [
+            ("max_operatons = 5", "max_operatons"),
+            ("[limits]\nmax_operatons = 5", "max_operatons"),
+            ("[channel]\nmax_frame = 5", "max_frame"),
+            ("[sandbox]\nx = 1", "sandbox"),
+        ] {
+            let err = Policy::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        assert!(matches!(
+            Policy::from_toml("[limits]\nmax_operations = -1"),
+            Err(PolicyError::Parse(_))
+        ));
+        assert!(matches!(
+            Policy::from_toml("[channel]\nmax_frame_bytes = 1"),
+            Err(PolicyError::Invalid { .. })
+        ));
+        assert!(matches!(
+            Policy::from_toml("[channel]\nmax_frame_bytes = 4294967295"),
+            Err(PolicyError::Invalid { .. })
+        ));
+        assert!(matches!(
+            Policy::from_toml("modules = [\"a b\"]"),
+            Err(PolicyError::Invalid {
+                field: "modules",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Policy::from_toml("modules = [\"m\", \"m\"]"),
+            Err(PolicyError::Invalid { .. })
+        ));
+        assert!(matches!(
+            Policy::from_toml("[limits]\nmemory_mib = 0"),
+            Err(PolicyError::Invalid { .. })
+        ));
+        assert!(matches!(
+            Policy::load("/nonexistent/policy.toml"),
+            Err(PolicyError::Read { .. })
+        ));
+    }
+}

@@ -1,0 +1,156 @@
+//! The supervisor: backends by name, named cells.
+
+use crate::cell::{Cell, CellInfo, Inner};
+use crate::host::CellHost;
+use crate::policy::Policy;
+use crate::requests::{DenyAll, RequestHandler};
+use abi::CellError;
+use abi::backend::{Backend, SpawnError};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+/// Why a cell could not be spawned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SupervisorError {
+    #[error("unknown backend `{name}` (known: {known})")]
+    UnknownBackend { name: String, known: String },
+    #[error("invalid cell name `{0}`: use 1 to 64 letters, digits, `-`, `_` or `.`")]
+    InvalidName(String),
+    #[error("a cell named `{0}` is already running")]
+    NameTaken(String),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("the cell refused the handshake: {0}")]
+    Handshake(CellError),
+}
+
+/// Owns the backends and keeps track of the cells spawned through it.
+pub struct Supervisor {
+    backends: RwLock<BTreeMap<String, Arc<dyn Backend>>>,
+    cells: Mutex<BTreeMap<String, Weak<Inner>>>,
+    requests: RwLock<Arc<dyn RequestHandler>>,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Supervisor {
+    /// A supervisor with every built-in backend registered and no capability granted.
+    pub fn new() -> Self {
+        let supervisor = Supervisor {
+            backends: RwLock::default(),
+            cells: Mutex::default(),
+            requests: RwLock::new(Arc::new(DenyAll)),
+        };
+        supervisor.register_backend(Arc::new(backend_subinterp::Subinterp));
+        supervisor
+    }
+
+    /// Adds (or replaces) a backend under its name; third-party backends plug in here.
+    pub fn register_backend(&self, backend: Arc<dyn Backend>) {
+        self.backends
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(backend.name().to_string(), backend);
+    }
+
+    /// Where `request(...)` goes for cells spawned from now on.
+    pub fn set_request_handler(&self, handler: Arc<dyn RequestHandler>) {
+        *self.requests.write().unwrap_or_else(|e| e.into_inner()) = handler;
+    }
+
+    pub fn backend(&self, name: &str) -> Option<Arc<dyn Backend>> {
+        self.backends
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Registered backends with `Ok` or the reason each is unavailable here.
+    pub fn backends(&self) -> Vec<(String, Result<(), String>)> {
+        let backends = self.backends.read().unwrap_or_else(|e| e.into_inner());
+        backends
+            .iter()
+            .map(|(name, b)| (name.clone(), b.available()))
+            .collect()
+    }
+
+    /// Spawns a cell named `name` on `backend` under `policy` and completes the handshake.
+    pub fn spawn(
+        &self,
+        name: &str,
+        backend: &str,
+        policy: &Policy,
+    ) -> Result<Cell, SupervisorError> {
+        let _span = tracing::info_span!("spawn", cell = name, backend).entered();
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(SupervisorError::InvalidName(name.into()));
+        }
+        let imp = self
+            .backend(backend)
+            .ok_or_else(|| SupervisorError::UnknownBackend {
+                name: backend.into(),
+                known: self
+                    .backends
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        cells.retain(|_, cell| cell.upgrade().is_some_and(|c| c.host.dead().is_none()));
+        if cells.contains_key(name) {
+            return Err(SupervisorError::NameTaken(name.into()));
+        }
+        let requests = self
+            .requests
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let host = Arc::new(CellHost::new(
+            name,
+            backend,
+            policy.channel.clone(),
+            requests,
+        ));
+        let spec = policy.spawn_spec(name);
+        let pipe = imp.spawn(&spec, host.clone())?;
+        let cell = Cell::new(name, backend, host, pipe, policy.wall_time());
+        cell.handshake(spec.hello)
+            .map_err(SupervisorError::Handshake)?;
+        cells.insert(name.into(), Arc::downgrade(&cell.inner));
+        metrics::counter!("cell.spawned", "backend" => backend.to_string()).increment(1);
+        Ok(cell)
+    }
+
+    /// The cells this supervisor spawned that still exist (alive or dead but not dropped).
+    pub fn list(&self) -> Vec<CellInfo> {
+        let cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        cells
+            .values()
+            .filter_map(Weak::upgrade)
+            .map(|inner| Cell { inner }.info())
+            .collect()
+    }
+
+    /// The live handle of a cell by name.
+    pub fn get(&self, name: &str) -> Option<Cell> {
+        let cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        cells
+            .get(name)
+            .and_then(Weak::upgrade)
+            .map(|inner| Cell { inner })
+    }
+}
