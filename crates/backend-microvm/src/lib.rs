@@ -1,14 +1,29 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The `microvm` backend: every cell is a KVM virtual machine built on raw KVM ioctls
+//! (`kvm-ioctls`), running a freestanding `no_std` guest image at CPL3 in long mode.
+//!
+//! * The guest image (`guest/`) is built by `build.rs` and embedded.
+//! * [`Vm`] owns one VM with one vCPU; the vCPU runs only while the host waits for a guest frame,
+//!   on the calling thread (no thread hop on the hot path).
+//! * Frames travel through two shared-memory buffers; the guest rings a doorbell (port I/O).
+//!   Guest memory is hostile: every length is checked before use, copies are bounds-checked.
+//! * [`Vm::from_snapshot`] starts cells from a template booted once to "engine ready".
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod elf;
+mod error;
+mod kvm;
+mod memory;
+mod signal;
+mod snapshot;
+mod vm;
+
+/// Addresses, ports and modes shared with the guest (same source file on both sides).
+pub mod layout {
+    include!("../guest/src/layout.rs");
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use error::VmError;
+pub use kvm::kvm_available;
+pub use vm::{
+    DEFAULT_FRAME_CAP, GUEST_ELF, Killer, MAX_MEM_SIZE, MIN_MEM_SIZE, Recv, Vm, VmConfig,
+};

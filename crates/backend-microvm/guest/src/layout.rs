@@ -1,0 +1,83 @@
+// The host <-> guest contract of the microvm backend: fixed addresses, ports and the boot info.
+// This file is compiled into the guest (`mod layout`) and into the host (`include!`), so both
+// sides always agree. It must stay free of dependencies and of `std`/`alloc`.
+
+/// Guest-physical (= guest-virtual, identity mapped) address of [`BootInfo`].
+pub const BOOT_INFO_ADDR: u64 = 0x1000;
+/// Address of [`Mailbox`], in the same page as the boot info.
+pub const MAILBOX_ADDR: u64 = 0x1800;
+/// Global descriptor table.
+pub const GDT_ADDR: u64 = 0x2000;
+/// PML4, PDPT, PD (1 GiB of 2 MiB pages), and one PT splitting the first 2 MiB into 4 KiB pages.
+pub const PML4_ADDR: u64 = 0x3000;
+pub const PDPT_ADDR: u64 = 0x4000;
+pub const PD_ADDR: u64 = 0x5000;
+pub const PT_ADDR: u64 = 0x6000;
+/// 64-bit TSS followed by an all-zero I/O permission bitmap (8 KiB + terminator): port I/O
+/// from CPL3 must not fault on hypervisors that consult the bitmap rather than IOPL (PVM);
+/// every port still exits to the host, which rejects undefined ones.
+pub const TSS_ADDR: u64 = 0x7000;
+/// Unmapped page below the stack: an overflow faults (no IDT, so it triple-faults).
+pub const STACK_GUARD_ADDR: u64 = 0xa000;
+/// Lowest stack address; the stack grows down from [`STACK_TOP`].
+pub const STACK_BOTTOM: u64 = 0xb000;
+pub const STACK_TOP: u64 = 0x20_0000;
+/// Where the image is linked (see link.ld).
+pub const IMAGE_BASE: u64 = 0x20_0000;
+
+pub const BOOT_MAGIC: u64 = 0x4345_4C4C_564D_0001;
+
+/// Guest hands a frame to the host (mailbox `g2h_len` > 0) or waits for one (`g2h_len` == 0).
+/// Executed as `in eax, dx`; the value read is meaningless.
+pub const PORT_DOORBELL: u16 = 0x3f0;
+/// `out` with the length of a UTF-8 panic message in the guest→host buffer.
+pub const PORT_PANIC: u16 = 0x3f1;
+/// `out` after an allocation failure; mailbox `oom_size` holds the failed request.
+pub const PORT_OOM: u16 = 0x3f2;
+/// Floor-benchmark port: the host counts the exit and resumes. Only accepted in floor mode.
+pub const PORT_NOP: u16 = 0x3f3;
+/// The guest's entry returned (it never should in runtime mode).
+pub const PORT_EXIT: u16 = 0x3f4;
+
+/// Guest modes. Only the host's test/bench API selects a mode other than [`MODE_RUNTIME`]:
+/// nothing a script does can reach the boot info.
+pub const MODE_RUNTIME: u32 = 0;
+pub const MODE_FLOOR: u32 = 1;
+pub const MODE_TRIPLE_FAULT: u32 = 2;
+pub const MODE_WRITE_OUTSIDE: u32 = 3;
+pub const MODE_SPIN: u32 = 4;
+pub const MODE_HEAP_EXHAUST: u32 = 5;
+pub const MODE_GARBAGE_FRAME: u32 = 6;
+pub const MODE_ABSURD_LENGTH: u32 = 7;
+pub const MODE_UNDEFINED_PORT: u32 = 8;
+pub const MODE_ECHO: u32 = 9;
+pub const MODE_PANIC: u32 = 10;
+pub const MODE_STACK_OVERFLOW: u32 = 11;
+pub const MODE_SCRIPT: u32 = 12;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BootInfo {
+    pub magic: u64,
+    pub mode: u32,
+    pub _pad: u32,
+    /// Total guest memory in bytes.
+    pub mem_size: u64,
+    pub heap_base: u64,
+    pub heap_size: u64,
+    pub h2g_base: u64,
+    pub h2g_cap: u64,
+    pub g2h_base: u64,
+    pub g2h_cap: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mailbox {
+    /// Length of the frame the host placed in the host→guest buffer; the guest zeroes it once read.
+    pub h2g_len: u32,
+    /// Length of the frame the guest placed in the guest→host buffer (0: "waiting for a frame").
+    pub g2h_len: u32,
+    /// Size of the allocation that failed (with [`PORT_OOM`]).
+    pub oom_size: u64,
+}

@@ -1,0 +1,124 @@
+//! Freestanding guest image of the microvm backend.
+//!
+//! Runs at CPL3 in long mode, identity mapped, with no IDT: any CPU exception triple-faults and the
+//! host sees a shutdown. It talks to the host only through the mailbox in the boot page, two
+//! shared-memory buffers and port I/O (see `layout.rs`, shared with the host).
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod layout;
+mod rt;
+mod transport;
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::arch::asm;
+use layout::*;
+
+/// The boot info, as written by the host before the first instruction ran.
+fn boot_info() -> BootInfo {
+    // SAFETY: the host maps and fills the boot page at BOOT_INFO_ADDR before entry; a volatile
+    // read of a plain-old-data struct is sound whatever bytes are there.
+    unsafe { core::ptr::read_volatile(BOOT_INFO_ADDR as *const BootInfo) }
+}
+
+pub(crate) fn port_out(port: u16, value: u32) {
+    // SAFETY: IOPL=3 makes `out` legal at CPL3; it only causes a VM exit.
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags))
+    }
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".text._start")]
+pub extern "C" fn _start() -> ! {
+    let info = boot_info();
+    if info.magic != BOOT_MAGIC {
+        rt::fatal("bad boot magic");
+    }
+    rt::init_heap(info.heap_base, info.heap_size);
+    let mut t = transport::Transport::new(&info);
+    match info.mode {
+        MODE_RUNTIME | MODE_SCRIPT => script_loop(&mut t),
+        MODE_FLOOR => loop {
+            port_out(PORT_NOP, 0);
+        },
+        MODE_TRIPLE_FAULT => {
+            // SAFETY: deliberately faulting (test mode): `ud2` raises #UD, no IDT -> triple fault.
+            unsafe { asm!("ud2", options(noreturn)) }
+        }
+        MODE_WRITE_OUTSIDE => {
+            // Mapped by the page tables (the first GiB is), but beyond guest RAM: the host sees MMIO.
+            let addr = info.mem_size + 0x1000;
+            // SAFETY: deliberately touching memory the VM does not have (test mode).
+            unsafe { core::ptr::write_volatile(addr as *mut u64, 0xdead_beef) };
+            rt::fatal("write outside memory did not exit");
+        }
+        MODE_SPIN => {
+            let mut x: u64 = 0;
+            loop {
+                x = x.wrapping_add(1);
+                // SAFETY: empty asm keeps the loop from being optimised away.
+                unsafe { asm!("", in("rax") x, options(nomem, nostack)) };
+            }
+        }
+        MODE_HEAP_EXHAUST => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                let mut v = Vec::with_capacity(64 * 1024);
+                v.resize(64 * 1024, 1u8);
+                hoard.push(v);
+            }
+        }
+        MODE_GARBAGE_FRAME => loop {
+            let junk: Vec<u8> = (0..200u32)
+                .map(|i| (i.wrapping_mul(167) ^ 0x5a) as u8)
+                .collect();
+            t.send(&junk);
+        },
+        MODE_ABSURD_LENGTH => loop {
+            t.send_raw_len(0xffff_fff0);
+        },
+        MODE_UNDEFINED_PORT => loop {
+            port_out(0x80, 0x1234);
+        },
+        MODE_ECHO => loop {
+            let mut f = t.recv();
+            f.reverse();
+            t.send(&f);
+        },
+        MODE_PANIC => panic!("guest panic requested by test mode"),
+        MODE_STACK_OVERFLOW => {
+            let n = rt::recurse(u64::MAX);
+            rt::fatal(if n == 0 {
+                "impossible"
+            } else {
+                "stack overflow did not fault"
+            });
+        }
+        _ => rt::fatal("unknown mode"),
+    }
+}
+
+/// Phase-1 engine loop: every host frame is Rhai source; the reply is the value or the error.
+fn script_loop(t: &mut transport::Transport) -> ! {
+    let engine = rhai::Engine::new();
+    let mut scope = rhai::Scope::new();
+    loop {
+        let src = t.recv();
+        let reply = match core::str::from_utf8(&src) {
+            Ok(src) => match engine.eval_with_scope::<rhai::Dynamic>(&mut scope, src) {
+                Ok(v) => v.to_string(),
+                Err(e) => {
+                    let mut s = String::from("ERR: ");
+                    s.push_str(&e.to_string());
+                    s
+                }
+            },
+            Err(_) => String::from("ERR: source is not UTF-8"),
+        };
+        t.send(reply.as_bytes());
+    }
+}

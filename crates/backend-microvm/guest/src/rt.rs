@@ -1,0 +1,193 @@
+//! Freestanding runtime support: allocator, mem* functions, panic reporting, unwinding stubs.
+use crate::layout::*;
+use core::alloc::{GlobalAlloc, Layout};
+use core::arch::asm;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
+use talc::DefaultBinning;
+use talc::cell::TalcCell;
+use talc::source::Manual;
+
+struct GuestAlloc(TalcCell<Manual, DefaultBinning>);
+
+// SAFETY: the guest has a single vCPU, no threads, no interrupts and no signal handlers, so the
+// allocator is never entered concurrently.
+unsafe impl Sync for GuestAlloc {}
+
+static LAST_FAILED: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: delegates to talc; only records failed requests on the side.
+unsafe impl GlobalAlloc for GuestAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: caller upholds GlobalAlloc's contract.
+        let p = unsafe { self.0.alloc(layout) };
+        if p.is_null() {
+            LAST_FAILED.store(layout.size() as u64, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: caller upholds GlobalAlloc's contract.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: caller upholds GlobalAlloc's contract.
+        let p = unsafe { self.0.realloc(ptr, layout, new_size) };
+        if p.is_null() {
+            LAST_FAILED.store(new_size as u64, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: GuestAlloc = GuestAlloc(TalcCell::new(Manual));
+
+pub fn init_heap(base: u64, size: u64) {
+    // SAFETY: the host reserved [base, base+size) as heap: RAM used by nothing else.
+    let ok = unsafe { ALLOC.0.claim(base as *mut u8, size as usize) };
+    if ok.is_none() {
+        fatal("heap too small");
+    }
+}
+
+/// Report a fatal condition without allocating, then never return.
+pub fn fatal(msg: &str) -> ! {
+    let info = crate::boot_info();
+    let n = msg.len().min(info.g2h_cap as usize);
+    // SAFETY: the g2h buffer is guest RAM reserved by the host; n <= its capacity.
+    unsafe { core::ptr::copy_nonoverlapping(msg.as_ptr(), info.g2h_base as *mut u8, n) };
+    loop {
+        crate::port_out(PORT_PANIC, n as u32);
+    }
+}
+
+/// A fixed buffer formatter (panics may happen with the heap exhausted).
+struct Buf {
+    data: [u8; 1024],
+    len: usize,
+}
+
+impl Write for Buf {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len == self.data.len() {
+                break;
+            }
+            self.data[self.len] = b;
+            self.len += 1;
+        }
+        Ok(())
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let failed = LAST_FAILED.load(Ordering::Relaxed);
+    let mut buf = Buf {
+        data: [0; 1024],
+        len: 0,
+    };
+    let _ = write!(buf, "{}", info.message());
+    if let Some(loc) = info.location() {
+        let _ = write!(buf, " at {}:{}", loc.file(), loc.line());
+    }
+    if failed != 0 && buf.data[..buf.len].starts_with(b"memory allocation of") {
+        // SAFETY: the mailbox lives in the boot page, mapped and writable.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*(MAILBOX_ADDR as *mut Mailbox)).oom_size, failed)
+        };
+        loop {
+            crate::port_out(PORT_OOM, failed.min(u32::MAX as u64) as u32);
+        }
+    }
+    // Cut at a char boundary so the message stays valid UTF-8.
+    let mut n = buf.len;
+    while n > 0 && core::str::from_utf8(&buf.data[..n]).is_err() {
+        n -= 1;
+    }
+    let s = core::str::from_utf8(&buf.data[..n]).unwrap_or("panic");
+    fatal(s)
+}
+
+#[inline(never)]
+pub fn recurse(n: u64) -> u64 {
+    let mut pad = [0u8; 512];
+    // SAFETY: volatile write keeps the frame alive so each level really uses stack.
+    unsafe { core::ptr::write_volatile(&mut pad[0], n as u8) };
+    if n == 0 {
+        0
+    } else {
+        recurse(n - 1).wrapping_add(pad[0] as u64)
+    }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn _Unwind_Resume() -> ! {
+    fatal("_Unwind_Resume called with panic=abort")
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn rust_eh_personality() {}
+
+// The mem* functions. `rep movsb/stosb` cannot be turned back into calls to themselves.
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: caller guarantees valid, non-overlapping ranges of n bytes.
+    unsafe {
+        asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _,
+             options(nostack, preserves_flags))
+    };
+    dst
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    if (dst as usize).wrapping_sub(src as usize) >= n {
+        // Forward copy is safe: dst is before src or the ranges do not overlap.
+        // SAFETY: caller guarantees valid ranges of n bytes.
+        unsafe {
+            asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _,
+                 options(nostack, preserves_flags))
+        };
+    } else {
+        // SAFETY: caller guarantees valid ranges; copy backwards with DF set, then clear it.
+        unsafe {
+            asm!("std", "rep movsb", "cld",
+                 inout("rcx") n => _, inout("rdi") dst.add(n - 1) => _, inout("rsi") src.add(n - 1) => _,
+                 options(nostack))
+        };
+    }
+    dst
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
+    // SAFETY: caller guarantees a valid range of n bytes.
+    unsafe {
+        asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c as u8,
+             options(nostack, preserves_flags))
+    };
+    dst
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    let mut i = 0;
+    while i < n {
+        // SAFETY: caller guarantees valid ranges of n bytes.
+        let (x, y) = unsafe { (*a.add(i), *b.add(i)) };
+        if x != y {
+            return x as i32 - y as i32;
+        }
+        i += 1;
+    }
+    0
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: same contract as memcmp.
+    unsafe { memcmp(a, b, n) }
+}

@@ -1,0 +1,80 @@
+//! Typed errors of the microvm backend. Everything a guest can do maps to one of these; none of
+//! them is ever a host panic.
+
+/// Why a VM could not be created or why it stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VmError {
+    /// `/dev/kvm` is missing or unusable.
+    #[error("KVM unavailable: {0}")]
+    KvmUnavailable(String),
+    /// A KVM ioctl failed on the host side.
+    #[error("KVM {op} failed: {errno}")]
+    Kvm { op: &'static str, errno: i32 },
+    /// Host mapping problem (mmap, memfd, madvise).
+    #[error("guest memory: {0}")]
+    Memory(String),
+    /// The requested configuration is not usable.
+    #[error("invalid VM configuration: {0}")]
+    Config(String),
+    /// The embedded guest image is malformed.
+    #[error("invalid guest image: {0}")]
+    BadImage(#[from] crate::elf::ElfError),
+    /// A guest-supplied address/length pair fell outside guest RAM.
+    #[error("guest range {addr:#x}+{len} is outside guest memory")]
+    GuestAddress { addr: u64, len: u64 },
+    /// The guest triple-faulted (any CPU exception: there is no IDT): `KVM_EXIT_SHUTDOWN`.
+    #[error("guest triple-faulted (KVM_EXIT_SHUTDOWN)")]
+    TripleFault,
+    /// The guest touched an address that is not RAM (`KVM_EXIT_MMIO`).
+    #[error("guest {} address {addr:#x} outside its memory", if *.write { "wrote" } else { "read" })]
+    OutsideMemory { addr: u64, write: bool },
+    /// The guest used an I/O port the channel does not define.
+    #[error("guest used undefined I/O port {port:#x} ({})", if *.write { "out" } else { "in" })]
+    UndefinedPort { port: u16, write: bool },
+    /// KVM could not emulate a guest instruction.
+    #[error("KVM emulation failure")]
+    EmulationFailure,
+    /// `KVM_EXIT_INTERNAL_ERROR` other than an emulation failure.
+    #[error("KVM internal error (suberror {suberror})")]
+    InternalError { suberror: u32 },
+    /// `KVM_EXIT_FAIL_ENTRY`: the vCPU state was rejected.
+    #[error("VM entry failed (reason {reason:#x})")]
+    FailEntry { reason: u64 },
+    /// Any other exit the VMM does not expect.
+    #[error("unexpected VM exit: {0}")]
+    UnexpectedExit(String),
+    /// The guest reported a panic (message is lossy UTF-8, capped).
+    #[error("guest panicked: {0}")]
+    GuestPanic(String),
+    /// The guest's heap (bounded by the memory quota) could not satisfy an allocation.
+    #[error("guest out of memory: allocation of {requested} bytes failed")]
+    GuestOutOfMemory { requested: u64 },
+    /// The guest announced a frame longer than the channel buffer.
+    #[error("guest frame of {len} bytes exceeds the {cap} byte cap")]
+    FrameTooLarge { len: u64, cap: u64 },
+    /// A host frame does not fit the host->guest buffer.
+    #[error("host frame of {len} bytes exceeds the {cap} byte cap")]
+    HostFrameTooLarge { len: u64, cap: u64 },
+    /// The guest is not consuming host frames.
+    #[error("guest is not consuming frames ({queued} queued)")]
+    Backpressure { queued: usize },
+    /// The guest's entry point returned.
+    #[error("guest exited")]
+    GuestExited,
+    /// The cell was killed through its [`crate::Killer`].
+    #[error("killed")]
+    Killed,
+    /// The VM stopped earlier with the given error; it cannot run again.
+    #[error("VM is dead: {0}")]
+    Dead(Box<VmError>),
+}
+
+impl VmError {
+    pub(crate) fn kvm(op: &'static str, e: vmm_sys_util::errno::Error) -> Self {
+        VmError::Kvm {
+            op,
+            errno: e.errno(),
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Fast start: a template VM booted once per (memory size, frame cap) to "engine ready", its
+//! memory sealed in a memfd and its registers captured. Cells start as copy-on-write private
+//! mappings of that memfd, either in a new KVM VM or in a pooled one whose dirtied pages are
+//! dropped (`MADV_DONTNEED` reverts a private file mapping to the file) and registers reset.
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_regs, kvm_sregs, kvm_xcrs, kvm_xsave};
+
+use crate::error::VmError;
+use crate::memory::GuestMemory;
+use crate::vm::{Layout, Machine, Recv, Vm, VmConfig, set_boot_regs, setup_memory};
+
+/// How long the template may take to reach "engine ready".
+const TEMPLATE_BOOT_LIMIT: Duration = Duration::from_secs(10);
+/// Pooled VMs kept per template.
+const POOL_MAX: usize = 16;
+
+pub(crate) struct Template {
+    key: (u64, u64),
+    memfd: OwnedFd,
+    layout: Layout,
+    regs: kvm_regs,
+    sregs: kvm_sregs,
+    xsave: Box<kvm_xsave>,
+    xcrs: kvm_xcrs,
+    pool: Mutex<Vec<Machine>>,
+}
+
+fn memfd(len: u64) -> Result<OwnedFd, VmError> {
+    let name = c"cell-microvm-snapshot";
+    // SAFETY: valid NUL-terminated name; returns a new fd or -1.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(VmError::Memory(format!(
+            "memfd_create: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: `fd` was just returned to us and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ftruncate on our own fd.
+    if unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), len as libc::off_t) } != 0 {
+        return Err(VmError::Memory(format!(
+            "ftruncate: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(fd)
+}
+
+fn seal(fd: &OwnedFd) -> Result<(), VmError> {
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on our own fd.
+    if unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            libc::F_ADD_SEALS,
+            seals,
+        )
+    } != 0
+    {
+        return Err(VmError::Memory(format!(
+            "sealing snapshot: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+impl Template {
+    fn boot(cfg: &VmConfig) -> Result<Template, VmError> {
+        let fd = memfd(cfg.mem_size)?;
+        let (layout, regs, sregs, xsave, xcrs) = {
+            let mem = GuestMemory::from_fd(&fd, cfg.mem_size as usize, true)?;
+            let layout = setup_memory(&mem, cfg)?;
+            let machine = Machine::new(mem)?;
+            set_boot_regs(&machine.vcpu, layout.entry)?;
+            let mut vm = Vm::from_parts(machine, layout, None);
+            match vm.recv(Some(Instant::now() + TEMPLATE_BOOT_LIMIT))? {
+                Recv::Idle => {}
+                other => {
+                    return Err(VmError::UnexpectedExit(format!(
+                        "template guest did not reach engine-ready: {other:?}"
+                    )));
+                }
+            }
+            let mut m = vm.machine.take().ok_or(VmError::Killed)?;
+            m.flush_pending_io()?;
+            let regs = m
+                .vcpu
+                .get_regs()
+                .map_err(|e| VmError::kvm("KVM_GET_REGS", e))?;
+            let sregs = m
+                .vcpu
+                .get_sregs()
+                .map_err(|e| VmError::kvm("KVM_GET_SREGS", e))?;
+            let xsave = Box::new(
+                m.vcpu
+                    .get_xsave()
+                    .map_err(|e| VmError::kvm("KVM_GET_XSAVE", e))?,
+            );
+            let xcrs = m
+                .vcpu
+                .get_xcrs()
+                .map_err(|e| VmError::kvm("KVM_GET_XCRS", e))?;
+            (layout, regs, sregs, xsave, xcrs)
+            // machine (and the shared writable mapping) dropped here
+        };
+        seal(&fd)?;
+        Ok(Template {
+            key: (cfg.mem_size, cfg.frame_cap),
+            memfd: fd,
+            layout,
+            regs,
+            sregs,
+            xsave,
+            xcrs,
+            pool: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn restore(&self, m: &Machine) -> Result<(), VmError> {
+        m.vcpu
+            .set_sregs(&self.sregs)
+            .map_err(|e| VmError::kvm("KVM_SET_SREGS", e))?;
+        if crate::kvm::host()?.xcr0.is_some() {
+            m.vcpu
+                .set_xcrs(&self.xcrs)
+                .map_err(|e| VmError::kvm("KVM_SET_XCRS", e))?;
+        }
+        // SAFETY: the xsave area was produced by KVM_GET_XSAVE on a vCPU of this same host with
+        // the same CPUID, so its size and features match.
+        unsafe { m.vcpu.set_xsave(&self.xsave) }.map_err(|e| VmError::kvm("KVM_SET_XSAVE", e))?;
+        m.vcpu
+            .set_regs(&self.regs)
+            .map_err(|e| VmError::kvm("KVM_SET_REGS", e))?;
+        Ok(())
+    }
+
+    fn fresh_machine(&self) -> Result<Machine, VmError> {
+        let mem = GuestMemory::from_fd(&self.memfd, self.key.0 as usize, false)?;
+        let m = Machine::new(mem)?;
+        self.restore(&m)?;
+        Ok(m)
+    }
+}
+
+type Templates = Mutex<HashMap<(u64, u64), Arc<Template>>>;
+static TEMPLATES: OnceLock<Templates> = OnceLock::new();
+
+fn template(cfg: &VmConfig) -> Result<Arc<Template>, VmError> {
+    if cfg.mode() != crate::layout::MODE_RUNTIME {
+        return Err(VmError::Config(
+            "snapshots exist only for the runtime guest".into(),
+        ));
+    }
+    let map = TEMPLATES.get_or_init(|| Mutex::new(HashMap::new()));
+    let key = (cfg.mem_size, cfg.frame_cap);
+    // Held while booting: concurrent first spawns of one size wait for one template boot.
+    let mut guard = map.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(t) = guard.get(&key) {
+        return Ok(t.clone());
+    }
+    let t = Arc::new(Template::boot(cfg)?);
+    guard.insert(key, t.clone());
+    Ok(t)
+}
+
+/// Return a machine from a dropped cell to its template's pool (pending I/O completed first, so
+/// the next restore sees a consistent vCPU).
+pub(crate) fn release(t: Arc<Template>, mut m: Machine) {
+    if m.flush_pending_io().is_err() {
+        return;
+    }
+    let mut pool = t.pool.lock().unwrap_or_else(|p| p.into_inner());
+    if pool.len() < POOL_MAX {
+        pool.push(m);
+    }
+}
+
+impl Vm {
+    /// Build the template for `cfg` now (otherwise the first snapshot start pays for it).
+    pub fn prepare_snapshot(cfg: &VmConfig) -> Result<(), VmError> {
+        template(cfg).map(|_| ())
+    }
+
+    /// Start a cell from the snapshot: a pooled VM reset to the snapshot when one is free,
+    /// otherwise a new VM mapping the snapshot copy-on-write.
+    pub fn from_snapshot(cfg: &VmConfig) -> Result<Vm, VmError> {
+        let t = template(cfg)?;
+        let pooled = t.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let reused = pooled.is_some();
+        let m = match pooled {
+            Some(m) => {
+                m.mem.revert_to_file()?;
+                t.restore(&m)?;
+                m
+            }
+            None => t.fresh_machine()?,
+        };
+        let mut vm = Vm::from_parts(m, t.layout, Some(t));
+        vm.reused = reused;
+        Ok(vm)
+    }
+
+    /// Start a cell from the snapshot in a new KVM VM, never from the pool (bench/test).
+    pub fn from_snapshot_unpooled(cfg: &VmConfig) -> Result<Vm, VmError> {
+        let t = template(cfg)?;
+        let m = t.fresh_machine()?;
+        Ok(Vm::from_parts(m, t.layout, Some(t)))
+    }
+}
