@@ -135,7 +135,9 @@ impl ErrorCode {
         }
     }
 
-    /// Whether the cell is gone after an error with this code.
+    /// Whether the cell is gone after an error with this code. (A frame over the cap that the
+    /// guest refused to send is a script error; one that reaches the host kills the cell through
+    /// the pipe, whatever its code.)
     pub const fn is_fatal(self) -> bool {
         matches!(
             self,
@@ -148,7 +150,6 @@ impl ErrorCode {
                 | ErrorCode::LimitEventQueue
                 | ErrorCode::LimitMemory
                 | ErrorCode::LimitCpu
-                | ErrorCode::LimitFrameSize
                 | ErrorCode::SpawnFailed
         )
     }

@@ -1,11 +1,13 @@
 //! The script API: exactly `post`, `log`, `metric` and `request`, plus the out-of-model names
 //! that fail with a hint instead of "function not found".
 
-use crate::convert::{from_dynamic, to_dynamic};
+use crate::convert::{from_dynamic_within, to_dynamic};
 use crate::errors::{out_of_model, throw};
 use crate::transport::{Transport, TransportError};
-use abi::{CellError, ErrorCode, GuestFrame, HostFrame, Level, Map, Value};
-use alloc::{boxed::Box, collections::BTreeMap, format, string::String, string::ToString};
+use abi::{CellError, EngineLimits, ErrorCode, GuestFrame, HostFrame, Level, Map, Value};
+use alloc::{
+    boxed::Box, collections::BTreeMap, format, string::String, string::ToString, sync::Arc,
+};
 use core::sync::atomic::{AtomicU64, Ordering};
 use rhai::{Dynamic, Engine, EvalAltResult};
 
@@ -67,16 +69,15 @@ impl Link {
     }
 }
 
-fn value(d: Dynamic) -> Res<Value> {
-    from_dynamic(d).map_err(throw)
+fn value(d: Dynamic, limits: &EngineLimits) -> Res<Value> {
+    from_dynamic_within(d, limits).map_err(throw)
 }
 
-fn fields(map: rhai::Map) -> Res<Map> {
-    let mut out = Map::new();
-    for (k, v) in map {
-        out.insert(k.to_string(), value(v)?);
+fn fields(map: rhai::Map, limits: &EngineLimits) -> Res<Map> {
+    match value(Dynamic::from_map(map), limits)? {
+        Value::Map(m) => Ok(m),
+        _ => Ok(Map::new()),
     }
-    Ok(out)
 }
 
 fn level(name: &str) -> Res<Level> {
@@ -106,50 +107,47 @@ fn tags(map: rhai::Map) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Registers the four guest operations on `engine`, bound to `link`.
-pub(crate) fn register(engine: &mut Engine, link: &alloc::sync::Arc<Link>) {
-    let l = link.clone();
+/// Registers the four guest operations on `engine`, bound to `link`. Values leaving the cell
+/// are checked against the engine's size `limits` on the way out.
+pub(crate) fn register(engine: &mut Engine, link: &Arc<Link>, limits: &EngineLimits) {
+    let (l, lim) = (link.clone(), limits.clone());
     engine.register_fn("post", move |message: Dynamic| -> Res<()> {
-        l.emit(GuestFrame::Post(value(message)?))
+        l.emit(GuestFrame::Post(value(message, &lim)?))
     });
 
     let l = link.clone();
     engine.register_fn("log", move |lvl: &str, message: &str| -> Res<()> {
+        let (level, message, fields) = (level(lvl)?, message.into(), Map::new());
         l.emit(GuestFrame::Log {
-            level: level(lvl)?,
-            message: message.into(),
-            fields: Map::new(),
+            level,
+            message,
+            fields,
         })
     });
-    let l = link.clone();
+    let (l, lim) = (link.clone(), limits.clone());
     engine.register_fn(
         "log",
         move |lvl: &str, message: &str, f: rhai::Map| -> Res<()> {
+            let (level, message, fields) = (level(lvl)?, message.into(), fields(f, &lim)?);
             l.emit(GuestFrame::Log {
-                level: level(lvl)?,
-                message: message.into(),
-                fields: fields(f)?,
+                level,
+                message,
+                fields,
             })
         },
     );
 
     let l = link.clone();
     engine.register_fn("metric", move |name: &str, v: Dynamic| -> Res<()> {
-        l.emit(GuestFrame::Metric {
-            name: name.into(),
-            value: number(&v)?,
-            tags: BTreeMap::new(),
-        })
+        let (name, value, tags) = (name.into(), number(&v)?, BTreeMap::new());
+        l.emit(GuestFrame::Metric { name, value, tags })
     });
     let l = link.clone();
     engine.register_fn(
         "metric",
         move |name: &str, v: Dynamic, t: rhai::Map| -> Res<()> {
-            l.emit(GuestFrame::Metric {
-                name: name.into(),
-                value: number(&v)?,
-                tags: tags(t),
-            })
+            let (name, value, tags) = (name.into(), number(&v)?, tags(t));
+            l.emit(GuestFrame::Metric { name, value, tags })
         },
     );
 
@@ -157,18 +155,16 @@ pub(crate) fn register(engine: &mut Engine, link: &alloc::sync::Arc<Link>) {
     engine.register_fn(
         "request",
         move |capability: &str, action: &str| -> Res<Dynamic> {
-            l.request(capability.into(), action.into(), Value::Unit)
-                .map(to_dynamic)
-                .map_err(throw)
+            let reply = l.request(capability.into(), action.into(), Value::Unit);
+            reply.map(to_dynamic).map_err(throw)
         },
     );
-    let l = link.clone();
+    let (l, lim) = (link.clone(), limits.clone());
     engine.register_fn(
         "request",
         move |capability: &str, action: &str, payload: Dynamic| -> Res<Dynamic> {
-            l.request(capability.into(), action.into(), value(payload)?)
-                .map(to_dynamic)
-                .map_err(throw)
+            let reply = l.request(capability.into(), action.into(), value(payload, &lim)?);
+            reply.map(to_dynamic).map_err(throw)
         },
     );
 

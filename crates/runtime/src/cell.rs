@@ -1,7 +1,7 @@
 //! One cell's engine and state: exec, call, and the dispatch of host frames.
 
 use crate::api::{self, Link};
-use crate::convert::{from_dynamic, to_dynamic};
+use crate::convert::{from_dynamic_within, to_dynamic};
 use crate::errors::cell_error;
 use crate::transport::{Interrupt, Transport};
 use crate::{ENGINE, ENGINE_VERSION, modules};
@@ -31,6 +31,7 @@ pub struct Cell {
     lib: AST,
     link: Arc<Link>,
     modules: Vec<String>,
+    limits: abi::EngineLimits,
 }
 
 /// Rhai's standard library, built once per process and shared by every engine.
@@ -113,7 +114,7 @@ impl Cell {
             engine.register_static_module(name.as_str(), module);
         }
         engine.set_module_resolver(modules::PolicyResolver::new(hello.modules.clone()));
-        api::register(&mut engine, &link);
+        api::register(&mut engine, &link, limits);
 
         Ok(Cell {
             engine,
@@ -121,6 +122,7 @@ impl Cell {
             lib: AST::empty(),
             link,
             modules: hello.modules.clone(),
+            limits: hello.limits.clone(),
         })
     }
 
@@ -136,7 +138,7 @@ impl Cell {
         let result = self
             .engine
             .eval_ast_with_scope::<Dynamic>(&mut self.scope, &merged);
-        from_dynamic(result.map_err(|e| cell_error(&e))?)
+        from_dynamic_within(result.map_err(|e| cell_error(&e))?, &self.limits)
     }
 
     /// Invokes `function` — `name` or `main.name` for functions defined by exec, `module.name`
@@ -183,7 +185,7 @@ impl Cell {
                     .eval_expression_with_scope::<Dynamic>(&mut scope, &expr)
             }
         };
-        from_dynamic(result.map_err(|e| cell_error(&e))?)
+        from_dynamic_within(result.map_err(|e| cell_error(&e))?, &self.limits)
     }
 
     /// Handles one host frame of a running cell; completions go out over the channel.

@@ -2,7 +2,7 @@
 //! no ABI counterpart (a function pointer, a custom type) or nested too deeply is an error.
 
 use abi::value::MAX_VALUE_DEPTH;
-use abi::{CellError, ErrorCode, Map, Value};
+use abi::{CellError, EngineLimits, ErrorCode, Map, Value};
 use alloc::{format, string::ToString, vec::Vec};
 use rhai::Dynamic;
 
@@ -27,10 +27,46 @@ pub fn to_dynamic(value: Value) -> Dynamic {
 
 /// Converts a Rhai value into an ABI value.
 pub fn from_dynamic(value: Dynamic) -> Result<Value, CellError> {
-    convert(value, 1)
+    convert(value, 1, &Sizes::UNLIMITED)
 }
 
-fn convert(value: Dynamic, depth: usize) -> Result<Value, CellError> {
+/// Converts a Rhai value into an ABI value, enforcing the engine's size limits on the way out
+/// (Rhai checks some growth lazily, e.g. map index assignment; the boundary checks it always).
+pub fn from_dynamic_within(value: Dynamic, limits: &EngineLimits) -> Result<Value, CellError> {
+    let sizes = Sizes {
+        string: limits.max_string_len as usize,
+        array: limits.max_array_len as usize,
+        map: limits.max_map_len as usize,
+    };
+    convert(value, 1, &sizes)
+}
+
+/// Largest string (bytes), array and map that may cross; 0 means unlimited, as in Rhai.
+struct Sizes {
+    string: usize,
+    array: usize,
+    map: usize,
+}
+
+impl Sizes {
+    const UNLIMITED: Sizes = Sizes {
+        string: 0,
+        array: 0,
+        map: 0,
+    };
+
+    fn check(limit: usize, len: usize, code: ErrorCode, what: &str) -> Result<(), CellError> {
+        if limit != 0 && len > limit {
+            return Err(CellError::new(
+                code,
+                format!("{what} of {len} exceeds the limit of {limit}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn convert(value: Dynamic, depth: usize, sizes: &Sizes) -> Result<Value, CellError> {
     if depth > MAX_VALUE_DEPTH {
         return Err(CellError::new(
             ErrorCode::LimitValue,
@@ -55,24 +91,28 @@ fn convert(value: Dynamic, depth: usize) -> Result<Value, CellError> {
         return Ok(Value::Str(c.to_string()));
     }
     if value.is_string() {
-        return Ok(Value::Str(value.into_string().unwrap_or_default()));
+        let s = value.into_string().unwrap_or_default();
+        Sizes::check(sizes.string, s.len(), ErrorCode::LimitStringSize, "string")?;
+        return Ok(Value::Str(s));
     }
     if value.is_blob() {
         return Ok(Value::Bytes(value.into_blob().unwrap_or_default()));
     }
     if value.is_array() {
         let items = value.into_array().unwrap_or_default();
+        Sizes::check(sizes.array, items.len(), ErrorCode::LimitArraySize, "array")?;
         return items
             .into_iter()
-            .map(|v| convert(v, depth + 1))
+            .map(|v| convert(v, depth + 1, sizes))
             .collect::<Result<Vec<_>, _>>()
             .map(Value::List);
     }
     if value.is_map() {
         let map = value.cast::<rhai::Map>();
+        Sizes::check(sizes.map, map.len(), ErrorCode::LimitMapSize, "map")?;
         let mut out = Map::new();
         for (k, v) in map {
-            out.insert(k.to_string(), convert(v, depth + 1)?);
+            out.insert(k.to_string(), convert(v, depth + 1, sizes)?);
         }
         return Ok(Value::Map(out));
     }

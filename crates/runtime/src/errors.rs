@@ -52,6 +52,7 @@ pub fn cell_error(err: &EvalAltResult) -> CellError {
                 ),
             );
         }
+        E::ErrorVariableNotFound(..) | E::ErrorPropertyNotFound(..) => ErrorCode::NotFound,
         E::ErrorTooManyOperations(_) => ErrorCode::LimitOperations,
         E::ErrorStackOverflow(_) => ErrorCode::LimitCallDepth,
         E::ErrorDataTooLarge(what, _) => {

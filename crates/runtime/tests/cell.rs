@@ -315,8 +315,10 @@ impl Interrupt for Flag {
 #[test]
 fn interrupt_stops_a_spinning_script() {
     let flag = Arc::new(Flag(AtomicBool::new(false)));
-    let mut limits = EngineLimits::default();
-    limits.max_operations = 0;
+    let limits = EngineLimits {
+        max_operations: 0,
+        ..EngineLimits::default()
+    };
     let mut h = hello(&[]);
     h.limits = limits;
     let mut c = Cell::new(&h, Box::new(Recorder::default()), flag.clone()).unwrap();

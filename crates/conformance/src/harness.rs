@@ -1,0 +1,208 @@
+//! Runs scenarios and property tests against one backend of a supervisor.
+
+use crate::Transcript;
+use crate::scenarios::SCENARIOS;
+use abi::{Map, Value};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use std::sync::atomic::{AtomicU32, Ordering};
+use supervisor::{Event, Policy, Supervisor, json};
+
+/// One backend under test.
+pub struct Harness {
+    supervisor: Supervisor,
+    backend: String,
+}
+
+static FRESH: AtomicU32 = AtomicU32::new(0);
+
+impl Harness {
+    pub fn new(supervisor: Supervisor, backend: impl Into<String>) -> Self {
+        Harness {
+            supervisor,
+            backend: backend.into(),
+        }
+    }
+
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
+    /// `false`, after saying so loudly on stderr, when the backend cannot run here.
+    pub fn runnable(&self) -> bool {
+        let verdict = match self.supervisor.backend(&self.backend) {
+            None => Err(format!("backend `{}` is not registered", self.backend)),
+            Some(b) => b.available(),
+        };
+        match verdict {
+            Ok(()) => true,
+            Err(reason) => {
+                eprintln!(
+                    "SKIPPED: conformance on backend `{}`: {reason}",
+                    self.backend
+                );
+                false
+            }
+        }
+    }
+
+    /// Runs the scenario `name` on a fresh cell and returns its transcript.
+    pub fn transcript(&self, name: &str) -> String {
+        let scenario = SCENARIOS
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no scenario `{name}`"));
+        let cell = self
+            .supervisor
+            .spawn(name, &self.backend, &(scenario.policy)())
+            .unwrap_or_else(|e| panic!("spawn of `{name}` on {} failed: {e}", self.backend));
+        let mut t = Transcript::default();
+        (scenario.run)(&cell, &mut t, self);
+        cell.close();
+        t.into_string()
+    }
+
+    /// Runs a scenario and compares its transcript with the snapshot every backend shares.
+    pub fn check(&self, name: &str) {
+        if !self.runnable() {
+            return;
+        }
+        let text = self.transcript(name);
+        insta::with_settings!({
+            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"),
+            prepend_module_to_snapshot => false,
+            omit_expression => true,
+        }, {
+            insta::assert_snapshot!(name, text);
+        });
+    }
+
+    /// Runs `source` in a new cell of the same backend and describes the outcome.
+    pub fn in_fresh_cell(&self, source: &str) -> String {
+        let name = format!("fresh-{}", FRESH.fetch_add(1, Ordering::Relaxed));
+        let cell = self
+            .supervisor
+            .spawn(&name, &self.backend, &Policy::default())
+            .expect("spawn");
+        let outcome = match cell.exec(source) {
+            Ok(v) => format!("ok {}", json::value(&v)),
+            Err(e) => format!("err {}", e.code.name()),
+        };
+        cell.close();
+        outcome
+    }
+
+    /// Any value sent into the cell and posted back arrives bit-identical, as event and result.
+    pub fn property_values_round_trip(&self, cases: u32) {
+        if !self.runnable() {
+            return;
+        }
+        let cell = self
+            .supervisor
+            .spawn("prop-values", &self.backend, &Policy::default())
+            .expect("spawn");
+        cell.exec("fn echo(v) { post(v); v }").expect("define echo");
+        let mut runner = TestRunner::new(Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        runner
+            .run(&value_strategy(), |v| {
+                let back = cell
+                    .call("echo", vec![v.clone()], Map::new())
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert!(back.bit_eq(&v), "result {back:?} != {v:?}");
+                match cell.recv(Some(std::time::Duration::from_secs(5))) {
+                    Ok(Event::Post(posted)) => {
+                        prop_assert!(posted.bit_eq(&v), "post {posted:?} != {v:?}")
+                    }
+                    other => {
+                        return Err(TestCaseError::fail(format!(
+                            "expected the post, got {other:?}"
+                        )));
+                    }
+                }
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{}: {e}", self.backend));
+        cell.close();
+    }
+
+    /// Arbitrary source text yields a value or a typed error, and the cell stays usable.
+    pub fn property_arbitrary_sources(&self, cases: u32) {
+        if !self.runnable() {
+            return;
+        }
+        let mut policy = Policy::default();
+        policy.limits.max_operations = 100_000;
+        let cell = self
+            .supervisor
+            .spawn("prop-sources", &self.backend, &policy)
+            .expect("spawn");
+        let source = prop_oneof![
+            "[ -~]{0,40}",
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("post("),
+                    Just(")"),
+                    Just("log(\"info\", "),
+                    Just("request(\"x\", \"y\")"),
+                    Just("fn f(a) {"),
+                    Just("}"),
+                    Just("let x = "),
+                    Just("1"),
+                    Just("\"s\""),
+                    Just("["),
+                    Just("]"),
+                    Just("#{"),
+                    Just(";"),
+                    Just("+"),
+                    Just("import \"m\" as m;"),
+                    Just("eval("),
+                    Just("print("),
+                    Just("f(x)"),
+                    Just("throw "),
+                    Just("blob(3)"),
+                ],
+                0..12
+            )
+            .prop_map(|parts| parts.concat()),
+        ];
+        let mut runner = TestRunner::new(Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        runner
+            .run(&source, |src| {
+                let _ = cell.exec(&src);
+                while cell.recv(Some(std::time::Duration::ZERO)).is_ok() {}
+                let alive = cell
+                    .exec("40 + 2")
+                    .map_err(|e| TestCaseError::fail(format!("after {src:?}: {e}")))?;
+                prop_assert_eq!(alive, Value::Int(42));
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{}: {e}", self.backend));
+        cell.close();
+    }
+}
+
+/// Every kind of value, nested.
+pub fn value_strategy() -> impl Strategy<Value = Value> + Clone {
+    let leaf = prop_oneof![
+        Just(Value::Unit),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::Int),
+        any::<f64>().prop_map(Value::Float),
+        ".{0,12}".prop_map(Value::Str),
+        proptest::collection::vec(any::<u8>(), 0..12).prop_map(Value::Bytes),
+    ];
+    leaf.prop_recursive(4, 48, 5, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::List),
+            proptest::collection::btree_map(".{0,6}", inner, 0..5).prop_map(Value::Map),
+        ]
+    })
+}
