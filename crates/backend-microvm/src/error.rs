@@ -53,6 +53,10 @@ pub enum VmError {
     /// The guest announced a frame longer than the channel buffer.
     #[error("guest frame of {len} bytes exceeds the {cap} byte cap")]
     FrameTooLarge { len: u64, cap: u64 },
+    /// The guest's frame prefix is invalid (over the cap, empty, or inconsistent with the
+    /// length it announced at the doorbell).
+    #[error("guest sent a bad frame: {0}")]
+    BadFrame(abi::wire::WireError),
     /// A host frame does not fit the host->guest buffer.
     #[error("host frame of {len} bytes exceeds the {cap} byte cap")]
     HostFrameTooLarge { len: u64, cap: u64 },

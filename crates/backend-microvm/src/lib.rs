@@ -9,6 +9,7 @@
 //! * [`Vm::from_snapshot`] starts cells from a template booted once to "engine ready".
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod backend;
 pub mod elf;
 mod error;
 mod kvm;
@@ -22,6 +23,7 @@ pub mod layout {
     include!("../guest/src/layout.rs");
 }
 
+pub use backend::{MicroVm, MicroVmPipe, StartMode};
 pub use error::VmError;
 pub use kvm::kvm_available;
 pub use vm::{

@@ -114,6 +114,12 @@ impl std::fmt::Debug for Killer {
     }
 }
 
+enum Wait {
+    Frame(u64),
+    Idle,
+    TimedOut,
+}
+
 enum Exit {
     Doorbell,
     Panic(u32),
@@ -584,18 +590,67 @@ impl Vm {
     /// Run the guest on this thread until it hands over a frame, waits idle, the deadline
     /// passes, or it stops (typed error; the VM is then dead).
     pub fn recv(&mut self, deadline: Option<Instant>) -> Result<Recv, VmError> {
+        match self.wait(deadline)? {
+            Wait::Frame(len) => {
+                let mut buf = vec![0u8; len as usize];
+                self.machine()?
+                    .mem
+                    .read(self.layout.boot.g2h_base, &mut buf)?;
+                Ok(Recv::Frame(buf))
+            }
+            Wait::Idle => Ok(Recv::Idle),
+            Wait::TimedOut => Ok(Recv::TimedOut),
+        }
+    }
+
+    /// Like [`Vm::recv`] for wire frames: the 4-byte length prefix is read from guest memory and
+    /// checked against `max_len` and against the doorbell length before the body is allocated;
+    /// returns the body without its prefix. A bad prefix kills the VM (typed as a wire error).
+    pub fn recv_body(&mut self, deadline: Option<Instant>, max_len: u32) -> Result<Recv, VmError> {
+        let len = match self.wait(deadline)? {
+            Wait::Frame(len) => len,
+            Wait::Idle => return Ok(Recv::Idle),
+            Wait::TimedOut => return Ok(Recv::TimedOut),
+        };
+        let base = self.layout.boot.g2h_base;
+        if len < abi::wire::HEADER_LEN as u64 {
+            return self.fail(VmError::BadFrame(abi::wire::WireError::Empty));
+        }
+        let mut head = [0u8; abi::wire::HEADER_LEN];
+        self.machine()?.mem.read(base, &mut head)?;
+        let n = match abi::wire::body_len(head, max_len) {
+            Ok(n) => n as u64,
+            Err(e) => return self.fail(VmError::BadFrame(e)),
+        };
+        let avail = len - abi::wire::HEADER_LEN as u64;
+        if n != avail {
+            let e = if avail > n {
+                abi::wire::WireError::TrailingBytes((avail - n) as usize)
+            } else {
+                abi::wire::WireError::Malformed(postcard::Error::DeserializeUnexpectedEnd)
+            };
+            return self.fail(VmError::BadFrame(e));
+        }
+        let mut body = vec![0u8; n as usize];
+        self.machine()?
+            .mem
+            .read(base + abi::wire::HEADER_LEN as u64, &mut body)?;
+        Ok(Recv::Frame(body))
+    }
+
+    fn wait(&mut self, deadline: Option<Instant>) -> Result<Wait, VmError> {
         self.check_alive()?;
         let mut timer: Option<signal::DeadlineTimer> = None;
         loop {
             self.pump()?;
             if self.idle {
                 if self.machine()?.mem.read_u32(H2G_LEN)? == 0 {
-                    return Ok(Recv::Idle);
+                    return Ok(Wait::Idle);
                 }
                 self.idle = false;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(Recv::TimedOut);
+                return Ok(Wait::TimedOut);
             }
             if timer.is_none() && deadline.is_some() {
                 timer = Some(signal::DeadlineTimer::arm(deadline)?);
@@ -613,16 +668,14 @@ impl Vm {
                     if len > cap {
                         return self.fail(VmError::FrameTooLarge { len, cap });
                     }
-                    let mut buf = vec![0u8; len as usize];
-                    mem.read(self.layout.boot.g2h_base, &mut buf)?;
-                    return Ok(Recv::Frame(buf));
+                    return Ok(Wait::Frame(len));
                 }
                 Exit::Interrupted => {
                     if self.kill.killed.load(Ordering::SeqCst) {
                         return self.fail(VmError::Killed);
                     }
                     if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Ok(Recv::TimedOut);
+                        return Ok(Wait::TimedOut);
                     }
                 }
                 Exit::Panic(len) => {

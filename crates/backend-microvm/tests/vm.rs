@@ -1,10 +1,13 @@
 //! Phase-1 integration tests against real KVM: boot, channel, errors, kill, snapshot, reset.
 use std::time::{Duration, Instant};
 
+use abi::wire;
+use abi::{EngineLimits, GuestFrame, Hello, HostFrame, Value};
 use cell_backend_microvm::layout::*;
 use cell_backend_microvm::{Recv, Vm, VmConfig, VmError, kvm_available};
 
 const MEM: u64 = 32 * 1024 * 1024;
+const MAX: u32 = wire::DEFAULT_MAX_FRAME_LEN;
 
 fn kvm() -> bool {
     if kvm_available() {
@@ -30,9 +33,49 @@ fn frame(vm: &mut Vm) -> Vec<u8> {
     }
 }
 
-fn eval(vm: &mut Vm, src: &str) -> String {
-    vm.send(src.as_bytes()).expect("send");
-    String::from_utf8(frame(vm)).expect("utf8")
+fn send(vm: &mut Vm, f: &HostFrame) {
+    vm.send(&wire::encode(f, MAX).unwrap()).expect("send");
+}
+
+fn next(vm: &mut Vm) -> GuestFrame {
+    match vm.recv_body(deadline(), MAX).expect("recv") {
+        Recv::Frame(body) => wire::decode_body(&body).expect("decode"),
+        other => panic!("expected a frame, got {other:?}"),
+    }
+}
+
+fn handshake(vm: &mut Vm) {
+    send(
+        vm,
+        &HostFrame::Hello(Hello::new("test", EngineLimits::default(), vec![])),
+    );
+    assert!(matches!(next(vm), GuestFrame::Ready(_)));
+}
+
+/// Run `src`; returns the posts it made and its result.
+fn exec(vm: &mut Vm, id: u64, src: &str) -> (Vec<Value>, Result<Value, abi::CellError>) {
+    send(
+        vm,
+        &HostFrame::Exec {
+            id,
+            source: src.into(),
+        },
+    );
+    let mut posts = Vec::new();
+    loop {
+        match next(vm) {
+            GuestFrame::Post(v) => posts.push(v),
+            GuestFrame::Done { id: got, result } => {
+                assert_eq!(got, id);
+                return (posts, result);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn eval(vm: &mut Vm, src: &str) -> Result<Value, abi::CellError> {
+    exec(vm, 7, src).1
 }
 
 fn idle(vm: &mut Vm) {
@@ -46,10 +89,20 @@ fn cold_boot_reaches_engine_and_evaluates() {
     }
     let mut vm = Vm::boot(&VmConfig::new(MEM)).unwrap();
     idle(&mut vm);
-    assert_eq!(eval(&mut vm, "40 + 2"), "42");
-    assert_eq!(eval(&mut vm, "let x = 7; x * 6"), "42");
-    assert_eq!(eval(&mut vm, "x"), "7", "scope persists inside one cell");
-    assert!(eval(&mut vm, "nope(").starts_with("ERR"));
+    handshake(&mut vm);
+    let (posts, result) = exec(&mut vm, 1, "post(40 + 2); 5");
+    assert_eq!(posts, vec![Value::Int(42)]);
+    assert_eq!(result, Ok(Value::Int(5)));
+    assert_eq!(
+        eval(&mut vm, "fn answer() { 42 } answer()"),
+        Ok(Value::Int(42))
+    );
+    assert_eq!(
+        eval(&mut vm, "answer() - 1"),
+        Ok(Value::Int(41)),
+        "functions persist in one cell"
+    );
+    assert!(eval(&mut vm, "nope(").is_err());
     idle(&mut vm);
 }
 
@@ -178,14 +231,23 @@ fn guest_panic_message_reaches_host() {
 }
 
 #[test]
-fn garbage_frames_are_delivered_as_bytes_not_trusted() {
+fn garbage_frames_are_rejected() {
     if !kvm() {
         return;
     }
-    // At this layer a garbage frame is just bytes within the cap; decoding rejects it above.
+    // As raw bytes it is within the cap; as a wire frame its prefix is rejected before any
+    // allocation of the announced body, and the VM is dead.
     let mut vm = mode(MODE_GARBAGE_FRAME);
-    let f = frame(&mut vm);
-    assert_eq!(f.len(), 200);
+    assert_eq!(frame(&mut vm).len(), 200);
+    let mut vm = mode(MODE_GARBAGE_FRAME);
+    match vm.recv_body(deadline(), MAX) {
+        Err(VmError::BadFrame(_)) => {}
+        other => panic!("expected a bad frame, got {other:?}"),
+    }
+    assert!(matches!(
+        vm.recv_body(deadline(), MAX),
+        Err(VmError::Dead(_))
+    ));
 }
 
 #[test]
@@ -230,10 +292,10 @@ fn other_cells_keep_working_after_a_fault() {
         return;
     }
     let mut good = Vm::boot(&VmConfig::new(MEM)).unwrap();
-    idle(&mut good);
+    handshake(&mut good);
     let _ = expect_err(MODE_TRIPLE_FAULT);
     let _ = expect_err(MODE_HEAP_EXHAUST);
-    assert_eq!(eval(&mut good, "6 * 7"), "42");
+    assert_eq!(eval(&mut good, "6 * 7"), Ok(Value::Int(42)));
 }
 
 #[test]
@@ -266,10 +328,12 @@ fn snapshot_start_evaluates() {
     }
     let cfg = VmConfig::new(24 << 20);
     let mut vm = Vm::from_snapshot(&cfg).unwrap();
-    assert_eq!(eval(&mut vm, "40 + 2"), "42");
+    handshake(&mut vm);
+    assert_eq!(eval(&mut vm, "40 + 2"), Ok(Value::Int(42)));
     assert!(!Vm::from_snapshot_unpooled(&cfg).unwrap().is_reused());
     let mut vm2 = Vm::from_snapshot_unpooled(&cfg).unwrap();
-    assert_eq!(eval(&mut vm2, "20 + 22"), "42");
+    handshake(&mut vm2);
+    assert_eq!(eval(&mut vm2, "20 + 22"), Ok(Value::Int(42)));
 }
 
 #[test]
@@ -283,8 +347,12 @@ fn pooled_reset_leaves_no_state_behind() {
     {
         let mut a = Vm::from_snapshot(&cfg).unwrap();
         info = a.boot_info();
-        assert_eq!(eval(&mut a, "let secret = 1234; secret"), "1234");
-        assert_eq!(eval(&mut a, "secret + 1"), "1235");
+        handshake(&mut a);
+        assert_eq!(
+            eval(&mut a, "fn secret() { 1234 } secret()"),
+            Ok(Value::Int(1234))
+        );
+        assert_eq!(eval(&mut a, "secret() + 1"), Ok(Value::Int(1235)));
         idle(&mut a);
         // The guest will not run again: scribble over its heap and buffer from the host side.
         a.debug_write(info.heap_base + 4096, &[0xab; 4096]).unwrap();
@@ -301,12 +369,10 @@ fn pooled_reset_leaves_no_state_behind() {
     let mut buf = [0u8; 18];
     b.debug_read(info.h2g_base, &mut buf).unwrap();
     assert_ne!(&buf, b"previous cell data");
-    let r = eval(&mut b, "secret");
-    assert!(
-        r.starts_with("ERR"),
-        "variable of the previous cell leaked: {r}"
-    );
-    assert_eq!(eval(&mut b, "40 + 2"), "42");
+    handshake(&mut b);
+    let r = eval(&mut b, "secret()");
+    assert!(r.is_err(), "function of the previous cell leaked: {r:?}");
+    assert_eq!(eval(&mut b, "40 + 2"), Ok(Value::Int(42)));
 }
 
 #[test]

@@ -53,7 +53,6 @@ pub const MODE_UNDEFINED_PORT: u32 = 8;
 pub const MODE_ECHO: u32 = 9;
 pub const MODE_PANIC: u32 = 10;
 pub const MODE_STACK_OVERFLOW: u32 = 11;
-pub const MODE_SCRIPT: u32 = 12;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -12,7 +12,8 @@ mod layout;
 mod rt;
 mod transport;
 
-use alloc::string::{String, ToString};
+use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::arch::asm;
 use layout::*;
@@ -41,7 +42,7 @@ pub extern "C" fn _start() -> ! {
     rt::init_heap(info.heap_base, info.heap_size);
     let mut t = transport::Transport::new(&info);
     match info.mode {
-        MODE_RUNTIME | MODE_SCRIPT => script_loop(&mut t),
+        MODE_RUNTIME => runtime_main(t),
         MODE_FLOOR => loop {
             port_out(PORT_NOP, 0);
         },
@@ -102,23 +103,29 @@ pub extern "C" fn _start() -> ! {
     }
 }
 
-/// Phase-1 engine loop: every host frame is Rhai source; the reply is the value or the error.
-fn script_loop(t: &mut transport::Transport) -> ! {
-    let engine = rhai::Engine::new();
-    let mut scope = rhai::Scope::new();
-    loop {
-        let src = t.recv();
-        let reply = match core::str::from_utf8(&src) {
-            Ok(src) => match engine.eval_with_scope::<rhai::Dynamic>(&mut scope, src) {
-                Ok(v) => v.to_string(),
-                Err(e) => {
-                    let mut s = String::from("ERR: ");
-                    s.push_str(&e.to_string());
-                    s
-                }
-            },
-            Err(_) => String::from("ERR: source is not UTF-8"),
-        };
-        t.send(reply.as_bytes());
+/// The cell runtime over the shared-memory channel. Before the first host frame (the snapshot
+/// point) one throwaway cell is built so the shared standard library is already in memory.
+fn runtime_main(t: transport::Transport) -> ! {
+    let max = t.max_frame_len();
+    {
+        let hello = abi::Hello::new("prewarm", abi::EngineLimits::default(), Vec::new());
+        let _ = runtime::Cell::new(
+            &hello,
+            Box::new(transport::Unconnected),
+            Arc::new(runtime::NeverInterrupt),
+        );
+    }
+    let res = runtime::agent::serve(
+        Box::new(transport::Framed::new(t, max)),
+        Arc::new(runtime::NeverInterrupt),
+    );
+    match res {
+        Ok(()) => loop {
+            port_out(PORT_EXIT, 0);
+        },
+        Err(e) => {
+            let msg = alloc::format!("agent stopped: {e}");
+            rt::fatal(&msg)
+        }
     }
 }

@@ -4,6 +4,7 @@ use alloc::vec::Vec;
 use core::arch::asm;
 use core::ptr::{read_volatile, write_volatile};
 
+/// Raw frame channel over the boot-info buffers and the doorbell.
 pub struct Transport {
     h2g: *const u8,
     h2g_cap: usize,
@@ -22,7 +23,20 @@ fn doorbell() {
     }
 }
 
+// SAFETY: the guest is single-threaded (one vCPU, no threads); the pointers name fixed
+// guest-physical buffers that live as long as the VM.
+unsafe impl Send for Transport {}
+
 impl Transport {
+    /// Largest frame body the buffers carry (each buffer holds the 4-byte prefix too).
+    pub fn max_frame_len(&self) -> u32 {
+        let cap = self
+            .h2g_cap
+            .min(self.g2h_cap)
+            .saturating_sub(abi::wire::HEADER_LEN);
+        cap.min(u32::MAX as usize) as u32
+    }
+
     pub fn new(info: &BootInfo) -> Self {
         Transport {
             h2g: info.h2g_base as *const u8,
@@ -73,5 +87,57 @@ impl Transport {
             unsafe { write_volatile(&raw mut (*mailbox()).g2h_len, 0) };
             doorbell();
         }
+    }
+}
+
+/// `runtime::Transport` over [`Transport`]: wire-encoded frames, prefix included.
+pub struct Framed {
+    raw: Transport,
+    max: u32,
+}
+
+impl Framed {
+    pub fn new(raw: Transport, max: u32) -> Self {
+        Framed { raw, max }
+    }
+}
+
+impl runtime::Transport for Framed {
+    fn send(&mut self, frame: abi::GuestFrame) -> Result<(), runtime::TransportError> {
+        let bytes = runtime::encode_frame(&frame, self.max)?;
+        self.raw.send(&bytes);
+        Ok(())
+    }
+
+    fn recv(&mut self) -> Result<abi::HostFrame, runtime::TransportError> {
+        let bytes = self.raw.recv();
+        let violation = |m: &str| {
+            runtime::TransportError::Aborted(abi::CellError::new(
+                abi::ErrorCode::ProtocolViolation,
+                m,
+            ))
+        };
+        let Some((head, body)) = bytes.split_first_chunk::<{ abi::wire::HEADER_LEN }>() else {
+            return Err(violation("host frame shorter than its prefix"));
+        };
+        let n =
+            abi::wire::body_len(*head, self.max).map_err(|_| violation("bad host frame prefix"))?;
+        if n != body.len() {
+            return Err(violation("host frame prefix does not match its length"));
+        }
+        runtime::decode_frame(body)
+    }
+}
+
+/// Transport of the pre-warm cell, which never talks to anyone.
+pub struct Unconnected;
+
+impl runtime::Transport for Unconnected {
+    fn send(&mut self, _: abi::GuestFrame) -> Result<(), runtime::TransportError> {
+        Err(runtime::TransportError::Closed)
+    }
+
+    fn recv(&mut self) -> Result<abi::HostFrame, runtime::TransportError> {
+        Err(runtime::TransportError::Closed)
     }
 }

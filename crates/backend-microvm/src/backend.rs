@@ -1,0 +1,210 @@
+//! [`abi::backend::Backend`] for microVM cells: spawn from the snapshot, frames through the
+//! shared-memory channel, the vCPU driven by the caller's thread inside `transact`.
+use std::sync::Arc;
+use std::time::Instant;
+
+use abi::backend::{
+    Backend, CellPipe, FrameIo, HostSide, Killer as AbiKiller, Layer, PipeError, SpawnError,
+    SpawnSpec, drive,
+};
+use abi::wire::{self, HEADER_LEN, WireError};
+use abi::{CellError, ErrorCode, HostFrame};
+
+use crate::{Killer, Recv, Vm, VmConfig, VmError, kvm_available};
+
+/// The layer this backend provides (names accepted in `required_layers`).
+pub const LAYER_KVM: &str = "kvm";
+
+/// How cells start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StartMode {
+    /// From the per-process snapshot (a pooled, reset VM when one is free). The default.
+    #[default]
+    Snapshot,
+    /// Every cell boots a new VM from the image.
+    Cold,
+}
+
+/// The `microvm` backend.
+#[derive(Clone, Debug, Default)]
+pub struct MicroVm {
+    pub start: StartMode,
+}
+
+impl MicroVm {
+    pub fn new() -> Self {
+        MicroVm::default()
+    }
+
+    pub fn cold() -> Self {
+        MicroVm {
+            start: StartMode::Cold,
+        }
+    }
+
+    /// Guest memory for a quota: rounded down to whole pages.
+    pub fn vm_config(spec: &SpawnSpec) -> VmConfig {
+        let mut cfg = VmConfig::new(spec.resources.memory_bytes & !0xfff);
+        let max = spec.max_frame_len.min(wire::ABSOLUTE_MAX_FRAME_LEN) as u64;
+        cfg.frame_cap = max + HEADER_LEN as u64;
+        cfg
+    }
+}
+
+fn spawn_error(e: VmError) -> SpawnError {
+    match e {
+        VmError::KvmUnavailable(reason) => SpawnError::Unavailable {
+            backend: "microvm".into(),
+            reason,
+        },
+        other => SpawnError::Other(other.to_string()),
+    }
+}
+
+impl Backend for MicroVm {
+    fn name(&self) -> &str {
+        "microvm"
+    }
+
+    fn available(&self) -> Result<(), String> {
+        if kvm_available() {
+            Ok(())
+        } else {
+            Err(crate::kvm::host()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default())
+        }
+    }
+
+    fn spawn(
+        &self,
+        spec: &SpawnSpec,
+        host: Arc<dyn HostSide>,
+    ) -> Result<Box<dyn CellPipe>, SpawnError> {
+        for layer in &spec.required_layers {
+            if layer != LAYER_KVM {
+                return Err(SpawnError::MissingLayer {
+                    layer: layer.clone(),
+                    reason: "the microvm backend provides only the `kvm` layer".into(),
+                });
+            }
+        }
+        let cfg = Self::vm_config(spec);
+        let vm = match self.start {
+            StartMode::Snapshot => Vm::from_snapshot(&cfg),
+            StartMode::Cold => Vm::boot(&cfg),
+        }
+        .map_err(spawn_error)?;
+        Ok(Box::new(MicroVmPipe::new(vm, host, spec.max_frame_len)))
+    }
+}
+
+/// One cell: its VM and the host side that validates what it sends.
+pub struct MicroVmPipe {
+    io: VmIo,
+    host: Arc<dyn HostSide>,
+    max_len: u32,
+    killer: Killer,
+    mem_size: u64,
+}
+
+impl MicroVmPipe {
+    pub fn new(vm: Vm, host: Arc<dyn HostSide>, max_len: u32) -> Self {
+        let killer = vm.killer();
+        let mem_size = vm.mem_size();
+        let max_len = max_len.min(wire::ABSOLUTE_MAX_FRAME_LEN);
+        MicroVmPipe {
+            io: VmIo { vm: Some(vm) },
+            host,
+            max_len,
+            killer,
+            mem_size,
+        }
+    }
+
+    /// The VM's error, once it died (for diagnostics).
+    pub fn dead_reason(&self) -> Option<VmError> {
+        self.io.vm.as_ref().and_then(|v| v.dead_reason().cloned())
+    }
+}
+
+struct KillHandle(Killer);
+
+impl AbiKiller for KillHandle {
+    fn kill(&self) {
+        self.0.kill();
+    }
+}
+
+impl CellPipe for MicroVmPipe {
+    fn transact(&mut self, frame: HostFrame, deadline: Option<Instant>) -> Result<(), PipeError> {
+        drive(&mut self.io, &*self.host, &frame, deadline, self.max_len)
+    }
+
+    fn killer(&self) -> Arc<dyn AbiKiller> {
+        Arc::new(KillHandle(self.killer.clone()))
+    }
+
+    fn layers(&self) -> Vec<Layer> {
+        vec![Layer {
+            name: LAYER_KVM.into(),
+            active: true,
+            detail: format!(
+                "KVM virtual machine, guest at CPL3, {} MiB guest RAM is the whole memory quota",
+                self.mem_size >> 20
+            ),
+        }]
+    }
+
+    fn shutdown(&mut self) -> Result<(), PipeError> {
+        // Nothing in the guest needs a clean exit: dropping the VM returns it to the pool (reset
+        // on reuse) when it is healthy, or destroys it.
+        self.io.vm = None;
+        Ok(())
+    }
+}
+
+/// Byte-level frame I/O over the VM channel.
+struct VmIo {
+    vm: Option<Vm>,
+}
+
+/// Map a VM stop to the pipe error the supervisor understands.
+pub fn pipe_error(e: VmError) -> PipeError {
+    match e {
+        VmError::Killed => PipeError::Killed,
+        VmError::Dead(inner) if *inner == VmError::Killed => PipeError::Killed,
+        VmError::FrameTooLarge { len, cap } => PipeError::Wire(WireError::TooLarge {
+            len,
+            max: cap.saturating_sub(HEADER_LEN as u64).min(u32::MAX as u64) as u32,
+        }),
+        VmError::BadFrame(w) => PipeError::Wire(w),
+        VmError::GuestExited => PipeError::Closed,
+        other => PipeError::Crashed(other.to_string()),
+    }
+}
+
+impl FrameIo for VmIo {
+    fn send_frame(&mut self, frame: &[u8]) -> Result<(), PipeError> {
+        let vm = self.vm.as_mut().ok_or(PipeError::Closed)?;
+        vm.send(frame).map_err(pipe_error)
+    }
+
+    fn recv_frame(
+        &mut self,
+        deadline: Option<Instant>,
+        max_len: u32,
+    ) -> Result<Vec<u8>, PipeError> {
+        let vm = self.vm.as_mut().ok_or(PipeError::Closed)?;
+        match vm.recv_body(deadline, max_len).map_err(pipe_error)? {
+            Recv::Frame(body) => Ok(body),
+            Recv::TimedOut => Err(PipeError::TimedOut),
+            Recv::Idle => Err(PipeError::Aborted(CellError::new(
+                ErrorCode::ProtocolViolation,
+                "the guest waits for a host frame in the middle of a transaction",
+            ))),
+        }
+    }
+}
