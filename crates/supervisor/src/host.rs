@@ -129,7 +129,11 @@ impl CellHost {
     pub fn mark_dead(&self, reason: CellError) {
         let mut s = self.state();
         if s.dead.is_none() {
-            tracing::warn!(cell = %self.cell, code = %reason.code, "cell stopped: {}", reason.message);
+            if reason.code == ErrorCode::CellClosed {
+                tracing::debug!(cell = %self.cell, "cell closed");
+            } else {
+                tracing::warn!(cell = %self.cell, code = %reason.code, "cell stopped: {}", reason.message);
+            }
             s.dead = Some(reason);
         }
         drop(s);
