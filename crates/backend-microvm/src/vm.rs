@@ -283,7 +283,7 @@ pub(crate) fn setup_memory(mem: &GuestMemory, cfg: &VmConfig) -> Result<Layout, 
             "guest memory must be a multiple of 4 KiB in [{MIN_MEM_SIZE}, {MAX_MEM_SIZE}], got {size}"
         )));
     }
-    if cfg.frame_cap < 4096 || cfg.frame_cap > 64 * 1024 * 1024 || cfg.frame_cap > u32::MAX as u64 {
+    if cfg.frame_cap < 16 || cfg.frame_cap > 64 * 1024 * 1024 {
         return Err(VmError::Config(format!(
             "frame cap {} out of range",
             cfg.frame_cap
