@@ -30,6 +30,7 @@ pub enum StartMode {
 #[derive(Clone, Debug, Default)]
 pub struct MicroVm {
     pub start: StartMode,
+    test_mode: u32,
 }
 
 impl MicroVm {
@@ -40,6 +41,17 @@ impl MicroVm {
     pub fn cold() -> Self {
         MicroVm {
             start: StartMode::Cold,
+            test_mode: crate::layout::MODE_RUNTIME,
+        }
+    }
+
+    /// Test only: cells boot the guest in a hostile test mode (`layout::MODE_*`) instead of the
+    /// runtime. Scripts can never select a mode; only this host-side constructor can.
+    #[doc(hidden)]
+    pub fn with_test_mode(mode: u32) -> Self {
+        MicroVm {
+            start: StartMode::Cold,
+            test_mode: mode,
         }
     }
 
@@ -91,9 +103,12 @@ impl Backend for MicroVm {
                 });
             }
         }
-        let cfg = Self::vm_config(spec);
+        let cfg = Self::vm_config(spec).with_test_mode(self.test_mode);
         let vm = match self.start {
-            StartMode::Snapshot => Vm::from_snapshot(&cfg),
+            StartMode::Snapshot if self.test_mode == crate::layout::MODE_RUNTIME => {
+                Vm::from_snapshot(&cfg)
+            }
+            StartMode::Snapshot => Vm::boot(&cfg),
             StartMode::Cold => Vm::boot(&cfg),
         }
         .map_err(spawn_error)?;
