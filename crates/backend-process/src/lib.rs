@@ -1,14 +1,27 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The `process` backend: each cell is a child process running the embedded guest
+//! program, confined by the kernel before its first instruction.
+//!
+//! Layers (all on by default, each reported per cell in a [`LayerReport`]): user,
+//! pid, mount, ipc, uts and cgroup namespaces; a pre-made empty network namespace;
+//! `pivot_root` into an empty read-only tmpfs; an unprivileged uid; no_new_privs,
+//! an empty environment, every fd but the channel closed, a parent-death signal, a
+//! new session; rlimits; cgroup memory/pids/cpu limits (v2 where its controllers
+//! exist, v1 otherwise) and `cgroup.kill`; Landlock (no filesystem, no TCP); and a
+//! seccomp-bpf allowlist compiled to a binary-search tree with an architecture check.
+
+mod cgroup;
+mod error;
+mod host;
+mod layers;
+mod seccomp;
+mod spawn;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use error::{Error, Result, Step};
+pub use host::{HostSupport, doctor, host_support};
+pub use layers::{Layer, LayerReport, LayerState};
+pub use spawn::{
+    CELL_UID, ExitStatus, HOST_UID_BASE, Killer, Limits, ProcessCell, SpawnSpec, Termination,
+};

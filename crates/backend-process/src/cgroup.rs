@@ -1,0 +1,374 @@
+//! Cell cgroups: v2 where its controllers exist, v1 memory/pids/cpu where that is
+//! what the host offers, and v2 `cgroup.kill` for killing a whole cell atomically.
+//!
+//! A cell's cgroups are created before the child exists, the child is placed in them
+//! before any guest instruction (v2 through `CLONE_INTO_CGROUP`, v1 by writing to
+//! `cgroup.procs` first thing in the child), and they are removed after the cell is
+//! reaped.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use crate::Limits;
+use crate::layers::{Layer, LayerState};
+
+/// The cgroup hierarchies this process can create cells under.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Hierarchies {
+    /// v1 directories of this process's own cgroup, per controller.
+    pub v1_memory: Option<PathBuf>,
+    pub v1_pids: Option<PathBuf>,
+    pub v1_cpu: Option<PathBuf>,
+    /// v2: this process's own cgroup directory.
+    pub v2: Option<PathBuf>,
+    /// v2 controllers enabled for children of `v2` (memory, pids, cpu).
+    pub v2_controllers: Vec<String>,
+    pub v2_kill: bool,
+}
+
+impl Hierarchies {
+    pub(crate) fn detect() -> Hierarchies {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let mut h = Hierarchies::default();
+        for line in mountinfo.lines() {
+            let Some((pre, post)) = line.split_once(" - ") else {
+                continue;
+            };
+            let pre: Vec<&str> = pre.split(' ').collect();
+            let post: Vec<&str> = post.split(' ').collect();
+            if pre.len() < 5 || post.len() < 3 {
+                continue;
+            }
+            let (root, mount_point, fstype, opts) = (pre[3], pre[4], post[0], post[2]);
+            match fstype {
+                "cgroup2" => {
+                    if let Some(path) = own_path(&own, None) {
+                        h.v2 = Some(join(mount_point, root, &path));
+                    }
+                }
+                "cgroup" => {
+                    for ctl in ["memory", "pids", "cpu"] {
+                        if opts.split(',').any(|o| o == ctl)
+                            && let Some(path) = own_path(&own, Some(ctl))
+                        {
+                            let dir = join(mount_point, root, &path);
+                            match ctl {
+                                "memory" => h.v1_memory = Some(dir),
+                                "pids" => h.v1_pids = Some(dir),
+                                _ => h.v1_cpu = Some(dir),
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(v2) = &h.v2 {
+            h.v2_kill = v2.join("cgroup.kill").exists();
+            let enabled = fs::read_to_string(v2.join("cgroup.subtree_control")).unwrap_or_default();
+            h.v2_controllers = enabled
+                .split_whitespace()
+                .filter(|c| matches!(*c, "memory" | "pids" | "cpu"))
+                .map(str::to_owned)
+                .collect();
+        }
+        h
+    }
+
+    fn v2_has(&self, ctl: &str) -> bool {
+        self.v2.is_some() && self.v2_controllers.iter().any(|c| c == ctl)
+    }
+
+    /// Host-level availability of each cgroup layer.
+    pub(crate) fn availability(&self) -> [(Layer, LayerState); 4] {
+        let ctl = |name: &str, v1: &Option<PathBuf>| {
+            if self.v2_has(name) {
+                LayerState::Active
+            } else if let Some(dir) = v1 {
+                if writable(dir) {
+                    LayerState::Active
+                } else {
+                    LayerState::Inactive(format!(
+                        "v1 {name} cgroup {} is not writable",
+                        dir.display()
+                    ))
+                }
+            } else {
+                LayerState::Inactive(format!("no {name} controller in cgroup v2 or v1"))
+            }
+        };
+        let kill = match &self.v2 {
+            Some(dir) if self.v2_kill && writable(dir) => LayerState::Active,
+            Some(dir) if self.v2_kill => {
+                LayerState::Inactive(format!("cgroup v2 {} is not writable", dir.display()))
+            }
+            _ => LayerState::Inactive("no cgroup v2 with cgroup.kill".into()),
+        };
+        [
+            (Layer::CgroupMemory, ctl("memory", &self.v1_memory)),
+            (Layer::CgroupPids, ctl("pids", &self.v1_pids)),
+            (Layer::CgroupCpu, ctl("cpu", &self.v1_cpu)),
+            (Layer::CgroupKill, kill),
+        ]
+    }
+}
+
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: c is a valid NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+fn own_path(own: &str, controller: Option<&str>) -> Option<String> {
+    own.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let hit = match controller {
+            None => ctls.is_empty(),
+            Some(c) => ctls.split(',').any(|x| x == c),
+        };
+        hit.then(|| path.to_owned())
+    })
+}
+
+fn join(mount_point: &str, root: &str, path: &str) -> PathBuf {
+    let rel = path
+        .strip_prefix(root)
+        .unwrap_or(path)
+        .trim_start_matches('/');
+    let mut p = PathBuf::from(mount_point);
+    if !rel.is_empty() {
+        p.push(rel);
+    }
+    p
+}
+
+/// The cgroups of one cell.
+#[derive(Debug, Default)]
+pub(crate) struct CellCgroups {
+    dirs: Vec<PathBuf>,
+    /// v2 directory fd for `CLONE_INTO_CGROUP`.
+    pub v2_fd: Option<OwnedFd>,
+    /// v1 `cgroup.procs` files the child writes itself into.
+    pub v1_procs: Vec<OwnedFd>,
+    kill_file: Option<PathBuf>,
+    memory_dir: Option<(PathBuf, bool)>,
+    pids_dir: Option<PathBuf>,
+}
+
+fn write(path: &Path, value: &str) -> io::Result<()> {
+    fs::write(path, value)
+}
+
+impl CellCgroups {
+    /// Creates the cell's cgroups and writes its limits. Returns the state of every
+    /// cgroup layer for this cell; a layer whose setup fails is reported inactive.
+    pub(crate) fn create(
+        h: &Hierarchies,
+        name: &str,
+        limits: &Limits,
+    ) -> (CellCgroups, Vec<(Layer, LayerState)>) {
+        let mut cg = CellCgroups::default();
+        let mut states = Vec::new();
+        let v2_dir = h.v2.as_ref().map(|d| d.join(name));
+        let mut v2_ok = false;
+        if let Some(dir) = &v2_dir {
+            match fs::create_dir(dir) {
+                Ok(()) => {
+                    cg.dirs.push(dir.clone());
+                    match fs::File::open(dir) {
+                        Ok(f) => {
+                            cg.v2_fd = Some(f.into());
+                            v2_ok = true;
+                        }
+                        Err(e) => {
+                            states.push((Layer::CgroupKill, LayerState::Inactive(e.to_string())))
+                        }
+                    }
+                }
+                Err(e) => states.push((
+                    Layer::CgroupKill,
+                    LayerState::Inactive(format!("{}: {e}", dir.display())),
+                )),
+            }
+        }
+        if v2_ok && h.v2_kill {
+            cg.kill_file = v2_dir.as_ref().map(|d| d.join("cgroup.kill"));
+            states.push((Layer::CgroupKill, LayerState::Active));
+        } else if !states.iter().any(|(l, _)| *l == Layer::CgroupKill) {
+            states.push((
+                Layer::CgroupKill,
+                LayerState::Inactive("no cgroup v2 with cgroup.kill".into()),
+            ));
+        }
+
+        let quota = (u64::from(limits.cpu_percent) * 1000).max(1000);
+        let mem = limits.memory_bytes.to_string();
+        let pids = limits.max_processes.to_string();
+        // (layer, controller, v2 writes, v1 dir, v1 writes)
+        type Writes = Vec<(&'static str, String)>;
+        let plan: [(Layer, &str, Writes, &Option<PathBuf>, Writes); 3] = [
+            (
+                Layer::CgroupMemory,
+                "memory",
+                vec![("memory.max", mem.clone()), ("memory.swap.max", "0".into())],
+                &h.v1_memory,
+                vec![
+                    ("memory.limit_in_bytes", mem.clone()),
+                    ("memory.memsw.limit_in_bytes", mem),
+                ],
+            ),
+            (
+                Layer::CgroupPids,
+                "pids",
+                vec![("pids.max", pids.clone())],
+                &h.v1_pids,
+                vec![("pids.max", pids)],
+            ),
+            (
+                Layer::CgroupCpu,
+                "cpu",
+                vec![("cpu.max", format!("{quota} 100000"))],
+                &h.v1_cpu,
+                vec![
+                    ("cpu.cfs_period_us", "100000".into()),
+                    ("cpu.cfs_quota_us", quota.to_string()),
+                ],
+            ),
+        ];
+        for (layer, ctl, v2_writes, v1_dir, v1_writes) in plan {
+            let state = if v2_ok && h.v2_has(ctl) {
+                let dir = v2_dir.as_ref().expect("v2_ok");
+                apply(dir, &v2_writes, ctl).map(|()| {
+                    if ctl == "memory" {
+                        cg.memory_dir = Some((dir.clone(), true));
+                    }
+                    if ctl == "pids" {
+                        cg.pids_dir = Some(dir.clone());
+                    }
+                })
+            } else if let Some(parent) = v1_dir {
+                let dir = parent.join(name);
+                fs::create_dir(&dir)
+                    .map_err(|e| format!("{}: {e}", dir.display()))
+                    .and_then(|()| {
+                        cg.dirs.push(dir.clone());
+                        apply(&dir, &v1_writes, ctl)
+                    })
+                    .and_then(|()| {
+                        let procs = fs::OpenOptions::new()
+                            .write(true)
+                            .open(dir.join("cgroup.procs"))
+                            .map_err(|e| format!("open cgroup.procs: {e}"))?;
+                        cg.v1_procs.push(procs.into());
+                        if ctl == "memory" {
+                            cg.memory_dir = Some((dir.clone(), false));
+                        }
+                        if ctl == "pids" {
+                            cg.pids_dir = Some(dir.clone());
+                        }
+                        Ok(())
+                    })
+            } else {
+                Err(format!("no {ctl} controller in cgroup v2 or v1"))
+            };
+            states.push((
+                layer,
+                state.map_or_else(LayerState::Inactive, |()| LayerState::Active),
+            ));
+        }
+        (cg, states)
+    }
+
+    /// The v1 `cgroup.procs` fds, raw, for the child.
+    pub(crate) fn v1_proc_fds(&self) -> Vec<i32> {
+        self.v1_procs.iter().map(|f| f.as_raw_fd()).collect()
+    }
+
+    /// Kills every process of the cell's cgroup (v2 `cgroup.kill`), if available.
+    pub(crate) fn kill_file(&self) -> Option<PathBuf> {
+        self.kill_file.clone()
+    }
+
+    /// Host pids of every process in the cell (from the pids controller's cgroup).
+    pub(crate) fn pids(&self) -> Option<Vec<i32>> {
+        let dir = self.pids_dir.as_ref()?;
+        let text = fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+        Some(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    /// Whether the kernel's OOM killer killed something in this cell.
+    pub(crate) fn oom_killed(&self) -> bool {
+        let Some((dir, v2)) = &self.memory_dir else {
+            return false;
+        };
+        let file = if *v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        let text = fs::read_to_string(dir.join(file)).unwrap_or_default();
+        text.lines().any(|l| {
+            l.strip_prefix("oom_kill ")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        })
+    }
+
+    /// Directories this cell created (all removed by [`CellCgroups::remove`]).
+    pub(crate) fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Removes the cell's cgroups. Call after the cell is reaped; retries briefly
+    /// while the kernel finishes tearing the last tasks down.
+    pub(crate) fn remove(&mut self) -> io::Result<()> {
+        self.v1_procs.clear();
+        self.v2_fd = None;
+        let mut last = Ok(());
+        for dir in self.dirs.drain(..).rev() {
+            let mut attempt = 0;
+            loop {
+                match fs::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 200 => {
+                        attempt += 1;
+                        std::thread::sleep(std::time::Duration::from_micros(500));
+                    }
+                    Err(e) => {
+                        last = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        last
+    }
+}
+
+impl Drop for CellCgroups {
+    fn drop(&mut self) {
+        let _ = self.remove();
+    }
+}
+
+fn apply(dir: &Path, writes: &[(&str, String)], ctl: &str) -> Result<(), String> {
+    for (file, value) in writes {
+        let path = dir.join(file);
+        // Swap accounting files are optional (kernel built without swap accounting).
+        let optional = file.contains("swap") || file.contains("memsw");
+        if optional && !path.exists() {
+            continue;
+        }
+        write(&path, value)
+            .map_err(|e| format!("{ctl}: writing {value} to {}: {e}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,858 @@
+//! Spawning, confining, killing and reaping a cell process.
+//!
+//! The parent prepares everything that allocates (paths, id maps, the seccomp
+//! program, fds) before `clone3`; the child then runs only raw, async-signal-safe
+//! system calls through the confinement sequence and executes the embedded guest
+//! image from a sealed memfd. The child never returns into Rust code of the
+//! supervisor image: it either `execveat`s the guest or reports the failed step on a
+//! close-on-exec status pipe and `_exit`s.
+
+use std::ffi::{CString, c_char, c_int};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::cgroup::CellCgroups;
+use crate::error::{Error, Result, Step, host};
+use crate::host::{self, high_fd, host_support};
+use crate::layers::{Layer, LayerReport, LayerState};
+
+/// The guest program, built by build.rs from `guest/` as a static binary.
+pub(crate) static GUEST_IMAGE: &[u8] = include_bytes!(env!("CELL_GUEST_BIN"));
+/// The escape probe: only unit tests embed it.
+#[cfg(test)]
+pub(crate) static PROBE_IMAGE: &[u8] = include_bytes!(env!("CELL_PROBE_BIN"));
+
+/// Which embedded program a cell runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Image {
+    Guest,
+    #[cfg(test)]
+    Probe,
+}
+
+/// The uid/gid the guest has inside its user namespace.
+pub const CELL_UID: u32 = 1000;
+/// First host uid used for cells of a root supervisor; each cell gets its own, so
+/// per-user process limits are per cell.
+pub const HOST_UID_BASE: u32 = 2_000_000_000;
+const HOST_UID_SPAN: u64 = 1_000_000;
+
+/// Resource limits of one cell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory (cgroup); the address-space rlimit is this plus [`Limits::ADDRESS_SPACE_SLACK`].
+    pub memory_bytes: u64,
+    /// CPU time (RLIMIT_CPU, seconds; the cell is killed when it is used up).
+    pub cpu_seconds: u64,
+    /// CPU bandwidth (cgroup), in percent of one CPU.
+    pub cpu_percent: u32,
+    /// Processes and threads (cgroup pids and RLIMIT_NPROC).
+    pub max_processes: u32,
+    /// Open files (RLIMIT_NOFILE).
+    pub open_files: u64,
+    /// Largest file the cell may write (RLIMIT_FSIZE).
+    pub file_size_bytes: u64,
+}
+
+impl Limits {
+    /// Address space allowed beyond `memory_bytes` (code, stacks, guard pages).
+    pub const ADDRESS_SPACE_SLACK: u64 = 64 << 20;
+
+    fn validate(&self) -> Result<()> {
+        if self.memory_bytes < (8 << 20) {
+            return Err(Error::InvalidLimit(format!(
+                "memory {} < 8 MiB",
+                self.memory_bytes
+            )));
+        }
+        if self.cpu_seconds == 0 || self.cpu_percent == 0 || self.max_processes == 0 {
+            return Err(Error::InvalidLimit(
+                "cpu seconds, cpu percent and processes must be > 0".into(),
+            ));
+        }
+        if self.open_files < 4 {
+            return Err(Error::InvalidLimit("open files must be >= 4".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 256 << 20,
+            cpu_seconds: 30,
+            cpu_percent: 100,
+            max_processes: 16,
+            open_files: 32,
+            file_size_bytes: 0,
+        }
+    }
+}
+
+/// What to spawn and what the policy requires.
+#[derive(Clone, Debug)]
+pub struct SpawnSpec {
+    pub limits: Limits,
+    /// Layers that must be fully active, or the spawn is refused naming the first
+    /// missing one. Defaults to [`Layer::ALWAYS`].
+    pub require: Vec<Layer>,
+    pub(crate) image: Image,
+    pub(crate) args: Vec<String>,
+}
+
+impl Default for SpawnSpec {
+    fn default() -> Self {
+        SpawnSpec {
+            limits: Limits::default(),
+            require: Layer::ALWAYS.to_vec(),
+            image: Image::Guest,
+            args: Vec::new(),
+        }
+    }
+}
+
+/// How a cell process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// A reaped cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Termination {
+    pub status: ExitStatus,
+    /// The host killed it ([`Killer::kill`]).
+    pub killed_by_host: bool,
+    /// The kernel's OOM killer killed a process of the cell.
+    pub oom_killed: bool,
+}
+
+impl Termination {
+    /// Ended by a signal the host did not send (a fault, seccomp, a limit).
+    pub fn crashed(&self) -> bool {
+        matches!(self.status, ExitStatus::Signaled(_)) && !self.killed_by_host
+    }
+}
+
+/// Kills a cell from any thread, any number of times.
+#[derive(Clone, Debug)]
+pub struct Killer {
+    pidfd: Arc<OwnedFd>,
+    kill_file: Option<PathBuf>,
+    killed: Arc<AtomicBool>,
+}
+
+impl Killer {
+    /// Kills every process of the cell: the cgroup (v2 `cgroup.kill`) and the
+    /// namespace init through its pidfd (the kernel then kills the whole pid
+    /// namespace, grandchildren included).
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        if let Some(file) = &self.kill_file {
+            let _ = std::fs::write(file, "1");
+        }
+        // SAFETY: pidfd is a valid pidfd owned by this handle; a null siginfo is allowed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            );
+        }
+    }
+
+    pub fn was_killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+}
+
+/// A running (or reaped) confined cell process.
+#[derive(Debug)]
+pub struct ProcessCell {
+    pid: i32,
+    pidfd: Arc<OwnedFd>,
+    channel: UnixStream,
+    killer: Killer,
+    layers: LayerReport,
+    cgroups: CellCgroups,
+    termination: Option<Termination>,
+}
+
+static CELL_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Everything the child needs, prepared by the parent. Only raw values and pointers
+/// into memory the parent keeps alive until the child has exec'd or failed.
+struct Plan {
+    chan: RawFd,
+    image: RawFd,
+    status: RawFd,
+    v1_procs: [RawFd; 3],
+    netns: RawFd,
+    mountpoint: *const c_char,
+    rootful: bool,
+    host_uid: u32,
+    host_gid: u32,
+    uid_map: *const u8,
+    uid_map_len: usize,
+    gid_map: *const u8,
+    gid_map_len: usize,
+    rlimits: [(libc::__rlimit_resource_t, libc::rlimit); 6],
+    landlock: RawFd,
+    seccomp: bool,
+    prog: libc::sock_fprog,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+}
+
+impl ProcessCell {
+    /// Spawns the guest program under every confinement layer.
+    pub fn spawn(spec: &SpawnSpec) -> Result<ProcessCell> {
+        spec.limits.validate()?;
+        let hs = host_support();
+        let mut layers = hs.layers();
+
+        // Host-level check first: fail closed before creating anything.
+        for &layer in &spec.require {
+            if matches!(
+                layer,
+                Layer::CgroupMemory | Layer::CgroupPids | Layer::CgroupCpu | Layer::CgroupKill
+            ) {
+                continue; // decided when the cell's cgroups are made
+            }
+            if let LayerState::Inactive(why) | LayerState::Partial(why) = layers.get(layer) {
+                return Err(Error::LayerUnavailable {
+                    layer,
+                    reason: why.clone(),
+                });
+            }
+        }
+
+        let n = CELL_COUNTER.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: getpid has no preconditions.
+        let name = format!("cell-{}-{n}", unsafe { libc::getpid() });
+        let (mut cgroups, cg_states) = CellCgroups::create(&hs.cgroups, &name, &spec.limits);
+        for fd in cgroups.v1_procs.iter_mut() {
+            let moved = high_fd(fd.try_clone().map_err(host("dup cgroup.procs"))?)
+                .map_err(host("dup cgroup.procs"))?;
+            *fd = moved;
+        }
+        let landlock = host::landlock_ruleset();
+        let mut states: Vec<(Layer, LayerState)> =
+            layers.iter().map(|(l, s)| (l, s.clone())).collect();
+        for (layer, state) in cg_states {
+            if let Some(slot) = states.iter_mut().find(|(l, _)| *l == layer) {
+                slot.1 = state;
+            }
+        }
+        if landlock.is_none()
+            && let Some(slot) = states.iter_mut().find(|(l, _)| *l == Layer::Landlock)
+        {
+            slot.1 = LayerState::Inactive("could not create a Landlock ruleset".into());
+        }
+        layers = LayerReport::new(states);
+        if let Some((layer, state)) = layers.first_missing(&spec.require) {
+            let reason = state.to_string();
+            return Err(Error::LayerUnavailable { layer, reason });
+        }
+
+        let image = host::image_fd(spec.image)?;
+        let netns = if hs.rootful {
+            host::empty_netns()?
+        } else {
+            None
+        };
+
+        let (parent_chan, child_chan) = UnixStream::pair().map_err(host("socketpair"))?;
+        let child_chan = high_fd(child_chan.into()).map_err(host("socketpair"))?;
+        let mut pipe = [0 as c_int; 2];
+        // SAFETY: pipe points to two ints.
+        if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+            return Err(host("status pipe")(io::Error::last_os_error()));
+        }
+        // SAFETY: pipe2 returned two fresh descriptors we own.
+        let (status_r, status_w) =
+            unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+        let status_w = high_fd(status_w).map_err(host("status pipe"))?;
+
+        let (host_uid, host_gid) = if hs.rootful {
+            let id = HOST_UID_BASE + (n % HOST_UID_SPAN) as u32;
+            (id, id)
+        } else {
+            // SAFETY: getters without preconditions.
+            unsafe { (libc::geteuid(), libc::getegid()) }
+        };
+        let uid_map = format!("{CELL_UID} {host_uid} 1\n");
+        let gid_map = format!("{CELL_UID} {host_gid} 1\n");
+        let mountpoint = CString::new(if std::path::Path::new("/tmp").is_dir() {
+            "/tmp"
+        } else {
+            "/"
+        })
+        .expect("static path");
+
+        let l = &spec.limits;
+        let rl = |v: u64| libc::rlimit {
+            rlim_cur: v,
+            rlim_max: v,
+        };
+        let rlimits = [
+            (
+                libc::RLIMIT_AS,
+                rl(l.memory_bytes.saturating_add(Limits::ADDRESS_SPACE_SLACK)),
+            ),
+            (libc::RLIMIT_CPU, rl(l.cpu_seconds)),
+            (libc::RLIMIT_NOFILE, rl(l.open_files)),
+            (libc::RLIMIT_FSIZE, rl(l.file_size_bytes)),
+            (libc::RLIMIT_CORE, rl(0)),
+            (libc::RLIMIT_NPROC, rl(u64::from(l.max_processes))),
+        ];
+
+        let mut args: Vec<CString> = vec![CString::new("cell").expect("static")];
+        for a in &spec.args {
+            args.push(
+                CString::new(a.as_str())
+                    .map_err(|_| Error::InvalidLimit("NUL in argument".into()))?,
+            );
+        }
+        let mut argv: Vec<*const c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let envp: [*const c_char; 1] = [std::ptr::null()];
+        let prog_insns = host::seccomp_program();
+
+        let v1 = cgroups.v1_proc_fds();
+        let mut v1_procs = [-1; 3];
+        for (slot, fd) in v1_procs.iter_mut().zip(v1) {
+            *slot = fd;
+        }
+        let plan = Plan {
+            chan: child_chan.as_raw_fd(),
+            image,
+            status: status_w.as_raw_fd(),
+            v1_procs,
+            netns: netns.unwrap_or(-1),
+            mountpoint: mountpoint.as_ptr(),
+            rootful: hs.rootful,
+            host_uid,
+            host_gid,
+            uid_map: uid_map.as_ptr(),
+            uid_map_len: uid_map.len(),
+            gid_map: gid_map.as_ptr(),
+            gid_map_len: gid_map.len(),
+            rlimits,
+            landlock: landlock.unwrap_or(-1),
+            seccomp: hs.seccomp,
+            prog: libc::sock_fprog {
+                len: prog_insns.len() as u16,
+                filter: prog_insns.as_ptr().cast_mut(),
+            },
+            argv: argv.as_ptr(),
+            envp: envp.as_ptr(),
+        };
+
+        let mut flags = (libc::CLONE_PIDFD
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS) as u64;
+        if !hs.rootful {
+            flags |= (libc::CLONE_NEWUSER | libc::CLONE_NEWNET) as u64;
+        }
+        let mut cgroup_fd = 0u64;
+        if let Some(fd) = &cgroups.v2_fd {
+            flags |= CLONE_INTO_CGROUP;
+            cgroup_fd = fd.as_raw_fd() as u64;
+        }
+        let mut pidfd: c_int = -1;
+        let args = CloneArgs {
+            flags,
+            pidfd: (&raw mut pidfd) as u64,
+            child_tid: 0,
+            parent_tid: 0,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: 0,
+            stack_size: 0,
+            tls: 0,
+            set_tid: 0,
+            set_tid_size: 0,
+            cgroup: cgroup_fd,
+        };
+        // SAFETY: clone3 without CLONE_VM forks this process. In the child only
+        // `child_main` runs, which makes raw, async-signal-safe system calls on
+        // memory prepared above (still mapped, copy-on-write) and never returns.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &raw const args,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if pid == 0 {
+            // SAFETY: we are the freshly cloned child; see child_main.
+            unsafe { child_main(&plan) }
+        }
+        if pid < 0 {
+            return Err(host("clone3")(io::Error::last_os_error()));
+        }
+        let pid = pid as i32;
+        // SAFETY: CLONE_PIDFD stored a fresh pidfd we now own.
+        let pidfd = Arc::new(unsafe { OwnedFd::from_raw_fd(pidfd) });
+        drop(child_chan);
+        drop(status_w);
+        cgroups.v1_procs.clear();
+        let killer = Killer {
+            pidfd: pidfd.clone(),
+            kill_file: cgroups.kill_file(),
+            killed: Arc::new(AtomicBool::new(false)),
+        };
+        let mut cell = ProcessCell {
+            pid,
+            pidfd,
+            channel: parent_chan,
+            killer,
+            layers,
+            cgroups,
+            termination: None,
+        };
+
+        // The status pipe closes on exec (EOF) or carries (step, errno).
+        let mut report = [0u8; 8];
+        let mut got = 0;
+        while got < report.len() {
+            let mut pfd = libc::pollfd {
+                fd: status_r.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let ready = unsafe { libc::poll(&mut pfd, 1, SPAWN_TIMEOUT_MS) };
+            if ready == 0 {
+                cell.kill();
+                let t = cell.wait();
+                return Err(Error::ChildLost(format!(
+                    "no exec within {SPAWN_TIMEOUT_MS} ms; child ended {t:?}"
+                )));
+            }
+            // SAFETY: the buffer range is valid.
+            let r = unsafe {
+                libc::read(
+                    status_r.as_raw_fd(),
+                    report[got..].as_mut_ptr().cast(),
+                    report.len() - got,
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(host("reading the spawn status")(e));
+            }
+            if r == 0 {
+                break;
+            }
+            got += r as usize;
+        }
+        match got {
+            0 => Ok(cell),
+            8 => {
+                let step = u32::from_le_bytes(report[..4].try_into().expect("4 bytes"));
+                let errno = i32::from_le_bytes(report[4..].try_into().expect("4 bytes"));
+                let _ = cell.wait();
+                let step = Step::from_u32(step).ok_or_else(|| {
+                    Error::ChildLost(format!("unknown step {step} in status report"))
+                })?;
+                Err(Error::Confinement {
+                    step,
+                    source: io::Error::from_raw_os_error(errno),
+                })
+            }
+            _ => {
+                cell.kill();
+                let t = cell.wait();
+                Err(Error::ChildLost(format!(
+                    "truncated status report, child ended {t:?}"
+                )))
+            }
+        }
+    }
+
+    /// Host pid of the cell's init process.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The state of every confinement layer for this cell.
+    pub fn layers(&self) -> &LayerReport {
+        &self.layers
+    }
+
+    /// The host end of the channel.
+    pub fn channel(&self) -> &UnixStream {
+        &self.channel
+    }
+
+    /// A handle that kills this cell from any thread.
+    pub fn killer(&self) -> Killer {
+        self.killer.clone()
+    }
+
+    pub fn kill(&self) {
+        self.killer.kill();
+    }
+
+    /// Host pids of every process of the cell (needs a pids cgroup).
+    pub fn host_pids(&self) -> Option<Vec<i32>> {
+        self.cgroups.pids()
+    }
+
+    /// The cgroup directories of this cell (removed once it is reaped).
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroups.dirs().to_vec()
+    }
+
+    /// Reaps the cell if it has ended.
+    pub fn try_wait(&mut self) -> Result<Option<Termination>> {
+        self.reap(libc::WNOHANG)
+    }
+
+    /// Waits up to `timeout` for the cell to end.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<Termination>> {
+        if let Some(t) = self.termination {
+            return Ok(Some(t));
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(host("poll pidfd")(e));
+            }
+        }
+        self.try_wait()
+    }
+
+    /// Waits for the cell to end and reaps it.
+    pub fn wait(&mut self) -> Result<Termination> {
+        loop {
+            if let Some(t) = self.reap(0)? {
+                return Ok(t);
+            }
+        }
+    }
+
+    fn reap(&mut self, options: c_int) -> Result<Option<Termination>> {
+        if let Some(t) = self.termination {
+            return Ok(Some(t));
+        }
+        // SAFETY: zeroed siginfo is a valid out-parameter.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: P_PIDFD with our pidfd; info is a valid out-parameter.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                self.pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | options,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(None);
+            }
+            return Err(host("waitid")(e));
+        }
+        // SAFETY: waitid filled info (si_pid is 0 when WNOHANG found nothing).
+        let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        let status = if code == libc::CLD_EXITED {
+            ExitStatus::Exited(status)
+        } else {
+            ExitStatus::Signaled(status)
+        };
+        let t = Termination {
+            status,
+            killed_by_host: self.killer.was_killed(),
+            oom_killed: self.cgroups.oom_killed(),
+        };
+        self.termination = Some(t);
+        let _ = self.cgroups.remove();
+        Ok(Some(t))
+    }
+}
+
+impl Drop for ProcessCell {
+    fn drop(&mut self) {
+        if self.termination.is_none() {
+            self.killer.kill();
+            let _ = self.wait();
+        }
+        let _ = self.cgroups.remove();
+    }
+}
+
+/// How long the confinement sequence may take before the spawn is abandoned.
+const SPAWN_TIMEOUT_MS: c_int = 10_000;
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+
+#[repr(C)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Child side of the spawn. Async-signal-safe: raw system calls only, no
+/// allocation, no locks, no unwinding. Never returns.
+///
+/// # Safety
+/// Must only be called in the child right after `clone3`, with `p` prepared by the
+/// parent.
+unsafe fn child_main(p: &Plan) -> ! {
+    let mut status_fd = p.status;
+    // SAFETY (whole body): every call is a raw system call on descriptors and memory
+    // prepared by the parent; failures are reported and end the child.
+    unsafe {
+        macro_rules! check {
+            ($step:expr, $e:expr) => {
+                if ($e as i64) < 0 {
+                    fail(status_fd, $step);
+                }
+            };
+        }
+        // fd layout: 3 = channel, 4 = image (close-on-exec), 5 = status (close-on-exec).
+        check!(Step::ArrangeFds, libc::dup3(p.chan, 3, 0));
+        check!(Step::ArrangeFds, libc::dup3(p.image, 4, libc::O_CLOEXEC));
+        check!(Step::ArrangeFds, libc::dup3(p.status, 5, libc::O_CLOEXEC));
+        status_fd = 5;
+
+        for &fd in &p.v1_procs {
+            if fd >= 0 {
+                check!(Step::JoinCgroup, libc::write(fd, b"0".as_ptr().cast(), 1));
+            }
+        }
+        check!(
+            Step::UnshareCgroupNamespace,
+            libc::unshare(libc::CLONE_NEWCGROUP)
+        );
+        if p.netns >= 0 {
+            check!(
+                Step::JoinNetworkNamespace,
+                libc::setns(p.netns, libc::CLONE_NEWNET)
+            );
+        }
+        let proc_fd = libc::open(
+            c"/proc/self".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        check!(Step::OpenProc, proc_fd);
+        if !p.rootful {
+            write_id_maps(p, proc_fd, status_fd);
+        }
+
+        check!(
+            Step::MakeMountsPrivate,
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null()
+            )
+        );
+        check!(
+            Step::MountRoot,
+            libc::mount(
+                c"cell".as_ptr(),
+                p.mountpoint,
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+                c"size=16k,nr_inodes=8,mode=0555".as_ptr().cast(),
+            )
+        );
+        check!(Step::PivotRoot, libc::chdir(p.mountpoint));
+        check!(
+            Step::PivotRoot,
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr())
+        );
+        check!(
+            Step::DetachOldRoot,
+            libc::umount2(c".".as_ptr(), libc::MNT_DETACH)
+        );
+        check!(Step::DetachOldRoot, libc::chdir(c"/".as_ptr()));
+        check!(Step::SetHostname, libc::sethostname(c"cell".as_ptr(), 4));
+
+        if p.rootful {
+            check!(Step::DropHostIds, libc::setgroups(0, std::ptr::null()));
+            check!(
+                Step::DropHostIds,
+                libc::setresgid(p.host_gid, p.host_gid, p.host_gid)
+            );
+            check!(
+                Step::DropHostIds,
+                libc::setresuid(p.host_uid, p.host_uid, p.host_uid)
+            );
+            // Changing ids made us non-dumpable, which would make /proc/self/* root's.
+            check!(
+                Step::DropHostIds,
+                libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0)
+            );
+            check!(
+                Step::UnshareUserNamespace,
+                libc::unshare(libc::CLONE_NEWUSER)
+            );
+            write_id_maps(p, proc_fd, status_fd);
+        }
+        libc::close(proc_fd);
+
+        let mut hdr = CapHeader {
+            version: 0x2008_0522,
+            pid: 0,
+        };
+        let data = [
+            CapData {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            },
+            CapData {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            },
+        ];
+        check!(
+            Step::DropCapabilities,
+            libc::syscall(libc::SYS_capset, &raw mut hdr, data.as_ptr())
+        );
+        check!(Step::NewSession, libc::setsid());
+        for (resource, limit) in &p.rlimits {
+            check!(Step::SetRlimits, libc::setrlimit(*resource, limit));
+        }
+        check!(
+            Step::NoNewPrivs,
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        );
+        if p.landlock >= 0 {
+            check!(
+                Step::Landlock,
+                libc::syscall(libc::SYS_landlock_restrict_self, p.landlock, 0u32)
+            );
+        }
+        check!(
+            Step::ParentDeathSignal,
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0)
+        );
+        // If the parent died before the line above, nobody reads the status pipe.
+        let mut pfd = libc::pollfd {
+            fd: status_fd,
+            events: 0,
+            revents: 0,
+        };
+        if libc::poll(&mut pfd, 1, 0) > 0 && pfd.revents & libc::POLLERR != 0 {
+            libc::_exit(126);
+        }
+        check!(
+            Step::CloseFds,
+            libc::syscall(libc::SYS_close_range, 0u32, 2u32, 0u32)
+        );
+        check!(
+            Step::CloseFds,
+            libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32)
+        );
+        if p.seccomp {
+            check!(
+                Step::Seccomp,
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0u32,
+                    &raw const p.prog
+                )
+            );
+        }
+        libc::syscall(
+            libc::SYS_execveat,
+            4,
+            c"".as_ptr(),
+            p.argv,
+            p.envp,
+            libc::AT_EMPTY_PATH,
+        );
+        fail(status_fd, Step::Exec)
+    }
+}
+
+/// Writes `uid_map`, `setgroups` = deny and `gid_map` for the current user namespace.
+///
+/// # Safety
+/// Child-only helper (see [`child_main`]).
+unsafe fn write_id_maps(p: &Plan, proc_fd: c_int, status_fd: c_int) {
+    // SAFETY: raw system calls on memory prepared by the parent.
+    unsafe {
+        let files: [(&std::ffi::CStr, *const u8, usize); 3] = [
+            (c"uid_map", p.uid_map, p.uid_map_len),
+            (c"setgroups", b"deny".as_ptr(), 4),
+            (c"gid_map", p.gid_map, p.gid_map_len),
+        ];
+        for (name, data, len) in files {
+            let fd = libc::openat(proc_fd, name.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, data.cast(), len) != len as isize {
+                fail(status_fd, Step::WriteIdMaps);
+            }
+            libc::close(fd);
+        }
+    }
+}
+
+/// Reports `(step, errno)` on the status pipe and exits.
+fn fail(status_fd: c_int, step: Step) -> ! {
+    // SAFETY: errno location is thread-local and valid; write/_exit are raw calls.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let mut buf = [0u8; 8];
+        buf[..4].copy_from_slice(&(step as u32).to_le_bytes());
+        buf[4..].copy_from_slice(&errno.to_le_bytes());
+        libc::write(status_fd, buf.as_ptr().cast(), 8);
+        libc::_exit(127)
+    }
+}

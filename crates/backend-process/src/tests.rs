@@ -1,0 +1,402 @@
+//! Tests against real confined children. The escape probes run the test-only
+//! `cell-probe` image under exactly the confinement of a real cell.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use crate::spawn::Image;
+use crate::*;
+
+fn probe_spec(name: &str) -> SpawnSpec {
+    SpawnSpec {
+        image: Image::Probe,
+        args: vec![name.to_owned()],
+        ..SpawnSpec::default()
+    }
+}
+
+fn spawn_probe(name: &str) -> ProcessCell {
+    ProcessCell::spawn(&probe_spec(name)).expect("spawn probe")
+}
+
+/// Reads the probe's report: everything until EOF or the first newline-terminated line.
+fn read_line(cell: &ProcessCell) -> String {
+    let mut ch = cell.channel();
+    ch.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    while let Ok(1) = ch.read(&mut byte) {
+        if byte[0] == b'\n' {
+            break;
+        }
+        out.push(byte[0]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn run_probe(name: &str) -> (String, Termination) {
+    let mut cell = spawn_probe(name);
+    let line = read_line(&cell);
+    let t = cell.wait().unwrap();
+    (line, t)
+}
+
+#[test]
+fn guest_echoes_over_the_channel_with_every_layer_reported() {
+    let mut cell = ProcessCell::spawn(&SpawnSpec::default()).unwrap();
+    for layer in Layer::ALWAYS {
+        assert!(
+            cell.layers().get(layer).is_active(),
+            "{layer}: {}",
+            cell.layers().get(layer)
+        );
+    }
+    let mut ch = cell.channel();
+    ch.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    ch.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    cell.kill();
+    let t = cell.wait().unwrap();
+    assert!(t.killed_by_host);
+    assert_eq!(t.status, ExitStatus::Signaled(libc::SIGKILL));
+}
+
+fn assert_probe(name: &str, expected: &str) {
+    let (line, t) = run_probe(name);
+    assert_eq!(line, expected, "probe {name}");
+    assert_eq!(t.status, ExitStatus::Exited(0), "probe {name}");
+}
+
+#[test]
+fn doctor_reports_every_layer() {
+    let report = doctor();
+    assert_eq!(report.iter().count(), Layer::ALL.len());
+    for layer in Layer::ALL {
+        assert_eq!(Layer::from_name(layer.name()), Some(layer));
+    }
+}
+
+#[test]
+fn environment_is_empty() {
+    assert_probe("env", "ok 0");
+}
+
+#[test]
+fn guest_is_unprivileged_pid_1_in_its_own_session() {
+    // uid/gid 1000 in the namespace, pid 1 of its pid namespace, session leader,
+    // and no capability left.
+    assert_probe(
+        "ids",
+        "uid 1000 gid 1000 pid 1 sid 1 capget 0 eff 00 perm 00",
+    );
+}
+
+#[test]
+fn only_the_channel_fd_is_open() {
+    assert_probe("fds", "open [3]");
+}
+
+#[test]
+fn reading_host_files_is_refused() {
+    assert_probe("open_read", &format!("errno {}", libc::EPERM));
+}
+
+#[test]
+fn writing_host_files_is_refused() {
+    assert_probe("open_write", &format!("errno {}", libc::EPERM));
+}
+
+#[test]
+fn exec_is_refused() {
+    // execve: seccomp. execveat on the image fd: closed on exec. On another fd: seccomp.
+    assert_probe(
+        "exec",
+        &format!(
+            "execve -1 {} execveat4 -1 {} execveat3 -1 {}",
+            libc::EPERM,
+            libc::EBADF,
+            libc::EPERM
+        ),
+    );
+}
+
+#[test]
+fn sockets_cannot_be_created() {
+    assert_probe("socket_inet", &format!("errno {}", libc::EPERM));
+    assert_probe("socket_unix", &format!("errno {}", libc::EPERM));
+    assert_probe("socketpair", &format!("errno {}", libc::EPERM));
+}
+
+#[test]
+fn connect_is_refused() {
+    assert_probe("connect", &format!("errno {}", libc::EPERM));
+}
+
+#[test]
+fn ptrace_is_refused() {
+    assert_probe("ptrace", &format!("errno {}", libc::EPERM));
+}
+
+#[test]
+fn mount_is_refused() {
+    assert_probe("mount", &format!("errno {}", libc::EPERM));
+}
+
+#[test]
+fn unshare_is_refused() {
+    assert_probe("unshare", &format!("errno {}", libc::EPERM));
+}
+
+#[test]
+fn setns_is_refused() {
+    assert_probe("setns", &format!("errno {}", libc::EPERM));
+}
+
+#[test]
+fn clone_with_namespace_flags_is_refused_and_clone3_is_enosys() {
+    assert_probe("clone_newuser", &format!("errno {}", libc::EPERM));
+    assert_probe("clone3", &format!("errno {}", libc::ENOSYS));
+}
+
+#[test]
+fn io_uring_is_refused() {
+    assert_probe("io_uring", &format!("errno {}", libc::EPERM));
+}
+
+#[test]
+fn bpf_userfaultfd_keyring_and_perf_are_refused() {
+    for name in ["bpf", "userfaultfd", "keyctl", "perf_event_open"] {
+        assert_probe(name, &format!("errno {}", libc::EPERM));
+    }
+}
+
+#[test]
+fn tiocsti_is_refused() {
+    assert_probe(
+        "tiocsti",
+        &format!("fd3 -1 {} fd0 -1 {}", libc::EPERM, libc::EPERM),
+    );
+}
+
+fn assert_killed_by_seccomp(name: &str) {
+    let mut cell = spawn_probe(name);
+    assert_eq!(read_line(&cell), "trying");
+    let rest = read_line(&cell);
+    assert_eq!(rest, "", "probe {name} survived: {rest}");
+    let t = cell.wait().unwrap();
+    assert_eq!(t.status, ExitStatus::Signaled(libc::SIGSYS), "probe {name}");
+    assert!(t.crashed());
+}
+
+#[test]
+fn i386_syscall_entry_kills_the_cell() {
+    assert_killed_by_seccomp("i386");
+}
+
+#[test]
+fn x32_syscalls_kill_the_cell() {
+    assert_killed_by_seccomp("x32");
+}
+
+#[test]
+fn fork_bomb_is_stopped_by_the_process_limit() {
+    let mut spec = probe_spec("fork_bomb");
+    spec.limits.max_processes = 8;
+    let mut cell = ProcessCell::spawn(&spec).unwrap();
+    let line = read_line(&cell);
+    let count: u32 = line
+        .strip_prefix(&format!("errno {} after ", libc::EAGAIN))
+        .unwrap_or_else(|| panic!("unexpected fork bomb report {line:?}"))
+        .parse()
+        .unwrap();
+    assert!(
+        count < 8,
+        "{count} forks succeeded with a limit of 8 processes"
+    );
+    cell.kill();
+    assert!(cell.wait().unwrap().killed_by_host);
+}
+
+fn mount_count() -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count()
+}
+
+#[test]
+fn kill_leaves_no_process_cgroup_or_mount_behind_including_grandchildren() {
+    let mounts_before = mount_count();
+    let mut cell = spawn_probe("grandchildren");
+    let line = read_line(&cell);
+    assert!(line.starts_with("ok "), "{line}");
+    let dirs = cell.cgroup_dirs();
+    assert!(
+        !dirs.is_empty(),
+        "this test needs cgroups (layers: {})",
+        cell.layers()
+    );
+    // Wait until the grandchild exists (the child reports before forking it).
+    let mut pids = Vec::new();
+    for _ in 0..2000 {
+        pids = cell.host_pids().expect("pids cgroup");
+        if pids.len() == 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(pids.len(), 3, "init, child and grandchild: {pids:?}");
+    let killer = cell.killer();
+    std::thread::spawn(move || killer.kill()).join().unwrap();
+    let t = cell.wait().unwrap();
+    assert!(t.killed_by_host);
+    assert_eq!(t.status, ExitStatus::Signaled(libc::SIGKILL));
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+        assert!(
+            !uid_line.contains(&HOST_UID_BASE.to_string()[..4]),
+            "process {pid} of the cell survived: {uid_line}"
+        );
+    }
+    for dir in dirs {
+        assert!(!dir.exists(), "cgroup {} left behind", dir.display());
+    }
+    assert_eq!(mount_count(), mounts_before);
+}
+
+#[test]
+fn memory_past_the_limit_is_refused_or_killed() {
+    let mut spec = probe_spec("memory");
+    spec.limits.memory_bytes = 64 << 20;
+    let mut cell = ProcessCell::spawn(&spec).unwrap();
+    let mut ch = cell.channel();
+    ch.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut out = Vec::new();
+    let _ = ch.read_to_end(&mut out);
+    let mib = out.iter().filter(|&&b| b == b'+').count() as u64;
+    let text = String::from_utf8_lossy(&out).replace('+', "");
+    let t = cell.wait().unwrap();
+    assert!(!text.contains("unbounded"), "allocation was unbounded");
+    let bound = (spec.limits.memory_bytes + Limits::ADDRESS_SPACE_SLACK) >> 20;
+    assert!(mib <= bound, "{mib} MiB touched with a {bound} MiB bound");
+    let refused = text.starts_with(&format!("errno {}", libc::ENOMEM));
+    let oom = t.oom_killed && t.status == ExitStatus::Signaled(libc::SIGKILL);
+    assert!(
+        refused || oom,
+        "neither refused nor OOM-killed: {text:?} {t:?}"
+    );
+    assert!(!t.killed_by_host);
+}
+
+#[test]
+fn cpu_past_the_limit_is_killed() {
+    let mut spec = probe_spec("cpu");
+    spec.limits.cpu_seconds = 1;
+    let mut cell = ProcessCell::spawn(&spec).unwrap();
+    assert_eq!(read_line(&cell), "spinning");
+    let t = cell.wait().unwrap();
+    assert_eq!(t.status, ExitStatus::Signaled(libc::SIGKILL));
+    assert!(!t.killed_by_host);
+    assert!(t.crashed());
+}
+
+#[test]
+fn crash_mid_frame_is_reported_as_a_crash() {
+    let mut cell = spawn_probe("crash_mid_frame");
+    let mut ch = cell.channel();
+    ch.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = Vec::new();
+    ch.read_to_end(&mut out).unwrap();
+    assert_eq!(out, b"\x64\x00\x00\x00abc");
+    let t = cell.wait().unwrap();
+    assert_eq!(t.status, ExitStatus::Signaled(libc::SIGSEGV));
+    assert!(t.crashed());
+}
+
+#[test]
+fn invalid_limits_are_refused() {
+    let spec = SpawnSpec {
+        limits: Limits {
+            memory_bytes: 1,
+            ..Limits::default()
+        },
+        ..SpawnSpec::default()
+    };
+    assert!(matches!(
+        ProcessCell::spawn(&spec),
+        Err(Error::InvalidLimit(_))
+    ));
+}
+
+/// Rootless: the same test binary re-run as an unprivileged user (uid 65534),
+/// which has no writable cgroup and must build everything from user namespaces.
+#[test]
+fn rootless_cells_work_and_missing_layers_fail_closed() {
+    if std::env::var_os("CELL_ROOTLESS_CHILD").is_some() {
+        return rootless_child();
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return rootless_child();
+    }
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().unwrap();
+    let copy = std::env::temp_dir().join(format!("cell-rootless-test-{}", std::process::id()));
+    std::fs::copy(&exe, &copy).unwrap();
+    let out = std::process::Command::new(&copy)
+        .args([
+            "--exact",
+            "tests::rootless_cells_work_and_missing_layers_fail_closed",
+            "--nocapture",
+        ])
+        .env("CELL_ROOTLESS_CHILD", "1")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&copy);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "rootless run failed:\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "rootless test did not run:\n{text}"
+    );
+}
+
+fn rootless_child() {
+    let hs = host_support();
+    assert!(!hs.rootful);
+    let mut cell = ProcessCell::spawn(&probe_spec("ids")).expect("rootless spawn");
+    for layer in Layer::ALWAYS {
+        assert!(
+            cell.layers().get(layer).is_active(),
+            "{layer}: {}",
+            cell.layers().get(layer)
+        );
+    }
+    assert_eq!(
+        read_line(&cell),
+        "uid 1000 gid 1000 pid 1 sid 1 capget 0 eff 00 perm 00"
+    );
+    assert_eq!(cell.wait().unwrap().status, ExitStatus::Exited(0));
+    drop(cell);
+    assert_probe("open_read", &format!("errno {}", libc::EPERM));
+    // No writable cgroup for this user: requiring a memory cgroup fails closed.
+    let spec = SpawnSpec {
+        require: vec![Layer::CgroupMemory],
+        ..SpawnSpec::default()
+    };
+    match ProcessCell::spawn(&spec) {
+        Err(Error::LayerUnavailable {
+            layer: Layer::CgroupMemory,
+            ..
+        }) => {}
+        other => panic!("expected a refusal naming cgroup-memory, got {other:?}"),
+    }
+}
