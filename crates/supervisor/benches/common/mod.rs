@@ -1,0 +1,100 @@
+//! Shared by the benchmarks: criterion configured for a noisy 2-core machine, pinning, memory
+//! readings, and the summary table that prints each figure beside its floor and target.
+#![allow(dead_code)]
+
+use criterion::Criterion;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where criterion writes its estimates; the summary reads medians back from there.
+pub fn criterion_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/criterion")
+}
+
+pub fn criterion() -> Criterion {
+    Criterion::default()
+        .output_directory(&criterion_dir())
+        .sample_size(40)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args()
+}
+
+/// The median, in nanoseconds, criterion measured for `group/id` in this run.
+pub fn median_ns(group: &str, id: &str) -> Option<f64> {
+    let path = criterion_dir()
+        .join(group)
+        .join(id)
+        .join("new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["median"]["point_estimate"].as_f64()
+}
+
+/// Pins the whole process to one CPU (`Some(cpu)`) or to all of them (`None`).
+pub fn pin(cpu: Option<usize>) {
+    let mut set = nix::sched::CpuSet::new();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    for c in 0..cpus {
+        if cpu.is_none_or(|only| only == c) {
+            let _ = set.set(c);
+        }
+    }
+    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+}
+
+/// Resident set size of this process, in bytes.
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+pub fn fmt_ns(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.1} µs", ns / 1e3)
+    }
+}
+
+/// One row of the summary: a figure, its floor measured in the same run, and the target.
+pub struct Row {
+    pub figure: String,
+    pub median_ns: Option<f64>,
+    pub floor: String,
+    pub floor_ns: Option<f64>,
+    pub target: String,
+}
+
+pub fn print_summary(title: &str, rows: &[Row], extra: &[String]) {
+    println!("\n=== {title} (medians of this run) ===");
+    println!(
+        "{:<52} {:>11}   {:<36} {:>11} {:>8}   {}",
+        "figure", "median", "floor", "floor med.", "ratio", "target"
+    );
+    for r in rows {
+        let ratio = match (r.median_ns, r.floor_ns) {
+            (Some(m), Some(f)) if f > 0.0 => format!("{:.2}x", m / f),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<52} {:>11}   {:<36} {:>11} {:>8}   {}",
+            r.figure,
+            r.median_ns.map(fmt_ns).unwrap_or_else(|| "n/a".into()),
+            r.floor,
+            r.floor_ns.map(fmt_ns).unwrap_or_else(|| "-".into()),
+            ratio,
+            r.target
+        );
+    }
+    for line in extra {
+        println!("{line}");
+    }
+}

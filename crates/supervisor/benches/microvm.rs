@@ -1,0 +1,204 @@
+//! `microvm` figures beside their floor, measured in the same run: the floors are a raw
+//! `KVM_CREATE_VM` and a bare `out` exit round trip on a minimal guest; the figures are cold
+//! cell → first `post(40 + 2)` (cold boot, from the snapshot in a new VM, from the snapshot in a
+//! pooled reset VM), warm exec and call round trips (unpinned and pinned to one CPU), and host
+//! memory per idle cell. This host's KVM is PVM (software virtualization; the guest runs at CPL3).
+
+mod common;
+
+use backend_microvm::layout::MODE_FLOOR;
+use backend_microvm::{MicroVm, StartMode, Vm, VmConfig, bench_create_vm, kvm_available};
+use cell_supervisor::{Map, Policy, Supervisor, Value};
+use common::{Row, median_ns, pin, print_summary, rss_bytes};
+use criterion::{BenchmarkId, black_box};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const GROUP: &str = "microvm";
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+fn fresh_name() -> String {
+    format!("bench-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Proportional set size of this process, in bytes (kernel-side KVM memory is not included).
+fn pss_bytes() -> u64 {
+    let text = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// System-wide MemAvailable, in bytes: its drop also counts the kernel's KVM structures.
+fn mem_available() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+fn main() {
+    if !kvm_available() {
+        eprintln!("SKIPPED: /dev/kvm absent: no microvm benchmark");
+        return;
+    }
+    let mut c = common::criterion();
+    let supervisor = Supervisor::new();
+    supervisor.register_backend(Arc::new(MicroVm::new()));
+    let backends = [
+        ("microvm-cold", StartMode::Cold),
+        ("microvm-fresh", StartMode::SnapshotFresh),
+    ];
+    for (name, start) in backends {
+        let backend = MicroVm::with_start(start);
+        supervisor.register_backend(Arc::new(Named(name, backend)));
+    }
+    let policy = Policy::default();
+    // Build the snapshot template before measuring (once per process).
+    supervisor
+        .spawn(&fresh_name(), "microvm", &policy)
+        .unwrap()
+        .close();
+
+    for (suffix, cpu) in [("", None), ("_pinned", Some(0))] {
+        pin(cpu);
+        let mut g = c.benchmark_group(GROUP);
+        g.bench_function(
+            BenchmarkId::new(format!("floor_create_vm{suffix}"), ""),
+            |b| b.iter(|| bench_create_vm().unwrap()),
+        );
+        let mut floor = Vm::boot(&VmConfig::new(16 << 20).with_test_mode(MODE_FLOOR)).unwrap();
+        g.bench_function(
+            BenchmarkId::new(format!("floor_out_exit{suffix}"), ""),
+            |b| b.iter(|| floor.floor_exits(1).unwrap()),
+        );
+        drop(floor);
+        for (id, backend) in [
+            ("cold_post_42", "microvm-cold"),
+            ("snapshot_fresh_post_42", "microvm-fresh"),
+            ("snapshot_pooled_post_42", "microvm"),
+        ] {
+            g.bench_function(BenchmarkId::new(format!("{id}{suffix}"), ""), |b| {
+                b.iter(|| {
+                    let cell = supervisor.spawn(&fresh_name(), backend, &policy).unwrap();
+                    cell.exec("post(40 + 2)").unwrap();
+                    let event = cell.recv(Some(Duration::from_secs(5))).unwrap();
+                    cell.close();
+                    black_box(event)
+                })
+            });
+        }
+        let warm = supervisor.spawn(&fresh_name(), "microvm", &policy).unwrap();
+        warm.exec("fn add(a, b) { a + b }").unwrap();
+        g.bench_function(BenchmarkId::new(format!("warm_exec{suffix}"), ""), |b| {
+            b.iter(|| black_box(warm.exec("40 + 2").unwrap()))
+        });
+        g.bench_function(BenchmarkId::new(format!("warm_call{suffix}"), ""), |b| {
+            b.iter(|| {
+                black_box(
+                    warm.call("add", vec![Value::Int(40), Value::Int(2)], Map::new())
+                        .unwrap(),
+                )
+            })
+        });
+        warm.close();
+        g.finish();
+    }
+    pin(None);
+
+    // Memory: idle cells from the snapshot after their handshake and one exec, all alive at once
+    // (so none shares a pooled VM), growth per cell.
+    const CELLS: usize = 40;
+    let (rss0, pss0, avail0) = (rss_bytes(), pss_bytes(), mem_available());
+    let cells: Vec<_> = (0..CELLS)
+        .map(|_| {
+            let cell = supervisor
+                .spawn(&fresh_name(), "microvm-fresh", &policy)
+                .unwrap();
+            cell.exec("let x = 1;").unwrap();
+            cell
+        })
+        .collect();
+    let per = |now: u64, before: u64| now.saturating_sub(before) as f64 / CELLS as f64 / 1024.0;
+    let rss = per(rss_bytes(), rss0);
+    let pss = per(pss_bytes(), pss0);
+    let sys = avail0.saturating_sub(mem_available()) as f64 / CELLS as f64 / 1024.0;
+    for cell in cells {
+        cell.close();
+    }
+
+    c.final_summary();
+    let m = |id: &str| median_ns(GROUP, &format!("{id}/"));
+    let mut rows = Vec::new();
+    for (suffix, label) in [("", "unpinned"), ("_pinned", "pinned to CPU 0")] {
+        let id = |base: &str| format!("{base}{suffix}");
+        for (fig, key, target) in [
+            (
+                "cold boot spawn→post(40+2)→recv→close",
+                "cold_post_42",
+                "< 3 ms",
+            ),
+            (
+                "snapshot (new VM) spawn→post(40+2)→close",
+                "snapshot_fresh_post_42",
+                "< 500 µs",
+            ),
+            (
+                "snapshot (pooled VM) spawn→post(40+2)→close",
+                "snapshot_pooled_post_42",
+                "< 500 µs",
+            ),
+        ] {
+            rows.push(Row {
+                figure: format!("{fig}, {label}"),
+                median_ns: m(&id(key)),
+                floor: "raw KVM_CREATE_VM".into(),
+                floor_ns: m(&id("floor_create_vm")),
+                target: target.into(),
+            });
+        }
+        for op in ["exec", "call"] {
+            rows.push(Row {
+                figure: format!("warm {op} round trip, {label}"),
+                median_ns: m(&id(&format!("warm_{op}"))),
+                floor: "bare `out` exit round trip".into(),
+                floor_ns: m(&id("floor_out_exit")),
+                target: "≤ 2× floor".into(),
+            });
+        }
+    }
+    print_summary(
+        "microvm (KVM here is PVM: guest at CPL3)",
+        &rows,
+        &[format!(
+            "host memory per idle cell ({CELLS} cells from the snapshot): RSS {rss:.0} KiB, PSS {pss:.0} KiB, \
+             MemAvailable drop (incl. kernel KVM memory) {sys:.0} KiB   target < 8 MiB"
+        )],
+    );
+}
+
+/// Registers a [`MicroVm`] variant under another name so the bench can compare start modes.
+struct Named(&'static str, MicroVm);
+
+impl abi::backend::Backend for Named {
+    fn name(&self) -> &str {
+        self.0
+    }
+    fn available(&self) -> Result<(), String> {
+        self.1.available()
+    }
+    fn spawn(
+        &self,
+        spec: &abi::backend::SpawnSpec,
+        host: Arc<dyn abi::backend::HostSide>,
+    ) -> Result<Box<dyn abi::backend::CellPipe>, abi::backend::SpawnError> {
+        self.1.spawn(spec, host)
+    }
+}

@@ -1,0 +1,122 @@
+//! `subinterp` figures beside their floor (a bare Rhai eval on a fresh and a reused engine):
+//! cold cell → first `post(40 + 2)` → close, warm exec and call round trips (unpinned and pinned
+//! to one CPU), and host memory per idle cell.
+
+mod common;
+
+use cell_supervisor::{Map, Policy, Supervisor, Value};
+use common::{Row, median_ns, pin, print_summary, rss_bytes};
+use criterion::{BenchmarkId, black_box};
+use rhai::packages::Package;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const GROUP: &str = "subinterp";
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+fn fresh_name() -> String {
+    format!("bench-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn main() {
+    let mut c = common::criterion();
+    let supervisor = Supervisor::new();
+    let policy = Policy::default();
+    let std_pkg = rhai::packages::StandardPackage::new().as_shared_module();
+
+    for (suffix, cpu) in [("", None), ("_pinned", Some(0))] {
+        pin(cpu);
+        let mut g = c.benchmark_group(GROUP);
+        g.bench_function(
+            BenchmarkId::new(format!("floor_rhai_fresh_engine{suffix}"), ""),
+            |b| {
+                b.iter(|| {
+                    let mut engine = rhai::Engine::new_raw();
+                    engine.register_global_module(std_pkg.clone());
+                    black_box(engine.eval::<i64>("40 + 2").unwrap())
+                })
+            },
+        );
+        let mut reused = rhai::Engine::new_raw();
+        reused.register_global_module(std_pkg.clone());
+        g.bench_function(
+            BenchmarkId::new(format!("floor_rhai_reused_engine{suffix}"), ""),
+            |b| b.iter(|| black_box(reused.eval::<i64>("40 + 2").unwrap())),
+        );
+        g.bench_function(BenchmarkId::new(format!("cold_post_42{suffix}"), ""), |b| {
+            b.iter(|| {
+                let cell = supervisor
+                    .spawn(&fresh_name(), "subinterp", &policy)
+                    .unwrap();
+                cell.exec("post(40 + 2)").unwrap();
+                let event = cell.recv(Some(Duration::from_secs(1))).unwrap();
+                cell.close();
+                black_box(event)
+            })
+        });
+        let warm = supervisor
+            .spawn(&fresh_name(), "subinterp", &policy)
+            .unwrap();
+        warm.exec("fn add(a, b) { a + b }").unwrap();
+        g.bench_function(BenchmarkId::new(format!("warm_exec{suffix}"), ""), |b| {
+            b.iter(|| black_box(warm.exec("40 + 2").unwrap()))
+        });
+        g.bench_function(BenchmarkId::new(format!("warm_call{suffix}"), ""), |b| {
+            b.iter(|| {
+                black_box(
+                    warm.call("add", vec![Value::Int(40), Value::Int(2)], Map::new())
+                        .unwrap(),
+                )
+            })
+        });
+        warm.close();
+        g.finish();
+    }
+    pin(None);
+
+    // Memory: idle cells after their handshake and one exec, resident growth per cell.
+    const CELLS: usize = 500;
+    let before = rss_bytes();
+    let cells: Vec<_> = (0..CELLS)
+        .map(|_| {
+            let cell = supervisor
+                .spawn(&fresh_name(), "subinterp", &policy)
+                .unwrap();
+            cell.exec("let x = 1;").unwrap();
+            cell
+        })
+        .collect();
+    let per_cell = rss_bytes().saturating_sub(before) as f64 / CELLS as f64;
+    drop(cells);
+
+    c.final_summary();
+    let m = |id: &str| median_ns(GROUP, &format!("{id}/"));
+    let mut rows = Vec::new();
+    for (suffix, label) in [("", "unpinned"), ("_pinned", "pinned to CPU 0")] {
+        let id = |base: &str| format!("{base}{suffix}");
+        rows.push(Row {
+            figure: format!("cold spawn→post(40+2)→recv→close, {label}"),
+            median_ns: m(&id("cold_post_42")),
+            floor: "bare Rhai eval, fresh engine".into(),
+            floor_ns: m(&id("floor_rhai_fresh_engine")),
+            target: "< 200 µs".into(),
+        });
+        for op in ["exec", "call"] {
+            rows.push(Row {
+                figure: format!("warm {op} round trip, {label}"),
+                median_ns: m(&id(&format!("warm_{op}"))),
+                floor: "bare Rhai eval, reused engine".into(),
+                floor_ns: m(&id("floor_rhai_reused_engine")),
+                target: "< 20 µs".into(),
+            });
+        }
+    }
+    print_summary(
+        "subinterp",
+        &rows,
+        &[format!(
+            "host memory per idle cell ({CELLS} cells, RSS growth): {:.0} KiB   target < 512 KiB",
+            per_cell / 1024.0
+        )],
+    );
+}
