@@ -6,8 +6,9 @@ mod common;
 
 use cell_supervisor::{Map, Policy, Supervisor, Value};
 use common::{Row, median_ns, pin, print_summary, rss_bytes};
-use criterion::{BenchmarkId, black_box};
+use criterion::BenchmarkId;
 use rhai::packages::Package;
+use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
