@@ -76,8 +76,8 @@ pub struct Row {
 pub fn print_summary(title: &str, rows: &[Row], extra: &[String]) {
     println!("\n=== {title} (medians of this run) ===");
     println!(
-        "{:<52} {:>11}   {:<36} {:>11} {:>8}   {}",
-        "figure", "median", "floor", "floor med.", "ratio", "target"
+        "{:<52} {:>11}   {:<36} {:>11} {:>8}   target",
+        "figure", "median", "floor", "floor med.", "ratio"
     );
     for r in rows {
         let ratio = match (r.median_ns, r.floor_ns) {
