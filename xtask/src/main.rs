@@ -1,3 +1,282 @@
-fn main() {
-    println!("Hello, world!");
+//! Project automation: `cargo xtask <command>`.
+//!
+//! * `ci` — fmt check, clippy `-D warnings`, every test in the workspace, then the conformance
+//!   counts per backend (from the same test run);
+//! * `conformance [--backend NAME]` — the conformance suite per backend, with pass/fail counts and
+//!   the reason for any backend skipped;
+//! * `bench [--backend NAME]` — the benchmarks, each printed beside its floor.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const BACKENDS: &[&str] = &["subinterp", "process", "microvm"];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let backend = args
+        .iter()
+        .position(|a| a == "--backend")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let ok = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("conformance") => conformance(backend.as_deref()),
+        Some("bench") => bench(backend.as_deref()),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <ci | conformance [--backend NAME] | bench [--backend NAME]>"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn step(name: &str, cmd: &mut Command) -> bool {
+    println!("\n==> {name}");
+    match cmd.status() {
+        Ok(status) if status.success() => true,
+        Ok(status) => {
+            eprintln!("xtask: {name} failed ({status})");
+            false
+        }
+        Err(e) => {
+            eprintln!("xtask: cannot run {name}: {e}");
+            false
+        }
+    }
+}
+
+/// Per-backend conformance counts.
+#[derive(Default, Debug)]
+struct Counts {
+    passed: u32,
+    failed: u32,
+}
+
+/// Runs a cargo test command, echoing its output, and collects the result line of each
+/// `crates/conformance/tests/<backend>.rs` binary.
+fn run_tests(mut cmd: Command) -> (bool, Vec<(String, Counts)>) {
+    // cargo names each test binary on stderr and the harness prints results on stdout: read
+    // both, in order, from one pipe.
+    let spawned = std::io::pipe().and_then(|(reader, writer)| {
+        cmd.stdout(writer.try_clone()?).stderr(writer);
+        let child = cmd.spawn();
+        drop(cmd);
+        Ok((reader, child?))
+    });
+    let (reader, mut child) = match spawned {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("xtask: cannot run cargo test: {e}");
+            return (false, Vec::new());
+        }
+    };
+    let mut current: Option<String> = None;
+    let mut results = Vec::new();
+    for line in BufReader::new(reader).lines().map_while(Result::ok) {
+        println!("{line}");
+        if let Some(rest) = line.trim().strip_prefix("Running ") {
+            current = BACKENDS
+                .iter()
+                .find(|b| {
+                    rest.starts_with(&format!("tests/{b}.rs"))
+                        || rest.contains(&format!("conformance/tests/{b}.rs"))
+                })
+                .map(|b| b.to_string());
+        }
+        if let (Some(backend), Some(rest)) = (&current, line.strip_prefix("test result: ")) {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim().strip_suffix(word).map(|n| {
+                            n.trim()
+                                .trim_start_matches("ok.")
+                                .trim_start_matches("FAILED.")
+                                .trim()
+                                .parse()
+                                .unwrap_or(0)
+                        })
+                    })
+                    .unwrap_or(0)
+            };
+            results.push((
+                backend.clone(),
+                Counts {
+                    passed: count("passed"),
+                    failed: count("failed"),
+                },
+            ));
+            current = None;
+        }
+    }
+    let ok = child.wait().map(|s| s.success()).unwrap_or(false);
+    (ok, results)
+}
+
+/// Why a backend's conformance cannot run here, if it cannot.
+fn skip_reason(backend: &str) -> Option<String> {
+    if !root()
+        .join(format!("crates/conformance/tests/{backend}.rs"))
+        .exists()
+    {
+        return Some("no conformance target for this backend yet".into());
+    }
+    if backend == "microvm" && !Path::new("/dev/kvm").exists() {
+        return Some("/dev/kvm is absent on this host".into());
+    }
+    None
+}
+
+fn report(selected: &[&str], results: &[(String, Counts)]) -> bool {
+    println!("\n==> conformance per backend");
+    let mut ok = true;
+    for backend in selected {
+        match (
+            skip_reason(backend),
+            results.iter().find(|(b, _)| b == backend),
+        ) {
+            (Some(reason), _) => println!("  {backend:<10} SKIPPED: {reason}"),
+            (None, Some((_, c))) => {
+                let verdict = if c.failed == 0 { "ok" } else { "FAILED" };
+                println!(
+                    "  {backend:<10} {verdict}: {} passed, {} failed",
+                    c.passed, c.failed
+                );
+                ok &= c.failed == 0;
+            }
+            (None, None) => {
+                println!("  {backend:<10} FAILED: the suite did not run (build error?)");
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+fn conformance(only: Option<&str>) -> bool {
+    let selected: Vec<&str> = match only {
+        Some(b) if BACKENDS.contains(&b) => vec![b],
+        Some(b) => {
+            eprintln!(
+                "xtask: unknown backend `{b}` (known: {})",
+                BACKENDS.join(", ")
+            );
+            return false;
+        }
+        None => BACKENDS.to_vec(),
+    };
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "cell-conformance"]);
+    for b in &selected {
+        if skip_reason(b).is_none() {
+            cmd.args(["--test", b]);
+        }
+    }
+    let (ran, results) = if selected.iter().any(|b| skip_reason(b).is_none()) {
+        run_tests(cmd)
+    } else {
+        (true, Vec::new())
+    };
+    report(&selected, &results) && ran
+}
+
+fn ci() -> bool {
+    let fmt = step(
+        "cargo fmt --check",
+        cargo().args(["fmt", "--all", "--", "--check"]),
+    );
+    let clippy = step(
+        "cargo clippy -D warnings",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    );
+    println!("\n==> cargo test --workspace");
+    let mut test = cargo();
+    test.args(["test", "--workspace", "--no-fail-fast"]);
+    let (tests, results) = run_tests(test);
+    let conformance = report(BACKENDS, &results);
+    println!(
+        "\n==> summary: fmt {} · clippy {} · tests {} · conformance {}",
+        verdict(fmt),
+        verdict(clippy),
+        verdict(tests),
+        verdict(conformance)
+    );
+    fmt && clippy && tests && conformance
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "ok" } else { "FAILED" }
+}
+
+fn bench(only: Option<&str>) -> bool {
+    ensure_bwrap();
+    let benches: Vec<&str> = BACKENDS
+        .iter()
+        .copied()
+        .filter(|b| only.is_none_or(|o| o == *b))
+        .filter(|b| {
+            root()
+                .join(format!("crates/supervisor/benches/{b}.rs"))
+                .exists()
+        })
+        .collect();
+    let mut ok = true;
+    for b in benches {
+        ok &= step(
+            &format!("bench {b}"),
+            cargo().args(["bench", "-p", "cell-supervisor", "--bench", b]),
+        );
+    }
+    ok
+}
+
+/// The process benchmark compares against `bwrap --unshare-all`; install it from Debian's
+/// packages when missing and we are root.
+fn ensure_bwrap() {
+    if Command::new("bwrap").arg("--version").output().is_ok() {
+        return;
+    }
+    let root_user = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
+    if !root_user {
+        eprintln!(
+            "xtask: bwrap is absent and we are not root: the process bench will skip its bwrap floor"
+        );
+        return;
+    }
+    println!("==> installing bubblewrap for the process bench floor");
+    let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+    let _ = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "bubblewrap"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status();
 }
