@@ -162,6 +162,12 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// The confinement layers this backend can provide on this host, and whether each works
+    /// here (for `cell doctor`). A layer a policy requires must be listed active here.
+    fn host_layers(&self) -> Vec<Layer> {
+        Vec::new()
+    }
+
     /// Spawns a cell; every guest frame it ever sends goes to `host`.
     fn spawn(
         &self,

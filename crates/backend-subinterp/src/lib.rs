@@ -27,6 +27,10 @@ impl Backend for Subinterp {
         "subinterp"
     }
 
+    fn host_layers(&self) -> Vec<Layer> {
+        vec![interpreter_layer()]
+    }
+
     fn spawn(
         &self,
         spec: &SpawnSpec,
@@ -45,6 +49,15 @@ impl Backend for Subinterp {
             max_frame_len: spec.max_frame_len,
             abort: Arc::default(),
         }))
+    }
+}
+
+/// The only boundary this backend has: the interpreter instance.
+fn interpreter_layer() -> Layer {
+    Layer {
+        name: "interpreter".into(),
+        active: true,
+        detail: "own engine, scope and limits; shares the supervisor's address space".into(),
     }
 }
 
@@ -191,11 +204,7 @@ impl CellPipe for SubinterpPipe {
     }
 
     fn layers(&self) -> Vec<Layer> {
-        vec![Layer {
-            name: "interpreter".into(),
-            active: true,
-            detail: "own engine, scope and limits; shares the supervisor's address space".into(),
-        }]
+        vec![interpreter_layer()]
     }
 
     fn shutdown(&mut self) -> Result<(), PipeError> {

@@ -16,7 +16,6 @@
 //! * [`RequestHandler`] — where `request(...)` goes; denies everything until a broker is attached.
 
 mod cell;
-pub mod doctor;
 pub mod event;
 pub mod host;
 pub mod json;

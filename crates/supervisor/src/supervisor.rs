@@ -80,6 +80,15 @@ impl Supervisor {
             .collect()
     }
 
+    /// Every registered backend with its confinement layers on this host (for `cell doctor`).
+    pub fn host_layers(&self) -> Vec<(String, Vec<abi::backend::Layer>)> {
+        let backends = self.backends.read().unwrap_or_else(|e| e.into_inner());
+        backends
+            .iter()
+            .map(|(name, b)| (name.clone(), b.host_layers()))
+            .collect()
+    }
+
     /// Spawns a cell named `name` on `backend` under `policy` and completes the handshake.
     pub fn spawn(
         &self,

@@ -228,7 +228,7 @@ fn doctor() {
             Err(reason) => println!("backend {name}: unavailable ({reason})"),
         }
     }
-    for (backend, layers) in cell_supervisor::doctor::layers() {
+    for (backend, layers) in supervisor.host_layers() {
         for layer in layers {
             let state = if layer.active { "supported" } else { "missing" };
             println!(
