@@ -9,6 +9,7 @@
 //! exist, v1 otherwise) and `cgroup.kill`; Landlock (no filesystem, no TCP); and a
 //! seccomp-bpf allowlist compiled to a binary-search tree with an architecture check.
 
+mod backend;
 mod cgroup;
 mod error;
 mod host;
@@ -19,6 +20,7 @@ mod spawn;
 #[cfg(test)]
 mod tests;
 
+pub use backend::{ProcessBackend, ProcessPipe};
 pub use error::{Error, Result, Step};
 pub use host::{HostSupport, doctor, host_support};
 pub use layers::{Layer, LayerReport, LayerState};

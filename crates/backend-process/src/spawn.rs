@@ -47,7 +47,7 @@ const HOST_UID_SPAN: u64 = 1_000_000;
 pub struct Limits {
     /// Memory (cgroup); the address-space rlimit is this plus [`Limits::ADDRESS_SPACE_SLACK`].
     pub memory_bytes: u64,
-    /// CPU time (RLIMIT_CPU, seconds; the cell is killed when it is used up).
+    /// CPU time (RLIMIT_CPU, seconds; the cell is killed when it is used up; 0 = unlimited).
     pub cpu_seconds: u64,
     /// CPU bandwidth (cgroup), in percent of one CPU.
     pub cpu_percent: u32,
@@ -70,9 +70,9 @@ impl Limits {
                 self.memory_bytes
             )));
         }
-        if self.cpu_seconds == 0 || self.cpu_percent == 0 || self.max_processes == 0 {
+        if self.cpu_percent == 0 || self.max_processes == 0 {
             return Err(Error::InvalidLimit(
-                "cpu seconds, cpu percent and processes must be > 0".into(),
+                "cpu percent and processes must be > 0".into(),
             ));
         }
         if self.open_files < 4 {
@@ -309,7 +309,14 @@ impl ProcessCell {
                 libc::RLIMIT_AS,
                 rl(l.memory_bytes.saturating_add(Limits::ADDRESS_SPACE_SLACK)),
             ),
-            (libc::RLIMIT_CPU, rl(l.cpu_seconds)),
+            (
+                libc::RLIMIT_CPU,
+                rl(if l.cpu_seconds == 0 {
+                    libc::RLIM_INFINITY
+                } else {
+                    l.cpu_seconds
+                }),
+            ),
             (libc::RLIMIT_NOFILE, rl(l.open_files)),
             (libc::RLIMIT_FSIZE, rl(l.file_size_bytes)),
             (libc::RLIMIT_CORE, rl(0)),
@@ -435,10 +442,17 @@ impl ProcessCell {
             // SAFETY: one valid pollfd.
             let ready = unsafe { libc::poll(&mut pfd, 1, SPAWN_TIMEOUT_MS) };
             if ready == 0 {
+                let stuck = format!(
+                    "wchan {:?}, syscall {:?}",
+                    std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default(),
+                    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+                        .unwrap_or_default()
+                        .trim(),
+                );
                 cell.kill();
                 let t = cell.wait();
                 return Err(Error::ChildLost(format!(
-                    "no exec within {SPAWN_TIMEOUT_MS} ms; child ended {t:?}"
+                    "no exec within {SPAWN_TIMEOUT_MS} ms ({stuck}); child ended {t:?}"
                 )));
             }
             // SAFETY: the buffer range is valid.

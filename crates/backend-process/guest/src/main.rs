@@ -1,25 +1,99 @@
-//! Guest program of a `process` cell (phase 1: frame echo over the channel).
+//! The guest program of a `process` cell: the cell runtime (Rhai bound to the seven
+//! operations) serving the host over the channel socket the backend left at fd 3.
+//!
+//! By the time this runs the backend has confined the process completely (namespaces,
+//! empty root, unprivileged uid, rlimits, cgroups, Landlock, seccomp). argv[1] is the
+//! frame size cap; nothing else comes in from the host but frames.
 #![no_main]
+
+use std::sync::Arc;
+
+use abi::{ErrorCode, GuestFrame, HostFrame, wire};
+use runtime::{NeverInterrupt, Transport, TransportError, decode_frame, encode_frame};
 
 const CHANNEL: i32 = 3;
 
-#[unsafe(no_mangle)]
-extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
-    let mut buf = [0u8; 65536];
-    loop {
-        // SAFETY: buf is a valid writable buffer of the given length.
-        let n = unsafe { libc::read(CHANNEL, buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
-            return 0;
-        }
-        let mut off = 0usize;
-        while off < n as usize {
-            // SAFETY: the range off..n lies inside buf.
-            let w = unsafe { libc::write(CHANNEL, buf[off..].as_ptr().cast(), n as usize - off) };
-            if w <= 0 {
-                return 1;
+/// Length-prefixed frames over the channel socket.
+struct Socket {
+    max_frame_len: u32,
+}
+
+fn write_all(bytes: &[u8]) -> Result<(), TransportError> {
+    let mut off = 0;
+    while off < bytes.len() {
+        // SAFETY: the range lies inside `bytes`; MSG_NOSIGNAL turns a closed peer into EPIPE.
+        let n = unsafe {
+            libc::send(
+                CHANNEL,
+                bytes[off..].as_ptr().cast(),
+                bytes.len() - off,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            // SAFETY: errno is thread-local and always valid.
+            if unsafe { *libc::__errno_location() } == libc::EINTR {
+                continue;
             }
-            off += w as usize;
+            return Err(TransportError::Closed);
         }
+        off += n as usize;
+    }
+    Ok(())
+}
+
+fn read_exact(buf: &mut [u8]) -> Result<(), TransportError> {
+    let mut off = 0;
+    while off < buf.len() {
+        // SAFETY: the range lies inside `buf`.
+        let n = unsafe { libc::read(CHANNEL, buf[off..].as_mut_ptr().cast(), buf.len() - off) };
+        if n == 0 {
+            return Err(TransportError::Closed);
+        }
+        if n < 0 {
+            // SAFETY: errno is thread-local and always valid.
+            if unsafe { *libc::__errno_location() } == libc::EINTR {
+                continue;
+            }
+            return Err(TransportError::Closed);
+        }
+        off += n as usize;
+    }
+    Ok(())
+}
+
+impl Transport for Socket {
+    fn send(&mut self, frame: GuestFrame) -> Result<(), TransportError> {
+        write_all(&encode_frame(&frame, self.max_frame_len)?)
+    }
+
+    fn recv(&mut self) -> Result<HostFrame, TransportError> {
+        let mut header = [0u8; wire::HEADER_LEN];
+        read_exact(&mut header)?;
+        let len = wire::body_len(header, self.max_frame_len).map_err(|e| {
+            TransportError::Aborted(abi::CellError::new(
+                ErrorCode::ProtocolViolation,
+                format!("bad host frame header: {e}"),
+            ))
+        })?;
+        let mut body = vec![0u8; len];
+        read_exact(&mut body)?;
+        decode_frame(&body)
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn main(argc: i32, argv: *const *const libc::c_char) -> i32 {
+    let mut max_frame_len = wire::DEFAULT_MAX_FRAME_LEN;
+    if argc >= 2 {
+        // SAFETY: the kernel passes argc valid NUL-terminated strings.
+        let arg = unsafe { std::ffi::CStr::from_ptr(*argv.add(1)) };
+        if let Some(n) = arg.to_str().ok().and_then(|s| s.parse::<u32>().ok()) {
+            max_frame_len = n.min(wire::ABSOLUTE_MAX_FRAME_LEN);
+        }
+    }
+    match runtime::agent::serve(Box::new(Socket { max_frame_len }), Arc::new(NeverInterrupt)) {
+        Ok(()) => 0,
+        Err(_) => 1,
     }
 }

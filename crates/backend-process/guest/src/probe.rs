@@ -299,6 +299,18 @@ fn probe(name: &str) {
                 say("\x64\x00\x00\x00abc");
                 core::ptr::write_volatile(core::ptr::null_mut::<u8>(), 1);
             }
+            "huge_frame" => {
+                // A length prefix of 4 GiB - 1: the host must refuse it before allocating.
+                say("\u{ff}");
+                let rest = [0xffu8; 3];
+                libc::write(CHANNEL, rest.as_ptr().cast(), 3);
+                loop {
+                    libc::pause();
+                }
+            }
+            "silent" => loop {
+                libc::pause();
+            },
             other => say(&format!("unknown probe {other}\n")),
         }
     }

@@ -1,0 +1,351 @@
+//! [`abi::backend::Backend`] for process cells: spawn a confined child running the
+//! cell runtime, move frames over its socketpair, kill it by pidfd and cgroup.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use abi::backend::{
+    Backend, CellPipe, FrameIo, HostSide, Killer as AbiKiller, Layer as AbiLayer, PipeError,
+    SpawnError, SpawnSpec as AbiSpawnSpec, drive,
+};
+use abi::wire::{self, HEADER_LEN};
+
+use crate::error::Error;
+use crate::host::host_support;
+use crate::layers::{Layer, LayerState};
+use crate::spawn::{ExitStatus, Killer, Limits, ProcessCell, SpawnSpec};
+
+/// The `process` backend.
+#[derive(Clone, Debug)]
+pub struct ProcessBackend {
+    /// CPU bandwidth per cell (cgroup), in percent of one CPU.
+    pub cpu_percent: u32,
+}
+
+impl Default for ProcessBackend {
+    fn default() -> Self {
+        ProcessBackend { cpu_percent: 100 }
+    }
+}
+
+impl ProcessBackend {
+    pub fn new() -> Self {
+        ProcessBackend::default()
+    }
+
+    /// The backend-level spawn specification for an ABI spawn spec.
+    pub fn spawn_spec(&self, spec: &AbiSpawnSpec) -> Result<SpawnSpec, SpawnError> {
+        let mut require = Layer::ALWAYS.to_vec();
+        for name in &spec.required_layers {
+            let layer = Layer::from_name(name).ok_or_else(|| SpawnError::MissingLayer {
+                layer: name.clone(),
+                reason: format!(
+                    "the process backend has no such layer (it has: {})",
+                    Layer::ALL.map(Layer::name).join(", ")
+                ),
+            })?;
+            if !require.contains(&layer) {
+                require.push(layer);
+            }
+        }
+        let r = &spec.resources;
+        let limits = Limits {
+            memory_bytes: r.memory_bytes,
+            cpu_seconds: r.cpu_time_ms.div_ceil(1000),
+            cpu_percent: self.cpu_percent,
+            max_processes: r.max_processes.max(1),
+            open_files: u64::from(r.max_open_files.max(4)),
+            file_size_bytes: 0,
+        };
+        let max = spec.max_frame_len.min(wire::ABSOLUTE_MAX_FRAME_LEN);
+        Ok(SpawnSpec {
+            limits,
+            require,
+            args: vec![max.to_string()],
+            ..SpawnSpec::default()
+        })
+    }
+}
+
+fn spawn_error(e: Error) -> SpawnError {
+    match e {
+        Error::LayerUnavailable { layer, reason } => SpawnError::MissingLayer {
+            layer: layer.name().into(),
+            reason,
+        },
+        Error::Host { source, .. } => SpawnError::Io(source),
+        other => SpawnError::Other(other.to_string()),
+    }
+}
+
+impl Backend for ProcessBackend {
+    fn name(&self) -> &str {
+        "process"
+    }
+
+    fn available(&self) -> Result<(), String> {
+        let hs = host_support();
+        if !hs.user_namespaces {
+            return Err("user namespaces are disabled on this host".into());
+        }
+        if !hs.seccomp {
+            return Err("the kernel has no seccomp filters".into());
+        }
+        Ok(())
+    }
+
+    fn spawn(
+        &self,
+        spec: &AbiSpawnSpec,
+        host: Arc<dyn HostSide>,
+    ) -> Result<Box<dyn CellPipe>, SpawnError> {
+        let spawn_spec = self.spawn_spec(spec)?;
+        let cell = ProcessCell::spawn(&spawn_spec).map_err(spawn_error)?;
+        Ok(Box::new(ProcessPipe::new(cell, host, spec.max_frame_len)))
+    }
+}
+
+impl AbiKiller for Killer {
+    fn kill(&self) {
+        Killer::kill(self);
+    }
+}
+
+/// One process cell as the supervisor drives it.
+pub struct ProcessPipe {
+    io: SocketIo,
+    host: Arc<dyn HostSide>,
+    max_len: u32,
+}
+
+impl ProcessPipe {
+    pub fn new(cell: ProcessCell, host: Arc<dyn HostSide>, max_len: u32) -> Self {
+        ProcessPipe {
+            io: SocketIo {
+                cell,
+                buf: vec![0; READ_BUF].into_boxed_slice(),
+                start: 0,
+                end: 0,
+                broken: false,
+            },
+            host,
+            max_len: max_len.min(wire::ABSOLUTE_MAX_FRAME_LEN),
+        }
+    }
+
+    /// The underlying cell process.
+    pub fn cell(&self) -> &ProcessCell {
+        &self.io.cell
+    }
+}
+
+impl CellPipe for ProcessPipe {
+    fn transact(
+        &mut self,
+        frame: abi::HostFrame,
+        deadline: Option<Instant>,
+    ) -> Result<(), PipeError> {
+        if self.io.broken {
+            return Err(self.io.ended());
+        }
+        let res = drive(&mut self.io, &*self.host, &frame, deadline, self.max_len);
+        if let Err(e) = &res {
+            // A transaction that broke leaves the stream mid-frame: never reuse it.
+            self.io.broken = true;
+            if !matches!(
+                e,
+                PipeError::Killed | PipeError::Closed | PipeError::Crashed(_)
+            ) {
+                self.io.cell.kill();
+            }
+        }
+        res
+    }
+
+    fn killer(&self) -> Arc<dyn AbiKiller> {
+        Arc::new(self.io.cell.killer())
+    }
+
+    fn layers(&self) -> Vec<AbiLayer> {
+        self.io
+            .cell
+            .layers()
+            .iter()
+            .map(|(layer, state)| AbiLayer {
+                name: layer.name().into(),
+                active: state.is_active(),
+                detail: match state {
+                    LayerState::Active => String::new(),
+                    LayerState::Partial(d) | LayerState::Inactive(d) => d.clone(),
+                },
+            })
+            .collect()
+    }
+
+    fn shutdown(&mut self) -> Result<(), PipeError> {
+        self.io.broken = true;
+        self.io.cell.kill();
+        self.io
+            .cell
+            .wait()
+            .map(drop)
+            .map_err(|e| PipeError::Io(io::Error::other(e.to_string())))
+    }
+}
+
+const READ_BUF: usize = 64 << 10;
+
+/// Byte-level frames over the channel socket, with a read buffer so a small frame
+/// costs one `read`.
+struct SocketIo {
+    cell: ProcessCell,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    broken: bool,
+}
+
+impl SocketIo {
+    /// Why the channel ended: killed by the host, crashed, or closed.
+    fn ended(&mut self) -> PipeError {
+        if self.cell.killer().was_killed() {
+            return PipeError::Killed;
+        }
+        // The peer closed its end; it is exiting or gone. Wait briefly for its status.
+        let status = self
+            .cell
+            .wait_timeout(std::time::Duration::from_millis(500));
+        match status {
+            Ok(Some(t)) if t.killed_by_host => PipeError::Killed,
+            Ok(Some(t)) => match t.status {
+                ExitStatus::Signaled(sig) => PipeError::Crashed(format!(
+                    "cell process killed by signal {sig}{}",
+                    if t.oom_killed { " (out of memory)" } else { "" }
+                )),
+                ExitStatus::Exited(0) => PipeError::Closed,
+                ExitStatus::Exited(code) => {
+                    PipeError::Crashed(format!("cell process exited with status {code}"))
+                }
+            },
+            _ => PipeError::Closed,
+        }
+    }
+
+    /// Reads more bytes into the buffer, honouring the deadline.
+    fn fill(&mut self, deadline: Option<Instant>) -> Result<(), PipeError> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let fd = self.cell.channel().as_raw_fd();
+        loop {
+            if let Some(deadline) = deadline {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(PipeError::TimedOut);
+                }
+                let ms = (deadline - now)
+                    .as_micros()
+                    .div_ceil(1000)
+                    .min(i32::MAX as u128) as i32;
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+                if r == 0 {
+                    continue;
+                }
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(PipeError::Io(e));
+                }
+            }
+            let spare = &mut self.buf[self.end..];
+            // SAFETY: `spare` is valid writable memory of the given length.
+            let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
+            if n > 0 {
+                self.end += n as usize;
+                return Ok(());
+            }
+            if n == 0 {
+                return Err(self.ended());
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
+                    return Err(self.ended());
+                }
+                _ => return Err(PipeError::Io(e)),
+            }
+        }
+    }
+}
+
+impl FrameIo for SocketIo {
+    fn send_frame(&mut self, frame: &[u8]) -> Result<(), PipeError> {
+        let fd = self.cell.channel().as_raw_fd();
+        let mut off = 0;
+        while off < frame.len() {
+            // SAFETY: the range lies inside `frame`; MSG_NOSIGNAL: no SIGPIPE in the host.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    frame[off..].as_ptr().cast(),
+                    frame.len() - off,
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
+                        return Err(self.ended());
+                    }
+                    _ => return Err(PipeError::Io(e)),
+                }
+            }
+            off += n as usize;
+        }
+        Ok(())
+    }
+
+    fn recv_frame(
+        &mut self,
+        deadline: Option<Instant>,
+        max_len: u32,
+    ) -> Result<Vec<u8>, PipeError> {
+        while self.end - self.start < HEADER_LEN {
+            self.fill(deadline)?;
+        }
+        let header: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
+            .try_into()
+            .expect("header");
+        // The cap is checked before anything is allocated for the body.
+        let len = wire::body_len(header, max_len)?;
+        self.start += HEADER_LEN;
+        let mut body = Vec::with_capacity(len);
+        loop {
+            let take = (len - body.len()).min(self.end - self.start);
+            body.extend_from_slice(&self.buf[self.start..self.start + take]);
+            self.start += take;
+            if body.len() == len {
+                return Ok(body);
+            }
+            self.fill(deadline)?;
+        }
+    }
+}
