@@ -14,7 +14,7 @@ use abi::wire::{self, HEADER_LEN};
 
 use crate::error::Error;
 use crate::host::host_support;
-use crate::layers::{Layer, LayerState};
+use crate::layers::{Layer, LayerReport, LayerState};
 use crate::spawn::{ExitStatus, Killer, Limits, ProcessCell, SpawnSpec};
 
 /// The `process` backend.
@@ -67,6 +67,21 @@ impl ProcessBackend {
             ..SpawnSpec::default()
         })
     }
+}
+
+/// A layer report in the ABI's terms.
+fn abi_layers(report: &LayerReport) -> Vec<AbiLayer> {
+    report
+        .iter()
+        .map(|(layer, state)| AbiLayer {
+            name: layer.name().into(),
+            active: state.is_active(),
+            detail: match state {
+                LayerState::Active => String::new(),
+                LayerState::Partial(d) | LayerState::Inactive(d) => d.clone(),
+            },
+        })
+        .collect()
 }
 
 fn spawn_error(e: Error) -> SpawnError {
@@ -169,19 +184,7 @@ impl CellPipe for ProcessPipe {
     }
 
     fn layers(&self) -> Vec<AbiLayer> {
-        self.io
-            .cell
-            .layers()
-            .iter()
-            .map(|(layer, state)| AbiLayer {
-                name: layer.name().into(),
-                active: state.is_active(),
-                detail: match state {
-                    LayerState::Active => String::new(),
-                    LayerState::Partial(d) | LayerState::Inactive(d) => d.clone(),
-                },
-            })
-            .collect()
+        abi_layers(self.io.cell.layers())
     }
 
     fn shutdown(&mut self) -> Result<(), PipeError> {
