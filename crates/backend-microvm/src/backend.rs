@@ -24,6 +24,8 @@ pub enum StartMode {
     Snapshot,
     /// Every cell boots a new VM from the image.
     Cold,
+    /// From the snapshot, always in a new KVM VM (copy-on-write mapping; never the pool).
+    SnapshotFresh,
 }
 
 /// The `microvm` backend.
@@ -36,6 +38,13 @@ pub struct MicroVm {
 impl MicroVm {
     pub fn new() -> Self {
         MicroVm::default()
+    }
+
+    pub fn with_start(start: StartMode) -> Self {
+        MicroVm {
+            start,
+            test_mode: crate::layout::MODE_RUNTIME,
+        }
     }
 
     pub fn cold() -> Self {
@@ -90,6 +99,21 @@ impl Backend for MicroVm {
         }
     }
 
+    fn host_layers(&self) -> Vec<Layer> {
+        let (active, detail) = match crate::kvm::host() {
+            Ok(_) => (
+                true,
+                "KVM virtual machine per cell, guest at CPL3, guest RAM = memory quota".to_string(),
+            ),
+            Err(e) => (false, e.to_string()),
+        };
+        vec![Layer {
+            name: LAYER_KVM.into(),
+            active,
+            detail,
+        }]
+    }
+
     fn spawn(
         &self,
         spec: &SpawnSpec,
@@ -108,7 +132,10 @@ impl Backend for MicroVm {
             StartMode::Snapshot if self.test_mode == crate::layout::MODE_RUNTIME => {
                 Vm::from_snapshot(&cfg)
             }
-            StartMode::Snapshot => Vm::boot(&cfg),
+            StartMode::SnapshotFresh if self.test_mode == crate::layout::MODE_RUNTIME => {
+                Vm::from_snapshot_unpooled(&cfg)
+            }
+            StartMode::Snapshot | StartMode::SnapshotFresh => Vm::boot(&cfg),
             StartMode::Cold => Vm::boot(&cfg),
         }
         .map_err(spawn_error)?;

@@ -56,3 +56,14 @@ pub(crate) fn host() -> Result<&'static KvmHost, VmError> {
 pub fn kvm_available() -> bool {
     host().is_ok()
 }
+
+/// Bench only: create and destroy one empty VM (the `KVM_CREATE_VM` floor).
+#[doc(hidden)]
+pub fn bench_create_vm() -> Result<(), VmError> {
+    let vm = host()?
+        .kvm
+        .create_vm()
+        .map_err(|e| VmError::kvm("KVM_CREATE_VM", e))?;
+    drop(vm);
+    Ok(())
+}

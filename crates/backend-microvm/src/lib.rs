@@ -25,7 +25,7 @@ pub mod layout {
 
 pub use backend::{MicroVm, MicroVmPipe, StartMode};
 pub use error::VmError;
-pub use kvm::kvm_available;
+pub use kvm::{bench_create_vm, kvm_available};
 pub use vm::{
     DEFAULT_FRAME_CAP, GUEST_ELF, Killer, MAX_MEM_SIZE, MIN_MEM_SIZE, Recv, Vm, VmConfig,
 };

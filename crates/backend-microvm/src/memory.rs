@@ -67,6 +67,16 @@ impl GuestMemory {
         })
     }
 
+    /// Read-only shared view of `fd` (the sealed snapshot), used as the source of resets.
+    pub fn read_only_view(fd: &OwnedFd, len: usize) -> Result<Self, VmError> {
+        let ptr = mmap(len, libc::PROT_READ, libc::MAP_SHARED, fd.as_raw_fd())?;
+        Ok(GuestMemory {
+            ptr,
+            len,
+            private_file: false,
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -146,6 +156,76 @@ impl GuestMemory {
             )));
         }
         Ok(())
+    }
+}
+
+const PAGE: usize = 4096;
+
+fn pagemap() -> Option<&'static std::fs::File> {
+    static PAGEMAP: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    PAGEMAP
+        .get_or_init(|| std::fs::File::open("/proc/self/pagemap").ok())
+        .as_ref()
+}
+
+impl GuestMemory {
+    /// Runs of pages of this private file mapping that hold private copies (written by the guest
+    /// or the host since the mapping was made), from `/proc/self/pagemap`.
+    fn private_runs(&self) -> Result<Vec<(usize, usize)>, VmError> {
+        use std::os::unix::fs::FileExt;
+        let file = pagemap().ok_or_else(|| VmError::Memory("no /proc/self/pagemap".into()))?;
+        let pages = self.len / PAGE;
+        let mut raw = vec![0u8; pages * 8];
+        let offset = (self.ptr as u64 / PAGE as u64) * 8;
+        file.read_exact_at(&mut raw, offset)
+            .map_err(|e| VmError::Memory(format!("reading pagemap: {e}")))?;
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (i, chunk) in raw.chunks_exact(8).enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            let e = u64::from_le_bytes(b);
+            let present = e & (1 << 63) != 0;
+            let swapped = e & (1 << 62) != 0;
+            let file_or_shared = e & (1 << 61) != 0;
+            if (present && !file_or_shared) || swapped {
+                match runs.last_mut() {
+                    Some((start, n)) if *start + *n == i => *n += 1,
+                    _ => runs.push((i, 1)),
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Make this private mapping equal to `source` again by copying back only the pages that
+    /// hold private copies. The pages stay mapped (in the host and in KVM's MMU), so the next
+    /// cell does not fault them in again. Falls back to dropping every page (`MADV_DONTNEED`).
+    /// Returns the number of pages copied.
+    pub fn restore_from(&self, source: &GuestMemory) -> Result<usize, VmError> {
+        if !self.private_file || source.len != self.len {
+            return Err(VmError::Memory(
+                "restore needs a private snapshot mapping".into(),
+            ));
+        }
+        let runs = match self.private_runs() {
+            Ok(r) => r,
+            Err(_) => {
+                self.revert_to_file()?;
+                return Ok(0);
+            }
+        };
+        let mut copied = 0;
+        for (start, n) in runs {
+            let (off, len) = (start * PAGE, n * PAGE);
+            if off + len > self.len {
+                continue;
+            }
+            // SAFETY: both ranges lie inside their own live mappings of equal length (checked
+            // above); they are distinct mappings, so they do not overlap.
+            unsafe { std::ptr::copy_nonoverlapping(source.ptr.add(off), self.ptr.add(off), len) };
+            copied += n;
+        }
+        Ok(copied)
     }
 }
 

@@ -18,6 +18,13 @@ const TEMPLATE_BOOT_LIMIT: Duration = Duration::from_secs(10);
 /// Pooled VMs kept per template.
 const POOL_MAX: usize = 16;
 
+/// A PROT_READ mapping of the sealed snapshot: nothing can write it (the kernel refuses both
+/// writes through it and any new writable shared mapping), so sharing it between threads is sound.
+struct SnapshotView(GuestMemory);
+
+// SAFETY: see above: the mapping is immutable for its whole life; only reads happen through it.
+unsafe impl Sync for SnapshotView {}
+
 pub(crate) struct Template {
     key: (u64, u64),
     memfd: OwnedFd,
@@ -26,6 +33,8 @@ pub(crate) struct Template {
     sregs: kvm_sregs,
     xsave: Box<kvm_xsave>,
     xcrs: kvm_xcrs,
+    /// Read-only view of the snapshot: the source of pooled resets.
+    view: SnapshotView,
     pool: Mutex<Vec<Machine>>,
 }
 
@@ -111,7 +120,9 @@ impl Template {
             // machine (and the shared writable mapping) dropped here
         };
         seal(&fd)?;
+        let view = SnapshotView(GuestMemory::read_only_view(&fd, cfg.mem_size as usize)?);
         Ok(Template {
+            view,
             key: (cfg.mem_size, cfg.frame_cap),
             memfd: fd,
             layout,
@@ -196,7 +207,7 @@ impl Vm {
         let reused = pooled.is_some();
         let m = match pooled {
             Some(m) => {
-                m.mem.revert_to_file()?;
+                m.mem.restore_from(&t.view.0)?;
                 t.restore(&m)?;
                 m
             }

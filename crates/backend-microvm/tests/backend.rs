@@ -106,6 +106,18 @@ fn unknown_required_layer_is_refused() {
     if !kvm() {
         return;
     }
+    let layers = MicroVm::new().host_layers();
+    assert!(
+        layers.iter().any(|l| l.name == "kvm" && l.active),
+        "{layers:?}"
+    );
+    let mut s = spec();
+    s.required_layers = vec!["kvm".into()];
+    assert!(
+        MicroVm::new()
+            .spawn(&s, Arc::new(Recorder::default()))
+            .is_ok()
+    );
     let mut s = spec();
     s.required_layers = vec!["seccomp".into()];
     let r = MicroVm::new().spawn(&s, Arc::new(Recorder::default()));

@@ -363,6 +363,18 @@ fn pooled_reset_leaves_no_state_behind() {
         b.is_reused(),
         "the second cell must reuse the first one's VM"
     );
+    // Byte for byte, the reused VM's memory equals the pristine snapshot (a new VM that never ran).
+    let pristine = Vm::from_snapshot_unpooled(&cfg).unwrap();
+    let size = cfg.mem_size as usize;
+    let (mut got, mut want) = (vec![0u8; size], vec![0u8; size]);
+    b.debug_read(0, &mut got).unwrap();
+    pristine.debug_read(0, &mut want).unwrap();
+    let first_diff = got.iter().zip(&want).position(|(x, y)| x != y);
+    assert_eq!(
+        first_diff, None,
+        "reset left bytes of the previous cell behind"
+    );
+    drop(pristine);
     let mut buf = [0u8; 4096];
     b.debug_read(info.heap_base + 4096, &mut buf).unwrap();
     assert_ne!(buf, [0xab; 4096], "heap page reverted to the snapshot");

@@ -1,0 +1,147 @@
+//! Prints where the time of one cell start goes (boot / snapshot / pool), step by step.
+use std::time::Instant;
+
+use abi::wire;
+use abi::{EngineLimits, GuestFrame, Hello, HostFrame};
+use cell_backend_microvm::{Recv, Vm, VmConfig};
+
+const MAX: u32 = wire::DEFAULT_MAX_FRAME_LEN;
+
+fn step(vm: &mut Vm, f: &HostFrame) -> u32 {
+    step_d(vm, f, None)
+}
+
+fn step_d(vm: &mut Vm, f: &HostFrame, d: Option<Instant>) -> u32 {
+    vm.send(&wire::encode(f, MAX).unwrap()).unwrap();
+    let mut n = 0;
+    loop {
+        match vm.recv_body(d, MAX).unwrap() {
+            Recv::Frame(b) => {
+                n += 1;
+                let g: GuestFrame = wire::decode_body(&b).unwrap();
+                if matches!(g, GuestFrame::Ready(_) | GuestFrame::Done { .. }) {
+                    return n;
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn run(label: &str, make: &dyn Fn() -> Vm) {
+    let t0 = Instant::now();
+    let mut vm = make();
+    let t1 = Instant::now();
+    let hello = HostFrame::Hello(Hello::new("b", EngineLimits::default(), vec![]));
+    step(&mut vm, &hello);
+    let t2 = Instant::now();
+    step(
+        &mut vm,
+        &HostFrame::Exec {
+            id: 1,
+            source: "post(40 + 2)".into(),
+        },
+    );
+    let t3 = Instant::now();
+    step(
+        &mut vm,
+        &HostFrame::Exec {
+            id: 2,
+            source: "40 + 2".into(),
+        },
+    );
+    let t4 = Instant::now();
+    let d = Some(Instant::now() + std::time::Duration::from_secs(10));
+    let mut best = f64::MAX;
+    let mut best_nd = f64::MAX;
+    for _ in 0..200 {
+        let a = Instant::now();
+        step_d(
+            &mut vm,
+            &HostFrame::Exec {
+                id: 3,
+                source: "40 + 2".into(),
+            },
+            d,
+        );
+        best = best.min(a.elapsed().as_secs_f64() * 1e6);
+        let a = Instant::now();
+        step_d(
+            &mut vm,
+            &HostFrame::Exec {
+                id: 3,
+                source: "40 + 2".into(),
+            },
+            None,
+        );
+        best_nd = best_nd.min(a.elapsed().as_secs_f64() * 1e6);
+    }
+    println!("   warm exec min with deadline {best:.1} µs, without {best_nd:.1} µs");
+    let t4 = t4 + (Instant::now() - t4);
+    drop(vm);
+    let t5 = Instant::now();
+    println!(
+        "{label:>8}: start {:>6.0} µs  hello {:>6.0} µs  first exec {:>6.0} µs  warm exec {:>5.0} µs  drop {:>5.0} µs",
+        (t1 - t0).as_secs_f64() * 1e6,
+        (t2 - t1).as_secs_f64() * 1e6,
+        (t3 - t2).as_secs_f64() * 1e6,
+        (t4 - t3).as_secs_f64() * 1e6,
+        (t5 - t4).as_secs_f64() * 1e6,
+    );
+}
+
+fn main() {
+    pipe_level();
+    let cfg = VmConfig::new(64 << 20);
+    let t = Instant::now();
+    Vm::prepare_snapshot(&cfg).unwrap();
+    println!("template: {:.0} µs", t.elapsed().as_secs_f64() * 1e6);
+    for _ in 0..3 {
+        run("cold", &|| Vm::boot(&cfg).unwrap());
+        run("fresh", &|| Vm::from_snapshot_unpooled(&cfg).unwrap());
+        run("pooled", &|| Vm::from_snapshot(&cfg).unwrap());
+    }
+}
+
+struct Sink;
+impl abi::backend::HostSide for Sink {
+    fn on_frame(&self, f: GuestFrame) -> abi::backend::Flow {
+        if matches!(f, GuestFrame::Ready(_) | GuestFrame::Done { .. }) {
+            abi::backend::Flow::Done
+        } else {
+            abi::backend::Flow::Continue
+        }
+    }
+}
+
+#[allow(dead_code)]
+pub fn pipe_level() {
+    use abi::backend::CellPipe;
+    let cfg = VmConfig::new(64 << 20);
+    let vm = Vm::from_snapshot(&cfg).unwrap();
+    let mut pipe = cell_backend_microvm::MicroVmPipe::new(vm, std::sync::Arc::new(Sink), MAX);
+    let d = Some(Instant::now() + std::time::Duration::from_secs(10));
+    pipe.transact(
+        HostFrame::Hello(Hello::new("b", EngineLimits::default(), vec![])),
+        d,
+    )
+    .unwrap();
+    let mut samples = Vec::new();
+    for _ in 0..500 {
+        let a = Instant::now();
+        pipe.transact(
+            HostFrame::Exec {
+                id: 3,
+                source: "40 + 2".into(),
+            },
+            d,
+        )
+        .unwrap();
+        samples.push(a.elapsed().as_secs_f64() * 1e6);
+    }
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "pipe warm exec median {:.1} µs min {:.1}",
+        samples[250], samples[0]
+    );
+}
