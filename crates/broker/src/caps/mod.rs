@@ -1,0 +1,15 @@
+//! The built-in capabilities.
+
+mod clock;
+mod fs;
+mod http;
+mod kv;
+mod random;
+mod secret;
+
+pub use clock::Clock;
+pub use fs::Fs;
+pub use http::Http;
+pub use kv::Kv;
+pub use random::Random;
+pub use secret::{SecretStore, Secrets};

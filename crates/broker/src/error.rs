@@ -1,0 +1,99 @@
+//! Typed errors: configuration errors (refused before a cell runs) and capability errors (one
+//! request fails; the cell and the supervisor carry on).
+
+use abi::{CellError, ErrorCode};
+
+/// Why a set of grant/deny rules (or the broker's own configuration) was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A rule names a capability nobody registered.
+    #[error("{rule}: unknown capability `{capability}` (known: {known})")]
+    UnknownCapability {
+        rule: String,
+        capability: String,
+        known: String,
+    },
+    /// A rule names an action the capability does not have.
+    #[error("{rule}: capability `{capability}` has no action `{action}` (actions: {known})")]
+    UnknownAction {
+        rule: String,
+        capability: String,
+        action: String,
+        known: String,
+    },
+    /// A rule sets a field that means nothing for its capability (e.g. `origins` on `fs`).
+    #[error("{rule}: field `{field}` does not apply to capability `{capability}`")]
+    FieldNotApplicable {
+        rule: String,
+        capability: String,
+        field: &'static str,
+    },
+    /// A rule's value is out of range or inconsistent.
+    #[error("{rule}: {reason}")]
+    Invalid { rule: String, reason: String },
+    /// The broker's own configuration (kv directory, secrets file, audit log) is unusable.
+    #[error("broker configuration: {0}")]
+    Broker(String),
+    #[error("broker configuration: {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why one request failed after (or while) the broker decided on it. Converted to the
+/// [`CellError`] the guest sees by [`CapabilityError::to_cell_error`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CapabilityError {
+    /// The payload has the wrong shape.
+    #[error("invalid payload: {0}")]
+    InvalidArgument(String),
+    /// The request left the scope of the grant that allowed it (a path escaping its root, a
+    /// redirect to another origin, ...).
+    #[error("out of scope: {0}")]
+    OutOfScope(String),
+    /// A size cap of the grant was exceeded.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// The thing asked for does not exist (a file, a key).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The capability failed (I/O error, connection refused, ...).
+    #[error("{0}")]
+    Failed(String),
+    /// The capability ran past its time limit.
+    #[error("timed out: {0}")]
+    TimedOut(String),
+}
+
+impl CapabilityError {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        CapabilityError::InvalidArgument(msg.into())
+    }
+
+    pub fn failed(msg: impl Into<String>) -> Self {
+        CapabilityError::Failed(msg.into())
+    }
+
+    /// The stable code the guest sees.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CapabilityError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            CapabilityError::OutOfScope(_) => ErrorCode::Denied,
+            CapabilityError::TooLarge(_) => ErrorCode::LimitValue,
+            CapabilityError::NotFound(_) => ErrorCode::NotFound,
+            CapabilityError::Failed(_) => ErrorCode::CapabilityFailed,
+            // Not `TimedOut`: that code is fatal to the cell, and a slow capability is not the
+            // cell's fault. The cell keeps running and may retry.
+            CapabilityError::TimedOut(_) => ErrorCode::CapabilityFailed,
+        }
+    }
+
+    /// The error as it crosses to the guest, prefixed with the capability and action.
+    pub fn to_cell_error(&self, capability: &str, action: &str) -> CellError {
+        CellError::new(self.code(), format!("{capability}.{action}: {self}"))
+    }
+}

@@ -1,0 +1,358 @@
+//! fs: allow, deny and out-of-scope cases; `..`, absolute paths, symlinks and rename races
+//! cannot leave the root; size caps.
+
+mod common;
+use abi::{ErrorCode, Value};
+use cell_broker::{Broker, CellBroker};
+use common::{cell, map, s};
+use std::path::Path;
+
+const B: &str = "subinterp";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: String,
+    outside: String,
+}
+
+/// `<tmp>/root` (granted) holding `a.txt`, `sub/b.txt`, and `<tmp>/outside/secret.txt`.
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(root.join("a.txt"), b"alpha").unwrap();
+    std::fs::write(root.join("sub/b.txt"), b"beta").unwrap();
+    std::fs::write(outside.join("secret.txt"), b"TOP SECRET").unwrap();
+    Fixture {
+        root: root.to_str().unwrap().into(),
+        outside: outside.to_str().unwrap().into(),
+        _dir: dir,
+    }
+}
+
+fn grant(root: &str, access: &str, actions: &str, extra: &str) -> String {
+    format!(
+        "[[grants]]\ncapability = \"fs\"\nactions = {actions}\nroots = [\"{root}\"]\naccess = \"{access}\"\n{extra}"
+    )
+}
+
+fn req(c: &CellBroker, action: &str, root: &str, path: &str) -> Result<Value, abi::CellError> {
+    c.request(
+        B,
+        "fs",
+        action,
+        map(&[("root", s(root)), ("path", s(path))]),
+    )
+}
+
+#[test]
+fn read_write_list_stat_remove_under_a_read_write_root() {
+    let f = fixture();
+    let broker = Broker::builder().build().unwrap();
+    let c = cell(&broker, "rw", &grant(&f.root, "read-write", "[\"*\"]", ""));
+    assert_eq!(
+        req(&c, "read", &f.root, "a.txt"),
+        Ok(Value::Bytes(b"alpha".to_vec()))
+    );
+    assert_eq!(
+        req(&c, "read", &f.root, "sub/../sub/b.txt"),
+        Ok(Value::Bytes(b"beta".to_vec()))
+    );
+    assert_eq!(
+        c.request(
+            B,
+            "fs",
+            "write",
+            map(&[
+                ("root", s(&f.root)),
+                ("path", s("new.txt")),
+                ("data", s("hello"))
+            ])
+        ),
+        Ok(Value::Int(5))
+    );
+    assert_eq!(
+        std::fs::read(Path::new(&f.root).join("new.txt")).unwrap(),
+        b"hello"
+    );
+    // Overwrite truncates.
+    c.request(
+        B,
+        "fs",
+        "write",
+        map(&[
+            ("root", s(&f.root)),
+            ("path", s("new.txt")),
+            ("data", Value::Bytes(b"x".to_vec())),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(Path::new(&f.root).join("new.txt")).unwrap(),
+        b"x"
+    );
+    let Ok(Value::List(entries)) = c.request(B, "fs", "list", map(&[("root", s(&f.root))])) else {
+        panic!("list")
+    };
+    let names: Vec<_> = entries
+        .iter()
+        .map(|e| match e {
+            Value::Map(m) => (m["name"].clone(), m["type"].clone()),
+            other => panic!("entry {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            (s("a.txt"), s("file")),
+            (s("new.txt"), s("file")),
+            (s("sub"), s("dir"))
+        ]
+    );
+    let Ok(Value::Map(st)) = req(&c, "stat", &f.root, "a.txt") else {
+        panic!("stat")
+    };
+    assert_eq!(st["type"], s("file"));
+    assert_eq!(st["size"], Value::Int(5));
+    assert_eq!(req(&c, "remove", &f.root, "new.txt"), Ok(Value::Unit));
+    assert!(!Path::new(&f.root).join("new.txt").exists());
+    assert_eq!(
+        req(&c, "read", &f.root, "new.txt").unwrap_err().code,
+        ErrorCode::NotFound
+    );
+    // The root itself cannot be removed.
+    assert_eq!(
+        req(&c, "remove", &f.root, ".").unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
+}
+
+#[test]
+fn read_only_grants_refuse_writes_and_removes() {
+    let f = fixture();
+    let broker = Broker::builder().build().unwrap();
+    let c = cell(&broker, "ro", &grant(&f.root, "read", "[\"*\"]", ""));
+    assert!(req(&c, "read", &f.root, "a.txt").is_ok());
+    let err = c
+        .request(
+            B,
+            "fs",
+            "write",
+            map(&[("root", s(&f.root)), ("path", s("a.txt")), ("data", s("x"))]),
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Denied);
+    assert!(
+        err.message.contains("`fs`") && err.message.contains("default-deny"),
+        "{err}"
+    );
+    assert_eq!(
+        req(&c, "remove", &f.root, "a.txt").unwrap_err().code,
+        ErrorCode::Denied
+    );
+    assert_eq!(
+        std::fs::read(Path::new(&f.root).join("a.txt")).unwrap(),
+        b"alpha"
+    );
+    // Nothing granted at all.
+    let none = cell(&broker, "none", "");
+    assert_eq!(
+        req(&none, "read", &f.root, "a.txt").unwrap_err().code,
+        ErrorCode::Denied
+    );
+}
+
+#[test]
+fn escapes_are_refused_by_the_kernel() {
+    let f = fixture();
+    let root = Path::new(&f.root);
+    std::os::unix::fs::symlink(
+        Path::new(&f.outside).join("secret.txt"),
+        root.join("abs-link"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../outside/secret.txt", root.join("rel-link")).unwrap();
+    std::os::unix::fs::symlink(&f.outside, root.join("dir-link")).unwrap();
+    std::os::unix::fs::symlink("sub/b.txt", root.join("ok-link")).unwrap();
+    let broker = Broker::builder().build().unwrap();
+    let c = cell(&broker, "esc", &grant(&f.root, "read-write", "[\"*\"]", ""));
+    let escape = format!("{}/secret.txt", f.outside);
+    for path in [
+        "../outside/secret.txt",
+        "sub/../../outside/secret.txt",
+        escape.as_str(),
+        "/etc/passwd",
+        "abs-link",
+        "rel-link",
+        "dir-link/secret.txt",
+        "/proc/self/root/etc/passwd",
+    ] {
+        for action in ["read", "stat"] {
+            let err = req(&c, action, &f.root, path).unwrap_err();
+            assert_eq!(err.code, ErrorCode::Denied, "{action} {path}: {err}");
+            assert!(err.message.contains("outside the granted root"), "{err}");
+        }
+        let err = c
+            .request(
+                B,
+                "fs",
+                "write",
+                map(&[
+                    ("root", s(&f.root)),
+                    ("path", s(path)),
+                    ("data", s("pwned")),
+                ]),
+            )
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Denied, "write {path}: {err}");
+    }
+    assert_eq!(
+        req(&c, "remove", &f.root, "dir-link/secret.txt")
+            .unwrap_err()
+            .code,
+        ErrorCode::Denied
+    );
+    // Removing a symlink removes the link, not its target.
+    assert_eq!(req(&c, "remove", &f.root, "abs-link"), Ok(Value::Unit));
+    assert_eq!(
+        std::fs::read(Path::new(&f.outside).join("secret.txt")).unwrap(),
+        b"TOP SECRET"
+    );
+    // A symlink that stays beneath the root is fine.
+    assert_eq!(
+        req(&c, "read", &f.root, "ok-link"),
+        Ok(Value::Bytes(b"beta".to_vec()))
+    );
+    // Another root than the granted one is out of scope.
+    let err = req(&c, "read", &f.outside, "secret.txt").unwrap_err();
+    assert_eq!(err.code, ErrorCode::Denied);
+    assert!(err.message.contains("outside the scope"), "{err}");
+}
+
+#[test]
+fn rename_races_cannot_escape() {
+    // A thread keeps swapping `root/race` between a real directory and a symlink to the outside
+    // while the cell reads `race/secret.txt`. Every read either finds the inside file or is
+    // refused; none returns the outside secret.
+    let f = fixture();
+    let root = Path::new(&f.root).to_path_buf();
+    std::fs::create_dir(root.join("inside")).unwrap();
+    std::fs::write(root.join("inside/secret.txt"), b"inside").unwrap();
+    std::os::unix::fs::symlink(&f.outside, root.join("evil")).unwrap();
+    let broker = Broker::builder().build().unwrap();
+    let c = cell(&broker, "race", &grant(&f.root, "read", "[\"read\"]", ""));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let stop = stop.clone();
+        let root = root.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::rename(root.join("inside"), root.join("race"));
+                let _ = std::fs::rename(root.join("race"), root.join("inside"));
+                let _ = std::fs::rename(root.join("evil"), root.join("race"));
+                let _ = std::fs::rename(root.join("race"), root.join("evil"));
+            }
+        })
+    };
+    let mut inside = 0;
+    for _ in 0..3000 {
+        match req(&c, "read", &f.root, "race/secret.txt") {
+            Ok(Value::Bytes(b)) => {
+                assert_eq!(b, b"inside", "escaped the root through a rename race");
+                inside += 1;
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => assert!(
+                matches!(
+                    e.code,
+                    ErrorCode::Denied | ErrorCode::NotFound | ErrorCode::CapabilityFailed
+                ),
+                "{e}"
+            ),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+    eprintln!("{inside} of 3000 racing reads found the inside file");
+}
+
+#[test]
+fn deny_rules_cover_subtrees_however_they_are_named() {
+    let f = fixture();
+    let root = Path::new(&f.root);
+    std::fs::create_dir(root.join("private")).unwrap();
+    std::fs::write(root.join("private/key"), b"k").unwrap();
+    std::os::unix::fs::symlink("private", root.join("alias")).unwrap();
+    let broker = Broker::builder().build().unwrap();
+    let text = format!(
+        "{}\n[[denies]]\ncapability = \"fs\"\nactions = [\"*\"]\nroots = [\"{}/private\"]",
+        grant(&f.root, "read-write", "[\"*\"]", ""),
+        f.root
+    );
+    let c = cell(&broker, "deny", &text);
+    for path in [
+        "private/key",
+        "alias/key",
+        "sub/../private/key",
+        "private",
+        "./private/new",
+    ] {
+        let err = req(&c, "read", &f.root, path)
+            .or_else(|_| req(&c, "stat", &f.root, path))
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Denied, "{path}");
+        assert!(err.message.contains("denies[0]"), "{path}: {err}");
+    }
+    let err = c
+        .request(
+            B,
+            "fs",
+            "write",
+            map(&[
+                ("root", s(&f.root)),
+                ("path", s("alias/new")),
+                ("data", s("x")),
+            ]),
+        )
+        .unwrap_err();
+    assert!(err.message.contains("denies[0]"), "{err}");
+    assert!(req(&c, "read", &f.root, "a.txt").is_ok());
+}
+
+#[test]
+fn size_caps_apply_to_reads_and_writes() {
+    let f = fixture();
+    std::fs::write(Path::new(&f.root).join("big"), vec![7u8; 100]).unwrap();
+    let broker = Broker::builder().build().unwrap();
+    let c = cell(
+        &broker,
+        "cap",
+        &grant(
+            &f.root,
+            "read-write",
+            "[\"read\", \"write\"]",
+            "max_bytes = 10",
+        ),
+    );
+    assert_eq!(
+        req(&c, "read", &f.root, "big").unwrap_err().code,
+        ErrorCode::LimitValue
+    );
+    let err = c
+        .request(
+            B,
+            "fs",
+            "write",
+            map(&[
+                ("root", s(&f.root)),
+                ("path", s("w")),
+                ("data", Value::Bytes(vec![0; 11])),
+            ]),
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::LimitValue);
+    assert!(!Path::new(&f.root).join("w").exists());
+    assert!(req(&c, "read", &f.root, "a.txt").is_ok());
+}
