@@ -280,3 +280,76 @@ fn hostile_guests_are_reported_as_typed_errors() {
 fn snapshot_mode_is_the_default() {
     assert_eq!(MicroVm::new().start, StartMode::Snapshot);
 }
+
+#[test]
+fn cells_move_between_threads_and_run_concurrently() {
+    if !kvm() {
+        return;
+    }
+    // A cell spawned here runs its vCPU on other threads, one after the other.
+    let (mut pipe, host) = spawn(&MicroVm::new());
+    hello(&mut pipe).unwrap();
+    for i in 0..3u64 {
+        pipe = std::thread::spawn(move || {
+            pipe.transact(
+                HostFrame::Exec {
+                    id: 10 + i,
+                    source: format!("post({i}); {i}"),
+                },
+                soon(),
+            )
+            .unwrap();
+            pipe
+        })
+        .join()
+        .unwrap();
+    }
+    assert_eq!(
+        host.0.lock().unwrap().last(),
+        Some(&GuestFrame::Done {
+            id: 12,
+            result: Ok(Value::Int(2))
+        })
+    );
+
+    // Several threads spawn, run and kill cells at once; every outcome is a clean result.
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            std::thread::spawn(move || {
+                for i in 0..6u64 {
+                    let (mut pipe, _) = spawn(&MicroVm::new());
+                    hello(&mut pipe).unwrap();
+                    if (w + i) % 3 == 0 {
+                        let killer = pipe.killer();
+                        let t = std::thread::spawn(move || {
+                            std::thread::sleep(Duration::from_millis(20));
+                            killer.kill();
+                        });
+                        let r = pipe.transact(
+                            HostFrame::Exec {
+                                id: 1,
+                                source: "loop {}".into(),
+                            },
+                            None,
+                        );
+                        t.join().unwrap();
+                        assert!(matches!(r, Err(PipeError::Killed)), "{r:?}");
+                    } else {
+                        pipe.transact(
+                            HostFrame::Exec {
+                                id: 1,
+                                source: "40 + 2".into(),
+                            },
+                            soon(),
+                        )
+                        .unwrap();
+                    }
+                    pipe.shutdown().unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}
