@@ -353,3 +353,39 @@ fn cells_move_between_threads_and_run_concurrently() {
         w.join().unwrap();
     }
 }
+
+#[test]
+fn prewarm_fills_the_pool() {
+    if !kvm() {
+        return;
+    }
+    let mut s = spec();
+    s.resources.memory_bytes = 30 << 20; // a size no other test uses: the pool is ours
+    MicroVm::new().prewarm(&s, 2).unwrap();
+    let cfg = MicroVm::vm_config(&s);
+    let a = cell_backend_microvm::Vm::from_snapshot(&cfg).unwrap();
+    let b = cell_backend_microvm::Vm::from_snapshot(&cfg).unwrap();
+    let c = cell_backend_microvm::Vm::from_snapshot(&cfg).unwrap();
+    assert!(a.is_reused() && b.is_reused());
+    assert!(!c.is_reused(), "only two were prewarmed");
+    // A prewarmed cell works like any other.
+    let host = Arc::new(Recorder::default());
+    let mut pipe = cell_backend_microvm::MicroVmPipe::new(a, host.clone(), DEFAULT_MAX_FRAME_LEN);
+    pipe.transact(HostFrame::Hello(s.hello.clone()), soon())
+        .unwrap();
+    pipe.transact(
+        HostFrame::Exec {
+            id: 5,
+            source: "6 * 7".into(),
+        },
+        soon(),
+    )
+    .unwrap();
+    assert_eq!(
+        host.0.lock().unwrap().last(),
+        Some(&GuestFrame::Done {
+            id: 5,
+            result: Ok(Value::Int(42))
+        })
+    );
+}
