@@ -104,7 +104,7 @@ pub const OUT_OF_MODEL: &[(&str, &str)] = &[
     ),
     (
         "timestamp",
-        "use request(\"clock\", \"now\", ()) through a granted capability",
+        "use request(\"clock\", \"wall\") through a granted capability",
     ),
 ];
 
