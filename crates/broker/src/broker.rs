@@ -163,7 +163,50 @@ impl Broker {
         Ok(())
     }
 
+    /// Checks what does not depend on this host or supervisor: for registered capabilities,
+    /// known actions, applicable fields and value ranges; for other names only the generic shape
+    /// (they may be third-party capabilities registered later). Policy files are checked with it
+    /// when they are loaded; [`Broker::for_cell`] checks everything at spawn.
+    pub fn check_shape(&self, rules: &Rules) -> Result<(), ConfigError> {
+        for (kind, list) in [
+            (RuleKind::Grant, &rules.grants),
+            (RuleKind::Deny, &rules.denies),
+        ] {
+            for (i, rule) in list.iter().enumerate() {
+                if self.shared.caps.contains_key(&rule.capability) {
+                    let cap = self.check_generic(kind, i, rule)?;
+                    cap.check_shape(rule, kind)
+                        .map_err(|reason| ConfigError::Invalid {
+                            rule: format!("{} ({})", kind.label(i), rule.capability),
+                            reason,
+                        })?;
+                } else if rule.actions.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        rule: format!("{} ({})", kind.label(i), rule.capability),
+                        reason: "`actions` is empty: name at least one action, or \"*\"".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn check_rule(&self, kind: RuleKind, index: usize, rule: &Rule) -> Result<(), ConfigError> {
+        let cap = self.check_generic(kind, index, rule)?;
+        cap.check_shape(rule, kind)
+            .and_then(|()| cap.check_rule(rule, kind))
+            .map_err(|reason| ConfigError::Invalid {
+                rule: format!("{} ({})", kind.label(index), rule.capability),
+                reason,
+            })
+    }
+
+    fn check_generic(
+        &self,
+        kind: RuleKind,
+        index: usize,
+        rule: &Rule,
+    ) -> Result<&Arc<dyn Capability>, ConfigError> {
         let label = kind.label(index);
         let invalid = |reason: String| ConfigError::Invalid {
             rule: format!("{label} ({})", rule.capability),
@@ -220,7 +263,7 @@ impl Broker {
         if kind == RuleKind::Deny && rule.timeout_ms.is_some() {
             return Err(invalid("a deny rule cannot carry a `timeout_ms`".into()));
         }
-        cap.check_rule(rule, kind).map_err(invalid)
+        Ok(cap)
     }
 
     /// The request handler of one cell: checks `rules` and binds them to `cell`.

@@ -27,7 +27,15 @@ pub trait Capability: Send + Sync + 'static {
         &[]
     }
 
-    /// Checks a rule's scope values beyond their types (called once per rule, at spawn).
+    /// Checks a rule's scope values beyond their types, without looking at the host or the
+    /// supervisor's configuration (called when a policy is loaded, and again at spawn).
+    fn check_shape(&self, rule: &Rule, kind: RuleKind) -> Result<(), String> {
+        let _ = (rule, kind);
+        Ok(())
+    }
+
+    /// Checks what depends on this host or supervisor (a root exists, a secret is configured);
+    /// called once per rule at spawn, after [`Capability::check_shape`].
     fn check_rule(&self, rule: &Rule, kind: RuleKind) -> Result<(), String> {
         let _ = (rule, kind);
         Ok(())

@@ -157,3 +157,25 @@ fn a_valid_policy_passes() {
     )
     .unwrap();
 }
+
+#[test]
+fn shape_checks_need_no_host_state() {
+    let broker = Broker::builder().build().unwrap();
+    // Environment-dependent problems (a missing root, an unconfigured secret) pass the shape
+    // check and are refused at spawn; shape problems are refused at once.
+    let env = rules(
+        "[[grants]]\ncapability = \"fs\"\nactions = [\"read\"]\nroots = [\"/nonexistent/x\"]\n\
+         [[grants]]\ncapability = \"secret\"\nactions = [\"read\"]\nnames = [\"nope\"]\n\
+         [[grants]]\ncapability = \"third-party\"\nactions = [\"go\"]",
+    );
+    broker.check_shape(&env).unwrap();
+    assert!(broker.for_cell("c", &env).is_err());
+    let bad =
+        rules("[[grants]]\ncapability = \"fs\"\nactions = [\"read\"]\norigins = [\"http://a\"]");
+    assert!(matches!(
+        broker.check_shape(&bad),
+        Err(ConfigError::FieldNotApplicable { .. })
+    ));
+    let bad = rules("[[grants]]\ncapability = \"third-party\"\nactions = []");
+    assert!(broker.check_shape(&bad).is_err());
+}

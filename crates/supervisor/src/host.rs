@@ -137,6 +137,7 @@ impl CellHost {
             s.dead = Some(reason);
         }
         drop(s);
+        self.requests.cancel();
         self.arrived.notify_all();
     }
 

@@ -13,7 +13,8 @@
 //! * [`Cell`] — `exec`, `call`, `recv`, `kill`, `close` on one cell;
 //! * [`host`] — the host side of the protocol, the one piece every backend's pipe plugs into;
 //! * [`Policy`] — limits, modules and channel bounds, loaded from TOML (unknown keys are errors);
-//! * [`RequestHandler`] — where `request(...)` goes; denies everything until a broker is attached.
+//! * [`RequestHandler`] — where `request(...)` goes: the [`broker`]'s per-cell handler, built at
+//!   spawn from the policy's `[[grants]]`/`[[denies]]`; with no grants and no broker, deny-all.
 
 mod cell;
 pub mod event;
@@ -24,6 +25,8 @@ mod requests;
 mod supervisor;
 
 pub use abi::{CellError, ErrorCode, Level, Map, Value};
+/// The broker crate: capabilities, rules, audit sinks (`cell-broker`).
+pub use broker;
 pub use cell::{Cell, CellInfo, CellState, RecvError};
 pub use event::Event;
 pub use policy::{Policy, PolicyError};

@@ -16,6 +16,17 @@
 //!
 //! [confinement]
 //! require = ["seccomp"]          # refuse to spawn unless these layers are active
+//!
+//! [[grants]]                     # broker capabilities (see CAPABILITIES.md); deny by default
+//! capability = "fs"
+//! actions = ["read", "list"]
+//! roots = ["/srv/data"]
+//! access = "read"
+//!
+//! [[denies]]                     # a matching deny wins over any grant
+//! capability = "fs"
+//! actions = ["*"]
+//! roots = ["/srv/data/private"]
 //! ```
 
 use abi::backend::{Resources, SpawnSpec};
@@ -36,6 +47,10 @@ pub struct Policy {
     pub limits: Limits,
     pub channel: Channel,
     pub confinement: Confinement,
+    /// Capabilities granted to the cell (`[[grants]]`); nothing is granted by default.
+    pub grants: Vec<broker::Rule>,
+    /// Requests refused whatever the grants say (`[[denies]]`).
+    pub denies: Vec<broker::Rule>,
 }
 
 /// Limits on one cell. Engine limits apply per exec/call; the rest to the cell's whole life.
@@ -122,6 +137,8 @@ pub enum PolicyError {
     Parse(#[from] toml::de::Error),
     #[error("invalid policy: `{field}` {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("invalid policy: {0}")]
+    Grants(#[from] broker::ConfigError),
 }
 
 impl Policy {
@@ -190,7 +207,20 @@ impl Policy {
                 );
             }
         }
+        // Grants: everything that does not depend on the supervisor's configuration (unknown
+        // actions and fields of built-in capabilities, ranges); the rest is checked at spawn.
+        broker::Broker::builder()
+            .build()?
+            .check_shape(&self.rules())?;
         Ok(())
+    }
+
+    /// The grants and denies, for the broker.
+    pub fn rules(&self) -> broker::Rules {
+        broker::Rules {
+            grants: self.grants.clone(),
+            denies: self.denies.clone(),
+        }
     }
 
     pub fn wall_time(&self) -> Option<Duration> {
@@ -235,6 +265,8 @@ impl Default for Policy {
             limits: Limits::default(),
             channel: Channel::default(),
             confinement: Confinement::default(),
+            grants: Vec::new(),
+            denies: Vec::new(),
         }
     }
 }
@@ -276,6 +308,77 @@ mod tests {
         ] {
             let err = Policy::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn grants_parse() {
+        let p = Policy::from_toml(
+            r#"
+            [[grants]]
+            capability = "clock"
+            actions = ["wall"]
+            [[grants]]
+            capability = "http"
+            actions = ["get"]
+            origins = ["http://127.0.0.1:8080"]
+            quota = { requests = 10, window_ms = 1000 }
+            [[denies]]
+            capability = "fs"
+            actions = ["*"]
+            roots = ["/srv/data/private"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(p.grants.len(), 2);
+        assert_eq!(p.grants[1].origins, ["http://127.0.0.1:8080"]);
+        assert_eq!(p.denies[0].capability, "fs");
+        assert_eq!(p.rules().grants, p.grants);
+    }
+
+    #[test]
+    fn invalid_grants_are_refused_with_clear_errors() {
+        for (text, needle) in [
+            // Unknown keys in a grant, a quota, or a misspelt table name.
+            (
+                "[[grants]]\ncapability = \"fs\"\nactions = [\"read\"]\nrootz = [\"/a\"]",
+                "rootz",
+            ),
+            ("[[grant]]\ncapability = \"fs\"", "grant"),
+            (
+                "[[grants]]\ncapability = \"clock\"\nactions = [\"wall\"]\nquota = { rqsts = 1 }",
+                "rqsts",
+            ),
+            ("[[grants]]\nactions = [\"wall\"]", "capability"),
+            (
+                "[[grants]]\ncapability = \"fs\"\nactions = [\"read\"]\naccess = \"all\"",
+                "all",
+            ),
+            // Valid TOML, invalid grants.
+            (
+                "[[grants]]\ncapability = \"clock\"\nactions = [\"sundial\"]",
+                "sundial",
+            ),
+            (
+                "[[grants]]\ncapability = \"clock\"\nactions = []",
+                "actions",
+            ),
+            (
+                "[[grants]]\ncapability = \"fs\"\nactions = [\"read\"]\norigins = [\"http://a\"]",
+                "`origins` does not apply to capability `fs`",
+            ),
+            (
+                "[[denies]]\ncapability = \"http\"\nactions = [\"get\"]\nquota = { requests = 1 }",
+                "denies[0]",
+            ),
+            (
+                "[[grants]]\ncapability = \"http\"\nactions = [\"get\"]\norigins = [\"http://a/path\"]",
+                "path",
+            ),
+        ] {
+            let err = Policy::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}\n => {err}");
+            assert!(err.starts_with("invalid policy"), "{err}");
         }
     }
 

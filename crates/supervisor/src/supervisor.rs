@@ -23,6 +23,10 @@ pub enum SupervisorError {
     Spawn(#[from] SpawnError),
     #[error("the cell refused the handshake: {0}")]
     Handshake(CellError),
+    /// The policy's grants do not hold on this supervisor (unknown capability, missing root,
+    /// unconfigured secret or kv store, ...).
+    #[error("the policy's grants are refused: {0}")]
+    Grants(broker::ConfigError),
 }
 
 /// Owns the backends and keeps track of the cells spawned through it.
@@ -30,6 +34,8 @@ pub struct Supervisor {
     backends: RwLock<BTreeMap<String, Arc<dyn Backend>>>,
     cells: Mutex<BTreeMap<String, Weak<Inner>>>,
     requests: RwLock<Arc<dyn RequestHandler>>,
+    /// Capabilities, stores and audit sink; created with defaults on first use.
+    broker: RwLock<Option<broker::Broker>>,
 }
 
 impl Default for Supervisor {
@@ -45,8 +51,11 @@ impl Supervisor {
             backends: RwLock::default(),
             cells: Mutex::default(),
             requests: RwLock::new(Arc::new(DenyAll)),
+            broker: RwLock::new(None),
         };
         supervisor.register_backend(Arc::new(backend_subinterp::Subinterp));
+        supervisor.register_backend(Arc::new(backend_process::ProcessBackend::new()));
+        supervisor.register_backend(Arc::new(backend_microvm::MicroVm::new()));
         supervisor
     }
 
@@ -61,6 +70,52 @@ impl Supervisor {
     /// Where `request(...)` goes for cells spawned from now on.
     pub fn set_request_handler(&self, handler: Arc<dyn RequestHandler>) {
         *self.requests.write().unwrap_or_else(|e| e.into_inner()) = handler;
+    }
+
+    /// The broker that serves cells spawned from now on: their policy's grants are checked
+    /// against its capabilities and every request is audited to its sink.
+    pub fn set_broker(&self, broker: broker::Broker) {
+        *self.broker.write().unwrap_or_else(|e| e.into_inner()) = Some(broker);
+    }
+
+    /// The attached broker, or a default one (built-in capabilities, no kv store, no secrets,
+    /// audit to `tracing`/`metrics` only) created now.
+    pub fn broker(&self) -> Result<broker::Broker, broker::ConfigError> {
+        let mut slot = self.broker.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = &*slot {
+            return Ok(b.clone());
+        }
+        let b = broker::Broker::builder().build()?;
+        *slot = Some(b.clone());
+        Ok(b)
+    }
+
+    /// The request handler of a new cell: the broker's, built from the policy's grants, when
+    /// the policy has rules or a broker is attached; else the supervisor's handler (deny-all
+    /// unless replaced).
+    fn request_handler(
+        &self,
+        name: &str,
+        policy: &Policy,
+    ) -> Result<Arc<dyn RequestHandler>, SupervisorError> {
+        let rules = policy.rules();
+        let attached = self
+            .broker
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if rules.is_empty() && !attached {
+            return Ok(self
+                .requests
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone());
+        }
+        let broker = self.broker().map_err(SupervisorError::Grants)?;
+        let cell = broker
+            .for_cell(name, &rules)
+            .map_err(SupervisorError::Grants)?;
+        Ok(Arc::new(cell))
     }
 
     pub fn backend(&self, name: &str) -> Option<Arc<dyn Backend>> {
@@ -123,11 +178,7 @@ impl Supervisor {
         if cells.contains_key(name) {
             return Err(SupervisorError::NameTaken(name.into()));
         }
-        let requests = self
-            .requests
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let requests = self.request_handler(name, policy)?;
         let host = Arc::new(CellHost::new(
             name,
             backend,

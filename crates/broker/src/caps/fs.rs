@@ -328,7 +328,7 @@ impl Capability for Fs {
         &["roots", "access", "max_bytes"]
     }
 
-    fn check_rule(&self, rule: &Rule, kind: RuleKind) -> Result<(), String> {
+    fn check_shape(&self, rule: &Rule, kind: RuleKind) -> Result<(), String> {
         for root in &rule.roots {
             if !root.is_absolute() {
                 return Err(format!("root `{}` is not an absolute path", root.display()));
@@ -343,13 +343,6 @@ impl Capability for Fs {
         if rule.roots.is_empty() {
             return Err("an `fs` grant must list its `roots`".into());
         }
-        for root in &rule.roots {
-            let st = rustix::fs::stat(root)
-                .map_err(|e| format!("root `{}` is unusable: {e}", root.display()))?;
-            if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-                return Err(format!("root `{}` is not a directory", root.display()));
-            }
-        }
         if rule.access.unwrap_or(Access::Read) == Access::Read {
             if let Some(a) = rule
                 .actions
@@ -363,6 +356,19 @@ impl Capability for Fs {
         }
         if rule.max_bytes == Some(0) {
             return Err("`max_bytes` must be positive".into());
+        }
+        Ok(())
+    }
+
+    fn check_rule(&self, rule: &Rule, kind: RuleKind) -> Result<(), String> {
+        if kind == RuleKind::Grant {
+            for root in &rule.roots {
+                let st = rustix::fs::stat(root)
+                    .map_err(|e| format!("root `{}` is unusable: {e}", root.display()))?;
+                if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                    return Err(format!("root `{}` is not a directory", root.display()));
+                }
+            }
         }
         Ok(())
     }

@@ -81,7 +81,7 @@ impl Capability for Http {
         &["origins", "max_bytes"]
     }
 
-    fn check_rule(&self, rule: &Rule, kind: RuleKind) -> Result<(), String> {
+    fn check_shape(&self, rule: &Rule, kind: RuleKind) -> Result<(), String> {
         if kind == RuleKind::Grant && rule.origins.is_empty() {
             return Err("an `http` grant must list its `origins`".into());
         }

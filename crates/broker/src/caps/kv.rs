@@ -89,7 +89,17 @@ impl Capability for Kv {
         &["namespace", "tenant", "max_bytes"]
     }
 
-    fn check_rule(&self, rule: &Rule, kind: RuleKind) -> Result<(), String> {
+    fn check_rule(&self, _: &Rule, kind: RuleKind) -> Result<(), String> {
+        if kind == RuleKind::Grant && self.db.is_none() {
+            return Err(
+                "the supervisor has no kv store configured (give it a kv directory, e.g. `cell --kv-dir DIR`)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn check_shape(&self, rule: &Rule, kind: RuleKind) -> Result<(), String> {
         if kind == RuleKind::Deny {
             if !rule.set_scope_fields().is_empty() {
                 return Err(
@@ -97,12 +107,6 @@ impl Capability for Kv {
                 );
             }
             return Ok(());
-        }
-        if self.db.is_none() {
-            return Err(
-                "the supervisor has no kv store configured (give it a kv directory, e.g. `cell --kv-dir DIR`)"
-                    .into(),
-            );
         }
         match (rule.namespace.unwrap_or(Namespace::Cell), &rule.tenant) {
             (Namespace::Cell, None) => {}

@@ -78,11 +78,15 @@ impl Capability for SecretStore {
         &["names"]
     }
 
+    fn check_shape(&self, rule: &Rule, kind: RuleKind) -> Result<(), String> {
+        if kind == RuleKind::Grant && rule.names.is_empty() {
+            return Err("a `secret` grant must list the secret `names` it exposes".into());
+        }
+        Ok(())
+    }
+
     fn check_rule(&self, rule: &Rule, kind: RuleKind) -> Result<(), String> {
         if kind == RuleKind::Grant {
-            if rule.names.is_empty() {
-                return Err("a `secret` grant must list the secret `names` it exposes".into());
-            }
             for name in &rule.names {
                 if !self.secrets.values.contains_key(name) {
                     return Err(format!(

@@ -32,6 +32,34 @@ struct CellArgs {
     /// Name of the cell.
     #[arg(long, default_value = "main")]
     name: String,
+    /// Append one JSON line per broker decision (cell, capability, action, allow/deny, rule).
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+    /// Directory of the persistent `kv` store (created if missing); without it `kv` grants
+    /// are refused.
+    #[arg(long, value_name = "DIR")]
+    kv_dir: Option<PathBuf>,
+    /// TOML file of named secrets (`name = "value"`) that `secret` grants may expose.
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
+}
+
+/// The broker behind `request(...)`: built-in capabilities, the kv store, secrets, audit log.
+fn broker(args: &CellArgs) -> Result<cell_supervisor::broker::Broker, String> {
+    use cell_supervisor::broker::{Broker, JsonLinesAudit, Secrets};
+    let mut builder = Broker::builder();
+    if let Some(path) = &args.audit_log {
+        let sink = JsonLinesAudit::open(path)
+            .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?;
+        builder = builder.audit(std::sync::Arc::new(sink));
+    }
+    if let Some(dir) = &args.kv_dir {
+        builder = builder.kv_dir(dir);
+    }
+    if let Some(path) = &args.secrets {
+        builder = builder.secrets(Secrets::load(path).map_err(|e| e.to_string())?);
+    }
+    builder.build().map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -168,6 +196,7 @@ fn run(
         .or_else(|| policy.backend.clone())
         .unwrap_or_else(|| "subinterp".into());
     let supervisor = Supervisor::new();
+    supervisor.set_broker(broker(args).map_err(Failure::Policy)?);
     let cell = supervisor
         .spawn(&args.name, &backend, &policy)
         .map_err(|e| Failure::Spawn(e.to_string()))?;

@@ -1,0 +1,267 @@
+//! The broker behind `request` through the supervisor: grants from the policy, typed denials
+//! a script can catch, per-cell handlers, audit from the CLI, and a guest blocked in `request`
+//! that is still killable.
+
+use cell_supervisor::broker::{Broker, MemoryAudit};
+use cell_supervisor::{ErrorCode, Policy, Supervisor, SupervisorError, Value};
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::{Arc, mpsc};
+
+fn supervisor_with_process() -> Supervisor {
+    let s = Supervisor::new();
+    s.register_backend(Arc::new(backend_process::ProcessBackend::new()));
+    s
+}
+
+/// Backends available here among subinterp and process.
+fn backends(s: &Supervisor) -> Vec<String> {
+    s.backends()
+        .into_iter()
+        .filter(|(name, ok)| {
+            if let Err(why) = ok {
+                eprintln!("SKIPPED backend {name}: {why}");
+            }
+            ok.is_ok() && (name == "subinterp" || name == "process")
+        })
+        .map(|(name, _)| name)
+        .collect()
+}
+
+#[test]
+fn grants_from_the_policy_reach_scripts_and_denials_are_catchable() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "hi there").unwrap();
+    let root = dir.path().to_str().unwrap();
+    let policy = Policy::from_toml(&format!(
+        "[[grants]]\ncapability = \"fs\"\nactions = [\"read\", \"list\"]\nroots = [\"{root}\"]\n\
+         [[denies]]\ncapability = \"fs\"\nactions = [\"list\"]"
+    ))
+    .unwrap();
+    let audit = Arc::new(MemoryAudit::default());
+    let supervisor = supervisor_with_process();
+    supervisor.set_broker(Broker::builder().audit(audit.clone()).build().unwrap());
+    for backend in backends(&supervisor) {
+        let cell = supervisor
+            .spawn(&format!("g-{backend}"), &backend, &policy)
+            .unwrap();
+        let read = cell
+            .exec(&format!(
+                "let b = request(\"fs\", \"read\", #{{root: \"{root}\", path: \"hello.txt\"}}); b.len()"
+            ))
+            .unwrap();
+        assert_eq!(read, Value::Int(8), "{backend}");
+        let caught = cell
+            .exec(&format!(
+                "let r = (); try {{ request(\"fs\", \"list\", #{{root: \"{root}\"}}) }} catch (e) {{ r = [e.code, e.name, e.message] }} r"
+            ))
+            .unwrap();
+        let Value::List(items) = caught else {
+            panic!("{caught:?}")
+        };
+        assert_eq!(items[0], Value::Int(5));
+        assert_eq!(items[1], Value::Str("denied".into()));
+        let Value::Str(message) = &items[2] else {
+            panic!()
+        };
+        assert!(
+            message.contains("`fs`") && message.contains("denies[0]"),
+            "{message}"
+        );
+        // Uncaught, the caller gets the typed error.
+        let err = cell
+            .exec(&format!(
+                "request(\"fs\", \"read\", #{{root: \"{root}\", path: \"../x\"}})"
+            ))
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Denied);
+        // Not granted at all.
+        let err = cell.exec("request(\"clock\", \"wall\")").unwrap_err();
+        assert_eq!(err.code, ErrorCode::Denied);
+        assert!(err.message.contains("default-deny"), "{err}");
+        cell.close();
+    }
+    let records = audit.records();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.rule == "denies[0]" && r.backend != "subinterp")
+            || backends(&supervisor).len() == 1
+    );
+    assert!(records.iter().all(|r| r.cell.starts_with("g-")));
+}
+
+#[test]
+fn grants_that_do_not_hold_refuse_the_spawn() {
+    let policy = Policy::from_toml(
+        "[[grants]]\ncapability = \"fs\"\nactions = [\"read\"]\nroots = [\"/nonexistent/cell-root\"]",
+    )
+    .unwrap();
+    let supervisor = Supervisor::new();
+    match supervisor.spawn("bad", "subinterp", &policy) {
+        Err(SupervisorError::Grants(e)) => {
+            assert!(e.to_string().contains("/nonexistent/cell-root"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let kv = Policy::from_toml("[[grants]]\ncapability = \"kv\"\nactions = [\"get\"]").unwrap();
+    let err = supervisor.spawn("kv", "subinterp", &kv).unwrap_err();
+    assert!(err.to_string().contains("kv"), "{err}");
+    // Without grants or a broker, requests are denied as before.
+    let cell = supervisor
+        .spawn("plain", "subinterp", &Policy::default())
+        .unwrap();
+    assert_eq!(
+        cell.exec("request(\"clock\", \"wall\")").unwrap_err().code,
+        ErrorCode::Denied
+    );
+}
+
+#[test]
+fn kv_survives_a_supervisor_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Policy::from_toml("[[grants]]\ncapability = \"kv\"\nactions = [\"*\"]").unwrap();
+    {
+        let supervisor = Supervisor::new();
+        supervisor.set_broker(Broker::builder().kv_dir(dir.path()).build().unwrap());
+        let cell = supervisor.spawn("store", "subinterp", &policy).unwrap();
+        cell.exec("request(\"kv\", \"put\", #{key: \"n\", value: 41})")
+            .unwrap();
+        cell.close();
+    }
+    let supervisor = Supervisor::new();
+    supervisor.set_broker(Broker::builder().kv_dir(dir.path()).build().unwrap());
+    let cell = supervisor.spawn("store", "subinterp", &policy).unwrap();
+    assert_eq!(
+        cell.exec("request(\"kv\", \"get\", #{key: \"n\"}) + 1")
+            .unwrap(),
+        Value::Int(42)
+    );
+}
+
+#[test]
+fn a_guest_blocked_in_request_can_be_killed() {
+    // A loopback server that accepts and never answers; the grant's timeout is ten minutes, so
+    // only the kill can end the request.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let (accepted, connected) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 512];
+            let mut s = stream;
+            let _ = s.read(&mut buf);
+            let _ = accepted.send(());
+            held.push(s);
+        }
+    });
+    let policy = Policy::from_toml(&format!(
+        "[[grants]]\ncapability = \"http\"\nactions = [\"get\"]\norigins = [\"{origin}\"]\ntimeout_ms = 600000\n\
+         [limits]\nwall_time_ms = 0"
+    ))
+    .unwrap();
+    let supervisor = supervisor_with_process();
+    for backend in backends(&supervisor) {
+        let cell = supervisor
+            .spawn(&format!("k-{backend}"), &backend, &policy)
+            .unwrap();
+        let runner = {
+            let cell = cell.clone();
+            let origin = origin.clone();
+            std::thread::spawn(move || {
+                cell.exec(&format!(
+                    "request(\"http\", \"get\", #{{url: \"{origin}/hang\"}})"
+                ))
+            })
+        };
+        connected.recv().unwrap(); // the request is in flight, the guest blocked in it
+        cell.kill();
+        let err = runner.join().unwrap().unwrap_err();
+        assert_eq!(err.code, ErrorCode::Cancelled, "{backend}: {err}");
+        assert!(
+            cell.exec("1").is_err(),
+            "{backend}: a killed cell runs nothing"
+        );
+    }
+}
+
+#[test]
+fn the_cli_writes_the_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[grants]]\ncapability = \"clock\"\nactions = [\"wall\"]\n",
+    )
+    .unwrap();
+    let script = dir.path().join("s.rhai");
+    std::fs::write(
+        &script,
+        "post(type_of(request(\"clock\", \"wall\")));\n\
+         try { request(\"random\", \"int\") } catch (e) { post(e.name) }\n\
+         request(\"kv\", \"put\", #{key: \"a\", value: 1})",
+    )
+    .unwrap();
+    let secrets = dir.path().join("secrets.toml");
+    std::fs::write(&secrets, "token = \"s3cr3t\"\n").unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_cell"))
+        .args(["run", "--name", "cli-cell", "--policy"])
+        .arg(&policy)
+        .arg("--audit-log")
+        .arg(&audit)
+        .arg("--kv-dir")
+        .arg(dir.path().join("kv"))
+        .arg("--secrets")
+        .arg(&secrets)
+        .arg(&script)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("\"i64\"") && stdout.contains("\"denied\""),
+        "{stdout}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the uncaught denial is a script error: {stdout}"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary: Vec<_> = lines
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {}.{} {} {}",
+                l["cell"].as_str().unwrap(),
+                l["capability"].as_str().unwrap(),
+                l["action"].as_str().unwrap(),
+                l["decision"].as_str().unwrap(),
+                l["rule"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "cli-cell clock.wall allow grants[0]",
+            "cli-cell random.int deny default-deny",
+            "cli-cell kv.put deny default-deny",
+        ]
+    );
+    // A secrets file that does not parse is a configuration error (exit 3).
+    std::fs::write(&secrets, "token = 5\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cell"))
+        .args(["run", "--secrets"])
+        .arg(&secrets)
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}
