@@ -67,7 +67,12 @@ impl Hierarchies {
             }
         }
         if let Some(v2) = &h.v2 {
-            h.v2_kill = v2.join("cgroup.kill").exists();
+            // The root cgroup has no cgroup.kill file even where the kernel supports it:
+            // look at a child cgroup then.
+            h.v2_kill = v2.join("cgroup.kill").exists()
+                || fs::read_dir(v2).into_iter().flatten().flatten().any(|e| {
+                    e.file_type().is_ok_and(|t| t.is_dir()) && e.path().join("cgroup.kill").exists()
+                });
             let enabled = fs::read_to_string(v2.join("cgroup.subtree_control")).unwrap_or_default();
             h.v2_controllers = enabled
                 .split_whitespace()
@@ -198,8 +203,12 @@ impl CellCgroups {
                 )),
             }
         }
-        if v2_ok && h.v2_kill {
-            cg.kill_file = v2_dir.as_ref().map(|d| d.join("cgroup.kill"));
+        let kill_file = v2_dir
+            .as_ref()
+            .map(|d| d.join("cgroup.kill"))
+            .filter(|f| v2_ok && f.exists());
+        if kill_file.is_some() {
+            cg.kill_file = kill_file;
             states.push((Layer::CgroupKill, LayerState::Active));
         } else if !states.iter().any(|(l, _)| *l == Layer::CgroupKill) {
             states.push((

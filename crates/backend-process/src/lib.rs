@@ -27,3 +27,9 @@ pub use layers::{Layer, LayerReport, LayerState};
 pub use spawn::{
     CELL_UID, ExitStatus, HOST_UID_BASE, Killer, Limits, ProcessCell, SpawnSpec, Termination,
 };
+
+/// The embedded guest program (a static executable), e.g. for benchmarks that compare
+/// a bare fork+exec of it with a confined spawn.
+pub fn guest_image() -> &'static [u8] {
+    spawn::GUEST_IMAGE
+}

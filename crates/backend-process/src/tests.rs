@@ -534,3 +534,44 @@ fn rootless_child() {
         other => panic!("expected a refusal naming cgroup-memory, got {other:?}"),
     }
 }
+
+/// Diagnostics, not a test of behaviour: prints where spawn time goes.
+/// Run with `cargo test --release --lib spawn_phase_costs -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn spawn_phase_costs() {
+    use std::time::Instant;
+    let hs = host_support();
+    let mut spawn_t = Vec::new();
+    let mut kill_t = Vec::new();
+    let mut cg_t = Vec::new();
+    for i in 0..60 {
+        let t0 = Instant::now();
+        let (mut cg, _) = crate::cgroup::CellCgroups::create(
+            &hs.cgroups,
+            &format!("diag-{i}"),
+            &Limits::default(),
+        );
+        cg.remove().unwrap();
+        cg_t.push(t0.elapsed());
+        let t0 = Instant::now();
+        let cell = ProcessCell::spawn(&SpawnSpec::default()).unwrap();
+        spawn_t.push(t0.elapsed());
+        let t0 = Instant::now();
+        drop(cell);
+        kill_t.push(t0.elapsed());
+    }
+    for (name, v) in [
+        ("cgroups create+remove", &mut cg_t),
+        ("spawn", &mut spawn_t),
+        ("kill+reap+cleanup", &mut kill_t),
+    ] {
+        v.sort();
+        println!(
+            "{name:<24} median {:?}  p10 {:?}  p90 {:?}",
+            v[v.len() / 2],
+            v[v.len() / 10],
+            v[v.len() * 9 / 10]
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! `process` figures beside their floors, measured in the same run, with every
+//! confinement layer on: cold cell → first `post(40 + 2)` → close, warm exec and call
+//! round trips (unpinned and pinned to one CPU), host memory per idle cell. Floors: a
+//! bare fork+exec of the same guest binary, a raw 64-byte socketpair round trip, and
+//! `bwrap --unshare-all` starting the same binary (skipped with a note when bwrap is
+//! absent).
+
+mod common;
+
+use backend_process::{ProcessBackend, ProcessCell, SpawnSpec, doctor, guest_image};
+use cell_supervisor::{Map, Policy, Supervisor, Value};
+use common::{Row, median_ns, pin, print_summary, rss_bytes};
+use criterion::BenchmarkId;
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const GROUP: &str = "process";
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+fn fresh_name() -> String {
+    format!("bench-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The embedded guest, written out once so plain fork+exec and bwrap can start it.
+fn guest_file() -> PathBuf {
+    let path = std::env::temp_dir().join(format!("cell-process-guest-{}", std::process::id()));
+    std::fs::write(&path, guest_image()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn bwrap() -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join("bwrap"))
+        .find(|p| p.is_file())
+}
+
+/// Proportional set size of a process, in bytes.
+fn pss_of(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Direct children of this process (every thread's), i.e. the cells' init processes.
+fn children() -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
+fn main() {
+    let mut c = common::criterion();
+    let supervisor = Supervisor::new();
+    supervisor.register_backend(Arc::new(ProcessBackend::new()));
+    let policy = Policy::default();
+    println!("process layers on this host:\n{}", doctor());
+    let guest = guest_file();
+    let bwrap = bwrap();
+    if bwrap.is_none() {
+        println!("NOTE: bwrap not found on PATH: the bubblewrap floor is skipped");
+    }
+    // Warm the lazily created shared resources (image memfd, netns, Landlock ruleset).
+    supervisor
+        .spawn(&fresh_name(), "process", &policy)
+        .unwrap()
+        .close();
+
+    for (suffix, cpu) in [("", None), ("_pinned", Some(0))] {
+        pin(cpu);
+        let mut g = c.benchmark_group(GROUP);
+        g.bench_function(
+            BenchmarkId::new(format!("floor_fork_exec{suffix}"), ""),
+            |b| {
+                b.iter(|| {
+                    let status = Command::new(&guest)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .unwrap();
+                    black_box(status)
+                })
+            },
+        );
+        if let Some(bwrap) = &bwrap {
+            g.bench_function(BenchmarkId::new(format!("floor_bwrap{suffix}"), ""), |b| {
+                b.iter(|| {
+                    let status = Command::new(bwrap)
+                        .args(["--unshare-all", "--die-with-parent", "--ro-bind"])
+                        .arg(&guest)
+                        .args(["/guest", "/guest"])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .unwrap();
+                    black_box(status)
+                })
+            });
+        }
+        {
+            let (mut a, mut b_end) = UnixStream::pair().unwrap();
+            let echo = std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while b_end.read_exact(&mut buf).is_ok() {
+                    if b_end.write_all(&buf).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut buf = [7u8; 64];
+            g.bench_function(
+                BenchmarkId::new(format!("floor_socketpair{suffix}"), ""),
+                |b| {
+                    b.iter(|| {
+                        a.write_all(&buf).unwrap();
+                        a.read_exact(&mut buf).unwrap();
+                    })
+                },
+            );
+            drop(a);
+            echo.join().unwrap();
+        }
+        g.bench_function(
+            BenchmarkId::new(format!("confined_spawn_kill{suffix}"), ""),
+            |b| {
+                b.iter(|| {
+                    let cell = ProcessCell::spawn(&SpawnSpec::default()).unwrap();
+                    drop(black_box(cell));
+                })
+            },
+        );
+        g.bench_function(BenchmarkId::new(format!("cold_post_42{suffix}"), ""), |b| {
+            b.iter(|| {
+                let cell = supervisor.spawn(&fresh_name(), "process", &policy).unwrap();
+                cell.exec("post(40 + 2)").unwrap();
+                let event = cell.recv(Some(Duration::from_secs(5))).unwrap();
+                cell.close();
+                black_box(event)
+            })
+        });
+        let warm = supervisor.spawn(&fresh_name(), "process", &policy).unwrap();
+        warm.exec("fn add(a, b) { a + b }").unwrap();
+        g.bench_function(BenchmarkId::new(format!("warm_exec{suffix}"), ""), |b| {
+            b.iter(|| black_box(warm.exec("40 + 2").unwrap()))
+        });
+        g.bench_function(BenchmarkId::new(format!("warm_call{suffix}"), ""), |b| {
+            b.iter(|| {
+                black_box(
+                    warm.call("add", vec![Value::Int(40), Value::Int(2)], Map::new())
+                        .unwrap(),
+                )
+            })
+        });
+        warm.close();
+        g.finish();
+    }
+    pin(None);
+
+    // Memory: idle cells after their handshake and one exec, all alive at once.
+    const CELLS: usize = 20;
+    let before: Vec<u32> = children();
+    let rss0 = rss_bytes();
+    let cells: Vec<_> = (0..CELLS)
+        .map(|_| {
+            let cell = supervisor.spawn(&fresh_name(), "process", &policy).unwrap();
+            cell.exec("let x = 1;").unwrap();
+            cell
+        })
+        .collect();
+    let pids: Vec<u32> = children()
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    let child_pss: u64 = pids.iter().map(|&p| pss_of(p)).sum();
+    let per_child = child_pss as f64 / pids.len().max(1) as f64 / 1024.0;
+    let host_side = rss_bytes().saturating_sub(rss0) as f64 / CELLS as f64 / 1024.0;
+    for cell in cells {
+        cell.close();
+    }
+    let _ = std::fs::remove_file(&guest);
+
+    c.final_summary();
+    let m = |id: &str| median_ns(GROUP, &format!("{id}/"));
+    let mut rows = Vec::new();
+    for (suffix, label) in [("", "unpinned"), ("_pinned", "pinned to CPU 0")] {
+        let id = |base: &str| format!("{base}{suffix}");
+        rows.push(Row {
+            figure: format!("cold spawn→post(40+2)→recv→close, {label}"),
+            median_ns: m(&id("cold_post_42")),
+            floor: "bare fork+exec of the guest".into(),
+            floor_ns: m(&id("floor_fork_exec")),
+            target: "< 1.5 ms".into(),
+        });
+        rows.push(Row {
+            figure: format!("cold spawn→post(40+2)→recv→close, {label}"),
+            median_ns: m(&id("cold_post_42")),
+            floor: "bwrap --unshare-all, same binary".into(),
+            floor_ns: m(&id("floor_bwrap")),
+            target: "< 1.5 ms".into(),
+        });
+        rows.push(Row {
+            figure: format!("confined spawn (all layers) + kill, {label}"),
+            median_ns: m(&id("confined_spawn_kill")),
+            floor: "bare fork+exec of the guest".into(),
+            floor_ns: m(&id("floor_fork_exec")),
+            target: "-".into(),
+        });
+        for op in ["exec", "call"] {
+            rows.push(Row {
+                figure: format!("warm {op} round trip, {label}"),
+                median_ns: m(&id(&format!("warm_{op}"))),
+                floor: "raw 64-byte socketpair round trip".into(),
+                floor_ns: m(&id("floor_socketpair")),
+                target: "≤ 1.5× floor".into(),
+            });
+        }
+    }
+    print_summary(
+        "process (every layer on)",
+        &rows,
+        &[format!(
+            "host memory per idle cell ({} cells): cell process PSS {per_child:.0} KiB, supervisor RSS growth \
+             {host_side:.0} KiB   target < 4 MiB",
+            pids.len()
+        )],
+    );
+}
