@@ -94,6 +94,7 @@ const ALLOWED: &[i64] = &[
     libc::SYS_gettimeofday,
     libc::SYS_getrandom,
     libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
     libc::SYS_set_tid_address,
     libc::SYS_set_robust_list,
     libc::SYS_rseq,
