@@ -631,6 +631,12 @@ impl CellBroker {
                     None => Ok(value),
                 }
             }
+            Err(Exec::Cap(e @ CapabilityError::OutOfScope(_))) => {
+                // Left the scope of the grant that allowed it: a denial, naming that rule.
+                let mut err = e.to_cell_error(capability, action);
+                err.message.push_str(&format!(" (rule `{label}`)"));
+                Err(err)
+            }
             Err(Exec::Cap(e)) => Err(e.to_cell_error(capability, action)),
             Err(Exec::Cancelled) => Err(self.cancelled()),
         };

@@ -50,6 +50,7 @@ impl Harness {
     pub fn transcript(&self, name: &str) -> String {
         let scenario = SCENARIOS
             .iter()
+            .chain(crate::broker_scenarios::BROKER_SCENARIOS)
             .find(|s| s.name == name)
             .unwrap_or_else(|| panic!("no scenario `{name}`"));
         let cell = self

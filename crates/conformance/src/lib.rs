@@ -15,10 +15,12 @@
 //! backends compare against the **same** snapshot file in `snapshots/`, so they cannot drift
 //! apart. Property tests check that any value survives the boundary bit-exactly.
 
+mod broker_scenarios;
 mod harness;
 mod scenarios;
 mod transcript;
 
+pub use broker_scenarios::BROKER_SCENARIOS;
 pub use harness::{Harness, value_strategy};
 pub use scenarios::{SCENARIOS, Scenario};
 /// The supervisor API the suite drives, re-exported for backends under test.
@@ -34,7 +36,7 @@ macro_rules! conformance_tests {
             post_and_recv, exec_returns_value, call_functions, events_in_order, values_round_trip,
             request_denied, script_errors, out_of_model, host_modules, engine_limits,
             kill_running_cell, wall_time_limit, event_queue_bound, frame_size_cap, close_cell,
-            state_is_per_cell
+            state_is_per_cell, broker_granted, broker_denied, broker_out_of_scope
         );
 
         #[test]
