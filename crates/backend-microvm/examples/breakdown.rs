@@ -94,7 +94,25 @@ fn deadline_cost(vm: &mut Vm) {
     println!("   warm exec min with deadline {best:.1} µs, without {best_nd:.1} µs");
 }
 
+fn floors() {
+    use cell_backend_microvm::layout::{MODE_FLOOR, MODE_FLOOR_IN};
+    for (name, mode) in [("out", MODE_FLOOR), ("in", MODE_FLOOR_IN)] {
+        let mut vm = Vm::boot(&VmConfig::new(16 << 20).with_test_mode(mode)).unwrap();
+        vm.floor_exits(100).unwrap();
+        let mut v: Vec<f64> = (0..2000)
+            .map(|_| {
+                let a = Instant::now();
+                vm.floor_exits(1).unwrap();
+                a.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        println!("floor `{name}` exit: median {:.1} µs", v[1000]);
+    }
+}
+
 fn main() {
+    floors();
     pipe_level();
     let cfg = VmConfig::new(64 << 20);
     let t = Instant::now();

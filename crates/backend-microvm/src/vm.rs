@@ -536,6 +536,7 @@ impl Vm {
         } else {
             match m.vcpu.run() {
                 Ok(VcpuExit::IoIn(PORT_DOORBELL, _)) => Exit::Doorbell,
+                Ok(VcpuExit::IoIn(PORT_NOP, _)) => Exit::Nop,
                 Ok(VcpuExit::IoOut(port, data)) => {
                     let mut v = [0u8; 4];
                     let n = data.len().min(4);

@@ -110,6 +110,24 @@ fn main() {
             })
         });
         warm.close();
+        // The same exec through the backend contract alone (no supervisor), for comparison.
+        let mut pipe = backend_pipe();
+        g.bench_function(
+            BenchmarkId::new(format!("pipe_warm_exec{suffix}"), ""),
+            |b| {
+                b.iter(|| {
+                    pipe.transact(
+                        abi::HostFrame::Exec {
+                            id: 1,
+                            source: "40 + 2".into(),
+                        },
+                        Some(Instant::now() + Duration::from_secs(10)),
+                    )
+                    .unwrap()
+                })
+            },
+        );
+        drop(pipe);
         g.finish();
     }
     pin(None);
@@ -201,6 +219,13 @@ fn main() {
                 target: "≤ 2× floor".into(),
             });
         }
+        rows.push(Row {
+            figure: format!("warm exec, backend contract only, {label}"),
+            median_ns: m(&id("pipe_warm_exec")),
+            floor: "bare `out` exit round trip".into(),
+            floor_ns: m(&id("floor_out_exit")),
+            target: "(diagnostic)".into(),
+        });
     }
     print_summary(
         "microvm (KVM here is PVM: guest at CPL3)",
@@ -220,6 +245,33 @@ fn main() {
             ),
         ],
     );
+}
+
+/// Accepts every guest frame; a transaction ends at Ready or Done.
+struct Sink;
+
+impl abi::backend::HostSide for Sink {
+    fn on_frame(&self, frame: abi::GuestFrame) -> abi::backend::Flow {
+        match frame {
+            abi::GuestFrame::Ready(_) | abi::GuestFrame::Done { .. } => abi::backend::Flow::Done,
+            _ => abi::backend::Flow::Continue,
+        }
+    }
+}
+
+/// A microvm cell driven directly through `abi::backend`, after its handshake.
+fn backend_pipe() -> Box<dyn abi::backend::CellPipe> {
+    use abi::backend::Backend;
+    let spec = abi::backend::SpawnSpec {
+        hello: abi::Hello::new("pipe", abi::EngineLimits::default(), vec![]),
+        resources: abi::backend::Resources::default(),
+        max_frame_len: abi::wire::DEFAULT_MAX_FRAME_LEN,
+        required_layers: vec![],
+    };
+    let mut pipe = MicroVm::new().spawn(&spec, Arc::new(Sink)).unwrap();
+    pipe.transact(abi::HostFrame::Hello(spec.hello.clone()), None)
+        .unwrap();
+    pipe
 }
 
 /// Registers a [`MicroVm`] variant under another name so the bench can compare start modes.

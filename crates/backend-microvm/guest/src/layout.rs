@@ -53,6 +53,8 @@ pub const MODE_UNDEFINED_PORT: u32 = 8;
 pub const MODE_ECHO: u32 = 9;
 pub const MODE_PANIC: u32 = 10;
 pub const MODE_STACK_OVERFLOW: u32 = 11;
+/// Floor variant exiting with `in` instead of `out` (compares the two exit kinds).
+pub const MODE_FLOOR_IN: u32 = 12;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -46,6 +46,12 @@ pub extern "C" fn _start() -> ! {
         MODE_FLOOR => loop {
             port_out(PORT_NOP, 0);
         },
+        MODE_FLOOR_IN => loop {
+            // SAFETY: IOPL=3 and the TSS bitmap make `in` legal at CPL3; it only exits.
+            unsafe {
+                asm!("in eax, dx", in("dx") PORT_NOP, out("eax") _, options(nostack, preserves_flags))
+            }
+        },
         MODE_TRIPLE_FAULT => {
             // SAFETY: deliberately faulting (test mode): `ud2` raises #UD, no IDT -> triple fault.
             unsafe { asm!("ud2", options(noreturn)) }
