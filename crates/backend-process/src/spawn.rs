@@ -443,7 +443,10 @@ impl ProcessCell {
             let ready = unsafe { libc::poll(&mut pfd, 1, SPAWN_TIMEOUT_MS) };
             if ready == 0 {
                 let stuck = format!(
-                    "wchan {:?}, syscall {:?}",
+                    "comm {:?}, wchan {:?}, syscall {:?}",
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .unwrap_or_default()
+                        .trim(),
                     std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default(),
                     std::fs::read_to_string(format!("/proc/{pid}/syscall"))
                         .unwrap_or_default()
@@ -736,14 +739,19 @@ unsafe fn child_main(p: &Plan) -> ! {
         check!(Step::SetHostname, libc::sethostname(c"cell".as_ptr(), 4));
 
         if p.rootful {
-            check!(Step::DropHostIds, libc::setgroups(0, std::ptr::null()));
+            // Raw system calls: glibc's set*id wrappers synchronise with every thread of
+            // the parent image (which do not exist here) and would deadlock.
             check!(
                 Step::DropHostIds,
-                libc::setresgid(p.host_gid, p.host_gid, p.host_gid)
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>())
             );
             check!(
                 Step::DropHostIds,
-                libc::setresuid(p.host_uid, p.host_uid, p.host_uid)
+                libc::syscall(libc::SYS_setresgid, p.host_gid, p.host_gid, p.host_gid)
+            );
+            check!(
+                Step::DropHostIds,
+                libc::syscall(libc::SYS_setresuid, p.host_uid, p.host_uid, p.host_uid)
             );
             // Changing ids made us non-dumpable, which would make /proc/self/* root's.
             check!(
