@@ -140,23 +140,6 @@ impl GuestMemory {
     pub fn write_u64(&self, addr: u64, v: u64) -> Result<(), VmError> {
         self.write(addr, &v.to_le_bytes())
     }
-
-    /// Revert a private file mapping to the file's contents (drops every page the guest dirtied).
-    pub fn revert_to_file(&self) -> Result<(), VmError> {
-        if !self.private_file {
-            return Err(VmError::Memory("not a private snapshot mapping".into()));
-        }
-        // SAFETY: the range is exactly our own mapping; MADV_DONTNEED on a private file mapping
-        // discards private copies so later accesses see the file again.
-        let r = unsafe { libc::madvise(self.ptr.cast(), self.len, libc::MADV_DONTNEED) };
-        if r != 0 {
-            return Err(VmError::Memory(format!(
-                "madvise failed: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-        Ok(())
-    }
 }
 
 const PAGE: usize = 4096;
@@ -283,9 +266,17 @@ impl GuestMemory {
 
     /// Make this private mapping equal to `source` again by copying back only the pages that
     /// hold private copies. The pages stay mapped (in the host and in KVM's MMU), so the next
-    /// cell does not fault them in again. Falls back to dropping every page (`MADV_DONTNEED`).
-    /// Returns the number of pages copied.
-    pub fn restore_from(&self, source: &GuestMemory) -> Result<usize, VmError> {
+    /// cell does not fault them in again. Returns the number of pages copied, or `None` when
+    /// the pages cannot be listed.
+    ///
+    /// Returns `None` (and copies nothing) when a page in `unrestorable` holds a private copy:
+    /// those pages (the guest's page tables and descriptor tables) are cached by KVM's shadow MMU,
+    /// which a host-side copy would not resynchronise, so such a VM must not be reused.
+    pub fn restore_from(
+        &self,
+        source: &GuestMemory,
+        unrestorable: std::ops::Range<u64>,
+    ) -> Result<Option<usize>, VmError> {
         if !self.private_file || source.len != self.len {
             return Err(VmError::Memory(
                 "restore needs a private snapshot mapping".into(),
@@ -293,11 +284,15 @@ impl GuestMemory {
         }
         let runs = match self.private_runs_scan().or_else(|_| self.private_runs()) {
             Ok(r) => r,
-            Err(_) => {
-                self.revert_to_file()?;
-                return Ok(0);
-            }
+            Err(_) => return Ok(None),
         };
+        let touches = |&(start, n): &(usize, usize)| {
+            let (a, b) = ((start * PAGE) as u64, ((start + n) * PAGE) as u64);
+            a < unrestorable.end && unrestorable.start < b
+        };
+        if runs.iter().any(touches) {
+            return Ok(None);
+        }
         let mut copied = 0;
         for (start, n) in runs {
             let (off, len) = (start * PAGE, n * PAGE);
@@ -309,7 +304,7 @@ impl GuestMemory {
             unsafe { std::ptr::copy_nonoverlapping(source.ptr.add(off), self.ptr.add(off), len) };
             copied += n;
         }
-        Ok(copied)
+        Ok(Some(copied))
     }
 }
 
@@ -360,7 +355,10 @@ mod tests {
         if let Ok(scan) = private.private_runs_scan() {
             assert_eq!(scan, pagemap);
         }
-        assert_eq!(private.restore_from(&view).unwrap(), 3);
+        let tables = 3 * PAGE as u64..4 * PAGE as u64;
+        assert_eq!(private.restore_from(&view, tables).unwrap(), None);
+        let elsewhere = 8 * PAGE as u64..9 * PAGE as u64;
+        assert_eq!(private.restore_from(&view, elsewhere).unwrap(), Some(3));
         let mut all = vec![0u8; len];
         private.read(0, &mut all).unwrap();
         assert!(all.iter().all(|&x| x == 0x11));

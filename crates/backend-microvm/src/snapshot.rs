@@ -193,6 +193,29 @@ pub(crate) fn release(t: Arc<Template>, mut m: Machine) {
     }
 }
 
+/// Whether the guest's page tables, GDT and TSS still say what the snapshot says, ignoring the
+/// bits the CPU/KVM set by themselves (PTE accessed/dirty, descriptor accessed/busy). The runtime
+/// guest never writes them; if anything else changed, KVM's shadow MMU may cache translations that
+/// copying the snapshot back would not reset, so such a VM is not reused.
+fn tables_unchanged(mem: &GuestMemory, snap: &GuestMemory) -> Result<bool, VmError> {
+    use crate::layout::{GDT_ADDR, PML4_ADDR, STACK_GUARD_ADDR, TSS_ADDR};
+    let mut addr = GDT_ADDR;
+    while addr < STACK_GUARD_ADDR {
+        let ignore = if addr < PML4_ADDR {
+            (1u64 << 40) | (1 << 41) // descriptor accessed / TSS busy
+        } else if addr < TSS_ADDR {
+            (1u64 << 5) | (1 << 6) // PTE accessed / dirty
+        } else {
+            0
+        };
+        if (mem.read_u64(addr)? ^ snap.read_u64(addr)?) & !ignore != 0 {
+            return Ok(false);
+        }
+        addr += 8;
+    }
+    Ok(true)
+}
+
 impl Vm {
     /// Build the template for `cfg` now (otherwise the first snapshot start pays for it).
     pub fn prepare_snapshot(cfg: &VmConfig) -> Result<(), VmError> {
@@ -204,14 +227,19 @@ impl Vm {
     pub fn from_snapshot(cfg: &VmConfig) -> Result<Vm, VmError> {
         let t = template(cfg)?;
         let pooled = t.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let reused = pooled.is_some();
+        let mut reused = false;
         let m = match pooled {
-            Some(m) => {
-                m.mem.restore_from(&t.view.0)?;
-                t.restore(&m)?;
-                m
+            Some(m) if tables_unchanged(&m.mem, &t.view.0)? => {
+                match m.mem.restore_from(&t.view.0, 0..0)? {
+                    Some(_) => {
+                        t.restore(&m)?;
+                        reused = true;
+                        m
+                    }
+                    None => t.fresh_machine()?,
+                }
             }
-            None => t.fresh_machine()?,
+            _ => t.fresh_machine()?,
         };
         let mut vm = Vm::from_parts(m, t.layout, Some(t));
         vm.reused = reused;

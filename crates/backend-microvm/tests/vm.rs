@@ -406,3 +406,31 @@ fn floor_guest_exits_and_resumes() {
         })
     );
 }
+
+#[test]
+fn a_vm_whose_page_tables_were_written_is_not_reused() {
+    if !kvm() {
+        return;
+    }
+    let cfg = VmConfig::new(22 << 20); // a size no other test uses: the pool is ours
+    {
+        let mut a = Vm::from_snapshot(&cfg).unwrap();
+        handshake(&mut a);
+        // Clear the writable bit of one page-table entry, as a guest rewriting its page tables
+        // would (the guest does not run again, so nothing faults).
+        let mut pte = [0u8; 8];
+        a.debug_read(PT_ADDR + 8, &mut pte).unwrap();
+        pte[0] &= !2;
+        a.debug_write(PT_ADDR + 8, &pte).unwrap();
+    }
+    let mut b = Vm::from_snapshot(&cfg).unwrap();
+    assert!(
+        !b.is_reused(),
+        "a VM with written page tables must be replaced, not reset"
+    );
+    handshake(&mut b);
+    assert_eq!(eval(&mut b, "40 + 2"), Ok(Value::Int(42)));
+    drop(b);
+    let c = Vm::from_snapshot(&cfg).unwrap();
+    assert!(c.is_reused(), "a healthy VM is reused");
+}
