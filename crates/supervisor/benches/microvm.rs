@@ -9,19 +9,13 @@ mod common;
 use backend_microvm::layout::MODE_FLOOR;
 use backend_microvm::{MicroVm, StartMode, Vm, VmConfig, bench_create_vm, kvm_available};
 use cell_supervisor::{Map, Policy, Supervisor, Value};
-use common::{Row, median_ns, pin, print_summary, rss_bytes};
+use common::{Row, fresh_name, median_ns, pin, print_summary, rss_bytes};
 use criterion::BenchmarkId;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const GROUP: &str = "microvm";
-static NEXT: AtomicU64 = AtomicU64::new(0);
-
-fn fresh_name() -> String {
-    format!("bench-{}", NEXT.fetch_add(1, Ordering::Relaxed))
-}
 
 /// Proportional set size of this process, in bytes (kernel-side KVM memory is not included).
 fn pss_bytes() -> u64 {
@@ -86,30 +80,15 @@ fn main() {
             ("snapshot_fresh_post_42", "microvm-fresh"),
             ("snapshot_pooled_post_42", "microvm"),
         ] {
-            g.bench_function(BenchmarkId::new(format!("{id}{suffix}"), ""), |b| {
-                b.iter(|| {
-                    let cell = supervisor.spawn(&fresh_name(), backend, &policy).unwrap();
-                    cell.exec("post(40 + 2)").unwrap();
-                    let event = cell.recv(Some(Duration::from_secs(5))).unwrap();
-                    cell.close();
-                    black_box(event)
-                })
-            });
+            common::bench_cold(
+                &mut g,
+                &format!("{id}{suffix}"),
+                &supervisor,
+                backend,
+                &policy,
+            );
         }
-        let warm = supervisor.spawn(&fresh_name(), "microvm", &policy).unwrap();
-        warm.exec("fn add(a, b) { a + b }").unwrap();
-        g.bench_function(BenchmarkId::new(format!("warm_exec{suffix}"), ""), |b| {
-            b.iter(|| black_box(warm.exec("40 + 2").unwrap()))
-        });
-        g.bench_function(BenchmarkId::new(format!("warm_call{suffix}"), ""), |b| {
-            b.iter(|| {
-                black_box(
-                    warm.call("add", vec![Value::Int(40), Value::Int(2)], Map::new())
-                        .unwrap(),
-                )
-            })
-        });
-        warm.close();
+        common::bench_warm(&mut g, suffix, &supervisor, "microvm", &policy);
         // The same exec through the backend contract alone (no supervisor), for comparison.
         let mut pipe = backend_pipe();
         g.bench_function(

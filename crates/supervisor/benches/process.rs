@@ -8,8 +8,8 @@
 mod common;
 
 use backend_process::{ProcessBackend, ProcessCell, SpawnSpec, doctor, guest_image};
-use cell_supervisor::{Map, Policy, Supervisor, Value};
-use common::{Row, median_ns, pin, print_summary, rss_bytes};
+use cell_supervisor::{Policy, Supervisor};
+use common::{Row, fresh_name, median_ns, pin, print_summary, rss_bytes};
 use criterion::BenchmarkId;
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -18,15 +18,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 const GROUP: &str = "process";
-static NEXT: AtomicU64 = AtomicU64::new(0);
-
-fn fresh_name() -> String {
-    format!("bench-{}", NEXT.fetch_add(1, Ordering::Relaxed))
-}
 
 /// The embedded guest, written out once so plain fork+exec and bwrap can start it.
 fn guest_file() -> PathBuf {
@@ -150,29 +143,14 @@ fn main() {
                 })
             },
         );
-        g.bench_function(BenchmarkId::new(format!("cold_post_42{suffix}"), ""), |b| {
-            b.iter(|| {
-                let cell = supervisor.spawn(&fresh_name(), "process", &policy).unwrap();
-                cell.exec("post(40 + 2)").unwrap();
-                let event = cell.recv(Some(Duration::from_secs(5))).unwrap();
-                cell.close();
-                black_box(event)
-            })
-        });
-        let warm = supervisor.spawn(&fresh_name(), "process", &policy).unwrap();
-        warm.exec("fn add(a, b) { a + b }").unwrap();
-        g.bench_function(BenchmarkId::new(format!("warm_exec{suffix}"), ""), |b| {
-            b.iter(|| black_box(warm.exec("40 + 2").unwrap()))
-        });
-        g.bench_function(BenchmarkId::new(format!("warm_call{suffix}"), ""), |b| {
-            b.iter(|| {
-                black_box(
-                    warm.call("add", vec![Value::Int(40), Value::Int(2)], Map::new())
-                        .unwrap(),
-                )
-            })
-        });
-        warm.close();
+        common::bench_cold(
+            &mut g,
+            &format!("cold_post_42{suffix}"),
+            &supervisor,
+            "process",
+            &policy,
+        );
+        common::bench_warm(&mut g, suffix, &supervisor, "process", &policy);
         g.finish();
     }
     pin(None);

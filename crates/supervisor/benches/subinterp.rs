@@ -4,20 +4,13 @@
 
 mod common;
 
-use cell_supervisor::{Map, Policy, Supervisor, Value};
-use common::{Row, median_ns, pin, print_summary, rss_bytes};
+use cell_supervisor::{Policy, Supervisor};
+use common::{Row, fresh_name, median_ns, pin, print_summary, rss_bytes};
 use criterion::BenchmarkId;
 use rhai::packages::Package;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 const GROUP: &str = "subinterp";
-static NEXT: AtomicU64 = AtomicU64::new(0);
-
-fn fresh_name() -> String {
-    format!("bench-{}", NEXT.fetch_add(1, Ordering::Relaxed))
-}
 
 fn main() {
     let mut c = common::criterion();
@@ -44,33 +37,14 @@ fn main() {
             BenchmarkId::new(format!("floor_rhai_reused_engine{suffix}"), ""),
             |b| b.iter(|| black_box(reused.eval::<i64>("40 + 2").unwrap())),
         );
-        g.bench_function(BenchmarkId::new(format!("cold_post_42{suffix}"), ""), |b| {
-            b.iter(|| {
-                let cell = supervisor
-                    .spawn(&fresh_name(), "subinterp", &policy)
-                    .unwrap();
-                cell.exec("post(40 + 2)").unwrap();
-                let event = cell.recv(Some(Duration::from_secs(1))).unwrap();
-                cell.close();
-                black_box(event)
-            })
-        });
-        let warm = supervisor
-            .spawn(&fresh_name(), "subinterp", &policy)
-            .unwrap();
-        warm.exec("fn add(a, b) { a + b }").unwrap();
-        g.bench_function(BenchmarkId::new(format!("warm_exec{suffix}"), ""), |b| {
-            b.iter(|| black_box(warm.exec("40 + 2").unwrap()))
-        });
-        g.bench_function(BenchmarkId::new(format!("warm_call{suffix}"), ""), |b| {
-            b.iter(|| {
-                black_box(
-                    warm.call("add", vec![Value::Int(40), Value::Int(2)], Map::new())
-                        .unwrap(),
-                )
-            })
-        });
-        warm.close();
+        common::bench_cold(
+            &mut g,
+            &format!("cold_post_42{suffix}"),
+            &supervisor,
+            "subinterp",
+            &policy,
+        );
+        common::bench_warm(&mut g, suffix, &supervisor, "subinterp", &policy);
         g.finish();
     }
     pin(None);

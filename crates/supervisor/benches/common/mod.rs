@@ -2,8 +2,12 @@
 //! readings, and the summary table that prints each figure beside its floor and target.
 #![allow(dead_code)]
 
-use criterion::Criterion;
+use cell_supervisor::{Map, Policy, Supervisor, Value};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion};
+use std::hint::black_box;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Where criterion writes its estimates; the summary reads medians back from there.
@@ -29,6 +33,56 @@ pub fn median_ns(group: &str, id: &str) -> Option<f64> {
     let text = std::fs::read_to_string(path).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     json["median"]["point_estimate"].as_f64()
+}
+
+/// A cell name no other bench iteration has used.
+pub fn fresh_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("bench-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Cold cell, as bench `id`: spawn → `post(40 + 2)` → recv → close.
+pub fn bench_cold(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    id: &str,
+    supervisor: &Supervisor,
+    backend: &str,
+    policy: &Policy,
+) {
+    g.bench_function(BenchmarkId::new(id, ""), |b| {
+        b.iter(|| {
+            let cell = supervisor.spawn(&fresh_name(), backend, policy).unwrap();
+            cell.exec("post(40 + 2)").unwrap();
+            let event = cell.recv(Some(Duration::from_secs(5))).unwrap();
+            cell.close();
+            black_box(event)
+        })
+    });
+}
+
+/// Warm round trips on one live cell, as `warm_exec{suffix}` (`exec("40 + 2")`) and
+/// `warm_call{suffix}` (`call("add", [40, 2])`).
+pub fn bench_warm(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    suffix: &str,
+    supervisor: &Supervisor,
+    backend: &str,
+    policy: &Policy,
+) {
+    let warm = supervisor.spawn(&fresh_name(), backend, policy).unwrap();
+    warm.exec("fn add(a, b) { a + b }").unwrap();
+    g.bench_function(BenchmarkId::new(format!("warm_exec{suffix}"), ""), |b| {
+        b.iter(|| black_box(warm.exec("40 + 2").unwrap()))
+    });
+    g.bench_function(BenchmarkId::new(format!("warm_call{suffix}"), ""), |b| {
+        b.iter(|| {
+            black_box(
+                warm.call("add", vec![Value::Int(40), Value::Int(2)], Map::new())
+                    .unwrap(),
+            )
+        })
+    });
+    warm.close();
 }
 
 /// Pins the whole process to one CPU (`Some(cpu)`) or to all of them (`None`).
