@@ -14,6 +14,7 @@ pub mod elf;
 mod error;
 mod kvm;
 mod memory;
+mod reaper;
 mod signal;
 mod snapshot;
 mod vm;

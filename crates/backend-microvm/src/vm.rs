@@ -751,10 +751,10 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if let (Some(t), Some(m)) = (self.template.clone(), self.machine.take()) {
-            if self.reusable() {
-                crate::snapshot::release(t, m);
-            }
+        let Some(m) = self.machine.take() else { return };
+        match self.template.clone() {
+            Some(t) if self.reusable() => crate::snapshot::release(t, m),
+            _ => crate::reaper::destroy_later(m),
         }
     }
 }
