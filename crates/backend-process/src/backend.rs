@@ -111,6 +111,10 @@ impl Backend for ProcessBackend {
         Ok(())
     }
 
+    fn host_layers(&self) -> Vec<AbiLayer> {
+        abi_layers(&host_support().layers())
+    }
+
     fn spawn(
         &self,
         spec: &AbiSpawnSpec,

@@ -69,10 +69,12 @@ impl Hierarchies {
         if let Some(v2) = &h.v2 {
             // The root cgroup has no cgroup.kill file even where the kernel supports it:
             // look at a child cgroup then.
+            // With no child yet (a fresh host), make a throw-away one to look.
             h.v2_kill = v2.join("cgroup.kill").exists()
                 || fs::read_dir(v2).into_iter().flatten().flatten().any(|e| {
                     e.file_type().is_ok_and(|t| t.is_dir()) && e.path().join("cgroup.kill").exists()
-                });
+                })
+                || probe_child_has_kill(v2);
             let enabled = fs::read_to_string(v2.join("cgroup.subtree_control")).unwrap_or_default();
             h.v2_controllers = enabled
                 .split_whitespace()
@@ -380,4 +382,16 @@ fn apply(dir: &Path, writes: &[(&str, String)], ctl: &str) -> Result<(), String>
             .map_err(|e| format!("{ctl}: writing {value} to {}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// Whether a new child of the v2 cgroup `dir` gets a `cgroup.kill` file (kernel ≥ 5.14). The
+/// probe cgroup is removed again; where `dir` is not writable the answer is no.
+fn probe_child_has_kill(dir: &Path) -> bool {
+    let probe = dir.join(format!("cell-probe-{}", std::process::id()));
+    if fs::create_dir(&probe).is_err() {
+        return false;
+    }
+    let has = probe.join("cgroup.kill").exists();
+    let _ = fs::remove_dir(&probe);
+    has
 }

@@ -9,7 +9,7 @@ mod common;
 use backend_microvm::layout::MODE_FLOOR;
 use backend_microvm::{MicroVm, StartMode, Vm, VmConfig, bench_create_vm, kvm_available};
 use cell_supervisor::{Map, Policy, Supervisor, Value};
-use common::{Row, fresh_name, median_ns, pin, print_summary, rss_bytes};
+use common::{Row, fresh_name, pin, print_summary, rss_bytes};
 use criterion::BenchmarkId;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -160,10 +160,8 @@ fn main() {
     let (f, e, k) = (med(&mut f), med(&mut e), med(&mut k));
 
     c.final_summary();
-    let m = |id: &str| median_ns(GROUP, &format!("{id}/"));
     let mut rows = Vec::new();
     for (suffix, label) in [("", "unpinned"), ("_pinned", "pinned to CPU 0")] {
-        let id = |base: &str| format!("{base}{suffix}");
         for (fig, key, target) in [
             (
                 "cold boot spawn→post(40+2)→recv→close",
@@ -181,30 +179,36 @@ fn main() {
                 "< 500 µs",
             ),
         ] {
-            rows.push(Row {
-                figure: format!("{fig}, {label}"),
-                median_ns: m(&id(key)),
-                floor: "raw KVM_CREATE_VM".into(),
-                floor_ns: m(&id("floor_create_vm")),
-                target: target.into(),
-            });
+            rows.push(Row::of(
+                GROUP,
+                suffix,
+                format!("{fig}, {label}"),
+                key,
+                "raw KVM_CREATE_VM",
+                "floor_create_vm",
+                target,
+            ));
         }
         for op in ["exec", "call"] {
-            rows.push(Row {
-                figure: format!("warm {op} round trip, {label}"),
-                median_ns: m(&id(&format!("warm_{op}"))),
-                floor: "bare `out` exit round trip".into(),
-                floor_ns: m(&id("floor_out_exit")),
-                target: "≤ 2× floor".into(),
-            });
+            rows.push(Row::of(
+                GROUP,
+                suffix,
+                format!("warm {op} round trip, {label}"),
+                &format!("warm_{op}"),
+                "bare `out` exit round trip",
+                "floor_out_exit",
+                "≤ 2× floor",
+            ));
         }
-        rows.push(Row {
-            figure: format!("warm exec, backend contract only, {label}"),
-            median_ns: m(&id("pipe_warm_exec")),
-            floor: "bare `out` exit round trip".into(),
-            floor_ns: m(&id("floor_out_exit")),
-            target: "(diagnostic)".into(),
-        });
+        rows.push(Row::of(
+            GROUP,
+            suffix,
+            format!("warm exec, backend contract only, {label}"),
+            "pipe_warm_exec",
+            "bare `out` exit round trip",
+            "floor_out_exit",
+            "(diagnostic)",
+        ));
     }
     print_summary(
         "microvm (KVM here is PVM: guest at CPL3)",

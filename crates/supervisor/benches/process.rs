@@ -9,7 +9,7 @@ mod common;
 
 use backend_process::{ProcessBackend, ProcessCell, SpawnSpec, doctor, guest_image};
 use cell_supervisor::{Policy, Supervisor};
-use common::{Row, fresh_name, median_ns, pin, print_summary, rss_bytes};
+use common::{Row, fresh_name, pin, print_summary, rss_bytes};
 use criterion::BenchmarkId;
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -179,39 +179,45 @@ fn main() {
     let _ = std::fs::remove_file(&guest);
 
     c.final_summary();
-    let m = |id: &str| median_ns(GROUP, &format!("{id}/"));
     let mut rows = Vec::new();
     for (suffix, label) in [("", "unpinned"), ("_pinned", "pinned to CPU 0")] {
-        let id = |base: &str| format!("{base}{suffix}");
-        rows.push(Row {
-            figure: format!("cold spawn→post(40+2)→recv→close, {label}"),
-            median_ns: m(&id("cold_post_42")),
-            floor: "bare fork+exec of the guest".into(),
-            floor_ns: m(&id("floor_fork_exec")),
-            target: "< 1.5 ms".into(),
-        });
-        rows.push(Row {
-            figure: format!("cold spawn→post(40+2)→recv→close, {label}"),
-            median_ns: m(&id("cold_post_42")),
-            floor: "bwrap --unshare-all, same binary".into(),
-            floor_ns: m(&id("floor_bwrap")),
-            target: "< 1.5 ms".into(),
-        });
-        rows.push(Row {
-            figure: format!("confined spawn (all layers) + kill, {label}"),
-            median_ns: m(&id("confined_spawn_kill")),
-            floor: "bare fork+exec of the guest".into(),
-            floor_ns: m(&id("floor_fork_exec")),
-            target: "-".into(),
-        });
+        rows.push(Row::of(
+            GROUP,
+            suffix,
+            format!("cold spawn→post(40+2)→recv→close, {label}"),
+            "cold_post_42",
+            "bare fork+exec of the guest",
+            "floor_fork_exec",
+            "< 1.5 ms",
+        ));
+        rows.push(Row::of(
+            GROUP,
+            suffix,
+            format!("cold spawn→post(40+2)→recv→close, {label}"),
+            "cold_post_42",
+            "bwrap --unshare-all, same binary",
+            "floor_bwrap",
+            "< 1.5 ms",
+        ));
+        rows.push(Row::of(
+            GROUP,
+            suffix,
+            format!("confined spawn (all layers) + kill, {label}"),
+            "confined_spawn_kill",
+            "bare fork+exec of the guest",
+            "floor_fork_exec",
+            "-",
+        ));
         for op in ["exec", "call"] {
-            rows.push(Row {
-                figure: format!("warm {op} round trip, {label}"),
-                median_ns: m(&id(&format!("warm_{op}"))),
-                floor: "raw 64-byte socketpair round trip".into(),
-                floor_ns: m(&id("floor_socketpair")),
-                target: "≤ 1.5× floor".into(),
-            });
+            rows.push(Row::of(
+                GROUP,
+                suffix,
+                format!("warm {op} round trip, {label}"),
+                &format!("warm_{op}"),
+                "raw 64-byte socketpair round trip",
+                "floor_socketpair",
+                "≤ 1.5× floor",
+            ));
         }
     }
     print_summary(

@@ -5,7 +5,7 @@
 mod common;
 
 use cell_supervisor::{Policy, Supervisor};
-use common::{Row, fresh_name, median_ns, pin, print_summary, rss_bytes};
+use common::{Row, fresh_name, pin, print_summary, rss_bytes};
 use criterion::BenchmarkId;
 use rhai::packages::Package;
 use std::hint::black_box;
@@ -65,25 +65,27 @@ fn main() {
     drop(cells);
 
     c.final_summary();
-    let m = |id: &str| median_ns(GROUP, &format!("{id}/"));
     let mut rows = Vec::new();
     for (suffix, label) in [("", "unpinned"), ("_pinned", "pinned to CPU 0")] {
-        let id = |base: &str| format!("{base}{suffix}");
-        rows.push(Row {
-            figure: format!("cold spawn→post(40+2)→recv→close, {label}"),
-            median_ns: m(&id("cold_post_42")),
-            floor: "bare Rhai eval, fresh engine".into(),
-            floor_ns: m(&id("floor_rhai_fresh_engine")),
-            target: "< 200 µs".into(),
-        });
+        rows.push(Row::of(
+            GROUP,
+            suffix,
+            format!("cold spawn→post(40+2)→recv→close, {label}"),
+            "cold_post_42",
+            "bare Rhai eval, fresh engine",
+            "floor_rhai_fresh_engine",
+            "< 200 µs",
+        ));
         for op in ["exec", "call"] {
-            rows.push(Row {
-                figure: format!("warm {op} round trip, {label}"),
-                median_ns: m(&id(&format!("warm_{op}"))),
-                floor: "bare Rhai eval, reused engine".into(),
-                floor_ns: m(&id("floor_rhai_reused_engine")),
-                target: "< 20 µs".into(),
-            });
+            rows.push(Row::of(
+                GROUP,
+                suffix,
+                format!("warm {op} round trip, {label}"),
+                &format!("warm_{op}"),
+                "bare Rhai eval, reused engine",
+                "floor_rhai_reused_engine",
+                "< 20 µs",
+            ));
         }
     }
     print_summary(

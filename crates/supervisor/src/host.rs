@@ -274,8 +274,8 @@ fn event_size(event: &Event) -> usize {
     len.unwrap_or(0) + 16
 }
 
-/// Checks what a typed frame cannot: value depth (in-process pipes skip the decoder that
-/// enforces it) and metric sanity.
+/// Checks what a typed frame cannot express: value depth (in-process pipes skip the decoder that
+/// enforces it).
 fn check_value(value: &Value) -> Result<(), Flow> {
     value
         .check_depth()

@@ -81,4 +81,13 @@ fn doctor_lists_backends() {
     let (code, out) = cell(&["doctor"]);
     assert_eq!(code, 0);
     assert!(out.contains("backend subinterp: available"), "{out}");
+    // Every backend lists its confinement layers, each supported or missing here.
+    for layer in [
+        "process layer seccomp",
+        "process layer landlock",
+        "microvm layer kvm",
+        "subinterp layer interpreter",
+    ] {
+        assert!(out.contains(layer), "{layer} missing from:\n{out}");
+    }
 }

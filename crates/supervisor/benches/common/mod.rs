@@ -127,6 +127,28 @@ pub struct Row {
     pub target: String,
 }
 
+impl Row {
+    /// A row whose figure and floor are the criterion benches `{id}{suffix}` and
+    /// `{floor_id}{suffix}` of `group`, from this run.
+    pub fn of(
+        group: &str,
+        suffix: &str,
+        figure: impl Into<String>,
+        id: &str,
+        floor: &str,
+        floor_id: &str,
+        target: &str,
+    ) -> Row {
+        Row {
+            figure: figure.into(),
+            median_ns: median_ns(group, &format!("{id}{suffix}/")),
+            floor: floor.into(),
+            floor_ns: median_ns(group, &format!("{floor_id}{suffix}/")),
+            target: target.into(),
+        }
+    }
+}
+
 pub fn print_summary(title: &str, rows: &[Row], extra: &[String]) {
     println!("\n=== {title} (medians of this run) ===");
     println!(

@@ -260,10 +260,10 @@ fn doctor() {
     for (backend, layers) in supervisor.host_layers() {
         for layer in layers {
             let state = if layer.active { "supported" } else { "missing" };
-            println!(
-                "  {backend} layer {}: {state} ({})",
-                layer.name, layer.detail
-            );
+            match layer.detail.as_str() {
+                "" => println!("  {backend} layer {}: {state}", layer.name),
+                detail => println!("  {backend} layer {}: {state} ({detail})", layer.name),
+            }
         }
     }
 }
