@@ -1,6 +1,7 @@
 //! One cell's engine and state: exec, call, and the dispatch of host frames.
 
 use crate::api::{self, Link};
+use crate::compiled::CompileCache;
 use crate::convert::{from_dynamic_within, to_dynamic};
 use crate::errors::cell_error;
 use crate::transport::{Interrupt, Transport};
@@ -29,6 +30,7 @@ pub struct Cell {
     scope: Scope<'static>,
     /// Functions defined by every exec so far (later definitions replace earlier ones).
     lib: AST,
+    compiled: CompileCache,
     link: Arc<Link>,
     modules: Vec<String>,
     limits: abi::EngineLimits,
@@ -120,6 +122,7 @@ impl Cell {
             engine,
             scope: Scope::new(),
             lib: AST::empty(),
+            compiled: CompileCache::default(),
             link,
             modules: hello.modules.clone(),
             limits: hello.limits.clone(),
@@ -129,11 +132,13 @@ impl Cell {
     /// Runs source text. Variables it declares and functions it defines stay in the cell.
     /// Returns the value of the last expression.
     pub fn exec(&mut self, source: &str) -> Result<Value, CellError> {
+        let engine = &self.engine;
         let ast = self
-            .engine
-            .compile_with_scope(&self.scope, source)
+            .compiled
+            .get_or_compile(source, |s| engine.compile(s))
             .map_err(|e| cell_error(&Box::<EvalAltResult>::from(e)))?;
         let merged = self.lib.merge(&ast);
+        drop(ast);
         self.lib = merged.clone_functions_only();
         let result = self
             .engine

@@ -19,6 +19,7 @@ compile_error!("enable one of the `std` and `no_std` features of cell-runtime");
 pub mod agent;
 mod api;
 mod cell;
+mod compiled;
 pub mod convert;
 mod errors;
 pub mod modules;

@@ -392,3 +392,20 @@ fn agent_refuses_a_bad_handshake() {
         matches!(&rec.take()[0], GuestFrame::Refused(e) if e.code == ErrorCode::ProtocolViolation)
     );
 }
+
+#[test]
+fn a_repeated_source_sees_the_cells_current_state() {
+    // Repeated text runs from the compile cache; it must read the state as it is now,
+    // not constants or functions as they were when the text was first compiled.
+    let (mut c, _) = cell();
+    c.exec("const K = 1; fn f() { 10 }").unwrap();
+    assert_eq!(c.exec("K + f()").unwrap(), Value::Int(11));
+    c.exec("const K = 5; fn f() { 20 }").unwrap();
+    assert_eq!(c.exec("K + f()").unwrap(), Value::Int(25));
+    c.exec("let n = 0;").unwrap();
+    for expected in 1..=3 {
+        assert_eq!(c.exec("n += 1; n").unwrap(), Value::Int(expected));
+    }
+    let err = c.exec("let = ;").unwrap_err();
+    assert_eq!(err.code, c.exec("let = ;").unwrap_err().code);
+}
