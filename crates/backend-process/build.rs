@@ -22,6 +22,7 @@ fn main() {
         "guest/src",
         "guest/Cargo.toml",
         "guest/Cargo.lock",
+        "src/fork_protocol.rs",
         "../runtime",
         "../abi",
     ] {

@@ -160,6 +160,8 @@ fn join(mount_point: &str, root: &str, path: &str) -> PathBuf {
 #[derive(Debug, Default)]
 pub(crate) struct CellCgroups {
     dirs: Vec<PathBuf>,
+    /// The v2 directory, when the cell has one.
+    v2_dir: Option<PathBuf>,
     /// v2 directory fd for `CLONE_INTO_CGROUP`.
     pub v2_fd: Option<OwnedFd>,
     /// v1 `cgroup.procs` files the child writes itself into.
@@ -189,6 +191,7 @@ impl CellCgroups {
             match fs::create_dir(dir) {
                 Ok(()) => {
                     cg.dirs.push(dir.clone());
+                    cg.v2_dir = Some(dir.clone());
                     match fs::File::open(dir) {
                         Ok(f) => {
                             cg.v2_fd = Some(f.into());
@@ -295,6 +298,22 @@ impl CellCgroups {
             ));
         }
         (cg, states)
+    }
+
+    /// Moves the process `pid` into every cgroup of the cell.
+    pub(crate) fn place(&self, pid: i32) -> io::Result<()> {
+        let text = pid.to_string();
+        for fd in &self.v1_procs {
+            // SAFETY: fd is an open cgroup.procs file; the buffer is valid.
+            let n = unsafe { libc::write(fd.as_raw_fd(), text.as_ptr().cast(), text.len()) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if let Some(dir) = &self.v2_dir {
+            write(&dir.join("cgroup.procs"), &text)?;
+        }
+        Ok(())
     }
 
     /// The v1 `cgroup.procs` fds, raw, for the child.

@@ -87,6 +87,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The fork server died or broke its protocol (it is replaced on the next spawn).
+    #[error("fork server: {0}")]
+    ForkServer(String),
     /// Invalid limits in the spawn specification.
     #[error("invalid limit: {0}")]
     InvalidLimit(String),

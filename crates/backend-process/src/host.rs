@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use crate::cgroup::Hierarchies;
 use crate::error::{Error, Result, host};
 use crate::layers::{Layer, LayerReport, LayerState};
+use crate::seccomp::Role;
 
 /// What the host offers, detected once per process.
 #[derive(Clone, Debug)]
@@ -197,10 +198,15 @@ pub(crate) fn landlock_ruleset() -> Option<RawFd> {
         .map(|f| f.as_raw_fd())
 }
 
-/// The compiled seccomp program (built once).
-pub(crate) fn seccomp_program() -> &'static [libc::sock_filter] {
-    static PROG: OnceLock<Vec<libc::sock_filter>> = OnceLock::new();
-    PROG.get_or_init(crate::seccomp::program)
+/// The compiled seccomp program for `role` (each built once).
+pub(crate) fn seccomp_program(role: Role) -> &'static [libc::sock_filter] {
+    static CELL: OnceLock<Vec<libc::sock_filter>> = OnceLock::new();
+    static FORK_SERVER: OnceLock<Vec<libc::sock_filter>> = OnceLock::new();
+    let slot = match role {
+        Role::Cell => &CELL,
+        Role::ForkServer => &FORK_SERVER,
+    };
+    slot.get_or_init(|| crate::seccomp::program(role))
 }
 
 /// The guest image memfd (created once).

@@ -12,6 +12,8 @@
 mod backend;
 mod cgroup;
 mod error;
+mod fork_protocol;
+mod fork_server;
 mod host;
 mod layers;
 mod seccomp;

@@ -110,13 +110,39 @@ const ALLOWED: &[i64] = &[
     libc::SYS_tkill,
 ];
 
-fn rules() -> Vec<(u32, Rule)> {
-    let mut rules: Vec<(u32, Rule)> = ALLOWED.iter().map(|&nr| (nr as u32, Rule::Allow)).collect();
+/// What the fork server needs beyond a cell: it forks cells with `clone3` (namespace
+/// flags, `CLONE_PARENT`, `CLONE_PIDFD`), and each forked child drops its capabilities,
+/// lowers its rlimits, starts a session, arranges its fds and installs the cell filter.
+/// That cell filter stacks on this one and refuses all of these again.
+const FORK_SERVER_EXTRA: &[i64] = &[
+    libc::SYS_clone3,
+    libc::SYS_capset,
+    libc::SYS_prctl,
+    libc::SYS_setsid,
+    libc::SYS_seccomp,
+    libc::SYS_close_range,
+    libc::SYS_dup3,
+];
+
+/// Who a filter is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Cell,
+    ForkServer,
+}
+
+fn rules(role: Role) -> Vec<(u32, Rule)> {
+    let mut rules: Vec<(u32, Rule)> = Vec::new();
+    if role == Role::ForkServer {
+        rules.extend(FORK_SERVER_EXTRA.iter().map(|&nr| (nr as u32, Rule::Allow)));
+    }
+    rules.extend(ALLOWED.iter().map(|&nr| (nr as u32, Rule::Allow)));
     rules.push((libc::SYS_clone as u32, Rule::CloneWithoutNamespaces));
     rules.push((libc::SYS_execveat as u32, Rule::ExecImageOnly));
     // glibc falls back to clone when clone3 is "not implemented"; clone3 flags live
     // in memory that seccomp cannot inspect.
     rules.push((libc::SYS_clone3 as u32, Rule::Errno(libc::ENOSYS as u16)));
+    // Stable sort + dedup keeps the first rule of a number: the fork server's allow.
     rules.sort_by_key(|r| r.0);
     rules.dedup_by_key(|r| r.0);
     rules
@@ -185,8 +211,8 @@ fn tree(rules: &[(u32, Rule)]) -> Vec<sock_filter> {
     code
 }
 
-/// The complete filter program.
-pub(crate) fn program() -> Vec<sock_filter> {
+/// The complete filter program for `role`.
+pub(crate) fn program(role: Role) -> Vec<sock_filter> {
     let mut code = vec![
         stmt(BPF_LD_W_ABS, OFF_ARCH),
         jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
@@ -195,7 +221,7 @@ pub(crate) fn program() -> Vec<sock_filter> {
         jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
         stmt(BPF_RET_K, RET_KILL_PROCESS),
     ];
-    code.extend(tree(&rules()));
+    code.extend(tree(&rules(role)));
     code
 }
 
@@ -234,8 +260,8 @@ mod tests {
 
     #[test]
     fn every_syscall_number_gets_the_action_of_its_rule() {
-        let prog = program();
-        let table = rules();
+        let prog = program(Role::Cell);
+        let table = rules(Role::Cell);
         for nr in 0..600u32 {
             let got = run(&prog, AUDIT_ARCH_X86_64, nr, [0; 6]);
             let want = match table.iter().find(|r| r.0 == nr).map(|r| r.1) {
@@ -249,7 +275,7 @@ mod tests {
 
     #[test]
     fn foreign_architectures_and_x32_are_killed() {
-        let prog = program();
+        let prog = program(Role::Cell);
         assert_eq!(run(&prog, 0x4000_0003, 20, [0; 6]), RET_KILL_PROCESS); // i386
         let x32_getpid = X32_SYSCALL_BIT | libc::SYS_getpid as u32;
         assert_eq!(
@@ -260,7 +286,7 @@ mod tests {
 
     #[test]
     fn clone_with_a_namespace_flag_is_refused() {
-        let prog = program();
+        let prog = program(Role::Cell);
         let nr = libc::SYS_clone as u32;
         let fork_flags =
             (libc::SIGCHLD | libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID) as u64;
@@ -289,7 +315,7 @@ mod tests {
 
     #[test]
     fn only_the_image_fd_may_be_executed() {
-        let prog = program();
+        let prog = program(Role::Cell);
         let nr = libc::SYS_execveat as u32;
         let empty = libc::AT_EMPTY_PATH as u64;
         assert_eq!(
@@ -323,7 +349,7 @@ mod tests {
 
     #[test]
     fn denied_calls_named_by_the_issue_are_not_allowed() {
-        let prog = program();
+        let prog = program(Role::Cell);
         for nr in [
             libc::SYS_io_uring_setup,
             libc::SYS_io_uring_enter,
@@ -352,6 +378,22 @@ mod tests {
                 errno(libc::EPERM),
                 "syscall {nr}"
             );
+        }
+    }
+
+    #[test]
+    fn the_fork_server_filter_adds_only_its_extras() {
+        let cell = program(Role::Cell);
+        let server = program(Role::ForkServer);
+        for nr in 0..600u32 {
+            let c = run(&cell, AUDIT_ARCH_X86_64, nr, [0; 6]);
+            let s = run(&server, AUDIT_ARCH_X86_64, nr, [0; 6]);
+            if FORK_SERVER_EXTRA.contains(&(nr as i64)) {
+                assert_eq!(s, RET_ALLOW, "syscall {nr}");
+                assert_ne!(c, RET_ALLOW, "syscall {nr}");
+            } else {
+                assert_eq!(s, c, "syscall {nr}");
+            }
         }
     }
 }

@@ -18,8 +18,10 @@ use std::time::Duration;
 
 use crate::cgroup::CellCgroups;
 use crate::error::{Error, Result, Step, host};
+use crate::fork_protocol::{CloneArgs, RLIMITS};
 use crate::host::{self, high_fd, host_support};
 use crate::layers::{Layer, LayerReport, LayerState};
+use crate::seccomp::Role;
 
 /// The guest program, built by build.rs from `guest/` as a static binary.
 pub(crate) static GUEST_IMAGE: &[u8] = include_bytes!(env!("CELL_GUEST_BIN"));
@@ -102,8 +104,13 @@ pub struct SpawnSpec {
     /// Layers that must be fully active, or the spawn is refused naming the first
     /// missing one. Defaults to [`Layer::ALWAYS`].
     pub require: Vec<Layer>,
+    /// Fork the cell from the pre-confined fork server (started on first use) instead of
+    /// cloning and confining a fresh process from the supervisor. Same layers, a
+    /// fraction of the start-up cost.
+    pub fork_server: bool,
     pub(crate) image: Image,
     pub(crate) args: Vec<String>,
+    pub(crate) role: Role,
 }
 
 impl Default for SpawnSpec {
@@ -111,8 +118,10 @@ impl Default for SpawnSpec {
         SpawnSpec {
             limits: Limits::default(),
             require: Layer::ALWAYS.to_vec(),
+            fork_server: true,
             image: Image::Guest,
             args: Vec::new(),
+            role: Role::Cell,
         }
     }
 }
@@ -209,16 +218,24 @@ struct Plan {
     landlock: RawFd,
     seccomp: bool,
     prog: libc::sock_fprog,
+    role: Role,
     argv: *const *const c_char,
     envp: *const *const c_char,
 }
 
-impl ProcessCell {
-    /// Spawns the guest program under every confinement layer.
-    pub fn spawn(spec: &SpawnSpec) -> Result<ProcessCell> {
+/// What every spawn settles before a process exists: the limits are valid, the host
+/// offers every required layer, and the cell's cgroups are made.
+pub(crate) struct Prepared {
+    pub n: u64,
+    pub cgroups: CellCgroups,
+    pub layers: LayerReport,
+}
+
+impl Prepared {
+    fn new(spec: &SpawnSpec) -> Result<Prepared> {
         spec.limits.validate()?;
         let hs = host_support();
-        let mut layers = hs.layers();
+        let layers = hs.layers();
 
         // Host-level check first: fail closed before creating anything.
         for &layer in &spec.require {
@@ -239,13 +256,7 @@ impl ProcessCell {
         let n = CELL_COUNTER.fetch_add(1, Ordering::Relaxed);
         // SAFETY: getpid has no preconditions.
         let name = format!("cell-{}-{n}", unsafe { libc::getpid() });
-        let (mut cgroups, cg_states) = CellCgroups::create(&hs.cgroups, &name, &spec.limits);
-        for fd in cgroups.v1_procs.iter_mut() {
-            let moved = high_fd(fd.try_clone().map_err(host("dup cgroup.procs"))?)
-                .map_err(host("dup cgroup.procs"))?;
-            *fd = moved;
-        }
-        let landlock = host::landlock_ruleset();
+        let (cgroups, cg_states) = CellCgroups::create(&hs.cgroups, &name, &spec.limits);
         let mut states: Vec<(Layer, LayerState)> =
             layers.iter().map(|(l, s)| (l, s.clone())).collect();
         for (layer, state) in cg_states {
@@ -253,16 +264,70 @@ impl ProcessCell {
                 slot.1 = state;
             }
         }
-        if landlock.is_none()
+        if host::landlock_ruleset().is_none()
             && let Some(slot) = states.iter_mut().find(|(l, _)| *l == Layer::Landlock)
         {
             slot.1 = LayerState::Inactive("could not create a Landlock ruleset".into());
         }
-        layers = LayerReport::new(states);
+        let layers = LayerReport::new(states);
         if let Some((layer, state)) = layers.first_missing(&spec.require) {
             let reason = state.to_string();
             return Err(Error::LayerUnavailable { layer, reason });
         }
+        Ok(Prepared { n, cgroups, layers })
+    }
+}
+
+impl ProcessCell {
+    /// Spawns the guest program under every confinement layer.
+    pub fn spawn(spec: &SpawnSpec) -> Result<ProcessCell> {
+        let prepared = Prepared::new(spec)?;
+        if spec.fork_server && spec.role == Role::Cell {
+            crate::fork_server::spawn(spec, prepared)
+        } else {
+            Self::spawn_direct(spec, prepared)
+        }
+    }
+
+    /// A cell whose process exists and sits in its cgroups.
+    pub(crate) fn from_parts(
+        pid: i32,
+        pidfd: OwnedFd,
+        channel: UnixStream,
+        prepared: Prepared,
+    ) -> ProcessCell {
+        let pidfd = Arc::new(pidfd);
+        let killer = Killer {
+            pidfd: pidfd.clone(),
+            kill_file: prepared.cgroups.kill_file(),
+            killed: Arc::new(AtomicBool::new(false)),
+        };
+        ProcessCell {
+            pid,
+            pidfd,
+            channel,
+            killer,
+            layers: prepared.layers,
+            cgroups: prepared.cgroups,
+            termination: None,
+        }
+    }
+
+    /// Clones a child of the supervisor and confines it step by step, then executes
+    /// the image (the cell itself, or the fork server).
+    fn spawn_direct(spec: &SpawnSpec, prepared: Prepared) -> Result<ProcessCell> {
+        let hs = host_support();
+        let Prepared {
+            n,
+            mut cgroups,
+            layers,
+        } = prepared;
+        for fd in cgroups.v1_procs.iter_mut() {
+            let moved = high_fd(fd.try_clone().map_err(host("dup cgroup.procs"))?)
+                .map_err(host("dup cgroup.procs"))?;
+            *fd = moved;
+        }
+        let landlock = host::landlock_ruleset();
 
         let image = host::image_fd(spec.image)?;
         let netns = if hs.rootful {
@@ -271,8 +336,8 @@ impl ProcessCell {
             None
         };
 
-        let (parent_chan, child_chan) = UnixStream::pair().map_err(host("socketpair"))?;
-        let child_chan = high_fd(child_chan.into()).map_err(host("socketpair"))?;
+        let (parent_chan, child_chan) = channel_pair(spec.role).map_err(host("socketpair"))?;
+        let child_chan = high_fd(child_chan).map_err(host("socketpair"))?;
         let mut pipe = [0 as c_int; 2];
         // SAFETY: pipe points to two ints.
         if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -299,29 +364,17 @@ impl ProcessCell {
         })
         .expect("static path");
 
-        let l = &spec.limits;
-        let rl = |v: u64| libc::rlimit {
-            rlim_cur: v,
-            rlim_max: v,
-        };
-        let rlimits = [
+        let values = rlimit_values(&spec.limits);
+        let rlimits: [(libc::__rlimit_resource_t, libc::rlimit); 6] = std::array::from_fn(|i| {
+            let v = values[i];
             (
-                libc::RLIMIT_AS,
-                rl(l.memory_bytes.saturating_add(Limits::ADDRESS_SPACE_SLACK)),
-            ),
-            (
-                libc::RLIMIT_CPU,
-                rl(if l.cpu_seconds == 0 {
-                    libc::RLIM_INFINITY
-                } else {
-                    l.cpu_seconds
-                }),
-            ),
-            (libc::RLIMIT_NOFILE, rl(l.open_files)),
-            (libc::RLIMIT_FSIZE, rl(l.file_size_bytes)),
-            (libc::RLIMIT_CORE, rl(0)),
-            (libc::RLIMIT_NPROC, rl(u64::from(l.max_processes))),
-        ];
+                RLIMITS[i],
+                libc::rlimit {
+                    rlim_cur: v,
+                    rlim_max: v,
+                },
+            )
+        });
 
         let mut args: Vec<CString> = vec![CString::new("cell").expect("static")];
         for a in &spec.args {
@@ -333,7 +386,7 @@ impl ProcessCell {
         let mut argv: Vec<*const c_char> = args.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
         let envp: [*const c_char; 1] = [std::ptr::null()];
-        let prog_insns = host::seccomp_program();
+        let prog_insns = host::seccomp_program(spec.role);
 
         let v1 = cgroups.v1_proc_fds();
         let mut v1_procs = [-1; 3];
@@ -363,10 +416,18 @@ impl ProcessCell {
             },
             argv: argv.as_ptr(),
             envp: envp.as_ptr(),
+            role: spec.role,
         };
 
+        // The fork server stays in the supervisor's pid namespace: a pid namespace's
+        // init cannot fork with CLONE_PARENT. Each cell it forks gets its own.
+        let new_pid_ns = if spec.role == Role::Cell {
+            libc::CLONE_NEWPID
+        } else {
+            0
+        };
         let mut flags = (libc::CLONE_PIDFD
-            | libc::CLONE_NEWPID
+            | new_pid_ns
             | libc::CLONE_NEWNS
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS) as u64;
@@ -382,15 +443,9 @@ impl ProcessCell {
         let args = CloneArgs {
             flags,
             pidfd: (&raw mut pidfd) as u64,
-            child_tid: 0,
-            parent_tid: 0,
             exit_signal: libc::SIGCHLD as u64,
-            stack: 0,
-            stack_size: 0,
-            tls: 0,
-            set_tid: 0,
-            set_tid_size: 0,
             cgroup: cgroup_fd,
+            ..CloneArgs::default()
         };
         // SAFETY: clone3 without CLONE_VM forks this process. In the child only
         // `child_main` runs, which makes raw, async-signal-safe system calls on
@@ -411,24 +466,12 @@ impl ProcessCell {
         }
         let pid = pid as i32;
         // SAFETY: CLONE_PIDFD stored a fresh pidfd we now own.
-        let pidfd = Arc::new(unsafe { OwnedFd::from_raw_fd(pidfd) });
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         drop(child_chan);
         drop(status_w);
         cgroups.v1_procs.clear();
-        let killer = Killer {
-            pidfd: pidfd.clone(),
-            kill_file: cgroups.kill_file(),
-            killed: Arc::new(AtomicBool::new(false)),
-        };
-        let mut cell = ProcessCell {
-            pid,
-            pidfd,
-            channel: parent_chan,
-            killer,
-            layers,
-            cgroups,
-            termination: None,
-        };
+        let prepared = Prepared { n, cgroups, layers };
+        let mut cell = ProcessCell::from_parts(pid, pidfd, parent_chan, prepared);
 
         // The status pipe closes on exec (EOF) or carries (step, errno).
         let mut report = [0u8; 8];
@@ -500,6 +543,12 @@ impl ProcessCell {
                 )))
             }
         }
+    }
+
+    /// Moves the cell's process into its cgroups (a forked cell starts in the fork
+    /// server's).
+    pub(crate) fn place_in_cgroups(&self) -> io::Result<()> {
+        self.cgroups.place(self.pid)
     }
 
     /// Host pid of the cell's init process.
@@ -625,24 +674,57 @@ impl Drop for ProcessCell {
     }
 }
 
+/// A cell's rlimits, in [`RLIMITS`] order: address space, CPU seconds, open files,
+/// file size, core = 0, processes.
+pub(crate) fn rlimit_values(l: &Limits) -> [u64; 6] {
+    [
+        l.memory_bytes.saturating_add(Limits::ADDRESS_SPACE_SLACK),
+        if l.cpu_seconds == 0 {
+            libc::RLIM_INFINITY
+        } else {
+            l.cpu_seconds
+        },
+        l.open_files,
+        l.file_size_bytes,
+        0,
+        u64::from(l.max_processes),
+    ]
+}
+
 /// How long the confinement sequence may take before the spawn is abandoned.
 const SPAWN_TIMEOUT_MS: c_int = 10_000;
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+const CAP_SYS_ADMIN: u32 = 21;
 
-#[repr(C)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
+/// The supervisor's and the child's ends of the channel: a byte stream for a cell, a
+/// message socket (`SOCK_SEQPACKET`) for the fork server's control records.
+fn channel_pair(role: Role) -> io::Result<(UnixStream, OwnedFd)> {
+    let kind = match role {
+        Role::Cell => libc::SOCK_STREAM,
+        Role::ForkServer => libc::SOCK_SEQPACKET,
+    };
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: fds points to two ints.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            kind | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socketpair returned two fresh descriptors we own. `UnixStream` only
+    // carries the fd here; the fork server's side is driven with sendmsg/recvmsg.
+    unsafe {
+        Ok((
+            UnixStream::from_raw_fd(fds[0]),
+            OwnedFd::from_raw_fd(fds[1]),
+        ))
+    }
 }
 
 #[repr(C)]
@@ -770,11 +852,19 @@ unsafe fn child_main(p: &Plan) -> ! {
             version: 0x2008_0522,
             pid: 0,
         };
+        // A cell keeps no capability. The fork server keeps CAP_SYS_ADMIN in its own
+        // user namespace (nowhere else), as an ambient capability so it survives the
+        // exec, to give each cell it forks new namespaces.
+        let keep = if p.role == Role::ForkServer {
+            1u32 << CAP_SYS_ADMIN
+        } else {
+            0
+        };
         let data = [
             CapData {
-                effective: 0,
-                permitted: 0,
-                inheritable: 0,
+                effective: keep,
+                permitted: keep,
+                inheritable: keep,
             },
             CapData {
                 effective: 0,
@@ -786,6 +876,18 @@ unsafe fn child_main(p: &Plan) -> ! {
             Step::DropCapabilities,
             libc::syscall(libc::SYS_capset, &raw mut hdr, data.as_ptr())
         );
+        if p.role == Role::ForkServer {
+            check!(
+                Step::DropCapabilities,
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE,
+                    CAP_SYS_ADMIN,
+                    0,
+                    0
+                )
+            );
+        }
         check!(Step::NewSession, libc::setsid());
         for (resource, limit) in &p.rlimits {
             check!(Step::SetRlimits, libc::setrlimit(*resource, limit));

@@ -542,8 +542,7 @@ fn rootless_child() {
 fn spawn_phase_costs() {
     use std::time::Instant;
     let hs = host_support();
-    let mut spawn_t = Vec::new();
-    let mut kill_t = Vec::new();
+    let mut rows: Vec<(&str, Vec<std::time::Duration>)> = Vec::new();
     let mut cg_t = Vec::new();
     for i in 0..60 {
         let t0 = Instant::now();
@@ -554,21 +553,35 @@ fn spawn_phase_costs() {
         );
         cg.remove().unwrap();
         cg_t.push(t0.elapsed());
-        let t0 = Instant::now();
-        let cell = ProcessCell::spawn(&SpawnSpec::default()).unwrap();
-        spawn_t.push(t0.elapsed());
-        let t0 = Instant::now();
-        drop(cell);
-        kill_t.push(t0.elapsed());
     }
-    for (name, v) in [
-        ("cgroups create+remove", &mut cg_t),
-        ("spawn", &mut spawn_t),
-        ("kill+reap+cleanup", &mut kill_t),
-    ] {
+    rows.push(("cgroups create+remove", cg_t));
+    for fork_server in [false, true] {
+        let spec = SpawnSpec {
+            fork_server,
+            ..SpawnSpec::default()
+        };
+        drop(ProcessCell::spawn(&spec).unwrap()); // starts the fork server
+        let (mut spawn_t, mut kill_t) = (Vec::new(), Vec::new());
+        for _ in 0..60 {
+            let t0 = Instant::now();
+            let cell = ProcessCell::spawn(&spec).unwrap();
+            spawn_t.push(t0.elapsed());
+            let t0 = Instant::now();
+            drop(cell);
+            kill_t.push(t0.elapsed());
+        }
+        let (s, k) = if fork_server {
+            ("spawn (fork server)", "kill+reap (fork server)")
+        } else {
+            ("spawn (direct)", "kill+reap (direct)")
+        };
+        rows.push((s, spawn_t));
+        rows.push((k, kill_t));
+    }
+    for (name, v) in &mut rows {
         v.sort();
         println!(
-            "{name:<24} median {:?}  p10 {:?}  p90 {:?}",
+            "{name:<26} median {:?}  p10 {:?}  p90 {:?}",
             v[v.len() / 2],
             v[v.len() / 10],
             v[v.len() * 9 / 10]

@@ -44,6 +44,12 @@ fn standard_library() -> Shared<Module> {
         .clone()
 }
 
+/// Builds what every cell of this process shares (Rhai's standard library), so a process
+/// that forks cells (the process backend's fork server) does it once for all of them.
+pub fn prewarm() {
+    standard_library();
+}
+
 /// Refuses a handshake from a host that speaks another ABI version or schema.
 pub fn check_hello(hello: &Hello) -> Result<(), CellError> {
     if hello.abi_version != ABI_VERSION || hello.schema != SCHEMA_KEY {

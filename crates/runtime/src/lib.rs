@@ -26,7 +26,7 @@ pub mod modules;
 mod transport;
 
 pub use cell::Cell;
-pub use cell::{Step, check_hello, ready};
+pub use cell::{Step, check_hello, prewarm, ready};
 pub use errors::cell_error;
 pub use transport::{
     Interrupt, NeverInterrupt, Transport, TransportError, decode_frame, encode_frame,

@@ -3,8 +3,11 @@
 //!
 //! By the time this runs the backend has confined the process completely (namespaces,
 //! empty root, unprivileged uid, rlimits, cgroups, Landlock, seccomp). argv[1] is the
-//! frame size cap; nothing else comes in from the host but frames.
+//! frame size cap; nothing else comes in from the host but frames. With `--fork-server` it
+//! is the backend's fork server instead ([`fork_server`]), and each forked cell carries on here.
 #![no_main]
+
+mod fork_server;
 
 use std::sync::Arc;
 
@@ -130,14 +133,21 @@ impl Transport for Socket {
 
 #[unsafe(no_mangle)]
 extern "C" fn main(argc: i32, argv: *const *const libc::c_char) -> i32 {
-    let mut max_frame_len = wire::DEFAULT_MAX_FRAME_LEN;
-    if argc >= 2 {
+    let mut args: Vec<String> = (1..argc as usize)
         // SAFETY: the kernel passes argc valid NUL-terminated strings.
-        let arg = unsafe { std::ffi::CStr::from_ptr(*argv.add(1)) };
-        if let Some(n) = arg.to_str().ok().and_then(|s| s.parse::<u32>().ok()) {
-            max_frame_len = n.min(wire::ABSOLUTE_MAX_FRAME_LEN);
-        }
+        .map(|i| unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) })
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if args.first().map(String::as_str) == Some("--fork-server") {
+        // Returns only in a forked, confined cell, with that cell's arguments.
+        args = fork_server::serve(runtime::prewarm);
     }
+    let max_frame_len = args
+        .first()
+        .and_then(|s| s.parse::<u32>().ok())
+        .map_or(wire::DEFAULT_MAX_FRAME_LEN, |n| {
+            n.min(wire::ABSOLUTE_MAX_FRAME_LEN)
+        });
     match runtime::agent::serve(Box::new(Socket { max_frame_len }), Arc::new(NeverInterrupt)) {
         Ok(()) => 0,
         Err(_) => 1,

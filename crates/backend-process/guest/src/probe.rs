@@ -4,6 +4,8 @@
 //! backend's unit tests only; the library never contains it, no script can reach it.
 #![no_main]
 
+mod fork_server;
+
 use core::ffi::CStr;
 
 const CHANNEL: i32 = 3;
@@ -341,12 +343,19 @@ fn environ_ptr() -> *const *const libc::c_char {
 
 #[unsafe(no_mangle)]
 extern "C" fn main(argc: i32, argv: *const *const libc::c_char) -> i32 {
-    if argc < 2 {
+    let mut args: Vec<String> = (1..argc as usize)
+        // SAFETY: the kernel passes argc valid NUL-terminated strings in argv.
+        .map(|i| unsafe { CStr::from_ptr(*argv.add(i)) })
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if args.first().map(String::as_str) == Some("--fork-server") {
+        // Probes run in forked cells exactly as they do in directly spawned ones.
+        args = fork_server::serve(|| {});
+    }
+    let Some(name) = args.first() else {
         say("missing probe name\n");
         return 2;
-    }
-    // SAFETY: the kernel passes argc valid NUL-terminated strings in argv.
-    let name = unsafe { CStr::from_ptr(*argv.add(1)) };
-    probe(name.to_str().unwrap_or("?"));
+    };
+    probe(name);
     0
 }

@@ -1,0 +1,241 @@
+//! The fork server's control protocol, shared word for word by the host
+//! (`fork_server.rs`) and the guest program (`guest/src/fork_server.rs` includes this
+//! file), so the two sides cannot drift apart.
+//!
+//! The control channel is a `SOCK_SEQPACKET` socketpair: one message per record.
+//!
+//! * host → server, once: [`encode_setup`], the seccomp filter every forked cell
+//!   installs before it runs anything;
+//! * server → host: a [`Reply`] (errno 0 = ready);
+//! * host → server, per cell: [`ForkRequest`] with the cell's channel as `SCM_RIGHTS`;
+//! * server → host: a [`Reply`], with the new cell's pidfd as `SCM_RIGHTS` when the
+//!   errno is 0.
+
+#![allow(dead_code)] // each side uses its half
+
+/// Largest control message either side sends.
+pub const MAX_MESSAGE: usize = 16 << 10;
+
+const SETUP: u8 = b'S';
+const FORK: u8 = b'F';
+
+/// The rlimits a request carries, in this order.
+pub const RLIMITS: [libc::__rlimit_resource_t; 6] = [
+    libc::RLIMIT_AS,
+    libc::RLIMIT_CPU,
+    libc::RLIMIT_NOFILE,
+    libc::RLIMIT_FSIZE,
+    libc::RLIMIT_CORE,
+    libc::RLIMIT_NPROC,
+];
+
+/// The setup message: the cell filter program.
+pub fn encode_setup(filter: &[libc::sock_filter]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 8 * filter.len());
+    out.push(SETUP);
+    for ins in filter {
+        out.extend_from_slice(&ins.code.to_le_bytes());
+        out.push(ins.jt);
+        out.push(ins.jf);
+        out.extend_from_slice(&ins.k.to_le_bytes());
+    }
+    out
+}
+
+/// Parses a setup message; `None` if it is not one.
+pub fn decode_setup(msg: &[u8]) -> Option<Vec<libc::sock_filter>> {
+    let body = msg.strip_prefix(&[SETUP])?;
+    if body.is_empty() || body.len() % 8 != 0 || body.len() / 8 > u16::MAX as usize {
+        return None;
+    }
+    Some(
+        body.chunks_exact(8)
+            .map(|c| libc::sock_filter {
+                code: u16::from_le_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect(),
+    )
+}
+
+/// One cell to fork: its rlimits (in [`RLIMITS`] order) and its arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForkRequest {
+    pub rlimits: [u64; 6],
+    pub args: Vec<String>,
+}
+
+impl ForkRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![FORK];
+        for v in self.rlimits {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for a in &self.args {
+            out.extend_from_slice(a.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+
+    /// Parses a request; `None` if it is not one.
+    pub fn decode(msg: &[u8]) -> Option<ForkRequest> {
+        let body = msg.strip_prefix(&[FORK])?;
+        if body.len() < 48 {
+            return None;
+        }
+        let mut rlimits = [0u64; 6];
+        for (slot, c) in rlimits.iter_mut().zip(body[..48].chunks_exact(8)) {
+            *slot = u64::from_le_bytes(c.try_into().ok()?);
+        }
+        let rest = &body[48..];
+        let mut args = Vec::new();
+        if !rest.is_empty() {
+            let rest = rest.strip_suffix(&[0])?;
+            for a in rest.split(|&b| b == 0) {
+                args.push(String::from_utf8(a.to_vec()).ok()?);
+            }
+        }
+        Some(ForkRequest { rlimits, args })
+    }
+}
+
+/// The server's answer: 0, or the errno of the step that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub errno: i32,
+}
+
+impl Reply {
+    pub fn encode(self) -> [u8; 4] {
+        self.errno.to_le_bytes()
+    }
+
+    pub fn decode(msg: &[u8]) -> Option<Reply> {
+        Some(Reply {
+            errno: i32::from_le_bytes(msg.try_into().ok()?),
+        })
+    }
+}
+
+/// `struct clone_args` of `clone3(2)`.
+#[repr(C)]
+#[derive(Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
+/// Sends one message on `socket`, with `fd` attached (`SCM_RIGHTS`) when given.
+pub fn send_message(socket: i32, bytes: &[u8], fd: Option<i32>) -> std::io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
+    let mut cmsg = [0u64; 4];
+    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE/FIRSTHDR/DATA address the control buffer just attached,
+        // which is large enough for one fd.
+        unsafe {
+            msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+            libc::CMSG_DATA(c).cast::<i32>().write_unaligned(fd);
+        }
+    }
+    loop {
+        // SAFETY: msg describes valid buffers.
+        let n = unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) };
+        if n == bytes.len() as isize {
+            return Ok(());
+        }
+        let e = if n < 0 {
+            std::io::Error::last_os_error()
+        } else {
+            std::io::Error::other("short send")
+        };
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// One received message: its length and the fds it carried (now owned by the caller).
+pub struct Received {
+    pub len: usize,
+    pub fds: Vec<std::os::fd::OwnedFd>,
+}
+
+/// Receives one message from `socket` into `buf`. EOF, a truncated message or
+/// truncated ancillary data is an error.
+pub fn recv_message(socket: i32, buf: &mut [u8]) -> std::io::Result<Received> {
+    use std::os::fd::FromRawFd;
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut cmsg = [0u64; 8];
+    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cmsg);
+    let n = loop {
+        // SAFETY: msg describes valid buffers.
+        let n = unsafe { libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        break n;
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled in; each
+    // SCM_RIGHTS entry is a fresh descriptor now owned by this process.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<i32>();
+                let count = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..count {
+                    fds.push(std::os::fd::OwnedFd::from_raw_fd(
+                        data.add(i).read_unaligned(),
+                    ));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+        return Err(std::io::Error::other("truncated message"));
+    }
+    Ok(Received {
+        len: n as usize,
+        fds,
+    })
+}
