@@ -28,38 +28,39 @@ fn step_d(vm: &mut Vm, f: &HostFrame, d: Option<Instant>) -> u32 {
     }
 }
 
-fn run(label: &str, make: &dyn Fn() -> Vm) {
-    let t0 = Instant::now();
-    let mut vm = make();
-    let t1 = Instant::now();
-    let hello = HostFrame::Hello(Hello::new("b", EngineLimits::default(), vec![]));
-    step(&mut vm, &hello);
-    let t2 = Instant::now();
-    step(
-        &mut vm,
-        &HostFrame::Exec {
-            id: 1,
-            source: "post(40 + 2)".into(),
-        },
-    );
-    let t3 = Instant::now();
-    step(
-        &mut vm,
-        &HostFrame::Exec {
-            id: 2,
-            source: "40 + 2".into(),
-        },
-    );
-    let t4 = Instant::now();
-    drop(vm);
-    let t5 = Instant::now();
+/// Median of each phase of `runs` starts: make the VM, handshake, first exec, warm exec, drop.
+fn run(label: &str, runs: usize, make: &dyn Fn() -> Vm) {
+    let mut phases: [Vec<f64>; 5] = Default::default();
+    for _ in 0..runs {
+        let mut t = [Instant::now(); 6];
+        let mut vm = make();
+        t[1] = Instant::now();
+        let hello = HostFrame::Hello(Hello::new("b", EngineLimits::default(), vec![]));
+        step(&mut vm, &hello);
+        t[2] = Instant::now();
+        let exec = |id, source: &str| HostFrame::Exec {
+            id,
+            source: source.into(),
+        };
+        step(&mut vm, &exec(1, "post(40 + 2)"));
+        t[3] = Instant::now();
+        step(&mut vm, &exec(2, "40 + 2"));
+        t[4] = Instant::now();
+        drop(vm);
+        t[5] = Instant::now();
+        for (i, p) in phases.iter_mut().enumerate() {
+            p.push((t[i + 1] - t[i]).as_secs_f64() * 1e6);
+        }
+        // Let the reaper destroy the VM before the next start, as on an idle host.
+        std::thread::sleep(std::time::Duration::from_millis(3));
+    }
+    let [start, hello, first, warm, dropped] = phases.map(|mut v| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    });
     println!(
-        "{label:>8}: start {:>6.0} µs  hello {:>6.0} µs  first exec {:>6.0} µs  warm exec {:>5.0} µs  drop {:>5.0} µs",
-        (t1 - t0).as_secs_f64() * 1e6,
-        (t2 - t1).as_secs_f64() * 1e6,
-        (t3 - t2).as_secs_f64() * 1e6,
-        (t4 - t3).as_secs_f64() * 1e6,
-        (t5 - t4).as_secs_f64() * 1e6,
+        "{label:>8} (median of {runs}): start {start:>6.0} µs  hello {hello:>6.0} µs  \
+         first exec {first:>6.0} µs  warm exec {warm:>5.0} µs  drop {dropped:>5.0} µs"
     );
 }
 
@@ -125,11 +126,9 @@ fn main() {
     );
     deadline_cost(&mut vm);
     drop(vm);
-    for _ in 0..3 {
-        run("cold", &|| Vm::boot(&cfg).unwrap());
-        run("fresh", &|| Vm::from_snapshot_unpooled(&cfg).unwrap());
-        run("pooled", &|| Vm::from_snapshot(&cfg).unwrap());
-    }
+    run("cold", 25, &|| Vm::boot(&cfg).unwrap());
+    run("fresh", 25, &|| Vm::from_snapshot_unpooled(&cfg).unwrap());
+    run("pooled", 25, &|| Vm::from_snapshot(&cfg).unwrap());
 }
 
 struct Sink;

@@ -18,6 +18,7 @@ mod reaper;
 mod signal;
 mod snapshot;
 mod vm;
+mod watchdog;
 
 /// Addresses, ports and modes shared with the guest (same source file on both sides).
 pub mod layout {

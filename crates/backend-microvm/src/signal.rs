@@ -1,15 +1,13 @@
 //! Kicking a vCPU out of `KVM_RUN`: `immediate_exit` plus a signal to the thread in `KVM_RUN`,
-//! for `kill` from any thread and for per-call deadlines (a POSIX timer aimed at this thread).
+//! for `kill` from any thread and for per-call deadlines (sent by the watchdog thread).
 use std::cell::Cell;
 use std::sync::OnceLock;
-use std::time::Instant;
 
 use crate::error::VmError;
 
 thread_local! {
     /// `immediate_exit` byte of the kvm_run area of the vCPU this thread is running, or null.
     static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
-    static TIMER: ThreadTimer = const { ThreadTimer { id: Cell::new(None) } };
 }
 
 pub(crate) fn kick_signal() -> i32 {
@@ -64,91 +62,4 @@ pub(crate) fn kick(tid: libc::pid_t) {
     // SAFETY: tgkill only sends a signal; the caller guarantees `tid` is a live thread of this
     // process (it holds the lock under which the running thread publishes its tid).
     unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, kick_signal()) };
-}
-
-struct ThreadTimer {
-    id: Cell<Option<libc::timer_t>>,
-}
-
-impl Drop for ThreadTimer {
-    fn drop(&mut self) {
-        if let Some(id) = self.id.get() {
-            // SAFETY: deleting a timer this thread created and nobody else uses.
-            unsafe { libc::timer_delete(id) };
-        }
-    }
-}
-
-fn timer_id() -> Result<libc::timer_t, VmError> {
-    TIMER.with(|t| {
-        if let Some(id) = t.id.get() {
-            return Ok(id);
-        }
-        // SAFETY: zeroed sigevent is a valid starting value; fields set below.
-        let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
-        sev.sigev_notify = libc::SIGEV_THREAD_ID;
-        sev.sigev_signo = kick_signal();
-        sev.sigev_notify_thread_id = gettid();
-        let mut id: libc::timer_t = std::ptr::null_mut();
-        // SAFETY: valid pointers to a sigevent and a timer id out-parameter.
-        let r = unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut id) };
-        if r != 0 {
-            return Err(VmError::Memory(format!(
-                "timer_create: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-        t.id.set(Some(id));
-        Ok(id)
-    })
-}
-
-fn settime(d: std::time::Duration) -> Result<(), VmError> {
-    let id = timer_id()?;
-    let spec = libc::itimerspec {
-        it_interval: libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        },
-        it_value: libc::timespec {
-            tv_sec: d.as_secs() as libc::time_t,
-            tv_nsec: d.subsec_nanos() as libc::c_long,
-        },
-    };
-    // SAFETY: `id` is this thread's live timer; `spec` is a valid itimerspec.
-    let r = unsafe { libc::timer_settime(id, 0, &spec, std::ptr::null_mut()) };
-    if r != 0 {
-        return Err(VmError::Memory(format!(
-            "timer_settime: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
-}
-
-/// Arms this thread's kick timer for `deadline`; disarms on drop.
-pub(crate) struct DeadlineTimer {
-    armed: bool,
-}
-
-impl DeadlineTimer {
-    pub fn arm(deadline: Option<Instant>) -> Result<Self, VmError> {
-        let Some(deadline) = deadline else {
-            return Ok(DeadlineTimer { armed: false });
-        };
-        // A zero it_value disarms, so use at least one nanosecond.
-        let d = deadline
-            .saturating_duration_since(Instant::now())
-            .max(std::time::Duration::from_nanos(1));
-        settime(d)?;
-        Ok(DeadlineTimer { armed: true })
-    }
-}
-
-impl Drop for DeadlineTimer {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = settime(std::time::Duration::ZERO);
-        }
-    }
 }

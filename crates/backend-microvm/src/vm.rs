@@ -14,6 +14,7 @@ use crate::layout::*;
 use crate::memory::GuestMemory;
 use crate::signal;
 use crate::snapshot::Template;
+use crate::watchdog::{self, Deadline};
 
 /// Default capacity of each of the two channel buffers.
 pub const DEFAULT_FRAME_CAP: u64 = 1024 * 1024;
@@ -83,8 +84,22 @@ pub enum Recv {
 
 pub(crate) struct KillShared {
     killed: AtomicBool,
-    /// Thread currently inside this VM's run loop.
+    /// Thread currently inside this VM's run step.
     tid: Mutex<Option<libc::pid_t>>,
+    /// Deadline of the current call, watched by the watchdog thread.
+    pub(crate) deadline: Deadline,
+}
+
+impl KillShared {
+    /// Kicks the vCPU out of `KVM_RUN` if a thread is in this VM's run step. The signal is sent
+    /// under the lock that thread publishes and clears its tid with, so it lands while the
+    /// thread is still in its run step, where the handler's `immediate_exit` pointer is set.
+    pub(crate) fn kick_if_running(&self) {
+        let tid = self.tid.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = *tid {
+            signal::kick(t);
+        }
+    }
 }
 
 /// Kills a VM from any thread: the running `KVM_RUN` is interrupted promptly and every later
@@ -95,10 +110,7 @@ pub struct Killer(Arc<KillShared>);
 impl Killer {
     pub fn kill(&self) {
         self.0.killed.store(true, Ordering::SeqCst);
-        let tid = self.0.tid.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = *tid {
-            signal::kick(t);
-        }
+        self.0.kick_if_running();
     }
 
     pub fn is_killed(&self) -> bool {
@@ -290,23 +302,27 @@ pub(crate) fn setup_memory(mem: &GuestMemory, cfg: &VmConfig) -> Result<Layout, 
         )));
     }
     // Page tables: identity map of the first GiB with the U bit; 4 KiB pages in the first 2 MiB
-    // so that page 0 and the stack guard page stay unmapped.
+    // so that page 0 and the stack guard page stay unmapped. Accessed and dirty are preset: with
+    // shadow paging (PVM) KVM otherwise takes an extra fault on the first write to each page
+    // just to set the dirty bit; the guest never reads them, and hardware ignores a preset bit.
     const P: u64 = 1;
     const RW: u64 = 2;
     const US: u64 = 4;
+    const A: u64 = 0x20;
+    const D: u64 = 0x40;
     const PS: u64 = 0x80;
-    mem.write_u64(PML4_ADDR, PDPT_ADDR | P | RW | US)?;
-    mem.write_u64(PDPT_ADDR, PD_ADDR | P | RW | US)?;
-    mem.write_u64(PD_ADDR, PT_ADDR | P | RW | US)?;
+    mem.write_u64(PML4_ADDR, PDPT_ADDR | P | RW | US | A)?;
+    mem.write_u64(PDPT_ADDR, PD_ADDR | P | RW | US | A)?;
+    mem.write_u64(PD_ADDR, PT_ADDR | P | RW | US | A)?;
     for i in 1..512u64 {
-        mem.write_u64(PD_ADDR + i * 8, (i << 21) | P | RW | US | PS)?;
+        mem.write_u64(PD_ADDR + i * 8, (i << 21) | P | RW | US | A | D | PS)?;
     }
     for j in 0..512u64 {
         let addr = j << 12;
         let entry = if addr == 0 || addr == STACK_GUARD_ADDR {
             0
         } else {
-            addr | P | RW | US
+            addr | P | RW | US | A | D
         };
         mem.write_u64(PT_ADDR + j * 8, entry)?;
     }
@@ -395,6 +411,8 @@ pub struct Vm {
     pub(crate) layout: Layout,
     kill: Arc<KillShared>,
     queue: VecDeque<Vec<u8>>,
+    /// Whether the watchdog knows this VM (it is added once, at its first deadline).
+    watched: bool,
     idle: bool,
     dead: Option<VmError>,
     pub(crate) template: Option<Arc<Template>>,
@@ -414,7 +432,8 @@ impl std::fmt::Debug for Vm {
 impl Vm {
     /// Cold boot: new VM, fresh memory, the guest starts at its entry point.
     pub fn boot(cfg: &VmConfig) -> Result<Vm, VmError> {
-        let mem = GuestMemory::anonymous(cfg.mem_size.max(MIN_MEM_SIZE) as usize)?;
+        let mem =
+            GuestMemory::anonymous(cfg.mem_size.max(MIN_MEM_SIZE) as usize, IMAGE_BASE as usize)?;
         let layout = setup_memory(&mem, cfg)?;
         let machine = Machine::new(mem)?;
         set_boot_regs(&machine.vcpu, layout.entry)?;
@@ -432,8 +451,10 @@ impl Vm {
             kill: Arc::new(KillShared {
                 killed: AtomicBool::new(false),
                 tid: Mutex::new(None),
+                deadline: Deadline::default(),
             }),
             queue: VecDeque::new(),
+            watched: false,
             idle: false,
             dead: None,
             template,
@@ -528,11 +549,15 @@ impl Vm {
         let Some(m) = self.machine.as_mut() else {
             return Exit::Fatal(VmError::Killed);
         };
-        *self.kill.tid.lock().unwrap_or_else(|p| p.into_inner()) = Some(signal::gettid());
+        // Order matters (see `watchdog`): the handler's pointer first, then the tid a kick is
+        // aimed at, then the checks a kick sent before the tid was visible would have missed.
         let ie: *mut u8 = &mut m.vcpu.get_kvm_run().immediate_exit;
         let guard = signal::RunGuard::new(ie);
+        *self.kill.tid.lock().unwrap_or_else(|p| p.into_inner()) = Some(watchdog::current_tid());
         let exit = if self.kill.killed.load(Ordering::SeqCst) {
             Exit::Fatal(VmError::Killed)
+        } else if self.kill.deadline.passed() {
+            Exit::Interrupted
         } else {
             match m.vcpu.run() {
                 Ok(VcpuExit::IoIn(PORT_DOORBELL, _)) => Exit::Doorbell,
@@ -582,8 +607,8 @@ impl Vm {
                 Err(e) => Exit::Fatal(VmError::kvm("KVM_RUN", e)),
             }
         };
-        drop(guard);
         *self.kill.tid.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        drop(guard);
         m.vcpu.set_kvm_immediate_exit(0);
         exit
     }
@@ -641,7 +666,7 @@ impl Vm {
 
     fn wait(&mut self, deadline: Option<Instant>) -> Result<Wait, VmError> {
         self.check_alive()?;
-        let mut timer: Option<signal::DeadlineTimer> = None;
+        watchdog::set_deadline(&self.kill, &mut self.watched, deadline)?;
         loop {
             self.pump()?;
             if self.idle {
@@ -652,9 +677,6 @@ impl Vm {
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(Wait::TimedOut);
-            }
-            if timer.is_none() && deadline.is_some() {
-                timer = Some(signal::DeadlineTimer::arm(deadline)?);
             }
             match self.run_once() {
                 Exit::Doorbell => {
@@ -731,6 +753,12 @@ impl Vm {
     #[doc(hidden)]
     pub fn debug_write(&self, addr: u64, data: &[u8]) -> Result<(), VmError> {
         self.machine()?.mem.write(addr, data)
+    }
+
+    /// Test only: guest-physical addresses of the guest pages resident in host memory.
+    #[doc(hidden)]
+    pub fn debug_resident_pages(&self) -> Result<Vec<u64>, VmError> {
+        self.machine()?.mem.resident_pages()
     }
 
     /// Whether this VM came from the pool (a reset VM of an earlier cell).

@@ -38,7 +38,11 @@ fn send(vm: &mut Vm, f: &HostFrame) {
 }
 
 fn next(vm: &mut Vm) -> GuestFrame {
-    match vm.recv_body(deadline(), MAX).expect("recv") {
+    next_by(vm, deadline())
+}
+
+fn next_by(vm: &mut Vm, deadline: Option<Instant>) -> GuestFrame {
+    match vm.recv_body(deadline, MAX).expect("recv") {
         Recv::Frame(body) => wire::decode_body(&body).expect("decode"),
         other => panic!("expected a frame, got {other:?}"),
     }
@@ -54,6 +58,16 @@ fn handshake(vm: &mut Vm) {
 
 /// Run `src`; returns the posts it made and its result.
 fn exec(vm: &mut Vm, id: u64, src: &str) -> (Vec<Value>, Result<Value, abi::CellError>) {
+    exec_by(vm, id, src, deadline())
+}
+
+/// [`exec`] with every frame awaited under `deadline`.
+fn exec_by(
+    vm: &mut Vm,
+    id: u64,
+    src: &str,
+    deadline: Option<Instant>,
+) -> (Vec<Value>, Result<Value, abi::CellError>) {
     send(
         vm,
         &HostFrame::Exec {
@@ -63,7 +77,7 @@ fn exec(vm: &mut Vm, id: u64, src: &str) -> (Vec<Value>, Result<Value, abi::Cell
     );
     let mut posts = Vec::new();
     loop {
-        match next(vm) {
+        match next_by(vm, deadline) {
             GuestFrame::Post(v) => posts.push(v),
             GuestFrame::Done { id: got, result } => {
                 assert_eq!(got, id);
@@ -104,6 +118,49 @@ fn cold_boot_reaches_engine_and_evaluates() {
     );
     assert!(eval(&mut vm, "nope(").is_err());
     idle(&mut vm);
+}
+
+#[test]
+fn heap_grows_on_demand_and_a_small_cell_leaves_the_top_of_ram_untouched() {
+    if !kvm() {
+        return;
+    }
+    let mut vm = Vm::boot(&VmConfig::new(MEM)).unwrap();
+    let limits = EngineLimits {
+        max_string_len: 16 << 20,
+        ..EngineLimits::default()
+    };
+    send(
+        &mut vm,
+        &HostFrame::Hello(Hello::new("test", limits, vec![])),
+    );
+    assert!(matches!(next(&mut vm), GuestFrame::Ready(_)));
+    assert_eq!(eval(&mut vm, "40 + 2"), Ok(Value::Int(42)));
+    let top = MEM - 8 * 1024 * 1024;
+    let high: Vec<u64> = vm
+        .debug_resident_pages()
+        .unwrap()
+        .into_iter()
+        .filter(|&a| a >= top)
+        .collect();
+    assert!(
+        high.is_empty(),
+        "a small cell touched {} pages at the top of its RAM, from {:#x}",
+        high.len(),
+        high[0]
+    );
+    // One allocation larger than a growth step, then many small ones: the heap grows to fit.
+    assert_eq!(
+        eval(&mut vm, "let s = \"\"; s.pad(12000000, 'x'); s.len()"),
+        Ok(Value::Int(12_000_000))
+    );
+    assert_eq!(
+        eval(
+            &mut vm,
+            "let a = []; for i in 0..40 { let s = \"\"; s.pad(100000, 'y'); a.push(s); } a.len()"
+        ),
+        Ok(Value::Int(40))
+    );
 }
 
 #[test]
@@ -274,6 +331,44 @@ fn deadline_pauses_a_spinning_guest_and_kill_stops_it() {
     assert_eq!(vm.recv(None), Err(VmError::Killed));
     t.join().unwrap();
     assert!(vm.recv(None).is_err());
+}
+
+#[test]
+fn deadlines_of_vms_on_different_threads_are_independent() {
+    if !kvm() {
+        return;
+    }
+    // A later deadline set first on another thread does not hide an earlier one set after it.
+    let far = std::thread::spawn(|| {
+        let mut vm = mode(MODE_SPIN);
+        vm.recv(Some(Instant::now() + Duration::from_millis(400)))
+    });
+    let mut near = mode(MODE_SPIN);
+    let r = near.recv(Some(Instant::now() + Duration::from_millis(30)));
+    assert_eq!(r, Ok(Recv::TimedOut));
+    assert_eq!(far.join().unwrap(), Ok(Recv::TimedOut));
+}
+
+#[test]
+fn a_call_that_finishes_in_time_never_times_out_while_deadlines_move_forward() {
+    if !kvm() {
+        return;
+    }
+    // Each call's deadline is later than the last: the watchdog wakes at stale deadlines and
+    // must not stop a call whose own deadline has not passed.
+    let mut vm = Vm::boot(&VmConfig::new(MEM)).unwrap();
+    handshake(&mut vm);
+    let period = Duration::from_millis(150);
+    let start = Instant::now();
+    let mut calls = 0;
+    while start.elapsed() < 3 * period || calls < 100 {
+        let d = Some(Instant::now() + period);
+        assert_eq!(
+            exec_by(&mut vm, calls, "40 + 2", d),
+            (vec![], Ok(Value::Int(42)))
+        );
+        calls += 1;
+    }
 }
 
 #[test]

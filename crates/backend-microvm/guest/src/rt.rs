@@ -4,11 +4,59 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::arch::asm;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
+use core::ptr::NonNull;
 use talc::DefaultBinning;
+use talc::base::Talc;
+use talc::base::binning::Binning;
 use talc::cell::TalcCell;
-use talc::source::Manual;
+use talc::source::Source;
 
-struct GuestAlloc(TalcCell<Manual, DefaultBinning>);
+/// Heap growth step and alignment: one guest 2 MiB page.
+const HEAP_STEP: usize = 2 * 1024 * 1024;
+
+/// Hands the heap to talc a 2 MiB page at a time instead of all at once.
+///
+/// Why: talc keeps the size of a free chunk at its end, so claiming the whole heap up front writes
+/// the last page of guest RAM. Each page the guest touches first costs a host fault and a zeroed
+/// (huge) page, and under shadow paging a KVM fault too; growing on demand keeps a cell's memory
+/// compact, so a small cell touches only the pages it uses.
+#[derive(Debug)]
+struct Grow {
+    /// Current end of the heap (None before `init_heap`).
+    end: Option<NonNull<u8>>,
+    /// End of the memory the host reserved for the heap.
+    limit: usize,
+}
+
+// SAFETY: `acquire` only calls `extend` on the `Talc` it is given, for memory the host reserved
+// as heap and nothing else uses; it never allocates.
+unsafe impl Source for Grow {
+    fn acquire<B: Binning>(talc: &mut Talc<Self, B>, layout: Layout) -> Result<(), ()> {
+        let end = talc.source.end.ok_or(())?;
+        let from = end.as_ptr() as usize;
+        // Enough for the request plus chunk overhead, rounded up to whole 2 MiB pages; talc asks
+        // again if that was not enough, and fails the allocation once we return Err.
+        let want = from
+            .checked_add(layout.size())
+            .and_then(|w| w.checked_add(layout.align() + 64))
+            .and_then(|w| w.checked_next_multiple_of(HEAP_STEP))
+            .unwrap_or(usize::MAX)
+            .min(talc.source.limit);
+        if want <= from {
+            return Err(());
+        }
+        // SAFETY: `from..want` lies inside the heap the host reserved (bounded by `limit`) and
+        // nothing else uses it; `end` is this heap's current end.
+        let new_end = unsafe { talc.extend(end, want as *mut u8) };
+        if new_end == end {
+            return Err(());
+        }
+        talc.source.end = Some(new_end);
+        Ok(())
+    }
+}
+
+struct GuestAlloc(TalcCell<Grow, DefaultBinning>);
 
 // SAFETY: the guest has a single vCPU, no threads, no interrupts and no signal handlers, so the
 // allocator is never entered concurrently.
@@ -41,14 +89,26 @@ unsafe impl GlobalAlloc for GuestAlloc {
 }
 
 #[global_allocator]
-static ALLOC: GuestAlloc = GuestAlloc(TalcCell::new(Manual));
+static ALLOC: GuestAlloc = GuestAlloc(TalcCell::new(Grow {
+    end: None,
+    limit: 0,
+}));
 
+/// Gives the allocator `[base, base+size)`: claimed up to the end of the 2 MiB page holding
+/// `base` (at least 256 KiB, about what the runtime needs to start), the rest as it is needed.
 pub fn init_heap(base: u64, size: u64) {
-    // SAFETY: the host reserved [base, base+size) as heap: RAM used by nothing else.
-    let ok = unsafe { ALLOC.0.claim(base as *mut u8, size as usize) };
-    if ok.is_none() {
-        fatal("heap too small");
-    }
+    let (base, limit) = (base as usize, base.saturating_add(size) as usize);
+    let first = base
+        .saturating_add(256 * 1024)
+        .next_multiple_of(HEAP_STEP)
+        .min(limit);
+    // SAFETY: the host reserved [base, limit) as heap: RAM used by nothing else; first <= limit.
+    let end = unsafe { ALLOC.0.claim(base as *mut u8, first - base) };
+    let Some(end) = end else { fatal("heap too small") };
+    ALLOC.0.replace_source(Grow {
+        end: Some(end),
+        limit,
+    });
 }
 
 /// Report a fatal condition without allocating, then never return.
