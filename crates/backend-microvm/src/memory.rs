@@ -34,18 +34,10 @@ fn mmap(len: usize, prot: i32, flags: i32, fd: i32) -> Result<*mut u8, VmError> 
 }
 
 impl GuestMemory {
-    /// Zeroed anonymous memory, 2 MiB aligned, with `[huge_from, len)` advised for transparent
-    /// huge pages.
-    ///
-    /// Why: every first touch of a guest page costs a host page fault and, under shadow paging
-    /// (this host's PVM), a KVM fault too. When the host backs a 2 MiB-aligned range with a huge
-    /// page and the guest maps it with a 2 MiB page, KVM maps all of it at once: a cold boot
-    /// touches ≈ 700 pages, so this is the difference between ≈ 700 faults and a handful. The
-    /// guest-physical address must be congruent to the host address modulo 2 MiB for that,
-    /// hence the alignment. Below `huge_from` the guest uses 4 KiB pages and touches few of
-    /// them, so zeroing a whole huge page there would cost more than it saves. Without THP
-    /// (disabled, or `madvise` refused) this is plain anonymous memory.
-    pub fn anonymous(len: usize, huge_from: usize) -> Result<Self, VmError> {
+    /// Zeroed anonymous memory, 2 MiB aligned so that parts of it can be backed by transparent
+    /// huge pages (see [`Self::advise_huge`]): a guest 2 MiB page maps to one host huge page only
+    /// when the guest-physical and host addresses agree modulo 2 MiB.
+    pub fn anonymous(len: usize) -> Result<Self, VmError> {
         let slack = HUGE_PAGE;
         let raw = mmap(
             len + slack,
@@ -66,16 +58,6 @@ impl GuestMemory {
             }
             ptr
         };
-        if huge_from < len {
-            // SAFETY: advice on a range of our own fresh mapping; it changes no contents.
-            unsafe {
-                libc::madvise(
-                    ptr.add(huge_from).cast(),
-                    len - huge_from,
-                    libc::MADV_HUGEPAGE,
-                )
-            };
-        }
         Ok(GuestMemory {
             ptr,
             len,
@@ -112,6 +94,25 @@ impl GuestMemory {
             len,
             private_file: false,
         })
+    }
+
+    /// Advises `[start, end)` (page aligned, inside the mapping) for transparent huge pages.
+    ///
+    /// Why: every first touch of a guest page costs a host page fault and, under shadow paging
+    /// (this host's PVM), a KVM fault too. When the host backs a 2 MiB range with a huge page
+    /// and the guest maps it with a 2 MiB page, KVM maps all of it at once: a cold boot touches
+    /// ≈ 700 pages of image and heap, so this is the difference between ≈ 700 faults and a
+    /// handful. Only worth it where the guest touches much of each 2 MiB (a huge page is zeroed
+    /// whole on first touch). Advice only: without THP this stays plain anonymous memory.
+    pub fn advise_huge(&self, start: u64, end: u64) -> Result<(), VmError> {
+        let n = end.saturating_sub(start) as usize;
+        let start = self.range(start, n)?;
+        if n > 0 && start % PAGE == 0 {
+            // SAFETY: advice on a page-aligned range inside our own mapping (checked above); it
+            // changes no contents. Refusal (THP disabled) is harmless, so the result is ignored.
+            unsafe { libc::madvise(self.ptr.add(start).cast(), n, libc::MADV_HUGEPAGE) };
+        }
+        Ok(())
     }
 
     pub fn len(&self) -> usize {

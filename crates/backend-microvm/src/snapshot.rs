@@ -11,7 +11,7 @@ use kvm_bindings::{kvm_regs, kvm_sregs, kvm_xcrs, kvm_xsave};
 
 use crate::error::VmError;
 use crate::memory::GuestMemory;
-use crate::vm::{Layout, Machine, Recv, Vm, VmConfig, set_boot_regs, setup_memory};
+use crate::vm::{Backing, Layout, Machine, Recv, Vm, VmConfig, set_boot_regs, setup_memory};
 
 /// How long the template may take to reach "engine ready".
 const TEMPLATE_BOOT_LIMIT: Duration = Duration::from_secs(10);
@@ -85,7 +85,7 @@ impl Template {
         let fd = memfd(cfg.mem_size)?;
         let (layout, regs, sregs, xsave, xcrs) = {
             let mem = GuestMemory::from_fd(&fd, cfg.mem_size as usize, true)?;
-            let layout = setup_memory(&mem, cfg)?;
+            let layout = setup_memory(&mem, cfg, Backing::Snapshot)?;
             let machine = Machine::new(mem)?;
             set_boot_regs(&machine.vcpu, layout.entry)?;
             let mut vm = Vm::from_parts(machine, layout, None);

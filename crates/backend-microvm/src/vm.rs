@@ -287,8 +287,26 @@ fn align_up(x: u64, a: u64) -> Option<u64> {
     x.checked_add(a - 1).map(|v| v & !(a - 1))
 }
 
+/// How [`setup_memory`] treats the mapping.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backing {
+    /// Anonymous memory of this VM alone: image and heap get transparent huge pages.
+    Anonymous,
+    /// The snapshot file: left as it is.
+    Snapshot,
+}
+
 /// Write page tables, GDT, boot info and the image into fresh (zeroed) guest memory.
-pub(crate) fn setup_memory(mem: &GuestMemory, cfg: &VmConfig) -> Result<Layout, VmError> {
+///
+/// Layout above the first 2 MiB: the image, then the heap, then the two channel buffers at the
+/// top of RAM. Image and heap start are what a cell touches most, so they share as few 2 MiB
+/// pages as possible (each one huge page, zeroed and mapped once); the buffers, of which a
+/// transaction touches a page or two, stay in 4 KiB pages at the top.
+pub(crate) fn setup_memory(
+    mem: &GuestMemory,
+    cfg: &VmConfig,
+    backing: Backing,
+) -> Result<Layout, VmError> {
     let size = cfg.mem_size;
     if !(MIN_MEM_SIZE..=MAX_MEM_SIZE).contains(&size) || size % 4096 != 0 {
         return Err(VmError::Config(format!(
@@ -300,6 +318,20 @@ pub(crate) fn setup_memory(mem: &GuestMemory, cfg: &VmConfig) -> Result<Layout, 
             "frame cap {} out of range",
             cfg.frame_cap
         )));
+    }
+    let img = elf::parse(GUEST_ELF, IMAGE_BASE, size)?;
+    let cap = align_up(cfg.frame_cap, 4096).ok_or_else(|| VmError::Config("frame cap".into()))?;
+    let heap_base = align_up(img.end, 4096).ok_or_else(|| VmError::Config("image end".into()))?;
+    let g2h_base = size.saturating_sub(cap);
+    let h2g_base = g2h_base.saturating_sub(cap);
+    if heap_base.saturating_add(MIN_HEAP) > h2g_base {
+        return Err(VmError::Config(format!(
+            "guest memory of {size} bytes leaves no heap (the image ends at {heap_base:#x}, \
+             the buffers start at {h2g_base:#x})"
+        )));
+    }
+    if backing == Backing::Anonymous {
+        mem.advise_huge(IMAGE_BASE, h2g_base)?;
     }
     // Page tables: identity map of the first GiB with the U bit; 4 KiB pages in the first 2 MiB
     // so that page 0 and the stack guard page stay unmapped. Accessed and dirty are preset: with
@@ -351,7 +383,6 @@ pub(crate) fn setup_memory(mem: &GuestMemory, cfg: &VmConfig) -> Result<Layout, 
     mem.write_u32(TSS_ADDR + 0x64, (IOMAP_OFF as u32) << 16)?;
     mem.write(TSS_ADDR + TSS_LIMIT, &[0xff])?;
 
-    let img = elf::parse(GUEST_ELF, IMAGE_BASE, size)?;
     for s in &img.segments {
         let bytes = GUEST_ELF
             .get(s.offset..s.offset + s.filesz)
@@ -360,26 +391,17 @@ pub(crate) fn setup_memory(mem: &GuestMemory, cfg: &VmConfig) -> Result<Layout, 
         let zero_from = s.vaddr + s.filesz as u64;
         mem.fill(zero_from, (s.memsz - s.filesz as u64) as usize, 0)?;
     }
-    let cap = cfg.frame_cap;
-    let h2g_base = align_up(img.end, 4096).ok_or_else(|| VmError::Config("image end".into()))?;
-    let g2h_base = h2g_base + align_up(cap, 4096).unwrap_or(cap);
-    let heap_base = g2h_base + align_up(cap, 4096).unwrap_or(cap);
-    if heap_base.saturating_add(MIN_HEAP) > size {
-        return Err(VmError::Config(format!(
-            "guest memory of {size} bytes leaves no heap (image and buffers end at {heap_base:#x})"
-        )));
-    }
     let boot = BootInfo {
         magic: BOOT_MAGIC,
         mode: cfg.mode(),
         _pad: 0,
         mem_size: size,
         heap_base,
-        heap_size: size - heap_base,
+        heap_size: h2g_base - heap_base,
         h2g_base,
-        h2g_cap: cap,
+        h2g_cap: cfg.frame_cap,
         g2h_base,
-        g2h_cap: cap,
+        g2h_cap: cfg.frame_cap,
     };
     let fields = [
         boot.magic,
@@ -432,9 +454,8 @@ impl std::fmt::Debug for Vm {
 impl Vm {
     /// Cold boot: new VM, fresh memory, the guest starts at its entry point.
     pub fn boot(cfg: &VmConfig) -> Result<Vm, VmError> {
-        let mem =
-            GuestMemory::anonymous(cfg.mem_size.max(MIN_MEM_SIZE) as usize, IMAGE_BASE as usize)?;
-        let layout = setup_memory(&mem, cfg)?;
+        let mem = GuestMemory::anonymous(cfg.mem_size.max(MIN_MEM_SIZE) as usize)?;
+        let layout = setup_memory(&mem, cfg, Backing::Anonymous)?;
         let machine = Machine::new(mem)?;
         set_boot_regs(&machine.vcpu, layout.entry)?;
         Ok(Vm::from_parts(machine, layout, None))
