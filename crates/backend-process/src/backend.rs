@@ -22,11 +22,17 @@ use crate::spawn::{ExitStatus, Killer, Limits, ProcessCell, SpawnSpec};
 pub struct ProcessBackend {
     /// CPU bandwidth per cell (cgroup), in percent of one CPU.
     pub cpu_percent: u32,
+    /// Start cells from the pre-confined fork server (the default) rather than
+    /// confining a fresh child of the supervisor for each.
+    pub fork_server: bool,
 }
 
 impl Default for ProcessBackend {
     fn default() -> Self {
-        ProcessBackend { cpu_percent: 100 }
+        ProcessBackend {
+            cpu_percent: 100,
+            fork_server: true,
+        }
     }
 }
 
@@ -63,6 +69,7 @@ impl ProcessBackend {
         Ok(SpawnSpec {
             limits,
             require,
+            fork_server: self.fork_server,
             args: vec![max.to_string()],
             ..SpawnSpec::default()
         })
@@ -193,12 +200,10 @@ impl CellPipe for ProcessPipe {
 
     fn shutdown(&mut self) -> Result<(), PipeError> {
         self.io.broken = true;
+        // Dropping the pipe hands the killed process to the reaper thread, which reaps
+        // it and removes its cgroups off the caller's path.
         self.io.cell.kill();
-        self.io
-            .cell
-            .wait()
-            .map(drop)
-            .map_err(|e| PipeError::Io(io::Error::other(e.to_string())))
+        Ok(())
     }
 }
 

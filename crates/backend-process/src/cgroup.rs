@@ -160,15 +160,80 @@ fn join(mount_point: &str, root: &str, path: &str) -> PathBuf {
 #[derive(Debug, Default)]
 pub(crate) struct CellCgroups {
     dirs: Vec<PathBuf>,
-    /// The v2 directory, when the cell has one.
-    v2_dir: Option<PathBuf>,
     /// v2 directory fd for `CLONE_INTO_CGROUP`.
     pub v2_fd: Option<OwnedFd>,
     /// v1 `cgroup.procs` files the child writes itself into.
     pub v1_procs: Vec<OwnedFd>,
+    /// v2 `cgroup.procs`, open for moving a forked cell in.
+    v2_procs: Option<OwnedFd>,
     kill_file: Option<PathBuf>,
     memory_dir: Option<(PathBuf, bool)>,
     pids_dir: Option<PathBuf>,
+    /// Each limiting controller's directory and whether it is v2.
+    controllers: Vec<(Controller, PathBuf, bool)>,
+    /// The limits written.
+    limits: Option<Limits>,
+}
+
+/// A cgroup controller that limits a cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Controller {
+    Memory,
+    Pids,
+    Cpu,
+}
+
+impl Controller {
+    fn name(self) -> &'static str {
+        match self {
+            Controller::Memory => "memory",
+            Controller::Pids => "pids",
+            Controller::Cpu => "cpu",
+        }
+    }
+
+    fn layer(self) -> Layer {
+        match self {
+            Controller::Memory => Layer::CgroupMemory,
+            Controller::Pids => Layer::CgroupPids,
+            Controller::Cpu => Layer::CgroupCpu,
+        }
+    }
+
+    /// The files that set `limits` for this controller, in a safe order for a limit
+    /// that is rising (v1 memory+swap must never be below memory).
+    fn writes(self, v2: bool, limits: &Limits, rising: bool) -> Vec<(&'static str, String)> {
+        let mem = limits.memory_bytes.to_string();
+        let quota = (u64::from(limits.cpu_percent) * 1000).max(1000);
+        let mut writes = match (self, v2) {
+            (Controller::Memory, true) => {
+                vec![("memory.max", mem), ("memory.swap.max", "0".into())]
+            }
+            (Controller::Memory, false) => vec![
+                ("memory.limit_in_bytes", mem.clone()),
+                ("memory.memsw.limit_in_bytes", mem),
+            ],
+            (Controller::Pids, _) => vec![("pids.max", limits.max_processes.to_string())],
+            (Controller::Cpu, true) => vec![("cpu.max", format!("{quota} 100000"))],
+            (Controller::Cpu, false) => vec![
+                ("cpu.cfs_period_us", "100000".into()),
+                ("cpu.cfs_quota_us", quota.to_string()),
+            ],
+        };
+        if rising && self == Controller::Memory && !v2 {
+            writes.reverse();
+        }
+        writes
+    }
+
+    /// Whether `a` and `b` differ in what this controller enforces.
+    fn differs(self, a: &Limits, b: &Limits) -> bool {
+        match self {
+            Controller::Memory => a.memory_bytes != b.memory_bytes,
+            Controller::Pids => a.max_processes != b.max_processes,
+            Controller::Cpu => a.cpu_percent != b.cpu_percent,
+        }
+    }
 }
 
 fn write(path: &Path, value: &str) -> io::Result<()> {
@@ -191,7 +256,6 @@ impl CellCgroups {
             match fs::create_dir(dir) {
                 Ok(()) => {
                     cg.dirs.push(dir.clone());
-                    cg.v2_dir = Some(dir.clone());
                     match fs::File::open(dir) {
                         Ok(f) => {
                             cg.v2_fd = Some(f.into());
@@ -222,58 +286,30 @@ impl CellCgroups {
             ));
         }
 
-        let quota = (u64::from(limits.cpu_percent) * 1000).max(1000);
-        let mem = limits.memory_bytes.to_string();
-        let pids = limits.max_processes.to_string();
-        // (layer, controller, v2 writes, v1 dir, v1 writes)
-        type Writes = Vec<(&'static str, String)>;
-        let plan: [(Layer, &str, Writes, &Option<PathBuf>, Writes); 3] = [
-            (
-                Layer::CgroupMemory,
-                "memory",
-                vec![("memory.max", mem.clone()), ("memory.swap.max", "0".into())],
-                &h.v1_memory,
-                vec![
-                    ("memory.limit_in_bytes", mem.clone()),
-                    ("memory.memsw.limit_in_bytes", mem),
-                ],
-            ),
-            (
-                Layer::CgroupPids,
-                "pids",
-                vec![("pids.max", pids.clone())],
-                &h.v1_pids,
-                vec![("pids.max", pids)],
-            ),
-            (
-                Layer::CgroupCpu,
-                "cpu",
-                vec![("cpu.max", format!("{quota} 100000"))],
-                &h.v1_cpu,
-                vec![
-                    ("cpu.cfs_period_us", "100000".into()),
-                    ("cpu.cfs_quota_us", quota.to_string()),
-                ],
-            ),
-        ];
-        for (layer, ctl, v2_writes, v1_dir, v1_writes) in plan {
-            let state = if v2_ok && h.v2_has(ctl) {
-                let dir = v2_dir.as_ref().expect("v2_ok");
-                apply(dir, &v2_writes, ctl).map(|()| {
-                    if ctl == "memory" {
-                        cg.memory_dir = Some((dir.clone(), true));
-                    }
-                    if ctl == "pids" {
-                        cg.pids_dir = Some(dir.clone());
-                    }
-                })
+        if let Some(dir) = v2_dir.as_ref().filter(|_| v2_ok) {
+            cg.v2_procs = fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("cgroup.procs"))
+                .ok()
+                .map(OwnedFd::from);
+        }
+        let v1_dirs = [&h.v1_memory, &h.v1_pids, &h.v1_cpu];
+        for (ctl, v1_dir) in [Controller::Memory, Controller::Pids, Controller::Cpu]
+            .into_iter()
+            .zip(v1_dirs)
+        {
+            let name_of = ctl.name();
+            let state = if v2_ok && h.v2_has(name_of) {
+                let dir = v2_dir.clone().expect("v2_ok");
+                apply(&dir, &ctl.writes(true, limits, false), name_of)
+                    .map(|()| cg.adopt(ctl, dir, true))
             } else if let Some(parent) = v1_dir {
                 let dir = parent.join(name);
                 fs::create_dir(&dir)
                     .map_err(|e| format!("{}: {e}", dir.display()))
                     .and_then(|()| {
                         cg.dirs.push(dir.clone());
-                        apply(&dir, &v1_writes, ctl)
+                        apply(&dir, &ctl.writes(false, limits, false), name_of)
                     })
                     .and_then(|()| {
                         let procs = fs::OpenOptions::new()
@@ -281,37 +317,60 @@ impl CellCgroups {
                             .open(dir.join("cgroup.procs"))
                             .map_err(|e| format!("open cgroup.procs: {e}"))?;
                         cg.v1_procs.push(procs.into());
-                        if ctl == "memory" {
-                            cg.memory_dir = Some((dir.clone(), false));
-                        }
-                        if ctl == "pids" {
-                            cg.pids_dir = Some(dir.clone());
-                        }
+                        cg.adopt(ctl, dir, false);
                         Ok(())
                     })
             } else {
-                Err(format!("no {ctl} controller in cgroup v2 or v1"))
+                Err(format!("no {name_of} controller in cgroup v2 or v1"))
             };
             states.push((
-                layer,
+                ctl.layer(),
                 state.map_or_else(LayerState::Inactive, |()| LayerState::Active),
             ));
         }
+        cg.limits = Some(limits.clone());
         (cg, states)
+    }
+
+    fn adopt(&mut self, ctl: Controller, dir: PathBuf, v2: bool) {
+        match ctl {
+            Controller::Memory => self.memory_dir = Some((dir.clone(), v2)),
+            Controller::Pids => self.pids_dir = Some(dir.clone()),
+            Controller::Cpu => {}
+        }
+        self.controllers.push((ctl, dir, v2));
+    }
+
+    /// Rewrites the limits that differ from those written (cgroups made ahead of time
+    /// for other limits). Returns the new state of each rewritten layer.
+    pub(crate) fn retarget(&mut self, limits: &Limits) -> Vec<(Layer, LayerState)> {
+        let Some(old) = self.limits.replace(limits.clone()) else {
+            return Vec::new();
+        };
+        let mut states = Vec::new();
+        for (ctl, dir, v2) in &self.controllers {
+            if ctl.differs(&old, limits) {
+                let rising = match ctl {
+                    Controller::Memory => limits.memory_bytes > old.memory_bytes,
+                    _ => false,
+                };
+                let state = apply(dir, &ctl.writes(*v2, limits, rising), ctl.name())
+                    .map_or_else(LayerState::Inactive, |()| LayerState::Active);
+                states.push((ctl.layer(), state));
+            }
+        }
+        states
     }
 
     /// Moves the process `pid` into every cgroup of the cell.
     pub(crate) fn place(&self, pid: i32) -> io::Result<()> {
         let text = pid.to_string();
-        for fd in &self.v1_procs {
+        for fd in self.v1_procs.iter().chain(&self.v2_procs) {
             // SAFETY: fd is an open cgroup.procs file; the buffer is valid.
             let n = unsafe { libc::write(fd.as_raw_fd(), text.as_ptr().cast(), text.len()) };
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
-        }
-        if let Some(dir) = &self.v2_dir {
-            write(&dir.join("cgroup.procs"), &text)?;
         }
         Ok(())
     }
@@ -361,6 +420,7 @@ impl CellCgroups {
     pub(crate) fn remove(&mut self) -> io::Result<()> {
         self.v1_procs.clear();
         self.v2_fd = None;
+        self.v2_procs = None;
         let mut last = Ok(());
         for dir in self.dirs.drain(..).rev() {
             let mut attempt = 0;
@@ -413,4 +473,34 @@ fn probe_child_has_kill(dir: &Path) -> bool {
     let has = probe.join("cgroup.kill").exists();
     let _ = fs::remove_dir(&probe);
     has
+}
+
+/// Removes the empty cell cgroups of supervisors that no longer run.
+pub(crate) fn sweep_stale(h: &Hierarchies) {
+    let parents = [&h.v2, &h.v1_memory, &h.v1_pids, &h.v1_cpu];
+    for parent in parents.into_iter().flatten() {
+        let Ok(entries) = fs::read_dir(parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("cell-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if !alive(pid) {
+                // Fails (EBUSY) where processes are still inside: then it stays.
+                let _ = fs::remove_dir(parent.join(&name));
+            }
+        }
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() != libc::ESRCH }
 }

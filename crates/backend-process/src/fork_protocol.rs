@@ -7,9 +7,12 @@
 //! * host → server, once: [`encode_setup`], the seccomp filter every forked cell
 //!   installs before it runs anything;
 //! * server → host: a [`Reply`] (errno 0 = ready);
-//! * host → server, per cell: [`ForkRequest`] with the cell's channel as `SCM_RIGHTS`;
-//! * server → host: a [`Reply`], with the new cell's pidfd as `SCM_RIGHTS` when the
-//!   errno is 0.
+//! * host → server, per cell: [`FORK_REQUEST`];
+//! * server → host: a [`Reply`], and when its errno is 0 the new process's pidfd and
+//!   the host's end of its channel (a stream socketpair), as `SCM_RIGHTS`.
+//!
+//! Then, on the cell's channel, the host sends the go record ([`ForkRequest::go_record`]:
+//! the cell's rlimits and arguments) once it has placed the process in its cgroups.
 
 #![allow(dead_code)] // each side uses its half
 
@@ -18,6 +21,14 @@ pub const MAX_MESSAGE: usize = 16 << 10;
 
 const SETUP: u8 = b'S';
 const FORK: u8 = b'F';
+
+/// The host's request for one cell process.
+pub const FORK_REQUEST: [u8; 1] = [FORK];
+
+/// Whether `msg` is [`FORK_REQUEST`].
+pub fn is_fork_request(msg: &[u8]) -> bool {
+    msg == FORK_REQUEST
+}
 
 /// The rlimits a request carries, in this order.
 pub const RLIMITS: [libc::__rlimit_resource_t; 6] = [
@@ -60,7 +71,8 @@ pub fn decode_setup(msg: &[u8]) -> Option<Vec<libc::sock_filter>> {
     )
 }
 
-/// One cell to fork: its rlimits (in [`RLIMITS`] order) and its arguments.
+/// What a forked cell gets in its go record: its rlimits (in [`RLIMITS`] order) and
+/// its arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForkRequest {
     pub rlimits: [u64; 6],
@@ -68,6 +80,14 @@ pub struct ForkRequest {
 }
 
 impl ForkRequest {
+    /// The go record: a u32 length, then [`ForkRequest::encode`].
+    pub fn go_record(&self) -> Vec<u8> {
+        let body = self.encode();
+        let mut out = (body.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![FORK];
         for v in self.rlimits {
@@ -137,8 +157,9 @@ pub struct CloneArgs {
     pub cgroup: u64,
 }
 
-/// Sends one message on `socket`, with `fd` attached (`SCM_RIGHTS`) when given.
-pub fn send_message(socket: i32, bytes: &[u8], fd: Option<i32>) -> std::io::Result<()> {
+/// Sends one message on `socket`, with `fds` (at most two) attached as `SCM_RIGHTS`.
+pub fn send_message(socket: i32, bytes: &[u8], fds: &[i32]) -> std::io::Result<()> {
+    assert!(fds.len() <= 2, "at most two fds per message");
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr().cast_mut().cast(),
         iov_len: bytes.len(),
@@ -148,17 +169,21 @@ pub fn send_message(socket: i32, bytes: &[u8], fd: Option<i32>) -> std::io::Resu
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
+    if !fds.is_empty() {
+        let len = (4 * fds.len()) as u32;
         msg.msg_control = cmsg.as_mut_ptr().cast();
         // SAFETY: CMSG_SPACE/FIRSTHDR/DATA address the control buffer just attached,
-        // which is large enough for one fd.
+        // which is large enough for two fds.
         unsafe {
-            msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+            msg.msg_controllen = libc::CMSG_SPACE(len) as usize;
             let c = libc::CMSG_FIRSTHDR(&msg);
             (*c).cmsg_level = libc::SOL_SOCKET;
             (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-            libc::CMSG_DATA(c).cast::<i32>().write_unaligned(fd);
+            (*c).cmsg_len = libc::CMSG_LEN(len) as usize;
+            let data = libc::CMSG_DATA(c).cast::<i32>();
+            for (i, fd) in fds.iter().enumerate() {
+                data.add(i).write_unaligned(*fd);
+            }
         }
     }
     loop {

@@ -1,150 +1,233 @@
-//! The fork server: a pre-confined guest process that forks cells on request.
+//! The fork server: a pre-confined guest process that forks cells.
 //!
-//! A cold spawn clones a child of the supervisor and walks it through the whole
+//! A direct spawn clones a child of the supervisor and walks it through the whole
 //! confinement sequence (namespaces, pivot_root, ids, Landlock, seccomp) before
 //! executing the guest image. The fork server pays that once: it is the guest image
 //! itself, spawned through the same sequence (keeping only `CAP_SYS_ADMIN` inside its
-//! own user namespace), and then forks each cell with new pid, mount, ipc and uts
-//! namespaces. The supervisor's memory, secrets and fds are never in it: it is a fresh
-//! exec of the embedded image, and it only ever sees the cell's channel.
+//! own user namespace), and then forks each cell's process with new pid, mount, ipc
+//! and uts namespaces. The supervisor's memory, secrets and fds are never in it: it
+//! is a fresh exec of the embedded image, and it only ever holds cells' channels.
 //!
-//! Per cell: the host makes the cell's cgroups and a socketpair, sends the server the
-//! rlimits and arguments with the cell's end of the socketpair, and gets the new
-//! process's pidfd back. Cells are forked with `CLONE_PARENT`, so the supervisor is
-//! their parent and reaps them exactly like directly spawned cells. The host moves the
-//! process into its cgroups and only then sends the go byte the child waits for before
-//! it runs anything of its program.
+//! Cells are forked with `CLONE_PARENT`, so the supervisor is their parent and reaps
+//! them exactly like directly spawned cells. The forked process confines itself the
+//! rest of the way (capabilities, session, fds, the cell seccomp filter) and waits for
+//! its go record, which the host sends only after it has moved the process into the
+//! cell's cgroups; the record carries the cell's rlimits and arguments.
 //!
-//! The server is started on first use, by a keeper thread that lives as long as the
-//! supervisor process: a parent-death signal follows the thread that spawned, and
-//! every cell's parent is that thread. A server that died is replaced on the next spawn.
+//! A keeper thread per image keeps [`SPARES`] such processes ready — forked, confined,
+//! placed in cgroups made for the limits of the latest spawn — so a spawn takes one,
+//! rewrites the limits that differ, and sends the go record. The keeper thread lives
+//! as long as the supervisor process: it spawned the server, so it is the parent of
+//! every cell and their parent-death signals follow it. A server that died is
+//! replaced by the keeper on the next demand.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
+use crate::cgroup::sweep_stale;
 use crate::error::{Error, Result, host};
 use crate::fork_protocol::{
-    ForkRequest, MAX_MESSAGE, Reply, encode_setup, recv_message, send_message,
+    FORK_REQUEST, ForkRequest, MAX_MESSAGE, Reply, encode_setup, recv_message, send_message,
 };
-use crate::host::seccomp_program;
+use crate::host::{host_support, seccomp_program};
 use crate::seccomp::Role;
-use crate::spawn::{Image, Limits, Prepared, ProcessCell, SpawnSpec, rlimit_values};
+use crate::spawn::{Image, Limits, Prepared, ProcessCell, SpawnSpec, require, rlimit_values};
+
+/// Processes kept ready per image.
+pub const SPARES: usize = 2;
+
+/// How long a spawn waits for a spare before giving up.
+const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running fork server.
 struct Server {
     process: ProcessCell,
 }
 
-/// The server of each image (the probe image has its own in unit tests).
-fn slot(image: Image) -> &'static Mutex<Option<Server>> {
-    static GUEST: Mutex<Option<Server>> = Mutex::new(None);
+/// The spares of one image, shared by the spawning threads and the keeper.
+struct Pool {
+    state: Mutex<State>,
+    /// Signalled when a spare is taken or made, the shape changes, or a demand comes.
+    changed: Condvar,
+}
+
+struct State {
+    spares: VecDeque<ProcessCell>,
+    /// The limits spares are made for: those of the latest spawn.
+    shape: Limits,
+    /// Why the last spare could not be made; cleared by the next demand.
+    failure: Option<String>,
+    /// Spawns that found no spare and wait for one.
+    waiting: usize,
+}
+
+/// The pool of `image`, its keeper started on first use.
+fn pool(image: Image) -> &'static Pool {
+    static GUEST: OnceLock<&'static Pool> = OnceLock::new();
     #[cfg(test)]
-    static PROBE: Mutex<Option<Server>> = Mutex::new(None);
-    match image {
+    static PROBE: OnceLock<&'static Pool> = OnceLock::new();
+    let slot = match image {
         Image::Guest => &GUEST,
         #[cfg(test)]
         Image::Probe => &PROBE,
-    }
+    };
+    slot.get_or_init(|| {
+        let pool: &'static Pool = Box::leak(Box::new(Pool {
+            state: Mutex::new(State {
+                spares: VecDeque::new(),
+                shape: Limits::default(),
+                failure: None,
+                waiting: 0,
+            }),
+            changed: Condvar::new(),
+        }));
+        std::thread::Builder::new()
+            .name("cell-fork-keeper".into())
+            .spawn(move || keep(image, pool))
+            .expect("spawning the fork-server keeper thread");
+        pool
+    })
 }
 
-/// Forks a cell from the server of `spec.image` (started if needed) and places it
-/// in the cgroups `prepared` holds.
-pub(crate) fn spawn(spec: &SpawnSpec, prepared: Prepared) -> Result<ProcessCell> {
-    let request = ForkRequest {
+/// Starts a cell from a spare of the fork server of `spec.image`.
+pub(crate) fn spawn(spec: &SpawnSpec) -> Result<ProcessCell> {
+    let go = ForkRequest {
         rlimits: rlimit_values(&spec.limits),
         args: spec.args.clone(),
-    };
-    if request.encode().len() > MAX_MESSAGE {
+    }
+    .go_record();
+    if go.len() > MAX_MESSAGE {
         return Err(Error::InvalidLimit(format!(
-            "cell arguments longer than the fork server's {MAX_MESSAGE}-byte request"
+            "cell arguments longer than the fork server's {MAX_MESSAGE}-byte record"
         )));
     }
-    let (parent, child) = UnixStream::pair().map_err(host("socketpair"))?;
-    let pidfd = {
-        let mut slot = slot(spec.image)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match fork(&mut slot, spec.image, &request, &child) {
-            Err(Error::ForkServer(_)) => {
-                // The server died (or broke its protocol): replace it, once.
-                *slot = None;
-                fork(&mut slot, spec.image, &request, &child)?
-            }
-            other => other?,
+    let pool = pool(spec.image);
+    let mut cell = {
+        let mut state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.shape != spec.limits {
+            state.shape = spec.limits.clone();
         }
+        state.failure = None;
+        let deadline = Instant::now() + SPAWN_TIMEOUT;
+        let cell = loop {
+            if let Some(cell) = state.spares.pop_front() {
+                break cell;
+            }
+            if let Some(why) = state.failure.take() {
+                return Err(Error::ForkServer(why));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::ForkServer(format!(
+                    "no cell process within {SPAWN_TIMEOUT:?}"
+                )));
+            }
+            state.waiting += 1;
+            pool.changed.notify_all();
+            state = pool
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            state.waiting -= 1;
+        };
+        pool.changed.notify_all();
+        cell
     };
-    drop(child);
-    let pid = pid_of(&pidfd)?;
-    let cell = ProcessCell::from_parts(pid, pidfd, parent, prepared);
-    // On failure the cell is dropped, which kills and reaps it.
-    cell.place_in_cgroups()
-        .map_err(host("placing the cell in its cgroups"))?;
+    // A failure below drops the cell, which kills it.
+    cell.retarget(&spec.limits);
+    require(cell.layers(), &spec.require)?;
+    inherit_affinity(cell.pid());
     cell.channel()
-        .write_all(&[1])
-        .map_err(host("sending the go byte"))?;
+        .write_all(&go)
+        .map_err(host("sending the go record"))?;
     Ok(cell)
 }
 
-/// One fork on the server in `slot`, starting it first if there is none.
-fn fork(
-    slot: &mut Option<Server>,
-    image: Image,
-    request: &ForkRequest,
-    channel: &UnixStream,
-) -> Result<OwnedFd> {
-    if slot.is_none() {
-        *slot = Some(start(image)?);
-    }
-    let server = slot.as_ref().expect("started above");
-    let control = server.process.channel().as_raw_fd();
-    send_message(control, &request.encode(), Some(channel.as_raw_fd()))
-        .map_err(|e| Error::ForkServer(format!("sending a fork request: {e}")))?;
-    let (reply, pidfd) = recv(control)?;
-    match (reply.errno, pidfd) {
-        (0, Some(fd)) => Ok(fd),
-        (0, None) => Err(Error::ForkServer("a fork reply without a pidfd".into())),
-        (errno, _) => Err(Error::Host {
-            what: "the fork server's clone3",
-            source: io::Error::from_raw_os_error(errno),
-        }),
+/// The keeper: starts the server, keeps `SPARES` processes ready for the current
+/// shape, replaces a server that died. After a failure it waits for a spawn to ask
+/// again, so a broken host does not make it spin.
+fn keep(image: Image, pool: &'static Pool) {
+    sweep_stale(&host_support().cgroups);
+    let mut server: Option<Server> = None;
+    let mut state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        while state.spares.len() >= SPARES || (state.failure.is_some() && state.waiting == 0) {
+            state = pool
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        let shape = state.shape.clone();
+        drop(state);
+        let made = make_spare(&mut server, image, &shape).or_else(|e| match e {
+            // The server died (or broke its protocol): replace it, once.
+            Error::ForkServer(_) => {
+                server = None;
+                make_spare(&mut server, image, &shape)
+            }
+            other => Err(other),
+        });
+        state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match made {
+            Ok(cell) => state.spares.push_back(cell),
+            Err(e) => state.failure = Some(e.to_string()),
+        }
+        pool.changed.notify_all();
     }
 }
 
-/// Spawns a fork server for `image` on the keeper thread and hands it the cell filter.
+/// Forks one process from the server (started first if there is none) and places
+/// it in cgroups made for `shape`.
+fn make_spare(server: &mut Option<Server>, image: Image, shape: &Limits) -> Result<ProcessCell> {
+    if server.is_none() {
+        *server = Some(start(image)?);
+    }
+    let control = server
+        .as_ref()
+        .expect("started above")
+        .process
+        .channel()
+        .as_raw_fd();
+    send_message(control, &FORK_REQUEST, &[])
+        .map_err(|e| Error::ForkServer(format!("sending a fork request: {e}")))?;
+    let (reply, mut fds) = recv(control)?;
+    let (pidfd, channel) = match (reply.errno, fds.len()) {
+        (0, 2) => {
+            let channel = fds.pop().expect("two");
+            (fds.pop().expect("two"), channel)
+        }
+        (0, _) => {
+            return Err(Error::ForkServer(
+                "a fork reply without a pidfd and a channel".into(),
+            ));
+        }
+        (errno, _) => {
+            return Err(Error::Host {
+                what: "the fork server's clone3",
+                source: io::Error::from_raw_os_error(errno),
+            });
+        }
+    };
+    let pid = pid_of(&pidfd)?;
+    let cell = ProcessCell::from_parts(pid, pidfd, UnixStream::from(channel), Prepared::new(shape));
+    cell.place_in_cgroups()
+        .map_err(host("placing the cell in its cgroups"))?;
+    Ok(cell)
+}
+
+/// Spawns a fork server for `image` (on the keeper thread) and hands it the cell filter.
 fn start(image: Image) -> Result<Server> {
-    type Job = (Image, mpsc::Sender<Result<ProcessCell>>);
-    static KEEPER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
-    let keeper = KEEPER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("cell-fork-keeper".into())
-            .spawn(move || {
-                for (image, reply) in rx {
-                    let _ = reply.send(ProcessCell::spawn(&server_spec(image)));
-                }
-                // Never reached while the process lives: the sender is in a static.
-                std::thread::park();
-            })
-            .expect("spawning the fork-server keeper thread");
-        Mutex::new(tx)
-    });
-    let (tx, rx) = mpsc::channel();
-    keeper
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .send((image, tx))
-        .map_err(|_| Error::ForkServer("the keeper thread is gone".into()))?;
-    let process = rx
-        .recv()
-        .map_err(|_| Error::ForkServer("the keeper thread is gone".into()))??;
+    let process = ProcessCell::spawn(&server_spec(image))?;
     let control = process.channel().as_raw_fd();
-    send_message(control, &encode_setup(seccomp_program(Role::Cell)), None)
+    send_message(control, &encode_setup(seccomp_program(Role::Cell)), &[])
         .map_err(|e| Error::ForkServer(format!("sending the setup: {e}")))?;
     match recv(control)? {
-        (Reply { errno: 0 }, None) => Ok(Server { process }),
+        (Reply { errno: 0 }, fds) if fds.is_empty() => Ok(Server { process }),
         (reply, _) => Err(Error::ForkServer(format!("setup refused: {reply:?}"))),
     }
 }
@@ -169,11 +252,11 @@ fn server_spec(image: Image) -> SpawnSpec {
     }
 }
 
-/// Receives one reply and the fd it carries, if any. The server is trusted no more
-/// than it must be: a malformed reply is an error, extra fds are closed.
-fn recv(control: i32) -> Result<(Reply, Option<OwnedFd>)> {
+/// Receives one reply and the fds it carries. The server is trusted no more than it
+/// must be: a malformed reply is an error.
+fn recv(control: i32) -> Result<(Reply, Vec<OwnedFd>)> {
     let mut buf = [0u8; 64];
-    let mut received = recv_message(control, &mut buf).map_err(|e| {
+    let received = recv_message(control, &mut buf).map_err(|e| {
         Error::ForkServer(if e.kind() == io::ErrorKind::UnexpectedEof {
             "the fork server closed its channel".into()
         } else {
@@ -181,9 +264,22 @@ fn recv(control: i32) -> Result<(Reply, Option<OwnedFd>)> {
         })
     })?;
     let reply = Reply::decode(&buf[..received.len])
-        .filter(|_| received.fds.len() <= 1)
+        .filter(|_| received.fds.len() <= 2)
         .ok_or_else(|| Error::ForkServer("a malformed reply".into()))?;
-    Ok((reply, received.fds.pop()))
+    Ok((reply, received.fds))
+}
+
+/// Gives the cell the CPU affinity of the spawning thread, as a child it forked itself
+/// would have (the server's own affinity is that of whichever thread started it).
+fn inherit_affinity(pid: i32) {
+    // SAFETY: a zeroed cpu_set_t is valid; both calls read or write only `set`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(0, size, &mut set) == 0 {
+            libc::sched_setaffinity(pid, size, &set);
+        }
+    }
 }
 
 /// The pid of a pidfd's process in the supervisor's pid namespace.

@@ -103,6 +103,12 @@ pub(crate) fn landlock_state(abi: i32) -> LayerState {
     }
 }
 
+/// The layer states of a default spawn on this host, computed once.
+pub(crate) fn host_layers() -> &'static LayerReport {
+    static LAYERS: OnceLock<LayerReport> = OnceLock::new();
+    LAYERS.get_or_init(|| host_support().layers())
+}
+
 /// What this host supports, layer by layer (for `cell doctor`).
 pub fn doctor() -> LayerReport {
     host_support().layers()

@@ -162,6 +162,15 @@ impl LayerReport {
         LayerReport { states }
     }
 
+    /// Replaces the states of the given layers.
+    pub(crate) fn update(&mut self, states: impl IntoIterator<Item = (Layer, LayerState)>) {
+        for (layer, state) in states {
+            if let Some(slot) = self.states.iter_mut().find(|(l, _)| *l == layer) {
+                slot.1 = state;
+            }
+        }
+    }
+
     pub fn get(&self, layer: Layer) -> &LayerState {
         self.states
             .iter()

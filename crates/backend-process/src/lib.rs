@@ -16,6 +16,7 @@ mod fork_protocol;
 mod fork_server;
 mod host;
 mod layers;
+mod reaper;
 mod seccomp;
 mod spawn;
 

@@ -111,7 +111,8 @@ const ALLOWED: &[i64] = &[
 ];
 
 /// What the fork server needs beyond a cell: it forks cells with `clone3` (namespace
-/// flags, `CLONE_PARENT`, `CLONE_PIDFD`), and each forked child drops its capabilities,
+/// flags, `CLONE_PARENT`, `CLONE_PIDFD`) and makes their channels (`socketpair`), and
+/// each forked child drops its capabilities,
 /// lowers its rlimits, starts a session, arranges its fds and installs the cell filter.
 /// That cell filter stacks on this one and refuses all of these again.
 const FORK_SERVER_EXTRA: &[i64] = &[
@@ -122,6 +123,7 @@ const FORK_SERVER_EXTRA: &[i64] = &[
     libc::SYS_seccomp,
     libc::SYS_close_range,
     libc::SYS_dup3,
+    libc::SYS_socketpair,
 ];
 
 /// Who a filter is for.

@@ -223,70 +223,74 @@ struct Plan {
     envp: *const *const c_char,
 }
 
-/// What every spawn settles before a process exists: the limits are valid, the host
-/// offers every required layer, and the cell's cgroups are made.
+/// Refuses a spawn the host cannot serve: invalid limits, or a required layer the
+/// host lacks (cgroup layers are decided when the cell's cgroups are made).
+fn check_host(spec: &SpawnSpec) -> Result<()> {
+    spec.limits.validate()?;
+    let layers = host::host_layers();
+    for &layer in &spec.require {
+        if matches!(
+            layer,
+            Layer::CgroupMemory | Layer::CgroupPids | Layer::CgroupCpu | Layer::CgroupKill
+        ) {
+            continue;
+        }
+        if let LayerState::Inactive(why) | LayerState::Partial(why) = layers.get(layer) {
+            return Err(Error::LayerUnavailable {
+                layer,
+                reason: why.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What a cell gets before its process exists: its cgroups, made for `limits`, and
+/// the resulting state of every layer.
 pub(crate) struct Prepared {
-    pub n: u64,
     pub cgroups: CellCgroups,
     pub layers: LayerReport,
 }
 
 impl Prepared {
-    fn new(spec: &SpawnSpec) -> Result<Prepared> {
-        spec.limits.validate()?;
+    pub(crate) fn new(limits: &Limits) -> Prepared {
         let hs = host_support();
-        let layers = hs.layers();
-
-        // Host-level check first: fail closed before creating anything.
-        for &layer in &spec.require {
-            if matches!(
-                layer,
-                Layer::CgroupMemory | Layer::CgroupPids | Layer::CgroupCpu | Layer::CgroupKill
-            ) {
-                continue; // decided when the cell's cgroups are made
-            }
-            if let LayerState::Inactive(why) | LayerState::Partial(why) = layers.get(layer) {
-                return Err(Error::LayerUnavailable {
-                    layer,
-                    reason: why.clone(),
-                });
-            }
-        }
-
         let n = CELL_COUNTER.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: getpid has no preconditions.
-        let name = format!("cell-{}-{n}", unsafe { libc::getpid() });
-        let (cgroups, cg_states) = CellCgroups::create(&hs.cgroups, &name, &spec.limits);
-        let mut states: Vec<(Layer, LayerState)> =
-            layers.iter().map(|(l, s)| (l, s.clone())).collect();
-        for (layer, state) in cg_states {
-            if let Some(slot) = states.iter_mut().find(|(l, _)| *l == layer) {
-                slot.1 = state;
-            }
+        let name = format!("cell-{}-{n}", std::process::id());
+        let (cgroups, cg_states) = CellCgroups::create(&hs.cgroups, &name, limits);
+        let mut layers = host::host_layers().clone();
+        layers.update(cg_states);
+        if host::landlock_ruleset().is_none() {
+            layers.update([(
+                Layer::Landlock,
+                LayerState::Inactive("could not create a Landlock ruleset".into()),
+            )]);
         }
-        if host::landlock_ruleset().is_none()
-            && let Some(slot) = states.iter_mut().find(|(l, _)| *l == Layer::Landlock)
-        {
-            slot.1 = LayerState::Inactive("could not create a Landlock ruleset".into());
-        }
-        let layers = LayerReport::new(states);
-        if let Some((layer, state)) = layers.first_missing(&spec.require) {
-            let reason = state.to_string();
-            return Err(Error::LayerUnavailable { layer, reason });
-        }
-        Ok(Prepared { n, cgroups, layers })
+        Prepared { cgroups, layers }
+    }
+}
+
+/// Refuses a cell whose layers miss one of `require`.
+pub(crate) fn require(layers: &LayerReport, require: &[Layer]) -> Result<()> {
+    match layers.first_missing(require) {
+        Some((layer, state)) => Err(Error::LayerUnavailable {
+            layer,
+            reason: state.to_string(),
+        }),
+        None => Ok(()),
     }
 }
 
 impl ProcessCell {
     /// Spawns the guest program under every confinement layer.
     pub fn spawn(spec: &SpawnSpec) -> Result<ProcessCell> {
-        let prepared = Prepared::new(spec)?;
+        check_host(spec)?;
         if spec.fork_server && spec.role == Role::Cell {
-            crate::fork_server::spawn(spec, prepared)
-        } else {
-            Self::spawn_direct(spec, prepared)
+            return crate::fork_server::spawn(spec);
         }
+        let prepared = Prepared::new(&spec.limits);
+        require(&prepared.layers, &spec.require)?;
+        Self::spawn_direct(spec, prepared)
     }
 
     /// A cell whose process exists and sits in its cgroups.
@@ -318,10 +322,10 @@ impl ProcessCell {
     fn spawn_direct(spec: &SpawnSpec, prepared: Prepared) -> Result<ProcessCell> {
         let hs = host_support();
         let Prepared {
-            n,
             mut cgroups,
             layers,
         } = prepared;
+        let n = CELL_COUNTER.fetch_add(1, Ordering::Relaxed);
         for fd in cgroups.v1_procs.iter_mut() {
             let moved = high_fd(fd.try_clone().map_err(host("dup cgroup.procs"))?)
                 .map_err(host("dup cgroup.procs"))?;
@@ -470,7 +474,7 @@ impl ProcessCell {
         drop(child_chan);
         drop(status_w);
         cgroups.v1_procs.clear();
-        let prepared = Prepared { n, cgroups, layers };
+        let prepared = Prepared { cgroups, layers };
         let mut cell = ProcessCell::from_parts(pid, pidfd, parent_chan, prepared);
 
         // The status pipe closes on exec (EOF) or carries (step, errno).
@@ -549,6 +553,13 @@ impl ProcessCell {
     /// server's).
     pub(crate) fn place_in_cgroups(&self) -> io::Result<()> {
         self.cgroups.place(self.pid)
+    }
+
+    /// Rewrites the cell's cgroup limits where `limits` differ from those it was
+    /// made with (a spare made ahead of the spawn), updating its layer report.
+    pub(crate) fn retarget(&mut self, limits: &Limits) {
+        let changed = self.cgroups.retarget(limits);
+        self.layers.update(changed);
     }
 
     /// Host pid of the cell's init process.
@@ -665,12 +676,16 @@ impl ProcessCell {
 }
 
 impl Drop for ProcessCell {
+    /// Kills a cell still running; the reaper thread then reaps it and removes its
+    /// cgroups. ([`ProcessCell::wait`] does both on the caller's thread.)
     fn drop(&mut self) {
         if self.termination.is_none() {
             self.killer.kill();
-            let _ = self.wait();
+            crate::reaper::reap_later(crate::reaper::Remains {
+                pidfd: self.pidfd.clone(),
+                cgroups: std::mem::take(&mut self.cgroups),
+            });
         }
-        let _ = self.cgroups.remove();
     }
 }
 

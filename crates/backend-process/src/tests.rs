@@ -119,6 +119,50 @@ mod pipe {
         pipe.shutdown().unwrap();
     }
 
+    /// Diagnostic, not a check: where a cold cell's time goes, phase by phase.
+    /// Run with `cargo test --release --lib cold_phase_costs -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn cold_phase_costs() {
+        let spec = abi_spec();
+        let backend = ProcessBackend::new();
+        let names = ["spawn", "hello", "exec post", "shutdown+drop"];
+        let mut t: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
+        for i in 0..300 {
+            let host = Arc::new(Recorder::default());
+            let t0 = Instant::now();
+            let cell = ProcessCell::spawn(&backend.spawn_spec(&spec).unwrap()).unwrap();
+            let mut pipe = ProcessPipe::new(cell, host.clone(), spec.max_frame_len);
+            let t1 = Instant::now();
+            pipe.transact(HostFrame::Hello(spec.hello.clone()), deadline())
+                .unwrap();
+            let t2 = Instant::now();
+            let exec = HostFrame::Exec {
+                id: 1,
+                source: "post(40 + 2)".into(),
+            };
+            pipe.transact(exec, deadline()).unwrap();
+            let t3 = Instant::now();
+            pipe.shutdown().unwrap();
+            drop(pipe);
+            let t4 = Instant::now();
+            if i >= 20 {
+                for (k, d) in [t1 - t0, t2 - t1, t3 - t2, t4 - t3].into_iter().enumerate() {
+                    t[k].push(d);
+                }
+            }
+        }
+        for (name, v) in names.iter().zip(&mut t) {
+            v.sort();
+            println!(
+                "{name:<14} median {:?}  p10 {:?}  p90 {:?}",
+                v[v.len() / 2],
+                v[v.len() / 10],
+                v[v.len() * 9 / 10]
+            );
+        }
+    }
+
     #[test]
     fn unknown_required_layer_is_refused_by_name() {
         let mut spec = abi_spec();

@@ -44,3 +44,48 @@ pub fn serve(
         }
     }
 }
+
+/// Lives one whole cell life against an in-memory host and throws it away: handshake,
+/// an exec that posts, logs and defines a function, a call, shutdown, every frame
+/// through the wire encoding. A process that forks cells ahead of use (the process
+/// backend's fork server) runs this in each spare before it is claimed, so the real
+/// first frames find their code and heap pages already touched — page faults are the
+/// dearest part of a cold start on a virtualised host.
+pub fn rehearse() {
+    use abi::{EngineLimits, Hello, Map, Value, wire};
+    use alloc::{string::String, vec, vec::Vec};
+
+    /// Feeds encoded host frames; encodes and drops what the cell sends.
+    struct Script(Vec<Vec<u8>>);
+    impl Transport for Script {
+        fn send(&mut self, frame: GuestFrame) -> Result<(), crate::TransportError> {
+            crate::encode_frame(&frame, wire::DEFAULT_MAX_FRAME_LEN).map(drop)
+        }
+        fn recv(&mut self) -> Result<HostFrame, crate::TransportError> {
+            let bytes = self.0.pop().ok_or(crate::TransportError::Closed)?;
+            crate::decode_frame(&bytes[wire::HEADER_LEN..])
+        }
+    }
+
+    let modules = crate::modules::AVAILABLE.iter().map(|m| String::from(*m));
+    let frames = [
+        HostFrame::Hello(Hello::new("rehearsal", EngineLimits::default(), modules.collect())),
+        HostFrame::Exec {
+            id: 1,
+            source: r#"fn add(a, b) { a + b } let m = #{k: [1, "x", 2.5]}; post(40 + 2); log("info", "x", m); add(1, 2)"#.into(),
+        },
+        HostFrame::Call {
+            id: 2,
+            function: "add".into(),
+            args: vec![Value::Int(40), Value::Int(2)],
+            kwargs: Map::new(),
+        },
+        HostFrame::Shutdown,
+    ];
+    let mut encoded: Vec<Vec<u8>> = frames
+        .iter()
+        .filter_map(|f| wire::encode(f, wire::DEFAULT_MAX_FRAME_LEN).ok())
+        .collect();
+    encoded.reverse();
+    let _ = serve(Box::new(Script(encoded)), Arc::new(crate::NeverInterrupt));
+}

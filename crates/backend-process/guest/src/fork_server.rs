@@ -1,28 +1,33 @@
 //! Fork-server mode (`argv[1] == "--fork-server"`): the guest program, already confined
-//! by the backend (user namespace, empty root, Landlock, seccomp, ...), forks one
-//! child per cell on request. It never runs a script itself.
+//! by the backend (user namespace, empty root, Landlock, seccomp, ...), forks the
+//! processes of cells. It never runs a script itself.
 //!
-//! Each child is created by `clone3` in new pid, mount, ipc and uts namespaces and
-//! with `CLONE_PARENT`, so the supervisor — not this server — is its parent: it reaps
-//! it, gets its exit status, and the child's parent-death signal follows the
-//! supervisor. Before returning into the program's `main` logic the child drops every
-//! capability, lowers its rlimits, starts a new session, closes every fd but its
-//! channel, installs the cell's seccomp filter (stacked on the server's, it refuses
-//! everything the server needed beyond a cell) and waits for the host's go byte, sent
-//! once the host has placed it in its cgroups.
+//! Each cell process is created by `clone3` in new pid, mount, ipc and uts namespaces
+//! and with `CLONE_PARENT`, so the supervisor — not this server — is its parent: it
+//! reaps it, gets its exit status, and the child's parent-death signal follows the
+//! supervisor. Before anything else the child drops every capability, starts a new
+//! session, keeps only its channel (fd 3) and installs the cell's seccomp filter
+//! (stacked on the server's, it refuses everything the server needed beyond a cell).
+//! Then it waits for the host's go record: sent once the host has placed the process
+//! in its cgroups, it carries the cell's rlimits (applied at once) and arguments.
+//!
+//! The server keeps one such child forked ahead: a request is answered at once with
+//! its pidfd and the host's end of its channel, and the next spare is forked while
+//! the host places and starts the one it got.
 
 #[path = "../../src/fork_protocol.rs"]
 mod fork_protocol;
 
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use fork_protocol::{
-    CloneArgs, ForkRequest, MAX_MESSAGE, RLIMITS, Reply, decode_setup, recv_message, send_message,
+    CloneArgs, ForkRequest, MAX_MESSAGE, RLIMITS, Reply, decode_setup, is_fork_request,
+    recv_message, send_message,
 };
 
 /// The control socket the backend leaves at fd 3.
 const CONTROL: i32 = 3;
-/// Where a forked cell's channel ends up (the cell program's `CHANNEL`).
+/// Where a cell's channel ends up (the cell program's `CHANNEL`).
 const CHANNEL: i32 = 3;
 
 fn errno() -> i32 {
@@ -30,15 +35,34 @@ fn errno() -> i32 {
     unsafe { *libc::__errno_location() }
 }
 
-fn reply(errno: i32, fd: Option<i32>) {
-    // A failed send means the host is gone; the next receive ends the server.
-    let _ = send_message(CONTROL, &Reply { errno }.encode(), fd);
+/// What the program does ahead of its cells.
+#[derive(Clone, Copy)]
+pub struct Hooks {
+    /// Once, in the server: work every cell would repeat, shared copy-on-write.
+    pub prewarm: fn(),
+    /// In each spare, confined, before it waits for its go record: touch what the
+    /// cell's first frames will touch, so they do not fault it in on the clock.
+    pub rehearse: fn(),
 }
 
-/// Serves fork requests. Returns only in a forked child, already confined, with the
-/// arguments the host gave for that cell; the server itself exits when the host
+/// A cell process forked ahead, waiting for its go record.
+struct Spare {
+    pidfd: OwnedFd,
+    /// The host's end of the cell's channel.
+    channel: OwnedFd,
+}
+
+/// What a fork gives each side.
+enum Forked {
+    Server(Spare),
+    /// In the new child, confined and started: the cell's arguments.
+    Cell(Vec<String>),
+}
+
+/// Serves fork requests. Returns only in a forked child, confined and placed, with
+/// the arguments the host gave for that cell; the server itself exits when the host
 /// closes the control channel.
-pub fn serve(prewarm: fn()) -> Vec<String> {
+pub fn serve(hooks: Hooks) -> Vec<String> {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let filter = match recv_message(CONTROL, &mut buf) {
         Ok(r) if r.fds.is_empty() => decode_setup(&buf[..r.len]),
@@ -48,70 +72,123 @@ pub fn serve(prewarm: fn()) -> Vec<String> {
         // SAFETY: plain exit.
         unsafe { libc::_exit(2) }
     };
-    // Work every cell would repeat, done once here and shared copy-on-write.
-    prewarm();
-    reply(0, None);
+    (hooks.prewarm)();
+    let _ = send_message(CONTROL, &Reply { errno: 0 }.encode(), &[]);
+    let mut spare: Option<Spare> = None;
     loop {
-        let Ok(mut received) = recv_message(CONTROL, &mut buf) else {
+        if spare.is_none() {
+            match fork_cell(&filter, hooks) {
+                Ok(Forked::Cell(args)) => return args,
+                Ok(Forked::Server(s)) => spare = Some(s),
+                Err(_) => {} // reported when a request comes
+            }
+        }
+        let Ok(received) = recv_message(CONTROL, &mut buf) else {
             // SAFETY: the host closed the channel: the server's work is over.
             unsafe { libc::_exit(0) }
         };
-        let request = ForkRequest::decode(&buf[..received.len]);
-        let (Some(request), Some(channel), None) =
-            (request, received.fds.pop(), received.fds.pop())
-        else {
-            reply(libc::EINVAL, None);
+        if !received.fds.is_empty() || !is_fork_request(&buf[..received.len]) {
+            let _ = send_message(
+                CONTROL,
+                &Reply {
+                    errno: libc::EINVAL,
+                }
+                .encode(),
+                &[],
+            );
             continue;
-        };
-        let mut pidfd: i32 = -1;
-        let args = CloneArgs {
-            flags: (libc::CLONE_PIDFD
-                | libc::CLONE_PARENT
-                | libc::CLONE_NEWPID
-                | libc::CLONE_NEWNS
-                | libc::CLONE_NEWIPC
-                | libc::CLONE_NEWUTS) as u64,
-            pidfd: (&raw mut pidfd) as u64,
-            // CLONE_PARENT: the child's exit is signalled to the supervisor as this
-            // server's own would be.
-            ..CloneArgs::default()
-        };
-        // SAFETY: clone3 without CLONE_VM forks this single-threaded process; the
-        // child continues below on its own copy of memory.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &raw const args,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        if pid == 0 {
-            become_cell(channel.into_raw_fd(), &request, &filter);
-            return request.args;
         }
-        drop(channel);
-        if pid < 0 {
-            reply(errno(), None);
-        } else {
-            reply(0, Some(pidfd));
-            // SAFETY: the pidfd clone3 gave us; the host has its own copy now.
-            unsafe { libc::close(pidfd) };
-        }
+        let ready = match spare.take() {
+            Some(s) => Ok(s),
+            None => match fork_cell(&filter, hooks) {
+                Ok(Forked::Cell(args)) => return args,
+                Ok(Forked::Server(s)) => Ok(s),
+                Err(errno) => Err(errno),
+            },
+        };
+        // The spare's fds close here, once the host has its copies.
+        let _ = match ready {
+            Ok(s) => send_message(
+                CONTROL,
+                &Reply { errno: 0 }.encode(),
+                &[s.pidfd.as_raw_fd(), s.channel.as_raw_fd()],
+            ),
+            Err(errno) => send_message(CONTROL, &Reply { errno }.encode(), &[]),
+        };
     }
 }
 
-/// Confines a freshly forked child as a cell; exits with `64 + step` if a step fails.
-fn become_cell(channel: i32, request: &ForkRequest, filter: &[libc::sock_filter]) {
-    fn check(step: i32, ret: i64) {
-        if ret < 0 {
-            // SAFETY: plain exit of the child.
-            unsafe { libc::_exit(64 + step) }
-        }
+/// Forks one cell process; `Err` is the errno of the failed step.
+fn fork_cell(filter: &[libc::sock_filter], hooks: Hooks) -> Result<Forked, i32> {
+    let mut pair = [0i32; 2];
+    // SAFETY: pair points to two ints.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            pair.as_mut_ptr(),
+        )
+    } < 0
+    {
+        return Err(errno());
     }
+    // SAFETY: socketpair returned two fresh descriptors we own.
+    let (host_end, cell_end) = unsafe { (OwnedFd::from_raw_fd(pair[0]), pair[1]) };
+    let mut pidfd: i32 = -1;
+    let args = CloneArgs {
+        flags: (libc::CLONE_PIDFD
+            | libc::CLONE_PARENT
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS) as u64,
+        pidfd: (&raw mut pidfd) as u64,
+        // CLONE_PARENT: the child's exit is signalled to the supervisor as this
+        // server's own would be.
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM forks this single-threaded process; the child
+    // continues below on its own copy of memory.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw const args,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid == 0 {
+        confine(cell_end, filter);
+        (hooks.rehearse)();
+        return Ok(Forked::Cell(wait_for_go()));
+    }
+    let err = errno();
+    // SAFETY: the child's end, which this process no longer needs.
+    unsafe { libc::close(cell_end) };
+    if pid < 0 {
+        return Err(err);
+    }
+    Ok(Forked::Server(Spare {
+        // SAFETY: CLONE_PIDFD stored a fresh descriptor we own.
+        pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+        channel: host_end,
+    }))
+}
+
+/// Exits a child whose confinement step `step` failed, with status `64 + step`.
+fn check(step: i32, ret: i64) {
+    if ret < 0 {
+        // SAFETY: plain exit of the child.
+        unsafe { libc::_exit(64 + step) }
+    }
+}
+
+/// Confines a freshly forked child as a cell, up to its rlimits.
+fn confine(channel: i32, filter: &[libc::sock_filter]) {
     // SAFETY: raw system calls on descriptors and memory of this process.
     unsafe {
         // The server's own fds start at 0 (it has no stdio), so the channel may have
-        // arrived anywhere but 3 (the server's control socket, replaced here).
+        // any number but 3 (the server's control socket, replaced here).
         check(1, libc::dup3(channel, CHANNEL, 0).into());
         check(
             2,
@@ -138,13 +215,6 @@ fn become_cell(channel: i32, request: &ForkRequest, filter: &[libc::sock_filter]
             )
             .into(),
         );
-        for (resource, value) in RLIMITS.into_iter().zip(request.rlimits) {
-            let limit = libc::rlimit {
-                rlim_cur: value,
-                rlim_max: value,
-            };
-            check(4, libc::setrlimit(resource, &limit).into());
-        }
         check(5, libc::setsid().into());
         check(
             6,
@@ -163,17 +233,46 @@ fn become_cell(channel: i32, request: &ForkRequest, filter: &[libc::sock_filter]
                 &raw const prog,
             ),
         );
-        // The go byte: the host has placed this process in its cgroups.
-        let mut go = 0u8;
-        loop {
-            let n = libc::read(CHANNEL, (&raw mut go).cast(), 1);
-            if n == 1 {
-                break;
-            }
-            if n < 0 && errno() == libc::EINTR {
-                continue;
-            }
-            libc::_exit(0);
+    }
+}
+
+/// Waits for the go record (the host has placed this process in its cgroups),
+/// applies its rlimits and returns its arguments.
+fn wait_for_go() -> Vec<String> {
+    let mut len = [0u8; 4];
+    read_exact(&mut len);
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_MESSAGE {
+        check(8, -1);
+    }
+    let mut record = vec![0u8; len];
+    read_exact(&mut record);
+    let Some(request) = ForkRequest::decode(&record) else {
+        check(8, -1);
+        unreachable!()
+    };
+    for (resource, value) in RLIMITS.into_iter().zip(request.rlimits) {
+        let limit = libc::rlimit {
+            rlim_cur: value,
+            rlim_max: value,
+        };
+        // SAFETY: valid rlimit; lowering needs no privilege.
+        check(4, unsafe { libc::setrlimit(resource, &limit) }.into());
+    }
+    request.args
+}
+
+/// Reads exactly `buf` from the channel; a closed channel ends the process quietly.
+fn read_exact(buf: &mut [u8]) {
+    let mut off = 0;
+    while off < buf.len() {
+        // SAFETY: the range lies inside `buf`.
+        let n = unsafe { libc::read(CHANNEL, buf[off..].as_mut_ptr().cast(), buf.len() - off) };
+        if n > 0 {
+            off += n as usize;
+        } else if n == 0 || errno() != libc::EINTR {
+            // SAFETY: plain exit: the host gave this spare up.
+            unsafe { libc::_exit(0) }
         }
     }
 }

@@ -140,7 +140,10 @@ extern "C" fn main(argc: i32, argv: *const *const libc::c_char) -> i32 {
         .collect();
     if args.first().map(String::as_str) == Some("--fork-server") {
         // Returns only in a forked, confined cell, with that cell's arguments.
-        args = fork_server::serve(runtime::prewarm);
+        args = fork_server::serve(fork_server::Hooks {
+            prewarm: runtime::prewarm,
+            rehearse: runtime::agent::rehearse,
+        });
     }
     let max_frame_len = args
         .first()

@@ -350,7 +350,10 @@ extern "C" fn main(argc: i32, argv: *const *const libc::c_char) -> i32 {
         .collect();
     if args.first().map(String::as_str) == Some("--fork-server") {
         // Probes run in forked cells exactly as they do in directly spawned ones.
-        args = fork_server::serve(|| {});
+        args = fork_server::serve(fork_server::Hooks {
+            prewarm: || {},
+            rehearse: || {},
+        });
     }
     let Some(name) = args.first() else {
         say("missing probe name\n");

@@ -1,0 +1,56 @@
+//! Reaps killed cells and removes their cgroups on a background thread, so a caller
+//! that drops a cell does not wait for the kernel to tear the process down.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use crate::cgroup::CellCgroups;
+
+/// A killed cell still to be reaped.
+pub(crate) struct Remains {
+    pub pidfd: Arc<OwnedFd>,
+    pub cgroups: CellCgroups,
+}
+
+/// Hands a killed cell to the reaper thread (started on first use).
+pub(crate) fn reap_later(remains: Remains) {
+    static REAPER: OnceLock<Mutex<Sender<Remains>>> = OnceLock::new();
+    let sender = REAPER.get_or_init(|| {
+        let (tx, rx) = channel::<Remains>();
+        std::thread::Builder::new()
+            .name("cell-process-reaper".into())
+            .spawn(move || {
+                for mut remains in rx {
+                    wait_for_exit(&remains.pidfd);
+                    let _ = remains.cgroups.remove();
+                }
+            })
+            .expect("spawning the process reaper thread");
+        Mutex::new(tx)
+    });
+    let _ = sender
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .send(remains);
+}
+
+/// Waits until the process behind `pidfd` has ended, and reaps it.
+fn wait_for_exit(pidfd: &OwnedFd) {
+    loop {
+        // SAFETY: zeroed siginfo is a valid out-parameter; P_PIDFD with a live pidfd.
+        let r = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            )
+        };
+        // EINTR: again; anything else (ECHILD: already reaped) ends the wait.
+        if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
+}
