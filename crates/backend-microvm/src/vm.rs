@@ -544,24 +544,31 @@ impl Vm {
                 queued: self.queue.len(),
             });
         }
+        // Usually the buffer is free and nothing is queued: place the frame without a copy.
+        if self.queue.is_empty() && self.place(frame)? {
+            return Ok(());
+        }
         self.queue.push_back(frame.to_vec());
         self.pump()
     }
 
+    /// Put `frame` in the host->guest buffer if the guest consumed the last one.
+    fn place(&self, frame: &[u8]) -> Result<bool, VmError> {
+        let mem = &self.machine()?.mem;
+        if mem.read_u32(H2G_LEN)? != 0 {
+            return Ok(false);
+        }
+        mem.write(self.layout.boot.h2g_base, frame)?;
+        mem.write_u32(H2G_LEN, frame.len() as u32)?;
+        Ok(true)
+    }
+
     /// Move the next queued frame into the host->guest buffer if the guest consumed the last.
     fn pump(&mut self) -> Result<(), VmError> {
-        if self.queue.is_empty() {
-            return Ok(());
-        }
-        let Some(m) = self.machine.as_ref() else {
-            return Err(VmError::Dead(Box::new(VmError::Killed)));
-        };
-        if m.mem.read_u32(H2G_LEN)? != 0 {
-            return Ok(());
-        }
-        if let Some(f) = self.queue.pop_front() {
-            m.mem.write(self.layout.boot.h2g_base, &f)?;
-            m.mem.write_u32(H2G_LEN, f.len() as u32)?;
+        if let Some(f) = self.queue.front()
+            && self.place(f)?
+        {
+            self.queue.pop_front();
         }
         Ok(())
     }

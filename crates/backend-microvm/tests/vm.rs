@@ -375,6 +375,23 @@ fn a_call_that_finishes_in_time_never_times_out_while_deadlines_move_forward() {
 }
 
 #[test]
+fn frames_a_guest_never_takes_are_bounded() {
+    if !kvm() {
+        return;
+    }
+    // One frame waits in the buffer, a bounded number in the host queue, then the VM fails.
+    let mut vm = mode(MODE_SPIN);
+    let results: Vec<_> = (0..100).map(|_| vm.send(&[1, 2, 3])).collect();
+    let accepted = results.iter().take_while(|r| r.is_ok()).count();
+    assert!((2..100).contains(&accepted), "accepted {accepted}");
+    assert!(matches!(
+        results[accepted],
+        Err(VmError::Backpressure { .. })
+    ));
+    assert!(vm.send(&[1]).is_err());
+}
+
+#[test]
 fn kill_before_run_is_observed() {
     if !kvm() {
         return;
