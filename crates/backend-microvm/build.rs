@@ -28,10 +28,9 @@ fn main() {
     let guest = manifest_dir.join("guest");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let target_dir = out_dir.join("guest-target");
-    let linker_script = guest.join("link.ld");
 
     rerun_dir(&guest.join("src"));
-    for f in ["Cargo.toml", "Cargo.lock", "link.ld"] {
+    for f in ["Cargo.toml", "Cargo.lock", "link.ld", "build.rs"] {
         println!("cargo:rerun-if-changed={}", guest.join(f).display());
     }
     // The guest is the cell runtime: rebuild when its crates change.
@@ -47,7 +46,6 @@ fn main() {
         "-Clink-arg=-nostartfiles".to_string(),
         "-Clink-arg=-nostdlib".to_string(),
         "-Clink-arg=-static".to_string(),
-        format!("-Clink-arg=-T{}", linker_script.display()),
     ]
     .join("\x1f");
 
