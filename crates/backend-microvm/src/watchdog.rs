@@ -29,12 +29,17 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// Past deadlines become 1 (passed); ones beyond u64 nanoseconds (584 years) saturate.
 fn to_nanos(t: Instant) -> u64 {
-    (t.saturating_duration_since(epoch()).as_nanos() as u64).max(1)
+    let n = t.saturating_duration_since(epoch()).as_nanos();
+    u64::try_from(n).unwrap_or(u64::MAX).max(1)
 }
 
 fn from_nanos(n: u64) -> Instant {
-    epoch() + Duration::from_nanos(n)
+    let d = Duration::from_nanos(n);
+    epoch()
+        .checked_add(d)
+        .unwrap_or_else(|| epoch() + Duration::from_secs(u32::MAX as u64))
 }
 
 impl Deadline {
@@ -144,4 +149,29 @@ pub(crate) fn current_tid() -> libc::pid_t {
         static TID: libc::pid_t = signal::gettid();
     }
     TID.with(|t| *t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_round_trip_and_far_ones_never_pass() {
+        let d = Deadline::default();
+        assert_eq!(d.get(), None);
+        assert!(!d.passed());
+        let soon = Instant::now() + Duration::from_secs(60);
+        d.0.store(to_nanos(soon), Ordering::SeqCst);
+        let got = d.get().unwrap();
+        assert!(got <= soon && soon - got < Duration::from_micros(1));
+        assert!(!d.passed());
+        // 2^64 ns + 1 µs from now: beyond what u64 nanoseconds hold; it must saturate, not wrap
+        // into the past.
+        let far = Instant::now() + Duration::new(18_446_744_073, 709_552_616);
+        d.0.store(to_nanos(far), Ordering::SeqCst);
+        assert!(!d.passed());
+        let past = Instant::now();
+        d.0.store(to_nanos(past), Ordering::SeqCst);
+        assert!(d.passed());
+    }
 }
