@@ -209,14 +209,27 @@ impl CellPipe for ProcessPipe {
 
 const READ_BUF: usize = 64 << 10;
 /// Whether this thread may run on more than one CPU (else spinning only delays the
-/// peer, which needs the same CPU).
+/// peer, which needs the same CPU). Asked of the kernel once every 256 calls per thread:
+/// affinity rarely changes, and a stale answer costs only a little speed.
 fn can_run_in_parallel() -> bool {
-    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0
-            && libc::CPU_COUNT(&set) > 1
+    thread_local! {
+        static CACHED: std::cell::Cell<(u8, bool)> = const { std::cell::Cell::new((0, false)) };
     }
+    CACHED.with(|cached| {
+        let (age, parallel) = cached.get();
+        let parallel = if age == 0 {
+            // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0
+                    && libc::CPU_COUNT(&set) > 1
+            }
+        } else {
+            parallel
+        };
+        cached.set((age.wrapping_add(1), parallel));
+        parallel
+    })
 }
 
 /// How long a receive polls before it sleeps.
@@ -270,14 +283,11 @@ impl SocketIo {
         }
         let fd = self.cell.channel().as_raw_fd();
         // Poll without sleeping for a short while first: the answer usually comes within
-        // microseconds, and a sleep/wake across CPUs costs ~25 µs here.
-        let spin_until = Instant::now()
-            + if can_run_in_parallel() {
-                SPIN
-            } else {
-                std::time::Duration::ZERO
-            };
-        loop {
+        // microseconds, and a sleep/wake across CPUs costs ~25 µs here. On one CPU the
+        // peer cannot have answered before this thread sleeps: go straight to sleep.
+        let parallel = can_run_in_parallel();
+        let spin_until = Instant::now() + SPIN;
+        while parallel {
             let spare = &mut self.buf[self.end..];
             // SAFETY: `spare` is valid writable memory of the given length.
             let n = unsafe {

@@ -223,6 +223,8 @@ fn make_spare(server: &mut Option<Server>, image: Image, shape: &Limits) -> Resu
 /// Spawns a fork server for `image` (on the keeper thread) and hands it the cell filter.
 fn start(image: Image) -> Result<Server> {
     let process = ProcessCell::spawn(&server_spec(image))?;
+    #[cfg(test)]
+    test_hooks::started(image, process.pid());
     let control = process.channel().as_raw_fd();
     send_message(control, &encode_setup(seccomp_program(Role::Cell)), &[])
         .map_err(|e| Error::ForkServer(format!("sending the setup: {e}")))?;
@@ -292,3 +294,25 @@ fn pid_of(pidfd: &OwnedFd) -> Result<i32> {
         .filter(|&p| p > 0)
         .ok_or_else(|| Error::ForkServer("the forked cell is already gone".into()))
 }
+
+#[cfg(test)]
+mod test_hooks {
+    use super::Image;
+    use std::sync::Mutex;
+
+    static SERVERS: Mutex<Vec<(Image, i32)>> = Mutex::new(Vec::new());
+
+    pub(super) fn started(image: Image, pid: i32) {
+        let mut servers = SERVERS.lock().unwrap();
+        servers.retain(|(i, _)| *i != image);
+        servers.push((image, pid));
+    }
+
+    pub(crate) fn server_pid(image: Image) -> Option<i32> {
+        let servers = SERVERS.lock().unwrap();
+        servers.iter().find(|(i, _)| *i == image).map(|(_, p)| *p)
+    }
+}
+
+#[cfg(test)]
+pub(crate) use test_hooks::server_pid;

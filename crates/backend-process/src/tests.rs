@@ -19,6 +19,17 @@ fn spawn_probe(name: &str) -> ProcessCell {
     ProcessCell::spawn(&probe_spec(name)).expect("spawn probe")
 }
 
+/// Both ways a cell starts: forked by the fork server, and confined directly.
+const PATHS: [bool; 2] = [true, false];
+
+fn spawn_probe_via(name: &str, fork_server: bool) -> ProcessCell {
+    let spec = SpawnSpec {
+        fork_server,
+        ..probe_spec(name)
+    };
+    ProcessCell::spawn(&spec).expect("spawn probe")
+}
+
 /// Reads the probe's report: everything until EOF or the first newline-terminated line.
 fn read_line(cell: &ProcessCell) -> String {
     let mut ch = cell.channel();
@@ -34,8 +45,8 @@ fn read_line(cell: &ProcessCell) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn run_probe(name: &str) -> (String, Termination) {
-    let mut cell = spawn_probe(name);
+fn run_probe(name: &str, fork_server: bool) -> (String, Termination) {
+    let mut cell = spawn_probe_via(name, fork_server);
     let line = read_line(&cell);
     let t = cell.wait().unwrap();
     (line, t)
@@ -128,7 +139,15 @@ mod pipe {
         let backend = ProcessBackend::new();
         let names = ["spawn", "hello", "exec post", "shutdown+drop"];
         let mut t: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
+        // COLD_SETTLE_US: idle time before each start (background work settles).
+        let settle = std::env::var("COLD_SETTLE_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_micros);
         for i in 0..300 {
+            if let Some(settle) = settle {
+                std::thread::sleep(settle);
+            }
             let host = Arc::new(Recorder::default());
             let t0 = Instant::now();
             let cell = ProcessCell::spawn(&backend.spawn_spec(&spec).unwrap()).unwrap();
@@ -241,9 +260,11 @@ mod pipe {
 }
 
 fn assert_probe(name: &str, expected: &str) {
-    let (line, t) = run_probe(name);
-    assert_eq!(line, expected, "probe {name}");
-    assert_eq!(t.status, ExitStatus::Exited(0), "probe {name}");
+    for fork_server in PATHS {
+        let (line, t) = run_probe(name, fork_server);
+        assert_eq!(line, expected, "probe {name}, fork server {fork_server}");
+        assert_eq!(t.status, ExitStatus::Exited(0), "probe {name}");
+    }
 }
 
 #[test]
@@ -358,13 +379,67 @@ fn tiocsti_is_refused() {
 }
 
 fn assert_killed_by_seccomp(name: &str) {
-    let mut cell = spawn_probe(name);
-    assert_eq!(read_line(&cell), "trying");
-    let rest = read_line(&cell);
-    assert_eq!(rest, "", "probe {name} survived: {rest}");
-    let t = cell.wait().unwrap();
-    assert_eq!(t.status, ExitStatus::Signaled(libc::SIGSYS), "probe {name}");
-    assert!(t.crashed());
+    for fork_server in PATHS {
+        let mut cell = spawn_probe_via(name, fork_server);
+        assert_eq!(read_line(&cell), "trying");
+        let rest = read_line(&cell);
+        assert_eq!(rest, "", "probe {name} survived: {rest}");
+        let t = cell.wait().unwrap();
+        assert_eq!(t.status, ExitStatus::Signaled(libc::SIGSYS), "probe {name}");
+        assert!(t.crashed());
+    }
+}
+
+#[test]
+fn fork_server_cells_are_separate_processes_in_separate_namespaces() {
+    let mut cells: Vec<ProcessCell> = (0..3).map(|_| spawn_probe("ids")).collect();
+    let mut pids: Vec<i32> = cells.iter().map(|c| c.pid()).collect();
+    pids.sort();
+    pids.dedup();
+    assert_eq!(pids.len(), 3, "distinct host processes");
+    for cell in &mut cells {
+        // Each is pid 1 of a pid namespace of its own.
+        assert!(read_line(cell).contains(" pid 1 "));
+        assert!(
+            cell.layers().first_missing(&Layer::ALWAYS).is_none(),
+            "{}",
+            cell.layers()
+        );
+        let t = cell.wait().unwrap();
+        assert_eq!(t.status, ExitStatus::Exited(0));
+    }
+    let ns = |pid: i32, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok();
+    // The namespaces of live cells differ from each other and from the supervisor's.
+    let a = spawn_probe("sleep");
+    let b = spawn_probe("sleep");
+    for kind in ["pid_for_children", "mnt", "ipc", "uts"] {
+        let (na, nb) = (ns(a.pid(), kind), ns(b.pid(), kind));
+        assert!(na.is_some() && na != nb, "{kind}: {na:?} vs {nb:?}");
+        assert_ne!(na, ns(std::process::id() as i32, kind), "{kind}");
+    }
+}
+
+#[test]
+fn a_fork_server_that_dies_is_replaced() {
+    drop(spawn_probe("sleep")); // the server runs
+    let server = crate::fork_server::server_pid(Image::Probe).expect("a running server");
+    // SAFETY: signalling the fork server process this test's backend started.
+    unsafe { libc::kill(server, libc::SIGKILL) };
+    // Spares forked before the kill still work; after them the keeper starts a new server.
+    for _ in 0..crate::fork_server::SPARES + 2 {
+        assert_probe_once(
+            "ids",
+            "uid 1000 gid 1000 pid 1 sid 1 capget 0 eff 00 perm 00",
+        );
+    }
+    let replaced = crate::fork_server::server_pid(Image::Probe).expect("a running server");
+    assert_ne!(replaced, server);
+}
+
+fn assert_probe_once(name: &str, expected: &str) {
+    let (line, t) = run_probe(name, true);
+    assert_eq!(line, expected, "probe {name}");
+    assert_eq!(t.status, ExitStatus::Exited(0), "probe {name}");
 }
 
 #[test]

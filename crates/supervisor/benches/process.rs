@@ -11,6 +11,7 @@ use backend_process::{ProcessBackend, ProcessCell, SpawnSpec, doctor, guest_imag
 use cell_supervisor::{Policy, Supervisor};
 use common::{Row, fresh_name, pin, print_summary, rss_bytes};
 use criterion::BenchmarkId;
+use nix::libc;
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -59,6 +60,68 @@ fn children() -> Vec<u32> {
         );
     }
     out
+}
+
+/// How long each cold start waits for the previous one's background work to settle.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(4);
+
+/// The echo end of a floor socketpair: a thread, or a forked process.
+enum Echo {
+    Thread(std::thread::JoinHandle<()>),
+    Process(i32),
+}
+
+impl Echo {
+    fn start(mut end: UnixStream, to_process: bool) -> Echo {
+        if !to_process {
+            return Echo::Thread(std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while end.read_exact(&mut buf).is_ok() {
+                    if end.write_all(&buf).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        // SAFETY: the child only makes raw read/write/_exit calls (async-signal-safe)
+        // on memory it owns, so forking this multi-threaded process is sound.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                // Keep only the echo end: a copy of the parent's end would hide its EOF.
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&end);
+                libc::dup2(fd, 3);
+                let fd = 3;
+                libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+                let mut buf = [0u8; 64];
+                loop {
+                    let mut got = 0;
+                    while got < 64 {
+                        let n = libc::read(fd, buf[got..].as_mut_ptr().cast(), 64 - got);
+                        if n <= 0 {
+                            libc::_exit(0);
+                        }
+                        got += n as usize;
+                    }
+                    if libc::write(fd, buf.as_ptr().cast(), 64) != 64 {
+                        libc::_exit(0);
+                    }
+                }
+            }
+            Echo::Process(pid)
+        }
+    }
+
+    fn stop(self) {
+        match self {
+            Echo::Thread(t) => t.join().unwrap(),
+            Echo::Process(pid) => {
+                // SAFETY: waiting for our own child, which exits on EOF.
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            }
+        }
+    }
 }
 
 fn main() {
@@ -117,28 +180,23 @@ fn main() {
                 })
             });
         }
-        {
-            let (mut a, mut b_end) = UnixStream::pair().unwrap();
-            let echo = std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while b_end.read_exact(&mut buf).is_ok() {
-                    if b_end.write_all(&buf).is_err() {
-                        break;
-                    }
-                }
-            });
+        // Floors: a 64-byte round trip over a socketpair to another process (the
+        // boundary a cell's channel crosses) and, for scale, to another thread.
+        for (id, to_process) in [
+            ("floor_socketpair", true),
+            ("floor_socketpair_thread", false),
+        ] {
+            let (mut a, b_end) = UnixStream::pair().unwrap();
+            let echo = Echo::start(b_end, to_process);
             let mut buf = [7u8; 64];
-            g.bench_function(
-                BenchmarkId::new(format!("floor_socketpair{suffix}"), ""),
-                |b| {
-                    b.iter(|| {
-                        a.write_all(&buf).unwrap();
-                        a.read_exact(&mut buf).unwrap();
-                    })
-                },
-            );
+            g.bench_function(BenchmarkId::new(format!("{id}{suffix}"), ""), |b| {
+                b.iter(|| {
+                    a.write_all(&buf).unwrap();
+                    a.read_exact(&mut buf).unwrap();
+                })
+            });
             drop(a);
-            echo.join().unwrap();
+            echo.stop();
         }
         for (id, fork_server) in [("confined_spawn_kill", true), ("direct_spawn_kill", false)] {
             let mut spec = SpawnSpec::default();
@@ -147,19 +205,28 @@ fn main() {
                 b.iter(|| drop(black_box(ProcessCell::spawn(&spec).unwrap())))
             });
         }
-        common::bench_cold(
+        common::bench_cold_settled(
             &mut g,
             &format!("cold_post_42{suffix}"),
             &supervisor,
             "process",
             &policy,
+            SETTLE,
         );
         common::bench_cold(
+            &mut g,
+            &format!("cold_post_42_back_to_back{suffix}"),
+            &supervisor,
+            "process",
+            &policy,
+        );
+        common::bench_cold_settled(
             &mut g,
             &format!("direct_cold_post_42{suffix}"),
             &direct,
             "process",
             &policy,
+            SETTLE,
         );
         common::bench_warm(&mut g, suffix, &supervisor, "process", &policy);
         g.finish();
@@ -194,6 +261,11 @@ fn main() {
     for (suffix, label) in [("", "unpinned"), ("_pinned", "pinned to CPU 0")] {
         for (id, how, target) in [
             ("cold_post_42", "fork server", "< 400 µs"),
+            (
+                "cold_post_42_back_to_back",
+                "fork server, back to back",
+                "-",
+            ),
             ("direct_cold_post_42", "direct", "< 1.5 ms"),
         ] {
             for (floor_name, floor) in [
@@ -231,9 +303,18 @@ fn main() {
                 suffix,
                 format!("warm {op} round trip, {label}"),
                 &format!("warm_{op}"),
-                "raw 64-byte socketpair round trip",
+                "socketpair round trip to a process",
                 "floor_socketpair",
                 "≤ 1.5× floor",
+            ));
+            rows.push(Row::of(
+                GROUP,
+                suffix,
+                format!("warm {op} round trip, {label}"),
+                &format!("warm_{op}"),
+                "socketpair round trip to a thread",
+                "floor_socketpair_thread",
+                "-",
             ));
         }
     }

@@ -19,6 +19,9 @@ const CHANNEL: i32 = 3;
 /// Length-prefixed frames over the channel socket.
 struct Socket {
     max_frame_len: u32,
+    inbox: Box<[u8]>,
+    start: usize,
+    end: usize,
 }
 
 fn write_all(bytes: &[u8]) -> Result<(), TransportError> {
@@ -60,55 +63,62 @@ static PARALLEL: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
     }
 });
 
-fn read_exact(buf: &mut [u8]) -> Result<(), TransportError> {
-    let mut off = 0;
+/// Reads at least one byte into `buf`: polls without sleeping for a short while (when
+/// the host can answer from another CPU), then blocks.
+fn read_some(buf: &mut [u8]) -> Result<usize, TransportError> {
     let spin_until = std::time::Instant::now()
         + if *PARALLEL {
             SPIN
         } else {
             std::time::Duration::ZERO
         };
-    while off < buf.len() && std::time::Instant::now() < spin_until {
+    let mut flags = libc::MSG_DONTWAIT;
+    loop {
+        if flags != 0 && std::time::Instant::now() >= spin_until {
+            flags = 0;
+        }
         // SAFETY: the range lies inside `buf`.
-        let n = unsafe {
-            libc::recv(
-                CHANNEL,
-                buf[off..].as_mut_ptr().cast(),
-                buf.len() - off,
-                libc::MSG_DONTWAIT,
-            )
-        };
+        let n = unsafe { libc::recv(CHANNEL, buf.as_mut_ptr().cast(), buf.len(), flags) };
+        if n > 0 {
+            return Ok(n as usize);
+        }
         if n == 0 {
             return Err(TransportError::Closed);
-        }
-        if n > 0 {
-            off += n as usize;
-            continue;
         }
         // SAFETY: errno is thread-local and always valid.
         let errno = unsafe { *libc::__errno_location() };
-        if errno != libc::EAGAIN && errno != libc::EINTR {
-            return Err(TransportError::Closed);
+        match errno {
+            libc::EINTR => {}
+            // SAFETY: sched_yield has no preconditions.
+            libc::EAGAIN => unsafe {
+                libc::sched_yield();
+            },
+            _ => return Err(TransportError::Closed),
         }
-        // SAFETY: sched_yield has no preconditions.
-        unsafe { libc::sched_yield() };
     }
-    while off < buf.len() {
-        // SAFETY: the range lies inside `buf`.
-        let n = unsafe { libc::read(CHANNEL, buf[off..].as_mut_ptr().cast(), buf.len() - off) };
-        if n == 0 {
-            return Err(TransportError::Closed);
-        }
-        if n < 0 {
-            // SAFETY: errno is thread-local and always valid.
-            if unsafe { *libc::__errno_location() } == libc::EINTR {
-                continue;
+}
+
+impl Socket {
+    /// Fills `out` from the channel through the input buffer, so a small frame costs
+    /// one `recv` (header and body together).
+    fn read_exact(&mut self, out: &mut [u8]) -> Result<(), TransportError> {
+        let mut off = 0;
+        while off < out.len() {
+            if self.start == self.end {
+                if out.len() - off >= self.inbox.len() {
+                    off += read_some(&mut out[off..])?;
+                    continue;
+                }
+                self.start = 0;
+                self.end = read_some(&mut self.inbox)?;
             }
-            return Err(TransportError::Closed);
+            let take = (out.len() - off).min(self.end - self.start);
+            out[off..off + take].copy_from_slice(&self.inbox[self.start..self.start + take]);
+            self.start += take;
+            off += take;
         }
-        off += n as usize;
+        Ok(())
     }
-    Ok(())
 }
 
 impl Transport for Socket {
@@ -118,7 +128,7 @@ impl Transport for Socket {
 
     fn recv(&mut self) -> Result<HostFrame, TransportError> {
         let mut header = [0u8; wire::HEADER_LEN];
-        read_exact(&mut header)?;
+        self.read_exact(&mut header)?;
         let len = wire::body_len(header, self.max_frame_len).map_err(|e| {
             TransportError::Aborted(abi::CellError::new(
                 ErrorCode::ProtocolViolation,
@@ -126,7 +136,7 @@ impl Transport for Socket {
             ))
         })?;
         let mut body = vec![0u8; len];
-        read_exact(&mut body)?;
+        self.read_exact(&mut body)?;
         decode_frame(&body)
     }
 }
@@ -151,7 +161,13 @@ extern "C" fn main(argc: i32, argv: *const *const libc::c_char) -> i32 {
         .map_or(wire::DEFAULT_MAX_FRAME_LEN, |n| {
             n.min(wire::ABSOLUTE_MAX_FRAME_LEN)
         });
-    match runtime::agent::serve(Box::new(Socket { max_frame_len }), Arc::new(NeverInterrupt)) {
+    let socket = Socket {
+        max_frame_len,
+        inbox: vec![0; 16 << 10].into_boxed_slice(),
+        start: 0,
+        end: 0,
+    };
+    match runtime::agent::serve(Box::new(socket), Arc::new(NeverInterrupt)) {
         Ok(()) => 0,
         Err(_) => 1,
     }

@@ -296,6 +296,12 @@ fn probe(name: &str) {
                 }
                 say(&format!("open {open:?}\n"));
             }
+            "sleep" => {
+                say("ok\n");
+                loop {
+                    libc::pause();
+                }
+            }
             "crash_mid_frame" => {
                 // A length prefix announcing 100 bytes, 3 of them sent, then a fault.
                 say("\x64\x00\x00\x00abc");

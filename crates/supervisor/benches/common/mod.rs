@@ -60,6 +60,37 @@ pub fn bench_cold(
     });
 }
 
+/// Cold cell latency, as bench `id`: like [`bench_cold`], but each timed start begins
+/// after `settle` of idle time, so the background work the previous cell left (reaping,
+/// refilling a backend's spares) is not charged to the next one, as it would be for a
+/// start that is not one of thousands back to back. Print [`bench_cold`] beside it for
+/// the back-to-back rate.
+pub fn bench_cold_settled(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    id: &str,
+    supervisor: &Supervisor,
+    backend: &str,
+    policy: &Policy,
+    settle: Duration,
+) {
+    g.bench_function(BenchmarkId::new(id, ""), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                std::thread::sleep(settle);
+                let t0 = std::time::Instant::now();
+                let cell = supervisor.spawn(&fresh_name(), backend, policy).unwrap();
+                cell.exec("post(40 + 2)").unwrap();
+                let event = cell.recv(Some(Duration::from_secs(5))).unwrap();
+                cell.close();
+                total += t0.elapsed();
+                black_box(event);
+            }
+            total
+        })
+    });
+}
+
 /// Warm round trips on one live cell, as `warm_exec{suffix}` (`exec("40 + 2")`) and
 /// `warm_call{suffix}` (`call("add", [40, 2])`).
 pub fn bench_warm(
