@@ -287,7 +287,10 @@ impl SocketIo {
         // peer cannot have answered before this thread sleeps: go straight to sleep.
         let parallel = can_run_in_parallel();
         let spin_until = Instant::now() + SPIN;
-        while parallel {
+        loop {
+            if !parallel {
+                break;
+            }
             let spare = &mut self.buf[self.end..];
             // SAFETY: `spare` is valid writable memory of the given length.
             let n = unsafe {
