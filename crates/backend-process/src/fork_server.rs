@@ -295,8 +295,9 @@ fn pid_of(pidfd: &OwnedFd) -> Result<i32> {
         .ok_or_else(|| Error::ForkServer("the forked cell is already gone".into()))
 }
 
+/// Which process serves each image, for tests that kill it.
 #[cfg(test)]
-mod test_hooks {
+pub(crate) mod test_hooks {
     use super::Image;
     use std::sync::Mutex;
 
@@ -313,6 +314,3 @@ mod test_hooks {
         servers.iter().find(|(i, _)| *i == image).map(|(_, p)| *p)
     }
 }
-
-#[cfg(test)]
-pub(crate) use test_hooks::server_pid;

@@ -422,7 +422,8 @@ fn fork_server_cells_are_separate_processes_in_separate_namespaces() {
 #[test]
 fn a_fork_server_that_dies_is_replaced() {
     drop(spawn_probe("sleep")); // the server runs
-    let server = crate::fork_server::server_pid(Image::Probe).expect("a running server");
+    let server =
+        crate::fork_server::test_hooks::server_pid(Image::Probe).expect("a running server");
     // SAFETY: signalling the fork server process this test's backend started.
     unsafe { libc::kill(server, libc::SIGKILL) };
     // Spares forked before the kill still work; after them the keeper starts a new server.
@@ -432,7 +433,8 @@ fn a_fork_server_that_dies_is_replaced() {
             "uid 1000 gid 1000 pid 1 sid 1 capget 0 eff 00 perm 00",
         );
     }
-    let replaced = crate::fork_server::server_pid(Image::Probe).expect("a running server");
+    let replaced =
+        crate::fork_server::test_hooks::server_pid(Image::Probe).expect("a running server");
     assert_ne!(replaced, server);
 }
 
