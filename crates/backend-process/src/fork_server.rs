@@ -56,6 +56,8 @@ struct Pool {
 }
 
 struct State {
+    /// The server, while the keeper is not using it.
+    server: Option<Server>,
     spares: VecDeque<ProcessCell>,
     /// The limits spares are made for: those of the latest spawn.
     shape: Limits,
@@ -78,6 +80,7 @@ fn pool(image: Image) -> &'static Pool {
     slot.get_or_init(|| {
         let pool: &'static Pool = Box::leak(Box::new(Pool {
             state: Mutex::new(State {
+                server: None,
                 spares: VecDeque::new(),
                 shape: Limits::default(),
                 failure: None,
@@ -89,8 +92,37 @@ fn pool(image: Image) -> &'static Pool {
             .name("cell-fork-keeper".into())
             .spawn(move || keep(image, pool))
             .expect("spawning the fork-server keeper thread");
+        at_exit(pool);
         pool
     })
+}
+
+/// Kills and reaps the server and the spares of `pool` when the supervisor process
+/// exits normally, and removes their cgroups (what a crash leaves, the next supervisor
+/// sweeps away).
+fn at_exit(pool: &'static Pool) {
+    static POOLS: Mutex<Vec<&'static Pool>> = Mutex::new(Vec::new());
+    extern "C" fn clean_up() {
+        let pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
+        for pool in pools.iter() {
+            // Never wait at exit: a pool busy elsewhere is left to the sweep.
+            let Ok(mut state) = pool.state.try_lock() else {
+                continue;
+            };
+            let server = state.server.take().map(|s| s.process);
+            for mut cell in state.spares.drain(..).chain(server) {
+                cell.kill();
+                let _ = cell.wait();
+            }
+        }
+    }
+    let mut pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
+    if pools.is_empty() {
+        // SAFETY: registers a plain function with no arguments; it only takes locks
+        // without blocking and makes ordinary calls.
+        unsafe { libc::atexit(clean_up) };
+    }
+    pools.push(pool);
 }
 
 /// Starts a cell from a spare of the fork server of `spec.image`.
@@ -153,7 +185,6 @@ pub(crate) fn spawn(spec: &SpawnSpec) -> Result<ProcessCell> {
 /// again, so a broken host does not make it spin.
 fn keep(image: Image, pool: &'static Pool) {
     sweep_stale(&host_support().cgroups);
-    let mut server: Option<Server> = None;
     let mut state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
         while state.spares.len() >= SPARES || (state.failure.is_some() && state.waiting == 0) {
@@ -163,6 +194,7 @@ fn keep(image: Image, pool: &'static Pool) {
                 .unwrap_or_else(PoisonError::into_inner);
         }
         let shape = state.shape.clone();
+        let mut server = state.server.take();
         drop(state);
         let made = make_spare(&mut server, image, &shape).or_else(|e| match e {
             // The server died (or broke its protocol): replace it, once.
@@ -173,6 +205,7 @@ fn keep(image: Image, pool: &'static Pool) {
             other => Err(other),
         });
         state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.server = server;
         match made {
             Ok(cell) => state.spares.push_back(cell),
             Err(e) => state.failure = Some(e.to_string()),
