@@ -233,7 +233,7 @@ fn can_run_in_parallel() -> bool {
 }
 
 /// How long a receive polls before it sleeps.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(30);
+const SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Byte-level frames over the channel socket, with a read buffer so a small frame
 /// costs one `read`.

@@ -40,6 +40,10 @@ use crate::spawn::{Image, Limits, Prepared, ProcessCell, SpawnSpec, require, rli
 /// Processes kept ready per image.
 pub const SPARES: usize = 2;
 
+/// How long spawns must have been quiet before the keeper refills a pool that still has
+/// a spare.
+const QUIET: Duration = Duration::from_millis(1);
+
 /// How long a spawn waits for a spare before giving up.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -65,6 +69,8 @@ struct State {
     failure: Option<String>,
     /// Spawns that found no spare and wait for one.
     waiting: usize,
+    /// When a spawn last took a spare.
+    last_take: Option<Instant>,
 }
 
 /// The pool of `image`, its keeper started on first use.
@@ -85,6 +91,7 @@ fn pool(image: Image) -> &'static Pool {
                 shape: Limits::default(),
                 failure: None,
                 waiting: 0,
+                last_take: None,
             }),
             changed: Condvar::new(),
         }));
@@ -167,6 +174,7 @@ pub(crate) fn spawn(spec: &SpawnSpec) -> Result<ProcessCell> {
                 .0;
             state.waiting -= 1;
         };
+        state.last_take = Some(Instant::now());
         pool.changed.notify_all();
         cell
     };
@@ -187,11 +195,29 @@ fn keep(image: Image, pool: &'static Pool) {
     sweep_stale(&host_support().cgroups);
     let mut state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
-        while state.spares.len() >= SPARES || (state.failure.is_some() && state.waiting == 0) {
+        if state.spares.len() >= SPARES || (state.failure.is_some() && state.waiting == 0) {
             state = pool
                 .changed
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
+            continue;
+        }
+        // With a spare still ready and nobody waiting, refill once spawns have been quiet
+        // for a while: on two CPUs a spare made at once would compete with the cell just
+        // started for the CPU its first frames need.
+        if state.waiting == 0
+            && !state.spares.is_empty()
+            && let Some(quiet_at) = state.last_take.map(|t| t + QUIET)
+        {
+            let now = Instant::now();
+            if now < quiet_at {
+                state = pool
+                    .changed
+                    .wait_timeout(state, quiet_at - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                continue;
+            }
         }
         let shape = state.shape.clone();
         let mut server = state.server.take();

@@ -50,7 +50,7 @@ fn write_all(bytes: &[u8]) -> Result<(), TransportError> {
 
 /// How long a receive polls (yielding the CPU) before it sleeps in `read`: a reply
 /// usually comes within microseconds, a cross-CPU wake costs ~25 µs.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(30);
+const SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Whether this process may run on more than one CPU (decided once, at start): on a
 /// single CPU, spinning only delays the host.
