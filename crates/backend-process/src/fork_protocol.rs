@@ -4,8 +4,9 @@
 //!
 //! The control channel is a `SOCK_SEQPACKET` socketpair: one message per record.
 //!
-//! * host → server, once: [`encode_setup`], the seccomp filter every forked cell
-//!   installs before it runs anything;
+//! * host → server, once: [`encode_setup`], how many ids its user namespace maps (its
+//!   cells take uid/gid 1001, 1002, ... in turn when it maps more than one) and the
+//!   seccomp filter every forked cell installs before it runs anything;
 //! * server → host: a [`Reply`] (errno 0 = ready);
 //! * host → server, per cell: [`FORK_REQUEST`];
 //! * server → host: a [`Reply`], and when its errno is 0 the new process's pidfd and
@@ -40,10 +41,11 @@ pub const RLIMITS: [libc::__rlimit_resource_t; 6] = [
     libc::RLIMIT_NPROC,
 ];
 
-/// The setup message: the cell filter program.
-pub fn encode_setup(filter: &[libc::sock_filter]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + 8 * filter.len());
+/// The setup message: the number of ids mapped from 1000 up, then the cell filter.
+pub fn encode_setup(ids: u32, filter: &[libc::sock_filter]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + 8 * filter.len());
     out.push(SETUP);
+    out.extend_from_slice(&ids.to_le_bytes());
     for ins in filter {
         out.extend_from_slice(&ins.code.to_le_bytes());
         out.push(ins.jt);
@@ -53,22 +55,24 @@ pub fn encode_setup(filter: &[libc::sock_filter]) -> Vec<u8> {
     out
 }
 
-/// Parses a setup message; `None` if it is not one.
-pub fn decode_setup(msg: &[u8]) -> Option<Vec<libc::sock_filter>> {
+/// Parses a setup message (ids, filter); `None` if it is not one.
+pub fn decode_setup(msg: &[u8]) -> Option<(u32, Vec<libc::sock_filter>)> {
     let body = msg.strip_prefix(&[SETUP])?;
-    if body.is_empty() || body.len() % 8 != 0 || body.len() / 8 > u16::MAX as usize {
+    let (ids, body) = body.split_first_chunk::<4>()?;
+    let ids = u32::from_le_bytes(*ids);
+    if ids == 0 || body.is_empty() || body.len() % 8 != 0 || body.len() / 8 > u16::MAX as usize {
         return None;
     }
-    Some(
-        body.chunks_exact(8)
-            .map(|c| libc::sock_filter {
-                code: u16::from_le_bytes([c[0], c[1]]),
-                jt: c[2],
-                jf: c[3],
-                k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
-            })
-            .collect(),
-    )
+    let filter = body
+        .chunks_exact(8)
+        .map(|c| libc::sock_filter {
+            code: u16::from_le_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect();
+    Some((ids, filter))
 }
 
 /// What a forked cell gets in its go record: its rlimits (in [`RLIMITS`] order) and

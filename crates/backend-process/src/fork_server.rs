@@ -3,9 +3,10 @@
 //! A direct spawn clones a child of the supervisor and walks it through the whole
 //! confinement sequence (namespaces, pivot_root, ids, Landlock, seccomp) before
 //! executing the guest image. The fork server pays that once: it is the guest image
-//! itself, spawned through the same sequence (keeping only `CAP_SYS_ADMIN` inside its
-//! own user namespace), and then forks each cell's process with new pid, mount, ipc
-//! and uts namespaces. The supervisor's memory, secrets and fds are never in it: it
+//! itself, spawned through the same sequence (keeping only `CAP_SYS_ADMIN`,
+//! `CAP_SETUID` and `CAP_SETGID` inside its own user namespace), and then forks each
+//! cell's process with new pid, mount, ipc and uts namespaces and, where the host lets
+//! it map a range of ids (a root supervisor), a uid and gid of its own. The supervisor's memory, secrets and fds are never in it: it
 //! is a fresh exec of the embedded image, and it only ever holds cells' channels.
 //!
 //! Cells are forked with `CLONE_PARENT`, so the supervisor is their parent and reaps
@@ -35,7 +36,9 @@ use crate::fork_protocol::{
 };
 use crate::host::{host_support, seccomp_program};
 use crate::seccomp::Role;
-use crate::spawn::{Image, Limits, Prepared, ProcessCell, SpawnSpec, require, rlimit_values};
+use crate::spawn::{
+    Image, Limits, Prepared, ProcessCell, SERVER_ID_SPAN, SpawnSpec, require, rlimit_values,
+};
 
 /// Processes kept ready per image.
 pub const SPARES: usize = 2;
@@ -285,8 +288,17 @@ fn start(image: Image) -> Result<Server> {
     #[cfg(test)]
     test_hooks::started(image, process.pid());
     let control = process.channel().as_raw_fd();
-    send_message(control, &encode_setup(seccomp_program(Role::Cell)), &[])
-        .map_err(|e| Error::ForkServer(format!("sending the setup: {e}")))?;
+    let ids = if host_support().rootful {
+        SERVER_ID_SPAN
+    } else {
+        1
+    };
+    send_message(
+        control,
+        &encode_setup(ids, seccomp_program(Role::Cell)),
+        &[],
+    )
+    .map_err(|e| Error::ForkServer(format!("sending the setup: {e}")))?;
     match recv(control)? {
         (Reply { errno: 0 }, fds) if fds.is_empty() => Ok(Server { process }),
         (reply, _) => Err(Error::ForkServer(format!("setup refused: {reply:?}"))),

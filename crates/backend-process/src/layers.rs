@@ -16,7 +16,8 @@ pub enum Layer {
     NetworkNamespace,
     /// `pivot_root` into a fresh read-only tmpfs: no host file is visible.
     EmptyRoot,
-    /// The guest runs as uid/gid 1000 in its namespace, mapped to a non-root host id.
+    /// The guest runs as an unprivileged uid/gid in its namespace (1000, or one of its own
+    /// above 1000 for a fork-server cell of a root supervisor), mapped to a non-root host id.
     UnprivilegedUid,
     NoNewPrivs,
     ClearedEnvironment,

@@ -112,7 +112,7 @@ const ALLOWED: &[i64] = &[
 
 /// What the fork server needs beyond a cell: it forks cells with `clone3` (namespace
 /// flags, `CLONE_PARENT`, `CLONE_PIDFD`) and makes their channels (`socketpair`), and
-/// each forked child drops its capabilities,
+/// each forked child takes its own uid/gid, drops its capabilities,
 /// lowers its rlimits, starts a session, arranges its fds and installs the cell filter.
 /// That cell filter stacks on this one and refuses all of these again.
 const FORK_SERVER_EXTRA: &[i64] = &[
@@ -124,6 +124,8 @@ const FORK_SERVER_EXTRA: &[i64] = &[
     libc::SYS_close_range,
     libc::SYS_dup3,
     libc::SYS_socketpair,
+    libc::SYS_setresuid,
+    libc::SYS_setresgid,
 ];
 
 /// Who a filter is for.

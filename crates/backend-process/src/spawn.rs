@@ -43,6 +43,12 @@ pub const CELL_UID: u32 = 1000;
 /// per-user process limits are per cell.
 pub const HOST_UID_BASE: u32 = 2_000_000_000;
 const HOST_UID_SPAN: u64 = 1_000_000;
+/// Ids a fork server of a root supervisor maps, from uid/gid 1000 up: its cells take
+/// 1001, 1002, ... in turn, so each has host ids of its own (per-user process limits stay
+/// per cell). Servers take ranges after the per-cell ids of directly spawned cells.
+pub(crate) const SERVER_ID_SPAN: u32 = 65_536;
+const SERVER_ID_BASE: u32 = HOST_UID_BASE + HOST_UID_SPAN as u32;
+static SERVER_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Resource limits of one cell.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,6 +220,10 @@ struct Plan {
     uid_map_len: usize,
     gid_map: *const u8,
     gid_map_len: usize,
+    /// Rootful fork server: the parent writes the id maps (a range), asked for through
+    /// the status pipe; the child waits on `maps_written` until it has.
+    map_by_parent: bool,
+    maps_written: RawFd,
     rlimits: [(libc::__rlimit_resource_t, libc::rlimit); 6],
     landlock: RawFd,
     seccomp: bool,
@@ -342,25 +352,26 @@ impl ProcessCell {
 
         let (parent_chan, child_chan) = channel_pair(spec.role).map_err(host("socketpair"))?;
         let child_chan = high_fd(child_chan).map_err(host("socketpair"))?;
-        let mut pipe = [0 as c_int; 2];
-        // SAFETY: pipe points to two ints.
-        if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-            return Err(host("status pipe")(io::Error::last_os_error()));
-        }
-        // SAFETY: pipe2 returned two fresh descriptors we own.
-        let (status_r, status_w) =
-            unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+        let (status_r, status_w) = pipe().map_err(host("status pipe"))?;
         let status_w = high_fd(status_w).map_err(host("status pipe"))?;
 
-        let (host_uid, host_gid) = if hs.rootful {
+        let map_by_parent = hs.rootful && spec.role == Role::ForkServer;
+        let span = if map_by_parent { SERVER_ID_SPAN } else { 1 };
+        let (host_uid, host_gid) = if map_by_parent {
+            let k = SERVER_COUNTER.fetch_add(1, Ordering::Relaxed) % 32;
+            let id = SERVER_ID_BASE + k as u32 * SERVER_ID_SPAN;
+            (id, id)
+        } else if hs.rootful {
             let id = HOST_UID_BASE + (n % HOST_UID_SPAN) as u32;
             (id, id)
         } else {
             // SAFETY: getters without preconditions.
             unsafe { (libc::geteuid(), libc::getegid()) }
         };
-        let uid_map = format!("{CELL_UID} {host_uid} 1\n");
-        let gid_map = format!("{CELL_UID} {host_gid} 1\n");
+        let uid_map = format!("{CELL_UID} {host_uid} {span}\n");
+        let gid_map = format!("{CELL_UID} {host_gid} {span}\n");
+        let (maps_r, maps_w) = pipe().map_err(host("sync pipe"))?;
+        let maps_r = high_fd(maps_r).map_err(host("sync pipe"))?;
         let mountpoint = CString::new(if std::path::Path::new("/tmp").is_dir() {
             "/tmp"
         } else {
@@ -411,6 +422,8 @@ impl ProcessCell {
             uid_map_len: uid_map.len(),
             gid_map: gid_map.as_ptr(),
             gid_map_len: gid_map.len(),
+            map_by_parent,
+            maps_written: maps_r.as_raw_fd(),
             rlimits,
             landlock: landlock.unwrap_or(-1),
             seccomp: hs.seccomp,
@@ -473,6 +486,7 @@ impl ProcessCell {
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         drop(child_chan);
         drop(status_w);
+        drop(maps_r);
         cgroups.v1_procs.clear();
         let prepared = Prepared { cgroups, layers };
         let mut cell = ProcessCell::from_parts(pid, pidfd, parent_chan, prepared);
@@ -524,6 +538,19 @@ impl ProcessCell {
                 break;
             }
             got += r as usize;
+            if got == report.len() && map_by_parent && report == map_request() {
+                got = 0;
+                let written = write_maps(pid, &uid_map, &gid_map).and_then(|()| {
+                    // SAFETY: one byte from a valid buffer to our pipe end.
+                    match unsafe { libc::write(maps_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) } {
+                        1 => Ok(()),
+                        _ => Err(io::Error::last_os_error()),
+                    }
+                });
+                if let Err(e) = written {
+                    return Err(host("writing the fork server's id maps")(e));
+                }
+            }
         }
         match got {
             0 => Ok(cell),
@@ -689,6 +716,32 @@ impl Drop for ProcessCell {
     }
 }
 
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: fds points to two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh descriptors we own.
+    unsafe { Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))) }
+}
+
+/// The status record a child sends to ask the parent for its id maps.
+fn map_request() -> [u8; 8] {
+    let mut r = [0u8; 8];
+    r[..4].copy_from_slice(&(Step::WriteIdMaps as u32).to_le_bytes());
+    r
+}
+
+/// Writes a child's `uid_map`, `setgroups` = deny and `gid_map` (as root, so a range).
+fn write_maps(pid: i32, uid_map: &str, gid_map: &str) -> io::Result<()> {
+    let dir = PathBuf::from(format!("/proc/{pid}"));
+    std::fs::write(dir.join("uid_map"), uid_map)?;
+    std::fs::write(dir.join("setgroups"), "deny")?;
+    std::fs::write(dir.join("gid_map"), gid_map)
+}
+
 /// A cell's rlimits, in [`RLIMITS`] order: address space, CPU seconds, open files,
 /// file size, core = 0, processes.
 pub(crate) fn rlimit_values(l: &Limits) -> [u64; 6] {
@@ -710,7 +763,10 @@ pub(crate) fn rlimit_values(l: &Limits) -> [u64; 6] {
 const SPAWN_TIMEOUT_MS: c_int = 10_000;
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-const CAP_SYS_ADMIN: u32 = 21;
+/// What the fork server keeps, inside its own user namespace only: new namespaces for
+/// each cell (`CAP_SYS_ADMIN`) and a uid/gid of its own for each (`CAP_SETUID`,
+/// `CAP_SETGID`).
+const SERVER_CAPS: [u32; 3] = [6, 7, 21];
 
 /// The supervisor's and the child's ends of the channel: a byte stream for a cell, a
 /// message socket (`SOCK_SEQPACKET`) for the fork server's control records.
@@ -859,7 +915,18 @@ unsafe fn child_main(p: &Plan) -> ! {
                 Step::UnshareUserNamespace,
                 libc::unshare(libc::CLONE_NEWUSER)
             );
-            write_id_maps(p, proc_fd, status_fd);
+            if p.map_by_parent {
+                // Only the parent, root outside, may map a range: ask, then wait.
+                let request = map_request();
+                let mut done = 0u8;
+                if libc::write(status_fd, request.as_ptr().cast(), 8) != 8
+                    || libc::read(p.maps_written, (&raw mut done).cast(), 1) != 1
+                {
+                    fail(status_fd, Step::WriteIdMaps);
+                }
+            } else {
+                write_id_maps(p, proc_fd, status_fd);
+            }
         }
         libc::close(proc_fd);
 
@@ -867,11 +934,10 @@ unsafe fn child_main(p: &Plan) -> ! {
             version: 0x2008_0522,
             pid: 0,
         };
-        // A cell keeps no capability. The fork server keeps CAP_SYS_ADMIN in its own
-        // user namespace (nowhere else), as an ambient capability so it survives the
-        // exec, to give each cell it forks new namespaces.
+        // A cell keeps no capability. The fork server keeps `SERVER_CAPS` in its own
+        // user namespace (nowhere else), as ambient capabilities so they survive the exec.
         let keep = if p.role == Role::ForkServer {
-            1u32 << CAP_SYS_ADMIN
+            SERVER_CAPS.iter().fold(0u32, |m, c| m | 1 << c)
         } else {
             0
         };
@@ -892,16 +958,12 @@ unsafe fn child_main(p: &Plan) -> ! {
             libc::syscall(libc::SYS_capset, &raw mut hdr, data.as_ptr())
         );
         if p.role == Role::ForkServer {
-            check!(
-                Step::DropCapabilities,
-                libc::prctl(
-                    libc::PR_CAP_AMBIENT,
-                    libc::PR_CAP_AMBIENT_RAISE,
-                    CAP_SYS_ADMIN,
-                    0,
-                    0
-                )
-            );
+            for cap in SERVER_CAPS {
+                check!(
+                    Step::DropCapabilities,
+                    libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap, 0, 0)
+                );
+            }
         }
         check!(Step::NewSession, libc::setsid());
         for (resource, limit) in &p.rlimits {

@@ -283,12 +283,58 @@ fn environment_is_empty() {
 
 #[test]
 fn guest_is_unprivileged_pid_1_in_its_own_session() {
-    // uid/gid 1000 in the namespace, pid 1 of its pid namespace, session leader,
-    // and no capability left.
-    assert_probe(
-        "ids",
-        "uid 1000 gid 1000 pid 1 sid 1 capget 0 eff 00 perm 00",
-    );
+    // An unprivileged uid/gid in the namespace (1000 for a directly spawned cell; one of
+    // its own above 1000 for a fork-server cell of a root supervisor), pid 1 of its pid
+    // namespace, session leader, and no capability left.
+    for fork_server in PATHS {
+        let (line, t) = run_probe("ids", fork_server);
+        assert_eq!(t.status, ExitStatus::Exited(0));
+        let id = cell_id(&line);
+        assert_eq!(
+            line,
+            format!("uid {id} gid {id} pid 1 sid 1 capget 0 eff 00 perm 00"),
+            "fork server {fork_server}"
+        );
+        if fork_server && host_support().rootful {
+            assert!(
+                id > CELL_UID && id < CELL_UID + crate::spawn::SERVER_ID_SPAN,
+                "{id}"
+            );
+        } else {
+            assert_eq!(id, CELL_UID);
+        }
+    }
+}
+
+/// The uid an "ids" probe reported.
+fn cell_id(line: &str) -> u32 {
+    line.strip_prefix("uid ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("not an ids report: {line}"))
+}
+
+#[test]
+fn fork_server_cells_of_a_root_supervisor_have_host_ids_of_their_own() {
+    if !host_support().rootful {
+        eprintln!("SKIPPED: needs a root supervisor (rootless servers map one id)");
+        return;
+    }
+    let cells: Vec<ProcessCell> = (0..3).map(|_| spawn_probe("sleep")).collect();
+    let mut uids: Vec<String> = cells
+        .iter()
+        .map(|c| {
+            assert_eq!(read_line(c), "ok");
+            let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid())).unwrap();
+            let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+            let host_uid: u32 = uid.split_whitespace().nth(1).unwrap().parse().unwrap();
+            assert!(host_uid >= HOST_UID_BASE, "unprivileged on the host: {uid}");
+            host_uid.to_string()
+        })
+        .collect();
+    uids.sort();
+    uids.dedup();
+    assert_eq!(uids.len(), 3, "one host uid per cell");
 }
 
 #[test]
@@ -428,20 +474,16 @@ fn a_fork_server_that_dies_is_replaced() {
     unsafe { libc::kill(server, libc::SIGKILL) };
     // Spares forked before the kill still work; after them the keeper starts a new server.
     for _ in 0..crate::fork_server::SPARES + 2 {
-        assert_probe_once(
-            "ids",
-            "uid 1000 gid 1000 pid 1 sid 1 capget 0 eff 00 perm 00",
+        let (line, t) = run_probe("ids", true);
+        assert_eq!(t.status, ExitStatus::Exited(0));
+        assert!(
+            line.ends_with(" pid 1 sid 1 capget 0 eff 00 perm 00"),
+            "{line}"
         );
     }
     let replaced =
         crate::fork_server::test_hooks::server_pid(Image::Probe).expect("a running server");
     assert_ne!(replaced, server);
-}
-
-fn assert_probe_once(name: &str, expected: &str) {
-    let (line, t) = run_probe(name, true);
-    assert_eq!(line, expected, "probe {name}");
-    assert_eq!(t.status, ExitStatus::Exited(0), "probe {name}");
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! Each cell process is created by `clone3` in new pid, mount, ipc and uts namespaces
 //! and with `CLONE_PARENT`, so the supervisor — not this server — is its parent: it
 //! reaps it, gets its exit status, and the child's parent-death signal follows the
-//! supervisor. Before anything else the child drops every capability, starts a new
+//! supervisor. Before anything else the child takes a uid and gid of its own (where the
+//! server's namespace maps more than one), drops every capability, starts a new
 //! session, keeps only its channel (fd 3) and installs the cell's seccomp filter
 //! (stacked on the server's, it refuses everything the server needed beyond a cell).
 //! Then it waits for the host's go record: sent once the host has placed the process
@@ -29,6 +30,8 @@ use fork_protocol::{
 const CONTROL: i32 = 3;
 /// Where a cell's channel ends up (the cell program's `CHANNEL`).
 const CHANNEL: i32 = 3;
+/// The server's uid and gid in its user namespace (the backend's `CELL_UID`).
+const CELL_ID: u32 = 1000;
 
 fn errno() -> i32 {
     // SAFETY: errno is thread-local and always valid.
@@ -64,20 +67,30 @@ enum Forked {
 /// closes the control channel.
 pub fn serve(hooks: Hooks) -> Vec<String> {
     let mut buf = vec![0u8; MAX_MESSAGE];
-    let filter = match recv_message(CONTROL, &mut buf) {
+    let setup = match recv_message(CONTROL, &mut buf) {
         Ok(r) if r.fds.is_empty() => decode_setup(&buf[..r.len]),
         _ => None,
     };
-    let Some(filter) = filter else {
+    let Some((ids, filter)) = setup else {
         // SAFETY: plain exit.
         unsafe { libc::_exit(2) }
     };
     (hooks.prewarm)();
     let _ = send_message(CONTROL, &Reply { errno: 0 }.encode(), &[]);
     let mut spare: Option<Spare> = None;
+    // The next cell's id: 1001, 1002, ... within the ids mapped (1000 is the server's).
+    let mut next = 0u32;
+    let mut id = || {
+        next = next.wrapping_add(1);
+        if ids > 1 {
+            CELL_ID + 1 + next % (ids - 1)
+        } else {
+            CELL_ID
+        }
+    };
     loop {
         if spare.is_none() {
-            match fork_cell(&filter, hooks) {
+            match fork_cell(&filter, hooks, id()) {
                 Ok(Forked::Cell(args)) => return args,
                 Ok(Forked::Server(s)) => spare = Some(s),
                 Err(_) => {} // reported when a request comes
@@ -100,7 +113,7 @@ pub fn serve(hooks: Hooks) -> Vec<String> {
         }
         let ready = match spare.take() {
             Some(s) => Ok(s),
-            None => match fork_cell(&filter, hooks) {
+            None => match fork_cell(&filter, hooks, id()) {
                 Ok(Forked::Cell(args)) => return args,
                 Ok(Forked::Server(s)) => Ok(s),
                 Err(errno) => Err(errno),
@@ -119,7 +132,7 @@ pub fn serve(hooks: Hooks) -> Vec<String> {
 }
 
 /// Forks one cell process; `Err` is the errno of the failed step.
-fn fork_cell(filter: &[libc::sock_filter], hooks: Hooks) -> Result<Forked, i32> {
+fn fork_cell(filter: &[libc::sock_filter], hooks: Hooks, id: u32) -> Result<Forked, i32> {
     let mut pair = [0i32; 2];
     // SAFETY: pair points to two ints.
     if unsafe {
@@ -158,7 +171,7 @@ fn fork_cell(filter: &[libc::sock_filter], hooks: Hooks) -> Result<Forked, i32> 
         )
     };
     if pid == 0 {
-        confine(cell_end, filter);
+        confine(cell_end, filter, id);
         (hooks.rehearse)();
         return Ok(Forked::Cell(wait_for_go()));
     }
@@ -183,8 +196,8 @@ fn check(step: i32, ret: i64) {
     }
 }
 
-/// Confines a freshly forked child as a cell, up to its rlimits.
-fn confine(channel: i32, filter: &[libc::sock_filter]) {
+/// Confines a freshly forked child as cell `id` (its uid and gid), up to its rlimits.
+fn confine(channel: i32, filter: &[libc::sock_filter], id: u32) {
     // SAFETY: raw system calls on descriptors and memory of this process.
     unsafe {
         // The server's own fds start at 0 (it has no stdio), so the channel may have
@@ -198,6 +211,10 @@ fn confine(channel: i32, filter: &[libc::sock_filter]) {
             2,
             libc::syscall(libc::SYS_close_range, CHANNEL as u32 + 1, u32::MAX, 0u32),
         );
+        if id != CELL_ID {
+            check(9, libc::syscall(libc::SYS_setresgid, id, id, id));
+            check(9, libc::syscall(libc::SYS_setresuid, id, id, id));
+        }
         let mut hdr = [0x2008_0522u32, 0];
         let data = [0u32; 6];
         check(
