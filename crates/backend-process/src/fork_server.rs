@@ -50,11 +50,6 @@ const QUIET: Duration = Duration::from_millis(1);
 /// How long a spawn waits for a spare before giving up.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A running fork server.
-struct Server {
-    process: ProcessCell,
-}
-
 /// The spares of one image, shared by the spawning threads and the keeper.
 struct Pool {
     state: Mutex<State>,
@@ -63,8 +58,8 @@ struct Pool {
 }
 
 struct State {
-    /// The server, while the keeper is not using it.
-    server: Option<Server>,
+    /// The fork server process, while the keeper is not using it.
+    server: Option<ProcessCell>,
     spares: VecDeque<ProcessCell>,
     /// The limits spares are made for: those of the latest spawn.
     shape: Limits,
@@ -119,7 +114,7 @@ fn at_exit(pool: &'static Pool) {
             let Ok(mut state) = pool.state.try_lock() else {
                 continue;
             };
-            let server = state.server.take().map(|s| s.process);
+            let server = state.server.take();
             for mut cell in state.spares.drain(..).chain(server) {
                 cell.kill();
                 let _ = cell.wait();
@@ -245,14 +240,17 @@ fn keep(image: Image, pool: &'static Pool) {
 
 /// Forks one process from the server (started first if there is none) and places
 /// it in cgroups made for `shape`.
-fn make_spare(server: &mut Option<Server>, image: Image, shape: &Limits) -> Result<ProcessCell> {
+fn make_spare(
+    server: &mut Option<ProcessCell>,
+    image: Image,
+    shape: &Limits,
+) -> Result<ProcessCell> {
     if server.is_none() {
         *server = Some(start(image)?);
     }
     let control = server
         .as_ref()
         .expect("started above")
-        .process
         .channel()
         .as_raw_fd();
     send_message(control, &FORK_REQUEST, &[])
@@ -283,7 +281,7 @@ fn make_spare(server: &mut Option<Server>, image: Image, shape: &Limits) -> Resu
 }
 
 /// Spawns a fork server for `image` (on the keeper thread) and hands it the cell filter.
-fn start(image: Image) -> Result<Server> {
+fn start(image: Image) -> Result<ProcessCell> {
     let process = ProcessCell::spawn(&server_spec(image))?;
     #[cfg(test)]
     test_hooks::started(image, process.pid());
@@ -300,7 +298,7 @@ fn start(image: Image) -> Result<Server> {
     )
     .map_err(|e| Error::ForkServer(format!("sending the setup: {e}")))?;
     match recv(control)? {
-        (Reply { errno: 0 }, fds) if fds.is_empty() => Ok(Server { process }),
+        (Reply { errno: 0 }, fds) if fds.is_empty() => Ok(process),
         (reply, _) => Err(Error::ForkServer(format!("setup refused: {reply:?}"))),
     }
 }

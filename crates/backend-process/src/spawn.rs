@@ -258,6 +258,8 @@ fn check_host(spec: &SpawnSpec) -> Result<()> {
 /// What a cell gets before its process exists: its cgroups, made for `limits`, and
 /// the resulting state of every layer.
 pub(crate) struct Prepared {
+    /// The cell's number in this supervisor process (names its cgroups, picks its host id).
+    pub n: u64,
     pub cgroups: CellCgroups,
     pub layers: LayerReport,
 }
@@ -276,7 +278,7 @@ impl Prepared {
                 LayerState::Inactive("could not create a Landlock ruleset".into()),
             )]);
         }
-        Prepared { cgroups, layers }
+        Prepared { n, cgroups, layers }
     }
 }
 
@@ -332,10 +334,10 @@ impl ProcessCell {
     fn spawn_direct(spec: &SpawnSpec, prepared: Prepared) -> Result<ProcessCell> {
         let hs = host_support();
         let Prepared {
+            n,
             mut cgroups,
             layers,
         } = prepared;
-        let n = CELL_COUNTER.fetch_add(1, Ordering::Relaxed);
         for fd in cgroups.v1_procs.iter_mut() {
             let moved = high_fd(fd.try_clone().map_err(host("dup cgroup.procs"))?)
                 .map_err(host("dup cgroup.procs"))?;
@@ -488,7 +490,7 @@ impl ProcessCell {
         drop(status_w);
         drop(maps_r);
         cgroups.v1_procs.clear();
-        let prepared = Prepared { cgroups, layers };
+        let prepared = Prepared { n, cgroups, layers };
         let mut cell = ProcessCell::from_parts(pid, pidfd, parent_chan, prepared);
 
         // The status pipe closes on exec (EOF) or carries (step, errno).

@@ -751,3 +751,47 @@ fn spawn_phase_costs() {
         );
     }
 }
+
+#[test]
+fn cgroups_of_supervisors_that_are_gone_are_swept_and_live_ones_kept() {
+    let h = &host_support().cgroups;
+    let parents: Vec<&std::path::PathBuf> = [&h.v2, &h.v1_memory, &h.v1_pids, &h.v1_cpu]
+        .into_iter()
+        .flatten()
+        .filter(|p| std::fs::create_dir(p.join("cell-sweep-probe")).is_ok())
+        .collect();
+    for p in &parents {
+        std::fs::remove_dir(p.join("cell-sweep-probe")).unwrap();
+    }
+    if parents.is_empty() {
+        eprintln!("SKIPPED: no writable cgroup hierarchy on this host");
+        return;
+    }
+    // A pid that has certainly ended: a child this test reaped.
+    let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale: Vec<_> = parents
+        .iter()
+        .map(|p| p.join(format!("cell-{dead}-sweep")))
+        .collect();
+    let live: Vec<_> = parents
+        .iter()
+        .map(|p| p.join(format!("cell-{}-sweep", std::process::id())))
+        .collect();
+    for dir in stale.iter().chain(&live) {
+        std::fs::create_dir(dir).unwrap();
+    }
+    crate::cgroup::sweep_stale(h);
+    for dir in &stale {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    for dir in &live {
+        assert!(
+            dir.exists(),
+            "{} of a live supervisor removed",
+            dir.display()
+        );
+        std::fs::remove_dir(dir).unwrap();
+    }
+}

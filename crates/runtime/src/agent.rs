@@ -52,17 +52,29 @@ pub fn serve(
 /// first frames find their code and heap pages already touched — page faults are the
 /// dearest part of a cold start on a virtualised host.
 pub fn rehearse() {
+    let _ = rehearsal();
+}
+
+/// [`rehearse`], returning how many of its transactions completed successfully.
+fn rehearsal() -> Result<usize, CellError> {
     use abi::{EngineLimits, Hello, Map, Value, wire};
     use alloc::{string::String, vec, vec::Vec};
 
-    /// Feeds encoded host frames; encodes and drops what the cell sends.
-    struct Script(Vec<Vec<u8>>);
+    /// Feeds encoded host frames; encodes what the cell sends and counts its successes.
+    struct Script {
+        inbox: Vec<Vec<u8>>,
+        completed: Arc<core::sync::atomic::AtomicUsize>,
+    }
     impl Transport for Script {
         fn send(&mut self, frame: GuestFrame) -> Result<(), crate::TransportError> {
+            if let GuestFrame::Done { result: Ok(_), .. } = frame {
+                self.completed
+                    .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            }
             crate::encode_frame(&frame, wire::DEFAULT_MAX_FRAME_LEN).map(drop)
         }
         fn recv(&mut self) -> Result<HostFrame, crate::TransportError> {
-            let bytes = self.0.pop().ok_or(crate::TransportError::Closed)?;
+            let bytes = self.inbox.pop().ok_or(crate::TransportError::Closed)?;
             crate::decode_frame(&bytes[wire::HEADER_LEN..])
         }
     }
@@ -82,10 +94,26 @@ pub fn rehearse() {
         },
         HostFrame::Shutdown,
     ];
-    let mut encoded: Vec<Vec<u8>> = frames
+    let mut inbox: Vec<Vec<u8>> = frames
         .iter()
         .filter_map(|f| wire::encode(f, wire::DEFAULT_MAX_FRAME_LEN).ok())
         .collect();
-    encoded.reverse();
-    let _ = serve(Box::new(Script(encoded)), Arc::new(crate::NeverInterrupt));
+    inbox.reverse();
+    let completed = Arc::new(core::sync::atomic::AtomicUsize::new(0));
+    let script = Script {
+        inbox,
+        completed: completed.clone(),
+    };
+    serve(Box::new(script), Arc::new(crate::NeverInterrupt))?;
+    Ok(completed.load(core::sync::atomic::Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_rehearsal_lives_a_whole_cell_life() {
+        // Handshake, exec and call all succeed, and the cell shuts down cleanly: a
+        // rehearsal that broke would silently stop warming anything.
+        assert_eq!(super::rehearsal(), Ok(2));
+    }
 }

@@ -91,3 +91,49 @@ fn doctor_lists_backends() {
         assert!(out.contains(layer), "{layer} missing from:\n{out}");
     }
 }
+
+/// Directories under `dir` (at most `depth` levels down) whose name starts with `prefix`.
+fn find_dirs(dir: &std::path::Path, prefix: &str, depth: u32, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            out.push(path);
+        } else if depth > 0 {
+            find_dirs(&path, prefix, depth - 1, out);
+        }
+    }
+}
+
+#[test]
+fn a_process_run_leaves_no_fork_server_spare_or_cgroup_behind() {
+    // The fork server and its spares outlive every cell; a normal exit must take them
+    // and their cgroups along (a cgroup cannot be removed while a process is in it).
+    let child = Command::new(env!("CARGO_BIN_EXE_cell"))
+        .args(["run", "--backend", "process"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cell");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        lines(&stdout).iter().any(|e| e["event"] == "post"),
+        "{stdout}"
+    );
+    let mut left = Vec::new();
+    find_dirs(
+        std::path::Path::new("/sys/fs/cgroup"),
+        &format!("cell-{pid}-"),
+        6,
+        &mut left,
+    );
+    assert!(left.is_empty(), "cgroups left behind: {left:?}");
+}

@@ -50,14 +50,17 @@ pub fn bench_cold(
     policy: &Policy,
 ) {
     g.bench_function(BenchmarkId::new(id, ""), |b| {
-        b.iter(|| {
-            let cell = supervisor.spawn(&fresh_name(), backend, policy).unwrap();
-            cell.exec("post(40 + 2)").unwrap();
-            let event = cell.recv(Some(Duration::from_secs(5))).unwrap();
-            cell.close();
-            black_box(event)
-        })
+        b.iter(|| black_box(cold_cycle(supervisor, backend, policy)))
     });
+}
+
+/// One cold cell: spawn → `post(40 + 2)` → recv → close; returns the event.
+fn cold_cycle(supervisor: &Supervisor, backend: &str, policy: &Policy) -> cell_supervisor::Event {
+    let cell = supervisor.spawn(&fresh_name(), backend, policy).unwrap();
+    cell.exec("post(40 + 2)").unwrap();
+    let event = cell.recv(Some(Duration::from_secs(5))).unwrap();
+    cell.close();
+    event
 }
 
 /// Cold cell latency, as bench `id`: like [`bench_cold`], but each timed start begins
@@ -79,12 +82,8 @@ pub fn bench_cold_settled(
             for _ in 0..iters {
                 std::thread::sleep(settle);
                 let t0 = std::time::Instant::now();
-                let cell = supervisor.spawn(&fresh_name(), backend, policy).unwrap();
-                cell.exec("post(40 + 2)").unwrap();
-                let event = cell.recv(Some(Duration::from_secs(5))).unwrap();
-                cell.close();
+                black_box(cold_cycle(supervisor, backend, policy));
                 total += t0.elapsed();
-                black_box(event);
             }
             total
         })
