@@ -73,7 +73,7 @@ struct Counts {
 }
 
 /// Runs a cargo test command, echoing its output, and collects the result line of each
-/// `crates/conformance/tests/<backend>.rs` binary.
+/// `conformance/tests/<backend>.rs` binary.
 fn run_tests(mut cmd: Command) -> (bool, Vec<(String, Counts)>) {
     // cargo names each test binary on stderr and the harness prints results on stdout: read
     // both, in order, from one pipe.
@@ -135,7 +135,7 @@ fn run_tests(mut cmd: Command) -> (bool, Vec<(String, Counts)>) {
 /// Why a backend's conformance cannot run here, if it cannot.
 fn skip_reason(backend: &str) -> Option<String> {
     if !root()
-        .join(format!("crates/conformance/tests/{backend}.rs"))
+        .join(format!("conformance/tests/{backend}.rs"))
         .exists()
     {
         return Some("no conformance target for this backend yet".into());
@@ -240,11 +240,7 @@ fn bench(only: Option<&str>) -> bool {
         .iter()
         .copied()
         .filter(|b| only.is_none_or(|o| o == *b))
-        .filter(|b| {
-            root()
-                .join(format!("crates/supervisor/benches/{b}.rs"))
-                .exists()
-        })
+        .filter(|b| root().join(format!("supervisor/benches/{b}.rs")).exists())
         .collect();
     let mut ok = true;
     for b in benches {

@@ -1,0 +1,109 @@
+//! Builds the freestanding guest image (`guest/`) with a nested `cargo build` and exposes its path
+//! to the crate as `CELL_MICROVM_GUEST_ELF` (embedded with `include_bytes!`).
+//!
+//! The nested build uses its own target dir under OUT_DIR (no lock contention with the outer
+//! build), the installed x86_64-unknown-linux-gnu target (no extra rustup target), and a scrubbed
+//! environment so flags meant for the outer build never leak into the guest.
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn rerun_dir(dir: &Path) {
+    println!("cargo:rerun-if-changed={}", dir.display());
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                rerun_dir(&p);
+            } else {
+                println!("cargo:rerun-if-changed={}", p.display());
+            }
+        }
+    }
+}
+
+fn main() {
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let guest = manifest_dir.join("guest");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let target_dir = out_dir.join("guest-target");
+
+    rerun_dir(&guest.join("src"));
+    for f in ["Cargo.toml", "Cargo.lock", "link.ld", "build.rs"] {
+        println!("cargo:rerun-if-changed={}", guest.join(f).display());
+    }
+    // The guest is the cell runtime: rebuild when its crates change.
+    for dep in ["../guest-runtime", "../abi"] {
+        let d = manifest_dir.join(dep);
+        rerun_dir(&d.join("src"));
+        println!("cargo:rerun-if-changed={}", d.join("Cargo.toml").display());
+    }
+
+    let flags = [
+        "-Crelocation-model=static".to_string(),
+        "-Ctarget-feature=+crt-static".to_string(),
+        "-Clink-arg=-nostartfiles".to_string(),
+        "-Clink-arg=-nostdlib".to_string(),
+        "-Clink-arg=-static".to_string(),
+    ]
+    .join("\x1f");
+
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("--release")
+        .arg("--manifest-path")
+        .arg(guest.join("Cargo.toml"))
+        .arg("--target")
+        .arg("x86_64-unknown-linux-gnu")
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // Scrub everything the outer cargo set for this build script or inherited from the user,
+    // keeping only what configures registry access, the toolchain and the shared jobserver.
+    for (k, _) in env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        let keep = k == "CARGO_HOME"
+            || k == "CARGO_MAKEFLAGS"
+            || k.starts_with("CARGO_NET_")
+            || k.starts_with("CARGO_HTTP_")
+            || k.starts_with("CARGO_REGISTRIES_")
+            || k.starts_with("CARGO_REGISTRY_");
+        let scrub = (k.starts_with("CARGO_") && !keep)
+            || matches!(
+                k,
+                "RUSTFLAGS"
+                    | "RUSTDOCFLAGS"
+                    | "RUSTC_WORKSPACE_WRAPPER"
+                    | "RUSTC_WRAPPER"
+                    | "TARGET"
+                    | "HOST"
+                    | "OUT_DIR"
+                    | "PROFILE"
+                    | "OPT_LEVEL"
+                    | "DEBUG"
+                    | "NUM_JOBS"
+                    | "RUSTC_LINKER"
+            );
+        if scrub {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", flags);
+
+    let out = cmd
+        .output()
+        .expect("failed to run cargo for the microvm guest image");
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        panic!("building the microvm guest image failed ({})", out.status);
+    }
+    let elf = target_dir
+        .join("x86_64-unknown-linux-gnu")
+        .join("release")
+        .join("cell-microvm-guest");
+    if !elf.is_file() {
+        panic!("guest image missing after build: {}", elf.display());
+    }
+    println!("cargo:rustc-env=CELL_MICROVM_GUEST_ELF={}", elf.display());
+}

@@ -1,0 +1,206 @@
+//! Shared by the benchmarks: criterion configured for a noisy 2-core machine, pinning, memory
+//! readings, and the summary table that prints each figure beside its floor and target.
+#![allow(dead_code)]
+
+use cell_supervisor::{Map, Policy, Supervisor, Value};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion};
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Where criterion writes its estimates; the summary reads medians back from there.
+pub fn criterion_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/criterion")
+}
+
+pub fn criterion() -> Criterion {
+    Criterion::default()
+        .output_directory(&criterion_dir())
+        .sample_size(40)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args()
+}
+
+/// The median, in nanoseconds, criterion measured for `group/id` in this run.
+pub fn median_ns(group: &str, id: &str) -> Option<f64> {
+    let path = criterion_dir()
+        .join(group)
+        .join(id)
+        .join("new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["median"]["point_estimate"].as_f64()
+}
+
+/// A cell name no other bench iteration has used.
+pub fn fresh_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("bench-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Cold cell, as bench `id`: spawn → `post(40 + 2)` → recv → close.
+pub fn bench_cold(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    id: &str,
+    supervisor: &Supervisor,
+    backend: &str,
+    policy: &Policy,
+) {
+    g.bench_function(BenchmarkId::new(id, ""), |b| {
+        b.iter(|| black_box(cold_cycle(supervisor, backend, policy)))
+    });
+}
+
+/// One cold cell: spawn → `post(40 + 2)` → recv → close; returns the event.
+fn cold_cycle(supervisor: &Supervisor, backend: &str, policy: &Policy) -> cell_supervisor::Event {
+    let cell = supervisor.spawn(&fresh_name(), backend, policy).unwrap();
+    cell.exec("post(40 + 2)").unwrap();
+    let event = cell.recv(Some(Duration::from_secs(5))).unwrap();
+    cell.close();
+    event
+}
+
+/// Cold cell latency, as bench `id`: like [`bench_cold`], but each timed start begins
+/// after `settle` of idle time, so the background work the previous cell left (reaping,
+/// refilling a backend's spares) is not charged to the next one, as it would be for a
+/// start that is not one of thousands back to back. Print [`bench_cold`] beside it for
+/// the back-to-back rate.
+pub fn bench_cold_settled(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    id: &str,
+    supervisor: &Supervisor,
+    backend: &str,
+    policy: &Policy,
+    settle: Duration,
+) {
+    g.bench_function(BenchmarkId::new(id, ""), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                std::thread::sleep(settle);
+                let t0 = std::time::Instant::now();
+                black_box(cold_cycle(supervisor, backend, policy));
+                total += t0.elapsed();
+            }
+            total
+        })
+    });
+}
+
+/// Warm round trips on one live cell, as `warm_exec{suffix}` (`exec("40 + 2")`) and
+/// `warm_call{suffix}` (`call("add", [40, 2])`).
+pub fn bench_warm(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    suffix: &str,
+    supervisor: &Supervisor,
+    backend: &str,
+    policy: &Policy,
+) {
+    let warm = supervisor.spawn(&fresh_name(), backend, policy).unwrap();
+    warm.exec("fn add(a, b) { a + b }").unwrap();
+    g.bench_function(BenchmarkId::new(format!("warm_exec{suffix}"), ""), |b| {
+        b.iter(|| black_box(warm.exec("40 + 2").unwrap()))
+    });
+    g.bench_function(BenchmarkId::new(format!("warm_call{suffix}"), ""), |b| {
+        b.iter(|| {
+            black_box(
+                warm.call("add", vec![Value::Int(40), Value::Int(2)], Map::new())
+                    .unwrap(),
+            )
+        })
+    });
+    warm.close();
+}
+
+/// Pins the whole process to one CPU (`Some(cpu)`) or to all of them (`None`).
+pub fn pin(cpu: Option<usize>) {
+    let mut set = nix::sched::CpuSet::new();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    for c in 0..cpus {
+        if cpu.is_none_or(|only| only == c) {
+            let _ = set.set(c);
+        }
+    }
+    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+}
+
+/// Resident set size of this process, in bytes.
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+pub fn fmt_ns(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.1} µs", ns / 1e3)
+    }
+}
+
+/// One row of the summary: a figure, its floor measured in the same run, and the target.
+pub struct Row {
+    pub figure: String,
+    pub median_ns: Option<f64>,
+    pub floor: String,
+    pub floor_ns: Option<f64>,
+    pub target: String,
+}
+
+impl Row {
+    /// A row whose figure and floor are the criterion benches `{id}{suffix}` and
+    /// `{floor_id}{suffix}` of `group`, from this run.
+    pub fn of(
+        group: &str,
+        suffix: &str,
+        figure: impl Into<String>,
+        id: &str,
+        floor: &str,
+        floor_id: &str,
+        target: &str,
+    ) -> Row {
+        Row {
+            figure: figure.into(),
+            median_ns: median_ns(group, &format!("{id}{suffix}/")),
+            floor: floor.into(),
+            floor_ns: median_ns(group, &format!("{floor_id}{suffix}/")),
+            target: target.into(),
+        }
+    }
+}
+
+pub fn print_summary(title: &str, rows: &[Row], extra: &[String]) {
+    println!("\n=== {title} (medians of this run) ===");
+    println!(
+        "{:<52} {:>11}   {:<36} {:>11} {:>8}   target",
+        "figure", "median", "floor", "floor med.", "ratio"
+    );
+    for r in rows {
+        let ratio = match (r.median_ns, r.floor_ns) {
+            (Some(m), Some(f)) if f > 0.0 => format!("{:.2}x", m / f),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<52} {:>11}   {:<36} {:>11} {:>8}   {}",
+            r.figure,
+            r.median_ns.map(fmt_ns).unwrap_or_else(|| "n/a".into()),
+            r.floor,
+            r.floor_ns.map(fmt_ns).unwrap_or_else(|| "-".into()),
+            ratio,
+            r.target
+        );
+    }
+    for line in extra {
+        println!("{line}");
+    }
+}

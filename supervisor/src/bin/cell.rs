@@ -1,0 +1,269 @@
+//! `cell`: run scripts in cells from the command line. Events print as JSON lines on stdout;
+//! diagnostics go to stderr (`CELL_LOG=debug` for more).
+//!
+//! Exit codes (see README): 0 ok · 1 script error · 2 usage · 3 invalid policy · 4 spawn failed ·
+//! 5 limit, timeout or kill · 6 cell crashed or protocol violation · 7 cannot read the script.
+
+use cell_supervisor::{
+    Cell, CellError, ErrorCode, Map, Policy, RecvError, Supervisor, Value, json,
+};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const DEFAULT_SCRIPT: &str = include_str!("../../../examples/hello.rhai");
+
+#[derive(Parser)]
+#[command(name = "cell", version, about = "Run untrusted scripts in cells")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct CellArgs {
+    /// Backend: subinterp, process or microvm (default: the policy's, else subinterp).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Policy file (TOML); unknown keys are errors.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Name of the cell.
+    #[arg(long, default_value = "main")]
+    name: String,
+    /// Append one JSON line per broker decision (cell, capability, action, allow/deny, rule).
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+    /// Directory of the persistent `kv` store (created if missing); without it `kv` grants
+    /// are refused.
+    #[arg(long, value_name = "DIR")]
+    kv_dir: Option<PathBuf>,
+    /// TOML file of named secrets (`name = "value"`) that `secret` grants may expose.
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
+}
+
+/// The broker behind `request(...)`: built-in capabilities, the kv store, secrets, audit log.
+fn broker(args: &CellArgs) -> Result<cell_supervisor::broker::Broker, String> {
+    use cell_supervisor::broker::{Broker, JsonLinesAudit, Secrets};
+    let mut builder = Broker::builder();
+    if let Some(path) = &args.audit_log {
+        let sink = JsonLinesAudit::open(path)
+            .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?;
+        builder = builder.audit(std::sync::Arc::new(sink));
+    }
+    if let Some(dir) = &args.kv_dir {
+        builder = builder.kv_dir(dir);
+    }
+    if let Some(path) = &args.secrets {
+        builder = builder.secrets(Secrets::load(path).map_err(|e| e.to_string())?);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a script (default: an embedded demo) and print each event as a JSON line.
+    Run {
+        #[command(flatten)]
+        cell: CellArgs,
+        /// Script file; omit to run the embedded default.
+        script: Option<PathBuf>,
+    },
+    /// Load a script, then call one of its functions (or a host module's) with JSON arguments.
+    Call {
+        #[command(flatten)]
+        cell: CellArgs,
+        script: PathBuf,
+        /// `name`, `main.name` or `module.name`.
+        function: String,
+        /// Arguments, each a JSON value (`42`, `"text"`, `[1,2]`, `{"k":1}`).
+        args: Vec<String>,
+    },
+    /// Print which backends and confinement layers this host supports.
+    Doctor,
+}
+
+enum Failure {
+    Cell(CellError),
+    Policy(String),
+    Spawn(String),
+    Read(String),
+    Usage(String),
+}
+
+impl Failure {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Cell(e) => match e.code {
+                ErrorCode::Syntax
+                | ErrorCode::Runtime
+                | ErrorCode::NotFound
+                | ErrorCode::OutOfModel
+                | ErrorCode::Denied
+                | ErrorCode::InvalidArgument
+                | ErrorCode::CapabilityFailed => 1,
+                ErrorCode::LimitOperations
+                | ErrorCode::LimitCallDepth
+                | ErrorCode::LimitExprDepth
+                | ErrorCode::LimitStringSize
+                | ErrorCode::LimitArraySize
+                | ErrorCode::LimitMapSize
+                | ErrorCode::LimitValue
+                | ErrorCode::LimitFrameSize
+                | ErrorCode::LimitEventQueue
+                | ErrorCode::LimitMemory
+                | ErrorCode::LimitCpu
+                | ErrorCode::LimitQuota
+                | ErrorCode::TimedOut
+                | ErrorCode::Cancelled => 5,
+                ErrorCode::SpawnFailed => 4,
+                _ => 6,
+            },
+            Failure::Usage(_) => 2,
+            Failure::Policy(_) => 3,
+            Failure::Spawn(_) => 4,
+            Failure::Read(_) => 7,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CELL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Run { cell, script } => run(&cell, script, None),
+        Command::Call {
+            cell,
+            script,
+            function,
+            args,
+        } => run(&cell, Some(script), Some((function, args))),
+        Command::Doctor => {
+            doctor();
+            Ok(())
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            match &failure {
+                Failure::Cell(e) => println!("{}", json::error(e)),
+                Failure::Policy(m) | Failure::Spawn(m) | Failure::Read(m) | Failure::Usage(m) => {
+                    eprintln!("cell: {m}")
+                }
+            }
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+fn run(
+    args: &CellArgs,
+    script: Option<PathBuf>,
+    call: Option<(String, Vec<String>)>,
+) -> Result<(), Failure> {
+    let policy = match &args.policy {
+        Some(path) => Policy::load(path).map_err(|e| Failure::Policy(e.to_string()))?,
+        None => Policy::default(),
+    };
+    let source = match &script {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| Failure::Read(format!("cannot read {}: {e}", path.display())))?,
+        None => DEFAULT_SCRIPT.to_string(),
+    };
+    let call_args = match &call {
+        Some((_, raw)) => raw
+            .iter()
+            .map(|a| {
+                serde_json::from_str::<serde_json::Value>(a)
+                    .map(|j| json::parse_value(&j))
+                    .map_err(|e| Failure::Usage(format!("argument `{a}` is not JSON: {e}")))
+            })
+            .collect::<Result<Vec<Value>, _>>()?,
+        None => Vec::new(),
+    };
+    let backend = args
+        .backend
+        .clone()
+        .or_else(|| policy.backend.clone())
+        .unwrap_or_else(|| "subinterp".into());
+    let supervisor = Supervisor::new();
+    supervisor.set_broker(broker(args).map_err(Failure::Policy)?);
+    let cell = supervisor
+        .spawn(&args.name, &backend, &policy)
+        .map_err(|e| Failure::Spawn(e.to_string()))?;
+
+    let result = stream_events(&cell, {
+        let cell = cell.clone();
+        move || {
+            let loaded = cell.exec(&source);
+            match call {
+                Some((function, _)) => {
+                    loaded.and_then(|_| cell.call(&function, call_args, Map::new()))
+                }
+                None => loaded,
+            }
+        }
+    });
+    cell.close();
+    match result {
+        Ok(value) => {
+            println!("{}", json::result(&Ok(value)));
+            Ok(())
+        }
+        Err(e) => Err(Failure::Cell(e)),
+    }
+}
+
+/// Runs `work` on a worker thread and prints events as they arrive, then the rest of the queue.
+fn stream_events(
+    cell: &Cell,
+    work: impl FnOnce() -> Result<Value, CellError> + Send + 'static,
+) -> Result<Value, CellError> {
+    let worker = std::thread::spawn(work);
+    let print_next = |timeout| match cell.recv(Some(timeout)) {
+        Ok(event) => {
+            println!("{}", json::event(&event));
+            true
+        }
+        Err(RecvError::Timeout | RecvError::Closed(_)) => false,
+        Err(_) => false,
+    };
+    while !worker.is_finished() {
+        print_next(Duration::from_millis(20));
+    }
+    while print_next(Duration::ZERO) {}
+    worker.join().unwrap_or_else(|_| {
+        Err(CellError::new(
+            ErrorCode::Internal,
+            "the exec thread panicked",
+        ))
+    })
+}
+
+fn doctor() {
+    let supervisor = Supervisor::new();
+    for (name, availability) in supervisor.backends() {
+        match availability {
+            Ok(()) => println!("backend {name}: available"),
+            Err(reason) => println!("backend {name}: unavailable ({reason})"),
+        }
+    }
+    for (backend, layers) in supervisor.host_layers() {
+        for layer in layers {
+            let state = if layer.active { "supported" } else { "missing" };
+            match layer.detail.as_str() {
+                "" => println!("  {backend} layer {}: {state}", layer.name),
+                detail => println!("  {backend} layer {}: {state} ({detail})", layer.name),
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The `cell` binary end to end: JSON lines on stdout and one exit code per failure class.
+
+use std::process::Command;
+
+fn cell(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cell"))
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("run cell");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+#[test]
+fn run_without_a_script_runs_the_embedded_default() {
+    let (code, out) = cell(&["run"]);
+    assert_eq!(code, 0, "{out}");
+    let events = lines(&out);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "post" && e["value"] == 42),
+        "{out}"
+    );
+    assert_eq!(events.last().unwrap()["event"], "result");
+}
+
+#[test]
+fn call_loads_a_script_then_calls_with_json_arguments() {
+    let (code, out) = cell(&["call", "examples/fib.rhai", "fib", "50"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(lines(&out).last().unwrap()["value"], 12586269025i64);
+    let (code, out) = cell(&["call", "examples/fib.rhai", "stats", "[1, 2, 3]"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(lines(&out).last().unwrap()["value"]["mean"], 2.0);
+}
+
+#[test]
+fn exit_codes_name_the_failure_class() {
+    let dir = std::env::temp_dir().join(format!("cell-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad_script = dir.join("bad.rhai");
+    std::fs::write(&bad_script, "let x = ;").unwrap();
+    let bad_policy = dir.join("bad.toml");
+    std::fs::write(&bad_policy, "[limits]\nmax_operatons = 1\n").unwrap();
+    let bad = bad_script.to_str().unwrap();
+
+    let (code, out) = cell(&["run", bad]);
+    assert_eq!((code, lines(&out)[0]["code"].as_str()), (1, Some("syntax")));
+    assert_eq!(
+        cell(&["run", "--policy", bad_policy.to_str().unwrap()]).0,
+        3
+    );
+    assert_eq!(cell(&["run", "--backend", "nonesuch"]).0, 4);
+    let (code, out) = cell(&[
+        "run",
+        "--policy",
+        "examples/strict.toml",
+        "examples/spin.rhai",
+    ]);
+    assert_eq!(code, 5, "{out}");
+    assert_eq!(lines(&out)[0]["value"], "about to spin");
+    assert_eq!(cell(&["run", "/nonexistent/script.rhai"]).0, 7);
+    assert_eq!(cell(&["call", "examples/fib.rhai", "fib", "not json"]).0, 2);
+    assert_eq!(cell(&["frobnicate"]).0, 2);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn doctor_lists_backends() {
+    let (code, out) = cell(&["doctor"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("backend subinterp: available"), "{out}");
+    // Every backend lists its confinement layers, each supported or missing here.
+    for layer in [
+        "process layer seccomp",
+        "process layer landlock",
+        "microvm layer kvm",
+        "subinterp layer interpreter",
+    ] {
+        assert!(out.contains(layer), "{layer} missing from:\n{out}");
+    }
+}
+
+/// Directories under `dir` (at most `depth` levels down) whose name starts with `prefix`.
+fn find_dirs(dir: &std::path::Path, prefix: &str, depth: u32, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            out.push(path);
+        } else if depth > 0 {
+            find_dirs(&path, prefix, depth - 1, out);
+        }
+    }
+}
+
+#[test]
+fn a_process_run_leaves_no_fork_server_spare_or_cgroup_behind() {
+    // The fork server and its spares outlive every cell; a normal exit must take them
+    // and their cgroups along (a cgroup cannot be removed while a process is in it).
+    let child = Command::new(env!("CARGO_BIN_EXE_cell"))
+        .args(["run", "--backend", "process"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cell");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        lines(&stdout).iter().any(|e| e["event"] == "post"),
+        "{stdout}"
+    );
+    let mut left = Vec::new();
+    find_dirs(
+        std::path::Path::new("/sys/fs/cgroup"),
+        &format!("cell-{pid}-"),
+        6,
+        &mut left,
+    );
+    assert!(left.is_empty(), "cgroups left behind: {left:?}");
+}
