@@ -21,6 +21,7 @@ mod api;
 mod cell;
 mod compiled;
 pub mod convert;
+pub mod limits;
 mod errors;
 pub mod modules;
 mod transport;
