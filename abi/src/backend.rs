@@ -40,6 +40,13 @@ pub trait Killer: Send + Sync {
     fn kill(&self);
 }
 
+/// Ends the exec/call running in a cell from any thread and leaves the cell usable: the
+/// transaction in flight fails with `Cancelled`, state defined before it stays. Idempotent; a
+/// no-op when nothing runs.
+pub trait Interrupter: Send + Sync {
+    fn interrupt(&self);
+}
+
 /// Resource limits the boundary enforces (beyond the engine limits in [`Hello`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resources {
@@ -142,6 +149,12 @@ pub trait CellPipe: Send {
 
     /// A handle that kills this cell from any thread, including while `transact` runs.
     fn killer(&self) -> Arc<dyn Killer>;
+
+    /// A handle that interrupts the running transaction without killing the cell, if the
+    /// backend can (`None`: only [`CellPipe::killer`] stops a running script).
+    fn interrupter(&self) -> Option<Arc<dyn Interrupter>> {
+        None
+    }
 
     /// The confinement layers and whether each is active.
     fn layers(&self) -> Vec<Layer> {
