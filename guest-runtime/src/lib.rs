@@ -21,8 +21,8 @@ mod api;
 mod cell;
 mod compiled;
 pub mod convert;
-pub mod limits;
 mod errors;
+pub mod limits;
 pub mod modules;
 mod transport;
 

@@ -1,9 +1,8 @@
 //! A handle to one running cell: exec, call, recv, kill, close.
 
-use crate::event::Event;
-use crate::host::{CellHost, Stats};
 use abi::backend::{CellPipe, Killer, Layer};
 use abi::{CellError, ErrorCode, HostFrame, Map, Value};
+use host::{CellHost, Event, Stats};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

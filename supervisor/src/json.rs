@@ -1,8 +1,8 @@
 //! JSON renderings of values and events, for the CLI's JSON lines and transcripts.
 //! Unit is `null`, bytes are `{"$bytes": "<hex>"}`, non-finite floats are strings.
 
-use crate::event::Event;
 use abi::{CellError, Value};
+use host::Event;
 use serde_json::{Value as J, json};
 
 pub fn value(v: &Value) -> J {
@@ -51,6 +51,8 @@ pub fn event(e: &Event) -> J {
         Event::Metric { name, value, tags } => {
             json!({ "event": "metric", "name": name, "value": value, "tags": tags })
         }
+        // An event kind added after this build: named, never dropped silently.
+        other => json!({ "event": other.kind() }),
     }
 }
 

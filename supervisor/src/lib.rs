@@ -11,24 +11,26 @@
 //!
 //! * [`Supervisor`] — backends by name, named cells, `spawn`, `list`;
 //! * [`Cell`] — `exec`, `call`, `recv`, `kill`, `close` on one cell;
-//! * [`host`] — the host side of the protocol, the one piece every backend's pipe plugs into;
+//! * [`host`] — the host side of the protocol (`cell-host`), the one piece every backend's pipe
+//!   plugs into;
 //! * [`Policy`] — limits, modules and channel bounds, loaded from TOML (unknown keys are errors);
 //! * [`RequestHandler`] — where `request(...)` goes: the [`broker`]'s per-cell handler, built at
 //!   spawn from the policy's `[[grants]]`/`[[denies]]`; with no grants and no broker, deny-all.
 
+mod broker_handler;
 mod cell;
-pub mod event;
-pub mod host;
 pub mod json;
 pub mod policy;
-mod requests;
 mod supervisor;
 
 pub use abi::{CellError, ErrorCode, Level, Map, Value};
 /// The broker crate: capabilities, rules, audit sinks (`cell-broker`).
 pub use broker;
 pub use cell::{Cell, CellInfo, CellState, RecvError};
-pub use event::Event;
+/// The host side of the protocol (`cell-host`).
+pub use host;
+pub use host::Event;
+pub use host::event;
+pub use host::{DenyAll, RequestContext, RequestHandler};
 pub use policy::{Policy, PolicyError};
-pub use requests::{DenyAll, RequestContext, RequestHandler};
 pub use supervisor::{Supervisor, SupervisorError};

@@ -30,8 +30,9 @@
 //! ```
 
 use abi::backend::{Resources, SpawnSpec};
-use abi::wire::{ABSOLUTE_MAX_FRAME_LEN, DEFAULT_MAX_FRAME_LEN};
+use abi::wire::ABSOLUTE_MAX_FRAME_LEN;
 use abi::{EngineLimits, Hello};
+pub use host::Channel;
 use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;
@@ -91,28 +92,6 @@ impl Default for Limits {
             cpu_time_ms: resources.cpu_time_ms,
             max_processes: resources.max_processes,
             max_open_files: resources.max_open_files,
-        }
-    }
-}
-
-/// Bounds on the channel between a cell and the host.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Channel {
-    /// Largest frame in either direction, checked before allocation.
-    pub max_frame_bytes: u32,
-    /// Events (posts, logs, metrics) waiting for `recv`; a cell that floods past it is killed.
-    pub max_queued_events: usize,
-    /// Bytes of events waiting for `recv`.
-    pub max_queued_bytes: usize,
-}
-
-impl Default for Channel {
-    fn default() -> Self {
-        Channel {
-            max_frame_bytes: DEFAULT_MAX_FRAME_LEN,
-            max_queued_events: 10_000,
-            max_queued_bytes: 16 << 20,
         }
     }
 }

@@ -1,11 +1,12 @@
 //! The supervisor: backends by name, named cells.
 
+use crate::broker_handler::BrokerHandler;
 use crate::cell::{Cell, CellInfo, Inner};
-use crate::host::CellHost;
 use crate::policy::Policy;
-use crate::requests::{DenyAll, RequestHandler};
 use abi::CellError;
 use abi::backend::{Backend, SpawnError};
+use host::CellHost;
+use host::{DenyAll, RequestHandler};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
@@ -115,7 +116,7 @@ impl Supervisor {
         let cell = broker
             .for_cell(name, &rules)
             .map_err(SupervisorError::Grants)?;
-        Ok(Arc::new(cell))
+        Ok(Arc::new(BrokerHandler(cell)))
     }
 
     pub fn backend(&self, name: &str) -> Option<Arc<dyn Backend>> {

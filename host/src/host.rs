@@ -6,8 +6,8 @@
 //! request is decided here, on the host, by the [`RequestHandler`]. Anything else aborts the
 //! transaction and the supervisor kills the cell. Nothing a guest sends can panic this code.
 
+use crate::channel::Channel;
 use crate::event::Event;
-use crate::policy::Channel;
 use crate::requests::{RequestContext, RequestHandler};
 use abi::backend::{Flow, HostSide};
 use abi::{

@@ -1,6 +1,6 @@
 //! Where a guest's `request(capability, action, payload)` goes, after the host side checked the
-//! frame. The broker's per-cell handler ([`broker::CellBroker`], built at spawn from the policy's
-//! grants) implements [`RequestHandler`]; a cell whose policy grants nothing, on a supervisor
+//! frame. The broker's per-cell handler (`cell-broker`'s `CellBroker`, built at spawn from the policy's
+//! grants, wrapped by the supervisor) implements [`RequestHandler`]; a cell whose policy grants nothing, on a supervisor
 //! with no broker attached, gets [`DenyAll`], which refuses every request with a typed error
 //! naming the capability.
 
@@ -27,23 +27,6 @@ pub trait RequestHandler: Send + Sync {
     /// The cell is gone (killed, closed, crashed): fail any request still in flight promptly, so
     /// a guest blocked in `request` cannot hold its killer up. Idempotent.
     fn cancel(&self) {}
-}
-
-/// The broker's per-cell handler: grants from the cell's policy, decided on the host.
-impl RequestHandler for broker::CellBroker {
-    fn handle(
-        &self,
-        ctx: RequestContext<'_>,
-        capability: &str,
-        action: &str,
-        payload: Value,
-    ) -> Result<Value, CellError> {
-        self.request(ctx.backend, capability, action, payload)
-    }
-
-    fn cancel(&self) {
-        broker::CellBroker::cancel(self);
-    }
 }
 
 /// Grants nothing.

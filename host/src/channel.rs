@@ -1,0 +1,26 @@
+//! Bounds on the channel between a cell and its host.
+
+use abi::wire::DEFAULT_MAX_FRAME_LEN;
+use serde::Deserialize;
+
+/// Bounds on the channel between a cell and the host (a policy's `[channel]` table).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Channel {
+    /// Largest frame in either direction, checked before allocation.
+    pub max_frame_bytes: u32,
+    /// Events (posts, logs, metrics) waiting for `recv`; a cell that floods past it is killed.
+    pub max_queued_events: usize,
+    /// Bytes of events waiting for `recv`.
+    pub max_queued_bytes: usize,
+}
+
+impl Default for Channel {
+    fn default() -> Self {
+        Channel {
+            max_frame_bytes: DEFAULT_MAX_FRAME_LEN,
+            max_queued_events: 10_000,
+            max_queued_bytes: 16 << 20,
+        }
+    }
+}
