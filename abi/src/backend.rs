@@ -106,6 +106,16 @@ pub enum SpawnError {
     Other(String),
 }
 
+/// A resource of the boundary a cell can use up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resource {
+    /// [`Resources::memory_bytes`].
+    Memory,
+    /// [`Resources::cpu_time_ms`].
+    CpuTime,
+}
+
 /// Why a transaction did not complete.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -124,6 +134,10 @@ pub enum PipeError {
     Aborted(CellError),
     #[error("channel i/o failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The boundary stopped the cell for using up `resource` (an OOM kill, SIGXCPU, ...). The
+    /// host side words the message the same for every backend; `detail` is for logs.
+    #[error("the cell used up its {resource:?} limit: {detail}")]
+    Exhausted { resource: Resource, detail: String },
 }
 
 impl PipeError {
@@ -135,6 +149,14 @@ impl PipeError {
             PipeError::Closed | PipeError::Crashed(_) | PipeError::Io(_) => ErrorCode::CellCrashed,
             PipeError::Wire(wire::WireError::TooLarge { .. }) => ErrorCode::LimitFrameSize,
             PipeError::Wire(_) => ErrorCode::ProtocolViolation,
+            PipeError::Exhausted {
+                resource: Resource::Memory,
+                ..
+            } => ErrorCode::LimitMemory,
+            PipeError::Exhausted {
+                resource: Resource::CpuTime,
+                ..
+            } => ErrorCode::LimitCpu,
             PipeError::Aborted(e) => return e.clone(),
         };
         CellError::new(code, std::format!("{self}"))

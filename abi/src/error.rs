@@ -3,63 +3,65 @@
 
 /// Why an operation failed. Carried on the wire as its `u16` number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u16)]
 #[non_exhaustive]
 pub enum ErrorCode {
     /// The source text does not parse.
-    Syntax = 1,
+    Syntax,
     /// The script raised an error while running.
-    Runtime = 2,
+    Runtime,
     /// The function or module named does not exist.
-    NotFound = 3,
+    NotFound,
     /// The script used something outside the cell model (eval, print, an undeclared import, ...).
-    OutOfModel = 4,
+    OutOfModel,
     /// The broker refused a request: the capability or action is not granted.
-    Denied = 5,
+    Denied,
     /// An argument has the wrong type or shape.
-    InvalidArgument = 6,
+    InvalidArgument,
     /// The operation budget of one exec/call was exhausted.
-    LimitOperations = 10,
+    LimitOperations,
     /// Function call nesting went past the limit.
-    LimitCallDepth = 11,
+    LimitCallDepth,
     /// Expression nesting went past the limit.
-    LimitExprDepth = 12,
+    LimitExprDepth,
     /// A string grew past the limit.
-    LimitStringSize = 13,
+    LimitStringSize,
     /// An array grew past the limit.
-    LimitArraySize = 14,
+    LimitArraySize,
     /// A map grew past the limit.
-    LimitMapSize = 15,
+    LimitMapSize,
     /// A value is nested too deeply or is too large to cross the boundary.
-    LimitValue = 16,
+    LimitValue,
     /// A frame is larger than the frame cap.
-    LimitFrameSize = 17,
+    LimitFrameSize,
     /// The cell flooded its event queue.
-    LimitEventQueue = 18,
+    LimitEventQueue,
     /// The cell ran out of memory.
-    LimitMemory = 19,
+    LimitMemory,
     /// The cell used up its CPU time.
-    LimitCpu = 20,
+    LimitCpu,
     /// A capability's rate or byte quota is used up.
-    LimitQuota = 21,
+    LimitQuota,
     /// The operation was cancelled (the cell was killed).
-    Cancelled = 30,
+    Cancelled,
     /// The operation ran past its wall-time limit.
-    TimedOut = 31,
+    TimedOut,
     /// The guest broke the protocol; the cell was killed.
-    ProtocolViolation = 40,
+    ProtocolViolation,
     /// The two sides speak different ABI versions.
-    VersionMismatch = 41,
+    VersionMismatch,
     /// The cell died unexpectedly.
-    CellCrashed = 42,
+    CellCrashed,
     /// The cell is closed or was killed earlier.
-    CellClosed = 43,
+    CellClosed,
     /// The containment boundary could not be set up.
-    SpawnFailed = 44,
+    SpawnFailed,
     /// A granted capability failed while handling the request.
-    CapabilityFailed = 50,
+    CapabilityFailed,
     /// A bug on the host side; reported rather than panicking.
-    Internal = 60,
+    Internal,
+    /// A code this build does not know (a newer peer appended it), passed on as its number.
+    /// Only [`ErrorCode::from_wire`] makes one, and never for a known number.
+    Unknown(u16),
 }
 
 impl ErrorCode {
@@ -94,12 +96,70 @@ impl ErrorCode {
         ErrorCode::Internal,
     ];
 
+    /// The stable number on the wire (the table in SPEC.md).
     pub const fn as_u16(self) -> u16 {
-        self as u16
+        match self {
+            ErrorCode::Syntax => 1,
+            ErrorCode::Runtime => 2,
+            ErrorCode::NotFound => 3,
+            ErrorCode::OutOfModel => 4,
+            ErrorCode::Denied => 5,
+            ErrorCode::InvalidArgument => 6,
+            ErrorCode::LimitOperations => 10,
+            ErrorCode::LimitCallDepth => 11,
+            ErrorCode::LimitExprDepth => 12,
+            ErrorCode::LimitStringSize => 13,
+            ErrorCode::LimitArraySize => 14,
+            ErrorCode::LimitMapSize => 15,
+            ErrorCode::LimitValue => 16,
+            ErrorCode::LimitFrameSize => 17,
+            ErrorCode::LimitEventQueue => 18,
+            ErrorCode::LimitMemory => 19,
+            ErrorCode::LimitCpu => 20,
+            ErrorCode::LimitQuota => 21,
+            ErrorCode::Cancelled => 30,
+            ErrorCode::TimedOut => 31,
+            ErrorCode::ProtocolViolation => 40,
+            ErrorCode::VersionMismatch => 41,
+            ErrorCode::CellCrashed => 42,
+            ErrorCode::CellClosed => 43,
+            ErrorCode::SpawnFailed => 44,
+            ErrorCode::CapabilityFailed => 50,
+            ErrorCode::Internal => 60,
+            ErrorCode::Unknown(raw) => raw,
+        }
     }
 
+    /// The known code with this number, if this build knows it.
     pub fn from_u16(raw: u16) -> Option<ErrorCode> {
         ErrorCode::ALL.iter().copied().find(|c| c.as_u16() == raw)
+    }
+
+    /// Any number read from the wire: a known code, or [`ErrorCode::Unknown`] carrying it (the
+    /// list is append-only, so a newer peer may send a code this build has never seen).
+    pub fn from_wire(raw: u16) -> ErrorCode {
+        ErrorCode::from_u16(raw).unwrap_or(ErrorCode::Unknown(raw))
+    }
+
+    /// Whether a guest may report this code in a `Done` or `Refused` frame (SPEC.md, "Who may
+    /// report a code"). The others describe what only the host can observe (its clock, its
+    /// kill, its queue, the boundary); the host does not take a guest's word for them.
+    /// Unknown codes are a newer guest's own and pass.
+    pub const fn guest_may_report(self) -> bool {
+        !matches!(
+            self,
+            ErrorCode::LimitEventQueue
+                | ErrorCode::LimitMemory
+                | ErrorCode::LimitCpu
+                | ErrorCode::Cancelled
+                | ErrorCode::TimedOut
+                | ErrorCode::ProtocolViolation
+                | ErrorCode::VersionMismatch
+                | ErrorCode::CellCrashed
+                | ErrorCode::CellClosed
+                | ErrorCode::SpawnFailed
+                | ErrorCode::Internal
+        )
     }
 
     /// A stable snake_case name, used in JSON output and logs.
@@ -132,6 +192,7 @@ impl ErrorCode {
             ErrorCode::SpawnFailed => "spawn_failed",
             ErrorCode::CapabilityFailed => "capability_failed",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unknown(_) => "unknown",
         }
     }
 
@@ -170,25 +231,20 @@ impl serde::Serialize for ErrorCode {
 impl<'de> serde::Deserialize<'de> for ErrorCode {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = <u16 as serde::Deserialize>::deserialize(d)?;
-        ErrorCode::from_u16(raw).ok_or_else(|| {
-            serde::de::Error::invalid_value(
-                serde::de::Unexpected::Unsigned(raw.into()),
-                &"a known error code",
-            )
-        })
+        Ok(ErrorCode::from_wire(raw))
     }
 }
 
 // Tripwires: published numbers never change.
-const _: () = assert!(ErrorCode::Syntax as u16 == 1);
-const _: () = assert!(ErrorCode::Denied as u16 == 5);
-const _: () = assert!(ErrorCode::LimitOperations as u16 == 10);
-const _: () = assert!(ErrorCode::LimitQuota as u16 == 21);
-const _: () = assert!(ErrorCode::Cancelled as u16 == 30);
-const _: () = assert!(ErrorCode::ProtocolViolation as u16 == 40);
-const _: () = assert!(ErrorCode::SpawnFailed as u16 == 44);
-const _: () = assert!(ErrorCode::CapabilityFailed as u16 == 50);
-const _: () = assert!(ErrorCode::Internal as u16 == 60);
+const _: () = assert!(ErrorCode::Syntax.as_u16() == 1);
+const _: () = assert!(ErrorCode::Denied.as_u16() == 5);
+const _: () = assert!(ErrorCode::LimitOperations.as_u16() == 10);
+const _: () = assert!(ErrorCode::LimitQuota.as_u16() == 21);
+const _: () = assert!(ErrorCode::Cancelled.as_u16() == 30);
+const _: () = assert!(ErrorCode::ProtocolViolation.as_u16() == 40);
+const _: () = assert!(ErrorCode::SpawnFailed.as_u16() == 44);
+const _: () = assert!(ErrorCode::CapabilityFailed.as_u16() == 50);
+const _: () = assert!(ErrorCode::Internal.as_u16() == 60);
 
 #[cfg(feature = "alloc")]
 mod with_alloc {
@@ -238,5 +294,51 @@ mod tests {
         }
         assert_eq!(ErrorCode::from_u16(0), None);
         assert_eq!(ErrorCode::from_u16(9999), None);
+    }
+
+    #[test]
+    fn every_number_decodes_and_unknown_ones_are_passed_on() {
+        for raw in 0..=u16::MAX {
+            let code = ErrorCode::from_wire(raw);
+            assert_eq!(code.as_u16(), raw);
+            match ErrorCode::from_u16(raw) {
+                Some(known) => assert_eq!(code, known),
+                None => {
+                    assert_eq!(code, ErrorCode::Unknown(raw));
+                    assert_eq!(code.name(), "unknown");
+                    assert!(!code.is_fatal() && code.guest_may_report());
+                }
+            }
+        }
+        assert!(!ErrorCode::ALL.iter().any(|c| matches!(c, ErrorCode::Unknown(_))));
+    }
+
+    #[test]
+    fn host_only_codes_are_exactly_the_spec_table() {
+        let host_only: alloc::vec::Vec<&str> = ErrorCode::ALL
+            .iter()
+            .filter(|c| !c.guest_may_report())
+            .map(|c| c.name())
+            .collect();
+        assert_eq!(
+            host_only,
+            [
+                "limit_event_queue",
+                "limit_memory",
+                "limit_cpu",
+                "cancelled",
+                "timed_out",
+                "protocol_violation",
+                "version_mismatch",
+                "cell_crashed",
+                "cell_closed",
+                "spawn_failed",
+                "internal"
+            ]
+        );
+        // Every fatal code is one the host alone decides.
+        for c in ErrorCode::ALL {
+            assert!(!c.is_fatal() || !c.guest_may_report(), "{c}");
+        }
     }
 }

@@ -32,8 +32,15 @@ impl Default for EngineLimits {
     }
 }
 
+/// The host modules a guest runtime of this ABI provides: the only names a [`Hello`] may list
+/// in `modules`. The host refuses any other before it spawns a cell.
+pub const HOST_MODULES: &[&str] = &["math", "text", "json"];
+
 /// host → cell, first frame: who the host is and what the cell may do.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// `features` travels after the v1 fields, only when non-empty, and is read by
+/// [`crate::wire::decode_body`] from the bytes after them (SPEC.md, "Evolution").
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Hello {
     pub abi_version: u32,
     pub schema: String,
@@ -42,6 +49,9 @@ pub struct Hello {
     pub limits: EngineLimits,
     /// Host-provided modules that `import` and `call` may resolve.
     pub modules: Vec<String>,
+    /// Optional features the host speaks ([`crate::version::FEATURES`]).
+    #[serde(skip_deserializing)]
+    pub features: Vec<String>,
 }
 
 impl Hello {
@@ -52,17 +62,84 @@ impl Hello {
             cell: cell.into(),
             limits,
             modules,
+            features: own_features(),
         }
     }
 }
 
-/// cell → host, answer to [`Hello`]: the guest is ready.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+fn own_features() -> Vec<String> {
+    crate::version::FEATURES
+        .iter()
+        .map(|f| String::from(*f))
+        .collect()
+}
+
+/// cell → host, answer to [`Hello`]: the guest is ready. `features` travels like
+/// [`Hello::features`].
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Ready {
     pub abi_version: u32,
     pub schema: String,
     pub engine: String,
     pub engine_version: String,
+    /// Optional features the guest speaks ([`crate::version::FEATURES`]).
+    #[serde(skip_deserializing)]
+    pub features: Vec<String>,
+}
+
+impl Ready {
+    /// This build's answer for `engine` at `engine_version`.
+    pub fn new(engine: impl Into<String>, engine_version: impl Into<String>) -> Self {
+        Ready {
+            abi_version: crate::ABI_VERSION,
+            schema: String::from(crate::SCHEMA_KEY),
+            engine: engine.into(),
+            engine_version: engine_version.into(),
+            features: own_features(),
+        }
+    }
+}
+
+// The v1 fields in order, then the extension (features) only when there is one: a handshake
+// without features is byte-identical to the first v1 frames.
+impl Serialize for Hello {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let extended = !self.features.is_empty();
+        let mut t = s.serialize_tuple(5 + usize::from(extended))?;
+        t.serialize_element(&self.abi_version)?;
+        t.serialize_element(&self.schema)?;
+        t.serialize_element(&self.cell)?;
+        t.serialize_element(&self.limits)?;
+        t.serialize_element(&self.modules)?;
+        if extended {
+            t.serialize_element(&self.features)?;
+        }
+        t.end()
+    }
+}
+
+impl Serialize for Ready {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let extended = !self.features.is_empty();
+        let mut t = s.serialize_tuple(4 + usize::from(extended))?;
+        t.serialize_element(&self.abi_version)?;
+        t.serialize_element(&self.schema)?;
+        t.serialize_element(&self.engine)?;
+        t.serialize_element(&self.engine_version)?;
+        if extended {
+            t.serialize_element(&self.features)?;
+        }
+        t.end()
+    }
+}
+
+/// Reads a handshake extension: the feature list, then whatever a newer minor appended after
+/// it, which this build does not know and skips.
+fn read_extension(tail: &[u8]) -> Result<Vec<String>, postcard::Error> {
+    let (features, _newer) = postcard::take_from_bytes::<Vec<String>>(tail)?;
+    Ok(features)
 }
 
 /// Severity of a guest log event.
@@ -181,6 +258,30 @@ pub enum GuestFrameKind {
     Log = 4,
     Metric = 5,
     Request = 6,
+}
+
+impl crate::wire::Frame for HostFrame {
+    fn accept_tail(&mut self, tail: &[u8]) -> Result<(), crate::wire::WireError> {
+        match self {
+            HostFrame::Hello(hello) => {
+                hello.features = read_extension(tail).map_err(crate::wire::WireError::Malformed)?;
+                Ok(())
+            }
+            _ => Err(crate::wire::WireError::TrailingBytes(tail.len())),
+        }
+    }
+}
+
+impl crate::wire::Frame for GuestFrame {
+    fn accept_tail(&mut self, tail: &[u8]) -> Result<(), crate::wire::WireError> {
+        match self {
+            GuestFrame::Ready(ready) => {
+                ready.features = read_extension(tail).map_err(crate::wire::WireError::Malformed)?;
+                Ok(())
+            }
+            _ => Err(crate::wire::WireError::TrailingBytes(tail.len())),
+        }
+    }
 }
 
 impl HostFrame {

@@ -33,16 +33,55 @@ pub enum Value {
 
 /// Why a value does not fit the limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ValueLimitError {
     TooDeep { max: usize },
+    /// A string of `len` bytes, over `max`.
+    StringTooLong { len: usize, max: usize },
+    /// A list (or byte string) of `len` elements, over `max`.
+    ListTooLong { len: usize, max: usize },
+    /// A map of `len` entries, over `max`.
+    MapTooLarge { len: usize, max: usize },
 }
 
 impl fmt::Display for ValueLimitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ValueLimitError::TooDeep { max } => write!(f, "value nested deeper than {max} levels"),
+            ValueLimitError::StringTooLong { len, max } => {
+                write!(f, "a string of {len} bytes, over the limit of {max}")
+            }
+            ValueLimitError::ListTooLong { len, max } => {
+                write!(f, "a list of {len} elements, over the limit of {max}")
+            }
+            ValueLimitError::MapTooLarge { len, max } => {
+                write!(f, "a map of {len} entries, over the limit of {max}")
+            }
         }
     }
+}
+
+/// Largest string, list and map a value may hold (0: unlimited, as in the engine).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Lengths {
+    pub string: usize,
+    pub list: usize,
+    pub map: usize,
+}
+
+impl Lengths {
+    /// The lengths an engine with `limits` can hold: what may cross into or out of it.
+    pub fn of(limits: &crate::EngineLimits) -> Self {
+        Lengths {
+            string: limits.max_string_len as usize,
+            list: limits.max_array_len as usize,
+            map: limits.max_map_len as usize,
+        }
+    }
+}
+
+fn over(limit: usize, len: usize) -> bool {
+    limit != 0 && len > limit
 }
 
 impl Value {
@@ -79,6 +118,45 @@ impl Value {
                 max: MAX_VALUE_DEPTH,
             })
         }
+    }
+
+    /// Checks the nesting depth and, in the same walk, every string, list and map against
+    /// `lengths` (map keys are not counted as strings; byte strings are not lists). Stops at
+    /// the first excess, never recursing past the depth limit.
+    pub fn check_limits(&self, lengths: &Lengths) -> Result<(), ValueLimitError> {
+        fn walk(v: &Value, depth: usize, l: &Lengths) -> Result<(), ValueLimitError> {
+            if depth > MAX_VALUE_DEPTH {
+                return Err(ValueLimitError::TooDeep {
+                    max: MAX_VALUE_DEPTH,
+                });
+            }
+            match v {
+                Value::Str(s) if over(l.string, s.len()) => Err(ValueLimitError::StringTooLong {
+                    len: s.len(),
+                    max: l.string,
+                }),
+                Value::List(items) => {
+                    if over(l.list, items.len()) {
+                        return Err(ValueLimitError::ListTooLong {
+                            len: items.len(),
+                            max: l.list,
+                        });
+                    }
+                    items.iter().try_for_each(|i| walk(i, depth + 1, l))
+                }
+                Value::Map(map) => {
+                    if over(l.map, map.len()) {
+                        return Err(ValueLimitError::MapTooLarge {
+                            len: map.len(),
+                            max: l.map,
+                        });
+                    }
+                    map.values().try_for_each(|i| walk(i, depth + 1, l))
+                }
+                _ => Ok(()),
+            }
+        }
+        walk(self, 1, lengths)
     }
 
     /// Bit-exact equality (NaN equals NaN with the same bits; 0.0 and -0.0 differ). This is the
@@ -302,6 +380,66 @@ mod tests {
         );
         let deep = postcard::to_allocvec(&nested(MAX_VALUE_DEPTH + 1)).unwrap();
         assert!(postcard::from_bytes::<Value>(&deep).is_err());
+    }
+
+    #[test]
+    fn length_limits_are_exact_and_zero_is_unlimited() {
+        let l = Lengths {
+            string: 3,
+            list: 2,
+            map: 1,
+        };
+        let s = |n: usize| Value::Str("x".repeat(n));
+        assert_eq!(s(3).check_limits(&l), Ok(()));
+        assert_eq!(
+            s(4).check_limits(&l),
+            Err(ValueLimitError::StringTooLong { len: 4, max: 3 })
+        );
+        let list = |n: usize| Value::List(vec![Value::Unit; n]);
+        assert_eq!(list(2).check_limits(&l), Ok(()));
+        assert_eq!(
+            list(3).check_limits(&l),
+            Err(ValueLimitError::ListTooLong { len: 3, max: 2 })
+        );
+        let map = |n: usize| Value::Map((0..n).map(|i| (alloc::format!("{i}"), Value::Unit)).collect());
+        assert_eq!(map(1).check_limits(&l), Ok(()));
+        assert_eq!(
+            map(2).check_limits(&l),
+            Err(ValueLimitError::MapTooLarge { len: 2, max: 1 })
+        );
+        // Nested excess is found; bytes are not lists.
+        let inner = Value::Map([("k".into(), Value::List(vec![s(4)]))].into_iter().collect());
+        assert!(inner.check_limits(&l).is_err());
+        assert_eq!(Value::Bytes(vec![0; 10]).check_limits(&l), Ok(()));
+        let unlimited = Lengths::default();
+        assert_eq!(list(1000).check_limits(&unlimited), Ok(()));
+        assert_eq!(s(1000).check_limits(&unlimited), Ok(()));
+        assert_eq!(map(10).check_limits(&unlimited), Ok(()));
+        // Depth is checked in the same walk, exactly at the limit.
+        assert_eq!(nested_depth_ok(), Ok(()));
+        assert_eq!(
+            nested(MAX_VALUE_DEPTH + 1).check_limits(&unlimited),
+            Err(ValueLimitError::TooDeep { max: MAX_VALUE_DEPTH })
+        );
+        let mut deep_map = Value::Unit;
+        for _ in 1..=MAX_VALUE_DEPTH {
+            deep_map = Value::Map([(String::new(), deep_map)].into_iter().collect());
+        }
+        assert!(deep_map.check_limits(&unlimited).is_err());
+        assert!(deep_map.check_depth().is_err());
+        let limits = crate::EngineLimits::default();
+        assert_eq!(
+            Lengths::of(&limits),
+            Lengths {
+                string: limits.max_string_len as usize,
+                list: limits.max_array_len as usize,
+                map: limits.max_map_len as usize
+            }
+        );
+    }
+
+    fn nested_depth_ok() -> Result<(), ValueLimitError> {
+        nested(MAX_VALUE_DEPTH).check_limits(&Lengths::default())
     }
 
     #[test]

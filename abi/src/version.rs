@@ -11,6 +11,17 @@ pub const ABI_VERSION: u32 = 1;
 pub const SCHEMA_KEY: &str =
     "cell-abi/1;ops=exec,call,post,recv,log,metric,request;wire=postcard-le32";
 
+/// Optional features this build speaks, advertised in `Hello` and `Ready` (see SPEC.md,
+/// "Evolution"). A side uses a feature only when the peer advertised it too, so a newer minor
+/// keeps working with an older one. None is defined yet: every v1 peer speaks exactly the base
+/// protocol, and a handshake without features is byte-identical to the first v1 frames.
+pub const FEATURES: &[&str] = &[];
+
+/// Whether both sides of a handshake speak `feature`.
+pub fn negotiated(ours: &[&str], theirs: &[impl AsRef<str>], feature: &str) -> bool {
+    ours.contains(&feature) && theirs.iter().any(|f| f.as_ref() == feature)
+}
+
 const fn str_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {

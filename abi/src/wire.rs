@@ -30,6 +30,17 @@ pub enum WireError {
     TrailingBytes(usize),
 }
 
+/// A frame type the wire decodes. Bytes left after a frame's fields are an error, except in the
+/// handshake frames, which carry their extension there (SPEC.md, "Evolution").
+pub trait Frame: DeserializeOwned {
+    /// Takes the bytes left after the fields this build knows; the default refuses any.
+    fn accept_tail(&mut self, tail: &[u8]) -> Result<(), WireError> {
+        Err(WireError::TrailingBytes(tail.len()))
+    }
+}
+
+impl Frame for crate::Value {}
+
 /// Checks a length prefix against `max` (itself clamped to [`ABSOLUTE_MAX_FRAME_LEN`]) and
 /// returns the body length. Call this before allocating the body.
 pub fn body_len(header: [u8; HEADER_LEN], max: u32) -> Result<usize, WireError> {
@@ -71,21 +82,23 @@ pub fn encoded_len<F: Serialize>(frame: &F) -> Result<usize, WireError> {
         .map_err(WireError::Malformed)
 }
 
-/// Decodes one frame body (without the length prefix). Every byte must be used.
-pub fn decode_body<F: DeserializeOwned>(body: &[u8]) -> Result<F, WireError> {
+/// Decodes one frame body (without the length prefix). Every byte must be used, by the frame's
+/// fields or, in a handshake frame, by its extension.
+pub fn decode_body<F: Frame>(body: &[u8]) -> Result<F, WireError> {
     if body.is_empty() {
         return Err(WireError::Empty);
     }
-    let (frame, rest) = postcard::take_from_bytes(body).map_err(WireError::Malformed)?;
+    let (mut frame, rest): (F, _) =
+        postcard::take_from_bytes(body).map_err(WireError::Malformed)?;
     if !rest.is_empty() {
-        return Err(WireError::TrailingBytes(rest.len()));
+        frame.accept_tail(rest)?;
     }
     Ok(frame)
 }
 
 /// Decodes one whole frame (prefix and body) from a buffer, checking the prefix against `max`
 /// and that the buffer holds exactly one frame.
-pub fn decode<F: DeserializeOwned>(bytes: &[u8], max: u32) -> Result<F, WireError> {
+pub fn decode<F: Frame>(bytes: &[u8], max: u32) -> Result<F, WireError> {
     let Some((header, body)) = bytes.split_first_chunk::<HEADER_LEN>() else {
         return Err(WireError::Malformed(
             postcard::Error::DeserializeUnexpectedEnd,

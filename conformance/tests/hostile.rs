@@ -45,6 +45,7 @@ impl FrameIo for Io {
                     schema: abi::SCHEMA_KEY.into(),
                     engine: "hostile".into(),
                     engine_version: "0".into(),
+                    features: Vec::new(),
                 });
                 self.incoming
                     .extend(wire::encode(&ready, DEFAULT_MAX_FRAME_LEN).unwrap());
@@ -200,6 +201,7 @@ fn handshake_frames_mid_transaction_are_violations() {
         schema: abi::SCHEMA_KEY.into(),
         engine: "x".into(),
         engine_version: "y".into(),
+        features: Vec::new(),
     });
     let (r, alive) = play(frames(&[ready]));
     assert_eq!(code(&r), Some(ErrorCode::ProtocolViolation));

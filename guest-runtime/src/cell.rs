@@ -66,12 +66,7 @@ pub fn check_hello(hello: &Hello) -> Result<(), CellError> {
 
 /// The handshake answer of this runtime.
 pub fn ready() -> Ready {
-    Ready {
-        abi_version: ABI_VERSION,
-        schema: SCHEMA_KEY.into(),
-        engine: ENGINE.into(),
-        engine_version: ENGINE_VERSION.into(),
-    }
+    Ready::new(ENGINE, ENGINE_VERSION)
 }
 
 impl Cell {

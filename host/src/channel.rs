@@ -11,7 +11,9 @@ pub struct Channel {
     pub max_frame_bytes: u32,
     /// Events (posts, logs, metrics) waiting for `recv`; a cell that floods past it is killed.
     pub max_queued_events: usize,
-    /// Bytes of events waiting for `recv`.
+    /// Memory the events waiting for `recv` hold, as the host estimates it from their shape
+    /// (heap blocks, B-tree nodes, value slots: `cell_host::event_bytes`), not their encoded
+    /// size. The queue never holds more than about this much (the estimate stays within 2x).
     pub max_queued_bytes: usize,
 }
 

@@ -1,21 +1,31 @@
 //! The host side of the protocol: one implementation, plugged into every backend's pipe.
 //!
-//! It holds the per-cell protocol state and checks every frame a guest sends against it:
-//! a completion must carry the id of the transaction in flight, a handshake answer may only come
-//! during the handshake, values must fit the limits, events must fit the bounded queue, and a
-//! request is decided here, on the host, by the [`RequestHandler`]. Anything else aborts the
-//! transaction and the supervisor kills the cell. Nothing a guest sends can panic this code.
+//! It holds the per-cell protocol state and checks every frame against it, in both directions.
+//! Host frames go through [`CellHost::transact`] (or [`CellHost::outgoing`]), which checks the
+//! frame cap, value depth and the engine's lengths before any pipe sees them. Guest frames come
+//! back through [`HostSide::on_frame`]: a completion must carry the id of the transaction in
+//! flight, a handshake answer may only come during the handshake, values must fit the limits,
+//! events must fit the bounded queue, codes only the host may report are not taken from the
+//! guest, and a request is decided here, on the host, by the [`RequestHandler`], before its
+//! deadline. Anything else aborts the transaction and the cell is killed. Nothing a guest sends
+//! can panic this code.
 
+use crate::canonical;
 use crate::channel::Channel;
 use crate::event::Event;
+use crate::memory::event_bytes;
 use crate::requests::{RequestContext, RequestHandler};
-use abi::backend::{Flow, HostSide};
+use crate::rules::{self, Direction};
+use crate::series::Series;
+use abi::backend::{CellPipe, Flow, HostSide, PipeError, Resources};
+use abi::value::Lengths;
 use abi::{
-    ABI_VERSION, CellError, ErrorCode, GuestFrame, HostFrame, Ready, SCHEMA_KEY, Value, wire,
+    ABI_VERSION, CellError, EngineLimits, ErrorCode, GuestFrame, HostFrame, Ready, SCHEMA_KEY,
+    Value, wire,
 };
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Where the protocol is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,20 +44,31 @@ struct State {
     completion: Option<Result<Value, CellError>>,
     ready: Option<Ready>,
     events: VecDeque<Event>,
+    /// Memory the queued events hold (see `memory`).
     queued_bytes: usize,
     /// Why the cell is gone, once it is.
     dead: Option<CellError>,
     /// Largest request id seen: ids must increase, so a replayed id is a forgery.
     last_request: u64,
+    /// The lengths the cell's engine holds (from its handshake): what may cross either way.
+    lengths: Lengths,
+    /// When the transaction in flight must end, and the wall-time limit it comes from.
+    deadline: Option<Instant>,
+    wall_time: Option<Duration>,
+    /// The host side's own reason for its last `Flow::Abort`.
+    aborted: Option<CellError>,
 }
 
 /// Counters for `list`/stats.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     pub transactions: u64,
     pub events: u64,
     pub requests: u64,
     pub violations: u64,
+    /// Metrics queued for `recv` but not re-emitted: past the series bounds (see `series`).
+    pub metrics_dropped: u64,
 }
 
 /// The host side of one cell.
@@ -55,9 +76,11 @@ pub struct CellHost {
     cell: String,
     backend: String,
     channel: Channel,
+    resources: Option<Resources>,
     requests: Arc<dyn RequestHandler>,
     state: Mutex<State>,
     stats: Mutex<Stats>,
+    series: Mutex<Series>,
     /// Signalled when an event is queued or the cell dies.
     arrived: Condvar,
 }
@@ -77,6 +100,7 @@ impl CellHost {
             cell: cell.into(),
             backend: backend.into(),
             channel,
+            resources: None,
             requests,
             state: Mutex::new(State {
                 phase: Phase::Handshake,
@@ -86,10 +110,22 @@ impl CellHost {
                 queued_bytes: 0,
                 dead: None,
                 last_request: 0,
+                lengths: Lengths::of(&EngineLimits::default()),
+                deadline: None,
+                wall_time: None,
+                aborted: None,
             }),
             stats: Mutex::default(),
+            series: Mutex::default(),
             arrived: Condvar::new(),
         }
+    }
+
+    /// The resources the boundary enforces, so a cell stopped for using one up is told so in the
+    /// same words on every backend.
+    pub fn with_resources(mut self, resources: Resources) -> Self {
+        self.resources = Some(resources);
+        self
     }
 
     // A panic elsewhere while holding the lock must not take the protocol down with it.
@@ -110,11 +146,13 @@ impl CellHost {
         self.state().ready.clone()
     }
 
-    /// Marks the start of the transaction `id`.
+    /// Marks the start of the transaction `id` (done by [`CellHost::transact`]; for pipes
+    /// driven by hand).
     pub fn begin(&self, id: u64) {
         let mut s = self.state();
         s.phase = Phase::Running(id);
         s.completion = None;
+        drop(s);
         self.count(|st| st.transactions += 1);
     }
 
@@ -125,7 +163,8 @@ impl CellHost {
         s.completion.take()
     }
 
-    /// Records why the cell is gone (the first reason wins) and wakes `recv` callers.
+    /// Records why the cell is gone (the first reason wins) and wakes `recv` callers. Call it
+    /// before killing the cell, so that a completion the kill causes is read as the kill.
     pub fn mark_dead(&self, reason: CellError) {
         let mut s = self.state();
         if s.dead.is_none() {
@@ -145,13 +184,134 @@ impl CellHost {
         self.state().dead.clone()
     }
 
+    /// Checks a host frame against every limit before it is handed to a pipe: the frame cap
+    /// (its encoded size), value depth and the lengths the cell's engine holds, and for a
+    /// handshake the ABI and the modules. A frame that breaks one is never sent; the error names
+    /// the limit and the direction, and the cell stays usable.
+    pub fn outgoing(&self, frame: &HostFrame) -> Result<(), CellError> {
+        let lengths = match frame {
+            HostFrame::Hello(hello) => Lengths::of(&hello.limits),
+            _ => self.state().lengths,
+        };
+        rules::outgoing(frame, self.channel.max_frame_bytes, &lengths)
+    }
+
+    /// Runs one transaction — `Hello`, `Exec` or `Call` — through `pipe`: checks the frame,
+    /// marks the transaction, gives it `wall_time` (requests in flight included), and maps
+    /// whatever ends it to one error, worded the same for every backend. A fatal error kills the
+    /// cell (marked dead first).
+    pub fn transact(
+        &self,
+        pipe: &mut dyn CellPipe,
+        frame: HostFrame,
+        wall_time: Option<Duration>,
+    ) -> Result<Value, CellError> {
+        if let Some(dead) = self.dead() {
+            return Err(CellError::new(
+                ErrorCode::CellClosed,
+                format!("cell `{}` is gone: {dead}", self.cell),
+            ));
+        }
+        let (hello, id) = match &frame {
+            HostFrame::Hello(hello) => (Some(hello.limits.clone()), None),
+            HostFrame::Exec { id, .. } | HostFrame::Call { id, .. } => (None, Some(*id)),
+            other => {
+                return Err(CellError::new(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "a {:?} frame does not start a transaction: send Hello, Exec or Call",
+                        other.kind()
+                    ),
+                ));
+            }
+        };
+        if let Err(err) = self.outgoing(&frame) {
+            if hello.is_some() {
+                // A cell that cannot be greeted is of no use.
+                self.fail(pipe, err.clone());
+            }
+            return Err(err);
+        }
+        let deadline = wall_time.map(|t| Instant::now() + t);
+        {
+            let mut s = self.state();
+            if let Some(limits) = &hello {
+                s.lengths = Lengths::of(limits);
+            }
+            s.deadline = deadline;
+            s.wall_time = wall_time;
+            s.aborted = None;
+        }
+        if let Some(id) = id {
+            self.begin(id);
+        }
+        let result = match pipe.transact(frame, deadline) {
+            Ok(()) if hello.is_some() => Ok(Value::Unit),
+            Ok(()) => self.take_completion().unwrap_or_else(|| {
+                Err(CellError::new(
+                    ErrorCode::Internal,
+                    "the pipe ended the transaction without a completion",
+                ))
+            }),
+            // A kill from another thread explains the broken pipe better than the pipe can.
+            Err(e) => Err(self.dead().unwrap_or_else(|| self.pipe_error(e))),
+        };
+        self.state().deadline = None;
+        if let Err(err) = &result {
+            if err.code.is_fatal() {
+                self.fail(pipe, err.clone());
+            }
+        }
+        result
+    }
+
+    fn fail(&self, pipe: &mut dyn CellPipe, reason: CellError) {
+        self.mark_dead(reason);
+        pipe.killer().kill();
+    }
+
+    /// The error a broken transaction ends with, in the host's words.
+    fn pipe_error(&self, e: PipeError) -> CellError {
+        let (aborted, wall_time) = {
+            let mut s = self.state();
+            (s.aborted.take(), s.wall_time)
+        };
+        match e {
+            PipeError::TimedOut => canonical::timed_out(wall_time),
+            PipeError::Killed => canonical::cancelled(),
+            PipeError::Wire(wire::WireError::TooLarge { len, max }) => {
+                rules::frame_too_large(rules::Subject("the cell's frame", false), len, max, Direction::CellToHost)
+            }
+            PipeError::Wire(w) => CellError::new(
+                ErrorCode::ProtocolViolation,
+                format!("the cell sent a bad frame: {w}"),
+            ),
+            PipeError::Exhausted { resource, detail } => {
+                tracing::debug!(cell = %self.cell, "resource used up: {detail}");
+                canonical::exhausted(resource, self.resources.as_ref())
+            }
+            PipeError::Aborted(err) => aborted.unwrap_or_else(|| {
+                if err.code.guest_may_report() {
+                    // An in-process guest stopped the transaction itself.
+                    CellError::new(
+                        ErrorCode::ProtocolViolation,
+                        format!("the cell stopped the transaction: {err}"),
+                    )
+                } else {
+                    err
+                }
+            }),
+            other => other.to_cell_error(),
+        }
+    }
+
     /// Waits for the next event until `deadline` (`None`: wait as long as the cell lives).
     /// Events queued before the cell died are still delivered.
     pub fn next_event(&self, deadline: Option<Instant>) -> Result<Event, Option<CellError>> {
         let mut s = self.state();
         loop {
             if let Some(event) = s.events.pop_front() {
-                s.queued_bytes = s.queued_bytes.saturating_sub(event_size(&event));
+                s.queued_bytes = s.queued_bytes.saturating_sub(event_bytes(&event));
                 return Ok(event);
             }
             if let Some(dead) = &s.dead {
@@ -189,8 +349,68 @@ impl CellHost {
         Flow::Done
     }
 
+    /// A guest's refusal of the handshake: its own reasons pass, a code only the host may
+    /// report does not.
+    fn on_refused(&self, err: CellError) -> Flow {
+        if err.code.guest_may_report() || err.code == ErrorCode::VersionMismatch {
+            return Flow::Abort(err);
+        }
+        violation(format!(
+            "the cell refused the handshake with `{}`, a code only the host reports: {}",
+            err.code, err.message
+        ))
+    }
+
+    /// An error a guest completed a transaction with. Codes only the host may report are taken
+    /// only when the host saw the same: its clock past the deadline, or its own kill. Otherwise
+    /// they are the script's own failure, with the guest's words kept.
+    fn guest_error(&self, err: CellError) -> CellError {
+        if err.code.guest_may_report() {
+            return err;
+        }
+        let s = self.state();
+        match err.code {
+            ErrorCode::TimedOut if s.deadline.is_some_and(|d| Instant::now() >= d) => {
+                return canonical::timed_out(s.wall_time);
+            }
+            ErrorCode::Cancelled if s.dead.is_some() => {
+                return s.dead.clone().unwrap_or_else(canonical::cancelled);
+            }
+            _ => {}
+        }
+        CellError::new(
+            ErrorCode::Runtime,
+            format!(
+                "the script failed with `{}`, a code only the host reports: {}",
+                err.code, err.message
+            ),
+        )
+    }
+
+    fn on_done(&self, id: u64, expected: u64, result: Result<Value, CellError>) -> Flow {
+        if id != expected {
+            return violation(format!(
+                "completion for id {id}, but transaction {expected} is in flight"
+            ));
+        }
+        let result = match result {
+            Ok(value) => {
+                let lengths = self.state().lengths;
+                if let Err(e) = rules::incoming_value("a result", &value, &lengths) {
+                    return Flow::Abort(e);
+                }
+                Ok(value)
+            }
+            Err(err) => Err(self.guest_error(err)),
+        };
+        let mut s = self.state();
+        s.completion = Some(result);
+        s.phase = Phase::Idle;
+        Flow::Done
+    }
+
     fn on_event(&self, event: Event) -> Flow {
-        let size = event_size(&event);
+        let size = event_bytes(&event);
         let mut s = self.state();
         if s.events.len() >= self.channel.max_queued_events
             || s.queued_bytes + size > self.channel.max_queued_bytes
@@ -198,7 +418,7 @@ impl CellHost {
             return Flow::Abort(CellError::new(
                 ErrorCode::LimitEventQueue,
                 format!(
-                    "the cell flooded its channel: {} events / {} bytes waiting for recv (limits {} / {})",
+                    "the cell flooded its channel: {} events holding {} bytes wait for recv, one more of {size} bytes is over the limits of {} events / {} bytes",
                     s.events.len(),
                     s.queued_bytes,
                     self.channel.max_queued_events,
@@ -215,25 +435,46 @@ impl CellHost {
     }
 
     fn on_request(&self, id: u64, capability: String, action: String, payload: Value) -> Flow {
-        {
+        let (deadline, wall_time, lengths) = {
             let mut s = self.state();
             if id <= s.last_request {
                 return violation(format!("request id {id} was already used"));
             }
             s.last_request = id;
+            (s.deadline, s.wall_time, s.lengths)
+        };
+        if let Err(e) = rules::incoming_value("a request's payload", &payload, &lengths) {
+            return Flow::Abort(e);
+        }
+        let past = || deadline.is_some_and(|d| Instant::now() >= d);
+        if past() {
+            return Flow::Abort(canonical::timed_out(wall_time));
         }
         self.count(|st| st.requests += 1);
         let ctx = RequestContext {
             cell: &self.cell,
             backend: &self.backend,
+            deadline,
         };
         let _span =
             tracing::debug_span!("request", cell = %self.cell, %capability, %action).entered();
-        let result = self.requests.handle(ctx, &capability, &action, payload);
+        let result = self
+            .requests
+            .handle_until(ctx, &capability, &action, payload);
         if let Err(e) = &result {
             tracing::debug!(cell = %self.cell, %capability, %action, code = %e.code, "request refused");
         }
-        Flow::Reply(HostFrame::Reply { id, result })
+        // The wall-time limit covers the request: a transaction past it ends here, whatever
+        // the handler answered.
+        if past() {
+            return Flow::Abort(canonical::timed_out(wall_time));
+        }
+        Flow::Reply(rules::reply(
+            id,
+            result,
+            self.channel.max_frame_bytes,
+            &lengths,
+        ))
     }
 
     fn reemit_log(&self, level: abi::Level, message: &str, fields: &abi::Map) {
@@ -247,12 +488,26 @@ impl CellHost {
         }
     }
 
-    fn reemit_metric(
-        &self,
-        name: &str,
-        value: f64,
-        tags: &std::collections::BTreeMap<String, String>,
-    ) {
+    /// Re-emits a guest metric through the `metrics` facade, within the series bounds.
+    fn reemit_metric(&self, name: &str, value: f64, tags: &BTreeMap<String, String>) {
+        let admitted = self
+            .series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(name, tags);
+        if let Err(excess) = admitted {
+            let mut first = false;
+            self.count(|st| {
+                first = st.metrics_dropped == 0;
+                st.metrics_dropped += 1;
+            });
+            if first {
+                tracing::warn!(cell = %self.cell, metric = name, "metric not re-emitted (further ones are counted only): {}", excess.describe());
+            }
+            metrics::counter!("cell.guest_metrics_dropped", "cell" => self.cell.clone())
+                .increment(1);
+            return;
+        }
         let mut labels = vec![metrics::Label::new("cell", self.cell.clone())];
         labels.extend(
             tags.iter()
@@ -260,52 +515,21 @@ impl CellHost {
         );
         metrics::histogram!(format!("cell.guest.{name}"), labels).record(value);
     }
-}
 
-/// Bytes an event occupies in the queue, as its frame would on the wire.
-fn event_size(event: &Event) -> usize {
-    let len = match event {
-        Event::Post(v) => wire::encoded_len(v),
-        Event::Log {
-            message, fields, ..
-        } => wire::encoded_len(&(message, fields)),
-        Event::Metric { name, tags, .. } => wire::encoded_len(&(name, tags)),
-    };
-    len.unwrap_or(0) + 16
-}
-
-/// Checks what a typed frame cannot express: value depth (in-process pipes skip the decoder that
-/// enforces it).
-fn check_value(value: &Value) -> Result<(), Flow> {
-    value
-        .check_depth()
-        .map_err(|e| violation(format!("value refused: {e}")))
-}
-
-impl HostSide for CellHost {
-    fn on_frame(&self, frame: GuestFrame) -> Flow {
-        let phase = self.state().phase;
-        let flow = match (phase, frame) {
+    fn on_guest_frame(&self, phase: Phase, frame: GuestFrame) -> Flow {
+        match (phase, frame) {
             (Phase::Handshake, GuestFrame::Ready(ready)) => self.on_ready(ready),
-            (Phase::Handshake, GuestFrame::Refused(err)) => Flow::Abort(err),
+            (Phase::Handshake, GuestFrame::Refused(err)) => self.on_refused(err),
             (Phase::Running(expected), GuestFrame::Done { id, result }) => {
-                if id != expected {
-                    violation(format!(
-                        "completion for id {id}, but transaction {expected} is in flight"
-                    ))
-                } else if let Err(flow) = result.as_ref().map_or(Ok(()), check_value) {
-                    flow
-                } else {
-                    let mut s = self.state();
-                    s.completion = Some(result);
-                    s.phase = Phase::Idle;
-                    Flow::Done
+                self.on_done(id, expected, result)
+            }
+            (Phase::Running(_), GuestFrame::Post(value)) => {
+                let lengths = self.state().lengths;
+                match rules::incoming_value("a post", &value, &lengths) {
+                    Ok(()) => self.on_event(Event::Post(value)),
+                    Err(e) => Flow::Abort(e),
                 }
             }
-            (Phase::Running(_), GuestFrame::Post(value)) => match check_value(&value) {
-                Ok(()) => self.on_event(Event::Post(value)),
-                Err(flow) => flow,
-            },
             (
                 Phase::Running(_),
                 GuestFrame::Log {
@@ -313,17 +537,22 @@ impl HostSide for CellHost {
                     message,
                     fields,
                 },
-            ) => match check_value(&Value::Map(fields.clone())) {
-                Ok(()) => {
-                    self.reemit_log(level, &message, &fields);
-                    self.on_event(Event::Log {
-                        level,
-                        message,
-                        fields,
-                    })
+            ) => {
+                let lengths = self.state().lengths;
+                let fields = Value::Map(fields);
+                if let Err(e) = rules::incoming_value("a log's fields", &fields, &lengths) {
+                    return Flow::Abort(e);
                 }
-                Err(flow) => flow,
-            },
+                let Value::Map(fields) = fields else {
+                    unreachable!("built as a map above")
+                };
+                self.reemit_log(level, &message, &fields);
+                self.on_event(Event::Log {
+                    level,
+                    message,
+                    fields,
+                })
+            }
             (Phase::Running(_), GuestFrame::Metric { name, value, tags }) => {
                 if name.is_empty() || name.len() > 256 {
                     violation(format!(
@@ -343,10 +572,7 @@ impl HostSide for CellHost {
                     action,
                     payload,
                 },
-            ) => match check_value(&payload) {
-                Ok(()) => self.on_request(id, capability, action, payload),
-                Err(flow) => flow,
-            },
+            ) => self.on_request(id, capability, action, payload),
             (phase, other) => violation(format!(
                 "unexpected {:?} frame while {}",
                 other.kind(),
@@ -356,12 +582,32 @@ impl HostSide for CellHost {
                     Phase::Running(id) => format!("transaction {id} is in flight"),
                 }
             )),
+        }
+    }
+}
+
+impl HostSide for CellHost {
+    fn on_frame(&self, frame: GuestFrame) -> Flow {
+        // The cap holds for pipes that skip the byte stream too (in-process ones).
+        let cap = rules::effective_cap(self.channel.max_frame_bytes);
+        let flow = match wire::encoded_len(&frame) {
+            Ok(len) if len as u64 > u64::from(cap) => Flow::Abort(rules::frame_too_large(
+                rules::Subject("the cell's frame", false),
+                len as u64,
+                cap,
+                Direction::CellToHost,
+            )),
+            _ => {
+                let phase = self.state().phase;
+                self.on_guest_frame(phase, frame)
+            }
         };
         if let Flow::Abort(err) = &flow {
             if err.code == ErrorCode::ProtocolViolation {
                 self.count(|st| st.violations += 1);
             }
             tracing::warn!(cell = %self.cell, code = %err.code, "aborting: {}", err.message);
+            self.state().aborted = Some(err.clone());
         }
         flow
     }

@@ -1,16 +1,32 @@
 //! Where a guest's `request(capability, action, payload)` goes, after the host side checked the
-//! frame. The broker's per-cell handler (`cell-broker`'s `CellBroker`, built at spawn from the policy's
-//! grants, wrapped by the supervisor) implements [`RequestHandler`]; a cell whose policy grants nothing, on a supervisor
-//! with no broker attached, gets [`DenyAll`], which refuses every request with a typed error
-//! naming the capability.
+//! frame. The broker's per-cell handler (`cell-broker`'s `CellBroker`, built at spawn from the
+//! policy's grants, wrapped by the supervisor) implements [`RequestHandler`]; a cell whose policy
+//! grants nothing, on a supervisor with no broker attached, gets [`DenyAll`], which refuses every
+//! request with a typed error naming the capability.
 
 use abi::{CellError, ErrorCode, Value};
+use std::time::Instant;
 
-/// Who is asking, for grant checks and audit.
+/// Who is asking, for grant checks and audit, and until when.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct RequestContext<'a> {
     pub cell: &'a str,
     pub backend: &'a str,
+    /// When the transaction that made the request must end (its wall-time limit). A handler
+    /// should give up by then: past it the host ends the transaction `timed_out` whatever the
+    /// answer, and the cell is killed.
+    pub deadline: Option<Instant>,
+}
+
+impl<'a> RequestContext<'a> {
+    pub fn new(cell: &'a str, backend: &'a str, deadline: Option<Instant>) -> Self {
+        RequestContext {
+            cell,
+            backend,
+            deadline,
+        }
+    }
 }
 
 /// Executes (or refuses) a cell's request on the host. Called on the host side only; the guest's
@@ -23,6 +39,26 @@ pub trait RequestHandler: Send + Sync {
         action: &str,
         payload: Value,
     ) -> Result<Value, CellError>;
+
+    /// What the host side calls: [`RequestHandler::handle`], bounded by `ctx.deadline`. The
+    /// default refuses a request whose deadline has passed and otherwise calls `handle`, which
+    /// then runs to its own end; a handler that can stop work in flight at the deadline
+    /// overrides this.
+    fn handle_until(
+        &self,
+        ctx: RequestContext<'_>,
+        capability: &str,
+        action: &str,
+        payload: Value,
+    ) -> Result<Value, CellError> {
+        if ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(CellError::new(
+                ErrorCode::CapabilityFailed,
+                "the request reached the broker after its transaction's deadline",
+            ));
+        }
+        self.handle(ctx, capability, action, payload)
+    }
 
     /// The cell is gone (killed, closed, crashed): fail any request still in flight promptly, so
     /// a guest blocked in `request` cannot hold its killer up. Idempotent.

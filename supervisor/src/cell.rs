@@ -138,12 +138,6 @@ impl Cell {
     fn transact(&self, frame: impl FnOnce(u64) -> HostFrame) -> Result<Value, CellError> {
         let inner = &*self.inner;
         let mut pipe = inner.pipe.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(dead) = inner.host.dead() {
-            return Err(CellError::new(
-                ErrorCode::CellClosed,
-                format!("cell `{}` is gone: {dead}", inner.name),
-            ));
-        }
         let Some(pipe) = pipe.as_mut() else {
             return Err(CellError::new(
                 ErrorCode::CellClosed,
@@ -151,43 +145,14 @@ impl Cell {
             ));
         };
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = frame(id);
-        let is_hello = matches!(frame, HostFrame::Hello(_));
-        if !is_hello {
-            inner.host.begin(id);
-        }
-        let deadline = inner.wall_time.map(|t| Instant::now() + t);
-        match pipe.transact(frame, deadline) {
-            Ok(()) if is_hello => Ok(Value::Unit),
-            Ok(()) => {
-                let result = inner.host.take_completion().unwrap_or_else(|| {
-                    Err(CellError::new(
-                        ErrorCode::Internal,
-                        "the pipe ended the transaction without a completion",
-                    ))
-                });
-                if let Err(err) = &result {
-                    if err.code.is_fatal() {
-                        self.die(err.clone());
-                    }
-                }
-                result
-            }
-            Err(pipe_err) => {
-                // A kill from another thread explains the broken pipe better than the pipe can.
-                let err = inner
-                    .host
-                    .dead()
-                    .unwrap_or_else(|| pipe_err.to_cell_error());
-                self.die(err.clone());
-                Err(err)
-            }
-        }
+        // The host side checks the frame, runs it, maps the outcome and kills on a fatal error.
+        inner.host.transact(&mut **pipe, frame(id), inner.wall_time)
     }
 
     fn die(&self, reason: CellError) {
-        self.inner.killer.kill();
+        // Marked first: a completion the kill causes is then read as this kill.
         self.inner.host.mark_dead(reason);
+        self.inner.killer.kill();
     }
 
     /// Receives the next post, log or metric, waiting up to `timeout` (`None`: as long as the

@@ -179,14 +179,13 @@ impl Supervisor {
         if cells.contains_key(name) {
             return Err(SupervisorError::NameTaken(name.into()));
         }
-        let requests = self.request_handler(name, policy)?;
-        let host = Arc::new(CellHost::new(
-            name,
-            backend,
-            policy.channel.clone(),
-            requests,
-        ));
         let spec = policy.spawn_spec(name);
+        host::check_hello(&spec.hello).map_err(SupervisorError::Handshake)?;
+        let requests = self.request_handler(name, policy)?;
+        let host = Arc::new(
+            CellHost::new(name, backend, policy.channel.clone(), requests)
+                .with_resources(spec.resources.clone()),
+        );
         let pipe = imp.spawn(&spec, host.clone())?;
         let cell = Cell::new(name, backend, host, pipe, policy.wall_time());
         cell.handshake(spec.hello)
