@@ -253,8 +253,14 @@ impl CellHost {
                     "the pipe ended the transaction without a completion",
                 ))
             }),
-            // A kill from another thread explains the broken pipe better than the pipe can.
-            Err(e) => Err(self.dead().unwrap_or_else(|| self.pipe_error(e))),
+            Err(e) => {
+                // A kill from another thread explains the broken pipe better than the pipe can.
+                let err = self.dead().unwrap_or_else(|| self.pipe_error(e));
+                // A broken transaction leaves the channel mid-frame: the cell is done, whatever
+                // the code.
+                self.fail(pipe, err.clone());
+                Err(err)
+            }
         };
         self.state().deadline = None;
         if let Err(err) = &result {

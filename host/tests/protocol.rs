@@ -1,0 +1,504 @@
+//! The host side against a fake pipe: each rule fails a test when it breaks, with boundary
+//! values exactly at and one past each cap.
+
+mod common;
+
+use abi::backend::{HostSide, PipeError, Resource, Resources};
+use abi::value::MAX_VALUE_DEPTH;
+use abi::wire::{self, WireError};
+use abi::{CellError, EngineLimits, ErrorCode, GuestFrame, Hello, HostFrame, Map, Ready, Value};
+use cell_host::{CellHost, Channel, DenyAll, event_bytes};
+use common::*;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+fn call(id: u64, args: Vec<Value>) -> HostFrame {
+    HostFrame::Call {
+        id,
+        function: "f".into(),
+        args,
+        kwargs: Map::new(),
+    }
+}
+
+/// A call of exactly `len` encoded bytes.
+fn call_of_len(id: u64, len: usize) -> HostFrame {
+    let base = wire::encoded_len(&call(id, vec![Value::Str(String::new())])).unwrap();
+    (0..4)
+        .map(|extra| call(id, vec![Value::Str("x".repeat(len - base - extra))]))
+        .find(|f| wire::encoded_len(f).unwrap() == len)
+        .unwrap()
+}
+
+fn plain() -> Cell {
+    Cell::ready(Channel::default(), Arc::new(DenyAll), guest(|_, _| vec![]))
+}
+
+#[test]
+fn handshake_checks_version_and_schema_each() {
+    for (version, schema, ok) in [
+        (abi::ABI_VERSION, abi::SCHEMA_KEY, true),
+        (abi::ABI_VERSION + 1, abi::SCHEMA_KEY, false),
+        (abi::ABI_VERSION, "cell-abi/1;other", false),
+    ] {
+        let answer = GuestFrame::Ready(Ready {
+            abi_version: version,
+            schema: schema.into(),
+            ..Ready::new("fake", "0")
+        });
+        let mut cell = Cell::new(
+            Channel::default(),
+            Arc::new(DenyAll),
+            Box::new(move |_, _| Ok(vec![answer.clone()])),
+        );
+        let r = cell.run(hello(), None);
+        if ok {
+            assert_eq!(r, Ok(Value::Unit));
+            assert!(cell.host.ready().is_some() && cell.host.dead().is_none());
+        } else {
+            assert_eq!(r.unwrap_err().code, ErrorCode::VersionMismatch);
+            assert!(cell.killed(), "a mismatched cell is killed");
+            assert_eq!(cell.host.dead().unwrap().code, ErrorCode::VersionMismatch);
+        }
+    }
+}
+
+#[test]
+fn a_hello_naming_an_unknown_module_never_reaches_the_pipe() {
+    let mut cell = Cell::new(Channel::default(), Arc::new(DenyAll), guest(|_, _| vec![]));
+    let bad = HostFrame::Hello(Hello::new(
+        "t",
+        EngineLimits::default(),
+        vec!["math".into(), "os".into()],
+    ));
+    let err = cell.run(bad, None).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    assert!(err.message.contains("`os`"), "{err}");
+    assert!(cell.sent().is_empty());
+    assert!(cell.killed());
+}
+
+#[test]
+fn refusals_keep_guest_codes_and_not_host_ones() {
+    for (code, expected) in [
+        (ErrorCode::VersionMismatch, ErrorCode::VersionMismatch),
+        (ErrorCode::InvalidArgument, ErrorCode::InvalidArgument),
+        (ErrorCode::CellCrashed, ErrorCode::ProtocolViolation),
+        (ErrorCode::TimedOut, ErrorCode::ProtocolViolation),
+    ] {
+        let mut cell = Cell::new(
+            Channel::default(),
+            Arc::new(DenyAll),
+            Box::new(move |_, _| Ok(vec![GuestFrame::Refused(CellError::new(code, "no"))])),
+        );
+        assert_eq!(cell.run(hello(), None).unwrap_err().code, expected, "{code}");
+    }
+}
+
+#[test]
+fn outgoing_frame_cap_is_exact_and_the_cell_stays_usable() {
+    let mut cell = plain();
+    let cap = Channel::default().max_frame_bytes as usize;
+    assert_eq!(cell.run(call_of_len(2, cap), None), Ok(Value::Unit));
+    let sent_before = cell.sent().len();
+    let err = cell.run(call_of_len(3, cap + 1), None).unwrap_err();
+    assert_eq!(err.code, ErrorCode::LimitFrameSize);
+    assert_eq!(
+        err.message,
+        format!("the call's arguments encode to {} bytes, over the 1 MiB frame cap (host → cell)", cap + 1)
+    );
+    assert_eq!(cell.sent().len(), sent_before, "the frame never reached the pipe");
+    assert!(cell.host.dead().is_none() && !cell.killed());
+    assert_eq!(cell.run(exec(4), None), Ok(Value::Unit));
+    // An exec's source is capped the same way.
+    let source = "x".repeat(cap);
+    let err = cell.run(HostFrame::Exec { id: 5, source }, None).unwrap_err();
+    assert_eq!(err.code, ErrorCode::LimitFrameSize);
+    assert!(cell.host.dead().is_none());
+}
+
+#[test]
+fn outgoing_depth_and_lengths_are_checked_and_the_cell_stays_usable() {
+    let mut cell = plain();
+    let mut v = Value::Unit;
+    for _ in 1..MAX_VALUE_DEPTH {
+        v = Value::List(vec![v]);
+    }
+    assert_eq!(cell.run(call(2, vec![v.clone()]), None), Ok(Value::Unit));
+    let err = cell.run(call(3, vec![Value::List(vec![v])]), None).unwrap_err();
+    assert_eq!(err.code, ErrorCode::LimitValue);
+    let limit = EngineLimits::default().max_array_len as usize;
+    assert_eq!(
+        cell.run(call(4, vec![Value::List(vec![Value::Unit; limit])]), None),
+        Ok(Value::Unit)
+    );
+    let err = cell
+        .run(call(5, vec![Value::List(vec![Value::Unit; limit + 1])]), None)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::LimitArraySize);
+    assert!(err.message.ends_with("(host → cell)"));
+    assert!(cell.host.dead().is_none());
+    assert_eq!(cell.run(exec(6), None), Ok(Value::Unit));
+}
+
+#[test]
+fn only_hello_exec_and_call_start_transactions() {
+    let mut cell = plain();
+    for frame in [
+        HostFrame::Shutdown,
+        HostFrame::Reply {
+            id: 1,
+            result: Ok(Value::Unit),
+        },
+    ] {
+        assert_eq!(
+            cell.run(frame, None).unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+    }
+}
+
+fn request(id: u64) -> GuestFrame {
+    GuestFrame::Request {
+        id,
+        capability: "fs".into(),
+        action: "read".into(),
+        payload: Value::Unit,
+    }
+}
+
+#[test]
+fn an_over_cap_broker_reply_becomes_an_error_reply() {
+    let cap = Channel::default().max_frame_bytes as usize;
+    let handler = Fixed::new(Ok(Value::Bytes(vec![7; cap])));
+    let mut cell = Cell::ready(
+        Channel::default(),
+        handler.clone(),
+        guest(|_, _| vec![request(1)]),
+    );
+    assert_eq!(cell.run(exec(2), None), Ok(Value::Unit));
+    let reply = cell.sent().pop().unwrap();
+    let HostFrame::Reply { id: 1, result: Err(e) } = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(e.code, ErrorCode::LimitFrameSize);
+    assert!(e.message.contains("(host → cell)"), "{e}");
+    assert!(cell.host.dead().is_none());
+    // A reply that fits is sent as it is.
+    let fits = Value::Bytes(vec![7; cap - 16]);
+    let handler = Fixed::new(Ok(fits.clone()));
+    let mut cell = Cell::ready(Channel::default(), handler, guest(|_, _| vec![request(1)]));
+    cell.run(exec(2), None).unwrap();
+    assert_eq!(
+        cell.sent().pop(),
+        Some(HostFrame::Reply {
+            id: 1,
+            result: Ok(fits)
+        })
+    );
+}
+
+#[test]
+fn requests_get_the_deadline_and_cannot_outlast_it() {
+    // The handler sees the transaction's deadline.
+    let handler = Fixed::new(Ok(Value::Int(1)));
+    let mut cell = Cell::ready(Channel::default(), handler.clone(), guest(|_, _| vec![request(1)]));
+    cell.run(exec(2), Some(Duration::from_secs(60))).unwrap();
+    assert!(handler.deadlines.lock().unwrap()[0].is_some());
+    cell.run(exec(3), None).unwrap_err(); // request id 1 replayed: a violation
+    // A capability slower than the wall time: the transaction ends timed_out, the cell dies.
+    let slow = Arc::new(Fixed {
+        outlast_deadline: true,
+        ..Arc::into_inner(Fixed::new(Ok(Value::Int(1)))).unwrap()
+    });
+    let mut cell = Cell::ready(Channel::default(), slow.clone(), guest(|_, _| vec![request(1)]));
+    let err = cell.run(exec(2), Some(Duration::from_millis(20))).unwrap_err();
+    assert_eq!(err.code, ErrorCode::TimedOut);
+    assert_eq!(err.message, "the cell ran past its wall-time limit of 20 ms");
+    assert_eq!(slow.calls.load(Ordering::SeqCst), 1);
+    assert!(cell.killed());
+    assert!(!cell.sent().iter().any(|f| matches!(f, HostFrame::Reply { .. })), "no reply after the deadline");
+    // Past the deadline already: the handler is not even asked.
+    let handler = Fixed::new(Ok(Value::Int(1)));
+    let mut cell = Cell::ready(Channel::default(), handler.clone(), guest(|_, _| vec![request(1)]));
+    let err = cell.run(exec(2), Some(Duration::ZERO)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::TimedOut);
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn request_ids_must_increase() {
+    let handler = Fixed::new(Ok(Value::Unit));
+    let mut cell = Cell::ready(
+        Channel::default(),
+        handler,
+        guest(|f, _| match id_of(f) {
+            2 => vec![request(1), request(2)],
+            _ => vec![request(2)],
+        }),
+    );
+    assert_eq!(cell.run(exec(2), None), Ok(Value::Unit));
+    let err = cell.run(exec(3), None).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ProtocolViolation);
+    assert!(cell.killed());
+    assert_eq!(cell.host.stats().violations, 1);
+}
+
+#[test]
+fn guest_codes_pass_and_host_only_codes_do_not() {
+    for &code in ErrorCode::ALL.iter().chain(&[ErrorCode::Unknown(70)]) {
+        let mut cell = Cell::ready(
+            Channel::default(),
+            Arc::new(DenyAll),
+            guest(move |f, _| {
+                vec![GuestFrame::Done {
+                    id: id_of(f),
+                    result: Err(CellError::new(code, "guest words")),
+                }]
+            }),
+        );
+        let err = cell.run(exec(2), Some(Duration::from_secs(60))).unwrap_err();
+        if code.guest_may_report() {
+            assert_eq!(err, CellError::new(code, "guest words"));
+        } else {
+            assert_eq!(err.code, ErrorCode::Runtime, "{code}");
+            assert!(err.message.contains("guest words") && err.message.contains(code.name()));
+            assert!(cell.host.dead().is_none() && !cell.killed(), "{code}: the cell lives");
+        }
+    }
+}
+
+#[test]
+fn a_guest_timeout_counts_only_past_the_hosts_deadline() {
+    let timed_out = |f: &HostFrame, _: &CellHost| {
+        vec![GuestFrame::Done {
+            id: id_of(f),
+            result: Err(CellError::new(ErrorCode::TimedOut, "the script ran past it")),
+        }]
+    };
+    let mut cell = Cell::ready(Channel::default(), Arc::new(DenyAll), guest(timed_out));
+    let err = cell.run(exec(2), Some(Duration::from_secs(60))).unwrap_err();
+    assert_eq!(err.code, ErrorCode::Runtime);
+    let err = cell.run(exec(3), Some(Duration::ZERO)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::TimedOut);
+    assert_eq!(err.message, "the cell ran past its wall-time limit of 0 ms");
+    assert!(cell.killed());
+}
+
+#[test]
+fn a_guest_cancellation_counts_only_after_the_hosts_kill() {
+    let cancelled = |f: &HostFrame, host: &CellHost| {
+        if id_of(f) == 3 {
+            host.mark_dead(CellError::new(ErrorCode::Cancelled, "cell `t` was killed"));
+        }
+        vec![GuestFrame::Done {
+            id: id_of(f),
+            result: Err(CellError::new(ErrorCode::Cancelled, "cancelled")),
+        }]
+    };
+    let mut cell = Cell::ready(Channel::default(), Arc::new(DenyAll), guest(cancelled));
+    assert_eq!(cell.run(exec(2), None).unwrap_err().code, ErrorCode::Runtime);
+    let err = cell.run(exec(3), None).unwrap_err();
+    assert_eq!(err, CellError::new(ErrorCode::Cancelled, "cell `t` was killed"));
+    let err = cell.run(exec(4), None).unwrap_err();
+    assert_eq!(err.code, ErrorCode::CellClosed);
+}
+
+#[test]
+fn pipe_errors_are_worded_by_the_host() {
+    let resources = Resources {
+        memory_bytes: 32 << 20,
+        cpu_time_ms: 700,
+        ..Resources::default()
+    };
+    let cases: Vec<(fn() -> PipeError, ErrorCode, &str)> = vec![
+        (|| PipeError::TimedOut, ErrorCode::TimedOut, "the cell ran past its wall-time limit of 1500 ms"),
+        (|| PipeError::Killed, ErrorCode::Cancelled, "the cell was killed"),
+        (
+            || PipeError::Wire(WireError::TooLarge { len: 5_000_000, max: 1 << 20 }),
+            ErrorCode::LimitFrameSize,
+            "the cell's frame encodes to 5000000 bytes, over the 1 MiB frame cap (cell → host)",
+        ),
+        (
+            || PipeError::Exhausted { resource: Resource::Memory, detail: "oom".into() },
+            ErrorCode::LimitMemory,
+            "the cell ran out of memory: its limit is 32 MiB",
+        ),
+        (
+            || PipeError::Exhausted { resource: Resource::CpuTime, detail: "SIGXCPU".into() },
+            ErrorCode::LimitCpu,
+            "the cell used up its CPU time limit of 700 ms",
+        ),
+        (
+            || PipeError::Aborted(CellError::new(ErrorCode::Runtime, "in-process guest")),
+            ErrorCode::ProtocolViolation,
+            "the cell stopped the transaction: runtime: in-process guest",
+        ),
+    ];
+    for (make, code, message) in cases {
+        let host = Arc::new(
+            CellHost::new("t", "fake", Channel::default(), Arc::new(DenyAll))
+                .with_resources(resources.clone()),
+        );
+        let mut pipe = FakePipe {
+            host: host.clone(),
+            guest: Box::new(move |f, _| match f {
+                HostFrame::Hello(_) => Ok(vec![ready()]),
+                _ => Err(make()),
+            }),
+            sent: Default::default(),
+            killed: Arc::new(Flag(Default::default())),
+        };
+        host.transact(&mut pipe, hello(), None).unwrap();
+        let err = host
+            .transact(&mut pipe, exec(2), Some(Duration::from_millis(1500)))
+            .unwrap_err();
+        assert_eq!((err.code, err.message.as_str()), (code, message));
+        assert!(pipe.killed.0.load(Ordering::SeqCst), "{code}: killed");
+        assert_eq!(host.dead().unwrap(), err);
+    }
+}
+
+#[test]
+fn correlation_and_phases_are_enforced() {
+    let cases: Vec<Box<dyn Fn(&HostFrame) -> Vec<GuestFrame> + Send + Sync>> = vec![
+        Box::new(|f| vec![GuestFrame::Done { id: id_of(f) + 1, result: Ok(Value::Unit) }]),
+        Box::new(|_| vec![ready()]),
+        Box::new(|_| vec![GuestFrame::Refused(CellError::new(ErrorCode::Runtime, "x"))]),
+    ];
+    for case in cases {
+        let mut cell = Cell::ready(
+            Channel::default(),
+            Arc::new(DenyAll),
+            guest(move |f, _| case(f)),
+        );
+        let err = cell.run(exec(2), None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::ProtocolViolation, "{err}");
+        assert!(cell.killed());
+    }
+    // Between transactions the guest has nothing to say.
+    let host = CellHost::new("t", "fake", Channel::default(), Arc::new(DenyAll));
+    assert!(matches!(host.on_frame(GuestFrame::Post(Value::Unit)), abi::backend::Flow::Abort(_)));
+}
+
+#[test]
+fn incoming_frames_over_the_cap_abort_even_in_process() {
+    let channel = Channel {
+        max_frame_bytes: 100,
+        ..Channel::default()
+    };
+    let post = |len: usize| GuestFrame::Post(Value::Str("x".repeat(len)));
+    let base = wire::encoded_len(&post(0)).unwrap();
+    let at = post(100 - base);
+    assert_eq!(wire::encoded_len(&at).unwrap(), 100);
+    let mut cell = Cell::ready(channel.clone(), Arc::new(DenyAll), guest(move |_, _| vec![at.clone()]));
+    assert_eq!(cell.run(exec(2), None), Ok(Value::Unit));
+    let over = post(101 - base);
+    let mut cell = Cell::ready(channel, Arc::new(DenyAll), guest(move |_, _| vec![over.clone()]));
+    let err = cell.run(exec(2), None).unwrap_err();
+    assert_eq!(err.code, ErrorCode::LimitFrameSize);
+    assert!(err.message.ends_with("(cell → host)"));
+}
+
+#[test]
+fn incoming_values_over_the_engine_lengths_are_violations() {
+    let limit = EngineLimits::default().max_array_len as usize;
+    for (len, ok) in [(limit, true), (limit + 1, false)] {
+        let mut cell = Cell::ready(
+            Channel::default(),
+            Arc::new(DenyAll),
+            guest(move |f, _| {
+                vec![GuestFrame::Done {
+                    id: id_of(f),
+                    result: Ok(Value::List(vec![Value::Unit; len])),
+                }]
+            }),
+        );
+        let r = cell.run(exec(2), None);
+        assert_eq!(r.is_ok(), ok, "{r:?}");
+        if !ok {
+            assert_eq!(r.unwrap_err().code, ErrorCode::ProtocolViolation);
+        }
+    }
+}
+
+#[test]
+fn queue_bounds_are_exact_in_events_and_bytes() {
+    let event = GuestFrame::Post(Value::Str("abc".into()));
+    let size = event_bytes(&cell_host::Event::Post(Value::Str("abc".into())));
+    for (events, bytes, n, ok) in [
+        (3, usize::MAX, 3, true),
+        (3, usize::MAX, 4, false),
+        (usize::MAX, 3 * size, 3, true),
+        (usize::MAX, 3 * size, 4, false),
+        (usize::MAX, 3 * size - 1, 3, false),
+    ] {
+        let channel = Channel {
+            max_queued_events: events,
+            max_queued_bytes: bytes,
+            ..Channel::default()
+        };
+        let e = event.clone();
+        let mut cell = Cell::ready(channel, Arc::new(DenyAll), guest(move |_, _| vec![e.clone(); n]));
+        let r = cell.run(exec(2), None);
+        assert_eq!(r.is_ok(), ok, "{events}/{bytes} with {n}: {r:?}");
+        if !ok {
+            assert_eq!(r.unwrap_err().code, ErrorCode::LimitEventQueue);
+        }
+        // Events accepted before the flood are still delivered.
+        let mut got = 0;
+        while cell.host.next_event(Some(std::time::Instant::now())).is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, if ok { n } else { n - 1 }.min(3).min(if bytes < 3 * size { 2 } else { 3 }));
+    }
+}
+
+#[test]
+fn receiving_frees_the_queue() {
+    let channel = Channel {
+        max_queued_events: 2,
+        ..Channel::default()
+    };
+    let mut cell = Cell::ready(
+        channel,
+        Arc::new(DenyAll),
+        guest(|_, _| vec![GuestFrame::Post(Value::Int(1)); 2]),
+    );
+    for id in 2..6 {
+        cell.run(exec(id), None).unwrap();
+        for _ in 0..2 {
+            cell.host.next_event(None).unwrap();
+        }
+    }
+}
+
+#[test]
+fn metric_series_are_bounded_and_counted() {
+    let n = cell_host::series::MAX_SERIES + 5;
+    let metrics: Vec<GuestFrame> = (0..n)
+        .map(|i| GuestFrame::Metric {
+            name: format!("m{i}"),
+            value: 1.0,
+            tags: Default::default(),
+        })
+        .collect();
+    let channel = Channel {
+        max_queued_events: n,
+        ..Channel::default()
+    };
+    let mut cell = Cell::ready(channel, Arc::new(DenyAll), guest(move |_, _| metrics.clone()));
+    cell.run(exec(2), None).unwrap();
+    assert_eq!(cell.host.stats().metrics_dropped, 5);
+    assert_eq!(cell.host.stats().events, n as u64, "every metric is still queued for recv");
+}
+
+#[test]
+fn a_dead_cell_refuses_transactions() {
+    let mut cell = plain();
+    cell.host.mark_dead(CellError::new(ErrorCode::Cancelled, "gone"));
+    let before = cell.sent().len();
+    assert_eq!(cell.run(exec(2), None).unwrap_err().code, ErrorCode::CellClosed);
+    assert_eq!(cell.sent().len(), before);
+}
