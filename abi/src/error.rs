@@ -310,7 +310,11 @@ mod tests {
                 }
             }
         }
-        assert!(!ErrorCode::ALL.iter().any(|c| matches!(c, ErrorCode::Unknown(_))));
+        assert!(
+            !ErrorCode::ALL
+                .iter()
+                .any(|c| matches!(c, ErrorCode::Unknown(_)))
+        );
     }
 
     #[test]

@@ -37,6 +37,6 @@ pub use version::{ABI_VERSION, SCHEMA_KEY};
 #[cfg(feature = "alloc")]
 pub use error::CellError;
 #[cfg(feature = "alloc")]
-pub use frame::{EngineLimits, HOST_MODULES, GuestFrame, Hello, HostFrame, Level, Ready};
+pub use frame::{EngineLimits, GuestFrame, HOST_MODULES, Hello, HostFrame, Level, Ready};
 #[cfg(feature = "alloc")]
 pub use value::{Map, Value};

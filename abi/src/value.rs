@@ -35,19 +35,32 @@ pub enum Value {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ValueLimitError {
-    TooDeep { max: usize },
+    TooDeep {
+        max: usize,
+    },
     /// A string of `len` bytes, over `max`.
-    StringTooLong { len: usize, max: usize },
+    StringTooLong {
+        len: usize,
+        max: usize,
+    },
     /// A list (or byte string) of `len` elements, over `max`.
-    ListTooLong { len: usize, max: usize },
+    ListTooLong {
+        len: usize,
+        max: usize,
+    },
     /// A map of `len` entries, over `max`.
-    MapTooLarge { len: usize, max: usize },
+    MapTooLarge {
+        len: usize,
+        max: usize,
+    },
 }
 
 impl fmt::Display for ValueLimitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ValueLimitError::TooDeep { max } => write!(f, "value nested deeper than {max} levels"),
+            ValueLimitError::TooDeep { max } => {
+                write!(f, "a value nested deeper than {max} levels")
+            }
             ValueLimitError::StringTooLong { len, max } => {
                 write!(f, "a string of {len} bytes, over the limit of {max}")
             }
@@ -401,14 +414,24 @@ mod tests {
             list(3).check_limits(&l),
             Err(ValueLimitError::ListTooLong { len: 3, max: 2 })
         );
-        let map = |n: usize| Value::Map((0..n).map(|i| (alloc::format!("{i}"), Value::Unit)).collect());
+        let map = |n: usize| {
+            Value::Map(
+                (0..n)
+                    .map(|i| (alloc::format!("{i}"), Value::Unit))
+                    .collect(),
+            )
+        };
         assert_eq!(map(1).check_limits(&l), Ok(()));
         assert_eq!(
             map(2).check_limits(&l),
             Err(ValueLimitError::MapTooLarge { len: 2, max: 1 })
         );
         // Nested excess is found; bytes are not lists.
-        let inner = Value::Map([("k".into(), Value::List(vec![s(4)]))].into_iter().collect());
+        let inner = Value::Map(
+            [("k".into(), Value::List(vec![s(4)]))]
+                .into_iter()
+                .collect(),
+        );
         assert!(inner.check_limits(&l).is_err());
         assert_eq!(Value::Bytes(vec![0; 10]).check_limits(&l), Ok(()));
         let unlimited = Lengths::default();
@@ -419,7 +442,9 @@ mod tests {
         assert_eq!(nested_depth_ok(), Ok(()));
         assert_eq!(
             nested(MAX_VALUE_DEPTH + 1).check_limits(&unlimited),
-            Err(ValueLimitError::TooDeep { max: MAX_VALUE_DEPTH })
+            Err(ValueLimitError::TooDeep {
+                max: MAX_VALUE_DEPTH
+            })
         );
         let mut deep_map = Value::Unit;
         for _ in 1..=MAX_VALUE_DEPTH {

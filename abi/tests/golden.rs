@@ -373,7 +373,10 @@ fn newer_handshake_fields_are_skipped_and_other_frames_stay_strict() {
     )
     .unwrap();
     assert_eq!(
-        wire::decode::<HostFrame>(&with_extra_body_bytes(&exec, &[0, 0]), DEFAULT_MAX_FRAME_LEN),
+        wire::decode::<HostFrame>(
+            &with_extra_body_bytes(&exec, &[0, 0]),
+            DEFAULT_MAX_FRAME_LEN
+        ),
         Err(wire::WireError::TrailingBytes(2))
     );
 }

@@ -60,7 +60,10 @@ mod tests {
     fn messages_carry_the_limit() {
         let t = timed_out(Some(Duration::from_millis(10_000)));
         assert_eq!(t.code, ErrorCode::TimedOut);
-        assert_eq!(t.message, "the cell ran past its wall-time limit of 10000 ms");
+        assert_eq!(
+            t.message,
+            "the cell ran past its wall-time limit of 10000 ms"
+        );
         assert_eq!(timed_out(None).message, "the cell ran past its deadline");
         let r = Resources {
             memory_bytes: 64 << 20,
@@ -70,12 +73,18 @@ mod tests {
         let m = exhausted(Resource::Memory, Some(&r));
         assert_eq!(
             (m.code, m.message.as_str()),
-            (ErrorCode::LimitMemory, "the cell ran out of memory: its limit is 64 MiB")
+            (
+                ErrorCode::LimitMemory,
+                "the cell ran out of memory: its limit is 64 MiB"
+            )
         );
         let c = exhausted(Resource::CpuTime, Some(&r));
         assert_eq!(
             (c.code, c.message.as_str()),
-            (ErrorCode::LimitCpu, "the cell used up its CPU time limit of 1500 ms")
+            (
+                ErrorCode::LimitCpu,
+                "the cell used up its CPU time limit of 1500 ms"
+            )
         );
         let unlimited = Resources {
             cpu_time_ms: 0,
@@ -85,7 +94,10 @@ mod tests {
             exhausted(Resource::CpuTime, Some(&unlimited)).message,
             "the cell used up its CPU time"
         );
-        assert_eq!(exhausted(Resource::Memory, None).message, "the cell ran out of memory");
+        assert_eq!(
+            exhausted(Resource::Memory, None).message,
+            "the cell ran out of memory"
+        );
         assert_eq!(cancelled().code, ErrorCode::Cancelled);
     }
 }

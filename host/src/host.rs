@@ -285,9 +285,12 @@ impl CellHost {
         match e {
             PipeError::TimedOut => canonical::timed_out(wall_time),
             PipeError::Killed => canonical::cancelled(),
-            PipeError::Wire(wire::WireError::TooLarge { len, max }) => {
-                rules::frame_too_large(rules::Subject("the cell's frame", false), len, max, Direction::CellToHost)
-            }
+            PipeError::Wire(wire::WireError::TooLarge { len, max }) => rules::frame_too_large(
+                rules::Subject("the cell's frame", false),
+                len,
+                max,
+                Direction::CellToHost,
+            ),
             PipeError::Wire(w) => CellError::new(
                 ErrorCode::ProtocolViolation,
                 format!("the cell sent a bad frame: {w}"),

@@ -149,7 +149,10 @@ pub(crate) fn outgoing(frame: &HostFrame, cap: u32, lengths: &Lengths) -> Result
     }
     let cap = effective_cap(cap);
     let len = wire::encoded_len(frame).map_err(|e| {
-        CellError::new(ErrorCode::Internal, format!("{} cannot be encoded: {e}", what.0))
+        CellError::new(
+            ErrorCode::Internal,
+            format!("{} cannot be encoded: {e}", what.0),
+        )
     })?;
     if len as u64 > u64::from(cap) {
         return Err(frame_too_large(what, len as u64, cap, dir));
@@ -263,14 +266,19 @@ mod tests {
         for _ in 1..abi::value::MAX_VALUE_DEPTH {
             deep = Value::List(vec![deep]);
         }
-        assert_eq!(outgoing(&call(vec![deep.clone()], Map::new()), CAP, &lengths), Ok(()));
+        assert_eq!(
+            outgoing(&call(vec![deep.clone()], Map::new()), CAP, &lengths),
+            Ok(())
+        );
         let deeper = Value::List(vec![deep]);
         let err = outgoing(&call(vec![deeper.clone()], Map::new()), CAP, &lengths).unwrap_err();
         assert_eq!(err.code, ErrorCode::LimitValue);
         assert!(err.message.ends_with("(host → cell)"), "{}", err.message);
         let kwargs: Map = [("k".to_string(), deeper)].into_iter().collect();
         assert_eq!(
-            outgoing(&call(vec![], kwargs), CAP, &lengths).unwrap_err().code,
+            outgoing(&call(vec![], kwargs), CAP, &lengths)
+                .unwrap_err()
+                .code,
             ErrorCode::LimitValue
         );
         let small = Lengths {
@@ -278,13 +286,24 @@ mod tests {
             list: 2,
             map: 1,
         };
-        let err = outgoing(&call(vec![Value::Str("abc".into())], Map::new()), CAP, &small);
+        let err = outgoing(
+            &call(vec![Value::Str("abc".into())], Map::new()),
+            CAP,
+            &small,
+        );
         assert_eq!(err.unwrap_err().code, ErrorCode::LimitStringSize);
-        let err = outgoing(&call(vec![Value::List(vec![Value::Unit; 3])], Map::new()), CAP, &small);
+        let err = outgoing(
+            &call(vec![Value::List(vec![Value::Unit; 3])], Map::new()),
+            CAP,
+            &small,
+        );
         assert_eq!(err.unwrap_err().code, ErrorCode::LimitArraySize);
-        let two: Map = [("a".to_string(), Value::Unit), ("b".to_string(), Value::Unit)]
-            .into_iter()
-            .collect();
+        let two: Map = [
+            ("a".to_string(), Value::Unit),
+            ("b".to_string(), Value::Unit),
+        ]
+        .into_iter()
+        .collect();
         let err = outgoing(&call(vec![], two.clone()), CAP, &small).unwrap_err();
         assert_eq!(err.code, ErrorCode::LimitMapSize);
         assert_eq!(
@@ -294,7 +313,10 @@ mod tests {
         let one: Map = [("a".to_string(), Value::Unit)].into_iter().collect();
         assert_eq!(outgoing(&call(vec![], one), CAP, &small), Ok(()));
         // Unlimited engine lengths leave only the frame cap.
-        assert_eq!(outgoing(&call(vec![], two), CAP, &Lengths::default()), Ok(()));
+        assert_eq!(
+            outgoing(&call(vec![], two), CAP, &Lengths::default()),
+            Ok(())
+        );
     }
 
     #[test]
@@ -307,7 +329,11 @@ mod tests {
         assert_eq!(id, 7);
         let err = result.unwrap_err();
         assert_eq!(err.code, ErrorCode::LimitFrameSize);
-        assert!(err.message.starts_with("the broker's reply encodes to"), "{}", err.message);
+        assert!(
+            err.message.starts_with("the broker's reply encodes to"),
+            "{}",
+            err.message
+        );
         let fine = reply(7, Ok(Value::Int(1)), CAP, &lengths);
         assert_eq!(
             fine,
@@ -330,9 +356,17 @@ mod tests {
 
     #[test]
     fn hellos_naming_unknown_modules_or_another_abi_are_refused() {
-        let ok = Hello::new("c", EngineLimits::default(), vec!["math".into(), "json".into()]);
+        let ok = Hello::new(
+            "c",
+            EngineLimits::default(),
+            vec!["math".into(), "json".into()],
+        );
         assert_eq!(check_hello(&ok), Ok(()));
-        let bad = Hello::new("c", EngineLimits::default(), vec!["math".into(), "nope".into()]);
+        let bad = Hello::new(
+            "c",
+            EngineLimits::default(),
+            vec!["math".into(), "nope".into()],
+        );
         let err = check_hello(&bad).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument);
         assert!(err.message.contains("`nope`") && err.message.contains("math, text, json"));
@@ -340,7 +374,10 @@ mod tests {
             let mut h = ok.clone();
             h.abi_version = version;
             h.schema = schema.into();
-            assert_eq!(check_hello(&h).unwrap_err().code, ErrorCode::VersionMismatch);
+            assert_eq!(
+                check_hello(&h).unwrap_err().code,
+                ErrorCode::VersionMismatch
+            );
         }
     }
 
@@ -357,6 +394,9 @@ mod tests {
             err.message,
             "a post holds a list of 2 elements, over the limit of 1 (cell → host)"
         );
-        assert_eq!(incoming_value("a post", &Value::List(vec![Value::Unit]), &small), Ok(()));
+        assert_eq!(
+            incoming_value("a post", &Value::List(vec![Value::Unit]), &small),
+            Ok(())
+        );
     }
 }

@@ -107,7 +107,9 @@ mod tests {
     #[test]
     fn tag_bounds_are_exact() {
         let mut s = Series::default();
-        let many: Vec<(String, String)> = (0..=MAX_TAGS).map(|i| (format!("k{i}"), "v".into())).collect();
+        let many: Vec<(String, String)> = (0..=MAX_TAGS)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
         let at: BTreeMap<_, _> = many[..MAX_TAGS].iter().cloned().collect();
         let over: BTreeMap<_, _> = many.iter().cloned().collect();
         assert_eq!(s.admit("a", &at), Ok(()));

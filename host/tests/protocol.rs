@@ -92,7 +92,11 @@ fn refusals_keep_guest_codes_and_not_host_ones() {
             Arc::new(DenyAll),
             Box::new(move |_, _| Ok(vec![GuestFrame::Refused(CellError::new(code, "no"))])),
         );
-        assert_eq!(cell.run(hello(), None).unwrap_err().code, expected, "{code}");
+        assert_eq!(
+            cell.run(hello(), None).unwrap_err().code,
+            expected,
+            "{code}"
+        );
     }
 }
 
@@ -106,14 +110,23 @@ fn outgoing_frame_cap_is_exact_and_the_cell_stays_usable() {
     assert_eq!(err.code, ErrorCode::LimitFrameSize);
     assert_eq!(
         err.message,
-        format!("the call's arguments encode to {} bytes, over the 1 MiB frame cap (host → cell)", cap + 1)
+        format!(
+            "the call's arguments encode to {} bytes, over the 1 MiB frame cap (host → cell)",
+            cap + 1
+        )
     );
-    assert_eq!(cell.sent().len(), sent_before, "the frame never reached the pipe");
+    assert_eq!(
+        cell.sent().len(),
+        sent_before,
+        "the frame never reached the pipe"
+    );
     assert!(cell.host.dead().is_none() && !cell.killed());
     assert_eq!(cell.run(exec(4), None), Ok(Value::Unit));
     // An exec's source is capped the same way.
     let source = "x".repeat(cap);
-    let err = cell.run(HostFrame::Exec { id: 5, source }, None).unwrap_err();
+    let err = cell
+        .run(HostFrame::Exec { id: 5, source }, None)
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::LimitFrameSize);
     assert!(cell.host.dead().is_none());
 }
@@ -126,7 +139,9 @@ fn outgoing_depth_and_lengths_are_checked_and_the_cell_stays_usable() {
         v = Value::List(vec![v]);
     }
     assert_eq!(cell.run(call(2, vec![v.clone()]), None), Ok(Value::Unit));
-    let err = cell.run(call(3, vec![Value::List(vec![v])]), None).unwrap_err();
+    let err = cell
+        .run(call(3, vec![Value::List(vec![v])]), None)
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::LimitValue);
     let limit = EngineLimits::default().max_array_len as usize;
     assert_eq!(
@@ -134,7 +149,10 @@ fn outgoing_depth_and_lengths_are_checked_and_the_cell_stays_usable() {
         Ok(Value::Unit)
     );
     let err = cell
-        .run(call(5, vec![Value::List(vec![Value::Unit; limit + 1])]), None)
+        .run(
+            call(5, vec![Value::List(vec![Value::Unit; limit + 1])]),
+            None,
+        )
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::LimitArraySize);
     assert!(err.message.ends_with("(host → cell)"));
@@ -179,7 +197,11 @@ fn an_over_cap_broker_reply_becomes_an_error_reply() {
     );
     assert_eq!(cell.run(exec(2), None), Ok(Value::Unit));
     let reply = cell.sent().pop().unwrap();
-    let HostFrame::Reply { id: 1, result: Err(e) } = reply else {
+    let HostFrame::Reply {
+        id: 1,
+        result: Err(e),
+    } = reply
+    else {
         panic!("{reply:?}")
     };
     assert_eq!(e.code, ErrorCode::LimitFrameSize);
@@ -203,7 +225,11 @@ fn an_over_cap_broker_reply_becomes_an_error_reply() {
 fn requests_get_the_deadline_and_cannot_outlast_it() {
     // The handler sees the transaction's deadline.
     let handler = Fixed::new(Ok(Value::Int(1)));
-    let mut cell = Cell::ready(Channel::default(), handler.clone(), guest(|_, _| vec![request(1)]));
+    let mut cell = Cell::ready(
+        Channel::default(),
+        handler.clone(),
+        guest(|_, _| vec![request(1)]),
+    );
     cell.run(exec(2), Some(Duration::from_secs(60))).unwrap();
     assert!(handler.deadlines.lock().unwrap()[0].is_some());
     cell.run(exec(3), None).unwrap_err(); // request id 1 replayed: a violation
@@ -212,16 +238,35 @@ fn requests_get_the_deadline_and_cannot_outlast_it() {
         outlast_deadline: true,
         ..Arc::into_inner(Fixed::new(Ok(Value::Int(1)))).unwrap()
     });
-    let mut cell = Cell::ready(Channel::default(), slow.clone(), guest(|_, _| vec![request(1)]));
-    let err = cell.run(exec(2), Some(Duration::from_millis(20))).unwrap_err();
+    let mut cell = Cell::ready(
+        Channel::default(),
+        slow.clone(),
+        guest(|_, _| vec![request(1)]),
+    );
+    let err = cell
+        .run(exec(2), Some(Duration::from_millis(20)))
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::TimedOut);
-    assert_eq!(err.message, "the cell ran past its wall-time limit of 20 ms");
+    assert_eq!(
+        err.message,
+        "the cell ran past its wall-time limit of 20 ms"
+    );
     assert_eq!(slow.calls.load(Ordering::SeqCst), 1);
     assert!(cell.killed());
-    assert!(!cell.sent().iter().any(|f| matches!(f, HostFrame::Reply { .. })), "no reply after the deadline");
+    assert!(
+        !cell
+            .sent()
+            .iter()
+            .any(|f| matches!(f, HostFrame::Reply { .. })),
+        "no reply after the deadline"
+    );
     // Past the deadline already: the handler is not even asked.
     let handler = Fixed::new(Ok(Value::Int(1)));
-    let mut cell = Cell::ready(Channel::default(), handler.clone(), guest(|_, _| vec![request(1)]));
+    let mut cell = Cell::ready(
+        Channel::default(),
+        handler.clone(),
+        guest(|_, _| vec![request(1)]),
+    );
     let err = cell.run(exec(2), Some(Duration::ZERO)).unwrap_err();
     assert_eq!(err.code, ErrorCode::TimedOut);
     assert_eq!(handler.calls.load(Ordering::SeqCst), 0);
@@ -258,13 +303,18 @@ fn guest_codes_pass_and_host_only_codes_do_not() {
                 }]
             }),
         );
-        let err = cell.run(exec(2), Some(Duration::from_secs(60))).unwrap_err();
+        let err = cell
+            .run(exec(2), Some(Duration::from_secs(60)))
+            .unwrap_err();
         if code.guest_may_report() {
             assert_eq!(err, CellError::new(code, "guest words"));
         } else {
             assert_eq!(err.code, ErrorCode::Runtime, "{code}");
             assert!(err.message.contains("guest words") && err.message.contains(code.name()));
-            assert!(cell.host.dead().is_none() && !cell.killed(), "{code}: the cell lives");
+            assert!(
+                cell.host.dead().is_none() && !cell.killed(),
+                "{code}: the cell lives"
+            );
         }
     }
 }
@@ -274,11 +324,16 @@ fn a_guest_timeout_counts_only_past_the_hosts_deadline() {
     let timed_out = |f: &HostFrame, _: &CellHost| {
         vec![GuestFrame::Done {
             id: id_of(f),
-            result: Err(CellError::new(ErrorCode::TimedOut, "the script ran past it")),
+            result: Err(CellError::new(
+                ErrorCode::TimedOut,
+                "the script ran past it",
+            )),
         }]
     };
     let mut cell = Cell::ready(Channel::default(), Arc::new(DenyAll), guest(timed_out));
-    let err = cell.run(exec(2), Some(Duration::from_secs(60))).unwrap_err();
+    let err = cell
+        .run(exec(2), Some(Duration::from_secs(60)))
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::Runtime);
     let err = cell.run(exec(3), Some(Duration::ZERO)).unwrap_err();
     assert_eq!(err.code, ErrorCode::TimedOut);
@@ -298,9 +353,15 @@ fn a_guest_cancellation_counts_only_after_the_hosts_kill() {
         }]
     };
     let mut cell = Cell::ready(Channel::default(), Arc::new(DenyAll), guest(cancelled));
-    assert_eq!(cell.run(exec(2), None).unwrap_err().code, ErrorCode::Runtime);
+    assert_eq!(
+        cell.run(exec(2), None).unwrap_err().code,
+        ErrorCode::Runtime
+    );
     let err = cell.run(exec(3), None).unwrap_err();
-    assert_eq!(err, CellError::new(ErrorCode::Cancelled, "cell `t` was killed"));
+    assert_eq!(
+        err,
+        CellError::new(ErrorCode::Cancelled, "cell `t` was killed")
+    );
     let err = cell.run(exec(4), None).unwrap_err();
     assert_eq!(err.code, ErrorCode::CellClosed);
 }
@@ -312,21 +373,41 @@ fn pipe_errors_are_worded_by_the_host() {
         cpu_time_ms: 700,
         ..Resources::default()
     };
-    let cases: Vec<(fn() -> PipeError, ErrorCode, &str)> = vec![
-        (|| PipeError::TimedOut, ErrorCode::TimedOut, "the cell ran past its wall-time limit of 1500 ms"),
-        (|| PipeError::Killed, ErrorCode::Cancelled, "the cell was killed"),
+    type Case = (fn() -> PipeError, ErrorCode, &'static str);
+    let cases: Vec<Case> = vec![
         (
-            || PipeError::Wire(WireError::TooLarge { len: 5_000_000, max: 1 << 20 }),
+            || PipeError::TimedOut,
+            ErrorCode::TimedOut,
+            "the cell ran past its wall-time limit of 1500 ms",
+        ),
+        (
+            || PipeError::Killed,
+            ErrorCode::Cancelled,
+            "the cell was killed",
+        ),
+        (
+            || {
+                PipeError::Wire(WireError::TooLarge {
+                    len: 5_000_000,
+                    max: 1 << 20,
+                })
+            },
             ErrorCode::LimitFrameSize,
             "the cell's frame encodes to 5000000 bytes, over the 1 MiB frame cap (cell → host)",
         ),
         (
-            || PipeError::Exhausted { resource: Resource::Memory, detail: "oom".into() },
+            || PipeError::Exhausted {
+                resource: Resource::Memory,
+                detail: "oom".into(),
+            },
             ErrorCode::LimitMemory,
             "the cell ran out of memory: its limit is 32 MiB",
         ),
         (
-            || PipeError::Exhausted { resource: Resource::CpuTime, detail: "SIGXCPU".into() },
+            || PipeError::Exhausted {
+                resource: Resource::CpuTime,
+                detail: "SIGXCPU".into(),
+            },
             ErrorCode::LimitCpu,
             "the cell used up its CPU time limit of 700 ms",
         ),
@@ -362,8 +443,14 @@ fn pipe_errors_are_worded_by_the_host() {
 
 #[test]
 fn correlation_and_phases_are_enforced() {
-    let cases: Vec<Box<dyn Fn(&HostFrame) -> Vec<GuestFrame> + Send + Sync>> = vec![
-        Box::new(|f| vec![GuestFrame::Done { id: id_of(f) + 1, result: Ok(Value::Unit) }]),
+    type Answer = Box<dyn Fn(&HostFrame) -> Vec<GuestFrame> + Send + Sync>;
+    let cases: Vec<Answer> = vec![
+        Box::new(|f| {
+            vec![GuestFrame::Done {
+                id: id_of(f) + 1,
+                result: Ok(Value::Unit),
+            }]
+        }),
         Box::new(|_| vec![ready()]),
         Box::new(|_| vec![GuestFrame::Refused(CellError::new(ErrorCode::Runtime, "x"))]),
     ];
@@ -379,7 +466,10 @@ fn correlation_and_phases_are_enforced() {
     }
     // Between transactions the guest has nothing to say.
     let host = CellHost::new("t", "fake", Channel::default(), Arc::new(DenyAll));
-    assert!(matches!(host.on_frame(GuestFrame::Post(Value::Unit)), abi::backend::Flow::Abort(_)));
+    assert!(matches!(
+        host.on_frame(GuestFrame::Post(Value::Unit)),
+        abi::backend::Flow::Abort(_)
+    ));
 }
 
 #[test]
@@ -392,10 +482,18 @@ fn incoming_frames_over_the_cap_abort_even_in_process() {
     let base = wire::encoded_len(&post(0)).unwrap();
     let at = post(100 - base);
     assert_eq!(wire::encoded_len(&at).unwrap(), 100);
-    let mut cell = Cell::ready(channel.clone(), Arc::new(DenyAll), guest(move |_, _| vec![at.clone()]));
+    let mut cell = Cell::ready(
+        channel.clone(),
+        Arc::new(DenyAll),
+        guest(move |_, _| vec![at.clone()]),
+    );
     assert_eq!(cell.run(exec(2), None), Ok(Value::Unit));
     let over = post(101 - base);
-    let mut cell = Cell::ready(channel, Arc::new(DenyAll), guest(move |_, _| vec![over.clone()]));
+    let mut cell = Cell::ready(
+        channel,
+        Arc::new(DenyAll),
+        guest(move |_, _| vec![over.clone()]),
+    );
     let err = cell.run(exec(2), None).unwrap_err();
     assert_eq!(err.code, ErrorCode::LimitFrameSize);
     assert!(err.message.ends_with("(cell → host)"));
@@ -440,7 +538,11 @@ fn queue_bounds_are_exact_in_events_and_bytes() {
             ..Channel::default()
         };
         let e = event.clone();
-        let mut cell = Cell::ready(channel, Arc::new(DenyAll), guest(move |_, _| vec![e.clone(); n]));
+        let mut cell = Cell::ready(
+            channel,
+            Arc::new(DenyAll),
+            guest(move |_, _| vec![e.clone(); n]),
+        );
         let r = cell.run(exec(2), None);
         assert_eq!(r.is_ok(), ok, "{events}/{bytes} with {n}: {r:?}");
         if !ok {
@@ -448,10 +550,19 @@ fn queue_bounds_are_exact_in_events_and_bytes() {
         }
         // Events accepted before the flood are still delivered.
         let mut got = 0;
-        while cell.host.next_event(Some(std::time::Instant::now())).is_ok() {
+        while cell
+            .host
+            .next_event(Some(std::time::Instant::now()))
+            .is_ok()
+        {
             got += 1;
         }
-        assert_eq!(got, if ok { n } else { n - 1 }.min(3).min(if bytes < 3 * size { 2 } else { 3 }));
+        assert_eq!(
+            got,
+            if ok { n } else { n - 1 }
+                .min(3)
+                .min(if bytes < 3 * size { 2 } else { 3 })
+        );
     }
 }
 
@@ -488,17 +599,29 @@ fn metric_series_are_bounded_and_counted() {
         max_queued_events: n,
         ..Channel::default()
     };
-    let mut cell = Cell::ready(channel, Arc::new(DenyAll), guest(move |_, _| metrics.clone()));
+    let mut cell = Cell::ready(
+        channel,
+        Arc::new(DenyAll),
+        guest(move |_, _| metrics.clone()),
+    );
     cell.run(exec(2), None).unwrap();
     assert_eq!(cell.host.stats().metrics_dropped, 5);
-    assert_eq!(cell.host.stats().events, n as u64, "every metric is still queued for recv");
+    assert_eq!(
+        cell.host.stats().events,
+        n as u64,
+        "every metric is still queued for recv"
+    );
 }
 
 #[test]
 fn a_dead_cell_refuses_transactions() {
     let mut cell = plain();
-    cell.host.mark_dead(CellError::new(ErrorCode::Cancelled, "gone"));
+    cell.host
+        .mark_dead(CellError::new(ErrorCode::Cancelled, "gone"));
     let before = cell.sent().len();
-    assert_eq!(cell.run(exec(2), None).unwrap_err().code, ErrorCode::CellClosed);
+    assert_eq!(
+        cell.run(exec(2), None).unwrap_err().code,
+        ErrorCode::CellClosed
+    );
     assert_eq!(cell.sent().len(), before);
 }

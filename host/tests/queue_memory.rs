@@ -52,7 +52,7 @@ fn flood(event: fn() -> GuestFrame) -> isize {
         max_queued_bytes: BOUND,
         ..Channel::default()
     };
-    let mut cell = Cell::ready(
+    let cell = Cell::ready(
         channel,
         Arc::new(DenyAll),
         Box::new(|f, _| {
@@ -94,7 +94,9 @@ fn check(name: &str, event: fn() -> GuestFrame) {
 fn tiny_one_entry_maps() {
     check("maps", || {
         GuestFrame::Post(Value::List(vec![
-            Value::Map([(String::new(), Value::Unit)].into_iter().collect());
+            Value::Map(
+                [(String::new(), Value::Unit)].into_iter().collect()
+            );
             64
         ]))
     });
@@ -132,7 +134,9 @@ fn logs_and_metrics() {
     check("logs", || GuestFrame::Log {
         level: Level::Info,
         message: "m".into(),
-        fields: [("k".to_string(), Value::Str("v".into()))].into_iter().collect(),
+        fields: [("k".to_string(), Value::Str("v".into()))]
+            .into_iter()
+            .collect(),
     });
     check("metrics", || GuestFrame::Metric {
         name: "n".into(),

@@ -55,7 +55,11 @@ pub fn ready() -> GuestFrame {
 }
 
 pub fn hello() -> HostFrame {
-    HostFrame::Hello(Hello::new("t", EngineLimits::default(), vec!["math".into()]))
+    HostFrame::Hello(Hello::new(
+        "t",
+        EngineLimits::default(),
+        vec!["math".into()],
+    ))
 }
 
 pub fn exec(id: u64) -> HostFrame {
