@@ -125,6 +125,57 @@ mod tests {
     }
 
     #[test]
+    fn every_event_kind_counts_its_parts() {
+        use abi::Level;
+        let slot = size_of::<Event>();
+        let entry = size_of::<String>() + size_of::<Value>();
+        let map: Map = [("key".to_string(), Value::Str("v".repeat(40)))].into_iter().collect();
+        let map_bytes = btree(1, entry) + heap_block(3) + heap_block(40);
+        assert_eq!(value_heap(&Value::Map(map.clone())), map_bytes);
+        assert_eq!(event_bytes(&Event::Post(Value::Map(map.clone()))), slot + map_bytes);
+        let log = Event::Log {
+            level: Level::Info,
+            message: "m".repeat(100),
+            fields: map,
+        };
+        assert_eq!(event_bytes(&log), slot + heap_block(100) + map_bytes);
+        let tags: BTreeMap<String, String> = (0..7)
+            .map(|i| (format!("k{i}"), "v".repeat(30)))
+            .collect();
+        let tags_bytes = btree(7, 2 * size_of::<String>()) + 7 * (heap_block(2) + heap_block(30));
+        let metric = Event::Metric {
+            name: "n".repeat(50),
+            value: 1.0,
+            tags,
+        };
+        assert_eq!(event_bytes(&metric), slot + heap_block(50) + tags_bytes);
+        // Nested values count all the way down; spare capacity counts too.
+        let mut list = Vec::with_capacity(10);
+        list.push(Value::List(vec![Value::Bytes(vec![1; 50])]));
+        let inner = heap_block(size_of::<Value>()) + heap_block(50);
+        assert_eq!(
+            value_heap(&Value::List(list)),
+            heap_block(10 * size_of::<Value>()) + inner
+        );
+        let mut s = String::with_capacity(64);
+        s.push('x');
+        assert_eq!(value_heap(&Value::Str(s)), heap_block(64));
+        for scalar in [Value::Unit, Value::Bool(true), Value::Float(1.0)] {
+            assert_eq!(value_heap(&scalar), 0);
+        }
+    }
+
+    #[test]
+    fn deep_trees_count_every_level() {
+        let leaf = heap_block(NODE_HEADER + NODE_CAPACITY * 8);
+        let internal = heap_block(NODE_HEADER + NODE_CAPACITY * 8 + NODE_EDGES);
+        // 5 * 6 * 6 = 180 entries: 36 leaves, 6 internal nodes, 1 root.
+        assert_eq!(btree(180, 8), 36 * leaf + 7 * internal);
+        // 181: 37 leaves, then 7, 2 and 1 internal nodes.
+        assert_eq!(btree(181, 8), 37 * leaf + 10 * internal);
+    }
+
+    #[test]
     fn small_values_are_far_larger_in_memory_than_on_the_wire() {
         let one_entry = Value::Map([(String::new(), Value::Unit)].into_iter().collect());
         let held = size_of::<Value>() + value_heap(&one_entry);

@@ -568,10 +568,22 @@ fn queue_bounds_are_exact_in_events_and_bytes() {
 
 #[test]
 fn receiving_frees_the_queue() {
-    let channel = Channel {
-        max_queued_events: 2,
-        ..Channel::default()
-    };
+    let size = event_bytes(&cell_host::Event::Post(Value::Int(1)));
+    for channel in [
+        Channel {
+            max_queued_events: 2,
+            ..Channel::default()
+        },
+        Channel {
+            max_queued_bytes: 2 * size,
+            ..Channel::default()
+        },
+    ] {
+        drain_and_refill(channel);
+    }
+}
+
+fn drain_and_refill(channel: Channel) {
     let mut cell = Cell::ready(
         channel,
         Arc::new(DenyAll),
@@ -611,6 +623,39 @@ fn metric_series_are_bounded_and_counted() {
         n as u64,
         "every metric is still queued for recv"
     );
+}
+
+#[test]
+fn stats_count_what_happened() {
+    let handler = Fixed::new(Ok(Value::Unit));
+    let mut cell = Cell::ready(
+        Channel::default(),
+        handler,
+        guest(|f, _| {
+            let id = id_of(f);
+            vec![GuestFrame::Post(Value::Int(1)), request(id)]
+        }),
+    );
+    for id in 2..5 {
+        cell.run(exec(id), None).unwrap();
+    }
+    let stats = cell.host.stats();
+    assert_eq!(
+        (stats.transactions, stats.events, stats.requests, stats.violations),
+        (3, 3, 3, 0)
+    );
+}
+
+#[test]
+fn recv_waits_ends_and_reports_death() {
+    let cell = plain();
+    let now = std::time::Instant::now();
+    assert_eq!(cell.host.next_event(Some(now)), Err(None));
+    cell.host.mark_dead(CellError::new(ErrorCode::Cancelled, "first"));
+    cell.host.mark_dead(CellError::new(ErrorCode::CellClosed, "second"));
+    let first = CellError::new(ErrorCode::Cancelled, "first");
+    assert_eq!(cell.host.dead(), Some(first.clone()));
+    assert_eq!(cell.host.next_event(None), Err(Some(first)));
 }
 
 #[test]
