@@ -318,6 +318,17 @@ mod tests {
     }
 
     #[test]
+    fn display_is_the_name_and_the_message() {
+        use alloc::string::ToString;
+        assert_eq!(ErrorCode::LimitCpu.to_string(), "limit_cpu");
+        assert_eq!(ErrorCode::Unknown(99).to_string(), "unknown");
+        assert_eq!(
+            CellError::new(ErrorCode::Denied, "no grant").to_string(),
+            "denied: no grant"
+        );
+    }
+
+    #[test]
     fn host_only_codes_are_exactly_the_spec_table() {
         let host_only: alloc::vec::Vec<&str> = ErrorCode::ALL
             .iter()

@@ -463,6 +463,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn limit_errors_say_what_and_how_much() {
+        use alloc::string::ToString;
+        let cases = [
+            (
+                ValueLimitError::TooDeep { max: 64 },
+                "a value nested deeper than 64 levels",
+            ),
+            (
+                ValueLimitError::StringTooLong { len: 5, max: 4 },
+                "a string of 5 bytes, over the limit of 4",
+            ),
+            (
+                ValueLimitError::ListTooLong { len: 3, max: 2 },
+                "a list of 3 elements, over the limit of 2",
+            ),
+            (
+                ValueLimitError::MapTooLarge { len: 2, max: 1 },
+                "a map of 2 entries, over the limit of 1",
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+        }
+    }
+
     fn nested_depth_ok() -> Result<(), ValueLimitError> {
         nested(MAX_VALUE_DEPTH).check_limits(&Lengths::default())
     }
@@ -489,6 +515,70 @@ mod tests {
         // Map with 2 entries "b" then "a".
         let bytes = [7, 2, 1, b'b', 0, 1, b'a', 0];
         assert!(postcard::from_bytes::<Value>(&bytes).is_err());
+    }
+
+    #[test]
+    fn duplicate_map_keys_are_rejected() {
+        // Map with 2 entries "a" then "a"; the sorted pair decodes.
+        assert!(postcard::from_bytes::<Value>(&[7, 2, 1, b'a', 0, 1, b'a', 0]).is_err());
+        let ok = postcard::from_bytes::<Value>(&[7, 2, 1, b'a', 0, 1, b'b', 2, 2]).unwrap();
+        let expected: Map = [("a".into(), Value::Unit), ("b".into(), Value::Int(1))]
+            .into_iter()
+            .collect();
+        assert_eq!(ok, Value::Map(expected));
+    }
+
+    #[test]
+    fn every_tag_decodes_to_its_variant() {
+        let cases: [(&[u8], Value); 8] = [
+            (&[0], Value::Unit),
+            (&[1, 1], Value::Bool(true)),
+            (&[2, 3], Value::Int(-2)),
+            (&[3, 0, 0, 0, 0, 0, 0, 0xf8, 0x3f], Value::Float(1.5)),
+            (&[4, 1, b'x'], Value::Str("x".into())),
+            (&[5, 2, 0, 255], Value::Bytes(vec![0, 255])),
+            (&[6, 1, 0], Value::List(vec![Value::Unit])),
+            (&[7, 0], Value::Map(Map::new())),
+        ];
+        for (bytes, v) in cases {
+            assert_eq!(postcard::from_bytes::<Value>(bytes).unwrap(), v);
+            assert_eq!(postcard::to_allocvec(&v).unwrap(), bytes);
+        }
+        assert!(postcard::from_bytes::<Value>(&[8]).is_err());
+    }
+
+    #[test]
+    fn type_names_and_conversions() {
+        let all = [
+            (Value::from(()), "unit"),
+            (Value::from(true), "bool"),
+            (Value::from(1i64), "int"),
+            (Value::from(1i32), "int"),
+            (Value::from(1.0), "float"),
+            (Value::from("s"), "string"),
+            (Value::from(String::from("s")), "string"),
+            (Value::from(vec![1u8]), "bytes"),
+            (Value::from(vec![Value::Unit]), "list"),
+            (Value::from(Map::new()), "map"),
+        ];
+        for (v, name) in all {
+            assert_eq!(v.type_name(), name);
+        }
+        assert_eq!(Value::from(7i32), Value::Int(7));
+    }
+
+    #[test]
+    fn bit_eq_compares_containers_element_by_element() {
+        let l = |v: Vec<Value>| Value::List(v);
+        assert!(l(vec![Value::Float(f64::NAN)]).bit_eq(&l(vec![Value::Float(f64::NAN)])));
+        assert!(!l(vec![Value::Int(1)]).bit_eq(&l(vec![Value::Int(2)])));
+        assert!(!l(vec![Value::Int(1)]).bit_eq(&l(vec![Value::Int(1), Value::Int(1)])));
+        let m = |k: &str, v: Value| Value::Map([(String::from(k), v)].into_iter().collect());
+        assert!(m("a", Value::Float(-0.0)).bit_eq(&m("a", Value::Float(-0.0))));
+        assert!(!m("a", Value::Float(-0.0)).bit_eq(&m("a", Value::Float(0.0))));
+        assert!(!m("a", Value::Unit).bit_eq(&m("b", Value::Unit)));
+        assert!(!m("a", Value::Unit).bit_eq(&Value::Map(Map::new())));
+        assert!(!Value::Int(1).bit_eq(&Value::Bool(true)));
     }
 
     #[test]

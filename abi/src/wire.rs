@@ -137,6 +137,80 @@ mod tests {
         assert!(matches!(encode(&big, 50), Err(WireError::TooLarge { .. })));
     }
 
+    fn post_of_len(len: usize) -> GuestFrame {
+        let base = encoded_len(&GuestFrame::Post(Value::Bytes(alloc::vec![]))).unwrap();
+        (0..4)
+            .map(|extra| GuestFrame::Post(Value::Bytes(alloc::vec![0; len - base - extra])))
+            .find(|f| encoded_len(f).unwrap() == len)
+            .unwrap()
+    }
+
+    #[test]
+    fn caps_are_exact_in_both_directions() {
+        for max in [100u32, DEFAULT_MAX_FRAME_LEN] {
+            assert_eq!(body_len(max.to_le_bytes(), max), Ok(max as usize));
+            assert_eq!(
+                body_len((max + 1).to_le_bytes(), max),
+                Err(WireError::TooLarge {
+                    len: max as u64 + 1,
+                    max
+                })
+            );
+            let at = post_of_len(max as usize);
+            let bytes = encode(&at, max).unwrap();
+            assert_eq!(bytes.len(), HEADER_LEN + max as usize);
+            assert_eq!(&bytes[..HEADER_LEN], &max.to_le_bytes());
+            assert_eq!(decode::<GuestFrame>(&bytes, max).unwrap(), at);
+            assert_eq!(
+                encode(&post_of_len(max as usize + 1), max),
+                Err(WireError::TooLarge {
+                    len: max as u64 + 1,
+                    max
+                })
+            );
+        }
+        // No cap above the absolute one.
+        let over = post_of_len(ABSOLUTE_MAX_FRAME_LEN as usize + 1);
+        assert!(matches!(
+            encode(&over, u32::MAX),
+            Err(WireError::TooLarge {
+                max: ABSOLUTE_MAX_FRAME_LEN,
+                ..
+            })
+        ));
+        let at = post_of_len(ABSOLUTE_MAX_FRAME_LEN as usize);
+        assert!(encode(&at, u32::MAX).is_ok());
+    }
+
+    #[test]
+    fn encoded_len_is_the_body_encode_writes() {
+        for f in [
+            GuestFrame::Post(Value::Int(42)),
+            GuestFrame::Post(Value::Str(String::from("hello"))),
+        ] {
+            let bytes = encode(&f, DEFAULT_MAX_FRAME_LEN).unwrap();
+            assert_eq!(encoded_len(&f).unwrap(), bytes.len() - HEADER_LEN);
+        }
+    }
+
+    #[test]
+    fn short_and_empty_bodies_are_errors() {
+        assert_eq!(decode_body::<HostFrame>(&[]), Err(WireError::Empty));
+        let bytes = encode(&HostFrame::Shutdown, 100).unwrap();
+        // The prefix claims one byte more than there is.
+        let mut short = bytes.clone();
+        short[0] = 2;
+        assert!(matches!(
+            decode::<HostFrame>(&short, 100),
+            Err(WireError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<HostFrame>(&bytes[..3], 100),
+            Err(WireError::Malformed(_))
+        ));
+        assert_eq!(decode::<HostFrame>(&bytes, 100), Ok(HostFrame::Shutdown));
+    }
+
     #[test]
     fn header_is_checked_before_allocation() {
         let four_gib = u32::MAX.to_le_bytes();

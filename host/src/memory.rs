@@ -129,19 +129,23 @@ mod tests {
         use abi::Level;
         let slot = size_of::<Event>();
         let entry = size_of::<String>() + size_of::<Value>();
-        let map: Map = [("key".to_string(), Value::Str("v".repeat(40)))].into_iter().collect();
+        let map: Map = [("key".to_string(), Value::Str("v".repeat(40)))]
+            .into_iter()
+            .collect();
         let map_bytes = btree(1, entry) + heap_block(3) + heap_block(40);
         assert_eq!(value_heap(&Value::Map(map.clone())), map_bytes);
-        assert_eq!(event_bytes(&Event::Post(Value::Map(map.clone()))), slot + map_bytes);
+        assert_eq!(
+            event_bytes(&Event::Post(Value::Map(map.clone()))),
+            slot + map_bytes
+        );
         let log = Event::Log {
             level: Level::Info,
             message: "m".repeat(100),
             fields: map,
         };
         assert_eq!(event_bytes(&log), slot + heap_block(100) + map_bytes);
-        let tags: BTreeMap<String, String> = (0..7)
-            .map(|i| (format!("k{i}"), "v".repeat(30)))
-            .collect();
+        let tags: BTreeMap<String, String> =
+            (0..7).map(|i| (format!("k{i}"), "v".repeat(30))).collect();
         let tags_bytes = btree(7, 2 * size_of::<String>()) + 7 * (heap_block(2) + heap_block(30));
         let metric = Event::Metric {
             name: "n".repeat(50),

@@ -641,7 +641,12 @@ fn stats_count_what_happened() {
     }
     let stats = cell.host.stats();
     assert_eq!(
-        (stats.transactions, stats.events, stats.requests, stats.violations),
+        (
+            stats.transactions,
+            stats.events,
+            stats.requests,
+            stats.violations
+        ),
         (3, 3, 3, 0)
     );
 }
@@ -651,8 +656,10 @@ fn recv_waits_ends_and_reports_death() {
     let cell = plain();
     let now = std::time::Instant::now();
     assert_eq!(cell.host.next_event(Some(now)), Err(None));
-    cell.host.mark_dead(CellError::new(ErrorCode::Cancelled, "first"));
-    cell.host.mark_dead(CellError::new(ErrorCode::CellClosed, "second"));
+    cell.host
+        .mark_dead(CellError::new(ErrorCode::Cancelled, "first"));
+    cell.host
+        .mark_dead(CellError::new(ErrorCode::CellClosed, "second"));
     let first = CellError::new(ErrorCode::Cancelled, "first");
     assert_eq!(cell.host.dead(), Some(first.clone()));
     assert_eq!(cell.host.next_event(None), Err(Some(first)));
