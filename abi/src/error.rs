@@ -318,6 +318,30 @@ mod tests {
     }
 
     #[test]
+    fn fatal_codes_are_exactly_the_spec_list() {
+        let fatal: alloc::vec::Vec<&str> = ErrorCode::ALL
+            .iter()
+            .filter(|c| c.is_fatal())
+            .map(|c| c.name())
+            .collect();
+        assert_eq!(
+            fatal,
+            [
+                "limit_event_queue",
+                "limit_memory",
+                "limit_cpu",
+                "cancelled",
+                "timed_out",
+                "protocol_violation",
+                "version_mismatch",
+                "cell_crashed",
+                "cell_closed",
+                "spawn_failed"
+            ]
+        );
+    }
+
+    #[test]
     fn display_is_the_name_and_the_message() {
         use alloc::string::ToString;
         assert_eq!(ErrorCode::LimitCpu.to_string(), "limit_cpu");
