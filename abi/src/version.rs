@@ -11,6 +11,12 @@ pub const ABI_VERSION: u32 = 1;
 pub const SCHEMA_KEY: &str =
     "cell-abi/1;ops=exec,call,post,recv,log,metric,request;wire=postcard-le32";
 
+/// Whether a peer announcing `abi_version` and `schema` in its handshake speaks this ABI. Both
+/// sides refuse a handshake for which this is false.
+pub fn compatible(abi_version: u32, schema: &str) -> bool {
+    abi_version == ABI_VERSION && schema == SCHEMA_KEY
+}
+
 /// Optional features this build speaks, advertised in `Hello` and `Ready` (see SPEC.md,
 /// "Evolution"). A side uses a feature only when the peer advertised it too, so a newer minor
 /// keeps working with an older one. None is defined yet: every v1 peer speaks exactly the base
@@ -43,3 +49,18 @@ const _: () = assert!(str_eq(
     SCHEMA_KEY,
     "cell-abi/1;ops=exec,call,post,recv,log,metric,request;wire=postcard-le32"
 ));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compatible_needs_both_the_version_and_the_schema() {
+        assert!(compatible(ABI_VERSION, SCHEMA_KEY));
+        assert!(!compatible(ABI_VERSION + 1, SCHEMA_KEY));
+        assert!(!compatible(ABI_VERSION, "cell-abi/1"));
+        assert!(negotiated(&["a", "b"], &["b"], "b"));
+        assert!(!negotiated(&["a"], &["b"], "b"));
+        assert!(!negotiated(&["b"], &["a"], "b"));
+    }
+}

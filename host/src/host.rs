@@ -343,7 +343,7 @@ impl CellHost {
     }
 
     fn on_ready(&self, ready: Ready) -> Flow {
-        if ready.abi_version != ABI_VERSION || ready.schema != SCHEMA_KEY {
+        if !abi::version::compatible(ready.abi_version, &ready.schema) {
             return Flow::Abort(CellError::new(
                 ErrorCode::VersionMismatch,
                 format!(

@@ -80,7 +80,7 @@ fn value_error(what: Subject, e: ValueLimitError, dir: Direction) -> CellError {
 /// Refuses a handshake the host must not send: another ABI, or a module no guest runtime of
 /// this ABI provides (the list is [`abi::HOST_MODULES`]). Checked before a cell is spawned.
 pub fn check_hello(hello: &Hello) -> Result<(), CellError> {
-    if hello.abi_version != ABI_VERSION || hello.schema != SCHEMA_KEY {
+    if !abi::version::compatible(hello.abi_version, &hello.schema) {
         return Err(CellError::new(
             ErrorCode::VersionMismatch,
             format!(
