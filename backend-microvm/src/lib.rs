@@ -10,6 +10,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod backend;
+mod cpu;
 pub mod elf;
 mod error;
 mod kvm;
@@ -29,5 +30,6 @@ pub use backend::{MicroVm, MicroVmPipe, StartMode};
 pub use error::VmError;
 pub use kvm::{bench_create_vm, kvm_available};
 pub use vm::{
-    DEFAULT_FRAME_CAP, GUEST_ELF, Killer, MAX_MEM_SIZE, MIN_MEM_SIZE, Recv, Vm, VmConfig,
+    DEFAULT_FRAME_CAP, GUEST_ELF, Interrupter, Killer, MAX_MEM_SIZE, MIN_MEM_SIZE, Recv, Vm,
+    VmConfig, max_mem_size,
 };

@@ -97,7 +97,7 @@ impl Template {
                     )));
                 }
             }
-            let mut m = vm.machine.take().ok_or(VmError::Killed)?;
+            let mut m = vm.take_machine().ok_or(VmError::Killed)?;
             m.flush_pending_io()?;
             let regs = m
                 .vcpu
@@ -197,23 +197,32 @@ pub(crate) fn release(t: Arc<Template>, mut m: Machine) {
 /// bits the CPU/KVM set by themselves (PTE accessed/dirty, descriptor accessed/busy). The runtime
 /// guest never writes them; if anything else changed, KVM's shadow MMU may cache translations that
 /// copying the snapshot back would not reset, so such a VM is not reused.
-fn tables_unchanged(mem: &GuestMemory, snap: &GuestMemory) -> Result<bool, VmError> {
+fn tables_unchanged(
+    mem: &GuestMemory,
+    snap: &GuestMemory,
+    layout: &Layout,
+) -> Result<bool, VmError> {
     use crate::layout::{GDT_ADDR, PML4_ADDR, STACK_GUARD_ADDR, TSS_ADDR};
-    let mut addr = GDT_ADDR;
-    while addr < STACK_GUARD_ADDR {
-        let ignore = if addr < PML4_ADDR {
-            (1u64 << 40) | (1 << 41) // descriptor accessed / TSS busy
-        } else if addr < TSS_ADDR {
-            (1u64 << 5) | (1 << 6) // PTE accessed / dirty
-        } else {
-            0
-        };
-        if (mem.read_u64(addr)? ^ snap.read_u64(addr)?) & !ignore != 0 {
-            return Ok(false);
+    const PTE_AD: u64 = (1 << 5) | (1 << 6); // PTE accessed / dirty
+    let same = |range: std::ops::Range<u64>| -> Result<bool, VmError> {
+        let mut addr = range.start;
+        while addr < range.end {
+            let ignore = if addr < PML4_ADDR {
+                (1u64 << 40) | (1 << 41) // descriptor accessed / TSS busy
+            } else if addr < TSS_ADDR || addr >= STACK_GUARD_ADDR {
+                PTE_AD
+            } else {
+                0
+            };
+            if (mem.read_u64(addr)? ^ snap.read_u64(addr)?) & !ignore != 0 {
+                return Ok(false);
+            }
+            addr += 8;
         }
-        addr += 8;
-    }
-    Ok(true)
+        Ok(true)
+    };
+    let (extra_start, extra_end) = layout.extra_tables;
+    Ok(same(GDT_ADDR..STACK_GUARD_ADDR)? && same(extra_start..extra_end)?)
 }
 
 impl Vm {
@@ -229,7 +238,7 @@ impl Vm {
         let pooled = t.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut reused = false;
         let m = match pooled {
-            Some(m) if tables_unchanged(&m.mem, &t.view.0)? => {
+            Some(m) if tables_unchanged(&m.mem, &t.view.0, &t.layout)? => {
                 match m.mem.restore_from(&t.view.0, 0..0)? {
                     Some(_) => {
                         t.restore(&m)?;

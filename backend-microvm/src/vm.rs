@@ -1,12 +1,13 @@
 //! One KVM virtual machine with one vCPU, run on the calling thread.
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
+use crate::cpu::{CpuBudget, thread_cpu_time};
 use crate::elf;
 use crate::error::VmError;
 use crate::kvm;
@@ -20,8 +21,36 @@ use crate::watchdog::{self, Deadline};
 pub const DEFAULT_FRAME_CAP: u64 = 1024 * 1024;
 /// Smallest accepted guest memory.
 pub const MIN_MEM_SIZE: u64 = 8 * 1024 * 1024;
-/// Largest accepted guest memory (the page tables map the first GiB).
-pub const MAX_MEM_SIZE: u64 = 1024 * 1024 * 1024 - 4 * 1024 * 1024;
+/// Largest guest memory the VMM lays out: one page-directory-pointer table maps 512 GiB with
+/// 2 MiB pages (a page directory per GiB). Guest RAM is sparse (only touched pages cost host
+/// memory), but KVM's shadow MMU keeps 8 bytes of reverse map per 4 KiB of a memory slot, so a
+/// cell of N GiB costs N × 2 MiB of kernel memory; [`max_mem_size`] also caps at the host's RAM.
+pub const MAX_MEM_SIZE: u64 = 512 << 30;
+const GIB: u64 = 1 << 30;
+
+/// The largest guest memory (a cell's `memory_bytes`) this host supports: [`MAX_MEM_SIZE`], or
+/// the host's physical RAM if that is smaller (a cell may use all of what the host has, not
+/// more). Policy validation refuses larger quotas.
+pub fn max_mem_size() -> u64 {
+    static MAX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MAX.get_or_init(host_mem_cap)
+}
+
+fn host_mem_cap() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let ram = if pages > 0 && page > 0 {
+        (pages as u64).saturating_mul(page as u64) & !0xfff
+    } else {
+        MAX_MEM_SIZE
+    };
+    ram.clamp(MIN_MEM_SIZE, MAX_MEM_SIZE)
+}
 /// Smallest heap left after image and buffers.
 const MIN_HEAP: u64 = 1024 * 1024;
 /// Cap on frames queued for a guest that does not consume them.
@@ -69,6 +98,9 @@ impl VmConfig {
 pub(crate) struct Layout {
     pub entry: u64,
     pub boot: BootInfo,
+    /// Page directories of the memory above the first GiB (empty for smaller guests), between
+    /// the image and the heap.
+    pub extra_tables: (u64, u64),
 }
 
 /// Outcome of [`Vm::recv`].
@@ -86,8 +118,12 @@ pub(crate) struct KillShared {
     killed: AtomicBool,
     /// Thread currently inside this VM's run step.
     tid: Mutex<Option<libc::pid_t>>,
-    /// Deadline of the current call, watched by the watchdog thread.
+    /// When the watchdog kicks the vCPU: the earlier of the call's deadline and the earliest
+    /// instant the cell's CPU budget can be spent.
     pub(crate) deadline: Deadline,
+    /// Host address of the guest's interrupt word while the VM's memory is this cell's (0 once
+    /// the memory went back to the pool or the reaper).
+    interrupt_word: Mutex<usize>,
 }
 
 impl KillShared {
@@ -115,6 +151,36 @@ impl Killer {
 
     pub fn is_killed(&self) -> bool {
         self.0.killed.load(Ordering::SeqCst)
+    }
+}
+
+/// Ends the exec/call running in a VM from any thread without killing it: sets the guest's
+/// interrupt word, which the engine's progress callback polls (no VM exit). The guest answers
+/// the transaction with `cancelled` and stays usable; the host clears the word when the next
+/// transaction starts, so an interrupt that arrives while nothing runs cancels nothing.
+#[derive(Clone)]
+pub struct Interrupter(Arc<KillShared>);
+
+impl Interrupter {
+    pub fn interrupt(&self) {
+        let word = self
+            .0
+            .interrupt_word
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *word != 0 {
+            // SAFETY: the address is the 4-byte aligned interrupt word inside this VM's guest
+            // memory, which stays mapped while it is registered: the VM clears the registration
+            // under this lock before its memory is released. The guest reads it from another
+            // CPU; the host only ever accesses it atomically.
+            unsafe { AtomicU32::from_ptr(*word as *mut u32) }.store(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl std::fmt::Debug for Interrupter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interrupter").finish_non_exhaustive()
     }
 }
 
@@ -308,9 +374,10 @@ pub(crate) fn setup_memory(
     backing: Backing,
 ) -> Result<Layout, VmError> {
     let size = cfg.mem_size;
-    if !(MIN_MEM_SIZE..=MAX_MEM_SIZE).contains(&size) || size % 4096 != 0 {
+    let max = max_mem_size();
+    if !(MIN_MEM_SIZE..=max).contains(&size) || size % 4096 != 0 {
         return Err(VmError::Config(format!(
-            "guest memory must be a multiple of 4 KiB in [{MIN_MEM_SIZE}, {MAX_MEM_SIZE}], got {size}"
+            "guest memory must be a multiple of 4 KiB in [{MIN_MEM_SIZE}, {max}], got {size}"
         )));
     }
     if cfg.frame_cap < 16 || cfg.frame_cap > 64 * 1024 * 1024 {
@@ -321,7 +388,11 @@ pub(crate) fn setup_memory(
     }
     let img = elf::parse(GUEST_ELF, IMAGE_BASE, size)?;
     let cap = align_up(cfg.frame_cap, 4096).ok_or_else(|| VmError::Config("frame cap".into()))?;
-    let heap_base = align_up(img.end, 4096).ok_or_else(|| VmError::Config("image end".into()))?;
+    // One page directory per GiB: the first sits with the other tables below the stack, the
+    // others (guests over 1 GiB only) right after the image.
+    let gibs = size.div_ceil(GIB).max(1);
+    let tables_base = align_up(img.end, 4096).ok_or_else(|| VmError::Config("image end".into()))?;
+    let heap_base = tables_base + (gibs - 1) * 4096;
     let g2h_base = size.saturating_sub(cap);
     let h2g_base = g2h_base.saturating_sub(cap);
     if heap_base.saturating_add(MIN_HEAP) > h2g_base {
@@ -333,8 +404,9 @@ pub(crate) fn setup_memory(
     if backing == Backing::Anonymous {
         mem.advise_huge(IMAGE_BASE, h2g_base)?;
     }
-    // Page tables: identity map of the first GiB with the U bit; 4 KiB pages in the first 2 MiB
-    // so that page 0 and the stack guard page stay unmapped. Accessed and dirty are preset: with
+    // Page tables: identity map of every GiB the RAM reaches (at least one) with the U bit;
+    // 4 KiB pages in the first 2 MiB so that page 0 and the stack guard page stay unmapped.
+    // Addresses past the RAM but inside the last mapped GiB exit to the host as MMIO. Accessed and dirty are preset: with
     // shadow paging (PVM) KVM otherwise takes an extra fault on the first write to each page
     // just to set the dirty bit; the guest never reads them, and hardware ignores a preset bit.
     const P: u64 = 1;
@@ -348,6 +420,14 @@ pub(crate) fn setup_memory(
     mem.write_u64(PD_ADDR, PT_ADDR | P | RW | US | A)?;
     for i in 1..512u64 {
         mem.write_u64(PD_ADDR + i * 8, (i << 21) | P | RW | US | A | D | PS)?;
+    }
+    for g in 1..gibs {
+        let pd = tables_base + (g - 1) * 4096;
+        mem.write_u64(PDPT_ADDR + g * 8, pd | P | RW | US | A)?;
+        for i in 0..512u64 {
+            let addr = g * GIB + (i << 21);
+            mem.write_u64(pd + i * 8, addr | P | RW | US | A | D | PS)?;
+        }
     }
     for j in 0..512u64 {
         let addr = j << 12;
@@ -420,12 +500,13 @@ pub(crate) fn setup_memory(
     Ok(Layout {
         entry: img.entry,
         boot,
+        extra_tables: (tables_base, heap_base),
     })
 }
 
-const H2G_LEN: u64 = MAILBOX_ADDR;
-const G2H_LEN: u64 = MAILBOX_ADDR + 4;
-const OOM_SIZE: u64 = MAILBOX_ADDR + 8;
+const H2G_LEN: u64 = MAILBOX_H2G_LEN;
+const G2H_LEN: u64 = MAILBOX_G2H_LEN;
+const OOM_SIZE: u64 = MAILBOX_OOM_SIZE;
 
 /// A running (or paused) guest. The vCPU runs only inside [`Vm::recv`], on the calling thread.
 pub struct Vm {
@@ -437,6 +518,7 @@ pub struct Vm {
     watched: bool,
     idle: bool,
     dead: Option<VmError>,
+    cpu: CpuBudget,
     pub(crate) template: Option<Arc<Template>>,
     pub(crate) reused: bool,
 }
@@ -466,6 +548,7 @@ impl Vm {
         layout: Layout,
         template: Option<Arc<Template>>,
     ) -> Vm {
+        let word = machine.mem.host_addr() + MAILBOX_INTERRUPT;
         Vm {
             machine: Some(machine),
             layout,
@@ -473,14 +556,52 @@ impl Vm {
                 killed: AtomicBool::new(false),
                 tid: Mutex::new(None),
                 deadline: Deadline::default(),
+                interrupt_word: Mutex::new(word as usize),
             }),
             queue: VecDeque::new(),
             watched: false,
             idle: false,
             dead: None,
+            cpu: CpuBudget::default(),
             template,
             reused: false,
         }
+    }
+
+    /// Takes the machine out of this VM; its interrupt word is unregistered first, so no
+    /// [`Interrupter`] writes into memory that is no longer this cell's.
+    pub(crate) fn take_machine(&mut self) -> Option<Machine> {
+        *self
+            .kill
+            .interrupt_word
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = 0;
+        self.machine.take()
+    }
+
+    /// Limits the CPU time the guest may spend running over the VM's life (None: unlimited).
+    /// Past it the VM stops with [`VmError::CpuTimeExceeded`].
+    pub fn set_cpu_limit(&mut self, limit: Option<Duration>) {
+        self.cpu.set_limit(limit);
+    }
+
+    /// CPU time the guest has spent running (counted only while a CPU limit is set).
+    pub fn cpu_used(&self) -> Duration {
+        self.cpu.used()
+    }
+
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter(self.kill.clone())
+    }
+
+    /// Clears the guest's interrupt word: an interrupt only cancels the transaction it arrives
+    /// in. One store into guest memory; the guest is not running.
+    pub fn clear_interrupt(&self) -> Result<(), VmError> {
+        self.machine()?
+            .mem
+            .atomic_u32(MAILBOX_INTERRUPT)?
+            .store(0, Ordering::SeqCst);
+        Ok(())
     }
 
     pub fn mem_size(&self) -> u64 {
@@ -587,7 +708,12 @@ impl Vm {
         } else if self.kill.deadline.passed() {
             Exit::Interrupted
         } else {
-            match m.vcpu.run() {
+            let start = self.cpu.is_limited().then(thread_cpu_time);
+            let run = m.vcpu.run();
+            if let Some(start) = start {
+                self.cpu.charge(thread_cpu_time().saturating_sub(start));
+            }
+            match run {
                 Ok(VcpuExit::IoIn(PORT_DOORBELL, _)) => Exit::Doorbell,
                 Ok(VcpuExit::IoIn(PORT_NOP, _)) => Exit::Nop,
                 Ok(VcpuExit::IoOut(port, data)) => {
@@ -615,7 +741,12 @@ impl Vm {
                 Ok(VcpuExit::MmioWrite(addr, _)) => {
                     Exit::Fatal(VmError::OutsideMemory { addr, write: true })
                 }
-                Ok(VcpuExit::Shutdown) => Exit::Fatal(VmError::TripleFault),
+                Ok(VcpuExit::Shutdown) => Exit::Fatal(match m.vcpu.get_regs() {
+                    Ok(regs) if is_stack_overflow(regs.rsp) => {
+                        VmError::StackOverflow { rsp: regs.rsp }
+                    }
+                    _ => VmError::TripleFault,
+                }),
                 Ok(VcpuExit::InternalError) => {
                     // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
                     // active member of the exit union.
@@ -692,9 +823,30 @@ impl Vm {
         Ok(Recv::Frame(body))
     }
 
+    /// Arms the watchdog for the earlier of `deadline` and the instant the CPU budget could be
+    /// spent at the earliest.
+    fn arm(&mut self, deadline: Option<Instant>) -> Result<(), VmError> {
+        let kick = match (deadline, self.cpu.earliest_end(Instant::now())) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        watchdog::set_deadline(&self.kill, &mut self.watched, kick)
+    }
+
+    fn cpu_exhausted(&mut self) -> Result<(), VmError> {
+        match self.cpu.exhausted() {
+            Some((limit, used)) => self.fail(VmError::CpuTimeExceeded {
+                limit_ms: limit.as_millis() as u64,
+                used_ms: used.as_millis() as u64,
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn wait(&mut self, deadline: Option<Instant>) -> Result<Wait, VmError> {
         self.check_alive()?;
-        watchdog::set_deadline(&self.kill, &mut self.watched, deadline)?;
+        self.cpu_exhausted()?;
+        self.arm(deadline)?;
         loop {
             self.pump()?;
             if self.idle {
@@ -708,6 +860,7 @@ impl Vm {
             }
             match self.run_once() {
                 Exit::Doorbell => {
+                    self.cpu_exhausted()?;
                     let mem = &self.machine()?.mem;
                     let len = mem.read_u32(G2H_LEN)? as u64;
                     mem.write_u32(G2H_LEN, 0)?;
@@ -725,8 +878,14 @@ impl Vm {
                     if self.kill.killed.load(Ordering::SeqCst) {
                         return self.fail(VmError::Killed);
                     }
+                    self.cpu_exhausted()?;
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Ok(Wait::TimedOut);
+                    }
+                    if self.cpu.is_limited() {
+                        // The kick came at the earliest instant the budget could be spent, but
+                        // the thread also ran host code or waited: aim at the new earliest end.
+                        self.arm(deadline)?;
                     }
                 }
                 Exit::Panic(len) => {
@@ -742,7 +901,8 @@ impl Vm {
                 }
                 Exit::Oom => {
                     let requested = self.machine()?.mem.read_u64(OOM_SIZE)?;
-                    return self.fail(VmError::GuestOutOfMemory { requested });
+                    let limit = self.layout.boot.mem_size;
+                    return self.fail(VmError::GuestOutOfMemory { requested, limit });
                 }
                 Exit::Nop => {
                     return self.fail(VmError::UndefinedPort {
@@ -800,6 +960,12 @@ impl Vm {
         self.layout.boot
     }
 
+    /// Stops the VM because the host side refused what the guest did: every later operation
+    /// fails with [`VmError::Aborted`], and the guest never runs again.
+    pub fn abort(&mut self, reason: abi::CellError) {
+        let _ = self.fail::<()>(VmError::Aborted(reason));
+    }
+
     pub(crate) fn reusable(&self) -> bool {
         self.dead.is_none() && !self.kill.killed.load(Ordering::SeqCst)
     }
@@ -807,7 +973,7 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        let Some(m) = self.machine.take() else { return };
+        let Some(m) = self.take_machine() else { return };
         match self.template.clone() {
             Some(t) if self.reusable() => crate::snapshot::release(t, m),
             _ => crate::reaper::destroy_later(m),

@@ -8,6 +8,7 @@
 
 extern crate alloc;
 
+mod control;
 mod layout;
 mod rt;
 mod transport;
@@ -123,7 +124,7 @@ fn runtime_main(t: transport::Transport) -> ! {
     }
     let res = runtime::agent::serve(
         Box::new(transport::Framed::new(t, max)),
-        Arc::new(runtime::NeverInterrupt),
+        Arc::new(control::GuestControl),
     );
     match res {
         Ok(()) => loop {
