@@ -198,8 +198,11 @@ fn hostile_guests_are_reported_as_typed_errors() {
     assert_eq!(v, VmError::TripleFault);
 
     let (p, v) = hostile(MODE_STACK_OVERFLOW);
-    assert!(matches!(p, PipeError::Crashed(_)));
-    assert_eq!(v, VmError::TripleFault);
+    assert!(
+        matches!(p, PipeError::Aborted(ref e) if e.code == abi::ErrorCode::LimitCallDepth),
+        "{p:?}"
+    );
+    assert!(matches!(v, VmError::StackOverflow { .. }), "{v:?}");
 
     let (p, v) = hostile(MODE_WRITE_OUTSIDE);
     assert!(matches!(p, PipeError::Crashed(_)));
@@ -210,7 +213,7 @@ fn hostile_guests_are_reported_as_typed_errors() {
 
     let (p, v) = hostile(MODE_HEAP_EXHAUST);
     assert!(
-        matches!(p, PipeError::Crashed(ref m) if m.contains("out of memory")),
+        matches!(p, PipeError::Aborted(ref e) if e.code == abi::ErrorCode::LimitMemory && e.message.contains("32 MiB")),
         "{p:?}"
     );
     assert!(matches!(v, VmError::GuestOutOfMemory { .. }), "{v:?}");
