@@ -9,13 +9,20 @@
 //! * [`Vm::from_snapshot`] starts cells from a template booted once to "engine ready".
 #![deny(unsafe_op_in_unsafe_fn)]
 
+// Layers, each using only those listed before it: memory, elf, kvm, signal, cpu (leaves);
+// setup (the layout written into memory); machine (KVM objects); control (what other threads
+// hold of a VM); watchdog and reaper; vm (channel and run loop); snapshot (templates, pool);
+// backend (the `abi::backend` contract).
 pub mod backend;
+mod control;
 mod cpu;
 pub mod elf;
 mod error;
 mod kvm;
+mod machine;
 mod memory;
 mod reaper;
+mod setup;
 mod signal;
 mod snapshot;
 mod vm;
@@ -27,9 +34,8 @@ pub mod layout {
 }
 
 pub use backend::{MicroVm, MicroVmPipe, StartMode};
+pub use control::{Interrupter, Killer};
 pub use error::VmError;
 pub use kvm::{bench_create_vm, kvm_available};
-pub use vm::{
-    DEFAULT_FRAME_CAP, GUEST_ELF, Interrupter, Killer, MAX_MEM_SIZE, MIN_MEM_SIZE, Recv, Vm,
-    VmConfig, max_mem_size,
-};
+pub use setup::{DEFAULT_FRAME_CAP, GUEST_ELF, MAX_MEM_SIZE, MIN_MEM_SIZE, VmConfig, max_mem_size};
+pub use vm::{Recv, Vm};

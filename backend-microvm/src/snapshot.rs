@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{kvm_regs, kvm_sregs, kvm_xcrs, kvm_xsave};
 
 use crate::error::VmError;
+use crate::machine::{Machine, Recycle, set_boot_regs};
 use crate::memory::GuestMemory;
-use crate::vm::{Backing, Layout, Machine, Recv, Vm, VmConfig, set_boot_regs, setup_memory};
+use crate::setup::{Backing, Layout, VmConfig, setup_memory};
+use crate::vm::{Recv, Vm};
 
 /// How long the template may take to reach "engine ready".
 const TEMPLATE_BOOT_LIMIT: Duration = Duration::from_secs(10);
@@ -181,15 +183,17 @@ fn template(cfg: &VmConfig) -> Result<Arc<Template>, VmError> {
     Ok(t)
 }
 
-/// Return a machine from a dropped cell to its template's pool (pending I/O completed first, so
-/// the next restore sees a consistent vCPU).
-pub(crate) fn release(t: Arc<Template>, mut m: Machine) {
-    if m.flush_pending_io().is_err() {
-        return;
-    }
-    let mut pool = t.pool.lock().unwrap_or_else(|p| p.into_inner());
-    if pool.len() < POOL_MAX {
-        pool.push(m);
+impl Recycle for Template {
+    /// Returns a machine from a dropped cell to the pool (pending I/O completed first, so the
+    /// next restore sees a consistent vCPU).
+    fn recycle(&self, mut m: Machine) {
+        if m.flush_pending_io().is_err() {
+            return;
+        }
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_MAX {
+            pool.push(m);
+        }
     }
 }
 
@@ -209,7 +213,7 @@ fn tables_unchanged(
         while addr < range.end {
             let ignore = if addr < PML4_ADDR {
                 (1u64 << 40) | (1 << 41) // descriptor accessed / TSS busy
-            } else if addr < TSS_ADDR || addr >= STACK_GUARD_ADDR {
+            } else if !(TSS_ADDR..STACK_GUARD_ADDR).contains(&addr) {
                 PTE_AD
             } else {
                 0
@@ -250,7 +254,8 @@ impl Vm {
             }
             _ => t.fresh_machine()?,
         };
-        let mut vm = Vm::from_parts(m, t.layout, Some(t));
+        let layout = t.layout;
+        let mut vm = Vm::from_parts(m, layout, Some(t));
         vm.reused = reused;
         Ok(vm)
     }
@@ -259,6 +264,7 @@ impl Vm {
     pub fn from_snapshot_unpooled(cfg: &VmConfig) -> Result<Vm, VmError> {
         let t = template(cfg)?;
         let m = t.fresh_machine()?;
-        Ok(Vm::from_parts(m, t.layout, Some(t)))
+        let layout = t.layout;
+        Ok(Vm::from_parts(m, layout, Some(t)))
     }
 }

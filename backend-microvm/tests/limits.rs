@@ -144,6 +144,7 @@ fn an_endless_script_is_stopped_at_its_cpu_time_limit() {
     let mut pipe = start(&MicroVm::new(), &spec, host);
     let msg = limit_error(exec(&mut pipe, 1, "loop {}"), ErrorCode::LimitCpu);
     assert!(msg.contains("200 ms"), "{msg}");
+    eprintln!("{msg}");
 }
 
 #[test]

@@ -434,7 +434,9 @@ fn memory_quota_is_validated() {
         Err(VmError::Config(_))
     ));
     assert!(matches!(
-        Vm::boot(&VmConfig::new(cell_backend_microvm::MAX_MEM_SIZE + (1 << 30))),
+        Vm::boot(&VmConfig::new(
+            cell_backend_microvm::MAX_MEM_SIZE + (1 << 30)
+        )),
         Err(VmError::Config(_))
     ));
     // The heap is what remains of the quota: a bigger quota means a bigger heap.
