@@ -33,6 +33,19 @@ pub mod layout {
     include!("../guest/src/layout.rs");
 }
 
+// The guest's pure logic, compiled into this crate's unit tests: the guest image is a
+// freestanding binary with no test harness.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../guest/src/control.rs"]
+mod guest_control;
+#[cfg(test)]
+#[path = "../guest/src/framing.rs"]
+mod guest_framing;
+#[cfg(test)]
+#[path = "../guest/src/growth.rs"]
+mod guest_growth;
+
 pub use backend::{MicroVm, MicroVmPipe, StartMode};
 pub use control::{Interrupter, Killer};
 pub use error::VmError;

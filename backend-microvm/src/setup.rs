@@ -246,3 +246,85 @@ pub(crate) fn setup_memory(
         extra_tables: (tables_base, heap_base),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Walks the guest's page tables like the MMU: the physical address of `va` with the U bit
+    /// set at every level, or None.
+    fn translate(mem: &GuestMemory, va: u64) -> Option<u64> {
+        const P: u64 = 1;
+        const US: u64 = 4;
+        const PS: u64 = 0x80;
+        let addr = |e: u64| e & 0x000f_ffff_ffff_f000;
+        let entry = |table: u64, index: u64| {
+            let e = mem.read_u64(table + index * 8).ok()?;
+            (e & (P | US) == (P | US)).then_some(e)
+        };
+        let pml4e = entry(PML4_ADDR, (va >> 39) & 511)?;
+        let pdpte = entry(addr(pml4e), (va >> 30) & 511)?;
+        let pde = entry(addr(pdpte), (va >> 21) & 511)?;
+        if pde & PS != 0 {
+            return Some((pde & !0x1f_ffff & 0x000f_ffff_ffff_ffff) | (va & 0x1f_ffff));
+        }
+        let pte = entry(addr(pde), (va >> 12) & 511)?;
+        Some(addr(pte) | (va & 0xfff))
+    }
+
+    #[test]
+    fn guests_over_a_gib_are_identity_mapped_to_their_last_byte() {
+        let size = (3 << 30) + (6 << 20);
+        let mem = GuestMemory::anonymous(size as usize).unwrap();
+        let layout = setup_memory(&mem, &VmConfig::new(size), Backing::Snapshot).unwrap();
+        let boot = layout.boot;
+        let (tables, heap) = layout.extra_tables;
+        assert_eq!(
+            heap - tables,
+            3 * 4096,
+            "a page directory for each GiB past the first"
+        );
+        assert_eq!(boot.heap_base, heap);
+        for va in [
+            0x1000,
+            STACK_BOTTOM,
+            STACK_TOP - 8,
+            IMAGE_BASE,
+            tables,
+            heap,
+            (1 << 30) + 5,
+            (2 << 30) + (2 << 20) + 7,
+            boot.h2g_base,
+            boot.g2h_base,
+            size - 1,
+        ] {
+            assert_eq!(translate(&mem, va), Some(va), "{va:#x}");
+        }
+        // Unmapped: the null page and the stack guard (so both fault).
+        assert_eq!(translate(&mem, 8), None);
+        assert_eq!(translate(&mem, STACK_GUARD_ADDR + 8), None);
+        assert!(boot.g2h_base + boot.g2h_cap <= size);
+    }
+
+    #[test]
+    fn a_small_guest_keeps_its_tables_below_the_stack() {
+        let size = 16 << 20;
+        let mem = GuestMemory::anonymous(size as usize).unwrap();
+        let layout = setup_memory(&mem, &VmConfig::new(size), Backing::Snapshot).unwrap();
+        let (tables, heap) = layout.extra_tables;
+        assert_eq!(tables, heap, "no page directory after the image");
+        assert_eq!(translate(&mem, size - 1), Some(size - 1));
+        assert_eq!(mem.read_u64(PDPT_ADDR + 8).unwrap(), 0, "one GiB mapped");
+    }
+
+    #[test]
+    fn quotas_outside_the_supported_range_are_refused() {
+        let mem = GuestMemory::anonymous(16 << 20).unwrap();
+        for size in [MIN_MEM_SIZE - 4096, (16 << 20) + 1, max_mem_size() + 4096] {
+            assert!(matches!(
+                setup_memory(&mem, &VmConfig::new(size), Backing::Snapshot),
+                Err(VmError::Config(_))
+            ));
+        }
+    }
+}

@@ -39,8 +39,40 @@ impl runtime::Interrupt for GuestControl {
     fn check(&self, _operations: u64) -> Option<ErrorCode> {
         // SAFETY: the mailbox lives in the boot page, mapped and writable; the host may write the
         // word at any time, so it is read volatile.
-        let word =
-            unsafe { core::ptr::read_volatile(&raw const (*(MAILBOX_ADDR as *const Mailbox)).interrupt) };
+        let word = unsafe {
+            core::ptr::read_volatile(&raw const (*(MAILBOX_ADDR as *const Mailbox)).interrupt)
+        };
         verdict(stack_pointer(), word)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stack_probe_stops_the_engine_before_the_guard_and_wins_over_an_interrupt() {
+        assert_eq!(verdict(STACK_TOP - 64, 0), None);
+        assert_eq!(verdict(STACK_TOP - 64, 1), Some(ErrorCode::Cancelled));
+        let edge = STACK_BOTTOM + STACK_PROBE_RESERVE;
+        assert_eq!(verdict(edge, 0), None);
+        assert_eq!(verdict(edge - 1, 0), Some(ErrorCode::LimitCallDepth));
+        assert_eq!(
+            verdict(STACK_BOTTOM + 8, 1),
+            Some(ErrorCode::LimitCallDepth)
+        );
+        // What stays for the engine is at least what every backend promises it.
+        assert!(engine_stack_bytes() >= runtime::limits::ENGINE_STACK_BYTES as u64);
+    }
+
+    #[test]
+    fn the_stack_pointer_read_is_this_frame() {
+        let local = 0u8;
+        let here = &local as *const u8 as u64;
+        let rsp = stack_pointer();
+        assert!(
+            rsp <= here && here - rsp < 64 * 1024,
+            "{rsp:#x} vs {here:#x}"
+        );
     }
 }

@@ -128,3 +128,38 @@ const _: () = {
     assert!(STACK_GUARD_ADDR + 4096 == STACK_BOTTOM && STACK_BOTTOM < STACK_TOP);
     assert!(STACK_TOP <= IMAGE_BASE);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_stack_pointer_at_the_guard_is_an_overflow() {
+        assert!(!is_stack_overflow(STACK_GUARD_ADDR - 1));
+        assert!(is_stack_overflow(STACK_GUARD_ADDR));
+        assert!(is_stack_overflow(STACK_BOTTOM - 8), "a push into the guard");
+        assert!(is_stack_overflow(STACK_BOTTOM + 64), "a small frame's first write below");
+        assert!(!is_stack_overflow(STACK_BOTTOM + 4096));
+        assert!(!is_stack_overflow(STACK_TOP - 8), "a fault with a healthy stack");
+        assert!(!is_stack_overflow(0));
+    }
+
+    #[test]
+    fn the_fixed_areas_do_not_overlap() {
+        let areas = [
+            (BOOT_INFO_ADDR, MAILBOX_ADDR),
+            (MAILBOX_ADDR, MAILBOX_ADDR + core::mem::size_of::<Mailbox>() as u64),
+            (GDT_ADDR, GDT_ADDR + 9 * 8),
+            (PML4_ADDR, PT_ADDR + 4096),
+            (TSS_ADDR, STACK_GUARD_ADDR),
+            (STACK_GUARD_ADDR, STACK_BOTTOM),
+            (STACK_BOTTOM, STACK_TOP),
+        ];
+        for w in areas.windows(2) {
+            assert!(w[0].1 <= w[1].0, "{:#x?} overlaps {:#x?}", w[0], w[1]);
+        }
+        assert!(STACK_TOP <= IMAGE_BASE);
+        assert!(engine_stack_bytes() > STACK_PROBE_RESERVE);
+    }
+}
+
