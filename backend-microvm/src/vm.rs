@@ -54,8 +54,8 @@ const OOM_SIZE: u64 = MAILBOX_OOM_SIZE;
 
 /// A running (or paused) guest. The vCPU runs only inside [`Vm::recv`], on the calling thread.
 pub struct Vm {
-    pub(crate) machine: Option<Machine>,
-    pub(crate) layout: Layout,
+    machine: Option<Machine>,
+    layout: Layout,
     kill: Arc<Control>,
     queue: VecDeque<Vec<u8>>,
     /// Whether the watchdog knows this VM (it is added once, at its first deadline).
