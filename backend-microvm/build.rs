@@ -4,6 +4,10 @@
 //! The nested build uses its own target dir under OUT_DIR (no lock contention with the outer
 //! build), the installed x86_64-unknown-linux-gnu target (no extra rustup target), and a scrubbed
 //! environment so flags meant for the outer build never leak into the guest.
+//!
+//! With `CELL_MICROVM_GUEST_CLIPPY=1` it first runs `cargo clippy -- -D warnings` on the guest
+//! with exactly these flags and environment, and fails the build on any finding:
+//! `CELL_MICROVM_GUEST_CLIPPY=1 cargo build -p cell-backend-microvm`.
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,16 +53,48 @@ fn main() {
     ]
     .join("\x1f");
 
+    println!("cargo:rerun-if-env-changed=CELL_MICROVM_GUEST_CLIPPY");
+    if env::var_os("CELL_MICROVM_GUEST_CLIPPY").is_some_and(|v| v != "0") {
+        let mut clippy = guest_cargo("clippy", &guest, &target_dir, &flags);
+        clippy.args(["--", "-D", "warnings"]);
+        run(clippy, "clippy on the microvm guest");
+    }
+    run(
+        guest_cargo("build", &guest, &target_dir, &flags),
+        "building the microvm guest image",
+    );
+    let elf = target_dir
+        .join("x86_64-unknown-linux-gnu")
+        .join("release")
+        .join("cell-microvm-guest");
+    if !elf.is_file() {
+        panic!("guest image missing after build: {}", elf.display());
+    }
+    println!("cargo:rustc-env=CELL_MICROVM_GUEST_ELF={}", elf.display());
+}
+
+fn run(mut cmd: Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run cargo for {what}: {e}"));
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        panic!("{what} failed ({})", out.status);
+    }
+}
+
+/// `cargo <subcommand>` on the guest, for its target, flags and a scrubbed environment.
+fn guest_cargo(subcommand: &str, guest: &Path, target_dir: &Path, flags: &str) -> Command {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.arg("build")
+    cmd.arg(subcommand)
         .arg("--release")
         .arg("--manifest-path")
         .arg(guest.join("Cargo.toml"))
         .arg("--target")
         .arg("x86_64-unknown-linux-gnu")
         .arg("--target-dir")
-        .arg(&target_dir);
+        .arg(target_dir);
     // Scrub everything the outer cargo set for this build script or inherited from the user,
     // keeping only what configures registry access, the toolchain and the shared jobserver.
     for (k, _) in env::vars_os() {
@@ -90,20 +126,5 @@ fn main() {
         }
     }
     cmd.env("CARGO_ENCODED_RUSTFLAGS", flags);
-
-    let out = cmd
-        .output()
-        .expect("failed to run cargo for the microvm guest image");
-    if !out.status.success() {
-        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-        panic!("building the microvm guest image failed ({})", out.status);
-    }
-    let elf = target_dir
-        .join("x86_64-unknown-linux-gnu")
-        .join("release")
-        .join("cell-microvm-guest");
-    if !elf.is_file() {
-        panic!("guest image missing after build: {}", elf.display());
-    }
-    println!("cargo:rustc-env=CELL_MICROVM_GUEST_ELF={}", elf.display());
+    cmd
 }

@@ -4,13 +4,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use abi::backend::{
-    Backend, CellPipe, FrameIo, HostSide, Killer as AbiKiller, Layer, PipeError, SpawnError,
-    SpawnSpec, drive,
+    Backend, CellPipe, FrameIo, HostSide, Interrupter as AbiInterrupter, Killer as AbiKiller,
+    Layer, PipeError, SpawnError, SpawnSpec, drive,
 };
 use abi::wire::{self, HEADER_LEN, WireError};
 use abi::{CellError, ErrorCode, HostFrame};
 
-use crate::{Killer, Recv, Vm, VmConfig, VmError, kvm_available};
+use crate::{Interrupter, Killer, Recv, Vm, VmConfig, VmError, kvm_available};
 
 /// The layer this backend provides (names accepted in `required_layers`).
 pub const LAYER_KVM: &str = "kvm";
@@ -181,7 +181,9 @@ impl Backend for MicroVm {
             StartMode::Cold => Vm::boot(&cfg),
         }
         .map_err(spawn_error)?;
-        Ok(Box::new(MicroVmPipe::new(vm, host, spec.max_frame_len)))
+        let mut pipe = MicroVmPipe::new(vm, host, spec.max_frame_len);
+        pipe.set_cpu_limit(spec.resources.cpu_time_ms);
+        Ok(Box::new(pipe))
     }
 }
 
@@ -191,12 +193,14 @@ pub struct MicroVmPipe {
     host: Arc<dyn HostSide>,
     max_len: u32,
     killer: Killer,
+    interrupter: Interrupter,
     mem_size: u64,
 }
 
 impl MicroVmPipe {
     pub fn new(vm: Vm, host: Arc<dyn HostSide>, max_len: u32) -> Self {
         let killer = vm.killer();
+        let interrupter = vm.interrupter();
         let mem_size = vm.mem_size();
         let max_len = max_len.min(wire::ABSOLUTE_MAX_FRAME_LEN);
         MicroVmPipe {
@@ -204,7 +208,17 @@ impl MicroVmPipe {
             host,
             max_len,
             killer,
+            interrupter,
             mem_size,
+        }
+    }
+
+    /// Limits the CPU time the cell may use over its life, in milliseconds (0: unlimited).
+    pub fn set_cpu_limit(&mut self, cpu_time_ms: u64) {
+        if let Some(vm) = self.io.vm.as_mut() {
+            vm.set_cpu_limit(
+                (cpu_time_ms > 0).then(|| std::time::Duration::from_millis(cpu_time_ms)),
+            );
         }
     }
 
@@ -222,13 +236,37 @@ impl AbiKiller for KillHandle {
     }
 }
 
+struct InterruptHandle(Interrupter);
+
+impl AbiInterrupter for InterruptHandle {
+    fn interrupt(&self) {
+        self.0.interrupt();
+    }
+}
+
 impl CellPipe for MicroVmPipe {
     fn transact(&mut self, frame: HostFrame, deadline: Option<Instant>) -> Result<(), PipeError> {
-        drive(&mut self.io, &*self.host, &frame, deadline, self.max_len)
+        if let Some(vm) = self.io.vm.as_ref() {
+            // An interrupt cancels only the transaction it arrives in.
+            vm.clear_interrupt().map_err(pipe_error)?;
+        }
+        let result = drive(&mut self.io, &*self.host, &frame, deadline, self.max_len);
+        if let (Err(PipeError::Aborted(reason)), Some(vm)) = (&result, self.io.vm.as_mut()) {
+            // The host side stopped the cell mid-transaction: the guest is paused inside the
+            // script that broke the rule. Left as it is, the next transaction would resume that
+            // script and deliver its frames (more posts past a full event queue) as if they
+            // belonged to the new one. The VM is stopped here, whatever the caller does next.
+            vm.abort(reason.clone());
+        }
+        result
     }
 
     fn killer(&self) -> Arc<dyn AbiKiller> {
         Arc::new(KillHandle(self.killer.clone()))
+    }
+
+    fn interrupter(&self) -> Option<Arc<dyn AbiInterrupter>> {
+        Some(Arc::new(InterruptHandle(self.interrupter.clone())))
     }
 
     fn layers(&self) -> Vec<Layer> {
@@ -257,9 +295,15 @@ struct VmIo {
 
 /// Map a VM stop to the pipe error the supervisor understands.
 pub fn pipe_error(e: VmError) -> PipeError {
+    let limit = |code, e: &VmError| PipeError::Aborted(CellError::new(code, e.to_string()));
     match e {
         VmError::Killed => PipeError::Killed,
         VmError::Dead(inner) if *inner == VmError::Killed => PipeError::Killed,
+        VmError::GuestOutOfMemory { .. } => limit(ErrorCode::LimitMemory, &e),
+        VmError::StackOverflow { .. } => limit(ErrorCode::LimitCallDepth, &e),
+        VmError::CpuTimeExceeded { .. } => limit(ErrorCode::LimitCpu, &e),
+        VmError::Aborted(reason) => PipeError::Aborted(reason),
+        VmError::Dead(inner) if matches!(*inner, VmError::Aborted(_)) => pipe_error(*inner),
         VmError::FrameTooLarge { len, cap } => PipeError::Wire(WireError::TooLarge {
             len,
             max: cap.saturating_sub(HEADER_LEN as u64).min(u32::MAX as u64) as u32,

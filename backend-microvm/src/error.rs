@@ -48,8 +48,25 @@ pub enum VmError {
     #[error("guest panicked: {0}")]
     GuestPanic(String),
     /// The guest's heap (bounded by the memory quota) could not satisfy an allocation.
-    #[error("guest out of memory: allocation of {requested} bytes failed")]
-    GuestOutOfMemory { requested: u64 },
+    #[error(
+        "the cell ran out of its {} MiB memory limit (an allocation of {requested} bytes failed)",
+        limit >> 20
+    )]
+    GuestOutOfMemory { requested: u64, limit: u64 },
+    /// The guest ran off the bottom of its stack (a fault in the guard page: the vCPU stopped
+    /// with its stack pointer at the guard).
+    #[error(
+        "the script overflowed the cell's {} KiB stack (calls or expressions nest too deeply)",
+        crate::layout::engine_stack_bytes() >> 10
+    )]
+    StackOverflow { rsp: u64 },
+    /// The guest used up the CPU time the cell may use over its life.
+    #[error("the cell used up its CPU time limit of {limit_ms} ms ({used_ms} ms used)")]
+    CpuTimeExceeded { limit_ms: u64, used_ms: u64 },
+    /// The host side stopped the cell (a limit or a protocol rule); no guest frame is delivered
+    /// after that.
+    #[error("stopped by the host: {0}")]
+    Aborted(abi::CellError),
     /// The guest announced a frame longer than the channel buffer.
     #[error("guest frame of {len} bytes exceeds the {cap} byte cap")]
     FrameTooLarge { len: u64, cap: u64 },

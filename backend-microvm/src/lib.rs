@@ -9,12 +9,20 @@
 //! * [`Vm::from_snapshot`] starts cells from a template booted once to "engine ready".
 #![deny(unsafe_op_in_unsafe_fn)]
 
+// Layers, each using only those listed before it: memory, elf, kvm, signal, cpu (leaves);
+// setup (the layout written into memory); machine (KVM objects); control (what other threads
+// hold of a VM); watchdog and reaper; vm (channel and run loop); snapshot (templates, pool);
+// backend (the `abi::backend` contract).
 pub mod backend;
+mod control;
+mod cpu;
 pub mod elf;
 mod error;
 mod kvm;
+mod machine;
 mod memory;
 mod reaper;
+mod setup;
 mod signal;
 mod snapshot;
 mod vm;
@@ -25,9 +33,22 @@ pub mod layout {
     include!("../guest/src/layout.rs");
 }
 
+// The guest's pure logic, compiled into this crate's unit tests: the guest image is a
+// freestanding binary with no test harness.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../guest/src/control.rs"]
+mod guest_control;
+#[cfg(test)]
+#[path = "../guest/src/framing.rs"]
+mod guest_framing;
+#[cfg(test)]
+#[path = "../guest/src/growth.rs"]
+mod guest_growth;
+
 pub use backend::{MicroVm, MicroVmPipe, StartMode};
+pub use control::{Interrupter, Killer};
 pub use error::VmError;
 pub use kvm::{bench_create_vm, kvm_available};
-pub use vm::{
-    DEFAULT_FRAME_CAP, GUEST_ELF, Killer, MAX_MEM_SIZE, MIN_MEM_SIZE, Recv, Vm, VmConfig,
-};
+pub use setup::{DEFAULT_FRAME_CAP, GUEST_ELF, MAX_MEM_SIZE, MIN_MEM_SIZE, VmConfig, max_mem_size};
+pub use vm::{Recv, Vm};

@@ -197,6 +197,18 @@ impl GuestMemory {
     pub fn write_u64(&self, addr: u64, v: u64) -> Result<(), VmError> {
         self.write(addr, &v.to_le_bytes())
     }
+
+    /// A word of guest memory shared with another thread of the host while the guest may run
+    /// (the interrupt word): accessed only atomically on the host side.
+    pub fn atomic_u32(&self, addr: u64) -> Result<&std::sync::atomic::AtomicU32, VmError> {
+        let start = self.range(addr, 4)?;
+        if start % 4 != 0 {
+            return Err(VmError::GuestAddress { addr, len: 4 });
+        }
+        // SAFETY: 4 aligned bytes inside the mapping (checked above), which lives as long as
+        // `&self`; the host accesses this word only through atomics.
+        Ok(unsafe { std::sync::atomic::AtomicU32::from_ptr(self.ptr.add(start).cast()) })
+    }
 }
 
 const PAGE: usize = 4096;

@@ -3,7 +3,7 @@
 //! need not wait for that. A bounded queue keeps a burst of closes from piling up VMs: when the
 //! reaper is behind, the closing thread waits for room.
 
-use crate::vm::Machine;
+use crate::machine::Machine;
 use std::sync::OnceLock;
 use std::sync::mpsc::{SyncSender, sync_channel};
 

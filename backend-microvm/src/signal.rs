@@ -63,3 +63,11 @@ pub(crate) fn kick(tid: libc::pid_t) {
     // process (it holds the lock under which the running thread publishes its tid).
     unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, kick_signal()) };
 }
+
+/// The calling thread's id (cached: `gettid` is a syscall).
+pub(crate) fn current_tid() -> libc::pid_t {
+    thread_local! {
+        static TID: libc::pid_t = gettid();
+    }
+    TID.with(|t| *t)
+}

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{kvm_regs, kvm_sregs, kvm_xcrs, kvm_xsave};
 
 use crate::error::VmError;
+use crate::machine::{Machine, Recycle, set_boot_regs};
 use crate::memory::GuestMemory;
-use crate::vm::{Backing, Layout, Machine, Recv, Vm, VmConfig, set_boot_regs, setup_memory};
+use crate::setup::{Backing, Layout, VmConfig, setup_memory};
+use crate::vm::{Recv, Vm};
 
 /// How long the template may take to reach "engine ready".
 const TEMPLATE_BOOT_LIMIT: Duration = Duration::from_secs(10);
@@ -97,7 +99,7 @@ impl Template {
                     )));
                 }
             }
-            let mut m = vm.machine.take().ok_or(VmError::Killed)?;
+            let mut m = vm.take_machine().ok_or(VmError::Killed)?;
             m.flush_pending_io()?;
             let regs = m
                 .vcpu
@@ -181,15 +183,17 @@ fn template(cfg: &VmConfig) -> Result<Arc<Template>, VmError> {
     Ok(t)
 }
 
-/// Return a machine from a dropped cell to its template's pool (pending I/O completed first, so
-/// the next restore sees a consistent vCPU).
-pub(crate) fn release(t: Arc<Template>, mut m: Machine) {
-    if m.flush_pending_io().is_err() {
-        return;
-    }
-    let mut pool = t.pool.lock().unwrap_or_else(|p| p.into_inner());
-    if pool.len() < POOL_MAX {
-        pool.push(m);
+impl Recycle for Template {
+    /// Returns a machine from a dropped cell to the pool (pending I/O completed first, so the
+    /// next restore sees a consistent vCPU).
+    fn recycle(&self, mut m: Machine) {
+        if m.flush_pending_io().is_err() {
+            return;
+        }
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_MAX {
+            pool.push(m);
+        }
     }
 }
 
@@ -197,23 +201,32 @@ pub(crate) fn release(t: Arc<Template>, mut m: Machine) {
 /// bits the CPU/KVM set by themselves (PTE accessed/dirty, descriptor accessed/busy). The runtime
 /// guest never writes them; if anything else changed, KVM's shadow MMU may cache translations that
 /// copying the snapshot back would not reset, so such a VM is not reused.
-fn tables_unchanged(mem: &GuestMemory, snap: &GuestMemory) -> Result<bool, VmError> {
+fn tables_unchanged(
+    mem: &GuestMemory,
+    snap: &GuestMemory,
+    layout: &Layout,
+) -> Result<bool, VmError> {
     use crate::layout::{GDT_ADDR, PML4_ADDR, STACK_GUARD_ADDR, TSS_ADDR};
-    let mut addr = GDT_ADDR;
-    while addr < STACK_GUARD_ADDR {
-        let ignore = if addr < PML4_ADDR {
-            (1u64 << 40) | (1 << 41) // descriptor accessed / TSS busy
-        } else if addr < TSS_ADDR {
-            (1u64 << 5) | (1 << 6) // PTE accessed / dirty
-        } else {
-            0
-        };
-        if (mem.read_u64(addr)? ^ snap.read_u64(addr)?) & !ignore != 0 {
-            return Ok(false);
+    const PTE_AD: u64 = (1 << 5) | (1 << 6); // PTE accessed / dirty
+    let same = |range: std::ops::Range<u64>| -> Result<bool, VmError> {
+        let mut addr = range.start;
+        while addr < range.end {
+            let ignore = if addr < PML4_ADDR {
+                (1u64 << 40) | (1 << 41) // descriptor accessed / TSS busy
+            } else if !(TSS_ADDR..STACK_GUARD_ADDR).contains(&addr) {
+                PTE_AD
+            } else {
+                0
+            };
+            if (mem.read_u64(addr)? ^ snap.read_u64(addr)?) & !ignore != 0 {
+                return Ok(false);
+            }
+            addr += 8;
         }
-        addr += 8;
-    }
-    Ok(true)
+        Ok(true)
+    };
+    let (extra_start, extra_end) = layout.extra_tables;
+    Ok(same(GDT_ADDR..STACK_GUARD_ADDR)? && same(extra_start..extra_end)?)
 }
 
 impl Vm {
@@ -229,7 +242,7 @@ impl Vm {
         let pooled = t.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut reused = false;
         let m = match pooled {
-            Some(m) if tables_unchanged(&m.mem, &t.view.0)? => {
+            Some(m) if tables_unchanged(&m.mem, &t.view.0, &t.layout)? => {
                 match m.mem.restore_from(&t.view.0, 0..0)? {
                     Some(_) => {
                         t.restore(&m)?;
@@ -241,7 +254,8 @@ impl Vm {
             }
             _ => t.fresh_machine()?,
         };
-        let mut vm = Vm::from_parts(m, t.layout, Some(t));
+        let layout = t.layout;
+        let mut vm = Vm::from_parts(m, layout, Some(t));
         vm.reused = reused;
         Ok(vm)
     }
@@ -250,6 +264,7 @@ impl Vm {
     pub fn from_snapshot_unpooled(cfg: &VmConfig) -> Result<Vm, VmError> {
         let t = template(cfg)?;
         let m = t.fresh_machine()?;
-        Ok(Vm::from_parts(m, t.layout, Some(t)))
+        let layout = t.layout;
+        Ok(Vm::from_parts(m, layout, Some(t)))
     }
 }

@@ -1,75 +1,25 @@
-//! One KVM virtual machine with one vCPU, run on the calling thread.
+//! One KVM virtual machine with one vCPU, run on the calling thread: the channel (frames in
+//! both directions through the shared buffers), the run loop and how each exit is reported.
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_regs, kvm_segment, kvm_userspace_memory_region};
-use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::VcpuExit;
 
-use crate::elf;
+use crate::control::{Control, Interrupter, Killer};
+use crate::cpu::{CpuBudget, thread_cpu_time};
 use crate::error::VmError;
-use crate::kvm;
 use crate::layout::*;
+use crate::machine::{Machine, Recycle, set_boot_regs};
 use crate::memory::GuestMemory;
-use crate::signal;
-use crate::snapshot::Template;
-use crate::watchdog::{self, Deadline};
+use crate::setup::{Backing, Layout, MIN_MEM_SIZE, VmConfig, setup_memory};
+use crate::{reaper, signal, watchdog};
 
-/// Default capacity of each of the two channel buffers.
-pub const DEFAULT_FRAME_CAP: u64 = 1024 * 1024;
-/// Smallest accepted guest memory.
-pub const MIN_MEM_SIZE: u64 = 8 * 1024 * 1024;
-/// Largest accepted guest memory (the page tables map the first GiB).
-pub const MAX_MEM_SIZE: u64 = 1024 * 1024 * 1024 - 4 * 1024 * 1024;
-/// Smallest heap left after image and buffers.
-const MIN_HEAP: u64 = 1024 * 1024;
 /// Cap on frames queued for a guest that does not consume them.
 const MAX_QUEUED: usize = 64;
 /// Longest guest panic message copied out.
 const MAX_PANIC_MSG: usize = 4096;
-
-/// The embedded guest image (built by build.rs).
-pub static GUEST_ELF: &[u8] = include_bytes!(env!("CELL_MICROVM_GUEST_ELF"));
-
-/// How to build a VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmConfig {
-    /// Guest RAM in bytes: the cell's whole memory quota (image, stack, buffers and heap).
-    pub mem_size: u64,
-    /// Capacity of each channel buffer (largest frame in either direction).
-    pub frame_cap: u64,
-    mode: u32,
-}
-
-impl VmConfig {
-    pub fn new(mem_size: u64) -> Self {
-        VmConfig {
-            mem_size,
-            frame_cap: DEFAULT_FRAME_CAP,
-            mode: MODE_RUNTIME,
-        }
-    }
-
-    /// Test/bench only: boot the guest in one of its non-runtime modes (see `layout::MODE_*`).
-    /// Nothing a cell's script does can select a mode.
-    #[doc(hidden)]
-    pub fn with_test_mode(mut self, mode: u32) -> Self {
-        self.mode = mode;
-        self
-    }
-
-    pub(crate) fn mode(&self) -> u32 {
-        self.mode
-    }
-}
-
-/// Addresses the host chose for one guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Layout {
-    pub entry: u64,
-    pub boot: BootInfo,
-}
 
 /// Outcome of [`Vm::recv`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,50 +30,6 @@ pub enum Recv {
     Idle,
     /// The deadline passed while the guest was running; it is paused and resumes on the next call.
     TimedOut,
-}
-
-pub(crate) struct KillShared {
-    killed: AtomicBool,
-    /// Thread currently inside this VM's run step.
-    tid: Mutex<Option<libc::pid_t>>,
-    /// Deadline of the current call, watched by the watchdog thread.
-    pub(crate) deadline: Deadline,
-}
-
-impl KillShared {
-    /// Kicks the vCPU out of `KVM_RUN` if a thread is in this VM's run step. The signal is sent
-    /// under the lock that thread publishes and clears its tid with, so it lands while the
-    /// thread is still in its run step, where the handler's `immediate_exit` pointer is set.
-    pub(crate) fn kick_if_running(&self) {
-        let tid = self.tid.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = *tid {
-            signal::kick(t);
-        }
-    }
-}
-
-/// Kills a VM from any thread: the running `KVM_RUN` is interrupted promptly and every later
-/// operation fails with [`VmError::Killed`].
-#[derive(Clone)]
-pub struct Killer(Arc<KillShared>);
-
-impl Killer {
-    pub fn kill(&self) {
-        self.0.killed.store(true, Ordering::SeqCst);
-        self.0.kick_if_running();
-    }
-
-    pub fn is_killed(&self) -> bool {
-        self.0.killed.load(Ordering::SeqCst)
-    }
-}
-
-impl std::fmt::Debug for Killer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Killer")
-            .field("killed", &self.is_killed())
-            .finish()
-    }
 }
 
 enum Wait {
@@ -142,302 +48,23 @@ enum Exit {
     Fatal(VmError),
 }
 
-/// The KVM objects plus memory; field order is drop order (vCPU, VM, then memory).
-pub(crate) struct Machine {
-    pub vcpu: VcpuFd,
-    /// Kept alive for the vCPU and memory slot; never used after setup.
-    pub _vm: VmFd,
-    pub mem: GuestMemory,
-}
-
-impl Machine {
-    pub fn new(mem: GuestMemory) -> Result<Machine, VmError> {
-        let host = kvm::host()?;
-        signal::install()?;
-        let vm = host
-            .kvm
-            .create_vm()
-            .map_err(|e| VmError::kvm("KVM_CREATE_VM", e))?;
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: mem.len() as u64,
-            userspace_addr: mem.host_addr(),
-        };
-        // SAFETY: the region is exactly `mem`'s live mapping, which outlives the VM (Machine
-        // drops the VM before the memory).
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(|e| VmError::kvm("KVM_SET_USER_MEMORY_REGION", e))?;
-        let vcpu = vm
-            .create_vcpu(0)
-            .map_err(|e| VmError::kvm("KVM_CREATE_VCPU", e))?;
-        vcpu.set_cpuid2(&host.cpuid)
-            .map_err(|e| VmError::kvm("KVM_SET_CPUID2", e))?;
-        Ok(Machine { vcpu, _vm: vm, mem })
-    }
-
-    /// Complete a pending port-I/O exit without running guest code (KVM applies its side
-    /// effects only on the next KVM_RUN), so the register state is consistent.
-    pub fn flush_pending_io(&mut self) -> Result<(), VmError> {
-        self.vcpu.set_kvm_immediate_exit(1);
-        let r = self.vcpu.run();
-        let res = match r {
-            Err(e) if e.errno() == libc::EINTR => Ok(()),
-            Err(e) => Err(VmError::kvm("KVM_RUN(immediate_exit)", e)),
-            Ok(_) => Err(VmError::UnexpectedExit(
-                "exit while flushing pending I/O".into(),
-            )),
-        };
-        self.vcpu.set_kvm_immediate_exit(0);
-        res
-    }
-}
-
-fn seg(selector: u16, code: bool) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_: if code { 0xb } else { 0x3 },
-        present: 1,
-        dpl: 3,
-        db: if code { 0 } else { 1 },
-        s: 1,
-        l: if code { 1 } else { 0 },
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
-}
-
-const USER_CS: u16 = 0x33;
-const USER_DS: u16 = 0x2b;
-const TSS_SEL: u16 = 0x38;
-/// I/O bitmap offset inside the TSS, its size and the TSS limit covering it plus terminator.
-const IOMAP_OFF: u64 = 0x68;
-const TSS_LIMIT: u64 = IOMAP_OFF + 8192;
-
-/// Program the registers for a first entry at `entry`, CPL3, long mode.
-pub(crate) fn set_boot_regs(vcpu: &VcpuFd, entry: u64) -> Result<(), VmError> {
-    let host = kvm::host()?;
-    let mut sregs = vcpu
-        .get_sregs()
-        .map_err(|e| VmError::kvm("KVM_GET_SREGS", e))?;
-    sregs.cs = seg(USER_CS, true);
-    let ds = seg(USER_DS, false);
-    sregs.ds = ds;
-    sregs.es = ds;
-    sregs.fs = ds;
-    sregs.gs = ds;
-    sregs.ss = ds;
-    sregs.tr = kvm_segment {
-        base: TSS_ADDR,
-        limit: TSS_LIMIT as u32,
-        selector: TSS_SEL,
-        type_: 0xb,
-        present: 1,
-        dpl: 0,
-        db: 0,
-        s: 0,
-        l: 0,
-        g: 0,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    };
-    sregs.gdt.base = GDT_ADDR;
-    sregs.gdt.limit = (9 * 8 - 1) as u16;
-    sregs.idt.base = 0;
-    sregs.idt.limit = 0;
-    sregs.cr3 = PML4_ADDR;
-    // PE | MP | ET | NE | WP | PG
-    sregs.cr0 = 0x1 | 0x2 | 0x10 | 0x20 | 0x1_0000 | 0x8000_0000;
-    // PAE | OSFXSR | OSXMMEXCPT (| OSXSAVE)
-    sregs.cr4 = 0x20 | 0x200 | 0x400 | if host.xcr0.is_some() { 0x4_0000 } else { 0 };
-    // LME | LMA
-    sregs.efer = 0x100 | 0x400;
-    vcpu.set_sregs(&sregs)
-        .map_err(|e| VmError::kvm("KVM_SET_SREGS", e))?;
-    if let Some(xcr0) = host.xcr0 {
-        let mut xcrs = kvm_bindings::kvm_xcrs {
-            nr_xcrs: 1,
-            ..Default::default()
-        };
-        xcrs.xcrs[0].xcr = 0;
-        xcrs.xcrs[0].value = xcr0;
-        vcpu.set_xcrs(&xcrs)
-            .map_err(|e| VmError::kvm("KVM_SET_XCRS", e))?;
-    }
-    let regs = kvm_regs {
-        rip: entry,
-        // As if `call`ed: (rsp + 8) is 16-byte aligned at function entry.
-        rsp: STACK_TOP - 8,
-        // IOPL=3: `in`/`out` are legal at CPL3 and still exit.
-        rflags: 0x3002,
-        ..Default::default()
-    };
-    vcpu.set_regs(&regs)
-        .map_err(|e| VmError::kvm("KVM_SET_REGS", e))?;
-    Ok(())
-}
-
-fn align_up(x: u64, a: u64) -> Option<u64> {
-    x.checked_add(a - 1).map(|v| v & !(a - 1))
-}
-
-/// How [`setup_memory`] treats the mapping.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Backing {
-    /// Anonymous memory of this VM alone: image and heap get transparent huge pages.
-    Anonymous,
-    /// The snapshot file: left as it is.
-    Snapshot,
-}
-
-/// Write page tables, GDT, boot info and the image into fresh (zeroed) guest memory.
-///
-/// Layout above the first 2 MiB: the image, then the heap, then the two channel buffers at the
-/// top of RAM. Image and heap start are what a cell touches most, so they share as few 2 MiB
-/// pages as possible (each one huge page, zeroed and mapped once); the buffers, of which a
-/// transaction touches a page or two, stay in 4 KiB pages at the top.
-pub(crate) fn setup_memory(
-    mem: &GuestMemory,
-    cfg: &VmConfig,
-    backing: Backing,
-) -> Result<Layout, VmError> {
-    let size = cfg.mem_size;
-    if !(MIN_MEM_SIZE..=MAX_MEM_SIZE).contains(&size) || size % 4096 != 0 {
-        return Err(VmError::Config(format!(
-            "guest memory must be a multiple of 4 KiB in [{MIN_MEM_SIZE}, {MAX_MEM_SIZE}], got {size}"
-        )));
-    }
-    if cfg.frame_cap < 16 || cfg.frame_cap > 64 * 1024 * 1024 {
-        return Err(VmError::Config(format!(
-            "frame cap {} out of range",
-            cfg.frame_cap
-        )));
-    }
-    let img = elf::parse(GUEST_ELF, IMAGE_BASE, size)?;
-    let cap = align_up(cfg.frame_cap, 4096).ok_or_else(|| VmError::Config("frame cap".into()))?;
-    let heap_base = align_up(img.end, 4096).ok_or_else(|| VmError::Config("image end".into()))?;
-    let g2h_base = size.saturating_sub(cap);
-    let h2g_base = g2h_base.saturating_sub(cap);
-    if heap_base.saturating_add(MIN_HEAP) > h2g_base {
-        return Err(VmError::Config(format!(
-            "guest memory of {size} bytes leaves no heap (the image ends at {heap_base:#x}, \
-             the buffers start at {h2g_base:#x})"
-        )));
-    }
-    if backing == Backing::Anonymous {
-        mem.advise_huge(IMAGE_BASE, h2g_base)?;
-    }
-    // Page tables: identity map of the first GiB with the U bit; 4 KiB pages in the first 2 MiB
-    // so that page 0 and the stack guard page stay unmapped. Accessed and dirty are preset: with
-    // shadow paging (PVM) KVM otherwise takes an extra fault on the first write to each page
-    // just to set the dirty bit; the guest never reads them, and hardware ignores a preset bit.
-    const P: u64 = 1;
-    const RW: u64 = 2;
-    const US: u64 = 4;
-    const A: u64 = 0x20;
-    const D: u64 = 0x40;
-    const PS: u64 = 0x80;
-    mem.write_u64(PML4_ADDR, PDPT_ADDR | P | RW | US | A)?;
-    mem.write_u64(PDPT_ADDR, PD_ADDR | P | RW | US | A)?;
-    mem.write_u64(PD_ADDR, PT_ADDR | P | RW | US | A)?;
-    for i in 1..512u64 {
-        mem.write_u64(PD_ADDR + i * 8, (i << 21) | P | RW | US | A | D | PS)?;
-    }
-    for j in 0..512u64 {
-        let addr = j << 12;
-        let entry = if addr == 0 || addr == STACK_GUARD_ADDR {
-            0
-        } else {
-            addr | P | RW | US | A | D
-        };
-        mem.write_u64(PT_ADDR + j * 8, entry)?;
-    }
-    // GDT: null, kernel code/data (unused), user data 0x2b, user code 0x33, TSS 0x38.
-    let gdt: [u64; 7] = [
-        0,
-        0x00af_9a00_0000_ffff,
-        0x00cf_9200_0000_ffff,
-        0,
-        0,
-        0x00cf_f200_0000_ffff,
-        0x00af_fa00_0000_ffff,
-    ];
-    for (i, d) in gdt.iter().enumerate() {
-        mem.write_u64(GDT_ADDR + i as u64 * 8, *d)?;
-    }
-    let tss_lo = (TSS_LIMIT & 0xffff)
-        | ((TSS_LIMIT >> 16) << 48)
-        | ((TSS_ADDR & 0xff_ffff) << 16)
-        | (0x89u64 << 40)
-        | (((TSS_ADDR >> 24) & 0xff) << 56);
-    mem.write_u64(GDT_ADDR + 7 * 8, tss_lo)?;
-    mem.write_u64(GDT_ADDR + 8 * 8, TSS_ADDR >> 32)?;
-    // I/O map base; the bitmap itself is zero (fresh memory) and ends with the 0xff terminator.
-    mem.fill(TSS_ADDR, (TSS_LIMIT + 1) as usize, 0)?;
-    mem.write_u32(TSS_ADDR + 0x64, (IOMAP_OFF as u32) << 16)?;
-    mem.write(TSS_ADDR + TSS_LIMIT, &[0xff])?;
-
-    for s in &img.segments {
-        let bytes = GUEST_ELF
-            .get(s.offset..s.offset + s.filesz)
-            .ok_or(VmError::BadImage(elf::ElfError::BadSegment))?;
-        mem.write(s.vaddr, bytes)?;
-        let zero_from = s.vaddr + s.filesz as u64;
-        mem.fill(zero_from, (s.memsz - s.filesz as u64) as usize, 0)?;
-    }
-    let boot = BootInfo {
-        magic: BOOT_MAGIC,
-        mode: cfg.mode(),
-        _pad: 0,
-        mem_size: size,
-        heap_base,
-        heap_size: h2g_base - heap_base,
-        h2g_base,
-        h2g_cap: cfg.frame_cap,
-        g2h_base,
-        g2h_cap: cfg.frame_cap,
-    };
-    let fields = [
-        boot.magic,
-        boot.mode as u64,
-        boot.mem_size,
-        boot.heap_base,
-        boot.heap_size,
-        boot.h2g_base,
-        boot.h2g_cap,
-        boot.g2h_base,
-        boot.g2h_cap,
-    ];
-    for (i, v) in fields.iter().enumerate() {
-        mem.write_u64(BOOT_INFO_ADDR + i as u64 * 8, *v)?;
-    }
-    Ok(Layout {
-        entry: img.entry,
-        boot,
-    })
-}
-
-const H2G_LEN: u64 = MAILBOX_ADDR;
-const G2H_LEN: u64 = MAILBOX_ADDR + 4;
-const OOM_SIZE: u64 = MAILBOX_ADDR + 8;
+const H2G_LEN: u64 = MAILBOX_H2G_LEN;
+const G2H_LEN: u64 = MAILBOX_G2H_LEN;
+const OOM_SIZE: u64 = MAILBOX_OOM_SIZE;
 
 /// A running (or paused) guest. The vCPU runs only inside [`Vm::recv`], on the calling thread.
 pub struct Vm {
-    pub(crate) machine: Option<Machine>,
-    pub(crate) layout: Layout,
-    kill: Arc<KillShared>,
+    machine: Option<Machine>,
+    layout: Layout,
+    kill: Arc<Control>,
     queue: VecDeque<Vec<u8>>,
     /// Whether the watchdog knows this VM (it is added once, at its first deadline).
     watched: bool,
     idle: bool,
     dead: Option<VmError>,
-    pub(crate) template: Option<Arc<Template>>,
+    cpu: CpuBudget,
+    /// Where the machine goes when this VM is dropped healthy.
+    home: Option<Arc<dyn Recycle>>,
     pub(crate) reused: bool,
 }
 
@@ -464,23 +91,53 @@ impl Vm {
     pub(crate) fn from_parts(
         machine: Machine,
         layout: Layout,
-        template: Option<Arc<Template>>,
+        home: Option<Arc<dyn Recycle>>,
     ) -> Vm {
+        let word = machine.mem.host_addr() + MAILBOX_INTERRUPT;
         Vm {
             machine: Some(machine),
             layout,
-            kill: Arc::new(KillShared {
-                killed: AtomicBool::new(false),
-                tid: Mutex::new(None),
-                deadline: Deadline::default(),
-            }),
+            kill: Control::new(word as usize),
             queue: VecDeque::new(),
             watched: false,
             idle: false,
             dead: None,
-            template,
+            cpu: CpuBudget::default(),
+            home,
             reused: false,
         }
+    }
+
+    /// Takes the machine out of this VM; its interrupt word is unregistered first, so no
+    /// [`Interrupter`] writes into memory that is no longer this cell's.
+    pub(crate) fn take_machine(&mut self) -> Option<Machine> {
+        self.kill.release_memory();
+        self.machine.take()
+    }
+
+    /// Limits the CPU time the guest may spend running over the VM's life (None: unlimited).
+    /// Past it the VM stops with [`VmError::CpuTimeExceeded`].
+    pub fn set_cpu_limit(&mut self, limit: Option<Duration>) {
+        self.cpu.set_limit(limit);
+    }
+
+    /// CPU time the guest has spent running (counted only while a CPU limit is set).
+    pub fn cpu_used(&self) -> Duration {
+        self.cpu.used()
+    }
+
+    pub fn interrupter(&self) -> Interrupter {
+        self.kill.interrupter()
+    }
+
+    /// Clears the guest's interrupt word: an interrupt only cancels the transaction it arrives
+    /// in. One store into guest memory; the guest is not running.
+    pub fn clear_interrupt(&self) -> Result<(), VmError> {
+        self.machine()?
+            .mem
+            .atomic_u32(MAILBOX_INTERRUPT)?
+            .store(0, Ordering::SeqCst);
+        Ok(())
     }
 
     pub fn mem_size(&self) -> u64 {
@@ -498,7 +155,7 @@ impl Vm {
     }
 
     pub fn killer(&self) -> Killer {
-        Killer(self.kill.clone())
+        self.kill.killer()
     }
 
     /// The error that stopped this VM, if it is dead.
@@ -516,7 +173,7 @@ impl Vm {
         if let Some(e) = &self.dead {
             return Err(VmError::Dead(Box::new(e.clone())));
         }
-        if self.kill.killed.load(Ordering::SeqCst) {
+        if self.kill.is_killed() {
             return Err(VmError::Killed);
         }
         Ok(())
@@ -581,13 +238,18 @@ impl Vm {
         // aimed at, then the checks a kick sent before the tid was visible would have missed.
         let ie: *mut u8 = &mut m.vcpu.get_kvm_run().immediate_exit;
         let guard = signal::RunGuard::new(ie);
-        *self.kill.tid.lock().unwrap_or_else(|p| p.into_inner()) = Some(watchdog::current_tid());
-        let exit = if self.kill.killed.load(Ordering::SeqCst) {
+        self.kill.set_running(Some(signal::current_tid()));
+        let exit = if self.kill.is_killed() {
             Exit::Fatal(VmError::Killed)
         } else if self.kill.deadline.passed() {
             Exit::Interrupted
         } else {
-            match m.vcpu.run() {
+            let start = self.cpu.is_limited().then(thread_cpu_time);
+            let run = m.vcpu.run();
+            if let Some(start) = start {
+                self.cpu.charge(thread_cpu_time().saturating_sub(start));
+            }
+            match run {
                 Ok(VcpuExit::IoIn(PORT_DOORBELL, _)) => Exit::Doorbell,
                 Ok(VcpuExit::IoIn(PORT_NOP, _)) => Exit::Nop,
                 Ok(VcpuExit::IoOut(port, data)) => {
@@ -615,7 +277,12 @@ impl Vm {
                 Ok(VcpuExit::MmioWrite(addr, _)) => {
                     Exit::Fatal(VmError::OutsideMemory { addr, write: true })
                 }
-                Ok(VcpuExit::Shutdown) => Exit::Fatal(VmError::TripleFault),
+                Ok(VcpuExit::Shutdown) => Exit::Fatal(match m.vcpu.get_regs() {
+                    Ok(regs) if is_stack_overflow(regs.rsp) => {
+                        VmError::StackOverflow { rsp: regs.rsp }
+                    }
+                    _ => VmError::TripleFault,
+                }),
                 Ok(VcpuExit::InternalError) => {
                     // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
                     // active member of the exit union.
@@ -635,7 +302,7 @@ impl Vm {
                 Err(e) => Exit::Fatal(VmError::kvm("KVM_RUN", e)),
             }
         };
-        *self.kill.tid.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.kill.set_running(None);
         drop(guard);
         m.vcpu.set_kvm_immediate_exit(0);
         exit
@@ -692,9 +359,36 @@ impl Vm {
         Ok(Recv::Frame(body))
     }
 
+    /// Arms the watchdog for the earlier of `deadline` and the instant the CPU budget could be
+    /// spent at the earliest.
+    fn arm(&mut self, deadline: Option<Instant>) -> Result<(), VmError> {
+        // Unlimited cells do not even read the clock.
+        let cpu_end = if self.cpu.is_limited() {
+            self.cpu.earliest_end(Instant::now())
+        } else {
+            None
+        };
+        let kick = match (deadline, cpu_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        watchdog::set_deadline(&self.kill, &mut self.watched, kick)
+    }
+
+    fn cpu_exhausted(&mut self) -> Result<(), VmError> {
+        match self.cpu.exhausted() {
+            Some((limit, used)) => self.fail(VmError::CpuTimeExceeded {
+                limit_ms: limit.as_millis() as u64,
+                used_ms: used.as_millis() as u64,
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn wait(&mut self, deadline: Option<Instant>) -> Result<Wait, VmError> {
         self.check_alive()?;
-        watchdog::set_deadline(&self.kill, &mut self.watched, deadline)?;
+        self.cpu_exhausted()?;
+        self.arm(deadline)?;
         loop {
             self.pump()?;
             if self.idle {
@@ -708,6 +402,7 @@ impl Vm {
             }
             match self.run_once() {
                 Exit::Doorbell => {
+                    self.cpu_exhausted()?;
                     let mem = &self.machine()?.mem;
                     let len = mem.read_u32(G2H_LEN)? as u64;
                     mem.write_u32(G2H_LEN, 0)?;
@@ -722,11 +417,17 @@ impl Vm {
                     return Ok(Wait::Frame(len));
                 }
                 Exit::Interrupted => {
-                    if self.kill.killed.load(Ordering::SeqCst) {
+                    if self.kill.is_killed() {
                         return self.fail(VmError::Killed);
                     }
+                    self.cpu_exhausted()?;
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Ok(Wait::TimedOut);
+                    }
+                    if self.cpu.is_limited() {
+                        // The kick came at the earliest instant the budget could be spent, but
+                        // the thread also ran host code or waited: aim at the new earliest end.
+                        self.arm(deadline)?;
                     }
                 }
                 Exit::Panic(len) => {
@@ -742,7 +443,8 @@ impl Vm {
                 }
                 Exit::Oom => {
                     let requested = self.machine()?.mem.read_u64(OOM_SIZE)?;
-                    return self.fail(VmError::GuestOutOfMemory { requested });
+                    let limit = self.layout.boot.mem_size;
+                    return self.fail(VmError::GuestOutOfMemory { requested, limit });
                 }
                 Exit::Nop => {
                     return self.fail(VmError::UndefinedPort {
@@ -800,17 +502,23 @@ impl Vm {
         self.layout.boot
     }
 
+    /// Stops the VM because the host side refused what the guest did: every later operation
+    /// fails with [`VmError::Aborted`], and the guest never runs again.
+    pub fn abort(&mut self, reason: abi::CellError) {
+        let _ = self.fail::<()>(VmError::Aborted(reason));
+    }
+
     pub(crate) fn reusable(&self) -> bool {
-        self.dead.is_none() && !self.kill.killed.load(Ordering::SeqCst)
+        self.dead.is_none() && !self.kill.is_killed()
     }
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        let Some(m) = self.machine.take() else { return };
-        match self.template.clone() {
-            Some(t) if self.reusable() => crate::snapshot::release(t, m),
-            _ => crate::reaper::destroy_later(m),
+        let Some(m) = self.take_machine() else { return };
+        match self.home.clone() {
+            Some(home) if self.reusable() => home.recycle(m),
+            _ => reaper::destroy_later(m),
         }
     }
 }

@@ -12,51 +12,14 @@
 //! set for the signal handler, and re-checks the deadline after publishing it (see
 //! `Vm::run_once`). The watchdog reads the tid under the same lock and sends the signal while
 //! holding it, so the thread is still inside its run step when the signal arrives.
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::control::Control;
 use crate::error::VmError;
-use crate::signal;
-use crate::vm::KillShared;
-
-/// A deadline as nanoseconds since [`epoch`], 0 for none.
-#[derive(Default)]
-pub(crate) struct Deadline(AtomicU64);
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// Past deadlines become 1 (passed); ones beyond u64 nanoseconds (584 years) saturate.
-fn to_nanos(t: Instant) -> u64 {
-    let n = t.saturating_duration_since(epoch()).as_nanos();
-    u64::try_from(n).unwrap_or(u64::MAX).max(1)
-}
-
-fn from_nanos(n: u64) -> Instant {
-    let d = Duration::from_nanos(n);
-    epoch()
-        .checked_add(d)
-        .unwrap_or_else(|| epoch() + Duration::from_secs(u32::MAX as u64))
-}
-
-impl Deadline {
-    pub fn get(&self) -> Option<Instant> {
-        match self.0.load(Ordering::SeqCst) {
-            0 => None,
-            n => Some(from_nanos(n)),
-        }
-    }
-
-    pub fn passed(&self) -> bool {
-        self.get().is_some_and(|d| Instant::now() >= d)
-    }
-}
 
 struct State {
-    watched: Vec<Weak<KillShared>>,
+    watched: Vec<Weak<Control>>,
     /// When the watchdog wakes up next (None: only when notified).
     next_wake: Option<Instant>,
 }
@@ -121,17 +84,17 @@ impl Watchdog {
 /// Sets `vm`'s deadline (None clears it) and makes sure the watchdog wakes by then.
 /// `registered` is the VM's own flag: it is added to the watchdog's list once.
 pub(crate) fn set_deadline(
-    vm: &Arc<KillShared>,
+    vm: &Arc<Control>,
     registered: &mut bool,
     deadline: Option<Instant>,
 ) -> Result<(), VmError> {
     let Some(d) = deadline else {
-        vm.deadline.0.store(0, Ordering::SeqCst);
+        vm.deadline.clear();
         return Ok(());
     };
     let dog = watchdog()?;
     let mut state = dog.state.lock().unwrap_or_else(|p| p.into_inner());
-    vm.deadline.0.store(to_nanos(d), Ordering::SeqCst);
+    vm.deadline.set(d);
     if !*registered {
         state.watched.push(Arc::downgrade(vm));
         *registered = true;
@@ -141,37 +104,4 @@ pub(crate) fn set_deadline(
         dog.wake.notify_one();
     }
     Ok(())
-}
-
-/// The calling thread's id (cached: `gettid` is a syscall).
-pub(crate) fn current_tid() -> libc::pid_t {
-    thread_local! {
-        static TID: libc::pid_t = signal::gettid();
-    }
-    TID.with(|t| *t)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deadlines_round_trip_and_far_ones_never_pass() {
-        let d = Deadline::default();
-        assert_eq!(d.get(), None);
-        assert!(!d.passed());
-        let soon = Instant::now() + Duration::from_secs(60);
-        d.0.store(to_nanos(soon), Ordering::SeqCst);
-        let got = d.get().unwrap();
-        assert!(got <= soon && soon - got < Duration::from_micros(1));
-        assert!(!d.passed());
-        // 2^64 ns + 1 µs from now: beyond what u64 nanoseconds hold; it must saturate, not wrap
-        // into the past.
-        let far = Instant::now() + Duration::new(18_446_744_073, 709_552_616);
-        d.0.store(to_nanos(far), Ordering::SeqCst);
-        assert!(!d.passed());
-        let past = Instant::now();
-        d.0.store(to_nanos(past), Ordering::SeqCst);
-        assert!(d.passed());
-    }
 }

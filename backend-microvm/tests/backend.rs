@@ -1,65 +1,21 @@
 //! The microvm backend through the `abi::backend` contract: spawn, transact, kill, and hostile
 //! guests reported as typed errors while the host (and other cells) keep working.
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use abi::backend::{
-    Backend, CellPipe, Flow, HostSide, PipeError, Resources, SpawnError, SpawnSpec,
-};
+use abi::backend::{Backend, CellPipe, PipeError, SpawnError};
 use abi::wire::DEFAULT_MAX_FRAME_LEN;
-use abi::{EngineLimits, GuestFrame, Hello, HostFrame, Value};
+use abi::{GuestFrame, HostFrame, Value};
 use cell_backend_microvm::layout::*;
-use cell_backend_microvm::{MicroVm, StartMode, VmError, kvm_available};
-
-fn kvm() -> bool {
-    if kvm_available() {
-        true
-    } else {
-        eprintln!("SKIPPED: /dev/kvm absent");
-        false
-    }
-}
-
-/// Records guest frames; a transaction ends at Ready/Refused/Done.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<GuestFrame>>);
-
-impl HostSide for Recorder {
-    fn on_frame(&self, frame: GuestFrame) -> Flow {
-        let done = matches!(
-            frame,
-            GuestFrame::Ready(_) | GuestFrame::Refused(_) | GuestFrame::Done { .. }
-        );
-        self.0.lock().unwrap().push(frame);
-        if done { Flow::Done } else { Flow::Continue }
-    }
-}
-
-fn spec() -> SpawnSpec {
-    // Unlimited operations: endless scripts are stopped by wall time and kill, not the engine.
-    let limits = EngineLimits {
-        max_operations: 0,
-        ..EngineLimits::default()
-    };
-    SpawnSpec {
-        hello: Hello::new("t", limits, vec![]),
-        resources: Resources {
-            memory_bytes: 32 << 20,
-            ..Resources::default()
-        },
-        max_frame_len: DEFAULT_MAX_FRAME_LEN,
-        required_layers: vec![],
-    }
-}
+use cell_backend_microvm::{MicroVm, StartMode, VmError};
+use common::*;
 
 fn spawn(b: &MicroVm) -> (Box<dyn CellPipe>, Arc<Recorder>) {
     let host = Arc::new(Recorder::default());
     let pipe = b.spawn(&spec(), host.clone()).expect("spawn");
     (pipe, host)
-}
-
-fn soon() -> Option<Instant> {
-    Some(Instant::now() + Duration::from_secs(20))
 }
 
 fn hello(pipe: &mut Box<dyn CellPipe>) -> Result<(), PipeError> {
@@ -198,8 +154,11 @@ fn hostile_guests_are_reported_as_typed_errors() {
     assert_eq!(v, VmError::TripleFault);
 
     let (p, v) = hostile(MODE_STACK_OVERFLOW);
-    assert!(matches!(p, PipeError::Crashed(_)));
-    assert_eq!(v, VmError::TripleFault);
+    assert!(
+        matches!(p, PipeError::Aborted(ref e) if e.code == abi::ErrorCode::LimitCallDepth),
+        "{p:?}"
+    );
+    assert!(matches!(v, VmError::StackOverflow { .. }), "{v:?}");
 
     let (p, v) = hostile(MODE_WRITE_OUTSIDE);
     assert!(matches!(p, PipeError::Crashed(_)));
@@ -210,7 +169,7 @@ fn hostile_guests_are_reported_as_typed_errors() {
 
     let (p, v) = hostile(MODE_HEAP_EXHAUST);
     assert!(
-        matches!(p, PipeError::Crashed(ref m) if m.contains("out of memory")),
+        matches!(p, PipeError::Aborted(ref e) if e.code == abi::ErrorCode::LimitMemory && e.message.contains("32 MiB")),
         "{p:?}"
     );
     assert!(matches!(v, VmError::GuestOutOfMemory { .. }), "{v:?}");

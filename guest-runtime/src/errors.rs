@@ -86,6 +86,9 @@ fn terminated_message(code: ErrorCode) -> String {
     match code {
         ErrorCode::TimedOut => "the script ran past its wall-time limit".into(),
         ErrorCode::Cancelled => "the script was cancelled: the cell was killed".into(),
+        ErrorCode::LimitCallDepth => {
+            "the script ran out of stack: its calls or expressions nest deeper than the engine's stack holds".into()
+        }
         other => format!("the script was stopped: {other}"),
     }
 }

@@ -17,11 +17,31 @@ pub const PT_ADDR: u64 = 0x6000;
 /// from CPL3 must not fault on hypervisors that consult the bitmap rather than IOPL (PVM);
 /// every port still exits to the host, which rejects undefined ones.
 pub const TSS_ADDR: u64 = 0x7000;
-/// Unmapped page below the stack: an overflow faults (no IDT, so it triple-faults).
+/// Unmapped page below the stack: an overflow faults (no IDT, so it triple-faults), and the host
+/// tells that fault from others by the stack pointer the vCPU stopped with (see
+/// [`is_stack_overflow`]).
 pub const STACK_GUARD_ADDR: u64 = 0xa000;
 /// Lowest stack address; the stack grows down from [`STACK_TOP`].
 pub const STACK_BOTTOM: u64 = 0xb000;
 pub const STACK_TOP: u64 = 0x20_0000;
+/// Stack the guest keeps free below the engine: the engine's progress callback stops a script
+/// (`limit_call_depth`) once less than this remains, so the guard page is reached only by code
+/// that never calls back (the parser, deep native recursion).
+pub const STACK_PROBE_RESERVE: u64 = 128 * 1024;
+/// Stack the agent loop itself uses above the engine (frame handling, encoding).
+pub const STACK_AGENT_RESERVE: u64 = 64 * 1024;
+
+/// Whether a vCPU that stopped with stack pointer `rsp` ran off the bottom of the stack: a fault
+/// in the guard page leaves `rsp` in it, or just above it when a frame's first write below the
+/// stack faulted (frames under a page are not probed; larger ones probe page by page).
+pub const fn is_stack_overflow(rsp: u64) -> bool {
+    rsp >= STACK_GUARD_ADDR && rsp < STACK_BOTTOM + 4096
+}
+
+/// Engine stack available to scripts: the stack minus what the probe and the agent keep.
+pub const fn engine_stack_bytes() -> u64 {
+    STACK_TOP - STACK_BOTTOM - STACK_PROBE_RESERVE - STACK_AGENT_RESERVE
+}
 /// Where the image is linked (see link.ld).
 pub const IMAGE_BASE: u64 = 0x20_0000;
 
@@ -32,7 +52,8 @@ pub const BOOT_MAGIC: u64 = 0x4345_4C4C_564D_0001;
 pub const PORT_DOORBELL: u16 = 0x3f0;
 /// `out` with the length of a UTF-8 panic message in the guest→host buffer.
 pub const PORT_PANIC: u16 = 0x3f1;
-/// `out` after an allocation failure; mailbox `oom_size` holds the failed request.
+/// `out` after an allocation failure; mailbox `oom_size` holds the failed request. The host
+/// reports it as the cell's memory limit (`limit_memory`), not as a crash.
 pub const PORT_OOM: u16 = 0x3f2;
 /// Floor-benchmark port: the host counts the exit and resumes. Only accepted in floor mode.
 pub const PORT_NOP: u16 = 0x3f3;
@@ -81,4 +102,63 @@ pub struct Mailbox {
     pub g2h_len: u32,
     /// Size of the allocation that failed (with [`PORT_OOM`]).
     pub oom_size: u64,
+    /// Non-zero: the host asks the running exec/call to stop (`cancelled`). Written by the host
+    /// from any thread while the guest runs, cleared by the host at the start of each
+    /// transaction; the guest only reads it, from the engine's progress callback.
+    pub interrupt: u32,
+    pub _pad: u32,
 }
+
+/// Offsets of the mailbox fields (the host reads and writes them by address).
+pub const MAILBOX_H2G_LEN: u64 = MAILBOX_ADDR;
+pub const MAILBOX_G2H_LEN: u64 = MAILBOX_ADDR + 4;
+pub const MAILBOX_OOM_SIZE: u64 = MAILBOX_ADDR + 8;
+pub const MAILBOX_INTERRUPT: u64 = MAILBOX_ADDR + 16;
+
+// The offsets above are what the host uses; they must match the struct the guest uses.
+const _: () = {
+    assert!(core::mem::offset_of!(Mailbox, h2g_len) as u64 == MAILBOX_H2G_LEN - MAILBOX_ADDR);
+    assert!(core::mem::offset_of!(Mailbox, g2h_len) as u64 == MAILBOX_G2H_LEN - MAILBOX_ADDR);
+    assert!(core::mem::offset_of!(Mailbox, oom_size) as u64 == MAILBOX_OOM_SIZE - MAILBOX_ADDR);
+    assert!(
+        core::mem::offset_of!(Mailbox, interrupt) as u64 == MAILBOX_INTERRUPT - MAILBOX_ADDR
+    );
+    assert!(MAILBOX_ADDR + core::mem::size_of::<Mailbox>() as u64 <= GDT_ADDR);
+    assert!(BOOT_INFO_ADDR + core::mem::size_of::<BootInfo>() as u64 <= MAILBOX_ADDR);
+    assert!(STACK_GUARD_ADDR + 4096 == STACK_BOTTOM && STACK_BOTTOM < STACK_TOP);
+    assert!(STACK_TOP <= IMAGE_BASE);
+    assert!(engine_stack_bytes() > STACK_PROBE_RESERVE);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_stack_pointer_at_the_guard_is_an_overflow() {
+        assert!(!is_stack_overflow(STACK_GUARD_ADDR - 1));
+        assert!(is_stack_overflow(STACK_GUARD_ADDR));
+        assert!(is_stack_overflow(STACK_BOTTOM - 8), "a push into the guard");
+        assert!(is_stack_overflow(STACK_BOTTOM + 64), "a small frame's first write below");
+        assert!(!is_stack_overflow(STACK_BOTTOM + 4096));
+        assert!(!is_stack_overflow(STACK_TOP - 8), "a fault with a healthy stack");
+        assert!(!is_stack_overflow(0));
+    }
+
+    #[test]
+    fn the_fixed_areas_do_not_overlap() {
+        let areas = [
+            (BOOT_INFO_ADDR, MAILBOX_ADDR),
+            (MAILBOX_ADDR, MAILBOX_ADDR + core::mem::size_of::<Mailbox>() as u64),
+            (GDT_ADDR, GDT_ADDR + 9 * 8),
+            (PML4_ADDR, PT_ADDR + 4096),
+            (TSS_ADDR, STACK_GUARD_ADDR),
+            (STACK_GUARD_ADDR, STACK_BOTTOM),
+            (STACK_BOTTOM, STACK_TOP),
+        ];
+        for w in areas.windows(2) {
+            assert!(w[0].1 <= w[1].0, "{:#x?} overlaps {:#x?}", w[0], w[1]);
+        }
+    }
+}
+

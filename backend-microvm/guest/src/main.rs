@@ -8,6 +8,11 @@
 
 extern crate alloc;
 
+mod control;
+mod framing;
+mod growth;
+// Shared with the host, which alone uses the table addresses and the overflow test.
+#[allow(dead_code)]
 mod layout;
 mod rt;
 mod transport;
@@ -123,7 +128,7 @@ fn runtime_main(t: transport::Transport) -> ! {
     }
     let res = runtime::agent::serve(
         Box::new(transport::Framed::new(t, max)),
-        Arc::new(runtime::NeverInterrupt),
+        Arc::new(control::GuestControl),
     );
     match res {
         Ok(()) => loop {

@@ -11,8 +11,7 @@ use talc::base::binning::Binning;
 use talc::cell::TalcCell;
 use talc::source::Source;
 
-/// Heap growth step and alignment: one guest 2 MiB page.
-const HEAP_STEP: usize = 2 * 1024 * 1024;
+use crate::growth::{HEAP_STEP, grow_to};
 
 /// Hands the heap to talc a 2 MiB page at a time instead of all at once.
 ///
@@ -34,17 +33,8 @@ unsafe impl Source for Grow {
     fn acquire<B: Binning>(talc: &mut Talc<Self, B>, layout: Layout) -> Result<(), ()> {
         let end = talc.source.end.ok_or(())?;
         let from = end.as_ptr() as usize;
-        // Enough for the request plus chunk overhead, rounded up to whole 2 MiB pages; talc asks
-        // again if that was not enough, and fails the allocation once we return Err.
-        let want = from
-            .checked_add(layout.size())
-            .and_then(|w| w.checked_add(layout.align() + 64))
-            .and_then(|w| w.checked_next_multiple_of(HEAP_STEP))
-            .unwrap_or(usize::MAX)
-            .min(talc.source.limit);
-        if want <= from {
-            return Err(());
-        }
+        // talc asks again if that was not enough, and fails the allocation once we return Err.
+        let want = grow_to(from, layout.size(), layout.align(), talc.source.limit).ok_or(())?;
         // SAFETY: `from..want` lies inside the heap the host reserved (bounded by `limit`) and
         // nothing else uses it; `end` is this heap's current end.
         let new_end = unsafe { talc.extend(end, want as *mut u8) };

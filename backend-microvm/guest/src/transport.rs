@@ -1,4 +1,5 @@
 //! Shared-memory + doorbell channel, guest side.
+use crate::framing;
 use crate::layout::*;
 use alloc::vec::Vec;
 use core::arch::asm;
@@ -30,11 +31,7 @@ unsafe impl Send for Transport {}
 impl Transport {
     /// Largest frame body the buffers carry (each buffer holds the 4-byte prefix too).
     pub fn max_frame_len(&self) -> u32 {
-        let cap = self
-            .h2g_cap
-            .min(self.g2h_cap)
-            .saturating_sub(abi::wire::HEADER_LEN);
-        cap.min(u32::MAX as usize) as u32
+        framing::max_body_len(self.h2g_cap, self.g2h_cap)
     }
 
     pub fn new(info: &BootInfo) -> Self {
@@ -48,7 +45,7 @@ impl Transport {
 
     /// Hand one frame to the host. A frame larger than the buffer is a guest bug: panic (reported).
     pub fn send(&mut self, frame: &[u8]) {
-        if frame.len() > self.g2h_cap || frame.len() > u32::MAX as usize || frame.is_empty() {
+        if !framing::fits_buffer(frame.len(), self.g2h_cap) {
             panic!(
                 "guest frame of {} bytes does not fit the {} byte buffer",
                 frame.len(),
@@ -117,14 +114,7 @@ impl runtime::Transport for Framed {
                 m,
             ))
         };
-        let Some((head, body)) = bytes.split_first_chunk::<{ abi::wire::HEADER_LEN }>() else {
-            return Err(violation("host frame shorter than its prefix"));
-        };
-        let n =
-            abi::wire::body_len(*head, self.max).map_err(|_| violation("bad host frame prefix"))?;
-        if n != body.len() {
-            return Err(violation("host frame prefix does not match its length"));
-        }
+        let body = framing::host_frame_body(&bytes, self.max).map_err(violation)?;
         runtime::decode_frame(body)
     }
 }

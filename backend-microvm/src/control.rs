@@ -1,0 +1,189 @@
+//! What other threads hold of a VM: the kill flag, the thread running its vCPU, the instant the
+//! watchdog kicks it and its interrupt word; and the handles built on them ([`Killer`],
+//! [`Interrupter`]).
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::signal;
+
+pub(crate) struct Control {
+    killed: AtomicBool,
+    /// Thread currently inside this VM's run step.
+    tid: Mutex<Option<libc::pid_t>>,
+    /// When the watchdog kicks the vCPU: the earlier of the call's deadline and the earliest
+    /// instant the cell's CPU budget can be spent.
+    pub(crate) deadline: Deadline,
+    /// Host address of the guest's interrupt word while the VM's memory is this cell's (0 once
+    /// the memory went back to the pool or the reaper).
+    interrupt_word: Mutex<usize>,
+}
+
+impl Control {
+    /// `interrupt_word`: host address of the guest's interrupt word (see [`Interrupter`]).
+    pub(crate) fn new(interrupt_word: usize) -> Arc<Control> {
+        Arc::new(Control {
+            killed: AtomicBool::new(false),
+            tid: Mutex::new(None),
+            deadline: Deadline::default(),
+            interrupt_word: Mutex::new(interrupt_word),
+        })
+    }
+
+    pub(crate) fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+
+    /// Publishes (Some) or clears (None) the thread inside this VM's run step.
+    pub(crate) fn set_running(&self, tid: Option<libc::pid_t>) {
+        *self.tid.lock().unwrap_or_else(|p| p.into_inner()) = tid;
+    }
+
+    /// The VM's memory is no longer this cell's: interrupts stop writing to it.
+    pub(crate) fn release_memory(&self) {
+        *self
+            .interrupt_word
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = 0;
+    }
+
+    pub(crate) fn killer(self: &Arc<Self>) -> Killer {
+        Killer(self.clone())
+    }
+
+    pub(crate) fn interrupter(self: &Arc<Self>) -> Interrupter {
+        Interrupter(self.clone())
+    }
+
+    /// Kicks the vCPU out of `KVM_RUN` if a thread is in this VM's run step. The signal is sent
+    /// under the lock that thread publishes and clears its tid with, so it lands while the
+    /// thread is still in its run step, where the handler's `immediate_exit` pointer is set.
+    pub(crate) fn kick_if_running(&self) {
+        let tid = self.tid.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = *tid {
+            signal::kick(t);
+        }
+    }
+}
+
+/// Kills a VM from any thread: the running `KVM_RUN` is interrupted promptly and every later
+/// operation fails with [`VmError::Killed`].
+#[derive(Clone)]
+pub struct Killer(Arc<Control>);
+
+impl Killer {
+    pub fn kill(&self) {
+        self.0.killed.store(true, Ordering::SeqCst);
+        self.0.kick_if_running();
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.0.killed.load(Ordering::SeqCst)
+    }
+}
+
+/// Ends the exec/call running in a VM from any thread without killing it: sets the guest's
+/// interrupt word, which the engine's progress callback polls (no VM exit). The guest answers
+/// the transaction with `cancelled` and stays usable; the host clears the word when the next
+/// transaction starts, so an interrupt that arrives while nothing runs cancels nothing.
+#[derive(Clone)]
+pub struct Interrupter(Arc<Control>);
+
+impl Interrupter {
+    pub fn interrupt(&self) {
+        let word = self
+            .0
+            .interrupt_word
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *word != 0 {
+            // SAFETY: the address is the 4-byte aligned interrupt word inside this VM's guest
+            // memory, which stays mapped while it is registered: the VM clears the registration
+            // under this lock before its memory is released. The guest reads it from another
+            // CPU; the host only ever accesses it atomically.
+            unsafe { AtomicU32::from_ptr(*word as *mut u32) }.store(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl std::fmt::Debug for Interrupter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interrupter").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Killer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Killer")
+            .field("killed", &self.is_killed())
+            .finish()
+    }
+}
+
+/// A deadline as nanoseconds since [`epoch`], 0 for none.
+#[derive(Default)]
+pub(crate) struct Deadline(AtomicU64);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Past deadlines become 1 (passed); ones beyond u64 nanoseconds (584 years) saturate.
+fn to_nanos(t: Instant) -> u64 {
+    let n = t.saturating_duration_since(epoch()).as_nanos();
+    u64::try_from(n).unwrap_or(u64::MAX).max(1)
+}
+
+fn from_nanos(n: u64) -> Instant {
+    let d = Duration::from_nanos(n);
+    epoch()
+        .checked_add(d)
+        .unwrap_or_else(|| epoch() + Duration::from_secs(u32::MAX as u64))
+}
+
+impl Deadline {
+    pub fn get(&self) -> Option<Instant> {
+        match self.0.load(Ordering::SeqCst) {
+            0 => None,
+            n => Some(from_nanos(n)),
+        }
+    }
+
+    pub fn passed(&self) -> bool {
+        self.get().is_some_and(|d| Instant::now() >= d)
+    }
+
+    pub fn set(&self, t: Instant) {
+        self.0.store(to_nanos(t), Ordering::SeqCst);
+    }
+
+    pub fn clear(&self) {
+        self.0.store(0, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_round_trip_and_far_ones_never_pass() {
+        let d = Deadline::default();
+        assert_eq!(d.get(), None);
+        assert!(!d.passed());
+        let soon = Instant::now() + Duration::from_secs(60);
+        d.set(soon);
+        let got = d.get().unwrap();
+        assert!(got <= soon && soon - got < Duration::from_micros(1));
+        assert!(!d.passed());
+        // 2^64 ns + 1 µs from now: beyond what u64 nanoseconds hold; it must saturate, not wrap
+        // into the past.
+        let far = Instant::now() + Duration::new(18_446_744_073, 709_552_616);
+        d.set(far);
+        assert!(!d.passed());
+        let past = Instant::now();
+        d.set(past);
+        assert!(d.passed());
+    }
+}
