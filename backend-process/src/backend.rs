@@ -15,7 +15,7 @@ use abi::wire::{self, HEADER_LEN};
 use crate::error::Error;
 use crate::host::host_support;
 use crate::layers::{Layer, LayerReport, LayerState};
-use crate::spawn::{ExitStatus, Killer, Limits, ProcessCell, SpawnSpec};
+use crate::spawn::{Killer, Limits, ProcessCell, SpawnSpec};
 
 /// The `process` backend.
 #[derive(Clone, Debug)]
@@ -59,7 +59,7 @@ impl ProcessBackend {
         let r = &spec.resources;
         let limits = Limits {
             memory_bytes: r.memory_bytes,
-            cpu_seconds: r.cpu_time_ms.div_ceil(1000),
+            cpu_time_ms: r.cpu_time_ms,
             cpu_percent: self.cpu_percent,
             max_processes: r.max_processes.max(1),
             open_files: u64::from(r.max_open_files.max(4)),
@@ -70,7 +70,8 @@ impl ProcessBackend {
             limits,
             require,
             fork_server: self.fork_server,
-            args: vec![max.to_string()],
+            // The guest arms its CPU-time timer from the second argument.
+            args: vec![max.to_string(), r.cpu_time_ms.to_string()],
             ..SpawnSpec::default()
         })
     }
@@ -144,11 +145,44 @@ pub struct ProcessPipe {
     io: SocketIo,
     host: Arc<dyn HostSide>,
     max_len: u32,
+    interrupter: Arc<ProcessInterrupter>,
+}
+
+/// Ends the running exec or call of a process cell with `Cancelled` and leaves the cell
+/// usable: `SIGUSR1`, whose handler in the guest sets the flag the engine's progress
+/// callback reads. Only sent while an exec or call is in flight (the guest clears the flag
+/// when the next one arrives, so a signal that lands between transactions cancels nothing).
+#[derive(Debug)]
+pub struct ProcessInterrupter {
+    pidfd: Arc<std::os::fd::OwnedFd>,
+    in_flight: std::sync::atomic::AtomicBool,
+}
+
+impl abi::backend::Interrupter for ProcessInterrupter {
+    fn interrupt(&self) {
+        if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) {
+            // SAFETY: a valid pidfd of the cell; a null siginfo is allowed.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    self.pidfd.as_raw_fd(),
+                    libc::SIGUSR1,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0u32,
+                );
+            }
+        }
+    }
 }
 
 impl ProcessPipe {
     pub fn new(cell: ProcessCell, host: Arc<dyn HostSide>, max_len: u32) -> Self {
+        let interrupter = Arc::new(ProcessInterrupter {
+            pidfd: cell.pidfd(),
+            in_flight: std::sync::atomic::AtomicBool::new(false),
+        });
         ProcessPipe {
+            interrupter,
             io: SocketIo {
                 cell,
                 buf: vec![0; READ_BUF].into_boxed_slice(),
@@ -176,7 +210,14 @@ impl CellPipe for ProcessPipe {
         if self.io.broken {
             return Err(self.io.ended());
         }
+        let interruptible = matches!(
+            frame,
+            abi::HostFrame::Exec { .. } | abi::HostFrame::Call { .. }
+        );
+        let flag = &self.interrupter.in_flight;
+        flag.store(interruptible, std::sync::atomic::Ordering::SeqCst);
         let res = drive(&mut self.io, &*self.host, &frame, deadline, self.max_len);
+        flag.store(false, std::sync::atomic::Ordering::SeqCst);
         if let Err(e) = &res {
             // A transaction that broke leaves the stream mid-frame: never reuse it.
             self.io.broken = true;
@@ -192,6 +233,10 @@ impl CellPipe for ProcessPipe {
 
     fn killer(&self) -> Arc<dyn AbiKiller> {
         Arc::new(self.io.cell.killer())
+    }
+
+    fn interrupter(&self) -> Option<Arc<dyn abi::backend::Interrupter>> {
+        Some(self.interrupter.clone())
     }
 
     fn layers(&self) -> Vec<AbiLayer> {
@@ -256,17 +301,7 @@ impl SocketIo {
             .cell
             .wait_timeout(std::time::Duration::from_millis(500));
         match status {
-            Ok(Some(t)) if t.killed_by_host => PipeError::Killed,
-            Ok(Some(t)) => match t.status {
-                ExitStatus::Signaled(sig) => PipeError::Crashed(format!(
-                    "cell process killed by signal {sig}{}",
-                    if t.oom_killed { " (out of memory)" } else { "" }
-                )),
-                ExitStatus::Exited(0) => PipeError::Closed,
-                ExitStatus::Exited(code) => {
-                    PipeError::Crashed(format!("cell process exited with status {code}"))
-                }
-            },
+            Ok(Some(t)) => crate::exit::classify(&t, self.cell.limits()),
             _ => PipeError::Closed,
         }
     }

@@ -375,6 +375,14 @@ impl CellCgroups {
         Ok(())
     }
 
+    /// Closes the descriptors used to place the cell's process (it is placed): a cell
+    /// keeps no cgroup descriptor open while it lives.
+    pub(crate) fn release_fds(&mut self) {
+        self.v1_procs.clear();
+        self.v2_procs = None;
+        self.v2_fd = None;
+    }
+
     /// The v1 `cgroup.procs` fds, raw, for the child.
     pub(crate) fn v1_proc_fds(&self) -> Vec<i32> {
         self.v1_procs.iter().map(|f| f.as_raw_fd()).collect()

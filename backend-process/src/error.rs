@@ -30,10 +30,11 @@ pub enum Step {
     CloseFds,
     Seccomp,
     Exec,
+    DropBoundingSet,
 }
 
 impl Step {
-    const ALL: [Step; 22] = [
+    const ALL: [Step; 23] = [
         Step::ArrangeFds,
         Step::JoinCgroup,
         Step::UnshareCgroupNamespace,
@@ -56,6 +57,7 @@ impl Step {
         Step::CloseFds,
         Step::Seccomp,
         Step::Exec,
+        Step::DropBoundingSet,
     ];
 
     pub(crate) fn from_u32(v: u32) -> Option<Step> {

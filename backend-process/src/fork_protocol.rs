@@ -12,8 +12,10 @@
 //! * server → host: a [`Reply`], and when its errno is 0 the new process's pidfd and
 //!   the host's end of its channel (a stream socketpair), as `SCM_RIGHTS`.
 //!
-//! Then, on the cell's channel, the host sends the go record ([`ForkRequest::go_record`]:
-//! the cell's rlimits and arguments) once it has placed the process in its cgroups.
+//! Then, on the cell's channel, the host sends [`PLACED`] once it has placed the process in
+//! its cgroups (the process rehearses only then, so the pages it touches are charged to the
+//! cell, not to the server), and the go record ([`ForkRequest::go_record`]: the cell's
+//! rlimits and arguments) when a spawn takes it.
 
 #![allow(dead_code)] // each side uses its half
 
@@ -22,6 +24,9 @@ pub const MAX_MESSAGE: usize = 16 << 10;
 
 const SETUP: u8 = b'S';
 const FORK: u8 = b'F';
+
+/// The byte the host sends a forked process once it sits in its cgroups.
+pub const PLACED: u8 = b'P';
 
 /// The host's request for one cell process.
 pub const FORK_REQUEST: [u8; 1] = [FORK];
@@ -32,14 +37,89 @@ pub fn is_fork_request(msg: &[u8]) -> bool {
 }
 
 /// The rlimits a request carries, in this order.
-pub const RLIMITS: [libc::__rlimit_resource_t; 6] = [
+pub const RLIMITS: [libc::__rlimit_resource_t; 7] = [
     libc::RLIMIT_AS,
     libc::RLIMIT_CPU,
     libc::RLIMIT_NOFILE,
     libc::RLIMIT_FSIZE,
     libc::RLIMIT_CORE,
     libc::RLIMIT_NPROC,
+    libc::RLIMIT_STACK,
 ];
+
+/// The stack a cell's main thread (the engine's) may grow to: `RLIMIT_STACK`, set by the host
+/// and checked by the guest against the stack the engine needs.
+pub const STACK_BYTES: u64 = 8 << 20;
+
+/// Exit statuses the guest program uses to tell the host why it ended, so the host can
+/// report a limit as that limit rather than as a crash.
+pub mod exit {
+    /// An allocation failed (the address-space limit): `limit_memory`.
+    pub const OUT_OF_MEMORY: i32 = 80;
+    /// The cell's CPU-time timer fired: `limit_cpu`.
+    pub const CPU_TIME: i32 = 81;
+    /// The engine ran off its stack (the guard page faulted): `limit_call_depth`.
+    pub const STACK_OVERFLOW: i32 = 82;
+    /// A forked cell failed confinement step `s` ([`super::ForkStep`]): status `FORK_STEP + s`.
+    pub const FORK_STEP: i32 = 64;
+}
+
+/// The steps a forked cell takes between the server's `clone3` and running as a cell. A
+/// failed step ends the process with status [`exit::FORK_STEP`] + the step's number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum ForkStep {
+    ArrangeFds = 1,
+    CloseFds = 2,
+    DropCapabilities = 3,
+    SetRlimits = 4,
+    NewSession = 5,
+    ParentDeathSignal = 6,
+    Seccomp = 7,
+    GoRecord = 8,
+    TakeIds = 9,
+    DropBoundingSet = 10,
+    CpuTimer = 11,
+}
+
+impl ForkStep {
+    const ALL: [ForkStep; 11] = [
+        ForkStep::ArrangeFds,
+        ForkStep::CloseFds,
+        ForkStep::DropCapabilities,
+        ForkStep::SetRlimits,
+        ForkStep::NewSession,
+        ForkStep::ParentDeathSignal,
+        ForkStep::Seccomp,
+        ForkStep::GoRecord,
+        ForkStep::TakeIds,
+        ForkStep::DropBoundingSet,
+        ForkStep::CpuTimer,
+    ];
+
+    /// The step an exit status names, if it names one.
+    pub fn from_exit_status(status: i32) -> Option<ForkStep> {
+        let n = status.checked_sub(exit::FORK_STEP)?;
+        Self::ALL.into_iter().find(|s| *s as i32 == n)
+    }
+
+    /// What the step does, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ForkStep::ArrangeFds => "placing its channel at fd 3",
+            ForkStep::CloseFds => "closing inherited descriptors",
+            ForkStep::DropCapabilities => "dropping its capabilities",
+            ForkStep::SetRlimits => "setting its rlimits",
+            ForkStep::NewSession => "starting a new session",
+            ForkStep::ParentDeathSignal => "arming its parent-death signal",
+            ForkStep::Seccomp => "installing the cell's seccomp filter",
+            ForkStep::GoRecord => "reading its go record",
+            ForkStep::TakeIds => "taking its own uid and gid",
+            ForkStep::DropBoundingSet => "dropping its capability bounding set",
+            ForkStep::CpuTimer => "arming its CPU-time timer",
+        }
+    }
+}
 
 /// The setup message: the number of ids mapped from 1000 up, then the cell filter.
 pub fn encode_setup(ids: u32, filter: &[libc::sock_filter]) -> Vec<u8> {
@@ -79,7 +159,7 @@ pub fn decode_setup(msg: &[u8]) -> Option<(u32, Vec<libc::sock_filter>)> {
 /// its arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForkRequest {
-    pub rlimits: [u64; 6],
+    pub rlimits: [u64; 7],
     pub args: Vec<String>,
 }
 
@@ -107,14 +187,15 @@ impl ForkRequest {
     /// Parses a request; `None` if it is not one.
     pub fn decode(msg: &[u8]) -> Option<ForkRequest> {
         let body = msg.strip_prefix(&[FORK])?;
-        if body.len() < 48 {
+        const LEN: usize = 8 * RLIMITS.len();
+        if body.len() < LEN {
             return None;
         }
-        let mut rlimits = [0u64; 6];
-        for (slot, c) in rlimits.iter_mut().zip(body[..48].chunks_exact(8)) {
+        let mut rlimits = [0u64; RLIMITS.len()];
+        for (slot, c) in rlimits.iter_mut().zip(body[..LEN].chunks_exact(8)) {
             *slot = u64::from_le_bytes(c.try_into().ok()?);
         }
-        let rest = &body[48..];
+        let rest = &body[LEN..];
         let mut args = Vec::new();
         if !rest.is_empty() {
             let rest = rest.strip_suffix(&[0])?;

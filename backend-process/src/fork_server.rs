@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 use crate::cgroup::sweep_stale;
 use crate::error::{Error, Result, host};
 use crate::fork_protocol::{
-    FORK_REQUEST, ForkRequest, MAX_MESSAGE, Reply, encode_setup, recv_message, send_message,
+    FORK_REQUEST, ForkRequest, MAX_MESSAGE, PLACED, Reply, encode_setup, recv_message,
+    send_message,
 };
 use crate::host::{host_support, seccomp_program};
 use crate::seccomp::Role;
@@ -47,6 +48,9 @@ pub const SPARES: usize = 2;
 /// a spare.
 const QUIET: Duration = Duration::from_millis(1);
 
+/// How long the exit clean-up waits for the keeper and the reaper.
+const EXIT_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a spawn waits for a spare before giving up.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -60,6 +64,10 @@ struct Pool {
 struct State {
     /// The fork server process, while the keeper is not using it.
     server: Option<ProcessCell>,
+    /// The keeper is making a spare (it holds the server meanwhile).
+    busy: bool,
+    /// The supervisor process is exiting: the keeper starts nothing more.
+    closing: bool,
     spares: VecDeque<ProcessCell>,
     /// The limits spares are made for: those of the latest spawn.
     shape: Limits,
@@ -85,6 +93,8 @@ fn pool(image: Image) -> &'static Pool {
         let pool: &'static Pool = Box::leak(Box::new(Pool {
             state: Mutex::new(State {
                 server: None,
+                busy: false,
+                closing: false,
                 spares: VecDeque::new(),
                 shape: Limits::default(),
                 failure: None,
@@ -102,24 +112,37 @@ fn pool(image: Image) -> &'static Pool {
     })
 }
 
-/// Kills and reaps the server and the spares of `pool` when the supervisor process
-/// exits normally, and removes their cgroups (what a crash leaves, the next supervisor
-/// sweeps away).
+/// Shuts `pool` down when the supervisor process exits normally: the keeper starts
+/// nothing more, the spare it may be making is waited for, then the server and every
+/// spare are killed and reaped and their cgroups removed; cells dropped just before are
+/// reaped too. (When the process dies otherwise, the kernel kills the server, the spares
+/// and the cells through their parent-death signal; their empty cgroups are swept by the
+/// next supervisor.)
 fn at_exit(pool: &'static Pool) {
     static POOLS: Mutex<Vec<&'static Pool>> = Mutex::new(Vec::new());
     extern "C" fn clean_up() {
         let pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
         for pool in pools.iter() {
-            // Never wait at exit: a pool busy elsewhere is left to the sweep.
-            let Ok(mut state) = pool.state.try_lock() else {
-                continue;
-            };
+            let mut state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.closing = true;
+            pool.changed.notify_all();
+            // A spare being made is a few milliseconds away; a keeper stuck longer is
+            // left to the kernel (parent-death signals) and the sweep.
+            let (mut state, _) = pool
+                .changed
+                .wait_timeout_while(state, EXIT_WAIT, |s| s.busy)
+                .unwrap_or_else(PoisonError::into_inner);
             let server = state.server.take();
-            for mut cell in state.spares.drain(..).chain(server) {
+            let cells: Vec<ProcessCell> = state.spares.drain(..).chain(server).collect();
+            drop(state);
+            for cell in &cells {
                 cell.kill();
+            }
+            for mut cell in cells {
                 let _ = cell.wait();
             }
         }
+        crate::reaper::wait_idle(EXIT_WAIT);
     }
     let mut pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
     if pools.is_empty() {
@@ -193,7 +216,10 @@ fn keep(image: Image, pool: &'static Pool) {
     sweep_stale(&host_support().cgroups);
     let mut state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
-        if state.spares.len() >= SPARES || (state.failure.is_some() && state.waiting == 0) {
+        if state.closing
+            || state.spares.len() >= SPARES
+            || (state.failure.is_some() && state.waiting == 0)
+        {
             state = pool
                 .changed
                 .wait(state)
@@ -219,6 +245,7 @@ fn keep(image: Image, pool: &'static Pool) {
         }
         let shape = state.shape.clone();
         let mut server = state.server.take();
+        state.busy = true;
         drop(state);
         let made = make_spare(&mut server, image, &shape).or_else(|e| match e {
             // The server died (or broke its protocol): replace it, once.
@@ -229,6 +256,7 @@ fn keep(image: Image, pool: &'static Pool) {
             other => Err(other),
         });
         state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.busy = false;
         state.server = server;
         match made {
             Ok(cell) => state.spares.push_back(cell),
@@ -274,9 +302,14 @@ fn make_spare(
         }
     };
     let pid = pid_of(&pidfd)?;
-    let cell = ProcessCell::from_parts(pid, pidfd, UnixStream::from(channel), Prepared::new(shape));
+    let mut cell =
+        ProcessCell::from_parts(pid, pidfd, UnixStream::from(channel), Prepared::new(shape));
     cell.place_in_cgroups()
         .map_err(host("placing the cell in its cgroups"))?;
+    // Only now does it rehearse: the pages it touches are charged to its own cgroups.
+    cell.channel()
+        .write_all(&[PLACED])
+        .map_err(host("telling the cell it is placed"))?;
     Ok(cell)
 }
 
@@ -303,16 +336,29 @@ fn start(image: Image) -> Result<ProcessCell> {
     }
 }
 
+/// Memory the fork server's cgroup allows: its own (a few MiB) plus, for every live cell
+/// it forked, what the kernel charges to the server when it forks one (page tables, the
+/// kernel stack and task structures: ~[`SERVER_MEMORY_PER_CELL`]; the pages a cell touches
+/// are charged to the cell, which rehearses only once it sits in its own cgroups), for up
+/// to [`SERVER_CAPACITY`] live cells.
+pub const SERVER_MEMORY_BYTES: u64 = (64 << 20) + SERVER_CAPACITY * SERVER_MEMORY_PER_CELL;
+/// Kernel memory charged to the server per forked cell, with headroom (measured: see the
+/// README).
+pub const SERVER_MEMORY_PER_CELL: u64 = 192 << 10;
+/// Live forked cells the server's cgroup is sized for.
+pub const SERVER_CAPACITY: u64 = 20_000;
+
 /// The fork server's own spawn: every layer but a pid namespace of its own (cells get
-/// theirs), generous limits (each cell lowers its own), no CPU-time limit.
+/// theirs), no CPU-time limit; its rlimits are the ceilings of every cell's
+/// (`server_rlimit_values`), its memory cgroup is sized for the cells it serves.
 fn server_spec(image: Image) -> SpawnSpec {
     SpawnSpec {
         limits: Limits {
-            memory_bytes: 256 << 20,
-            cpu_seconds: 0,
+            memory_bytes: SERVER_MEMORY_BYTES.min(crate::spawn::max_memory_bytes()),
+            cpu_time_ms: 0,
             cpu_percent: 100,
-            max_processes: 1024,
-            open_files: 64,
+            max_processes: crate::spawn::max_processes(),
+            open_files: crate::spawn::max_open_files(),
             file_size_bytes: 0,
         },
         require: Vec::new(),

@@ -114,14 +114,14 @@ pub fn doctor() -> LayerReport {
     host_support().layers()
 }
 
-/// Moves `fd` to a number >= 10, close-on-exec, so the child can lay out 3, 4 and 5
+/// Moves `fd` to a number >= 16, close-on-exec, so the child can lay out 3 to 11
 /// without clobbering anything it still needs.
 pub(crate) fn high_fd(fd: OwnedFd) -> io::Result<OwnedFd> {
-    if fd.as_raw_fd() >= 10 {
+    if fd.as_raw_fd() >= 16 {
         return Ok(fd);
     }
     // SAFETY: fd is a valid open descriptor; F_DUPFD_CLOEXEC returns a new one we own.
-    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 16) };
     if new < 0 {
         return Err(io::Error::last_os_error());
     }

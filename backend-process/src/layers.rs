@@ -26,7 +26,7 @@ pub enum Layer {
     ParentDeathSignal,
     /// New session: no controlling terminal to inject input into.
     NewSession,
-    /// Address space, CPU seconds, open files, file size, core = 0, processes.
+    /// Address space, CPU seconds, open files, file size, core = 0, processes, stack.
     Rlimits,
     CgroupMemory,
     CgroupPids,
@@ -37,11 +37,13 @@ pub enum Layer {
     Landlock,
     /// seccomp-bpf allowlist with architecture check.
     Seccomp,
+    /// The capability bounding set is empty: no exec could give a capability back.
+    CapabilityBoundingSet,
 }
 
 impl Layer {
     /// Every layer, in the order they are reported.
-    pub const ALL: [Layer; 21] = [
+    pub const ALL: [Layer; 22] = [
         Layer::UserNamespace,
         Layer::PidNamespace,
         Layer::MountNamespace,
@@ -63,11 +65,12 @@ impl Layer {
         Layer::CgroupKill,
         Layer::Landlock,
         Layer::Seccomp,
+        Layer::CapabilityBoundingSet,
     ];
 
     /// Layers every spawn applies or fails: they need nothing the host could lack
     /// once user namespaces work.
-    pub const ALWAYS: [Layer; 16] = [
+    pub const ALWAYS: [Layer; 17] = [
         Layer::UserNamespace,
         Layer::PidNamespace,
         Layer::MountNamespace,
@@ -84,6 +87,7 @@ impl Layer {
         Layer::NewSession,
         Layer::Rlimits,
         Layer::Seccomp,
+        Layer::CapabilityBoundingSet,
     ];
 
     /// Stable lower-case name (used in errors, policy files and `cell doctor`).
@@ -110,6 +114,7 @@ impl Layer {
             Layer::CgroupKill => "cgroup-kill",
             Layer::Landlock => "landlock",
             Layer::Seccomp => "seccomp",
+            Layer::CapabilityBoundingSet => "capability-bounding-set",
         }
     }
 

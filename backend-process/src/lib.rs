@@ -12,6 +12,7 @@
 mod backend;
 mod cgroup;
 mod error;
+mod exit;
 mod fork_protocol;
 mod fork_server;
 mod host;
@@ -23,12 +24,15 @@ mod spawn;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{ProcessBackend, ProcessPipe};
+pub use backend::{ProcessBackend, ProcessInterrupter, ProcessPipe};
 pub use error::{Error, Result, Step};
 pub use host::{HostSupport, doctor, host_support};
 pub use layers::{Layer, LayerReport, LayerState};
+pub use fork_server::{SERVER_CAPACITY, SERVER_MEMORY_BYTES, SERVER_MEMORY_PER_CELL, SPARES};
 pub use spawn::{
-    CELL_UID, ExitStatus, HOST_UID_BASE, Killer, Limits, ProcessCell, SpawnSpec, Termination,
+    CELL_UID, ExitStatus, HOST_UID_BASE, Killer, Limits, MAX_OPEN_FILES, MAX_PROCESSES,
+    MIN_MEMORY_BYTES, ProcessCell, SpawnSpec, Termination, max_memory_bytes, max_open_files,
+    max_processes,
 };
 
 /// The embedded guest program (a static executable), e.g. for benchmarks that compare

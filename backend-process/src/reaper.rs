@@ -3,7 +3,8 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use crate::cgroup::CellCgroups;
 
@@ -11,6 +12,19 @@ use crate::cgroup::CellCgroups;
 pub(crate) struct Remains {
     pub pidfd: Arc<OwnedFd>,
     pub cgroups: CellCgroups,
+}
+
+/// Cells handed over and not yet reaped, so that the exit clean-up can wait for them.
+static PENDING: Mutex<usize> = Mutex::new(0);
+static REAPED: Condvar = Condvar::new();
+
+/// Waits up to `limit` until every cell handed to the reaper is reaped and its cgroups
+/// removed.
+pub(crate) fn wait_idle(limit: Duration) {
+    let pending = PENDING.lock().unwrap_or_else(PoisonError::into_inner);
+    let _ = REAPED
+        .wait_timeout_while(pending, limit, |n| *n > 0)
+        .unwrap_or_else(PoisonError::into_inner);
 }
 
 /// Hands a killed cell to the reaper thread (started on first use).
@@ -24,15 +38,22 @@ pub(crate) fn reap_later(remains: Remains) {
                 for mut remains in rx {
                     wait_for_exit(&remains.pidfd);
                     let _ = remains.cgroups.remove();
+                    *PENDING.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+                    REAPED.notify_all();
                 }
             })
             .expect("spawning the process reaper thread");
         Mutex::new(tx)
     });
-    let _ = sender
+    *PENDING.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+    if sender
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .send(remains);
+        .send(remains)
+        .is_err()
+    {
+        *PENDING.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+    }
 }
 
 /// Waits until the process behind `pidfd` has ended, and reaps it.

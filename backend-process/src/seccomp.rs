@@ -88,6 +88,9 @@ const ALLOWED: &[i64] = &[
     libc::SYS_getsid,
     libc::SYS_capget,
     libc::SYS_clock_gettime,
+    // The guest's CPU-time limit: a timer on its own CPU clock, armed before any script.
+    libc::SYS_timer_create,
+    libc::SYS_timer_settime,
     libc::SYS_clock_getres,
     libc::SYS_clock_nanosleep,
     libc::SYS_nanosleep,

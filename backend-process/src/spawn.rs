@@ -12,13 +12,13 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::cgroup::CellCgroups;
 use crate::error::{Error, Result, Step, host};
-use crate::fork_protocol::{CloneArgs, RLIMITS};
+use crate::fork_protocol::{CloneArgs, RLIMITS, STACK_BYTES};
 use crate::host::{self, high_fd, host_support};
 use crate::layers::{Layer, LayerReport, LayerState};
 use crate::seccomp::Role;
@@ -50,18 +50,87 @@ pub(crate) const SERVER_ID_SPAN: u32 = 65_536;
 const SERVER_ID_BASE: u32 = HOST_UID_BASE + HOST_UID_SPAN as u32;
 static SERVER_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Most open files a cell may be given under a root supervisor (the fork server's hard
+/// `RLIMIT_NOFILE`); see [`max_open_files`] for this host.
+pub const MAX_OPEN_FILES: u64 = 65_536;
+/// Most processes and threads a cell may be given under a root supervisor (the fork
+/// server's hard `RLIMIT_NPROC`); see [`max_processes`] for this host.
+pub const MAX_PROCESSES: u32 = 32_768;
+
+/// Most open files a cell may be given here: [`MAX_OPEN_FILES`], or below it the
+/// supervisor's own hard limit when it cannot raise limits (no `CAP_SYS_RESOURCE`, or
+/// rootless). Policy validation refuses more.
+pub fn max_open_files() -> u64 {
+    MAX_OPEN_FILES.min(ceiling(libc::RLIMIT_NOFILE))
+}
+
+/// Most processes and threads a cell may be given here: [`MAX_PROCESSES`], or below it
+/// the supervisor's own hard limit when it cannot raise limits (no `CAP_SYS_RESOURCE`, or
+/// rootless). Policy validation refuses more.
+pub fn max_processes() -> u32 {
+    u64::from(MAX_PROCESSES).min(ceiling(libc::RLIMIT_NPROC)) as u32
+}
+
+/// How high a spawned process's `resource` may go: anything for a supervisor with
+/// `CAP_SYS_RESOURCE`, else the supervisor's own hard limit.
+fn ceiling(resource: libc::__rlimit_resource_t) -> u64 {
+    static SYS_RESOURCE: OnceLock<bool> = OnceLock::new();
+    let can_raise = *SYS_RESOURCE.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapEff:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            })
+            .is_some_and(|caps| caps & (1 << 24) != 0) // CAP_SYS_RESOURCE
+    });
+    if can_raise && host_support().rootful {
+        return u64::MAX;
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills a valid rlimit.
+    if unsafe { libc::getrlimit(resource, &mut limit) } < 0 {
+        return u64::MAX;
+    }
+    limit.rlim_max
+}
+/// Smallest memory limit a cell may be given.
+pub const MIN_MEMORY_BYTES: u64 = 8 << 20;
+
+/// Most memory a cell may be given: the host's physical memory (`MemTotal`), read once.
+pub fn max_memory_bytes() -> u64 {
+    static TOTAL: OnceLock<u64> = OnceLock::new();
+    *TOTAL.get_or_init(|| {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or(u64::MAX, |kib| kib << 10)
+    })
+}
+
 /// Resource limits of one cell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Memory (cgroup); the address-space rlimit is this plus [`Limits::ADDRESS_SPACE_SLACK`].
+    /// At most [`max_memory_bytes`].
     pub memory_bytes: u64,
-    /// CPU time (RLIMIT_CPU, seconds; the cell is killed when it is used up; 0 = unlimited).
-    pub cpu_seconds: u64,
+    /// CPU time over the cell's life, in milliseconds (0 = unlimited): a CPU-time timer the
+    /// guest arms before it runs anything ends the cell with `limit_cpu`; `RLIMIT_CPU`, a
+    /// second later, is the backstop.
+    pub cpu_time_ms: u64,
     /// CPU bandwidth (cgroup), in percent of one CPU.
     pub cpu_percent: u32,
-    /// Processes and threads (cgroup pids and RLIMIT_NPROC).
+    /// Processes and threads (cgroup pids and RLIMIT_NPROC), at most [`MAX_PROCESSES`].
     pub max_processes: u32,
-    /// Open files (RLIMIT_NOFILE).
+    /// Open files (RLIMIT_NOFILE), at most [`MAX_OPEN_FILES`].
     pub open_files: u64,
     /// Largest file the cell may write (RLIMIT_FSIZE).
     pub file_size_bytes: u64,
@@ -72,10 +141,24 @@ impl Limits {
     pub const ADDRESS_SPACE_SLACK: u64 = 64 << 20;
 
     fn validate(&self) -> Result<()> {
-        if self.memory_bytes < (8 << 20) {
+        if self.memory_bytes < MIN_MEMORY_BYTES {
             return Err(Error::InvalidLimit(format!(
                 "memory {} < 8 MiB",
                 self.memory_bytes
+            )));
+        }
+        if self.memory_bytes > max_memory_bytes() {
+            return Err(Error::InvalidLimit(format!(
+                "memory {} MiB > the host's {} MiB",
+                self.memory_bytes >> 20,
+                max_memory_bytes() >> 20
+            )));
+        }
+        if self.max_processes > max_processes() || self.open_files > max_open_files() {
+            return Err(Error::InvalidLimit(format!(
+                "at most {} processes and {} open files",
+                max_processes(),
+                max_open_files()
             )));
         }
         if self.cpu_percent == 0 || self.max_processes == 0 {
@@ -94,7 +177,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             memory_bytes: 256 << 20,
-            cpu_seconds: 30,
+            cpu_time_ms: 30_000,
             cpu_percent: 100,
             max_processes: 16,
             open_files: 32,
@@ -199,6 +282,7 @@ pub struct ProcessCell {
     killer: Killer,
     layers: LayerReport,
     cgroups: CellCgroups,
+    limits: Limits,
     termination: Option<Termination>,
 }
 
@@ -224,7 +308,7 @@ struct Plan {
     /// the status pipe; the child waits on `maps_written` until it has.
     map_by_parent: bool,
     maps_written: RawFd,
-    rlimits: [(libc::__rlimit_resource_t, libc::rlimit); 6],
+    rlimits: [(libc::__rlimit_resource_t, libc::rlimit); 7],
     landlock: RawFd,
     seccomp: bool,
     prog: libc::sock_fprog,
@@ -262,6 +346,7 @@ pub(crate) struct Prepared {
     pub n: u64,
     pub cgroups: CellCgroups,
     pub layers: LayerReport,
+    pub limits: Limits,
 }
 
 impl Prepared {
@@ -278,7 +363,12 @@ impl Prepared {
                 LayerState::Inactive("could not create a Landlock ruleset".into()),
             )]);
         }
-        Prepared { n, cgroups, layers }
+        Prepared {
+            n,
+            cgroups,
+            layers,
+            limits: limits.clone(),
+        }
     }
 }
 
@@ -325,6 +415,7 @@ impl ProcessCell {
             killer,
             layers: prepared.layers,
             cgroups: prepared.cgroups,
+            limits: prepared.limits,
             termination: None,
         }
     }
@@ -337,6 +428,7 @@ impl ProcessCell {
             n,
             mut cgroups,
             layers,
+            limits,
         } = prepared;
         for fd in cgroups.v1_procs.iter_mut() {
             let moved = high_fd(fd.try_clone().map_err(host("dup cgroup.procs"))?)
@@ -381,8 +473,11 @@ impl ProcessCell {
         })
         .expect("static path");
 
-        let values = rlimit_values(&spec.limits);
-        let rlimits: [(libc::__rlimit_resource_t, libc::rlimit); 6] = std::array::from_fn(|i| {
+        let values = match spec.role {
+            Role::Cell => rlimit_values(&spec.limits),
+            Role::ForkServer => server_rlimit_values(),
+        };
+        let rlimits: [(libc::__rlimit_resource_t, libc::rlimit); 7] = std::array::from_fn(|i| {
             let v = values[i];
             (
                 RLIMITS[i],
@@ -489,8 +584,13 @@ impl ProcessCell {
         drop(child_chan);
         drop(status_w);
         drop(maps_r);
-        cgroups.v1_procs.clear();
-        let prepared = Prepared { n, cgroups, layers };
+        cgroups.release_fds();
+        let prepared = Prepared {
+            n,
+            cgroups,
+            layers,
+            limits,
+        };
         let mut cell = ProcessCell::from_parts(pid, pidfd, parent_chan, prepared);
 
         // The status pipe closes on exec (EOF) or carries (step, errno).
@@ -580,8 +680,10 @@ impl ProcessCell {
 
     /// Moves the cell's process into its cgroups (a forked cell starts in the fork
     /// server's).
-    pub(crate) fn place_in_cgroups(&self) -> io::Result<()> {
-        self.cgroups.place(self.pid)
+    pub(crate) fn place_in_cgroups(&mut self) -> io::Result<()> {
+        self.cgroups.place(self.pid)?;
+        self.cgroups.release_fds();
+        Ok(())
     }
 
     /// Rewrites the cell's cgroup limits where `limits` differ from those it was
@@ -589,6 +691,12 @@ impl ProcessCell {
     pub(crate) fn retarget(&mut self, limits: &Limits) {
         let changed = self.cgroups.retarget(limits);
         self.layers.update(changed);
+        self.limits = limits.clone();
+    }
+
+    /// The limits the cell was started with.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Host pid of the cell's init process.
@@ -604,6 +712,11 @@ impl ProcessCell {
     /// The host end of the channel.
     pub fn channel(&self) -> &UnixStream {
         &self.channel
+    }
+
+    /// The cell's pidfd (signals the backend sends it besides a kill).
+    pub(crate) fn pidfd(&self) -> Arc<OwnedFd> {
+        self.pidfd.clone()
     }
 
     /// A handle that kills this cell from any thread.
@@ -744,20 +857,36 @@ fn write_maps(pid: i32, uid_map: &str, gid_map: &str) -> io::Result<()> {
     std::fs::write(dir.join("gid_map"), gid_map)
 }
 
-/// A cell's rlimits, in [`RLIMITS`] order: address space, CPU seconds, open files,
-/// file size, core = 0, processes.
-pub(crate) fn rlimit_values(l: &Limits) -> [u64; 6] {
+/// A cell's rlimits, in [`RLIMITS`] order: address space, CPU seconds (the CPU-time
+/// timer's backstop: a second past it, rounded up), open files, file size, core = 0,
+/// processes, stack.
+pub(crate) fn rlimit_values(l: &Limits) -> [u64; 7] {
     [
         l.memory_bytes.saturating_add(Limits::ADDRESS_SPACE_SLACK),
-        if l.cpu_seconds == 0 {
+        if l.cpu_time_ms == 0 {
             libc::RLIM_INFINITY
         } else {
-            l.cpu_seconds
+            l.cpu_time_ms.div_ceil(1000) + 1
         },
         l.open_files,
         l.file_size_bytes,
         0,
         u64::from(l.max_processes),
+        STACK_BYTES,
+    ]
+}
+
+/// The fork server's rlimits: the ceilings its cells lower theirs from (a forked process
+/// can only lower them). Its memory is bounded by its cgroup, not its address space.
+fn server_rlimit_values() -> [u64; 7] {
+    [
+        libc::RLIM_INFINITY.min(ceiling(libc::RLIMIT_AS)),
+        libc::RLIM_INFINITY.min(ceiling(libc::RLIMIT_CPU)),
+        max_open_files(),
+        0,
+        0,
+        u64::from(max_processes()),
+        STACK_BYTES.min(ceiling(libc::RLIMIT_STACK)),
     ]
 }
 
@@ -766,9 +895,11 @@ const SPAWN_TIMEOUT_MS: c_int = 10_000;
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// What the fork server keeps, inside its own user namespace only: new namespaces for
-/// each cell (`CAP_SYS_ADMIN`) and a uid/gid of its own for each (`CAP_SETUID`,
-/// `CAP_SETGID`).
-const SERVER_CAPS: [u32; 3] = [6, 7, 21];
+/// each cell (`CAP_SYS_ADMIN`), a uid/gid of its own for each (`CAP_SETUID`,
+/// `CAP_SETGID`), and the right to empty a cell's bounding set (`CAP_SETPCAP`); its
+/// bounding set holds nothing else.
+/// `CAP_SETPCAP` lets each cell empty its capability bounding set.
+const SERVER_CAPS: [u32; 4] = [6, 7, 8, 21];
 
 /// The supervisor's and the child's ends of the channel: a byte stream for a cell, a
 /// message socket (`SOCK_SEQPACKET`) for the fork server's control records.
@@ -813,8 +944,26 @@ struct CapData {
     inheritable: u32,
 }
 
+/// Where the child keeps what it needs, laid out first thing (every source fd is at 16 or
+/// above, so no slot overwrites a source).
+const FD_CHANNEL: c_int = 3;
+const FD_IMAGE: c_int = 4;
+const FD_STATUS: c_int = 5;
+const FD_MAPS_WRITTEN: c_int = 6;
+const FD_NETNS: c_int = 7;
+const FD_LANDLOCK: c_int = 8;
+const FD_V1_PROCS: [c_int; 3] = [9, 10, 11];
+
 /// Child side of the spawn. Async-signal-safe: raw system calls only, no
 /// allocation, no locks, no unwinding. Never returns.
+///
+/// The first steps make sure the child can never be left behind by a supervisor that
+/// exits: it closes every descriptor it inherited but the ones it needs (the
+/// supervisor's stdio and its copies of the parent ends of the pipes among them, so
+/// nothing it holds keeps a reader of the supervisor waiting), then arms its
+/// parent-death signal and exits if the supervisor is already gone. Both come before
+/// anything that can block, and the signal is armed again after every change of ids
+/// (which clears it).
 ///
 /// # Safety
 /// Must only be called in the child right after `clone3`, with `p` prepared by the
@@ -831,15 +980,38 @@ unsafe fn child_main(p: &Plan) -> ! {
                 }
             };
         }
-        // fd layout: 3 = channel, 4 = image (close-on-exec), 5 = status (close-on-exec).
-        check!(Step::ArrangeFds, libc::dup3(p.chan, 3, 0));
-        check!(Step::ArrangeFds, libc::dup3(p.image, 4, libc::O_CLOEXEC));
-        check!(Step::ArrangeFds, libc::dup3(p.status, 5, libc::O_CLOEXEC));
-        status_fd = 5;
+        let layout = [
+            (p.chan, FD_CHANNEL, 0),
+            (p.image, FD_IMAGE, libc::O_CLOEXEC),
+            (p.status, FD_STATUS, libc::O_CLOEXEC),
+            (p.maps_written, FD_MAPS_WRITTEN, libc::O_CLOEXEC),
+            (p.netns, FD_NETNS, libc::O_CLOEXEC),
+            (p.landlock, FD_LANDLOCK, libc::O_CLOEXEC),
+            (p.v1_procs[0], FD_V1_PROCS[0], libc::O_CLOEXEC),
+            (p.v1_procs[1], FD_V1_PROCS[1], libc::O_CLOEXEC),
+            (p.v1_procs[2], FD_V1_PROCS[2], libc::O_CLOEXEC),
+        ];
+        for (source, slot, flags) in layout {
+            if source >= 0 {
+                check!(Step::ArrangeFds, libc::dup3(source, slot, flags));
+            } else {
+                libc::close(slot);
+            }
+        }
+        status_fd = FD_STATUS;
+        check!(
+            Step::CloseFds,
+            libc::syscall(libc::SYS_close_range, 0u32, 2u32, 0u32)
+        );
+        check!(
+            Step::CloseFds,
+            libc::syscall(libc::SYS_close_range, 12u32, u32::MAX, 0u32)
+        );
+        arm_parent_death(status_fd);
 
-        for &fd in &p.v1_procs {
-            if fd >= 0 {
-                check!(Step::JoinCgroup, libc::write(fd, b"0".as_ptr().cast(), 1));
+        for (source, slot) in p.v1_procs.into_iter().zip(FD_V1_PROCS) {
+            if source >= 0 {
+                check!(Step::JoinCgroup, libc::write(slot, b"0".as_ptr().cast(), 1));
             }
         }
         check!(
@@ -849,7 +1021,7 @@ unsafe fn child_main(p: &Plan) -> ! {
         if p.netns >= 0 {
             check!(
                 Step::JoinNetworkNamespace,
-                libc::setns(p.netns, libc::CLONE_NEWNET)
+                libc::setns(FD_NETNS, libc::CLONE_NEWNET)
             );
         }
         let proc_fd = libc::open(
@@ -892,6 +1064,11 @@ unsafe fn child_main(p: &Plan) -> ! {
         );
         check!(Step::DetachOldRoot, libc::chdir(c"/".as_ptr()));
         check!(Step::SetHostname, libc::sethostname(c"cell".as_ptr(), 4));
+        // Still root on the host (a root supervisor): the fork server's rlimits may rise
+        // above the supervisor's (they are the ceilings of its cells').
+        for (resource, limit) in &p.rlimits {
+            check!(Step::SetRlimits, libc::setrlimit(*resource, limit));
+        }
 
         if p.rootful {
             // Raw system calls: glibc's set*id wrappers synchronise with every thread of
@@ -917,12 +1094,16 @@ unsafe fn child_main(p: &Plan) -> ! {
                 Step::UnshareUserNamespace,
                 libc::unshare(libc::CLONE_NEWUSER)
             );
+            // The id change cleared the parent-death signal: arm it again before waiting.
+            arm_parent_death(status_fd);
             if p.map_by_parent {
-                // Only the parent, root outside, may map a range: ask, then wait.
+                // Only the parent, root outside, may map a range: ask, then wait. The
+                // child holds no copy of the pipe's write end, so a parent that dies
+                // ends the wait.
                 let request = map_request();
                 let mut done = 0u8;
                 if libc::write(status_fd, request.as_ptr().cast(), 8) != 8
-                    || libc::read(p.maps_written, (&raw mut done).cast(), 1) != 1
+                    || libc::read(FD_MAPS_WRITTEN, (&raw mut done).cast(), 1) != 1
                 {
                     fail(status_fd, Step::WriteIdMaps);
                 }
@@ -932,16 +1113,28 @@ unsafe fn child_main(p: &Plan) -> ! {
         }
         libc::close(proc_fd);
 
-        let mut hdr = CapHeader {
-            version: 0x2008_0522,
-            pid: 0,
-        };
         // A cell keeps no capability. The fork server keeps `SERVER_CAPS` in its own
         // user namespace (nowhere else), as ambient capabilities so they survive the exec.
         let keep = if p.role == Role::ForkServer {
             SERVER_CAPS.iter().fold(0u32, |m, c| m | 1 << c)
         } else {
             0
+        };
+        // The bounding set goes first (dropping it needs CAP_SETPCAP, which the capset
+        // below gives up); the loop ends at the first capability the kernel does not know.
+        let mut cap = 0u32;
+        while libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) >= 0 {
+            if keep & (1u32.checked_shl(cap).unwrap_or(0)) == 0 {
+                check!(
+                    Step::DropBoundingSet,
+                    libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0)
+                );
+            }
+            cap += 1;
+        }
+        let mut hdr = CapHeader {
+            version: 0x2008_0522,
+            pid: 0,
         };
         let data = [
             CapData {
@@ -968,9 +1161,6 @@ unsafe fn child_main(p: &Plan) -> ! {
             }
         }
         check!(Step::NewSession, libc::setsid());
-        for (resource, limit) in &p.rlimits {
-            check!(Step::SetRlimits, libc::setrlimit(*resource, limit));
-        }
         check!(
             Step::NoNewPrivs,
             libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
@@ -978,26 +1168,10 @@ unsafe fn child_main(p: &Plan) -> ! {
         if p.landlock >= 0 {
             check!(
                 Step::Landlock,
-                libc::syscall(libc::SYS_landlock_restrict_self, p.landlock, 0u32)
+                libc::syscall(libc::SYS_landlock_restrict_self, FD_LANDLOCK, 0u32)
             );
         }
-        check!(
-            Step::ParentDeathSignal,
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0)
-        );
-        // If the parent died before the line above, nobody reads the status pipe.
-        let mut pfd = libc::pollfd {
-            fd: status_fd,
-            events: 0,
-            revents: 0,
-        };
-        if libc::poll(&mut pfd, 1, 0) > 0 && pfd.revents & libc::POLLERR != 0 {
-            libc::_exit(126);
-        }
-        check!(
-            Step::CloseFds,
-            libc::syscall(libc::SYS_close_range, 0u32, 2u32, 0u32)
-        );
+        arm_parent_death(status_fd);
         check!(
             Step::CloseFds,
             libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32)
@@ -1015,13 +1189,36 @@ unsafe fn child_main(p: &Plan) -> ! {
         }
         libc::syscall(
             libc::SYS_execveat,
-            4,
+            FD_IMAGE,
             c"".as_ptr(),
             p.argv,
             p.envp,
             libc::AT_EMPTY_PATH,
         );
         fail(status_fd, Step::Exec)
+    }
+}
+
+/// Arms the parent-death signal, then exits if the parent is already gone: it then held
+/// the only reader of the status pipe (every other copy is closed on exec or, in a child
+/// being confined, first thing), so the pipe reports an error.
+///
+/// # Safety
+/// Child-only helper (see [`child_main`]).
+unsafe fn arm_parent_death(status_fd: c_int) {
+    // SAFETY: raw system calls on this process's own descriptor.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
+            fail(status_fd, Step::ParentDeathSignal);
+        }
+        let mut pfd = libc::pollfd {
+            fd: status_fd,
+            events: 0,
+            revents: 0,
+        };
+        if libc::poll(&mut pfd, 1, 0) != 0 && pfd.revents & libc::POLLERR != 0 {
+            libc::_exit(126);
+        }
     }
 }
 

@@ -590,7 +590,7 @@ fn memory_past_the_limit_is_refused_or_killed() {
 #[test]
 fn cpu_past_the_limit_is_killed() {
     let mut spec = probe_spec("cpu");
-    spec.limits.cpu_seconds = 1;
+    spec.limits.cpu_time_ms = 1000;
     let mut cell = ProcessCell::spawn(&spec).unwrap();
     assert_eq!(read_line(&cell), "spinning");
     let t = cell.wait().unwrap();

@@ -7,23 +7,24 @@
 //! reaps it, gets its exit status, and the child's parent-death signal follows the
 //! supervisor. Before anything else the child takes a uid and gid of its own (where the
 //! server's namespace maps more than one), drops every capability, starts a new
-//! session, keeps only its channel (fd 3) and installs the cell's seccomp filter
-//! (stacked on the server's, it refuses everything the server needed beyond a cell).
-//! Then it waits for the host's go record: sent once the host has placed the process
-//! in its cgroups, it carries the cell's rlimits (applied at once) and arguments.
+//! session, keeps only its channel (fd 3), empties its capability bounding set and
+//! installs the cell's seccomp filter (stacked on the server's, it refuses everything the
+//! server needed beyond a cell). Then it waits for the host to place it in its cgroups,
+//! rehearses a cell life there (so its pages are charged to the cell), and waits for the
+//! go record, which carries the cell's rlimits (applied at once) and arguments.
 //!
 //! The server keeps one such child forked ahead: a request is answered at once with
 //! its pidfd and the host's end of its channel, and the next spare is forked while
 //! the host places and starts the one it got.
 
 #[path = "../../src/fork_protocol.rs"]
-mod fork_protocol;
+pub mod fork_protocol;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use fork_protocol::{
-    CloneArgs, ForkRequest, MAX_MESSAGE, RLIMITS, Reply, decode_setup, is_fork_request,
-    recv_message, send_message,
+    CloneArgs, ForkRequest, ForkStep, MAX_MESSAGE, PLACED, RLIMITS, Reply, decode_setup, exit,
+    is_fork_request, recv_message, send_message,
 };
 
 /// The control socket the backend leaves at fd 3.
@@ -172,6 +173,7 @@ fn fork_cell(filter: &[libc::sock_filter], hooks: Hooks, id: u32) -> Result<Fork
     };
     if pid == 0 {
         confine(cell_end, filter, id);
+        wait_until_placed();
         (hooks.rehearse)();
         return Ok(Forked::Cell(wait_for_go()));
     }
@@ -188,41 +190,70 @@ fn fork_cell(filter: &[libc::sock_filter], hooks: Hooks, id: u32) -> Result<Fork
     }))
 }
 
-/// Exits a child whose confinement step `step` failed, with status `64 + step`.
-fn check(step: i32, ret: i64) {
+/// Exits a child whose confinement step failed, with the status that names the step.
+fn check(step: ForkStep, ret: i64) {
     if ret < 0 {
         // SAFETY: plain exit of the child.
-        unsafe { libc::_exit(64 + step) }
+        unsafe { libc::_exit(exit::FORK_STEP + step as i32) }
     }
 }
 
 /// Confines a freshly forked child as cell `id` (its uid and gid), up to its rlimits.
+///
+/// Nothing here can block: a child whose supervisor is gone (it is the parent, through
+/// `CLONE_PARENT`) exits before it could be left behind unconfined.
 fn confine(channel: i32, filter: &[libc::sock_filter], id: u32) {
     // SAFETY: raw system calls on descriptors and memory of this process.
     unsafe {
+        // Ids first: changing them clears the parent-death signal armed next.
+        if id != CELL_ID {
+            check(
+                ForkStep::TakeIds,
+                libc::syscall(libc::SYS_setresgid, id, id, id),
+            );
+            check(
+                ForkStep::TakeIds,
+                libc::syscall(libc::SYS_setresuid, id, id, id),
+            );
+        }
+        check(
+            ForkStep::ParentDeathSignal,
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0).into(),
+        );
+        // A supervisor that died before the line above sent no signal: its end of the
+        // control socket is closed then (it held the only copy), so look before going on.
+        if supervisor_gone() {
+            libc::_exit(0);
+        }
         // The server's own fds start at 0 (it has no stdio), so the channel may have
         // any number but 3 (the server's control socket, replaced here).
-        check(1, libc::dup3(channel, CHANNEL, 0).into());
+        check(ForkStep::ArrangeFds, libc::dup3(channel, CHANNEL, 0).into());
         check(
-            2,
+            ForkStep::CloseFds,
             libc::syscall(libc::SYS_close_range, 0u32, CHANNEL as u32 - 1, 0u32),
         );
         check(
-            2,
+            ForkStep::CloseFds,
             libc::syscall(libc::SYS_close_range, CHANNEL as u32 + 1, u32::MAX, 0u32),
         );
-        if id != CELL_ID {
-            check(9, libc::syscall(libc::SYS_setresgid, id, id, id));
-            check(9, libc::syscall(libc::SYS_setresuid, id, id, id));
+        // Empty the bounding set (the server kept CAP_SETPCAP for this), so no exec could
+        // ever bring a capability back; the loop ends at the first unknown capability.
+        let mut cap = 0;
+        while libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) >= 0 {
+            check(
+                ForkStep::DropBoundingSet,
+                libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0).into(),
+            );
+            cap += 1;
         }
         let mut hdr = [0x2008_0522u32, 0];
         let data = [0u32; 6];
         check(
-            3,
+            ForkStep::DropCapabilities,
             libc::syscall(libc::SYS_capset, hdr.as_mut_ptr(), data.as_ptr()),
         );
         check(
-            3,
+            ForkStep::DropCapabilities,
             libc::prctl(
                 libc::PR_CAP_AMBIENT,
                 libc::PR_CAP_AMBIENT_CLEAR_ALL,
@@ -232,17 +263,13 @@ fn confine(channel: i32, filter: &[libc::sock_filter], id: u32) {
             )
             .into(),
         );
-        check(5, libc::setsid().into());
-        check(
-            6,
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0).into(),
-        );
+        check(ForkStep::NewSession, libc::setsid().into());
         let prog = libc::sock_fprog {
             len: filter.len() as u16,
             filter: filter.as_ptr().cast_mut(),
         };
         check(
-            7,
+            ForkStep::Seccomp,
             libc::syscall(
                 libc::SYS_seccomp,
                 libc::SECCOMP_SET_MODE_FILTER,
@@ -253,6 +280,28 @@ fn confine(channel: i32, filter: &[libc::sock_filter], id: u32) {
     }
 }
 
+/// Whether the supervisor's end of the control socket (fd 3, still the server's) is closed.
+fn supervisor_gone() -> bool {
+    let mut pfd = libc::pollfd {
+        fd: CONTROL,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+    r != 0 && (r < 0 || pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0)
+}
+
+/// Waits until the host has placed this process in its cgroups; a closed channel ends
+/// the process quietly.
+fn wait_until_placed() {
+    let mut byte = [0u8; 1];
+    read_exact(&mut byte);
+    if byte[0] != PLACED {
+        check(ForkStep::GoRecord, -1);
+    }
+}
+
 /// Waits for the go record (the host has placed this process in its cgroups),
 /// applies its rlimits and returns its arguments.
 fn wait_for_go() -> Vec<String> {
@@ -260,12 +309,12 @@ fn wait_for_go() -> Vec<String> {
     read_exact(&mut len);
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_MESSAGE {
-        check(8, -1);
+        check(ForkStep::GoRecord, -1);
     }
     let mut record = vec![0u8; len];
     read_exact(&mut record);
     let Some(request) = ForkRequest::decode(&record) else {
-        check(8, -1);
+        check(ForkStep::GoRecord, -1);
         unreachable!()
     };
     for (resource, value) in RLIMITS.into_iter().zip(request.rlimits) {
@@ -274,7 +323,10 @@ fn wait_for_go() -> Vec<String> {
             rlim_max: value,
         };
         // SAFETY: valid rlimit; lowering needs no privilege.
-        check(4, unsafe { libc::setrlimit(resource, &limit) }.into());
+        check(ForkStep::SetRlimits, unsafe {
+            libc::setrlimit(resource, &limit)
+        }
+        .into());
     }
     request.args
 }

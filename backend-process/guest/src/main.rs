@@ -8,11 +8,12 @@
 #![no_main]
 
 mod fork_server;
+mod limits;
 
 use std::sync::Arc;
 
 use abi::{ErrorCode, GuestFrame, HostFrame, wire};
-use runtime::{NeverInterrupt, Transport, TransportError, decode_frame, encode_frame};
+use runtime::{Transport, TransportError, decode_frame, encode_frame};
 
 const CHANNEL: i32 = 3;
 
@@ -137,7 +138,12 @@ impl Transport for Socket {
         })?;
         let mut body = vec![0u8; len];
         self.read_exact(&mut body)?;
-        decode_frame(&body)
+        let frame = decode_frame(&body)?;
+        if matches!(frame, HostFrame::Exec { .. } | HostFrame::Call { .. }) {
+            // A new transaction: an interrupt meant for an earlier one cancels nothing.
+            limits::clear_interrupt();
+        }
+        Ok(frame)
     }
 }
 
@@ -163,6 +169,11 @@ extern "C" fn main(argc: i32, argv: *const *const libc::c_char) -> i32 {
             rehearse: runtime::agent::rehearse,
         });
     }
+    // Before any script: the engine's stack limit and interrupt become errors, not
+    // crashes, and the CPU-time limit counts from here (not from a spare's rehearsal).
+    limits::install_handlers();
+    let cpu_ms = args.get(1).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    limits::arm_cpu_timer(cpu_ms);
     let max_frame_len = args
         .first()
         .and_then(|s| s.parse::<u32>().ok())
@@ -175,7 +186,7 @@ extern "C" fn main(argc: i32, argv: *const *const libc::c_char) -> i32 {
         start: 0,
         end: 0,
     };
-    match runtime::agent::serve(Box::new(socket), Arc::new(NeverInterrupt)) {
+    match runtime::agent::serve(Box::new(socket), Arc::new(limits::Interrupted)) {
         Ok(()) => 0,
         Err(_) => 1,
     }

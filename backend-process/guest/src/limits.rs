@@ -1,0 +1,201 @@
+//! How the guest turns its limits into errors the host can name instead of crashes:
+//! a failed allocation, the CPU-time timer and a stack overflow each end the process
+//! with a status of their own ([`exit`]); an interrupt from the host (`SIGUSR1`) sets the
+//! flag the engine's progress callback reads.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use abi::ErrorCode;
+
+use crate::fork_server::fork_protocol::{ForkStep, STACK_BYTES, exit};
+
+// The main thread runs the engine: its stack limit must leave the engine its stack.
+const _: () = assert!(runtime::limits::ENGINE_STACK_BYTES as u64 + (1 << 20) <= STACK_BYTES);
+
+/// The system allocator, except that an allocation the address-space limit refuses ends
+/// the cell with [`exit::OUT_OF_MEMORY`] (reported as `limit_memory`) instead of an abort.
+struct ExitOnExhaustion;
+
+fn out_of_memory() -> ! {
+    // SAFETY: plain exit.
+    unsafe { libc::_exit(exit::OUT_OF_MEMORY) }
+}
+
+// SAFETY: forwards to the system allocator unchanged; only a null result differs.
+unsafe impl GlobalAlloc for ExitOnExhaustion {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        let p = unsafe { System.alloc(layout) };
+        if p.is_null() {
+            out_of_memory()
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if p.is_null() {
+            out_of_memory()
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if p.is_null() {
+            out_of_memory()
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: ExitOnExhaustion = ExitOnExhaustion;
+
+/// Set by `SIGUSR1`, the host's interrupt; cleared when the next exec or call arrives.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The engine's progress callback: `Cancelled` once the host has interrupted.
+pub struct Interrupted;
+
+impl runtime::Interrupt for Interrupted {
+    fn check(&self, _: u64) -> Option<ErrorCode> {
+        INTERRUPTED
+            .load(Ordering::Relaxed)
+            .then_some(ErrorCode::Cancelled)
+    }
+}
+
+pub fn clear_interrupt() {
+    INTERRUPTED.store(false, Ordering::Relaxed);
+}
+
+/// The top of the main thread's stack (roughly: an address in `main`'s frame).
+static STACK_TOP: AtomicUsize = AtomicUsize::new(0);
+
+/// Where `SIGSEGV` runs: the faulting stack has no room left.
+static mut ALT_STACK: [u8; 64 << 10] = [0; 64 << 10];
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+extern "C" fn on_cpu_time(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(exit::CPU_TIME) }
+}
+
+extern "C" fn on_segv(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    let top = STACK_TOP.load(Ordering::Relaxed);
+    // The main stack grows down to at most STACK_BYTES below its top; a fault there or
+    // in the guard gap under it is the stack running out.
+    let reach = STACK_BYTES as usize + (2 << 20);
+    if addr < top && addr >= top.saturating_sub(reach) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(exit::STACK_OVERFLOW) }
+    }
+    // Any other fault is a crash: let it happen again with the default action.
+    // SAFETY: resetting a handler to SIG_DFL.
+    unsafe {
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+    }
+}
+
+fn install(signal: libc::c_int, handler: usize, flags: libc::c_int) {
+    // SAFETY: a zeroed sigaction with an empty mask and a handler of the right shape.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler;
+        action.sa_flags = flags;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(signal, &action, std::ptr::null_mut());
+    }
+}
+
+/// Installs the interrupt, CPU-time and stack-overflow handlers (the last on an
+/// alternate stack). Call from `main`, before any script runs.
+#[inline(never)]
+pub fn install_handlers() {
+    let here = 0u8;
+    STACK_TOP.store(
+        std::hint::black_box(&here) as *const u8 as usize + (64 << 10),
+        Ordering::Relaxed,
+    );
+    // SAFETY: the alternate stack is a static used only by this process's signal frames.
+    unsafe {
+        let stack = libc::stack_t {
+            ss_sp: (&raw mut ALT_STACK).cast(),
+            ss_flags: 0,
+            ss_size: 64 << 10,
+        };
+        libc::sigaltstack(&stack, std::ptr::null_mut());
+    }
+    install(
+        libc::SIGUSR1,
+        on_interrupt as extern "C" fn(libc::c_int) as usize,
+        libc::SA_RESTART,
+    );
+    install(
+        libc::SIGXCPU,
+        on_cpu_time as extern "C" fn(libc::c_int) as usize,
+        0,
+    );
+    install(
+        libc::SIGSEGV,
+        on_segv as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize,
+        libc::SA_SIGINFO | libc::SA_ONSTACK,
+    );
+}
+
+/// Arms a timer on this process's CPU clock that ends the cell with [`exit::CPU_TIME`]
+/// once it has used `ms` milliseconds of CPU from now (0: no limit). `RLIMIT_CPU`, a
+/// second later, stays as the backstop.
+pub fn arm_cpu_timer(ms: u64) {
+    if ms == 0 {
+        return;
+    }
+    // SAFETY: raw timer syscalls with valid, live arguments.
+    unsafe {
+        let mut event: libc::sigevent = std::mem::zeroed();
+        event.sigev_notify = libc::SIGEV_SIGNAL;
+        event.sigev_signo = libc::SIGXCPU;
+        let mut timer: libc::c_int = 0;
+        let created = libc::syscall(
+            libc::SYS_timer_create,
+            libc::CLOCK_PROCESS_CPUTIME_ID,
+            &raw mut event,
+            &raw mut timer,
+        );
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: (ms / 1000) as libc::time_t,
+                tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+            },
+        };
+        if created < 0
+            || libc::syscall(
+                libc::SYS_timer_settime,
+                timer,
+                0,
+                &raw const spec,
+                std::ptr::null_mut::<libc::itimerspec>(),
+            ) < 0
+        {
+            libc::_exit(exit::FORK_STEP + ForkStep::CpuTimer as i32);
+        }
+    }
+}

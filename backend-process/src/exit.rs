@@ -1,0 +1,60 @@
+//! What a cell's end means: a limit it reached (with that limit's error code), a
+//! confinement step a forked cell failed, a crash, or a clean exit.
+
+use abi::backend::PipeError;
+use abi::{CellError, ErrorCode};
+
+use crate::fork_protocol::{ForkStep, exit};
+use crate::spawn::{ExitStatus, Limits, Termination};
+
+/// The error a transaction reports for a cell that ended with `t` (not killed by the
+/// host), given the limits it ran under.
+pub(crate) fn classify(t: &Termination, limits: &Limits) -> PipeError {
+    if t.killed_by_host {
+        return PipeError::Killed;
+    }
+    let memory = || {
+        PipeError::Aborted(CellError::new(
+            ErrorCode::LimitMemory,
+            format!(
+                "the cell ran out of memory (limit {} MiB)",
+                limits.memory_bytes >> 20
+            ),
+        ))
+    };
+    if t.oom_killed {
+        return memory();
+    }
+    let cpu = || {
+        PipeError::Aborted(CellError::new(
+            ErrorCode::LimitCpu,
+            format!(
+                "the cell used up its CPU time ({} ms over its life)",
+                limits.cpu_time_ms
+            ),
+        ))
+    };
+    match t.status {
+        ExitStatus::Exited(0) => PipeError::Closed,
+        ExitStatus::Exited(exit::OUT_OF_MEMORY) => memory(),
+        ExitStatus::Exited(exit::CPU_TIME) => cpu(),
+        ExitStatus::Exited(exit::STACK_OVERFLOW) => PipeError::Aborted(CellError::new(
+            ErrorCode::LimitCallDepth,
+            "the script nested too deeply: it ran off the engine's stack",
+        )),
+        // The RLIMIT_CPU backstop (SIGXCPU at the soft limit, SIGKILL at the hard one;
+        // the host's own kills and OOM kills are told apart above).
+        ExitStatus::Signaled(libc::SIGXCPU) => cpu(),
+        ExitStatus::Signaled(libc::SIGKILL) if limits.cpu_time_ms > 0 => cpu(),
+        ExitStatus::Signaled(sig) => {
+            PipeError::Crashed(format!("cell process killed by signal {sig}"))
+        }
+        ExitStatus::Exited(code) => match ForkStep::from_exit_status(code) {
+            Some(step) => PipeError::Crashed(format!(
+                "the forked cell process failed {} (step {step:?}, exit status {code})",
+                step.describe()
+            )),
+            None => PipeError::Crashed(format!("cell process exited with status {code}")),
+        },
+    }
+}
