@@ -13,9 +13,9 @@
 //! rehearses a cell life there (so its pages are charged to the cell), and waits for the
 //! go record, which carries the cell's rlimits (applied at once) and arguments.
 //!
-//! The server keeps one such child forked ahead: a request is answered at once with
-//! its pidfd and the host's end of its channel, and the next spare is forked while
-//! the host places and starts the one it got.
+//! The server forks only when asked, and answers with the child's pidfd and the host's
+//! end of its channel: no child of the server is ever outside the host's hands (the
+//! host's keeper thread keeps spares ahead instead).
 
 #[path = "../../src/fork_protocol.rs"]
 pub mod fork_protocol;
@@ -78,7 +78,6 @@ pub fn serve(hooks: Hooks) -> Vec<String> {
     };
     (hooks.prewarm)();
     let _ = send_message(CONTROL, &Reply { errno: 0 }.encode(), &[]);
-    let mut spare: Option<Spare> = None;
     // The next cell's id: 1001, 1002, ... within the ids mapped (1000 is the server's).
     let mut next = 0u32;
     let mut id = || {
@@ -90,13 +89,6 @@ pub fn serve(hooks: Hooks) -> Vec<String> {
         }
     };
     loop {
-        if spare.is_none() {
-            match fork_cell(&filter, hooks, id()) {
-                Ok(Forked::Cell(args)) => return args,
-                Ok(Forked::Server(s)) => spare = Some(s),
-                Err(_) => {} // reported when a request comes
-            }
-        }
         let Ok(received) = recv_message(CONTROL, &mut buf) else {
             // SAFETY: the host closed the channel: the server's work is over.
             unsafe { libc::_exit(0) }
@@ -112,15 +104,14 @@ pub fn serve(hooks: Hooks) -> Vec<String> {
             );
             continue;
         }
-        let ready = match spare.take() {
-            Some(s) => Ok(s),
-            None => match fork_cell(&filter, hooks, id()) {
-                Ok(Forked::Cell(args)) => return args,
-                Ok(Forked::Server(s)) => Ok(s),
-                Err(errno) => Err(errno),
-            },
+        // Forked only on request, so that every child is at once in the host's hands (its
+        // pidfd): the host reaps each one, even one it never starts.
+        let ready = match fork_cell(&filter, hooks, id()) {
+            Ok(Forked::Cell(args)) => return args,
+            Ok(Forked::Server(s)) => Ok(s),
+            Err(errno) => Err(errno),
         };
-        // The spare's fds close here, once the host has its copies.
+        // The child's fds close here, once the host has its copies.
         let _ = match ready {
             Ok(s) => send_message(
                 CONTROL,
