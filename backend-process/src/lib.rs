@@ -22,6 +22,8 @@ mod seccomp;
 mod spawn;
 
 #[cfg(test)]
+mod limit_tests;
+#[cfg(test)]
 mod tests;
 
 pub use backend::{ProcessBackend, ProcessInterrupter, ProcessPipe};

@@ -52,7 +52,7 @@ fn run_probe(name: &str, fork_server: bool) -> (String, Termination) {
     (line, t)
 }
 
-mod pipe {
+pub(crate) mod pipe {
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
@@ -66,7 +66,7 @@ mod pipe {
 
     /// Records every guest frame; a handshake answer or a completion ends the transaction.
     #[derive(Default)]
-    pub(super) struct Recorder(pub Mutex<Vec<GuestFrame>>);
+    pub(crate) struct Recorder(pub Mutex<Vec<GuestFrame>>);
 
     impl HostSide for Recorder {
         fn on_frame(&self, frame: GuestFrame) -> Flow {
@@ -79,7 +79,7 @@ mod pipe {
         }
     }
 
-    pub(super) fn abi_spec() -> SpawnSpec {
+    pub(crate) fn abi_spec() -> SpawnSpec {
         SpawnSpec {
             hello: Hello::new("t", EngineLimits::default(), Vec::new()),
             resources: Resources::default(),
