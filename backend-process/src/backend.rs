@@ -13,6 +13,7 @@ use abi::backend::{
 use abi::wire::{self, HEADER_LEN};
 
 use crate::error::Error;
+use crate::fork_server::PoolLease;
 use crate::host::host_support;
 use crate::layers::{Layer, LayerReport, LayerState};
 use crate::spawn::{Killer, Limits, ProcessCell, SpawnSpec};
@@ -25,6 +26,9 @@ pub struct ProcessBackend {
     /// Start cells from the pre-confined fork server (the default) rather than
     /// confining a fresh child of the supervisor for each.
     pub fork_server: bool,
+    /// Keeps the fork server and its spares while a backend lives: dropping the last
+    /// backend shuts them down.
+    pub pool: PoolLease,
 }
 
 impl Default for ProcessBackend {
@@ -32,6 +36,7 @@ impl Default for ProcessBackend {
         ProcessBackend {
             cpu_percent: 100,
             fork_server: true,
+            pool: PoolLease::new(),
         }
     }
 }

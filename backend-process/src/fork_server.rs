@@ -68,6 +68,8 @@ struct State {
     busy: bool,
     /// The supervisor process is exiting: the keeper starts nothing more.
     closing: bool,
+    /// The last [`PoolLease`] is gone: no server, no spares until the next spawn.
+    retired: bool,
     spares: VecDeque<ProcessCell>,
     /// The limits spares are made for: those of the latest spawn.
     shape: Limits,
@@ -95,6 +97,7 @@ fn pool(image: Image) -> &'static Pool {
                 server: None,
                 busy: false,
                 closing: false,
+                retired: false,
                 spares: VecDeque::new(),
                 shape: Limits::default(),
                 failure: None,
@@ -118,8 +121,10 @@ fn pool(image: Image) -> &'static Pool {
 /// reaped too. (When the process dies otherwise, the kernel kills the server, the spares
 /// and the cells through their parent-death signal; their empty cgroups are swept by the
 /// next supervisor.)
+/// Every pool started in this process.
+static POOLS: Mutex<Vec<&'static Pool>> = Mutex::new(Vec::new());
+
 fn at_exit(pool: &'static Pool) {
-    static POOLS: Mutex<Vec<&'static Pool>> = Mutex::new(Vec::new());
     extern "C" fn clean_up() {
         let pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
         for pool in pools.iter() {
@@ -153,6 +158,63 @@ fn at_exit(pool: &'static Pool) {
     pools.push(pool);
 }
 
+/// Keeps the fork servers running: held by every [`crate::ProcessBackend`] (each clone
+/// holds one). When the last lease is dropped, each pool kills its server and spares
+/// (the reaper reaps them and removes their cgroups) and makes no more until a spawn
+/// asks; cells already started live on.
+pub struct PoolLease(());
+
+static LEASES: Mutex<usize> = Mutex::new(0);
+
+impl PoolLease {
+    pub fn new() -> PoolLease {
+        *LEASES.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        PoolLease(())
+    }
+}
+
+impl Default for PoolLease {
+    fn default() -> Self {
+        PoolLease::new()
+    }
+}
+
+impl Clone for PoolLease {
+    fn clone(&self) -> Self {
+        PoolLease::new()
+    }
+}
+
+impl std::fmt::Debug for PoolLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolLease")
+    }
+}
+
+impl Drop for PoolLease {
+    fn drop(&mut self) {
+        let mut leases = LEASES.lock().unwrap_or_else(PoisonError::into_inner);
+        *leases -= 1;
+        if *leases > 0 {
+            return;
+        }
+        drop(leases);
+        let pools: Vec<&'static Pool> = POOLS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for pool in pools {
+            let mut state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.retired = true;
+            let server = state.server.take();
+            let cells: Vec<ProcessCell> = state.spares.drain(..).chain(server).collect();
+            pool.changed.notify_all();
+            drop(state);
+            drop(cells);
+        }
+    }
+}
+
 /// Starts a cell from a spare of the fork server of `spec.image`.
 pub(crate) fn spawn(spec: &SpawnSpec) -> Result<ProcessCell> {
     let go = ForkRequest {
@@ -172,6 +234,7 @@ pub(crate) fn spawn(spec: &SpawnSpec) -> Result<ProcessCell> {
             state.shape = spec.limits.clone();
         }
         state.failure = None;
+        state.retired = false;
         let deadline = Instant::now() + SPAWN_TIMEOUT;
         let cell = loop {
             if let Some(cell) = state.spares.pop_front() {
@@ -217,6 +280,7 @@ fn keep(image: Image, pool: &'static Pool) {
     let mut state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
         if state.closing
+            || (state.retired && state.waiting == 0)
             || state.spares.len() >= SPARES
             || (state.failure.is_some() && state.waiting == 0)
         {
@@ -257,6 +321,14 @@ fn keep(image: Image, pool: &'static Pool) {
         });
         state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.busy = false;
+        if state.retired && state.waiting == 0 {
+            // Retired meanwhile: what was made goes (dropping kills, the reaper reaps).
+            drop(state);
+            drop((server, made));
+            state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
+            pool.changed.notify_all();
+            continue;
+        }
         state.server = server;
         match made {
             Ok(cell) => state.spares.push_back(cell),
@@ -344,7 +416,7 @@ fn start(image: Image) -> Result<ProcessCell> {
 pub const SERVER_MEMORY_BYTES: u64 = (64 << 20) + SERVER_CAPACITY * SERVER_MEMORY_PER_CELL;
 /// Kernel memory charged to the server per forked cell, with headroom (measured: see the
 /// README).
-pub const SERVER_MEMORY_PER_CELL: u64 = 192 << 10;
+pub const SERVER_MEMORY_PER_CELL: u64 = 128 << 10;
 /// Live forked cells the server's cgroup is sized for.
 pub const SERVER_CAPACITY: u64 = 20_000;
 

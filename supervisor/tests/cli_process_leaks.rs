@@ -240,3 +240,56 @@ fn process_runs_leave_no_process_cgroup_or_descriptor_and_always_reach_eof() {
     assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:#?}");
     assert_eq!(open_fds(), fds_before, "descriptors left open in the test");
 }
+
+/// Fork servers that are children of this process (`cell --fork-server`).
+fn fork_servers() -> Vec<i32> {
+    let me = std::process::id();
+    let mut servers = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if ppid == Some(me) && cmdline.ends_with(b"--fork-server\0") {
+            servers.push(pid);
+        }
+    }
+    servers
+}
+
+#[test]
+fn dropping_the_supervisor_shuts_its_fork_server_down() {
+    if !backend_process::host_support().user_namespaces {
+        eprintln!("SKIPPED: the process backend needs user namespaces");
+        return;
+    }
+    let supervisor = cell_supervisor::Supervisor::new();
+    let cell = supervisor
+        .spawn("main", "process", &cell_supervisor::Policy::default())
+        .expect("spawn a process cell");
+    assert_eq!(cell.exec("40 + 2").unwrap(), cell_supervisor::Value::Int(42));
+    let servers = fork_servers();
+    assert_eq!(servers.len(), 1, "one fork server: {servers:?}");
+    // SAFETY: pidfd_open of a child of this process.
+    let pidfd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, servers[0], 0) } as i32;
+    assert!(pidfd >= 0);
+    cell.close();
+    drop(cell);
+    drop(supervisor);
+    // The server ends (the pidfd becomes readable); 30 s is only a hang guard.
+    let mut pfd = nix::libc::pollfd {
+        fd: pidfd,
+        events: nix::libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let ready = unsafe { nix::libc::poll(&mut pfd, 1, 30_000) };
+    // SAFETY: closing the pidfd opened above.
+    unsafe { nix::libc::close(pidfd) };
+    assert_eq!(ready, 1, "the fork server outlived the supervisor that used it");
+}
