@@ -14,7 +14,9 @@ use crate::*;
 /// Bytes charged to the memory cgroup of process `pid` (v1 or v2).
 fn cgroup_memory(pid: i32) -> Option<u64> {
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let v1 = own.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_owned()));
+    let v1 = own
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_owned()));
     let file = match v1 {
         Some(path) => format!("/sys/fs/cgroup/memory{path}/memory.usage_in_bytes"),
         None => return None,
@@ -86,7 +88,11 @@ fn capacity_holds_thousands_of_live_process_cells() {
     let elapsed = t0.elapsed();
     let server_after = cgroup_memory(server);
     let available_after = mem_available_kib();
-    let sample: Vec<u64> = pipes.iter().step_by(50).map(|p| pss_kib(p.cell().pid())).collect();
+    let sample: Vec<u64> = pipes
+        .iter()
+        .step_by(50)
+        .map(|p| pss_kib(p.cell().pid()))
+        .collect();
     let pss = sample.iter().sum::<u64>() / sample.len() as u64;
     // Every cell still answers, and the server still forks.
     for pipe in pipes.iter_mut().step_by(97) {
@@ -105,8 +111,9 @@ fn capacity_holds_thousands_of_live_process_cells() {
         Some(server),
         "the fork server was replaced (killed?)"
     );
-    let per_cell_server =
-        server_after.zip(server_before).map(|(a, b)| a.saturating_sub(b) / (n as u64 - 1));
+    let per_cell_server = server_after
+        .zip(server_before)
+        .map(|(a, b)| a.saturating_sub(b) / (n as u64 - 1));
     println!(
         "{n} live process cells: spawn + handshake {:?} per cell ({elapsed:?} in all); \
          cell PSS {pss} KiB (mean of {} sampled); charged to the fork server's cgroup per cell: \

@@ -32,8 +32,7 @@ use std::time::{Duration, Instant};
 use crate::cgroup::sweep_stale;
 use crate::error::{Error, Result, host};
 use crate::fork_protocol::{
-    FORK_REQUEST, ForkRequest, MAX_MESSAGE, PLACED, Reply, encode_setup, recv_message,
-    send_message,
+    FORK_REQUEST, ForkRequest, MAX_MESSAGE, PLACED, Reply, encode_setup, recv_message, send_message,
 };
 use crate::host::{host_support, seccomp_program};
 use crate::seccomp::Role;
@@ -199,10 +198,8 @@ impl Drop for PoolLease {
             return;
         }
         drop(leases);
-        let pools: Vec<&'static Pool> = POOLS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let pools: Vec<&'static Pool> =
+            POOLS.lock().unwrap_or_else(PoisonError::into_inner).clone();
         for pool in pools {
             let mut state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
             state.retired = true;

@@ -30,11 +30,11 @@ mod tests;
 
 pub use backend::{ProcessBackend, ProcessInterrupter, ProcessPipe};
 pub use error::{Error, Result, Step};
-pub use host::{HostSupport, doctor, host_support};
-pub use layers::{Layer, LayerReport, LayerState};
 pub use fork_server::{
     PoolLease, SERVER_CAPACITY, SERVER_MEMORY_BYTES, SERVER_MEMORY_PER_CELL, SPARES,
 };
+pub use host::{HostSupport, doctor, host_support};
+pub use layers::{Layer, LayerReport, LayerState};
 pub use spawn::{
     CELL_UID, ExitStatus, HOST_UID_BASE, Killer, Limits, MAX_OPEN_FILES, MAX_PROCESSES,
     MIN_MEMORY_BYTES, ProcessCell, SpawnSpec, Termination, max_memory_bytes, max_open_files,

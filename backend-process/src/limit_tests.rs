@@ -126,14 +126,22 @@ fn running_out_of_memory_is_limit_memory() {
         // cgroup's OOM killer ends it.
         let (mut pipe, host) = cell(&spec, fork_server);
         let msg = aborted_with(
-            exec(&mut pipe, &host, r#"let s = "0123456789abcdef"; loop { s += s; }"#),
+            exec(
+                &mut pipe,
+                &host,
+                r#"let s = "0123456789abcdef"; loop { s += s; }"#,
+            ),
             ErrorCode::LimitMemory,
         );
         assert!(msg.contains("memory"), "{msg}");
         // One allocation past the address-space limit: the allocator's failure.
         let (mut pipe, host) = cell(&spec, fork_server);
         aborted_with(
-            exec(&mut pipe, &host, r#"let s = ""; s.pad(200000000, "x"); s.len"#),
+            exec(
+                &mut pipe,
+                &host,
+                r#"let s = ""; s.pad(200000000, "x"); s.len"#,
+            ),
             ErrorCode::LimitMemory,
         );
     }
@@ -209,7 +217,10 @@ fn the_capability_bounding_set_is_empty() {
         assert_eq!(&line, b"ok\n");
         let status = std::fs::read_to_string(format!("/proc/{}/status", cell.pid())).unwrap();
         let bounding = status.lines().find(|l| l.starts_with("CapBnd:")).unwrap();
-        assert_eq!(bounding, "CapBnd:\t0000000000000000", "fork server {fork_server}");
+        assert_eq!(
+            bounding, "CapBnd:\t0000000000000000",
+            "fork server {fork_server}"
+        );
     }
     // The server keeps in its bounding set only what forking cells needs.
     let server = crate::fork_server::test_hooks::server_pid(crate::spawn::Image::Probe).unwrap();
@@ -225,7 +236,9 @@ fn an_interrupt_cancels_the_running_exec_and_leaves_the_cell_usable() {
     spec.hello.limits = unbounded_engine();
     for fork_server in PATHS {
         let (mut pipe, host) = cell(&spec, fork_server);
-        let interrupter = pipe.interrupter().expect("process cells can be interrupted");
+        let interrupter = pipe
+            .interrupter()
+            .expect("process cells can be interrupted");
         exec(&mut pipe, &host, "let kept = 40;").unwrap();
         // Interrupts while nothing runs cancel nothing: the host does not send them, and
         // a signal that lands between transactions anyway is forgotten by the next one.

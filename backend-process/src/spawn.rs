@@ -880,8 +880,8 @@ pub(crate) fn rlimit_values(l: &Limits) -> [u64; 7] {
 /// can only lower them). Its memory is bounded by its cgroup, not its address space.
 fn server_rlimit_values() -> [u64; 7] {
     [
-        libc::RLIM_INFINITY.min(ceiling(libc::RLIMIT_AS)),
-        libc::RLIM_INFINITY.min(ceiling(libc::RLIMIT_CPU)),
+        ceiling(libc::RLIMIT_AS),
+        ceiling(libc::RLIMIT_CPU),
         max_open_files(),
         0,
         0,

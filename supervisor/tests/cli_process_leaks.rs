@@ -178,7 +178,9 @@ fn run_once(script: &Path, parents: &[PathBuf]) -> Run {
 
 #[test]
 fn process_runs_leave_no_process_cgroup_or_descriptor_and_always_reach_eof() {
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !backend_process::host_support().user_namespaces {
         eprintln!("SKIPPED: the process backend needs user namespaces");
         return;
@@ -255,7 +257,11 @@ fn fork_servers() -> Vec<i32> {
     let me = std::process::id();
     let mut servers = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
@@ -280,7 +286,9 @@ fn fork_servers() -> Vec<i32> {
 
 #[test]
 fn dropping_the_supervisor_shuts_its_fork_server_down() {
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !backend_process::host_support().user_namespaces {
         eprintln!("SKIPPED: the process backend needs user namespaces");
         return;
@@ -289,7 +297,10 @@ fn dropping_the_supervisor_shuts_its_fork_server_down() {
     let cell = supervisor
         .spawn("main", "process", &cell_supervisor::Policy::default())
         .expect("spawn a process cell");
-    assert_eq!(cell.exec("40 + 2").unwrap(), cell_supervisor::Value::Int(42));
+    assert_eq!(
+        cell.exec("40 + 2").unwrap(),
+        cell_supervisor::Value::Int(42)
+    );
     let servers = fork_servers();
     assert_eq!(servers.len(), 1, "one fork server: {servers:?}");
     // SAFETY: pidfd_open of a child of this process.
@@ -308,5 +319,8 @@ fn dropping_the_supervisor_shuts_its_fork_server_down() {
     let ready = unsafe { nix::libc::poll(&mut pfd, 1, 30_000) };
     // SAFETY: closing the pidfd opened above.
     unsafe { nix::libc::close(pidfd) };
-    assert_eq!(ready, 1, "the fork server outlived the supervisor that used it");
+    assert_eq!(
+        ready, 1,
+        "the fork server outlived the supervisor that used it"
+    );
 }
