@@ -191,8 +191,9 @@ fn check(step: ForkStep, ret: i64) {
 
 /// Confines a freshly forked child as cell `id` (its uid and gid), up to its rlimits.
 ///
-/// Nothing here can block: a child whose supervisor is gone (it is the parent, through
-/// `CLONE_PARENT`) exits before it could be left behind unconfined.
+/// Nothing here can block, and nothing the supervisor's callers read is held: a child
+/// whose supervisor is gone (it is the parent, through `CLONE_PARENT`) is killed by its
+/// parent-death signal or ends at EOF on its channel.
 fn confine(channel: i32, filter: &[libc::sock_filter], id: u32) {
     // SAFETY: raw system calls on descriptors and memory of this process.
     unsafe {
@@ -211,11 +212,6 @@ fn confine(channel: i32, filter: &[libc::sock_filter], id: u32) {
             ForkStep::ParentDeathSignal,
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0).into(),
         );
-        // A supervisor that died before the line above sent no signal: its end of the
-        // control socket is closed then (it held the only copy), so look before going on.
-        if supervisor_gone() {
-            libc::_exit(0);
-        }
         // The server's own fds start at 0 (it has no stdio), so the channel may have
         // any number but 3 (the server's control socket, replaced here).
         check(ForkStep::ArrangeFds, libc::dup3(channel, CHANNEL, 0).into());
@@ -227,6 +223,13 @@ fn confine(channel: i32, filter: &[libc::sock_filter], id: u32) {
             ForkStep::CloseFds,
             libc::syscall(libc::SYS_close_range, CHANNEL as u32 + 1, u32::MAX, 0u32),
         );
+        // A supervisor that died before the signal was armed sent none. Then no host end of
+        // this cell's channel is left, or soon none: the server's copy goes when its reply
+        // fails, one in flight is purged with the supervisor's control socket. Look now, and
+        // every later wait is a read of the channel, which ends at EOF.
+        if hung_up(CHANNEL) {
+            libc::_exit(0);
+        }
         // Empty the bounding set (the server kept CAP_SETPCAP for this), so no exec could
         // ever bring a capability back; the loop ends at the first unknown capability.
         let mut cap = 0;
@@ -271,10 +274,10 @@ fn confine(channel: i32, filter: &[libc::sock_filter], id: u32) {
     }
 }
 
-/// Whether the supervisor's end of the control socket (fd 3, still the server's) is closed.
-fn supervisor_gone() -> bool {
+/// Whether every other end of `socket` is closed.
+fn hung_up(socket: i32) -> bool {
     let mut pfd = libc::pollfd {
-        fd: CONTROL,
+        fd: socket,
         events: libc::POLLRDHUP,
         revents: 0,
     };
