@@ -125,6 +125,25 @@ fn guests_of_several_gib_are_laid_out_and_work() {
             );
         }
     }
+    // A pooled VM of a large guest is reset and reused like a small one (its extra page
+    // directories are checked before reuse).
+    let cfg = MicroVm::vm_config(&spec_with(deep_limits(), 4096));
+    let first = Vm::from_snapshot(&cfg).unwrap();
+    drop(first);
+    let again = Vm::from_snapshot(&cfg).unwrap();
+    assert!(again.is_reused(), "the 4 GiB VM went back to the pool");
+    let host = Arc::new(Recorder::default());
+    let mut pipe: Box<dyn abi::backend::CellPipe> = Box::new(MicroVmPipe::new(
+        again,
+        host.clone(),
+        abi::wire::DEFAULT_MAX_FRAME_LEN,
+    ));
+    pipe.transact(
+        HostFrame::Hello(spec_with(deep_limits(), 4096).hello),
+        soon(),
+    )
+    .unwrap();
+    assert_eq!(eval(&mut pipe, &host, 1, "6 * 7"), Ok(Value::Int(42)));
     let too_big = max_mem_size() + (2 << 20);
     assert!(matches!(
         Vm::boot(&VmConfig::new(too_big)),
