@@ -14,8 +14,9 @@ pub type Map = BTreeMap<String, Value>;
 /// Deepest nesting of lists and maps a value may have (the top level counts as depth 1).
 pub const MAX_VALUE_DEPTH: usize = 64;
 
-/// Upper bound on elements reserved up front while decoding, whatever length the peer claims.
-const MAX_PREALLOC: usize = 1024;
+/// Upper bound on elements reserved up front while decoding, whatever length the peer claims:
+/// 64 open lists that lie about their counts reserve at most 64 x 64 value slots (128 KiB).
+const MAX_PREALLOC: usize = 64;
 
 /// A value of the cell ABI. Wire discriminants are the variant order (append-only).
 #[derive(Clone, Debug, PartialEq, Default)]
