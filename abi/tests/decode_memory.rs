@@ -77,11 +77,26 @@ fn shapes(n: usize) -> Vec<(&'static str, Vec<u8>)> {
     let keys = |n: usize| -> Map { (0..n).map(|i| (format!("{i:x}"), Value::Unit)).collect() };
     vec![
         ("units", post(Value::List(vec![Value::Unit; n]))),
-        ("one-entry maps", post(Value::List(vec![one_entry_map(""); n / 4]))),
-        ("one-char strings", post(Value::List(vec![Value::Str("a".into()); n / 3]))),
-        ("one-byte byte strings", post(Value::List(vec![Value::Bytes(vec![1]); n / 3]))),
-        ("one-element lists", post(Value::List(vec![Value::List(vec![Value::Unit]); n / 3]))),
-        ("empty maps", post(Value::List(vec![Value::Map(Map::new()); n / 2]))),
+        (
+            "one-entry maps",
+            post(Value::List(vec![one_entry_map(""); n / 4])),
+        ),
+        (
+            "one-char strings",
+            post(Value::List(vec![Value::Str("a".into()); n / 3])),
+        ),
+        (
+            "one-byte byte strings",
+            post(Value::List(vec![Value::Bytes(vec![1]); n / 3])),
+        ),
+        (
+            "one-element lists",
+            post(Value::List(vec![Value::List(vec![Value::Unit]); n / 3])),
+        ),
+        (
+            "empty maps",
+            post(Value::List(vec![Value::Map(Map::new()); n / 2])),
+        ),
         ("wide map", post(Value::Map(keys(n / 5)))),
         (
             "maps of one-entry maps",
@@ -118,7 +133,10 @@ fn decoding_holds_at_most_a_bounded_multiple_of_the_body() {
         for (name, body) in shapes(n) {
             let peak = peak_of(&body);
             let ratio = peak as f64 / body.len() as f64;
-            eprintln!("{name:>24} {:>8} bytes -> {peak:>10} peak ({ratio:.1}x)", body.len());
+            eprintln!(
+                "{name:>24} {:>8} bytes -> {peak:>10} peak ({ratio:.1}x)",
+                body.len()
+            );
             assert!(
                 peak <= DECODE_FACTOR * body.len() + RESERVE,
                 "{name}: a body of {} bytes held {peak} bytes while decoding ({ratio:.1}x)",
@@ -145,9 +163,16 @@ fn counts_a_frame_lies_about_reserve_a_bounded_amount() {
     }
     body.extend([0; 1024]); // Units
     let peak = peak_of(&body);
-    eprintln!("{} bytes claiming 1024 elements per level -> {peak} peak", body.len());
+    eprintln!(
+        "{} bytes claiming 1024 elements per level -> {peak} peak",
+        body.len()
+    );
     assert!(wire::decode_body::<GuestFrame>(&body).is_err());
-    assert!(peak <= RESERVE, "{peak} bytes reserved for a {}-byte body", body.len());
+    assert!(
+        peak <= RESERVE,
+        "{peak} bytes reserved for a {}-byte body",
+        body.len()
+    );
     // The reservation is real (the bound is not vacuous): over half of it was taken.
     assert!(peak > RESERVE / 2, "{peak}");
 }

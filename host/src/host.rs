@@ -12,6 +12,7 @@
 
 use crate::canonical;
 use crate::channel::Channel;
+use crate::deadlines;
 use crate::event::Event;
 use crate::memory::event_bytes;
 use crate::requests::{RequestContext, RequestHandler};
@@ -467,9 +468,12 @@ impl CellHost {
         };
         let _span =
             tracing::debug_span!("request", cell = %self.cell, %capability, %action).entered();
+        // The pipe waits for this call, so nothing else can cut it at the deadline.
+        let armed = deadline.map(|d| deadlines::arm(d, self.requests.clone()));
         let result = self
             .requests
             .handle_until(ctx, &capability, &action, payload);
+        drop(armed);
         if let Err(e) = &result {
             tracing::debug!(cell = %self.cell, %capability, %action, code = %e.code, "request refused");
         }

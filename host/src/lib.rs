@@ -12,6 +12,7 @@
 
 pub mod canonical;
 mod channel;
+mod deadlines;
 pub mod event;
 mod host;
 mod memory;

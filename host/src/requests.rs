@@ -14,8 +14,9 @@ pub struct RequestContext<'a> {
     pub cell: &'a str,
     pub backend: &'a str,
     /// When the transaction that made the request must end (its wall-time limit). A handler
-    /// should give up by then: past it the host ends the transaction `timed_out` whatever the
-    /// answer, and the cell is killed.
+    /// should give up by then: at the deadline the host calls [`RequestHandler::cancel`] on a
+    /// request still in flight, and past it the host ends the transaction `timed_out` whatever
+    /// the answer, and the cell is killed.
     pub deadline: Option<Instant>,
 }
 
@@ -41,9 +42,9 @@ pub trait RequestHandler: Send + Sync {
     ) -> Result<Value, CellError>;
 
     /// What the host side calls: [`RequestHandler::handle`], bounded by `ctx.deadline`. The
-    /// default refuses a request whose deadline has passed and otherwise calls `handle`, which
-    /// then runs to its own end; a handler that can stop work in flight at the deadline
-    /// overrides this.
+    /// default refuses a request whose deadline has passed and otherwise calls `handle`; the
+    /// host calls [`RequestHandler::cancel`] from another thread when the deadline passes with
+    /// the request still in flight, so `handle` must return promptly once cancelled.
     fn handle_until(
         &self,
         ctx: RequestContext<'_>,
@@ -60,8 +61,10 @@ pub trait RequestHandler: Send + Sync {
         self.handle(ctx, capability, action, payload)
     }
 
-    /// The cell is gone (killed, closed, crashed): fail any request still in flight promptly, so
-    /// a guest blocked in `request` cannot hold its killer up. Idempotent.
+    /// The cell is gone (killed, closed, crashed) or its transaction's deadline passed with a
+    /// request in flight (it then ends `timed_out` and is killed): fail any request still in
+    /// flight promptly, so a guest blocked in `request` cannot hold its killer or its deadline
+    /// up. Called from any thread; idempotent.
     fn cancel(&self) {}
 }
 

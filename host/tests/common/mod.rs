@@ -2,6 +2,8 @@
 //! request handlers: the host side under test without any backend.
 #![allow(dead_code)]
 
+pub mod blocking;
+
 use abi::backend::{CellPipe, Flow, HostSide, Killer, PipeError};
 use abi::{EngineLimits, GuestFrame, Hello, HostFrame, Ready, Value};
 use cell_host::{CellHost, Channel, RequestContext, RequestHandler};
