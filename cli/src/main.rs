@@ -4,15 +4,13 @@
 //! Exit codes (see README): 0 ok · 1 script error · 2 usage · 3 invalid policy · 4 spawn failed ·
 //! 5 limit, timeout or kill · 6 cell crashed or protocol violation · 7 cannot read the script.
 
-use cell_supervisor::{
-    Cell, CellError, ErrorCode, Map, Policy, RecvError, Supervisor, Value, json,
-};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use supervisor::{Cell, CellError, ErrorCode, Map, Policy, RecvError, Supervisor, Value, json};
 
-const DEFAULT_SCRIPT: &str = include_str!("../../../examples/hello.rhai");
+const DEFAULT_SCRIPT: &str = include_str!("../../examples/hello.rhai");
 
 #[derive(Parser)]
 #[command(name = "cell", version, about = "Run untrusted scripts in cells")]
@@ -45,8 +43,8 @@ struct CellArgs {
 }
 
 /// The broker behind `request(...)`: built-in capabilities, the kv store, secrets, audit log.
-fn broker(args: &CellArgs) -> Result<cell_supervisor::broker::Broker, String> {
-    use cell_supervisor::broker::{Broker, JsonLinesAudit, Secrets};
+fn broker(args: &CellArgs) -> Result<supervisor::broker::Broker, String> {
+    use supervisor::broker::{Broker, JsonLinesAudit, Secrets};
     let mut builder = Broker::builder();
     if let Some(path) = &args.audit_log {
         let sink = JsonLinesAudit::open(path)

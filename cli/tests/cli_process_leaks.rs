@@ -293,14 +293,11 @@ fn dropping_the_supervisor_shuts_its_fork_server_down() {
         eprintln!("SKIPPED: the process backend needs user namespaces");
         return;
     }
-    let supervisor = cell_supervisor::Supervisor::new();
+    let supervisor = supervisor::Supervisor::new();
     let cell = supervisor
-        .spawn("main", "process", &cell_supervisor::Policy::default())
+        .spawn("main", "process", &supervisor::Policy::default())
         .expect("spawn a process cell");
-    assert_eq!(
-        cell.exec("40 + 2").unwrap(),
-        cell_supervisor::Value::Int(42)
-    );
+    assert_eq!(cell.exec("40 + 2").unwrap(), supervisor::Value::Int(42));
     let servers = fork_servers();
     assert_eq!(servers.len(), 1, "one fork server: {servers:?}");
     // SAFETY: pidfd_open of a child of this process.
