@@ -33,6 +33,12 @@ pub enum Flow {
 /// The host side of the protocol for one cell. Implemented once, by the supervisor.
 pub trait HostSide: Send + Sync {
     fn on_frame(&self, frame: GuestFrame) -> Flow;
+
+    /// The most memory one decoded guest frame may take ([`wire::decode_body_within`]), which
+    /// [`drive`] enforces while decoding; `None`: no ceiling beyond the frame cap.
+    fn max_frame_memory(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Kills a cell from any thread, at any time, promptly. Idempotent.
@@ -148,6 +154,7 @@ impl PipeError {
             PipeError::TimedOut => ErrorCode::TimedOut,
             PipeError::Closed | PipeError::Crashed(_) | PipeError::Io(_) => ErrorCode::CellCrashed,
             PipeError::Wire(wire::WireError::TooLarge { .. }) => ErrorCode::LimitFrameSize,
+            PipeError::Wire(wire::WireError::OverMemory { .. }) => ErrorCode::LimitValue,
             PipeError::Wire(_) => ErrorCode::ProtocolViolation,
             PipeError::Exhausted {
                 resource: Resource::Memory,
@@ -232,9 +239,13 @@ pub fn drive<I: FrameIo + ?Sized>(
     max_len: u32,
 ) -> Result<(), PipeError> {
     io.send_frame(&wire::encode(frame, max_len)?)?;
+    let max_memory = host.max_frame_memory();
     loop {
         let body = io.recv_frame(deadline, max_len)?;
-        let guest: GuestFrame = wire::decode_body(&body)?;
+        let guest: GuestFrame = match max_memory {
+            Some(max) => wire::decode_body_within(&body, max)?,
+            None => wire::decode_body(&body)?,
+        };
         match host.on_frame(guest) {
             Flow::Continue => {}
             Flow::Reply(reply) => io.send_frame(&wire::encode(&reply, max_len)?)?,

@@ -190,6 +190,7 @@ pub enum HostFrame {
         id: CorrelationId,
         function: String,
         args: Vec<Value>,
+        #[serde(deserialize_with = "crate::decode::map_field")]
         kwargs: Map,
     },
     /// 3: the broker's answer to [`GuestFrame::Request`] with the same id.
@@ -219,12 +220,14 @@ pub enum GuestFrame {
     Log {
         level: Level,
         message: String,
+        #[serde(deserialize_with = "crate::decode::map_field")]
         fields: Map,
     },
     /// 5: `metric(name, value, tags)`.
     Metric {
         name: String,
         value: f64,
+        #[serde(deserialize_with = "crate::decode::tags_field")]
         tags: BTreeMap<String, String>,
     },
     /// 6: `request(capability, action, payload)`; answered by [`HostFrame::Reply`].

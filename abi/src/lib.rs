@@ -4,6 +4,7 @@
 //! * [`version`] — the ABI version and schema key, pinned by compile-time tripwires;
 //! * [`error`] — stable numeric error codes and the error carried on the wire;
 //! * [`value`] — the value model with explicit limits (alloc);
+//! * [`memory`] — what a value holds in memory, estimated from its shape (alloc);
 //! * [`frame`] — the frames in both directions (alloc);
 //! * [`wire`] — postcard in a length-prefixed frame with a hard size cap (alloc);
 //! * [`backend`] — the contract a backend implements, and the generic framed pipe (std).
@@ -21,10 +22,17 @@ pub mod error;
 pub mod op;
 pub mod version;
 
+#[cfg(feature = "alloc")]
+mod budget;
+#[cfg(feature = "alloc")]
+mod decode;
+
 #[cfg(feature = "std")]
 pub mod backend;
 #[cfg(feature = "alloc")]
 pub mod frame;
+#[cfg(feature = "alloc")]
+pub mod memory;
 #[cfg(feature = "alloc")]
 pub mod value;
 #[cfg(feature = "alloc")]

@@ -5,18 +5,13 @@
 
 use alloc::{collections::BTreeMap, string::String, vec::Vec};
 use core::fmt;
-use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 
 /// Maps are keyed by strings and ordered, so encodings are deterministic.
 pub type Map = BTreeMap<String, Value>;
 
 /// Deepest nesting of lists and maps a value may have (the top level counts as depth 1).
 pub const MAX_VALUE_DEPTH: usize = 64;
-
-/// Upper bound on elements reserved up front while decoding, whatever length the peer claims:
-/// 64 open lists that lie about their counts reserve at most 64 x 64 value slots (128 KiB).
-const MAX_PREALLOC: usize = 64;
 
 /// A value of the cell ABI. Wire discriminants are the variant order (append-only).
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -207,10 +202,6 @@ impl From<()> for Value {
     }
 }
 
-const VARIANTS: &[&str] = &[
-    "Unit", "Bool", "Int", "Float", "Str", "Bytes", "List", "Map",
-];
-
 impl Serialize for Value {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -230,143 +221,6 @@ struct BytesRef<'a>(&'a [u8]);
 impl Serialize for BytesRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Value {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        ValueSeed { depth: 1 }.deserialize(d)
-    }
-}
-
-/// Deserializes one value at a known depth; nested values go through a deeper seed.
-struct ValueSeed {
-    depth: usize,
-}
-
-impl<'de> DeserializeSeed<'de> for ValueSeed {
-    type Value = Value;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        if self.depth > MAX_VALUE_DEPTH {
-            return Err(de::Error::custom(ValueLimitError::TooDeep {
-                max: MAX_VALUE_DEPTH,
-            }));
-        }
-        d.deserialize_enum("Value", VARIANTS, self)
-    }
-}
-
-impl<'de> Visitor<'de> for ValueSeed {
-    type Value = Value;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a cell value")
-    }
-    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
-        let (tag, variant) = data.variant::<u32>()?;
-        let depth = self.depth;
-        Ok(match tag {
-            0 => {
-                variant.unit_variant()?;
-                Value::Unit
-            }
-            1 => Value::Bool(variant.newtype_variant()?),
-            2 => Value::Int(variant.newtype_variant()?),
-            3 => Value::Float(variant.newtype_variant()?),
-            4 => Value::Str(variant.newtype_variant()?),
-            5 => Value::Bytes(variant.newtype_variant_seed(BytesSeed)?),
-            6 => Value::List(variant.newtype_variant_seed(ListSeed { depth })?),
-            7 => Value::Map(variant.newtype_variant_seed(MapSeed { depth })?),
-            other => {
-                return Err(de::Error::invalid_value(
-                    de::Unexpected::Unsigned(other.into()),
-                    &"a value tag 0..=7",
-                ));
-            }
-        })
-    }
-}
-
-struct BytesSeed;
-impl<'de> DeserializeSeed<'de> for BytesSeed {
-    type Value = Vec<u8>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<u8>, D::Error> {
-        d.deserialize_byte_buf(self)
-    }
-}
-impl<'de> Visitor<'de> for BytesSeed {
-    type Value = Vec<u8>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("bytes")
-    }
-    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-        Ok(v.to_vec())
-    }
-    fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-        Ok(v)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_PREALLOC));
-        while let Some(b) = seq.next_element()? {
-            out.push(b);
-        }
-        Ok(out)
-    }
-}
-
-struct ListSeed {
-    depth: usize,
-}
-impl<'de> DeserializeSeed<'de> for ListSeed {
-    type Value = Vec<Value>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Value>, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-impl<'de> Visitor<'de> for ListSeed {
-    type Value = Vec<Value>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a list of values")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Value>, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_PREALLOC));
-        while let Some(v) = seq.next_element_seed(ValueSeed {
-            depth: self.depth + 1,
-        })? {
-            out.push(v);
-        }
-        Ok(out)
-    }
-}
-
-struct MapSeed {
-    depth: usize,
-}
-impl<'de> DeserializeSeed<'de> for MapSeed {
-    type Value = Map;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Map, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-impl<'de> Visitor<'de> for MapSeed {
-    type Value = Map;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a map from strings to values")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Map, A::Error> {
-        let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            let value = map.next_value_seed(ValueSeed {
-                depth: self.depth + 1,
-            })?;
-            // Keys are strictly ordered on the wire; a duplicate or out-of-order key is forged.
-            if let Some((last, _)) = out.last_key_value() {
-                if *last >= key {
-                    return Err(de::Error::custom("map keys must be unique and sorted"));
-                }
-            }
-            out.insert(key, value);
-        }
-        Ok(out)
     }
 }
 

@@ -28,6 +28,10 @@ pub enum WireError {
     Malformed(postcard::Error),
     #[error("frame body has {0} trailing bytes")]
     TrailingBytes(usize),
+    /// Decoding the body would take more than `max` bytes of memory
+    /// ([`decode_body_within`]).
+    #[error("frame body takes more than {max} bytes of memory to decode")]
+    OverMemory { max: usize },
 }
 
 /// A frame type the wire decodes. Bytes left after a frame's fields are an error, except in the
@@ -94,6 +98,18 @@ pub fn decode_body<F: Frame>(body: &[u8]) -> Result<F, WireError> {
         frame.accept_tail(rest)?;
     }
     Ok(frame)
+}
+
+/// [`decode_body`] with a ceiling on the memory the decoded frame may take: every value's
+/// strings, buffers and map nodes are charged, as estimated by [`crate::memory`], before they
+/// are allocated, and a body that needs more than `max_memory` bytes stops decoding there with
+/// [`WireError::OverMemory`]. Without it a body of `n` bytes may take ~171 `n` (SPEC.md).
+#[cfg(feature = "std")]
+pub fn decode_body_within<F: Frame>(body: &[u8], max_memory: usize) -> Result<F, WireError> {
+    match crate::budget::within(max_memory, || decode_body(body)) {
+        (_, true) => Err(WireError::OverMemory { max: max_memory }),
+        (result, false) => result,
+    }
 }
 
 /// Decodes one whole frame (prefix and body) from a buffer, checking the prefix against `max`

@@ -176,3 +176,41 @@ fn counts_a_frame_lies_about_reserve_a_bounded_amount() {
     // The reservation is real (the bound is not vacuous): over half of it was taken.
     assert!(peak > RESERVE / 2, "{peak}");
 }
+
+/// With a ceiling, decoding stops before it takes more than the ceiling, whatever the shape,
+/// and the charges are close to the truth: every shape decodes within about twice what it
+/// really takes.
+#[test]
+fn a_ceiling_stops_decoding_before_it_is_passed() {
+    let _serial = serial();
+    let within = |body: &[u8], max: usize| {
+        let before = LIVE.load(Ordering::SeqCst);
+        PEAK.store(before, Ordering::SeqCst);
+        let frame = wire::decode_body_within::<GuestFrame>(body, max);
+        let peak = (PEAK.load(Ordering::SeqCst) - before) as usize;
+        (frame, peak)
+    };
+    const MAX: usize = 256 << 10;
+    for (name, body) in shapes(64 << 10) {
+        let (frame, peak) = within(&body, MAX);
+        assert_eq!(
+            frame,
+            Err(wire::WireError::OverMemory { max: MAX }),
+            "{name}"
+        );
+        assert!(
+            peak <= MAX,
+            "{name}: {peak} bytes held under a {MAX}-byte ceiling"
+        );
+        let needs = peak_of(&body);
+        let (frame, _) = within(&body, 2 * needs);
+        assert_eq!(
+            frame.as_ref().ok(),
+            wire::decode_body::<GuestFrame>(&body).as_ref().ok(),
+            "{name}: needs {needs} bytes, refused under twice that"
+        );
+    }
+    // Nothing lingers: the next decode on this thread has no ceiling again.
+    let body = &shapes(64 << 10)[1].1;
+    assert!(wire::decode_body::<GuestFrame>(body).is_ok());
+}

@@ -49,4 +49,20 @@ proptest! {
         }
         let _ = wire::decode::<GuestFrame>(&bytes, DEFAULT_MAX_FRAME_LEN);
     }
+
+    #[test]
+    fn a_ceiling_changes_nothing_but_the_memory_a_decode_may_take(v in value(), max in 0usize..4096) {
+        let body = wire::encode(&GuestFrame::Post(v), DEFAULT_MAX_FRAME_LEN).unwrap()[wire::HEADER_LEN..].to_vec();
+        // Bit-exact, so NaNs compare equal.
+        let same = |a: &Result<GuestFrame, wire::WireError>, b: &Result<GuestFrame, wire::WireError>| match (a, b) {
+            (Ok(GuestFrame::Post(x)), Ok(GuestFrame::Post(y))) => x.bit_eq(y),
+            _ => false,
+        };
+        let free = wire::decode_body::<GuestFrame>(&body);
+        prop_assert!(same(&wire::decode_body_within::<GuestFrame>(&body, usize::MAX), &free));
+        match wire::decode_body_within::<GuestFrame>(&body, max) {
+            Err(wire::WireError::OverMemory { max: m }) => prop_assert_eq!(m, max),
+            other => prop_assert!(same(&other, &free)),
+        }
+    }
 }

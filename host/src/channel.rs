@@ -15,6 +15,10 @@ pub struct Channel {
     /// (heap blocks, B-tree nodes, value slots: `cell_host::event_bytes`), not their encoded
     /// size. The queue never holds more than about this much (the estimate stays within 2x).
     pub max_queued_bytes: usize,
+    /// Memory one guest frame may take once decoded, estimated like `max_queued_bytes` and
+    /// charged while a byte-stream pipe decodes it, before each allocation (a 1 MiB frame could
+    /// otherwise take ~171 MiB). Past it the cell is stopped with `limit_value`.
+    pub max_frame_memory: usize,
 }
 
 impl Default for Channel {
@@ -23,6 +27,7 @@ impl Default for Channel {
             max_frame_bytes: DEFAULT_MAX_FRAME_LEN,
             max_queued_events: 10_000,
             max_queued_bytes: 16 << 20,
+            max_frame_memory: 64 << 20,
         }
     }
 }

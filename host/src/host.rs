@@ -14,7 +14,7 @@ use crate::canonical;
 use crate::channel::Channel;
 use crate::deadlines;
 use crate::event::Event;
-use crate::memory::event_bytes;
+use crate::memory::{event_bytes, frame_bytes};
 use crate::requests::{RequestContext, RequestHandler};
 use crate::rules::{self, Direction};
 use crate::series::Series;
@@ -24,9 +24,11 @@ use abi::{
     ABI_VERSION, CellError, EngineLimits, ErrorCode, GuestFrame, HostFrame, Ready, SCHEMA_KEY,
     Value, wire,
 };
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+mod reemit;
 
 /// Where the protocol is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -292,6 +294,7 @@ impl CellHost {
                 max,
                 Direction::CellToHost,
             ),
+            PipeError::Wire(wire::WireError::OverMemory { max }) => rules::frame_memory(max),
             PipeError::Wire(w) => CellError::new(
                 ErrorCode::ProtocolViolation,
                 format!("the cell sent a bad frame: {w}"),
@@ -490,45 +493,6 @@ impl CellHost {
         ))
     }
 
-    fn reemit_log(&self, level: abi::Level, message: &str, fields: &abi::Map) {
-        let cell = self.cell.as_str();
-        match level {
-            abi::Level::Trace => tracing::trace!(target: "cell::guest", cell, ?fields, "{message}"),
-            abi::Level::Debug => tracing::debug!(target: "cell::guest", cell, ?fields, "{message}"),
-            abi::Level::Info => tracing::info!(target: "cell::guest", cell, ?fields, "{message}"),
-            abi::Level::Warn => tracing::warn!(target: "cell::guest", cell, ?fields, "{message}"),
-            abi::Level::Error => tracing::error!(target: "cell::guest", cell, ?fields, "{message}"),
-        }
-    }
-
-    /// Re-emits a guest metric through the `metrics` facade, within the series bounds.
-    fn reemit_metric(&self, name: &str, value: f64, tags: &BTreeMap<String, String>) {
-        let admitted = self
-            .series
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .admit(name, tags);
-        if let Err(excess) = admitted {
-            let mut first = false;
-            self.count(|st| {
-                first = st.metrics_dropped == 0;
-                st.metrics_dropped += 1;
-            });
-            if first {
-                tracing::warn!(cell = %self.cell, metric = name, "metric not re-emitted (further ones are counted only): {}", excess.describe());
-            }
-            metrics::counter!("cell.guest_metrics_dropped", "cell" => self.cell.clone())
-                .increment(1);
-            return;
-        }
-        let mut labels = vec![metrics::Label::new("cell", self.cell.clone())];
-        labels.extend(
-            tags.iter()
-                .map(|(k, v)| metrics::Label::new(k.clone(), v.clone())),
-        );
-        metrics::histogram!(format!("cell.guest.{name}"), labels).record(value);
-    }
-
     fn on_guest_frame(&self, phase: Phase, frame: GuestFrame) -> Flow {
         match (phase, frame) {
             (Phase::Handshake, GuestFrame::Ready(ready)) => self.on_ready(ready),
@@ -600,6 +564,10 @@ impl CellHost {
 }
 
 impl HostSide for CellHost {
+    fn max_frame_memory(&self) -> Option<usize> {
+        Some(self.channel.max_frame_memory)
+    }
+
     fn on_frame(&self, frame: GuestFrame) -> Flow {
         // The cap holds for pipes that skip the byte stream too (in-process ones).
         let cap = rules::effective_cap(self.channel.max_frame_bytes);
@@ -610,6 +578,10 @@ impl HostSide for CellHost {
                 cap,
                 Direction::CellToHost,
             )),
+            // Byte-stream pipes stopped decoding at the ceiling; this holds for the others.
+            _ if frame_bytes(&frame) > self.channel.max_frame_memory => {
+                Flow::Abort(rules::frame_memory(self.channel.max_frame_memory))
+            }
             _ => {
                 let phase = self.state().phase;
                 self.on_guest_frame(phase, frame)

@@ -60,6 +60,19 @@ pub(crate) fn frame_too_large(what: Subject, len: u64, cap: u32, dir: Direction)
     )
 }
 
+/// The error for a guest frame whose values take more than `max` bytes of memory, whether the
+/// decoder stopped there or an in-process pipe delivered it whole.
+pub(crate) fn frame_memory(max: usize) -> CellError {
+    CellError::new(
+        ErrorCode::LimitValue,
+        format!(
+            "the cell's frame takes more than {} of memory, over the channel's max_frame_memory ({})",
+            bytes_text(max as u64),
+            Direction::CellToHost
+        ),
+    )
+}
+
 /// The code of a value limit.
 pub(crate) fn value_code(e: &ValueLimitError) -> ErrorCode {
     match e {

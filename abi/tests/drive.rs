@@ -1,0 +1,80 @@
+//! `backend::drive` decodes guest frames within the host side's memory ceiling: a frame over it
+//! never reaches the host side.
+
+use cell_abi::backend::{self, Flow, FrameIo, HostSide, PipeError};
+use cell_abi::{GuestFrame, HostFrame, Map, Value, wire};
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Instant;
+
+struct Io(VecDeque<Vec<u8>>);
+
+impl FrameIo for Io {
+    fn send_frame(&mut self, _: &[u8]) -> Result<(), PipeError> {
+        Ok(())
+    }
+    fn recv_frame(&mut self, _: Option<Instant>, _: u32) -> Result<Vec<u8>, PipeError> {
+        self.0.pop_front().ok_or(PipeError::Closed)
+    }
+}
+
+struct Host {
+    ceiling: Option<usize>,
+    seen: Mutex<Vec<GuestFrame>>,
+}
+
+impl HostSide for Host {
+    fn on_frame(&self, frame: GuestFrame) -> Flow {
+        self.seen.lock().unwrap().push(frame);
+        Flow::Done
+    }
+    fn max_frame_memory(&self) -> Option<usize> {
+        self.ceiling
+    }
+}
+
+fn run(ceiling: Option<usize>) -> (Result<(), PipeError>, usize) {
+    let one: Map = [(String::new(), Value::Unit)].into_iter().collect();
+    let post = GuestFrame::Post(Value::List(vec![Value::Map(one); 200]));
+    let body =
+        wire::encode(&post, wire::DEFAULT_MAX_FRAME_LEN).unwrap()[wire::HEADER_LEN..].to_vec();
+    let host = Host {
+        ceiling,
+        seen: Mutex::default(),
+    };
+    let mut io = Io([body].into());
+    let r = backend::drive(
+        &mut io,
+        &host,
+        &HostFrame::Shutdown,
+        None,
+        wire::DEFAULT_MAX_FRAME_LEN,
+    );
+    let seen = host.seen.lock().unwrap().len();
+    (r, seen)
+}
+
+#[test]
+fn frames_over_the_ceiling_never_reach_the_host_side() {
+    let (r, seen) = run(Some(64 << 10));
+    assert!(
+        matches!(
+            r,
+            Err(PipeError::Wire(wire::WireError::OverMemory { max: 65536 }))
+        ),
+        "{r:?}"
+    );
+    assert_eq!(seen, 0);
+    assert_eq!(
+        PipeError::Wire(wire::WireError::OverMemory { max: 1 })
+            .to_cell_error()
+            .code,
+        cell_abi::ErrorCode::LimitValue
+    );
+    // Without a ceiling, or under a higher one, the frame is delivered.
+    for ceiling in [None, Some(1 << 20)] {
+        let (r, seen) = run(ceiling);
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(seen, 1);
+    }
+}
