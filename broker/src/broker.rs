@@ -2,7 +2,7 @@
 //! handler built from a cell's rules.
 
 use crate::audit::{AuditRecord, AuditSink, Decision, NoAudit, emit};
-use crate::capability::{Call, Capability, value_bytes};
+use crate::capability::{Call, Capability, PendingDeny, value_bytes};
 use crate::caps::{Clock, Fs, Http, Kv, Random, SecretStore, Secrets};
 use crate::error::{CapabilityError, ConfigError};
 use crate::rules::{Quota, Rule, RuleKind, Rules};
@@ -278,7 +278,7 @@ impl Broker {
                 .map(|_| Mutex::new(QuotaState::new()))
                 .collect(),
             grants: rules.grants.iter().cloned().map(Arc::new).collect(),
-            denies: rules.denies.clone(),
+            denies: rules.denies.iter().cloned().map(Arc::new).collect(),
             cancel: Arc::new(Cancel::default()),
         })
     }
@@ -385,7 +385,7 @@ pub struct CellBroker {
     shared: Arc<Shared>,
     cell: String,
     grants: Vec<Arc<Rule>>,
-    denies: Vec<Rule>,
+    denies: Vec<Arc<Rule>>,
     quotas: Vec<Mutex<QuotaState>>,
     cancel: Arc<Cancel>,
 }
@@ -543,7 +543,9 @@ impl CellBroker {
             result: Err(e.to_cell_error(capability, action)),
             bytes: 0,
         };
-        // Denies first: a matching deny wins over every grant.
+        // Denies first: a matching deny wins over every grant. Those `covers` cannot settle
+        // from the payload go to the capability, which decides them before it acts.
+        let mut pending = Vec::new();
         for (i, rule) in self.denies.iter().enumerate() {
             if rule.capability == capability && rule.names_action(action) {
                 match cap.covers(rule, RuleKind::Deny, action, &payload) {
@@ -555,7 +557,10 @@ impl CellBroker {
                             "a deny rule covers this request",
                         );
                     }
-                    Ok(false) => {}
+                    Ok(false) => pending.push(PendingDeny {
+                        label: RuleKind::Deny.label(i),
+                        rule: rule.clone(),
+                    }),
                     Err(e) => return invalid(e),
                 }
             }
@@ -612,12 +617,17 @@ impl CellBroker {
             payload,
             rule: rule.clone(),
             timeout,
+            denies: pending,
         };
         let result = if cap.is_quick() {
             run_guarded(&**cap, &call)
         } else {
             self.run_on_worker(cap.clone(), call, timeout)
         };
+        if let Err(Exec::Cap(CapabilityError::Denied { rule, reason })) = result {
+            // A deny rule decided on the object the capability opened: that rule is named.
+            return Self::deny(capability, action, rule, &reason);
+        }
         let mut bytes = payload_bytes;
         let result = match result {
             Ok(value) => {

@@ -78,6 +78,17 @@ pub struct Call {
     pub rule: Arc<Rule>,
     /// How long the request may take; capabilities with their own I/O timeouts use it.
     pub timeout: Duration,
+    /// The deny rules naming this capability and action that [`Capability::covers`] did not
+    /// settle. A capability that can only decide them on the object it opens (`fs`: the file a
+    /// path resolves to) checks them there and fails with [`CapabilityError::Denied`].
+    pub denies: Vec<PendingDeny>,
+}
+
+/// A deny rule left to the capability, with the label (`denies[i]`) its refusal names.
+#[derive(Clone, Debug)]
+pub struct PendingDeny {
+    pub label: String,
+    pub rule: Arc<Rule>,
 }
 
 /// Reading fields out of a payload, with errors that name the field.

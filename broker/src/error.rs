@@ -67,6 +67,10 @@ pub enum CapabilityError {
     /// The capability ran past its time limit.
     #[error("timed out: {0}")]
     TimedOut(String),
+    /// A deny rule the capability settled on the object it opened (see [`crate::Call::denies`]):
+    /// `rule` is that rule's label (`denies[i]`), which the audit record names.
+    #[error("denied by rule `{rule}`: {reason}")]
+    Denied { rule: String, reason: String },
 }
 
 impl CapabilityError {
@@ -82,7 +86,7 @@ impl CapabilityError {
     pub fn code(&self) -> ErrorCode {
         match self {
             CapabilityError::InvalidArgument(_) => ErrorCode::InvalidArgument,
-            CapabilityError::OutOfScope(_) => ErrorCode::Denied,
+            CapabilityError::OutOfScope(_) | CapabilityError::Denied { .. } => ErrorCode::Denied,
             CapabilityError::TooLarge(_) => ErrorCode::LimitValue,
             CapabilityError::NotFound(_) => ErrorCode::NotFound,
             CapabilityError::Failed(_) => ErrorCode::CapabilityFailed,

@@ -4,14 +4,15 @@
 //! `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`: `..`, absolute paths and symlinks that
 //! leave the root fail in the kernel, atomically, so a rename or symlink swapped in by someone
 //! else mid-request cannot escape either. No path string is ever checked for safety here.
+//! Deny rules with `roots` are decided on the opened object (see `fs_object`).
 
-use crate::capability::{Call, Capability, Payload};
+use super::fs_object::{Object, Open, io_err, kind, open_object, open_root};
+use crate::capability::{Call, Capability, Payload, PendingDeny};
 use crate::error::CapabilityError;
 use crate::rules::{Access, Rule, RuleKind};
 use abi::{Map, Value};
-use rustix::fd::{AsFd, OwnedFd};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
-use rustix::io::Errno;
+use rustix::fd::OwnedFd;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -19,170 +20,29 @@ use std::path::Path;
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 20;
 /// Most entries one `list` returns.
 pub const MAX_LIST_ENTRIES: usize = 10_000;
-/// Retries of a resolution the kernel asked to repeat (`EAGAIN` while a rename raced it).
-const RESOLVE_RETRIES: usize = 16;
-
 const READ_ACTIONS: &[&str] = &["read", "list", "stat"];
 
 /// `read`, `write`, `list`, `stat`, `remove` under granted roots.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Fs;
 
-fn io_err(what: &str, path: &str, e: Errno) -> CapabilityError {
-    match e {
-        Errno::XDEV | Errno::LOOP => {
-            CapabilityError::OutOfScope(format!("path `{path}` resolves outside the granted root"))
-        }
-        Errno::NOENT => CapabilityError::NotFound(format!("`{path}` does not exist")),
-        Errno::ISDIR => CapabilityError::invalid(format!("`{path}` is a directory")),
-        Errno::NOTDIR => {
-            CapabilityError::invalid(format!("a component of `{path}` is not a directory"))
-        }
-        Errno::NOTEMPTY => {
-            CapabilityError::failed(format!("{what} `{path}`: the directory is not empty"))
-        }
-        e => CapabilityError::failed(format!("{what} `{path}`: {e}")),
-    }
-}
-
-fn open_root(root: &Path) -> Result<OwnedFd, Errno> {
-    rustix::fs::open(
-        root,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-}
-
-/// Opens `path` beneath `dir`; the kernel refuses any resolution that leaves `dir`.
-fn beneath(dir: impl AsFd, path: &str, flags: OFlags, mode: Mode) -> Result<OwnedFd, Errno> {
-    let path = if path.is_empty() { "." } else { path };
-    // openat2 refuses flags O_PATH ignores (EINVAL), unlike openat.
-    let flags = if flags.contains(OFlags::PATH) {
-        flags | OFlags::CLOEXEC
-    } else {
-        flags | OFlags::CLOEXEC | OFlags::NOCTTY
-    };
-    let mut tries = 0;
-    loop {
-        match rustix::fs::openat2(
-            dir.as_fd(),
-            path,
-            flags,
-            mode,
-            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-        ) {
-            Err(Errno::AGAIN) if tries < RESOLVE_RETRIES => tries += 1,
-            other => return other,
-        }
-    }
-}
-
-fn kind(st: &Stat) -> &'static str {
-    match FileType::from_raw_mode(st.st_mode) {
-        FileType::RegularFile => "file",
-        FileType::Directory => "dir",
-        FileType::Symlink => "symlink",
-        _ => "other",
-    }
-}
-
-/// Splits `path` into its parent and last component, which must be a plain name.
-fn split_last(path: &str) -> Result<(&str, &str), CapabilityError> {
-    let trimmed = path.trim_end_matches('/');
-    let (parent, name) = match trimmed.rfind('/') {
-        Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
-        None => (".", trimmed),
-    };
-    if name.is_empty() || name == "." || name == ".." {
-        return Err(CapabilityError::invalid(format!(
-            "`{path}` does not end in a file or directory name"
-        )));
-    }
-    Ok((if parent.is_empty() { "/" } else { parent }, name))
-}
-
-fn same_file(a: &Stat, b: &Stat) -> bool {
-    a.st_dev == b.st_dev && a.st_ino == b.st_ino
-}
-
-/// Whether the file `path` names beneath `root` is `deny_root` or lies under it: walks up from
-/// the resolved file by `..` comparing device and inode numbers (no path strings). Fails closed:
-/// when it cannot tell, the deny rule covers the request.
-fn lies_under(root: &Path, path: &str, deny_root: &Path) -> bool {
-    let Ok(deny) = rustix::fs::stat(deny_root) else {
-        return false; // a deny root that does not exist covers nothing
-    };
-    let Ok(root_fd) = open_root(root) else {
-        return true;
-    };
-    let parent_of = |path: &str| match split_last(path) {
-        Ok((parent, _)) => beneath(
-            &root_fd,
-            parent,
-            OFlags::PATH | OFlags::DIRECTORY,
-            Mode::empty(),
-        )
-        .ok(),
-        Err(_) => None,
-    };
-    let mut cur = match beneath(&root_fd, path, OFlags::PATH, Mode::empty()) {
-        Ok(fd) => {
-            let Ok(st) = rustix::fs::fstat(&fd) else {
-                return true;
-            };
-            if same_file(&st, &deny) {
-                return true;
-            }
-            if kind(&st) == "dir" {
-                fd
-            } else {
-                match parent_of(path) {
-                    Some(fd) => fd,
-                    None => return true,
-                }
-            }
-        }
-        // A file about to be created: its directory decides.
-        Err(Errno::NOENT) => match parent_of(path) {
-            Some(fd) => fd,
-            None => return true,
-        },
-        Err(_) => return true,
-    };
-    for _ in 0..4096 {
-        let Ok(st) = rustix::fs::fstat(&cur) else {
-            return true;
-        };
-        if same_file(&st, &deny) {
-            return true;
-        }
-        let Ok(up) = rustix::fs::openat(
-            &cur,
-            "..",
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
-            return true;
-        };
-        let Ok(up_st) = rustix::fs::fstat(&up) else {
-            return true;
-        };
-        if same_file(&up_st, &st) {
-            return false; // reached `/`
-        }
-        cur = up;
-    }
-    true
-}
-
 impl Fs {
     fn max_bytes(rule: &Rule) -> u64 {
         rule.max_bytes.unwrap_or(DEFAULT_MAX_BYTES)
     }
 
-    fn read(root: &OwnedFd, path: &str, max: u64) -> Result<Value, CapabilityError> {
-        let fd = beneath(root, path, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())
-            .map_err(|e| io_err("read", path, e))?;
+    fn read(
+        root: &OwnedFd,
+        path: &str,
+        max: u64,
+        denies: &[PendingDeny],
+    ) -> Result<Value, CapabilityError> {
+        let how = Open {
+            flags: OFlags::RDONLY | OFlags::NONBLOCK,
+            mode: Mode::empty(),
+            follow: true,
+        };
+        let fd = open_object(root, path, how, denies, "read")?.fd;
         let st = rustix::fs::fstat(&fd).map_err(|e| io_err("read", path, e))?;
         if kind(&st) != "file" {
             return Err(CapabilityError::invalid(format!(
@@ -209,20 +69,25 @@ impl Fs {
         Ok(Value::Bytes(data))
     }
 
-    fn write(root: &OwnedFd, path: &str, data: &[u8], max: u64) -> Result<Value, CapabilityError> {
+    fn write(
+        root: &OwnedFd,
+        path: &str,
+        data: &[u8],
+        max: u64,
+        denies: &[PendingDeny],
+    ) -> Result<Value, CapabilityError> {
         if data.len() as u64 > max {
             return Err(CapabilityError::TooLarge(format!(
                 "a write of {} bytes, the grant allows {max}",
                 data.len()
             )));
         }
-        let fd = beneath(
-            root,
-            path,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::NONBLOCK,
-            Mode::from_raw_mode(0o644),
-        )
-        .map_err(|e| io_err("write", path, e))?;
+        let how = Open {
+            flags: OFlags::WRONLY | OFlags::CREATE | OFlags::NONBLOCK,
+            mode: Mode::from_raw_mode(0o644),
+            follow: true,
+        };
+        let fd = open_object(root, path, how, denies, "write")?.fd;
         let st = rustix::fs::fstat(&fd).map_err(|e| io_err("write", path, e))?;
         if kind(&st) != "file" {
             return Err(CapabilityError::invalid(format!(
@@ -237,14 +102,13 @@ impl Fs {
         Ok(Value::Int(data.len() as i64))
     }
 
-    fn list(root: &OwnedFd, path: &str) -> Result<Value, CapabilityError> {
-        let fd = beneath(
-            root,
-            path,
-            OFlags::RDONLY | OFlags::DIRECTORY,
-            Mode::empty(),
-        )
-        .map_err(|e| io_err("list", path, e))?;
+    fn list(root: &OwnedFd, path: &str, denies: &[PendingDeny]) -> Result<Value, CapabilityError> {
+        let how = Open {
+            flags: OFlags::RDONLY | OFlags::DIRECTORY,
+            mode: Mode::empty(),
+            follow: true,
+        };
+        let fd = open_object(root, path, how, denies, "list")?.fd;
         let dir = rustix::fs::Dir::read_from(&fd).map_err(|e| io_err("list", path, e))?;
         let mut entries = Vec::new();
         for entry in dir {
@@ -278,9 +142,13 @@ impl Fs {
         ))
     }
 
-    fn stat(root: &OwnedFd, path: &str) -> Result<Value, CapabilityError> {
-        let fd = beneath(root, path, OFlags::PATH, Mode::empty())
-            .map_err(|e| io_err("stat", path, e))?;
+    fn stat(root: &OwnedFd, path: &str, denies: &[PendingDeny]) -> Result<Value, CapabilityError> {
+        let how = Open {
+            flags: OFlags::PATH,
+            mode: Mode::empty(),
+            follow: true,
+        };
+        let fd = open_object(root, path, how, denies, "stat")?.fd;
         let st = rustix::fs::fstat(&fd).map_err(|e| io_err("stat", path, e))?;
         let mut map = Map::new();
         map.insert("type".into(), Value::Str(kind(&st).into()));
@@ -293,24 +161,31 @@ impl Fs {
         Ok(Value::Map(map))
     }
 
-    fn remove(root: &OwnedFd, path: &str) -> Result<Value, CapabilityError> {
-        let (parent, name) = split_last(path)?;
-        let dir = beneath(
-            root,
-            parent,
-            OFlags::PATH | OFlags::DIRECTORY,
-            Mode::empty(),
-        )
-        .map_err(|e| io_err("remove", path, e))?;
-        // `name` is one plain component: unlinkat never follows it, even if it is a symlink.
-        let st = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| io_err("remove", path, e))?;
+    fn remove(
+        root: &OwnedFd,
+        path: &str,
+        denies: &[PendingDeny],
+    ) -> Result<Value, CapabilityError> {
+        // The entry itself, not what a symlink points to: removing a link leaves its target.
+        let how = Open {
+            flags: OFlags::PATH,
+            mode: Mode::empty(),
+            follow: false,
+        };
+        let Object { dir, name, fd } = open_object(root, path, how, denies, "remove")?;
+        let Some(dir) = dir else {
+            return Err(CapabilityError::invalid(format!(
+                "`{path}` does not end in a file or directory name"
+            )));
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| io_err("remove", path, e))?;
         let flags = if kind(&st) == "dir" {
             AtFlags::REMOVEDIR
         } else {
             AtFlags::empty()
         };
-        rustix::fs::unlinkat(&dir, name, flags).map_err(|e| io_err("remove", path, e))?;
+        // `name` is one plain component: unlinkat never follows it, even if it is a symlink.
+        rustix::fs::unlinkat(&dir, name.as_str(), flags).map_err(|e| io_err("remove", path, e))?;
         Ok(Value::Unit)
     }
 }
@@ -382,18 +257,17 @@ impl Capability for Fs {
     ) -> Result<bool, CapabilityError> {
         let p = Payload::new(payload, "fs")?;
         let root = Path::new(p.str("root")?);
-        let path = p.opt_str("path")?.unwrap_or("");
+        p.opt_str("path")?;
         if !root.is_absolute() {
             return Err(CapabilityError::invalid(
                 "fs: `root` must be an absolute path",
             ));
         }
         if kind == RuleKind::Deny {
-            // Without roots a deny covers every root; with roots, the files at or under them,
-            // however the request names them.
-            return Ok(
-                rule.roots.is_empty() || rule.roots.iter().any(|d| lies_under(root, path, d))
-            );
+            // Without roots a deny covers every root. With roots it covers the objects at or
+            // under them, however the request names them: decided in `execute` on the object
+            // opened, since a path says nothing about where it leads.
+            return Ok(rule.roots.is_empty());
         }
         if !READ_ACTIONS.contains(&action)
             && rule.access.unwrap_or(Access::Read) != Access::ReadWrite
@@ -414,23 +288,29 @@ impl Capability for Fs {
         match call.action.as_str() {
             "read" => {
                 p.only(&["root", "path"])?;
-                Self::read(&root_fd, p.str("path")?, max)
+                Self::read(&root_fd, p.str("path")?, max, &call.denies)
             }
             "write" => {
                 p.only(&["root", "path", "data"])?;
-                Self::write(&root_fd, p.str("path")?, p.bytes("data")?, max)
+                Self::write(
+                    &root_fd,
+                    p.str("path")?,
+                    p.bytes("data")?,
+                    max,
+                    &call.denies,
+                )
             }
             "list" => {
                 p.only(&["root", "path"])?;
-                Self::list(&root_fd, p.opt_str("path")?.unwrap_or("."))
+                Self::list(&root_fd, p.opt_str("path")?.unwrap_or("."), &call.denies)
             }
             "stat" => {
                 p.only(&["root", "path"])?;
-                Self::stat(&root_fd, p.opt_str("path")?.unwrap_or("."))
+                Self::stat(&root_fd, p.opt_str("path")?.unwrap_or("."), &call.denies)
             }
             _ => {
                 p.only(&["root", "path"])?;
-                Self::remove(&root_fd, p.str("path")?)
+                Self::remove(&root_fd, p.str("path")?, &call.denies)
             }
         }
     }

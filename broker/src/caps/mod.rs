@@ -2,6 +2,7 @@
 
 mod clock;
 mod fs;
+mod fs_object;
 mod http;
 mod kv;
 mod random;
