@@ -1,5 +1,5 @@
-//! `backend::drive` decodes guest frames within the host side's memory ceiling: a frame over it
-//! never reaches the host side.
+//! How guest frames are decoded: `backend::drive` within the host side's memory ceiling (a frame
+//! over it never reaches the host side), and the frames' own maps as strictly as value maps.
 
 use cell_abi::backend::{self, Flow, FrameIo, HostSide, PipeError};
 use cell_abi::{GuestFrame, HostFrame, Map, Value, wire};
@@ -77,4 +77,23 @@ fn frames_over_the_ceiling_never_reach_the_host_side() {
         assert!(r.is_ok(), "{r:?}");
         assert_eq!(seen, 1);
     }
+}
+
+/// The frames' own maps are strict like value maps: keys strictly increasing.
+#[test]
+fn frame_maps_refuse_unordered_or_duplicate_keys() {
+    // Metric { name: "m", value: 0.0, tags: {"b": "", "a": ""} }
+    let mut body = vec![5, 1, b'm'];
+    body.extend(0f64.to_le_bytes());
+    let good = [body.clone(), vec![2, 1, b'a', 0, 1, b'b', 0]].concat();
+    let bad = [body.clone(), vec![2, 1, b'b', 0, 1, b'a', 0]].concat();
+    let dup = [body, vec![2, 1, b'a', 0, 1, b'a', 0]].concat();
+    assert!(wire::decode_body::<GuestFrame>(&good).is_ok());
+    assert!(wire::decode_body::<GuestFrame>(&bad).is_err());
+    assert!(wire::decode_body::<GuestFrame>(&dup).is_err());
+    // Log { level: Info, message: "", fields: {"b": (), "a": ()} }
+    let log = |keys: [u8; 2]| vec![4, 2, 0, 2, 1, keys[0], 0, 1, keys[1], 0];
+    assert!(wire::decode_body::<GuestFrame>(&log([b'a', b'b'])).is_ok());
+    assert!(wire::decode_body::<GuestFrame>(&log([b'b', b'a'])).is_err());
+    assert!(wire::decode_body::<GuestFrame>(&log([b'a', b'a'])).is_err());
 }
