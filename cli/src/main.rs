@@ -4,7 +4,11 @@
 //! Exit codes (see README): 0 ok · 1 script error · 2 usage · 3 invalid policy · 4 spawn failed ·
 //! 5 limit, timeout or kill · 6 cell crashed or protocol violation · 7 cannot read the script.
 
+mod escape;
+
 use clap::{Parser, Subcommand};
+use escape::escape;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -76,7 +80,9 @@ enum Command {
         script: PathBuf,
         /// `name`, `main.name` or `module.name`.
         function: String,
-        /// Arguments, each a JSON value (`42`, `"text"`, `[1,2]`, `{"k":1}`).
+        /// Arguments, each a JSON value (`42`, `-5`, `"text"`, `[1,2]`, `{"k":1}`); after
+        /// `--` nothing is read as a flag.
+        #[arg(allow_negative_numbers = true)]
         args: Vec<String>,
     },
     /// Print which backends and confinement layers this host supports.
@@ -128,13 +134,7 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CELL_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    diagnostics();
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Run { cell, script } => run(&cell, script, None),
@@ -155,12 +155,35 @@ fn main() -> ExitCode {
             match &failure {
                 Failure::Cell(e) => println!("{}", json::error(e)),
                 Failure::Policy(m) | Failure::Spawn(m) | Failure::Read(m) | Failure::Usage(m) => {
-                    eprintln!("cell: {m}")
+                    eprintln!("cell: {}", escape(m))
                 }
             }
             ExitCode::from(failure.exit_code())
         }
     }
+}
+
+/// Diagnostics on stderr, guest text escaped (a log message cannot forge a line), coloured only
+/// on a terminal and never when `NO_COLOR` is set (<https://no-color.org>).
+fn diagnostics() {
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = escape(&format!("{value:?}")).into_owned();
+        match field.name() {
+            "message" => w.write_str(&text),
+            name => write!(w, "{name}={text}"),
+        }
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CELL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .fmt_fields(tracing_subscriber::field::MakeExt::delimited(fields, " "))
+        .init();
 }
 
 fn run(

@@ -1,5 +1,6 @@
 //! JSON renderings of values and events, for the CLI's JSON lines and transcripts.
-//! Unit is `null`, bytes are `{"$bytes": "<hex>"}`, non-finite floats are strings.
+//! Unit is `null`, bytes are `{"$bytes": "<hex>"}`, non-finite floats are the strings `"inf"`,
+//! `"-inf"` and `"NaN"` wherever a float appears (posts, results, log fields, metric values).
 
 use abi::{CellError, Value};
 use host::Event;
@@ -10,9 +11,7 @@ pub fn value(v: &Value) -> J {
         Value::Unit => J::Null,
         Value::Bool(b) => J::Bool(*b),
         Value::Int(i) => J::from(*i),
-        Value::Float(x) => serde_json::Number::from_f64(*x)
-            .map(J::Number)
-            .unwrap_or_else(|| J::String(x.to_string())),
+        Value::Float(x) => float(*x),
         Value::Str(s) => J::String(s.clone()),
         Value::Bytes(b) => {
             json!({ "$bytes": b.iter().map(|x| format!("{x:02x}")).collect::<String>() })
@@ -20,6 +19,14 @@ pub fn value(v: &Value) -> J {
         Value::List(items) => J::Array(items.iter().map(value).collect()),
         Value::Map(m) => J::Object(m.iter().map(|(k, v)| (k.clone(), value(v))).collect()),
     }
+}
+
+/// A float as JSON: a number when finite, else `"inf"`, `"-inf"` or `"NaN"` (JSON has no
+/// non-finite numbers, and `null` would lose which one it was).
+pub fn float(x: f64) -> J {
+    serde_json::Number::from_f64(x)
+        .map(J::Number)
+        .unwrap_or_else(|| J::String(x.to_string()))
 }
 
 /// JSON → value, for arguments given on the command line: integers stay integers.
@@ -49,7 +56,7 @@ pub fn event(e: &Event) -> J {
             "fields": value(&Value::Map(fields.clone())),
         }),
         Event::Metric { name, value, tags } => {
-            json!({ "event": "metric", "name": name, "value": value, "tags": tags })
+            json!({ "event": "metric", "name": name, "value": float(*value), "tags": tags })
         }
         // An event kind added after this build: named, never dropped silently.
         other => json!({ "event": other.kind() }),
@@ -65,4 +72,28 @@ pub fn result(r: &Result<Value, CellError>) -> J {
 
 pub fn error(e: &CellError) -> J {
     json!({ "event": "error", "code": e.code.name(), "message": e.message })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_floats_render_alike_in_posts_and_metrics() {
+        for (x, text) in [
+            (f64::INFINITY, "inf"),
+            (f64::NEG_INFINITY, "-inf"),
+            (f64::NAN, "NaN"),
+        ] {
+            let post = event(&Event::Post(Value::Float(x)));
+            let metric = event(&Event::Metric {
+                name: "m".into(),
+                value: x,
+                tags: Default::default(),
+            });
+            assert_eq!(post["value"], text);
+            assert_eq!(metric["value"], text);
+        }
+        assert_eq!(value(&Value::Float(1.5)), 1.5);
+    }
 }
