@@ -3,25 +3,26 @@
 //! the same transcript; error messages a script catches are recorded too, since they name the
 //! capability and the rule that decided.
 
+use crate::Setup;
+use crate::driver::TestCell as Cell;
 use crate::scenarios::Scenario;
 use crate::{Harness, Transcript};
 use std::path::PathBuf;
-use supervisor::{Cell, Policy};
 
 pub static BROKER_SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "broker_granted",
-        policy: granted_policy,
+        setup: granted_policy,
         run: broker_granted,
     },
     Scenario {
         name: "broker_denied",
-        policy: denied_policy,
+        setup: denied_policy,
         run: broker_denied,
     },
     Scenario {
         name: "broker_out_of_scope",
-        policy: out_of_scope_policy,
+        setup: out_of_scope_policy,
         run: broker_out_of_scope,
     },
 ];
@@ -42,10 +43,10 @@ fn fixture() -> PathBuf {
     dir
 }
 
-fn policy(rules: &str) -> Policy {
+fn policy(rules: &str) -> Setup {
     let root = fixture();
     let text = rules.replace("$ROOT", root.to_str().expect("utf-8 temp dir"));
-    Policy::from_toml(&text).expect("scenario policy")
+    Setup::default().with_rules_toml(&text)
 }
 
 /// Defines `root()` in the cell, untranscribed: the fixture's path differs between hosts, the
@@ -67,7 +68,7 @@ fn caught(t: &mut Transcript, cell: &Cell, request: &str) {
     );
 }
 
-fn granted_policy() -> Policy {
+fn granted_policy() -> Setup {
     policy(
         r#"
         [[grants]]
@@ -109,7 +110,7 @@ fn broker_granted(cell: &Cell, t: &mut Transcript, _h: &Harness) {
     let _ = t.call(cell, "read_hello", vec![], Default::default());
 }
 
-fn denied_policy() -> Policy {
+fn denied_policy() -> Setup {
     policy(
         r#"
         [[grants]]
@@ -160,7 +161,7 @@ fn broker_denied(cell: &Cell, t: &mut Transcript, _h: &Harness) {
     let _ = t.exec(cell, "\"still usable\"");
 }
 
-fn out_of_scope_policy() -> Policy {
+fn out_of_scope_policy() -> Setup {
     policy(
         r#"
         [[grants]]

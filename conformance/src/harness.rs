@@ -1,62 +1,51 @@
-//! Runs scenarios and property tests against one backend of a supervisor.
+//! Runs scenarios and property tests against one backend.
 
-use crate::Transcript;
-use crate::scenarios::SCENARIOS;
+use crate::driver::TestCell;
+use crate::{Setup, Transcript, json};
+use abi::backend::Backend;
 use abi::{Map, Value};
+use host::Event;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use supervisor::{Event, Policy, Supervisor, json};
 
 /// One backend under test.
+#[derive(Clone)]
 pub struct Harness {
-    supervisor: Supervisor,
-    backend: String,
+    backend: Arc<dyn Backend>,
 }
 
 static FRESH: AtomicU32 = AtomicU32::new(0);
 
 impl Harness {
-    pub fn new(supervisor: Supervisor, backend: impl Into<String>) -> Self {
-        Harness {
-            supervisor,
-            backend: backend.into(),
-        }
+    /// The suite for `backend`.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Harness { backend }
     }
 
-    pub fn supervisor(&self) -> &Supervisor {
-        &self.supervisor
+    /// The backend under test.
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
     }
 
-    /// `false`, after saying so loudly on stderr, when the backend cannot run here.
-    pub fn runnable(&self) -> bool {
-        let verdict = match self.supervisor.backend(&self.backend) {
-            None => Err(format!("backend `{}` is not registered", self.backend)),
-            Some(b) => b.available(),
-        };
-        match verdict {
-            Ok(()) => true,
-            Err(reason) => {
-                eprintln!(
-                    "SKIPPED: conformance on backend `{}`: {reason}",
-                    self.backend
-                );
-                false
-            }
-        }
+    /// The backend's name.
+    pub fn name(&self) -> &str {
+        self.backend.name()
+    }
+
+    /// Spawns a cell of the backend under test.
+    pub fn spawn(&self, name: &str, setup: &Setup) -> TestCell {
+        TestCell::spawn(&*self.backend, name, setup)
+            .unwrap_or_else(|e| panic!("spawn of `{name}` on {} failed: {e}", self.name()))
     }
 
     /// Runs the scenario `name` on a fresh cell and returns its transcript.
     pub fn transcript(&self, name: &str) -> String {
-        let scenario = SCENARIOS
-            .iter()
-            .chain(crate::broker_scenarios::BROKER_SCENARIOS)
+        let scenario = crate::all_scenarios()
             .find(|s| s.name == name)
             .unwrap_or_else(|| panic!("no scenario `{name}`"));
-        let cell = self
-            .supervisor
-            .spawn(name, &self.backend, &(scenario.policy)())
-            .unwrap_or_else(|e| panic!("spawn of `{name}` on {} failed: {e}", self.backend));
+        let cell = self.spawn(name, &(scenario.setup)());
         let mut t = Transcript::default();
         (scenario.run)(&cell, &mut t, self);
         cell.close();
@@ -65,9 +54,6 @@ impl Harness {
 
     /// Runs a scenario and compares its transcript with the snapshot every backend shares.
     pub fn check(&self, name: &str) {
-        if !self.runnable() {
-            return;
-        }
         let text = self.transcript(name);
         insta::with_settings!({
             snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"),
@@ -81,10 +67,7 @@ impl Harness {
     /// Runs `source` in a new cell of the same backend and describes the outcome.
     pub fn in_fresh_cell(&self, source: &str) -> String {
         let name = format!("fresh-{}", FRESH.fetch_add(1, Ordering::Relaxed));
-        let cell = self
-            .supervisor
-            .spawn(&name, &self.backend, &Policy::default())
-            .expect("spawn");
+        let cell = self.spawn(&name, &Setup::default());
         let outcome = match cell.exec(source) {
             Ok(v) => format!("ok {}", json::value(&v)),
             Err(e) => format!("err {}", e.code.name()),
@@ -95,13 +78,7 @@ impl Harness {
 
     /// Any value sent into the cell and posted back arrives bit-identical, as event and result.
     pub fn property_values_round_trip(&self, cases: u32) {
-        if !self.runnable() {
-            return;
-        }
-        let cell = self
-            .supervisor
-            .spawn("prop-values", &self.backend, &Policy::default())
-            .expect("spawn");
+        let cell = self.spawn("prop-values", &Setup::default());
         cell.exec("fn echo(v) { post(v); v }").expect("define echo");
         let mut runner = TestRunner::new(Config {
             cases,
@@ -126,21 +103,15 @@ impl Harness {
                 }
                 Ok(())
             })
-            .unwrap_or_else(|e| panic!("{}: {e}", self.backend));
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name()));
         cell.close();
     }
 
     /// Arbitrary source text yields a value or a typed error, and the cell stays usable.
     pub fn property_arbitrary_sources(&self, cases: u32) {
-        if !self.runnable() {
-            return;
-        }
-        let mut policy = Policy::default();
-        policy.limits.max_operations = 100_000;
-        let cell = self
-            .supervisor
-            .spawn("prop-sources", &self.backend, &policy)
-            .expect("spawn");
+        let mut setup = Setup::default();
+        setup.limits.max_operations = 100_000;
+        let cell = self.spawn("prop-sources", &setup);
         let source = prop_oneof![
             "[ -~]{0,40}",
             proptest::collection::vec(
@@ -185,7 +156,7 @@ impl Harness {
                 prop_assert_eq!(alive, Value::Int(42));
                 Ok(())
             })
-            .unwrap_or_else(|e| panic!("{}: {e}", self.backend));
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name()));
         cell.close();
     }
 }

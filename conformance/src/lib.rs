@@ -1,60 +1,52 @@
-//! The conformance suite every backend must pass, ours or a third party's.
+//! The conformance suite every cell backend must pass, ours or a third party's.
 //!
-//! Run it against a backend with one macro in an integration test:
+//! It depends on the protocol (`cell-abi`), the host side (`cell-host`) and the broker only:
+//! a backend is certified without the supervisor or any built-in backend. Run it against a
+//! backend with one line in a test target that has `harness = false`:
 //!
-//! ```ignore
-//! cell_conformance::conformance_tests!(|| {
-//!     let supervisor = cell_supervisor::Supervisor::new();
-//!     supervisor.register_backend(std::sync::Arc::new(MyBackend::default()));
-//!     supervisor
-//! }, "my-backend");
+//! ```text
+//! // tests/conformance.rs, with `[[test]] name = "conformance" harness = false` in Cargo.toml
+//! cell_conformance::conformance_main!(my_backend::MyBackend::default());
 //! ```
 //!
-//! Each scenario drives a fresh cell through the supervisor's public API and records a
-//! transcript — every operation, its result code or value, every event `recv` returns. All
-//! backends compare against the **same** snapshot file in `snapshots/`, so they cannot drift
-//! apart. Property tests check that any value survives the boundary bit-exactly.
+//! Each scenario is one test: a fresh cell driven through [`host::CellHost`] over the backend's
+//! pipe, its transcript (every operation, its result code or value, every event `recv`
+//! returns) compared with the **same** snapshot file in `snapshots/` for every backend, so
+//! backends cannot drift apart. Property tests check that any value survives the boundary
+//! bit-exactly and that no source text breaks a cell. A backend whose
+//! [`Backend::available`](abi::backend::Backend::available) says it cannot run here shows each
+//! test as ignored with the reason, never as passed.
 
 mod broker_scenarios;
+pub mod driver;
 mod harness;
+pub mod json;
+mod runner;
 mod scenarios;
+mod setup;
 mod transcript;
 
 pub use broker_scenarios::BROKER_SCENARIOS;
+pub use driver::{RecvError, TestCell};
 pub use harness::{Harness, value_strategy};
+pub use runner::{run, trials};
 pub use scenarios::{SCENARIOS, Scenario};
-/// The supervisor API the suite drives, re-exported for backends under test.
-pub use supervisor;
+pub use setup::Setup;
 pub use transcript::Transcript;
 
-/// Generates one `#[test]` per scenario plus the property tests, for the backend that
-/// `$supervisor` (an expression building a [`cell_supervisor::Supervisor`]) registers as `$backend`.
+/// Every Rhai-tier scenario, in the order they run.
+pub fn all_scenarios() -> impl Iterator<Item = &'static Scenario> {
+    SCENARIOS.iter().chain(BROKER_SCENARIOS)
+}
+
+/// Defines `main` for a test target (`harness = false`) that runs the whole suite against the
+/// backend `$backend` (an expression of a type implementing
+/// [`Backend`](abi::backend::Backend)).
 #[macro_export]
-macro_rules! conformance_tests {
-    ($supervisor:expr, $backend:expr) => {
-        $crate::conformance_tests!(@tests $supervisor, $backend;
-            post_and_recv, exec_returns_value, call_functions, events_in_order, values_round_trip,
-            request_denied, script_errors, out_of_model, host_modules, engine_limits,
-            kill_running_cell, wall_time_limit, event_queue_bound, frame_size_cap, close_cell,
-            state_is_per_cell, broker_granted, broker_denied, broker_out_of_scope
-        );
-
-        #[test]
-        fn property_posted_values_arrive_identical() {
-            $crate::Harness::new($supervisor(), $backend).property_values_round_trip(48);
+macro_rules! conformance_main {
+    ($backend:expr) => {
+        fn main() -> ::std::process::ExitCode {
+            $crate::run(::std::sync::Arc::new($backend))
         }
-
-        #[test]
-        fn property_arbitrary_sources_never_break_the_cell() {
-            $crate::Harness::new($supervisor(), $backend).property_arbitrary_sources(32);
-        }
-    };
-    (@tests $supervisor:expr, $backend:expr; $($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                $crate::Harness::new($supervisor(), $backend).check(stringify!($name));
-            }
-        )*
     };
 }

@@ -1,98 +1,105 @@
 //! The standard scenarios. Each gets a fresh cell (named after the scenario) under its policy.
 
+use crate::Setup;
+use crate::driver::TestCell as Cell;
 use crate::{Harness, Transcript};
 use abi::{Map, Value};
-use supervisor::{Cell, Policy};
+use std::time::Duration;
 
+/// One scenario: a fresh cell under `setup`, driven by `run`, its transcript compared with
+/// `snapshots/<name>.snap`.
 pub struct Scenario {
+    /// The scenario's name, its snapshot's and its cell's.
     pub name: &'static str,
-    pub policy: fn() -> Policy,
+    /// What the cell is allowed.
+    pub setup: fn() -> Setup,
+    /// Drives the cell and records what happens.
     pub run: fn(&Cell, &mut Transcript, &Harness),
 }
 
-fn default_policy() -> Policy {
-    Policy::default()
+fn default_policy() -> Setup {
+    Setup::default()
 }
 
 pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "post_and_recv",
-        policy: default_policy,
+        setup: default_policy,
         run: post_and_recv,
     },
     Scenario {
         name: "exec_returns_value",
-        policy: default_policy,
+        setup: default_policy,
         run: exec_returns_value,
     },
     Scenario {
         name: "call_functions",
-        policy: default_policy,
+        setup: default_policy,
         run: call_functions,
     },
     Scenario {
         name: "events_in_order",
-        policy: default_policy,
+        setup: default_policy,
         run: events_in_order,
     },
     Scenario {
         name: "values_round_trip",
-        policy: default_policy,
+        setup: default_policy,
         run: values_round_trip,
     },
     Scenario {
         name: "request_denied",
-        policy: default_policy,
+        setup: default_policy,
         run: request_denied,
     },
     Scenario {
         name: "script_errors",
-        policy: default_policy,
+        setup: default_policy,
         run: script_errors,
     },
     Scenario {
         name: "out_of_model",
-        policy: only_math,
+        setup: only_math,
         run: out_of_model,
     },
     Scenario {
         name: "host_modules",
-        policy: only_math,
+        setup: only_math,
         run: host_modules,
     },
     Scenario {
         name: "engine_limits",
-        policy: tight_engine,
+        setup: tight_engine,
         run: engine_limits,
     },
     Scenario {
         name: "kill_running_cell",
-        policy: unlimited_ops,
+        setup: unlimited_ops,
         run: kill_running_cell,
     },
     Scenario {
         name: "wall_time_limit",
-        policy: short_wall_time,
+        setup: short_wall_time,
         run: wall_time_limit,
     },
     Scenario {
         name: "event_queue_bound",
-        policy: small_queue,
+        setup: small_queue,
         run: event_queue_bound,
     },
     Scenario {
         name: "frame_size_cap",
-        policy: small_frames,
+        setup: small_frames,
         run: frame_size_cap,
     },
     Scenario {
         name: "close_cell",
-        policy: default_policy,
+        setup: default_policy,
         run: close_cell,
     },
     Scenario {
         name: "state_is_per_cell",
-        policy: default_policy,
+        setup: default_policy,
         run: state_is_per_cell,
     },
 ];
@@ -194,10 +201,10 @@ fn script_errors(cell: &Cell, t: &mut Transcript, _h: &Harness) {
     t.drain(cell);
 }
 
-fn only_math() -> Policy {
-    Policy {
+fn only_math() -> Setup {
+    Setup {
         modules: vec!["math".into()],
-        ..Policy::default()
+        ..Setup::default()
     }
 }
 
@@ -229,8 +236,8 @@ fn host_modules(cell: &Cell, t: &mut Transcript, _h: &Harness) {
     t.drain(cell);
 }
 
-fn tight_engine() -> Policy {
-    let mut p = Policy::default();
+fn tight_engine() -> Setup {
+    let mut p = Setup::default();
     p.limits.max_operations = 50_000;
     p.limits.max_string_len = 1_000;
     p.limits.max_array_len = 100;
@@ -252,10 +259,10 @@ fn engine_limits(cell: &Cell, t: &mut Transcript, _h: &Harness) {
     t.drain(cell);
 }
 
-fn unlimited_ops() -> Policy {
-    let mut p = Policy::default();
+fn unlimited_ops() -> Setup {
+    let mut p = Setup::default();
     p.limits.max_operations = 0;
-    p.limits.wall_time_ms = 60_000;
+    p.wall_time = Some(Duration::from_secs(60));
     p
 }
 
@@ -279,9 +286,9 @@ fn kill_running_cell(cell: &Cell, t: &mut Transcript, _h: &Harness) {
     t.drain(cell);
 }
 
-fn short_wall_time() -> Policy {
+fn short_wall_time() -> Setup {
     let mut p = unlimited_ops();
-    p.limits.wall_time_ms = 200;
+    p.wall_time = Some(Duration::from_millis(200));
     p
 }
 
@@ -291,8 +298,8 @@ fn wall_time_limit(cell: &Cell, t: &mut Transcript, _h: &Harness) {
     t.drain(cell);
 }
 
-fn small_queue() -> Policy {
-    let mut p = Policy::default();
+fn small_queue() -> Setup {
+    let mut p = Setup::default();
     p.channel.max_queued_events = 5;
     p
 }
@@ -306,8 +313,8 @@ fn event_queue_bound(cell: &Cell, t: &mut Transcript, _h: &Harness) {
     let _ = t.exec(cell, "1");
 }
 
-fn small_frames() -> Policy {
-    let mut p = Policy::default();
+fn small_frames() -> Setup {
+    let mut p = Setup::default();
     p.channel.max_frame_bytes = 1024;
     p
 }

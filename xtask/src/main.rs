@@ -2,8 +2,8 @@
 //!
 //! * `ci` — fmt check, clippy `-D warnings`, every test in the workspace, then the conformance
 //!   counts per backend (from the same test run);
-//! * `conformance [--backend NAME]` — the conformance suite per backend, with pass/fail counts and
-//!   the reason for any backend skipped;
+//! * `conformance [--backend NAME]` — the conformance suite per backend, with pass/fail/ignored
+//!   counts and the reason for any backend that cannot run here;
 //! * `bench [--backend NAME]` — the benchmarks, each printed beside its floor.
 
 use std::io::{BufRead, BufReader};
@@ -70,13 +70,33 @@ fn step(name: &str, cmd: &mut Command) -> bool {
 struct Counts {
     passed: u32,
     failed: u32,
+    ignored: u32,
+    /// Why the backend cannot run here, when its suite said so.
+    skipped: Option<String>,
 }
 
-/// Runs a cargo test command, echoing its output, and collects the result line of each
-/// `conformance/tests/<backend>.rs` binary.
+/// The number before `word` in a libtest result line (`test result: ok. 3 passed; 0 failed; ...`).
+fn count(rest: &str, word: &str) -> u32 {
+    rest.split(';')
+        .find_map(|part| {
+            part.trim().strip_suffix(word).map(|n| {
+                n.trim()
+                    .trim_start_matches("ok.")
+                    .trim_start_matches("FAILED.")
+                    .trim()
+                    .parse()
+                    .unwrap_or(0)
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Runs a cargo test command, echoing its output, and collects the result of each conformance
+/// suite binary: the suite names its backend (`conformance suite: backend `NAME``) before it
+/// runs, and says `SKIPPED: ...` when the backend cannot run here.
 fn run_tests(mut cmd: Command) -> (bool, Vec<(String, Counts)>) {
-    // cargo names each test binary on stderr and the harness prints results on stdout: read
-    // both, in order, from one pipe.
+    // The suite names its backend on stderr and libtest prints results on stdout: read both, in
+    // order, from one pipe.
     let spawned = std::io::pipe().and_then(|(reader, writer)| {
         cmd.stdout(writer.try_clone()?).stderr(writer);
         let child = cmd.spawn();
@@ -90,80 +110,54 @@ fn run_tests(mut cmd: Command) -> (bool, Vec<(String, Counts)>) {
             return (false, Vec::new());
         }
     };
-    let mut current: Option<String> = None;
+    let mut current: Option<(String, Counts)> = None;
     let mut results = Vec::new();
     for line in BufReader::new(reader).lines().map_while(Result::ok) {
         println!("{line}");
-        if let Some(rest) = line.trim().strip_prefix("Running ") {
-            current = BACKENDS
-                .iter()
-                .find(|b| {
-                    rest.starts_with(&format!("tests/{b}.rs"))
-                        || rest.contains(&format!("conformance/tests/{b}.rs"))
-                })
-                .map(|b| b.to_string());
-        }
-        if let (Some(backend), Some(rest)) = (&current, line.strip_prefix("test result: ")) {
-            let count = |word: &str| {
-                rest.split(';')
-                    .find_map(|part| {
-                        part.trim().strip_suffix(word).map(|n| {
-                            n.trim()
-                                .trim_start_matches("ok.")
-                                .trim_start_matches("FAILED.")
-                                .trim()
-                                .parse()
-                                .unwrap_or(0)
-                        })
-                    })
-                    .unwrap_or(0)
-            };
-            results.push((
-                backend.clone(),
-                Counts {
-                    passed: count("passed"),
-                    failed: count("failed"),
-                },
-            ));
+        if let Some(rest) = line.trim().strip_prefix("conformance suite: backend `") {
+            let name = rest.trim_end_matches('`').to_string();
+            current = Some((name, Counts::default()));
+        } else if line.trim().starts_with("Running ") {
+            // A test binary that is no conformance suite.
             current = None;
+        }
+        if let (Some((_, counts)), Some(rest)) = (&mut current, line.strip_prefix("SKIPPED: ")) {
+            counts.skipped = Some(rest.to_string());
+        }
+        if let Some(rest) = line.strip_prefix("test result: ")
+            && let Some((backend, mut counts)) = current.take()
+        {
+            counts.passed = count(rest, "passed");
+            counts.failed = count(rest, "failed");
+            counts.ignored = count(rest, "ignored");
+            results.push((backend, counts));
         }
     }
     let ok = child.wait().map(|s| s.success()).unwrap_or(false);
     (ok, results)
 }
 
-/// Why a backend's conformance cannot run here, if it cannot.
-fn skip_reason(backend: &str) -> Option<String> {
-    if !root()
-        .join(format!("conformance/tests/{backend}.rs"))
-        .exists()
-    {
-        return Some("no conformance target for this backend yet".into());
-    }
-    if backend == "microvm" && !Path::new("/dev/kvm").exists() {
-        return Some("/dev/kvm is absent on this host".into());
-    }
-    None
-}
-
 fn report(selected: &[&str], results: &[(String, Counts)]) -> bool {
     println!("\n==> conformance per backend");
     let mut ok = true;
     for backend in selected {
-        match (
-            skip_reason(backend),
-            results.iter().find(|(b, _)| b == backend),
-        ) {
-            (Some(reason), _) => println!("  {backend:<10} SKIPPED: {reason}"),
-            (None, Some((_, c))) => {
-                let verdict = if c.failed == 0 { "ok" } else { "FAILED" };
+        match results.iter().find(|(b, _)| b == backend) {
+            Some((_, c)) => {
+                let verdict = match (c.failed, c.passed) {
+                    (0, 0) if c.ignored > 0 => "SKIPPED",
+                    (0, _) => "ok",
+                    _ => "FAILED",
+                };
                 println!(
-                    "  {backend:<10} {verdict}: {} passed, {} failed",
-                    c.passed, c.failed
+                    "  {backend:<10} {verdict}: {} passed, {} failed, {} ignored",
+                    c.passed, c.failed, c.ignored
                 );
+                if let Some(reason) = &c.skipped {
+                    println!("  {:<10} {reason}", "");
+                }
                 ok &= c.failed == 0;
             }
-            (None, None) => {
+            None => {
                 println!("  {backend:<10} FAILED: the suite did not run (build error?)");
                 ok = false;
             }
@@ -185,17 +179,11 @@ fn conformance(only: Option<&str>) -> bool {
         None => BACKENDS.to_vec(),
     };
     let mut cmd = cargo();
-    cmd.args(["test", "-p", "cell-conformance"]);
+    cmd.args(["test", "-p", "cell-conformance-builtin"]);
     for b in &selected {
-        if skip_reason(b).is_none() {
-            cmd.args(["--test", b]);
-        }
+        cmd.args(["--test", b]);
     }
-    let (ran, results) = if selected.iter().any(|b| skip_reason(b).is_none()) {
-        run_tests(cmd)
-    } else {
-        (true, Vec::new())
-    };
+    let (ran, results) = run_tests(cmd);
     report(&selected, &results) && ran
 }
 
