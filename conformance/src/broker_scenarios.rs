@@ -50,9 +50,10 @@ fn policy(rules: &str) -> Setup {
 }
 
 /// Defines `root()` in the cell, untranscribed: the fixture's path differs between hosts, the
-/// transcript must not.
-fn define_root(cell: &Cell) {
+/// transcript must not (it reads `$ROOT` where a message names it).
+fn define_root(cell: &Cell, t: &mut Transcript) {
     let root = fixture();
+    t.redact(root.to_str().expect("utf-8"), "$ROOT");
     cell.exec(&format!(
         "fn root() {{ {:?} }}",
         root.to_str().expect("utf-8")
@@ -86,7 +87,7 @@ fn granted_policy() -> Setup {
 }
 
 fn broker_granted(cell: &Cell, t: &mut Transcript, _h: &Harness) {
-    define_root(cell);
+    define_root(cell, t);
     let _ = t.exec(cell, r#"type_of(request("clock", "wall"))"#);
     let _ = t.exec(
         cell,
@@ -132,7 +133,7 @@ fn denied_policy() -> Setup {
 }
 
 fn broker_denied(cell: &Cell, t: &mut Transcript, _h: &Harness) {
-    define_root(cell);
+    define_root(cell, t);
     // Not granted: default-deny.
     let _ = t.exec(
         cell,
@@ -186,7 +187,7 @@ fn out_of_scope_policy() -> Setup {
 }
 
 fn broker_out_of_scope(cell: &Cell, t: &mut Transcript, _h: &Harness) {
-    define_root(cell);
+    define_root(cell, t);
     // An action the grant does not name.
     caught(t, cell, r#"request("clock", "monotonic")"#);
     // Paths that leave the root, refused by the kernel's resolution beneath it.

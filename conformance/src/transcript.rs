@@ -17,6 +17,8 @@ const EMPTY_WAIT: Duration = Duration::from_millis(20);
 #[derive(Default)]
 pub struct Transcript {
     text: String,
+    /// Host-specific text (a temporary directory) and what stands for it in the snapshot.
+    redactions: Vec<(String, String)>,
 }
 
 fn outcome(r: &Result<Value, CellError>) -> String {
@@ -101,7 +103,15 @@ impl Transcript {
         let _ = writeln!(self.text, "{}", line.as_ref());
     }
 
+    /// Writes `with` wherever `text` (a path that differs between hosts and runs) appears.
+    pub fn redact(&mut self, text: impl Into<String>, with: impl Into<String>) {
+        self.redactions.push((text.into(), with.into()));
+    }
+
+    /// The recorded lines, redacted.
     pub fn into_string(self) -> String {
-        self.text
+        self.redactions
+            .iter()
+            .fold(self.text, |text, (from, to)| text.replace(from, to))
     }
 }
