@@ -3,7 +3,7 @@
 
 use crate::audit::{AuditRecord, AuditSink, Decision, NoAudit, emit};
 use crate::capability::{Call, Capability, PendingDeny, value_bytes};
-use crate::caps::{Clock, Fs, Http, Kv, Random, SecretStore, Secrets};
+use crate::caps::{Clock, Fs, Http, Kv, KvLimits, Random, SecretStore, Secrets};
 use crate::error::{CapabilityError, ConfigError};
 use crate::rules::{Quota, Rule, RuleKind, Rules};
 use abi::{CellError, ErrorCode, Value};
@@ -46,6 +46,7 @@ pub struct BrokerBuilder {
     extra: Vec<Arc<dyn Capability>>,
     audit: Arc<dyn AuditSink>,
     kv_dir: Option<PathBuf>,
+    kv_limits: KvLimits,
     secrets: Secrets,
     default_timeout: Duration,
 }
@@ -56,6 +57,7 @@ impl Default for BrokerBuilder {
             extra: Vec::new(),
             audit: Arc::new(NoAudit),
             kv_dir: None,
+            kv_limits: KvLimits::default(),
             secrets: Secrets::default(),
             default_timeout: DEFAULT_TIMEOUT,
         }
@@ -72,6 +74,12 @@ impl BrokerBuilder {
     /// The directory of the persistent `kv` store. Without one, `kv` rules are refused.
     pub fn kv_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.kv_dir = Some(dir.into());
+        self
+    }
+
+    /// Bounds of the kv store (default: [`KvLimits::default`]).
+    pub fn kv_limits(mut self, limits: KvLimits) -> Self {
+        self.kv_limits = limits;
         self
     }
 
@@ -95,7 +103,7 @@ impl BrokerBuilder {
 
     pub fn build(self) -> Result<Broker, ConfigError> {
         let kv = match &self.kv_dir {
-            Some(dir) => Kv::open(dir)?,
+            Some(dir) => Kv::open(dir, self.kv_limits)?,
             None => Kv::unconfigured(),
         };
         let builtins: Vec<Arc<dyn Capability>> = vec![

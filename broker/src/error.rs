@@ -67,6 +67,10 @@ pub enum CapabilityError {
     /// The capability ran past its time limit.
     #[error("timed out: {0}")]
     TimedOut(String),
+    /// A bound of the capability's own store or service was reached (kv keys or bytes); the
+    /// request changed nothing.
+    #[error("quota: {0}")]
+    QuotaExceeded(String),
     /// A deny rule the capability settled on the object it opened (see [`crate::Call::denies`]):
     /// `rule` is that rule's label (`denies[i]`), which the audit record names.
     #[error("denied by rule `{rule}`: {reason}")]
@@ -88,6 +92,7 @@ impl CapabilityError {
             CapabilityError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             CapabilityError::OutOfScope(_) | CapabilityError::Denied { .. } => ErrorCode::Denied,
             CapabilityError::TooLarge(_) => ErrorCode::LimitValue,
+            CapabilityError::QuotaExceeded(_) => ErrorCode::LimitQuota,
             CapabilityError::NotFound(_) => ErrorCode::NotFound,
             CapabilityError::Failed(_) => ErrorCode::CapabilityFailed,
             // Not `TimedOut`: that code is fatal to the cell, and a slow capability is not the

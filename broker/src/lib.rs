@@ -35,6 +35,6 @@ mod rules;
 pub use audit::{AuditRecord, AuditSink, Decision, JsonLinesAudit, MemoryAudit, NoAudit};
 pub use broker::{Broker, BrokerBuilder, CellBroker, DEFAULT_TIMEOUT, MAX_TIMEOUT_MS};
 pub use capability::{Call, Capability, Payload, PendingDeny, value_bytes};
-pub use caps::Secrets;
+pub use caps::{KvLimits, Secrets};
 pub use error::{CapabilityError, ConfigError};
 pub use rules::{Access, Namespace, Quota, Rule, RuleKind, Rules};

@@ -1,18 +1,13 @@
 //! `kv`: a persistent key-value store per cell or per tenant, on `redb` (an embedded, crash-safe
 //! B-tree store). Values are any ABI value, stored in the ABI's own postcard encoding.
 
+use super::kv_store::{KvLimits, Store};
 use crate::capability::{Call, Capability, Payload};
 use crate::error::{CapabilityError, ConfigError};
 use crate::rules::{Namespace, Rule, RuleKind};
 use abi::Value;
-use redb::{Database, TableDefinition};
 use std::path::Path;
-use std::sync::Arc;
 
-/// (namespace, key) → encoded value.
-const TABLE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
-/// File name of the store inside the kv directory.
-pub const KV_FILE: &str = "kv.redb";
 /// Value size cap (encoded) when the grant sets no `max_bytes` (64 KiB).
 pub const DEFAULT_MAX_VALUE: u64 = 64 << 10;
 /// Longest key, in bytes.
@@ -21,16 +16,9 @@ pub const MAX_KEY_LEN: usize = 256;
 pub const MAX_LIST_KEYS: i64 = 1000;
 
 /// `get`, `put`, `delete`, `list`.
+#[derive(Debug)]
 pub struct Kv {
-    db: Option<Arc<Database>>,
-}
-
-impl std::fmt::Debug for Kv {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kv")
-            .field("configured", &self.db.is_some())
-            .finish()
-    }
+    store: Option<Store>,
 }
 
 fn db_err(e: impl std::fmt::Display) -> CapabilityError {
@@ -38,30 +26,32 @@ fn db_err(e: impl std::fmt::Display) -> CapabilityError {
 }
 
 impl Kv {
-    /// Opens (creating) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<Kv, ConfigError> {
-        std::fs::create_dir_all(dir).map_err(|source| ConfigError::Io {
-            what: format!("cannot create kv directory {}", dir.display()),
-            source,
-        })?;
-        let path = dir.join(KV_FILE);
-        let db = Database::create(&path).map_err(|e| {
-            ConfigError::Broker(format!("cannot open kv store {}: {e}", path.display()))
-        })?;
+    /// Opens (creating) the store in `dir`, bounded by `limits`. Other supervisors may use the
+    /// same directory at the same time.
+    pub fn open(dir: &Path, limits: KvLimits) -> Result<Kv, ConfigError> {
         Ok(Kv {
-            db: Some(Arc::new(db)),
+            store: Some(Store::open(dir, limits)?),
         })
     }
 
     /// A `kv` with no store: every `kv` rule is refused at spawn, saying why.
     pub fn unconfigured() -> Kv {
-        Kv { db: None }
+        Kv { store: None }
     }
 
     fn namespace(call: &Call) -> String {
         match (call.rule.namespace, &call.rule.tenant) {
             (Some(Namespace::Tenant), Some(tenant)) => format!("tenant:{tenant}"),
             _ => format!("cell:{}", call.cell),
+        }
+    }
+
+    /// Keys and bytes (keys plus encoded values) the namespace of `cell` (or of `tenant`, given
+    /// as `tenant:NAME`) holds: for operators and tests.
+    pub fn usage(&self, namespace: &str) -> Result<(u64, u64), CapabilityError> {
+        match &self.store {
+            Some(store) => store.usage(namespace),
+            None => Ok((0, 0)),
         }
     }
 }
@@ -90,7 +80,7 @@ impl Capability for Kv {
     }
 
     fn check_rule(&self, _: &Rule, kind: RuleKind) -> Result<(), String> {
-        if kind == RuleKind::Grant && self.db.is_none() {
+        if kind == RuleKind::Grant && self.store.is_none() {
             return Err(
                 "the supervisor has no kv store configured (give it a kv directory, e.g. `cell --kv-dir DIR`)"
                     .into(),
@@ -136,8 +126,8 @@ impl Capability for Kv {
     }
 
     fn execute(&self, call: &Call) -> Result<Value, CapabilityError> {
-        let db = self
-            .db
+        let store = self
+            .store
             .as_ref()
             .ok_or_else(|| CapabilityError::failed("kv store not configured"))?;
         let ns = Self::namespace(call);
@@ -147,15 +137,9 @@ impl Capability for Kv {
                 p.only(&["key"])?;
                 let key = p.str("key")?;
                 check_key(key)?;
-                let txn = db.begin_read().map_err(db_err)?;
-                let table = match txn.open_table(TABLE) {
-                    Ok(t) => t,
-                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Value::Unit),
-                    Err(e) => return Err(db_err(e)),
-                };
-                match table.get((ns.as_str(), key)).map_err(db_err)? {
+                match store.get(&ns, key)? {
                     None => Ok(Value::Unit),
-                    Some(bytes) => postcard::from_bytes::<Value>(bytes.value())
+                    Some(bytes) => postcard::from_bytes::<Value>(&bytes)
                         .map_err(|e| db_err(format!("stored value of `{key}` is corrupt: {e}"))),
                 }
             }
@@ -172,27 +156,14 @@ impl Capability for Kv {
                         encoded.len()
                     )));
                 }
-                let txn = db.begin_write().map_err(db_err)?;
-                {
-                    let mut table = txn.open_table(TABLE).map_err(db_err)?;
-                    table
-                        .insert((ns.as_str(), key), encoded.as_slice())
-                        .map_err(db_err)?;
-                }
-                txn.commit().map_err(db_err)?;
+                store.put(&ns, key, &encoded)?;
                 Ok(Value::Unit)
             }
             "delete" => {
                 p.only(&["key"])?;
                 let key = p.str("key")?;
                 check_key(key)?;
-                let txn = db.begin_write().map_err(db_err)?;
-                let existed = {
-                    let mut table = txn.open_table(TABLE).map_err(db_err)?;
-                    table.remove((ns.as_str(), key)).map_err(db_err)?.is_some()
-                };
-                txn.commit().map_err(db_err)?;
-                Ok(Value::Bool(existed))
+                Ok(Value::Bool(store.delete(&ns, key)?))
             }
             _ => {
                 p.only(&["prefix", "limit"])?;
@@ -203,22 +174,8 @@ impl Capability for Kv {
                         "kv.list: `limit` must be between 1 and {MAX_LIST_KEYS}"
                     )));
                 }
-                let txn = db.begin_read().map_err(db_err)?;
-                let table = match txn.open_table(TABLE) {
-                    Ok(t) => t,
-                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Value::List(vec![])),
-                    Err(e) => return Err(db_err(e)),
-                };
-                let mut keys = Vec::new();
-                for entry in table.range((ns.as_str(), prefix)..).map_err(db_err)? {
-                    let (k, _) = entry.map_err(db_err)?;
-                    let (entry_ns, key) = k.value();
-                    if entry_ns != ns || !key.starts_with(prefix) || keys.len() as i64 >= limit {
-                        break;
-                    }
-                    keys.push(Value::Str(key.to_string()));
-                }
-                Ok(Value::List(keys))
+                let keys = store.list(&ns, prefix, limit as usize)?;
+                Ok(Value::List(keys.into_iter().map(Value::Str).collect()))
             }
         }
     }

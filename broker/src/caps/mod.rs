@@ -5,6 +5,7 @@ mod fs;
 mod fs_object;
 mod http;
 mod kv;
+mod kv_store;
 mod random;
 mod secret;
 
@@ -12,5 +13,6 @@ pub use clock::Clock;
 pub use fs::Fs;
 pub use http::Http;
 pub use kv::Kv;
+pub use kv_store::KvLimits;
 pub use random::Random;
 pub use secret::{SecretStore, Secrets};
