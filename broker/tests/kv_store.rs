@@ -198,4 +198,3 @@ fn a_store_written_before_usage_was_kept_is_counted_when_opened() {
         ErrorCode::LimitQuota
     );
 }
-
