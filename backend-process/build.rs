@@ -23,6 +23,8 @@ fn main() {
         "guest/Cargo.toml",
         "guest/Cargo.lock",
         "src/fork_protocol.rs",
+        "src/confine.rs",
+        "src/step.rs",
         "../guest-runtime",
         "../abi",
     ] {

@@ -12,11 +12,13 @@ use abi::backend::{
 };
 use abi::wire::{self, HEADER_LEN};
 
+use crate::cell::{Killer, ProcessCell};
 use crate::error::Error;
 use crate::fork_server::PoolLease;
 use crate::host::host_support;
 use crate::layers::{Layer, LayerReport, LayerState};
-use crate::spawn::{Killer, Limits, ProcessCell, SpawnSpec};
+use crate::limits::Limits;
+use crate::spec::SpawnSpec;
 
 /// The `process` backend.
 #[derive(Clone, Debug)]
@@ -42,6 +44,7 @@ impl Default for ProcessBackend {
 }
 
 impl ProcessBackend {
+    /// A backend whose cells start from the fork server.
     pub fn new() -> Self {
         ProcessBackend::default()
     }
@@ -181,6 +184,7 @@ impl abi::backend::Interrupter for ProcessInterrupter {
 }
 
 impl ProcessPipe {
+    /// The pipe to a spawned `cell`, with frames up to `max_len` bytes, answering to `host`.
     pub fn new(cell: ProcessCell, host: Arc<dyn HostSide>, max_len: u32) -> Self {
         let interrupter = Arc::new(ProcessInterrupter {
             pidfd: cell.pidfd(),

@@ -75,7 +75,7 @@ fn capacity_holds_thousands_of_live_process_cells() {
     };
     let mut pipes = Vec::with_capacity(n + 1);
     start(&mut pipes); // the server runs
-    let server = crate::fork_server::test_hooks::server_pid(crate::spawn::Image::Guest).unwrap();
+    let server = crate::fork_server::test_hooks::server_pid(crate::image::Image::Guest).unwrap();
     let server_before = cgroup_memory(server);
     let available_before = mem_available_kib();
     let t0 = Instant::now();
@@ -107,7 +107,7 @@ fn capacity_holds_thousands_of_live_process_cells() {
     }
     start(&mut pipes);
     assert_eq!(
-        crate::fork_server::test_hooks::server_pid(crate::spawn::Image::Guest),
+        crate::fork_server::test_hooks::server_pid(crate::image::Image::Guest),
         Some(server),
         "the fork server was replaced (killed?)"
     );

@@ -1,69 +1,7 @@
 //! Errors of the process backend.
 
 use crate::layers::Layer;
-
-/// A step of the confinement sequence run in the child before the guest starts.
-/// The numeric values travel over the spawn status pipe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-#[repr(u32)]
-pub enum Step {
-    ArrangeFds = 1,
-    JoinCgroup,
-    UnshareCgroupNamespace,
-    JoinNetworkNamespace,
-    OpenProc,
-    MakeMountsPrivate,
-    MountRoot,
-    PivotRoot,
-    DetachOldRoot,
-    SetHostname,
-    DropHostIds,
-    UnshareUserNamespace,
-    WriteIdMaps,
-    DropCapabilities,
-    NewSession,
-    SetRlimits,
-    NoNewPrivs,
-    Landlock,
-    ParentDeathSignal,
-    CloseFds,
-    Seccomp,
-    Exec,
-    DropBoundingSet,
-}
-
-impl Step {
-    const ALL: [Step; 23] = [
-        Step::ArrangeFds,
-        Step::JoinCgroup,
-        Step::UnshareCgroupNamespace,
-        Step::JoinNetworkNamespace,
-        Step::OpenProc,
-        Step::MakeMountsPrivate,
-        Step::MountRoot,
-        Step::PivotRoot,
-        Step::DetachOldRoot,
-        Step::SetHostname,
-        Step::DropHostIds,
-        Step::UnshareUserNamespace,
-        Step::WriteIdMaps,
-        Step::DropCapabilities,
-        Step::NewSession,
-        Step::SetRlimits,
-        Step::NoNewPrivs,
-        Step::Landlock,
-        Step::ParentDeathSignal,
-        Step::CloseFds,
-        Step::Seccomp,
-        Step::Exec,
-        Step::DropBoundingSet,
-    ];
-
-    pub(crate) fn from_u32(v: u32) -> Option<Step> {
-        Step::ALL.into_iter().find(|s| *s as u32 == v)
-    }
-}
+use crate::step::Step;
 
 /// Errors of the process backend.
 #[derive(Debug, thiserror::Error)]
@@ -71,11 +9,22 @@ impl Step {
 pub enum Error {
     /// The policy requires a layer this host (or this spawn) cannot provide.
     #[error("required confinement layer `{layer}` is not available: {reason}")]
-    LayerUnavailable { layer: Layer, reason: String },
-    /// A confinement step failed in the child; the guest never ran.
-    #[error("confinement step {step:?} failed in the cell child: {source}")]
+    LayerUnavailable {
+        /// The layer.
+        layer: Layer,
+        /// Why it is missing.
+        reason: String,
+    },
+    /// A confinement step failed in the cell's process (before its first script).
+    #[error(
+        "confinement step `{}` failed in the cell process ({}): {source}",
+        step.name(),
+        step.describe()
+    )]
     Confinement {
+        /// The step.
         step: Step,
+        /// The error of its system call, or the exit status that named it.
         #[source]
         source: std::io::Error,
     },
@@ -85,7 +34,9 @@ pub enum Error {
     /// Preparing the spawn on the host side failed.
     #[error("{what}: {source}")]
     Host {
+        /// What the host was doing.
         what: &'static str,
+        /// Why it failed.
         #[source]
         source: std::io::Error,
     },
@@ -101,4 +52,5 @@ pub(crate) fn host(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Host { what, source }
 }
 
+/// A result of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

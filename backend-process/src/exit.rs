@@ -4,8 +4,10 @@
 use abi::backend::PipeError;
 use abi::{CellError, ErrorCode};
 
-use crate::fork_protocol::{ForkStep, exit};
-use crate::spawn::{ExitStatus, Limits, Termination};
+use crate::cell::{ExitStatus, Termination};
+use crate::fork_protocol::exit;
+use crate::limits::Limits;
+use crate::step::Step;
 
 /// The error a transaction reports for a cell that ended with `t` (not killed by the
 /// host), given the limits it ran under.
@@ -49,9 +51,10 @@ pub(crate) fn classify(t: &Termination, limits: &Limits) -> PipeError {
         ExitStatus::Signaled(sig) => {
             PipeError::Crashed(format!("cell process killed by signal {sig}"))
         }
-        ExitStatus::Exited(code) => match ForkStep::from_exit_status(code) {
+        ExitStatus::Exited(code) => match Step::from_exit_status(code) {
             Some(step) => PipeError::Crashed(format!(
-                "the forked cell process failed {} (step {step:?}, exit status {code})",
+                "the cell process failed confinement step `{}` ({}, exit status {code})",
+                step.name(),
                 step.describe()
             )),
             None => PipeError::Crashed(format!("cell process exited with status {code}")),

@@ -60,72 +60,16 @@ pub mod exit {
     pub const CPU_TIME: i32 = 81;
     /// The engine ran off its stack (the guard page faulted): `limit_call_depth`.
     pub const STACK_OVERFLOW: i32 = 82;
-    /// A forked cell failed confinement step `s` ([`super::ForkStep`]): status `FORK_STEP + s`.
-    pub const FORK_STEP: i32 = 64;
 }
 
-/// The steps a forked cell takes between the server's `clone3` and running as a cell. A
-/// failed step ends the process with status [`exit::FORK_STEP`] + the step's number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(i32)]
-pub enum ForkStep {
-    ArrangeFds = 1,
-    CloseFds = 2,
-    DropCapabilities = 3,
-    SetRlimits = 4,
-    NewSession = 5,
-    ParentDeathSignal = 6,
-    Seccomp = 7,
-    GoRecord = 8,
-    TakeIds = 9,
-    DropBoundingSet = 10,
-    CpuTimer = 11,
-}
-
-impl ForkStep {
-    const ALL: [ForkStep; 11] = [
-        ForkStep::ArrangeFds,
-        ForkStep::CloseFds,
-        ForkStep::DropCapabilities,
-        ForkStep::SetRlimits,
-        ForkStep::NewSession,
-        ForkStep::ParentDeathSignal,
-        ForkStep::Seccomp,
-        ForkStep::GoRecord,
-        ForkStep::TakeIds,
-        ForkStep::DropBoundingSet,
-        ForkStep::CpuTimer,
-    ];
-
-    /// The step an exit status names, if it names one.
-    pub fn from_exit_status(status: i32) -> Option<ForkStep> {
-        let n = status.checked_sub(exit::FORK_STEP)?;
-        Self::ALL.into_iter().find(|s| *s as i32 == n)
-    }
-
-    /// What the step does, for error messages.
-    pub fn describe(self) -> &'static str {
-        match self {
-            ForkStep::ArrangeFds => "placing its channel at fd 3",
-            ForkStep::CloseFds => "closing inherited descriptors",
-            ForkStep::DropCapabilities => "dropping its capabilities",
-            ForkStep::SetRlimits => "setting its rlimits",
-            ForkStep::NewSession => "starting a new session",
-            ForkStep::ParentDeathSignal => "arming its parent-death signal",
-            ForkStep::Seccomp => "installing the cell's seccomp filter",
-            ForkStep::GoRecord => "reading its go record",
-            ForkStep::TakeIds => "taking its own uid and gid",
-            ForkStep::DropBoundingSet => "dropping its capability bounding set",
-            ForkStep::CpuTimer => "arming its CPU-time timer",
-        }
-    }
-}
-
-/// The setup message: the number of ids mapped from 1000 up, then the cell filter.
-pub fn encode_setup(ids: u32, filter: &[libc::sock_filter]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + 8 * filter.len());
+/// The setup message: the number of ids mapped from 1000 up, the code of a confinement
+/// step every forked cell is to fail (fault injection for tests, honoured by the test
+/// probe only; 0: none), then the cell filter.
+pub fn encode_setup(ids: u32, fault: u8, filter: &[libc::sock_filter]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(6 + 8 * filter.len());
     out.push(SETUP);
     out.extend_from_slice(&ids.to_le_bytes());
+    out.push(fault);
     for ins in filter {
         out.extend_from_slice(&ins.code.to_le_bytes());
         out.push(ins.jt);
@@ -135,11 +79,12 @@ pub fn encode_setup(ids: u32, filter: &[libc::sock_filter]) -> Vec<u8> {
     out
 }
 
-/// Parses a setup message (ids, filter); `None` if it is not one.
-pub fn decode_setup(msg: &[u8]) -> Option<(u32, Vec<libc::sock_filter>)> {
+/// Parses a setup message (ids, fault, filter); `None` if it is not one.
+pub fn decode_setup(msg: &[u8]) -> Option<(u32, u8, Vec<libc::sock_filter>)> {
     let body = msg.strip_prefix(&[SETUP])?;
     let (ids, body) = body.split_first_chunk::<4>()?;
     let ids = u32::from_le_bytes(*ids);
+    let (&fault, body) = body.split_first()?;
     if ids == 0 || body.is_empty() || body.len() % 8 != 0 || body.len() / 8 > u16::MAX as usize {
         return None;
     }
@@ -152,7 +97,7 @@ pub fn decode_setup(msg: &[u8]) -> Option<(u32, Vec<libc::sock_filter>)> {
             k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
         })
         .collect();
-    Some((ids, filter))
+    Some((ids, fault, filter))
 }
 
 /// What a forked cell gets in its go record: its rlimits (in [`RLIMITS`] order) and

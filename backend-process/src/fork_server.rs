@@ -26,19 +26,21 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::cell::{Prepared, ProcessCell, require};
 use crate::cgroup::sweep_stale;
+use crate::direct::{self, SERVER_ID_SPAN};
 use crate::error::{Error, Result, host};
 use crate::fork_protocol::{
     FORK_REQUEST, ForkRequest, MAX_MESSAGE, PLACED, Reply, encode_setup, recv_message, send_message,
 };
 use crate::host::{host_support, seccomp_program};
+use crate::image::Image;
+use crate::limits::{Limits, max_memory_bytes, max_open_files, max_processes, rlimit_values};
 use crate::seccomp::Role;
-use crate::spawn::{
-    Image, Limits, Prepared, ProcessCell, SERVER_ID_SPAN, SpawnSpec, require, rlimit_values,
-};
+use crate::spec::{SpawnSpec, check_host};
 
 /// Processes kept ready per image.
 pub const SPARES: usize = 2;
@@ -52,6 +54,26 @@ const EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a spawn waits for a spare before giving up.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a pool's server is made for: its image and, in tests, the confinement step
+/// its cells are made to fail (0: none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Key {
+    image: Image,
+    fault: u8,
+}
+
+impl Key {
+    fn of(spec: &SpawnSpec) -> Key {
+        Key {
+            image: spec.image,
+            #[cfg(test)]
+            fault: spec.fault.map_or(0, crate::step::Step::code),
+            #[cfg(not(test))]
+            fault: 0,
+        }
+    }
+}
 
 /// The spares of one image, shared by the spawning threads and the keeper.
 struct Pool {
@@ -72,46 +94,45 @@ struct State {
     spares: VecDeque<ProcessCell>,
     /// The limits spares are made for: those of the latest spawn.
     shape: Limits,
-    /// Why the last spare could not be made; cleared by the next demand.
-    failure: Option<String>,
+    /// Why the last spare could not be made; taken by the spawn that reports it, cleared
+    /// by the next demand.
+    failure: Option<Error>,
     /// Spawns that found no spare and wait for one.
     waiting: usize,
     /// When a spawn last took a spare.
     last_take: Option<Instant>,
 }
 
-/// The pool of `image`, its keeper started on first use.
-fn pool(image: Image) -> &'static Pool {
-    static GUEST: OnceLock<&'static Pool> = OnceLock::new();
-    #[cfg(test)]
-    static PROBE: OnceLock<&'static Pool> = OnceLock::new();
-    let slot = match image {
-        Image::Guest => &GUEST,
-        #[cfg(test)]
-        Image::Probe => &PROBE,
-    };
-    slot.get_or_init(|| {
-        let pool: &'static Pool = Box::leak(Box::new(Pool {
-            state: Mutex::new(State {
-                server: None,
-                busy: false,
-                closing: false,
-                retired: false,
-                spares: VecDeque::new(),
-                shape: Limits::default(),
-                failure: None,
-                waiting: 0,
-                last_take: None,
-            }),
-            changed: Condvar::new(),
-        }));
-        std::thread::Builder::new()
-            .name("cell-fork-keeper".into())
-            .spawn(move || keep(image, pool))
-            .expect("spawning the fork-server keeper thread");
-        at_exit(pool);
-        pool
-    })
+/// The pool of `key`, its keeper started on first use.
+fn pool(key: Key) -> &'static Pool {
+    // Found by a short scan: one pool per image (and, in tests, per injected fault).
+    let mut pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, pool)) = pools.iter().find(|(k, _)| *k == key) {
+        return pool;
+    }
+    let pool: &'static Pool = Box::leak(Box::new(Pool {
+        state: Mutex::new(State {
+            server: None,
+            busy: false,
+            closing: false,
+            retired: false,
+            spares: VecDeque::new(),
+            shape: Limits::default(),
+            failure: None,
+            waiting: 0,
+            last_take: None,
+        }),
+        changed: Condvar::new(),
+    }));
+    std::thread::Builder::new()
+        .name("cell-fork-keeper".into())
+        .spawn(move || keep(key, pool))
+        .expect("spawning the fork-server keeper thread");
+    if pools.is_empty() {
+        at_exit();
+    }
+    pools.push((key, pool));
+    pool
 }
 
 /// Shuts `pool` down when the supervisor process exits normally: the keeper starts
@@ -120,13 +141,10 @@ fn pool(image: Image) -> &'static Pool {
 /// reaped too. (When the process dies otherwise, the kernel kills the server, the spares
 /// and the cells through their parent-death signal; their empty cgroups are swept by the
 /// next supervisor.)
-/// Every pool started in this process.
-static POOLS: Mutex<Vec<&'static Pool>> = Mutex::new(Vec::new());
-
-fn at_exit(pool: &'static Pool) {
+fn at_exit() {
     extern "C" fn clean_up() {
-        let pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
-        for pool in pools.iter() {
+        let pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        for (_, pool) in pools {
             let mut state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
             state.closing = true;
             pool.changed.notify_all();
@@ -148,14 +166,13 @@ fn at_exit(pool: &'static Pool) {
         }
         crate::reaper::wait_idle(EXIT_WAIT);
     }
-    let mut pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
-    if pools.is_empty() {
-        // SAFETY: registers a plain function with no arguments; it only takes locks
-        // without blocking and makes ordinary calls.
-        unsafe { libc::atexit(clean_up) };
-    }
-    pools.push(pool);
+    // SAFETY: registers a plain function with no arguments; it only takes locks
+    // without blocking and makes ordinary calls.
+    unsafe { libc::atexit(clean_up) };
 }
+
+/// Every pool started in this process.
+static POOLS: Mutex<Vec<(Key, &'static Pool)>> = Mutex::new(Vec::new());
 
 /// Keeps the fork servers running: held by every [`crate::ProcessBackend`] (each clone
 /// holds one). When the last lease is dropped, each pool kills its server and spares
@@ -166,6 +183,7 @@ pub struct PoolLease(());
 static LEASES: Mutex<usize> = Mutex::new(0);
 
 impl PoolLease {
+    /// Takes a lease (the pools run while any is held).
     pub fn new() -> PoolLease {
         *LEASES.lock().unwrap_or_else(PoisonError::into_inner) += 1;
         PoolLease(())
@@ -198,9 +216,8 @@ impl Drop for PoolLease {
             return;
         }
         drop(leases);
-        let pools: Vec<&'static Pool> =
-            POOLS.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        for pool in pools {
+        let pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        for (_, pool) in pools {
             let mut state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
             state.retired = true;
             let server = state.server.take();
@@ -224,7 +241,7 @@ pub(crate) fn spawn(spec: &SpawnSpec) -> Result<ProcessCell> {
             "cell arguments longer than the fork server's {MAX_MESSAGE}-byte record"
         )));
     }
-    let pool = pool(spec.image);
+    let pool = pool(Key::of(spec));
     let mut cell = {
         let mut state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
         if state.shape != spec.limits {
@@ -237,8 +254,8 @@ pub(crate) fn spawn(spec: &SpawnSpec) -> Result<ProcessCell> {
             if let Some(cell) = state.spares.pop_front() {
                 break cell;
             }
-            if let Some(why) = state.failure.take() {
-                return Err(Error::ForkServer(why));
+            if let Some(e) = state.failure.take() {
+                return Err(e);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -259,20 +276,24 @@ pub(crate) fn spawn(spec: &SpawnSpec) -> Result<ProcessCell> {
         pool.changed.notify_all();
         cell
     };
+    // A spare that failed a confinement step is gone already: say which step.
+    if let Some(t) = cell.try_wait()? {
+        return Err(ended(&t));
+    }
     // A failure below drops the cell, which kills it.
     cell.retarget(&spec.limits);
     require(cell.layers(), &spec.require)?;
     inherit_affinity(cell.pid());
-    cell.channel()
-        .write_all(&go)
-        .map_err(host("sending the go record"))?;
+    if let Err(e) = cell.channel().write_all(&go) {
+        return Err(failure_of(&mut cell, host("sending the go record")(e)));
+    }
     Ok(cell)
 }
 
 /// The keeper: starts the server, keeps `SPARES` processes ready for the current
 /// shape, replaces a server that died. After a failure it waits for a spawn to ask
 /// again, so a broken host does not make it spin.
-fn keep(image: Image, pool: &'static Pool) {
+fn keep(key: Key, pool: &'static Pool) {
     sweep_stale(&host_support().cgroups);
     let mut state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
@@ -308,11 +329,11 @@ fn keep(image: Image, pool: &'static Pool) {
         let mut server = state.server.take();
         state.busy = true;
         drop(state);
-        let made = make_spare(&mut server, image, &shape).or_else(|e| match e {
+        let made = make_spare(&mut server, key, &shape).or_else(|e| match e {
             // The server died (or broke its protocol): replace it, once.
             Error::ForkServer(_) => {
                 server = None;
-                make_spare(&mut server, image, &shape)
+                make_spare(&mut server, key, &shape)
             }
             other => Err(other),
         });
@@ -329,7 +350,7 @@ fn keep(image: Image, pool: &'static Pool) {
         state.server = server;
         match made {
             Ok(cell) => state.spares.push_back(cell),
-            Err(e) => state.failure = Some(e.to_string()),
+            Err(e) => state.failure = Some(e),
         }
         pool.changed.notify_all();
     }
@@ -337,13 +358,9 @@ fn keep(image: Image, pool: &'static Pool) {
 
 /// Forks one process from the server (started first if there is none) and places
 /// it in cgroups made for `shape`.
-fn make_spare(
-    server: &mut Option<ProcessCell>,
-    image: Image,
-    shape: &Limits,
-) -> Result<ProcessCell> {
+fn make_spare(server: &mut Option<ProcessCell>, key: Key, shape: &Limits) -> Result<ProcessCell> {
     if server.is_none() {
-        *server = Some(start(image)?);
+        *server = Some(start(key)?);
     }
     let control = server
         .as_ref()
@@ -373,20 +390,53 @@ fn make_spare(
     let pid = pid_of(&pidfd)?;
     let mut cell =
         ProcessCell::from_parts(pid, pidfd, UnixStream::from(channel), Prepared::new(shape));
-    cell.place_in_cgroups()
-        .map_err(host("placing the cell in its cgroups"))?;
+    if let Err(e) = cell.place_in_cgroups() {
+        return Err(failure_of(
+            &mut cell,
+            host("placing the cell in its cgroups")(e),
+        ));
+    }
     // Only now does it rehearse: the pages it touches are charged to its own cgroups.
-    cell.channel()
-        .write_all(&[PLACED])
-        .map_err(host("telling the cell it is placed"))?;
+    if let Err(e) = cell.channel().write_all(&[PLACED]) {
+        return Err(failure_of(
+            &mut cell,
+            host("telling the cell it is placed")(e),
+        ));
+    }
     Ok(cell)
 }
 
-/// Spawns a fork server for `image` (on the keeper thread) and hands it the cell filter.
-fn start(image: Image) -> Result<ProcessCell> {
-    let process = ProcessCell::spawn(&server_spec(image))?;
+/// The error for a forked process that could not be handed on because of `e`: the
+/// confinement step it failed, when it ended by failing one (it is killed and reaped
+/// first; a killed process keeps the exit status it already had).
+fn failure_of(cell: &mut ProcessCell, e: Error) -> Error {
+    cell.kill();
+    match cell.wait() {
+        Ok(t) if t.failed_step().is_some() => ended(&t),
+        _ => e,
+    }
+}
+
+/// The error for a forked process that ended before its go record.
+fn ended(t: &crate::cell::Termination) -> Error {
+    match (t.failed_step(), t.status) {
+        (Some(step), crate::cell::ExitStatus::Exited(code)) => Error::Confinement {
+            step,
+            source: io::Error::other(format!("reported by exit status {code}")),
+        },
+        _ => Error::ChildLost(format!("the forked cell process ended: {t:?}")),
+    }
+}
+
+/// Spawns a fork server for `key` (on the keeper thread) and hands it the cell filter.
+fn start(key: Key) -> Result<ProcessCell> {
+    let spec = server_spec(key.image);
+    check_host(&spec)?;
+    let process = direct::spawn(&spec, Prepared::new(&spec.limits))?;
     #[cfg(test)]
-    test_hooks::started(image, process.pid());
+    if key.fault == 0 {
+        test_hooks::started(key.image, process.pid());
+    }
     let control = process.channel().as_raw_fd();
     let ids = if host_support().rootful {
         SERVER_ID_SPAN
@@ -395,7 +445,7 @@ fn start(image: Image) -> Result<ProcessCell> {
     };
     send_message(
         control,
-        &encode_setup(ids, seccomp_program(Role::Cell)),
+        &encode_setup(ids, key.fault, seccomp_program(Role::Cell)),
         &[],
     )
     .map_err(|e| Error::ForkServer(format!("sending the setup: {e}")))?;
@@ -423,11 +473,11 @@ pub const SERVER_CAPACITY: u64 = 20_000;
 fn server_spec(image: Image) -> SpawnSpec {
     SpawnSpec {
         limits: Limits {
-            memory_bytes: SERVER_MEMORY_BYTES.min(crate::spawn::max_memory_bytes()),
+            memory_bytes: SERVER_MEMORY_BYTES.min(max_memory_bytes()),
             cpu_time_ms: 0,
             cpu_percent: 100,
-            max_processes: crate::spawn::max_processes(),
-            open_files: crate::spawn::max_open_files(),
+            max_processes: max_processes(),
+            open_files: max_open_files(),
             file_size_bytes: 0,
         },
         require: Vec::new(),
@@ -435,6 +485,8 @@ fn server_spec(image: Image) -> SpawnSpec {
         image,
         args: vec!["--fork-server".into()],
         role: Role::ForkServer,
+        #[cfg(test)]
+        fault: None,
     }
 }
 

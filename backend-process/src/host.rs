@@ -1,6 +1,6 @@
 //! What this host supports, detected once, and the per-process resources shared by
-//! every spawn: the sealed image memfds, the empty network namespace, the Landlock
-//! ruleset and the seccomp program.
+//! every spawn: sealed memfds (for the images), the empty network namespace, the
+//! Landlock ruleset and the seccomp program.
 
 use std::ffi::CString;
 use std::io;
@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
 
 use crate::cgroup::Hierarchies;
-use crate::error::{Error, Result, host};
+use crate::error::{Error, Result};
 use crate::layers::{Layer, LayerReport, LayerState};
 use crate::seccomp::Role;
 
@@ -213,20 +213,4 @@ pub(crate) fn seccomp_program(role: Role) -> &'static [libc::sock_filter] {
         Role::ForkServer => &FORK_SERVER,
     };
     slot.get_or_init(|| crate::seccomp::program(role))
-}
-
-/// The guest image memfd (created once).
-pub(crate) fn image_fd(image: crate::spawn::Image) -> Result<RawFd> {
-    static GUEST: OnceLock<std::result::Result<OwnedFd, String>> = OnceLock::new();
-    #[cfg(test)]
-    static PROBE: OnceLock<std::result::Result<OwnedFd, String>> = OnceLock::new();
-    let (slot, name, bytes) = match image {
-        crate::spawn::Image::Guest => (&GUEST, "cell-guest", crate::spawn::GUEST_IMAGE),
-        #[cfg(test)]
-        crate::spawn::Image::Probe => (&PROBE, "cell-probe", crate::spawn::PROBE_IMAGE),
-    };
-    slot.get_or_init(|| sealed_memfd(name, bytes).map_err(|e| e.to_string()))
-        .as_ref()
-        .map(|f| f.as_raw_fd())
-        .map_err(|e| host("creating the guest image memfd")(io::Error::other(e.clone())))
 }

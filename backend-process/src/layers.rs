@@ -6,11 +6,17 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Layer {
+    /// A user namespace of its own.
     UserNamespace,
+    /// A pid namespace of its own (the cell's init is pid 1).
     PidNamespace,
+    /// A mount namespace of its own.
     MountNamespace,
+    /// An ipc namespace of its own.
     IpcNamespace,
+    /// A uts namespace of its own (hostname `cell`).
     UtsNamespace,
+    /// A cgroup namespace of its own.
     CgroupNamespace,
     /// The cell joins a pre-made empty network namespace (or gets a fresh empty one).
     NetworkNamespace,
@@ -19,17 +25,23 @@ pub enum Layer {
     /// The guest runs as an unprivileged uid/gid in its namespace (1000, or one of its own
     /// above 1000 for a fork-server cell of a root supervisor), mapped to a non-root host id.
     UnprivilegedUid,
+    /// `no_new_privs`: no exec can gain privileges.
     NoNewPrivs,
+    /// An empty environment.
     ClearedEnvironment,
     /// Every fd but the channel is closed.
     ClosedFds,
+    /// Killed when the supervisor dies.
     ParentDeathSignal,
     /// New session: no controlling terminal to inject input into.
     NewSession,
     /// Address space, CPU seconds, open files, file size, core = 0, processes, stack.
     Rlimits,
+    /// A memory limit (cgroup).
     CgroupMemory,
+    /// A process limit (cgroup).
     CgroupPids,
+    /// A CPU bandwidth limit (cgroup).
     CgroupCpu,
     /// The whole cgroup is killed atomically on kill (cgroup v2 `cgroup.kill`).
     CgroupKill,
@@ -134,6 +146,7 @@ impl fmt::Display for Layer {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LayerState {
+    /// In force at full strength.
     Active,
     /// In force with less than its full strength (the detail says what is missing).
     Partial(String),
@@ -142,6 +155,7 @@ pub enum LayerState {
 }
 
 impl LayerState {
+    /// Whether the layer is in force at full strength.
     pub fn is_active(&self) -> bool {
         matches!(self, LayerState::Active)
     }
@@ -177,6 +191,7 @@ impl LayerReport {
         }
     }
 
+    /// The state of `layer`.
     pub fn get(&self, layer: Layer) -> &LayerState {
         self.states
             .iter()
@@ -185,6 +200,7 @@ impl LayerReport {
             .expect("every layer is reported")
     }
 
+    /// Every layer and its state.
     pub fn iter(&self) -> impl Iterator<Item = (Layer, &LayerState)> {
         self.states.iter().map(|(l, s)| (*l, s))
     }

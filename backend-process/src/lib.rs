@@ -9,40 +9,63 @@
 //! exist, v1 otherwise) and `cgroup.kill`; Landlock (no filesystem, no TCP); and a
 //! seccomp-bpf allowlist compiled to a binary-search tree with an architecture check.
 
-mod backend;
-mod cgroup;
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+// In layers, each using only those above it: the shared confinement steps and
+// protocol; host facts and resources; a cell's limits, request and process; the
+// direct spawn; the fork server; the choice between them; the `Backend` impl.
+mod confine;
 mod error;
-mod exit;
 mod fork_protocol;
-mod fork_server;
-mod host;
 mod layers;
-mod reaper;
 mod seccomp;
+mod step;
+
+mod cgroup;
+mod host;
+mod image;
+mod limits;
+mod reaper;
+
+mod cell;
+mod child;
+mod spec;
+
+mod direct;
+mod fork_server;
 mod spawn;
+
+mod backend;
+mod exit;
 
 #[cfg(test)]
 mod capacity_tests;
 #[cfg(test)]
 mod limit_tests;
 #[cfg(test)]
+mod step_tests;
+#[cfg(test)]
 mod tests;
 
 pub use backend::{ProcessBackend, ProcessInterrupter, ProcessPipe};
-pub use error::{Error, Result, Step};
+pub use cell::{ExitStatus, Killer, ProcessCell, Termination};
+pub use direct::{CELL_UID, HOST_UID_BASE};
+pub use error::{Error, Result};
 pub use fork_server::{
     PoolLease, SERVER_CAPACITY, SERVER_MEMORY_BYTES, SERVER_MEMORY_PER_CELL, SPARES,
 };
 pub use host::{HostSupport, doctor, host_support};
 pub use layers::{Layer, LayerReport, LayerState};
-pub use spawn::{
-    CELL_UID, ExitStatus, HOST_UID_BASE, Killer, Limits, MAX_OPEN_FILES, MAX_PROCESSES,
-    MIN_MEMORY_BYTES, ProcessCell, SpawnSpec, Termination, max_memory_bytes, max_open_files,
+pub use limits::{
+    Limits, MAX_OPEN_FILES, MAX_PROCESSES, MIN_MEMORY_BYTES, max_memory_bytes, max_open_files,
     max_processes,
 };
+pub use spec::SpawnSpec;
+pub use step::Step;
 
 /// The embedded guest program (a static executable), e.g. for benchmarks that compare
 /// a bare fork+exec of it with a confined spawn.
 pub fn guest_image() -> &'static [u8] {
-    spawn::GUEST_IMAGE
+    image::GUEST_IMAGE
 }

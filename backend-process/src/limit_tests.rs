@@ -206,7 +206,7 @@ fn the_capability_bounding_set_is_empty() {
     for fork_server in PATHS {
         let spec = SpawnSpec {
             fork_server,
-            image: crate::spawn::Image::Probe,
+            image: crate::image::Image::Probe,
             args: vec!["sleep".into()],
             ..SpawnSpec::default()
         };
@@ -223,7 +223,7 @@ fn the_capability_bounding_set_is_empty() {
         );
     }
     // The server keeps in its bounding set only what forking cells needs.
-    let server = crate::fork_server::test_hooks::server_pid(crate::spawn::Image::Probe).unwrap();
+    let server = crate::fork_server::test_hooks::server_pid(crate::image::Image::Probe).unwrap();
     let status = std::fs::read_to_string(format!("/proc/{server}/status")).unwrap();
     let bounding = status.lines().find(|l| l.starts_with("CapBnd:")).unwrap();
     // CAP_SETGID, CAP_SETUID, CAP_SETPCAP, CAP_SYS_ADMIN.
@@ -271,14 +271,14 @@ fn an_interrupt_cancels_the_running_exec_and_leaves_the_cell_usable() {
 #[test]
 fn a_failed_fork_step_is_named_in_the_error() {
     let t = Termination {
-        status: ExitStatus::Exited(68),
+        status: ExitStatus::Exited(crate::Step::SetRlimits.exit_status()),
         killed_by_host: false,
         oom_killed: false,
     };
     match crate::exit::classify(&t, &Limits::default()) {
         PipeError::Crashed(msg) => {
             assert!(msg.contains("setting its rlimits"), "{msg}");
-            assert!(msg.contains("SetRlimits"), "{msg}");
+            assert!(msg.contains("set-rlimits"), "{msg}");
         }
         other => panic!("{other:?}"),
     }

@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use crate::spawn::Image;
+use crate::image::Image;
 use crate::*;
 
 fn probe_spec(name: &str) -> SpawnSpec {
@@ -297,7 +297,7 @@ fn guest_is_unprivileged_pid_1_in_its_own_session() {
         );
         if fork_server && host_support().rootful {
             assert!(
-                id > CELL_UID && id < CELL_UID + crate::spawn::SERVER_ID_SPAN,
+                id > CELL_UID && id < CELL_UID + crate::direct::SERVER_ID_SPAN,
                 "{id}"
             );
         } else {

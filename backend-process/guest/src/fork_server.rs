@@ -20,12 +20,19 @@
 #[path = "../../src/fork_protocol.rs"]
 pub mod fork_protocol;
 
+#[path = "../../src/confine.rs"]
+pub mod confine;
+
+#[path = "../../src/step.rs"]
+pub mod step;
+
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use fork_protocol::{
-    CloneArgs, ForkRequest, ForkStep, MAX_MESSAGE, PLACED, RLIMITS, Reply, decode_setup, exit,
-    is_fork_request, recv_message, send_message,
+    CloneArgs, ForkRequest, MAX_MESSAGE, PLACED, RLIMITS, Reply, decode_setup, is_fork_request,
+    recv_message, send_message,
 };
+use step::{Reporter, Step};
 
 /// The control socket the backend leaves at fd 3.
 const CONTROL: i32 = 3;
@@ -47,6 +54,17 @@ pub struct Hooks {
     /// In each spare, confined, before it waits for its go record: touch what the
     /// cell's first frames will touch, so they do not fault it in on the clock.
     pub rehearse: fn(),
+    /// Whether the host may make every forked cell fail a confinement step (the setup's
+    /// fault injection): only the test probe allows it.
+    pub faults: bool,
+}
+
+/// A forked cell, confined and given its go record.
+pub struct Cell {
+    /// The arguments the host gave this cell.
+    pub args: Vec<String>,
+    /// How the cell reports a failed step of the rest of its start.
+    pub reporter: Reporter,
 }
 
 /// A cell process forked ahead, waiting for its go record.
@@ -59,35 +77,30 @@ struct Spare {
 /// What a fork gives each side.
 enum Forked {
     Server(Spare),
-    /// In the new child, confined and started: the cell's arguments.
-    Cell(Vec<String>),
+    /// In the new child, confined and started.
+    Cell(Cell),
 }
 
 /// Serves fork requests. Returns only in a forked child, confined and placed, with
 /// the arguments the host gave for that cell; the server itself exits when the host
 /// closes the control channel.
-pub fn serve(hooks: Hooks) -> Vec<String> {
+pub fn serve(hooks: Hooks) -> Cell {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let setup = match recv_message(CONTROL, &mut buf) {
         Ok(r) if r.fds.is_empty() => decode_setup(&buf[..r.len]),
         _ => None,
     };
-    let Some((ids, filter)) = setup else {
+    let Some((ids, fault, filter)) = setup else {
         // SAFETY: plain exit.
         unsafe { libc::_exit(2) }
     };
+    let reporter = Reporter {
+        status_fd: -1,
+        fault: if hooks.faults { fault } else { 0 },
+    };
     (hooks.prewarm)();
     let _ = send_message(CONTROL, &Reply { errno: 0 }.encode(), &[]);
-    // The next cell's id: 1001, 1002, ... within the ids mapped (1000 is the server's).
     let mut next = 0u32;
-    let mut id = || {
-        next = next.wrapping_add(1);
-        if ids > 1 {
-            CELL_ID + 1 + next % (ids - 1)
-        } else {
-            CELL_ID
-        }
-    };
     loop {
         let Ok(received) = recv_message(CONTROL, &mut buf) else {
             // SAFETY: the host closed the channel: the server's work is over.
@@ -106,8 +119,9 @@ pub fn serve(hooks: Hooks) -> Vec<String> {
         }
         // Forked only on request, so that every child is at once in the host's hands (its
         // pidfd): the host reaps each one, even one it never starts.
-        let ready = match fork_cell(&filter, hooks, id()) {
-            Ok(Forked::Cell(args)) => return args,
+        next = next.wrapping_add(1);
+        let ready = match fork_cell(&filter, hooks, reporter, cell_id(ids, next)) {
+            Ok(Forked::Cell(cell)) => return cell,
             Ok(Forked::Server(s)) => Ok(s),
             Err(errno) => Err(errno),
         };
@@ -123,8 +137,23 @@ pub fn serve(hooks: Hooks) -> Vec<String> {
     }
 }
 
+/// The id of the `n`th cell: 1001, 1002, ... within the `ids` mapped from 1000 (the
+/// server's own), or 1000 when that is the only one.
+fn cell_id(ids: u32, n: u32) -> u32 {
+    if ids > 1 {
+        CELL_ID + 1 + n % (ids - 1)
+    } else {
+        CELL_ID
+    }
+}
+
 /// Forks one cell process; `Err` is the errno of the failed step.
-fn fork_cell(filter: &[libc::sock_filter], hooks: Hooks, id: u32) -> Result<Forked, i32> {
+fn fork_cell(
+    filter: &[libc::sock_filter],
+    hooks: Hooks,
+    r: Reporter,
+    id: u32,
+) -> Result<Forked, i32> {
     let mut pair = [0i32; 2];
     // SAFETY: pair points to two ints.
     if unsafe {
@@ -163,10 +192,13 @@ fn fork_cell(filter: &[libc::sock_filter], hooks: Hooks, id: u32) -> Result<Fork
         )
     };
     if pid == 0 {
-        confine(cell_end, filter, id);
-        wait_until_placed();
+        // SAFETY: the freshly forked, single-threaded child, which never returns to the
+        // server's loop.
+        unsafe { confine_cell(r, cell_end, filter, id) };
+        wait_until_placed(r);
         (hooks.rehearse)();
-        return Ok(Forked::Cell(wait_for_go()));
+        let args = wait_for_go(r);
+        return Ok(Forked::Cell(Cell { args, reporter: r }));
     }
     let err = errno();
     // SAFETY: the child's end, which this process no longer needs.
@@ -181,147 +213,75 @@ fn fork_cell(filter: &[libc::sock_filter], hooks: Hooks, id: u32) -> Result<Fork
     }))
 }
 
-/// Exits a child whose confinement step failed, with the status that names the step.
-fn check(step: ForkStep, ret: i64) {
-    if ret < 0 {
-        // SAFETY: plain exit of the child.
-        unsafe { libc::_exit(exit::FORK_STEP + step as i32) }
-    }
-}
-
-/// Confines a freshly forked child as cell `id` (its uid and gid), up to its rlimits.
+/// Confines a freshly forked child as cell `id` (its uid and gid), up to its rlimits,
+/// with the steps a direct spawn takes ([`confine`]).
 ///
 /// Nothing here can block, and nothing the supervisor's callers read is held: a child
 /// whose supervisor is gone (it is the parent, through `CLONE_PARENT`) is killed by its
 /// parent-death signal or ends at EOF on its channel.
-fn confine(channel: i32, filter: &[libc::sock_filter], id: u32) {
-    // SAFETY: raw system calls on descriptors and memory of this process.
+///
+/// # Safety
+/// Only in the child, right after the fork.
+unsafe fn confine_cell(r: Reporter, channel: i32, filter: &[libc::sock_filter], id: u32) {
+    // SAFETY: the caller's contract: each step makes raw system calls on this child's
+    // own descriptors and memory.
     unsafe {
         // Ids first: changing them clears the parent-death signal armed next.
-        if id != CELL_ID {
-            check(
-                ForkStep::TakeIds,
-                libc::syscall(libc::SYS_setresgid, id, id, id),
-            );
-            check(
-                ForkStep::TakeIds,
-                libc::syscall(libc::SYS_setresuid, id, id, id),
-            );
-        }
-        check(
-            ForkStep::ParentDeathSignal,
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0).into(),
-        );
+        confine::take_ids(r, (id != CELL_ID).then_some(id));
+        confine::arm_parent_death(r);
         // The server's own fds start at 0 (it has no stdio), so the channel may have
         // any number but 3 (the server's control socket, replaced here).
-        check(ForkStep::ArrangeFds, libc::dup3(channel, CHANNEL, 0).into());
-        check(
-            ForkStep::CloseFds,
-            libc::syscall(libc::SYS_close_range, 0u32, CHANNEL as u32 - 1, 0u32),
-        );
-        check(
-            ForkStep::CloseFds,
-            libc::syscall(libc::SYS_close_range, CHANNEL as u32 + 1, u32::MAX, 0u32),
+        confine::arrange_fds(r, &[(channel, CHANNEL, 0)]);
+        confine::close_fds(
+            r,
+            &[(0, CHANNEL as u32 - 1), (CHANNEL as u32 + 1, u32::MAX)],
         );
         // A supervisor that died before the signal was armed sent none. Then no host end of
         // this cell's channel is left, or soon none: the server's copy goes when its reply
         // fails, one in flight is purged with the supervisor's control socket. Look now, and
         // every later wait is a read of the channel, which ends at EOF.
-        if hung_up(CHANNEL) {
-            libc::_exit(0);
-        }
+        confine::exit_if_orphaned(
+            CHANNEL,
+            libc::POLLRDHUP,
+            libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR,
+            0,
+        );
         // Empty the bounding set (the server kept CAP_SETPCAP for this), so no exec could
-        // ever bring a capability back; the loop ends at the first unknown capability.
-        let mut cap = 0;
-        while libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) >= 0 {
-            check(
-                ForkStep::DropBoundingSet,
-                libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0).into(),
-            );
-            cap += 1;
-        }
-        let mut hdr = [0x2008_0522u32, 0];
-        let data = [0u32; 6];
-        check(
-            ForkStep::DropCapabilities,
-            libc::syscall(libc::SYS_capset, hdr.as_mut_ptr(), data.as_ptr()),
-        );
-        check(
-            ForkStep::DropCapabilities,
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                0,
-                0,
-                0,
-            )
-            .into(),
-        );
-        check(ForkStep::NewSession, libc::setsid().into());
-        let prog = libc::sock_fprog {
-            len: filter.len() as u16,
-            filter: filter.as_ptr().cast_mut(),
-        };
-        check(
-            ForkStep::Seccomp,
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                0u32,
-                &raw const prog,
-            ),
-        );
+        // ever bring a capability back.
+        confine::drop_bounding_set(r, 0);
+        confine::drop_capabilities(r, &[]);
+        confine::new_session(r);
+        confine::install_seccomp(r, Some(filter));
     }
-}
-
-/// Whether every other end of `socket` is closed.
-fn hung_up(socket: i32) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: socket,
-        events: libc::POLLRDHUP,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, no wait.
-    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
-    r != 0 && (r < 0 || pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0)
 }
 
 /// Waits until the host has placed this process in its cgroups; a closed channel ends
 /// the process quietly.
-fn wait_until_placed() {
+fn wait_until_placed(r: Reporter) {
     let mut byte = [0u8; 1];
     read_exact(&mut byte);
     if byte[0] != PLACED {
-        check(ForkStep::GoRecord, -1);
+        r.fail_with(Step::GoRecord, libc::EPROTO);
     }
 }
 
 /// Waits for the go record (the host has placed this process in its cgroups),
 /// applies its rlimits and returns its arguments.
-fn wait_for_go() -> Vec<String> {
+fn wait_for_go(r: Reporter) -> Vec<String> {
+    r.enter(Step::GoRecord);
     let mut len = [0u8; 4];
     read_exact(&mut len);
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_MESSAGE {
-        check(ForkStep::GoRecord, -1);
+        r.fail_with(Step::GoRecord, libc::EMSGSIZE);
     }
     let mut record = vec![0u8; len];
     read_exact(&mut record);
     let Some(request) = ForkRequest::decode(&record) else {
-        check(ForkStep::GoRecord, -1);
-        unreachable!()
+        r.fail_with(Step::GoRecord, libc::EPROTO);
     };
-    for (resource, value) in RLIMITS.into_iter().zip(request.rlimits) {
-        let limit = libc::rlimit {
-            rlim_cur: value,
-            rlim_max: value,
-        };
-        // SAFETY: valid rlimit; lowering needs no privilege.
-        check(ForkStep::SetRlimits, unsafe {
-            libc::setrlimit(resource, &limit)
-        }
-        .into());
-    }
+    // SAFETY: still the forked child; lowering rlimits needs no privilege.
+    unsafe { confine::set_rlimits(r, &RLIMITS, &request.rlimits) };
     request.args
 }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use abi::ErrorCode;
 
-use crate::fork_server::fork_protocol::{ForkStep, STACK_BYTES, exit};
+use crate::fork_server::fork_protocol::{STACK_BYTES, exit};
 
 // The main thread runs the engine: its stack limit must leave the engine its stack.
 const _: () = assert!(runtime::limits::ENGINE_STACK_BYTES as u64 + (1 << 20) <= STACK_BYTES);
@@ -155,47 +155,4 @@ pub fn install_handlers() {
         on_segv as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize,
         libc::SA_SIGINFO | libc::SA_ONSTACK,
     );
-}
-
-/// Arms a timer on this process's CPU clock that ends the cell with [`exit::CPU_TIME`]
-/// once it has used `ms` milliseconds of CPU from now (0: no limit). `RLIMIT_CPU`, a
-/// second later, stays as the backstop.
-pub fn arm_cpu_timer(ms: u64) {
-    if ms == 0 {
-        return;
-    }
-    // SAFETY: raw timer syscalls with valid, live arguments.
-    unsafe {
-        let mut event: libc::sigevent = std::mem::zeroed();
-        event.sigev_notify = libc::SIGEV_SIGNAL;
-        event.sigev_signo = libc::SIGXCPU;
-        let mut timer: libc::c_int = 0;
-        let created = libc::syscall(
-            libc::SYS_timer_create,
-            libc::CLOCK_PROCESS_CPUTIME_ID,
-            &raw mut event,
-            &raw mut timer,
-        );
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: (ms / 1000) as libc::time_t,
-                tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
-            },
-        };
-        if created < 0
-            || libc::syscall(
-                libc::SYS_timer_settime,
-                timer,
-                0,
-                &raw const spec,
-                std::ptr::null_mut::<libc::itimerspec>(),
-            ) < 0
-        {
-            libc::_exit(exit::FORK_STEP + ForkStep::CpuTimer as i32);
-        }
-    }
 }

@@ -13,6 +13,7 @@ mod limits;
 use std::sync::Arc;
 
 use abi::{ErrorCode, GuestFrame, HostFrame, wire};
+use fork_server::step::Reporter;
 use runtime::{Transport, TransportError, decode_frame, encode_frame};
 
 const CHANNEL: i32 = 3;
@@ -162,18 +163,22 @@ extern "C" fn main(argc: i32, argv: *const *const libc::c_char) -> i32 {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
     }
+    let mut reporter = Reporter::EXIT_ONLY;
     if args.first().map(String::as_str) == Some("--fork-server") {
         // Returns only in a forked, confined cell, with that cell's arguments.
-        args = fork_server::serve(fork_server::Hooks {
+        let cell = fork_server::serve(fork_server::Hooks {
             prewarm: runtime::prewarm,
             rehearse: runtime::agent::rehearse,
+            faults: false,
         });
+        (args, reporter) = (cell.args, cell.reporter);
     }
     // Before any script: the engine's stack limit and interrupt become errors, not
     // crashes, and the CPU-time limit counts from here (not from a spare's rehearsal).
     limits::install_handlers();
     let cpu_ms = args.get(1).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    limits::arm_cpu_timer(cpu_ms);
+    // SAFETY: no script has run yet; the timer's signal ends the cell (limits.rs).
+    unsafe { fork_server::confine::arm_cpu_timer(reporter, cpu_ms) };
     let max_frame_len = args
         .first()
         .and_then(|s| s.parse::<u32>().ok())

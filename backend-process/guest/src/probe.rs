@@ -356,10 +356,15 @@ extern "C" fn main(argc: i32, argv: *const *const libc::c_char) -> i32 {
         .collect();
     if args.first().map(String::as_str) == Some("--fork-server") {
         // Probes run in forked cells exactly as they do in directly spawned ones.
-        args = fork_server::serve(fork_server::Hooks {
+        let cell = fork_server::serve(fork_server::Hooks {
             prewarm: || {},
             rehearse: || {},
+            faults: true,
         });
+        args = cell.args;
+        // The guest's last start-up step, so a test can make it fail here too.
+        // SAFETY: nothing has run yet; no limit (0) arms no timer.
+        unsafe { fork_server::confine::arm_cpu_timer(cell.reporter, 0) };
     }
     let Some(name) = args.first() else {
         say("missing probe name\n");
