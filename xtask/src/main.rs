@@ -4,7 +4,9 @@
 //!   counts per backend (from the same test run);
 //! * `conformance [--backend NAME]` — the conformance suite per backend, with pass/fail/ignored
 //!   counts and the reason for any backend that cannot run here;
-//! * `bench [--backend NAME]` — the benchmarks, each printed beside its floor.
+//! * `bench [--backend NAME]` — the benchmarks, each printed beside its floor;
+//! * `fuzz-replay` — the committed fuzz corpora (`fuzz/corpus/`) through their targets' checks,
+//!   on stable, without the fuzzer (`cargo test --workspace` runs the same test).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -23,9 +25,13 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("conformance") => conformance(backend.as_deref()),
         Some("bench") => bench(backend.as_deref()),
+        Some("fuzz-replay") => step(
+            "fuzz corpora replayed (cargo test -p cell-fuzz-replay)",
+            cargo().args(["test", "-p", "cell-fuzz-replay"]),
+        ),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | conformance [--backend NAME] | bench [--backend NAME]>"
+                "usage: cargo xtask <ci | conformance [--backend NAME] | bench [--backend NAME] | fuzz-replay>"
             );
             return ExitCode::from(2);
         }
