@@ -1,30 +1,29 @@
-//! The broker: the registry of capabilities shared by a supervisor, and the per-cell request
-//! handler built from a cell's rules.
+//! The broker: the registry of capabilities shared by a supervisor (with its audit sink, stores
+//! and worker pool), which checks rules and builds each cell's [`CellBroker`].
 
-use crate::audit::{AuditRecord, AuditSink, Decision, NoAudit, emit};
-use crate::capability::{Call, Capability, PendingDeny, value_bytes};
+use crate::audit::{AuditSink, NoAudit};
+use crate::capability::Capability;
 use crate::caps::{Clock, Fs, Http, Kv, KvLimits, Random, SecretStore, Secrets};
-use crate::error::{CapabilityError, ConfigError};
-use crate::rules::{Quota, Rule, RuleKind, Rules};
-use abi::{CellError, ErrorCode, Value};
+use crate::cell::CellBroker;
+use crate::error::ConfigError;
+use crate::pool::{DEFAULT_QUEUE, DEFAULT_WORKERS, Pool};
+use crate::quota::QuotaState;
+use crate::rules::{Rule, RuleKind, Rules};
 use std::collections::BTreeMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Time limit of one request when its grant sets none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest `timeout_ms` a rule may set (10 minutes).
 pub const MAX_TIMEOUT_MS: u64 = 600_000;
-/// Longest capability or action name echoed into errors and audit records.
-const MAX_NAME_ECHO: usize = 64;
 
-struct Shared {
-    caps: BTreeMap<String, Arc<dyn Capability>>,
-    audit: Arc<dyn AuditSink>,
-    default_timeout: Duration,
+pub(crate) struct Shared {
+    pub(crate) caps: BTreeMap<String, Arc<dyn Capability>>,
+    pub(crate) audit: Arc<dyn AuditSink>,
+    pub(crate) default_timeout: Duration,
+    pub(crate) pool: Pool,
 }
 
 /// The capabilities of one supervisor, its audit sink and its stores. Cheap to clone.
@@ -49,6 +48,8 @@ pub struct BrokerBuilder {
     kv_limits: KvLimits,
     secrets: Secrets,
     default_timeout: Duration,
+    workers: usize,
+    queue: usize,
 }
 
 impl Default for BrokerBuilder {
@@ -60,6 +61,8 @@ impl Default for BrokerBuilder {
             kv_limits: KvLimits::default(),
             secrets: Secrets::default(),
             default_timeout: DEFAULT_TIMEOUT,
+            workers: DEFAULT_WORKERS,
+            queue: DEFAULT_QUEUE,
         }
     }
 }
@@ -92,6 +95,15 @@ impl BrokerBuilder {
     /// Time limit of requests whose grant sets no `timeout_ms`.
     pub fn default_timeout(mut self, timeout: Duration) -> Self {
         self.default_timeout = timeout;
+        self
+    }
+
+    /// Size of the worker pool blocking capabilities run on (`workers`, at least 1) and how many
+    /// requests may wait for a worker (`queue`); past both, a request is refused at once
+    /// (`capability_failed`, "busy"). Default: [`DEFAULT_WORKERS`] and [`DEFAULT_QUEUE`].
+    pub fn pool(mut self, workers: usize, queue: usize) -> Self {
+        self.workers = workers;
+        self.queue = queue;
         self
     }
 
@@ -137,11 +149,17 @@ impl BrokerBuilder {
                 "the default timeout must be positive".into(),
             ));
         }
+        if self.workers == 0 {
+            return Err(ConfigError::Broker(
+                "the worker pool needs at least one worker".into(),
+            ));
+        }
         Ok(Broker {
             shared: Arc::new(Shared {
                 caps,
                 audit: self.audit,
                 default_timeout: self.default_timeout,
+                pool: Pool::new(self.workers, self.queue),
             }),
         })
     }
@@ -287,470 +305,7 @@ impl Broker {
                 .collect(),
             grants: rules.grants.iter().cloned().map(Arc::new).collect(),
             denies: rules.denies.iter().cloned().map(Arc::new).collect(),
-            cancel: Arc::new(Cancel::default()),
+            cancel: Default::default(),
         })
-    }
-}
-
-struct QuotaState {
-    window_start: Instant,
-    requests: u64,
-    bytes: u64,
-}
-
-impl QuotaState {
-    fn new() -> Self {
-        QuotaState {
-            window_start: Instant::now(),
-            requests: 0,
-            bytes: 0,
-        }
-    }
-
-    fn roll(&mut self, quota: &Quota) {
-        if quota.window_ms > 0
-            && self.window_start.elapsed() >= Duration::from_millis(quota.window_ms)
-        {
-            *self = QuotaState::new();
-        }
-    }
-
-    fn describe(quota: &Quota) -> String {
-        if quota.window_ms == 0 {
-            "per cell life".into()
-        } else {
-            format!("per {} ms", quota.window_ms)
-        }
-    }
-
-    /// Counts one request carrying `bytes` of payload, or says why the quota refuses it.
-    fn admit(&mut self, quota: &Quota, bytes: u64) -> Result<(), String> {
-        self.roll(quota);
-        if let Some(max) = quota.requests {
-            if self.requests >= max {
-                return Err(format!(
-                    "request quota used up: {max} requests {}",
-                    Self::describe(quota)
-                ));
-            }
-        }
-        if let Some(max) = quota.bytes {
-            if self.bytes.saturating_add(bytes) > max {
-                return Err(format!(
-                    "byte quota used up: {} of {max} bytes {} used, this payload has {bytes}",
-                    self.bytes,
-                    Self::describe(quota)
-                ));
-            }
-        }
-        self.requests += 1;
-        self.bytes = self.bytes.saturating_add(bytes);
-        Ok(())
-    }
-
-    /// Counts `bytes` of result; past the quota the result is withheld.
-    fn settle(&mut self, quota: &Quota, bytes: u64) -> Result<(), String> {
-        self.bytes = self.bytes.saturating_add(bytes);
-        match quota.bytes {
-            Some(max) if self.bytes > max => Err(format!(
-                "byte quota used up: the result of {bytes} bytes brings the total to {} of {max} bytes {}",
-                self.bytes,
-                Self::describe(quota)
-            )),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// Kill switch of one cell's in-flight requests.
-#[derive(Default)]
-struct Cancel {
-    cancelled: AtomicBool,
-    inflight: Mutex<Vec<Weak<Slot>>>,
-}
-
-/// Where a worker leaves a blocking request's result.
-#[derive(Default)]
-struct Slot {
-    result: Mutex<Option<Result<Value, CapabilityError>>>,
-    ready: Condvar,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// How a request ended, before it becomes the guest's result and an audit record.
-struct Outcome {
-    decision: Decision,
-    rule: String,
-    result: Result<Value, CellError>,
-    bytes: u64,
-}
-
-/// The request handler of one cell, built from its rules by [`Broker::for_cell`].
-pub struct CellBroker {
-    shared: Arc<Shared>,
-    cell: String,
-    grants: Vec<Arc<Rule>>,
-    denies: Vec<Arc<Rule>>,
-    quotas: Vec<Mutex<QuotaState>>,
-    cancel: Arc<Cancel>,
-}
-
-impl std::fmt::Debug for CellBroker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CellBroker")
-            .field("cell", &self.cell)
-            .field("grants", &self.grants.len())
-            .field("denies", &self.denies.len())
-            .finish()
-    }
-}
-
-fn echo(name: &str) -> String {
-    if name.len() <= MAX_NAME_ECHO {
-        name.to_string()
-    } else {
-        let mut end = MAX_NAME_ECHO;
-        while !name.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}...", &name[..end])
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".into()
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-impl CellBroker {
-    /// The cell this handler decides for.
-    pub fn cell(&self) -> &str {
-        &self.cell
-    }
-
-    /// Whether no rule grants anything (the handler then behaves as deny-all).
-    pub fn grants_nothing(&self) -> bool {
-        self.grants.is_empty()
-    }
-
-    /// Fails every in-flight and future request of this cell with `cancelled`, promptly. Called
-    /// when the cell is killed, so a guest blocked in `request` does not hold its killer up.
-    pub fn cancel(&self) {
-        self.cancel.cancelled.store(true, Ordering::SeqCst);
-        let slots: Vec<Arc<Slot>> = lock(&self.cancel.inflight)
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for slot in slots {
-            // Taking the lock orders this wake-up after the waiter's check of the flag.
-            drop(lock(&slot.result));
-            slot.ready.notify_all();
-        }
-    }
-
-    /// Decides and, if allowed, executes one request. Every call produces one audit record.
-    pub fn request(
-        &self,
-        backend: &str,
-        capability: &str,
-        action: &str,
-        payload: Value,
-    ) -> Result<Value, CellError> {
-        let start = Instant::now();
-        let cap = self.shared.caps.get(capability);
-        let known = cap.is_some_and(|c| c.actions().contains(&action));
-        let outcome = self.decide_and_run(backend, cap, capability, action, payload);
-        let (outcome_name, message) = match &outcome.result {
-            Ok(_) => ("ok".to_string(), None),
-            Err(e) => (e.code.name().to_string(), Some(e.message.clone())),
-        };
-        let record = AuditRecord {
-            ts_ms: now_ms(),
-            cell: self.cell.clone(),
-            backend: backend.to_string(),
-            capability: echo(capability),
-            action: echo(action),
-            decision: outcome.decision,
-            rule: outcome.rule,
-            outcome: outcome_name,
-            message,
-            bytes: outcome.bytes,
-            duration_us: start.elapsed().as_micros() as u64,
-        };
-        emit(&*self.shared.audit, &record, known);
-        outcome.result
-    }
-
-    fn deny(capability: &str, action: &str, rule: String, why: &str) -> Outcome {
-        let message = format!(
-            "capability `{}` action `{}` denied by rule `{rule}`: {why}",
-            echo(capability),
-            echo(action)
-        );
-        Outcome {
-            decision: Decision::Deny,
-            rule,
-            result: Err(CellError::new(ErrorCode::Denied, message)),
-            bytes: 0,
-        }
-    }
-
-    fn decide_and_run(
-        &self,
-        backend: &str,
-        cap: Option<&Arc<dyn Capability>>,
-        capability: &str,
-        action: &str,
-        payload: Value,
-    ) -> Outcome {
-        const DEFAULT: &str = "default-deny";
-        if self.cancel.cancelled.load(Ordering::SeqCst) {
-            return Outcome {
-                decision: Decision::Deny,
-                rule: "cell-killed".into(),
-                result: Err(self.cancelled()),
-                bytes: 0,
-            };
-        }
-        let Some(cap) = cap else {
-            return Self::deny(
-                capability,
-                action,
-                DEFAULT.into(),
-                "no such capability is registered",
-            );
-        };
-        if !cap.actions().contains(&action) {
-            return Self::deny(
-                capability,
-                action,
-                DEFAULT.into(),
-                &format!(
-                    "the capability has no such action (actions: {})",
-                    cap.actions().join(", ")
-                ),
-            );
-        }
-        let invalid = |e: CapabilityError| Outcome {
-            decision: Decision::Deny,
-            rule: "invalid-request".into(),
-            result: Err(e.to_cell_error(capability, action)),
-            bytes: 0,
-        };
-        // Denies first: a matching deny wins over every grant. Those `covers` cannot settle
-        // from the payload go to the capability, which decides them before it acts.
-        let mut pending = Vec::new();
-        for (i, rule) in self.denies.iter().enumerate() {
-            if rule.capability == capability && rule.names_action(action) {
-                match cap.covers(rule, RuleKind::Deny, action, &payload) {
-                    Ok(true) => {
-                        return Self::deny(
-                            capability,
-                            action,
-                            RuleKind::Deny.label(i),
-                            "a deny rule covers this request",
-                        );
-                    }
-                    Ok(false) => pending.push(PendingDeny {
-                        label: RuleKind::Deny.label(i),
-                        rule: rule.clone(),
-                    }),
-                    Err(e) => return invalid(e),
-                }
-            }
-        }
-        let mut named = false;
-        let mut chosen = None;
-        for (i, rule) in self.grants.iter().enumerate() {
-            if rule.capability == capability && rule.names_action(action) {
-                named = true;
-                match cap.covers(rule, RuleKind::Grant, action, &payload) {
-                    Ok(true) => {
-                        chosen = Some(i);
-                        break;
-                    }
-                    Ok(false) => {}
-                    Err(e) => return invalid(e),
-                }
-            }
-        }
-        let Some(index) = chosen else {
-            let why = if named {
-                "the request is outside the scope of every grant of this action"
-            } else {
-                "not granted to this cell"
-            };
-            return Self::deny(capability, action, DEFAULT.into(), why);
-        };
-        let label = RuleKind::Grant.label(index);
-        let rule = self.grants[index].clone();
-        let quota_err = |why: String| {
-            CellError::new(
-                ErrorCode::LimitQuota,
-                format!("{capability}.{action}: {why} (rule `{label}`)"),
-            )
-        };
-        let payload_bytes = value_bytes(&payload);
-        if let Some(quota) = &rule.quota {
-            if let Err(why) = lock(&self.quotas[index]).admit(quota, payload_bytes) {
-                return Outcome {
-                    decision: Decision::Deny,
-                    rule: format!("{label}.quota"),
-                    result: Err(quota_err(why)),
-                    bytes: 0,
-                };
-            }
-        }
-        let timeout = rule
-            .timeout_ms
-            .map_or(self.shared.default_timeout, Duration::from_millis);
-        let call = Call {
-            cell: self.cell.clone(),
-            backend: backend.to_string(),
-            action: action.to_string(),
-            payload,
-            rule: rule.clone(),
-            timeout,
-            denies: pending,
-        };
-        let result = if cap.is_quick() {
-            run_guarded(&**cap, &call)
-        } else {
-            self.run_on_worker(cap.clone(), call, timeout)
-        };
-        if let Err(Exec::Cap(CapabilityError::Denied { rule, reason })) = result {
-            // A deny rule decided on the object the capability opened: that rule is named.
-            return Self::deny(capability, action, rule, &reason);
-        }
-        let mut bytes = payload_bytes;
-        let result = match result {
-            Ok(value) => {
-                let out = value_bytes(&value);
-                bytes += out;
-                match &rule.quota {
-                    Some(quota) => match lock(&self.quotas[index]).settle(quota, out) {
-                        Ok(()) => Ok(value),
-                        Err(why) => Err(quota_err(why)),
-                    },
-                    None => Ok(value),
-                }
-            }
-            Err(Exec::Cap(e @ CapabilityError::OutOfScope(_))) => {
-                // Left the scope of the grant that allowed it: a denial, naming that rule.
-                let mut err = e.to_cell_error(capability, action);
-                err.message.push_str(&format!(" (rule `{label}`)"));
-                Err(err)
-            }
-            Err(Exec::Cap(e)) => Err(e.to_cell_error(capability, action)),
-            Err(Exec::Cancelled) => Err(self.cancelled()),
-        };
-        Outcome {
-            decision: Decision::Allow,
-            rule: label,
-            result,
-            bytes,
-        }
-    }
-
-    fn cancelled(&self) -> CellError {
-        CellError::new(
-            ErrorCode::Cancelled,
-            format!(
-                "cell `{}` was killed while its request was in flight",
-                self.cell
-            ),
-        )
-    }
-
-    /// Runs a blocking capability on a worker thread and waits for its result, the timeout or
-    /// the cell's kill, whichever comes first. An abandoned worker finishes on its own (its I/O
-    /// has the same timeout) and its result is dropped.
-    fn run_on_worker(
-        &self,
-        cap: Arc<dyn Capability>,
-        call: Call,
-        timeout: Duration,
-    ) -> Result<Value, Exec> {
-        let slot = Arc::new(Slot::default());
-        {
-            let mut inflight = lock(&self.cancel.inflight);
-            inflight.retain(|w| w.strong_count() > 0);
-            inflight.push(Arc::downgrade(&slot));
-        }
-        let worker_slot = slot.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("broker-{}", cap.name()))
-            .spawn(move || {
-                let result = run_guarded(&*cap, &call);
-                // Release the capability before reporting, so once the caller has the result
-                // no worker keeps the broker's stores (e.g. the kv file lock) alive.
-                drop(cap);
-                drop(call);
-                *lock(&worker_slot.result) = Some(result.map_err(|e| match e {
-                    Exec::Cap(e) => e,
-                    Exec::Cancelled => CapabilityError::failed("cancelled"),
-                }));
-                worker_slot.ready.notify_all();
-            });
-        if let Err(e) = spawned {
-            return Err(Exec::Cap(CapabilityError::failed(format!(
-                "cannot start a worker thread: {e}"
-            ))));
-        }
-        let deadline = Instant::now() + timeout;
-        let mut guard = lock(&slot.result);
-        loop {
-            if let Some(result) = guard.take() {
-                return result.map_err(Exec::Cap);
-            }
-            if self.cancel.cancelled.load(Ordering::SeqCst) {
-                return Err(Exec::Cancelled);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Exec::Cap(CapabilityError::TimedOut(format!(
-                    "no result within {} ms",
-                    timeout.as_millis()
-                ))));
-            }
-            guard = slot
-                .ready
-                .wait_timeout(guard, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-}
-
-enum Exec {
-    Cap(CapabilityError),
-    Cancelled,
-}
-
-/// Runs a capability, turning a panic into an error for this request only.
-fn run_guarded(cap: &dyn Capability, call: &Call) -> Result<Value, Exec> {
-    match catch_unwind(AssertUnwindSafe(|| cap.execute(call))) {
-        Ok(result) => result.map_err(Exec::Cap),
-        Err(panic) => {
-            let msg = panic_message(&*panic);
-            tracing::error!(capability = cap.name(), action = %call.action, "capability panicked: {msg}");
-            Err(Exec::Cap(CapabilityError::failed(format!(
-                "the capability panicked: {msg}"
-            ))))
-        }
     }
 }

@@ -29,12 +29,17 @@ pub mod audit;
 mod broker;
 mod capability;
 pub mod caps;
+mod cell;
 mod error;
+mod pool;
+mod quota;
 mod rules;
 
 pub use audit::{AuditRecord, AuditSink, Decision, JsonLinesAudit, MemoryAudit, NoAudit};
-pub use broker::{Broker, BrokerBuilder, CellBroker, DEFAULT_TIMEOUT, MAX_TIMEOUT_MS};
+pub use broker::{Broker, BrokerBuilder, DEFAULT_TIMEOUT, MAX_TIMEOUT_MS};
 pub use capability::{Call, Capability, Payload, PendingDeny, value_bytes};
 pub use caps::{KvLimits, Secrets};
+pub use cell::CellBroker;
 pub use error::{CapabilityError, ConfigError};
+pub use pool::{DEFAULT_QUEUE, DEFAULT_WORKERS};
 pub use rules::{Access, Namespace, Quota, Rule, RuleKind, Rules};

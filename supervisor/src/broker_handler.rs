@@ -15,7 +15,20 @@ impl RequestHandler for BrokerHandler {
         action: &str,
         payload: Value,
     ) -> Result<Value, CellError> {
-        self.0.request(ctx.backend, capability, action, payload)
+        self.0
+            .request_with_deadline(ctx.backend, capability, action, payload, ctx.deadline)
+    }
+
+    /// The broker bounds the request by the transaction's deadline itself (refused when it has
+    /// passed, the grant's timeout clipped to it) and audits that refusal like any other.
+    fn handle_until(
+        &self,
+        ctx: RequestContext<'_>,
+        capability: &str,
+        action: &str,
+        payload: Value,
+    ) -> Result<Value, CellError> {
+        self.handle(ctx, capability, action, payload)
     }
 
     fn cancel(&self) {
