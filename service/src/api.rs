@@ -1,0 +1,330 @@
+//! The HTTP API: routes, the key check, JSON bodies, handlers. Cell work runs on blocking
+//! threads; the async runtime only moves bytes.
+
+use crate::error::ApiError;
+use crate::node::{CreateRequest, Node};
+use crate::tenants::Tenant;
+use crate::{metrics_export, stream};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map as JMap, Value as J, json};
+use std::sync::Arc;
+use std::time::Instant;
+use supervisor::json as cj;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
+use tracing::{Instrument, Span};
+
+/// Every route as (method, path), the list the OpenAPI document is checked against.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/cells"),
+    ("get", "/v1/cells"),
+    ("get", "/v1/cells/{id}"),
+    ("delete", "/v1/cells/{id}"),
+    ("post", "/v1/cells/{id}/exec"),
+    ("post", "/v1/cells/{id}/call"),
+    ("post", "/v1/cells/{id}/ttl"),
+    ("get", "/v1/cells/{id}/events"),
+    ("get", "/v1/node"),
+    ("get", "/v1/openapi.json"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+];
+
+/// The OpenAPI document, kept in the repository as `service/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+pub type AppState = Arc<Node>;
+
+/// The router with every route and layer; `extra` routes (tests) get the same layers.
+pub fn app(node: Arc<Node>, extra: Router<AppState>) -> Router {
+    let limits = node.config.limits.clone();
+    Router::new()
+        .route("/v1/cells", post(create).get(list))
+        .route("/v1/cells/{id}", get(show).delete(delete))
+        .route("/v1/cells/{id}/exec", post(exec))
+        .route("/v1/cells/{id}/call", post(call))
+        .route("/v1/cells/{id}/ttl", post(ttl))
+        .route("/v1/cells/{id}/events", get(stream::events))
+        .route("/v1/node", get(node_info))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_export::render))
+        .merge(extra)
+        .route_layer(middleware::from_fn(request_context))
+        .fallback(|| async { ApiError::new("no_route", "no such route") })
+        .layer(DefaultBodyLimit::max(limits.body_bytes))
+        .layer(RequestBodyTimeoutLayer::new(limits.body_timeout))
+        .layer(CatchPanicLayer::custom(|_| {
+            metrics::counter!("cell_service_panics_total").increment(1);
+            ApiError::new("internal", "the request failed inside the server").into_response()
+        }))
+        .with_state(node)
+}
+
+/// A request id (kept from `x-request-id` when sane), a span carrying it and the tenant into the
+/// cell's spans, the audit line, request metrics.
+async fn request_context(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(new_request_id);
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_string();
+    let method = req.method().clone();
+    let span = tracing::info_span!("request", request_id = %id, %method, route = %route, tenant = tracing::field::Empty);
+    let started = Instant::now();
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        tracing::info!(target: "cell_service::audit", status, took_us = started.elapsed().as_micros() as u64, "request");
+    });
+    metrics::counter!("cell_service_requests_total", "route" => route.clone(), "method" => method.to_string(), "status" => status.to_string()).increment(1);
+    metrics::histogram!("cell_service_request_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+fn new_request_id() -> String {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The tenant whose `Authorization: Bearer KEY` this is.
+pub struct Auth(pub Arc<Tenant>);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, node: &AppState) -> Result<Auth, ApiError> {
+        let tenants = node.tenants();
+        let key = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let tenant = match key {
+            Some(k) => tenants.authenticate(k.trim()),
+            None => tenants.anonymous(),
+        };
+        match tenant {
+            Some(t) => {
+                Span::current().record("tenant", t.name.as_str());
+                Ok(Auth(t))
+            }
+            None => {
+                metrics::counter!("cell_service_auth_failures_total").increment(1);
+                Err(ApiError::new(
+                    "unauthorized",
+                    "a valid `Authorization: Bearer KEY` is required",
+                ))
+            }
+        }
+    }
+}
+
+/// A JSON body: over the cap → 413 before it is buffered, malformed or unknown fields → 400.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<JsonBody<T>, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    "payload_too_large",
+                    "the request body is larger than allowed",
+                )
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {}", e.body_text()))
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Runs `f` on a blocking thread inside the request's span.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let span = Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+        .await
+        .map_err(|e| ApiError::new("internal", format!("the request's worker failed: {e}")))?
+}
+
+fn path_of(uri: &Uri) -> String {
+    uri.path_and_query()
+        .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string())
+}
+
+async fn create(
+    State(node): State<AppState>,
+    Auth(tenant): Auth,
+    JsonBody(req): JsonBody<CreateRequest>,
+) -> Result<Response, ApiError> {
+    let n = node.clone();
+    let (entry, new) = blocking(move || n.create(&tenant, req)).await?;
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "id": entry.id, "node": node.config.node, "backend": entry.backend,
+        "expires_at": entry.expires_at_ms(),
+    });
+    Ok((status, Json(body)).into_response())
+}
+
+async fn list(State(node): State<AppState>, Auth(tenant): Auth) -> Json<J> {
+    let cells: Vec<J> = node
+        .list(&tenant.name)
+        .iter()
+        .map(|e| e.to_json(&node.config.node))
+        .collect();
+    Json(json!({ "node": node.config.node, "cells": cells }))
+}
+
+async fn show(
+    State(node): State<AppState>,
+    Auth(tenant): Auth,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Result<Json<J>, ApiError> {
+    let entry = node.find(&tenant, &id, &path_of(&uri))?;
+    Ok(Json(entry.to_json(&node.config.node)))
+}
+
+async fn delete(
+    State(node): State<AppState>,
+    Auth(tenant): Auth,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Result<Json<J>, ApiError> {
+    let entry = node.find(&tenant, &id, &path_of(&uri))?;
+    let n = node.clone();
+    blocking(move || {
+        n.remove(&entry, "cancelled", "the cell was deleted");
+        Ok(())
+    })
+    .await?;
+    tracing::info!(target: "cell_service::audit", cell = %id, "delete");
+    Ok(Json(json!({ "id": id, "deleted": true })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecRequest {
+    source: String,
+}
+
+async fn exec(
+    State(node): State<AppState>,
+    Auth(tenant): Auth,
+    Path(id): Path<String>,
+    uri: Uri,
+    JsonBody(req): JsonBody<ExecRequest>,
+) -> Result<Json<J>, ApiError> {
+    let entry = node.find(&tenant, &id, &path_of(&uri))?;
+    let n = node.clone();
+    let value = blocking(move || n.run(&entry, |c| c.exec(&req.source))).await?;
+    Ok(Json(json!({ "result": cj::value(&value) })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallRequest {
+    function: String,
+    #[serde(default)]
+    args: Vec<J>,
+    #[serde(default)]
+    kwargs: JMap<String, J>,
+}
+
+async fn call(
+    State(node): State<AppState>,
+    Auth(tenant): Auth,
+    Path(id): Path<String>,
+    uri: Uri,
+    JsonBody(req): JsonBody<CallRequest>,
+) -> Result<Json<J>, ApiError> {
+    let entry = node.find(&tenant, &id, &path_of(&uri))?;
+    let args = req.args.iter().map(cj::parse_value).collect();
+    let kwargs = req
+        .kwargs
+        .iter()
+        .map(|(k, v)| (k.clone(), cj::parse_value(v)))
+        .collect();
+    let n = node.clone();
+    let value = blocking(move || n.run(&entry, |c| c.call(&req.function, args, kwargs))).await?;
+    Ok(Json(json!({ "result": cj::value(&value) })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TtlRequest {
+    ttl_ms: u64,
+}
+
+async fn ttl(
+    State(node): State<AppState>,
+    Auth(tenant): Auth,
+    Path(id): Path<String>,
+    uri: Uri,
+    JsonBody(req): JsonBody<TtlRequest>,
+) -> Result<Json<J>, ApiError> {
+    let entry = node.find(&tenant, &id, &path_of(&uri))?;
+    node.extend(&entry, req.ttl_ms);
+    Ok(Json(
+        json!({ "id": entry.id, "expires_at": entry.expires_at_ms() }),
+    ))
+}
+
+async fn node_info(State(node): State<AppState>, Auth(_): Auth) -> Result<Json<J>, ApiError> {
+    let n = node.clone();
+    // Backend doctor checks may touch the host (KVM, cgroups): off the runtime.
+    blocking(move || Ok(Json(n.node_json()))).await
+}
+
+async fn readyz(State(node): State<AppState>) -> Response {
+    if node.draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// `?after=SEQ` of the events stream.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    pub after: Option<u64>,
+}
+
+pub type EventsParams = Query<EventsQuery>;

@@ -1,0 +1,101 @@
+//! Command-line arguments of `serve` and `tenant add`, as clap argument groups the `cell`
+//! program can flatten into its own subcommands.
+
+use crate::config::{Limits, Listen, Peers, ServeConfig};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// `HOST:PORT` or `unix:PATH`.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: Listen,
+    /// This node's name, the prefix of its cell ids (default: $CELL_NODE, else the host name).
+    #[arg(long, env = "CELL_NODE")]
+    pub node: Option<String>,
+    /// Peer URL template with `{node}`, for redirects to the node holding a cell.
+    #[arg(long, env = "CELL_PEER_URL")]
+    pub peer_url: Option<String>,
+    /// A peer by name: `NAME=URL` (repeatable; wins over the template).
+    #[arg(long = "peer", value_name = "NAME=URL")]
+    pub peers: Vec<String>,
+    /// Tenants file (TOML); without it one tenant whose key is $CELL_API_KEY.
+    #[arg(long, env = "CELL_TENANTS")]
+    pub tenants: Option<PathBuf>,
+    /// Base policy (TOML) every tenant policy extends.
+    #[arg(long, env = "CELL_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Seconds live cells are given on SIGTERM before they are killed.
+    #[arg(long, default_value_t = 30)]
+    pub drain_grace_s: u64,
+    /// Most live cells on this node.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_cells: usize,
+}
+
+impl ServeArgs {
+    pub fn config(&self) -> Result<ServeConfig, String> {
+        let node = match &self.node {
+            Some(n) => n.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .map_err(|e| format!("no --node and no host name: {e}"))?,
+        };
+        let mut peers = Peers {
+            template: self.peer_url.clone(),
+            ..Peers::default()
+        };
+        for p in &self.peers {
+            let (name, url) = p
+                .split_once('=')
+                .ok_or_else(|| format!("--peer `{p}` is not NAME=URL"))?;
+            peers.map.insert(name.into(), url.into());
+        }
+        Ok(ServeConfig {
+            listen: self.listen.clone(),
+            node,
+            peers,
+            tenants_file: self.tenants.clone(),
+            policy_file: self.policy.clone(),
+            api_key: std::env::var("CELL_API_KEY").ok().filter(|k| !k.is_empty()),
+            limits: Limits {
+                body_bytes: self.max_body_bytes,
+                drain_grace: Duration::from_secs(self.drain_grace_s),
+                max_cells: self.max_cells,
+                ..Limits::default()
+            },
+        })
+    }
+
+    /// Runs the node until SIGTERM/SIGINT; returns a message on failure.
+    pub fn run(&self) -> Result<(), String> {
+        let config = self.config()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        rt.block_on(crate::serve(config)).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TenantAddArgs {
+    /// Tenant name (a new key is added if it exists).
+    pub name: String,
+    /// Tenants file (created if missing).
+    #[arg(long, env = "CELL_TENANTS")]
+    pub tenants: PathBuf,
+    /// Allowed backend (repeatable; none: all) — for a new tenant.
+    #[arg(long = "backend")]
+    pub backends: Vec<String>,
+}
+
+impl TenantAddArgs {
+    /// Adds the key and returns it: print it, it is never stored.
+    pub fn run(&self) -> Result<String, String> {
+        crate::add_tenant(&self.tenants, &self.name, &self.backends).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,153 @@
+//! What a node is started with.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the node listens.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    /// `HOST:PORT` or `unix:PATH`.
+    fn from_str(s: &str) -> Result<Listen, String> {
+        match s.strip_prefix("unix:") {
+            Some(path) if !path.is_empty() => Ok(Listen::Unix(path.into())),
+            Some(_) => Err("`unix:` needs a path".into()),
+            None => s
+                .parse()
+                .map(Listen::Tcp)
+                .map_err(|e| format!("`{s}` is not HOST:PORT or unix:PATH: {e}")),
+        }
+    }
+}
+
+/// How a node finds its peers' base URLs from the node name in a cell id: an explicit map
+/// first, else a template with `{node}` (under Kubernetes, e.g.
+/// `http://{node}.cell.default.svc.cluster.local:8080` with a StatefulSet's pod names).
+#[derive(Debug, Clone, Default)]
+pub struct Peers {
+    pub map: BTreeMap<String, String>,
+    pub template: Option<String>,
+}
+
+impl Peers {
+    pub fn url(&self, node: &str) -> Option<String> {
+        self.map
+            .get(node)
+            .cloned()
+            .or_else(|| self.template.as_ref().map(|t| t.replace("{node}", node)))
+            .map(|u| u.trim_end_matches('/').to_string())
+    }
+}
+
+/// Bounds on requests, streams and cells.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body; larger ones get 413 before they are buffered.
+    pub body_bytes: usize,
+    /// Time to receive a request's headers.
+    pub header_timeout: Duration,
+    /// Time to receive a request's body.
+    pub body_timeout: Duration,
+    /// Events kept per cell for reconnecting readers.
+    pub event_buffer: usize,
+    /// A stream with nothing to say sends a heartbeat line this often.
+    pub heartbeat: Duration,
+    /// Open event streams per tenant.
+    pub streams_per_tenant: usize,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    /// Live cells on this node (all tenants).
+    pub max_cells: usize,
+    /// On SIGTERM: how long live cells are given before they are killed.
+    pub drain_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            body_bytes: 1 << 20,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            event_buffer: 1024,
+            heartbeat: Duration::from_secs(15),
+            streams_per_tenant: 64,
+            default_ttl: Duration::from_secs(600),
+            max_ttl: Duration::from_secs(24 * 3600),
+            max_cells: 100_000,
+            drain_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: Listen,
+    /// This node's name, the prefix of every cell id it makes: letters, digits, `-` and `.`.
+    pub node: String,
+    pub peers: Peers,
+    /// Tenants file (TOML); without it one tenant whose key is `api_key`.
+    pub tenants_file: Option<PathBuf>,
+    /// Base policy file (TOML) every tenant policy extends.
+    pub policy_file: Option<PathBuf>,
+    /// The single tenant's key (from `CELL_API_KEY`) when there is no tenants file.
+    pub api_key: Option<String>,
+    pub limits: Limits,
+}
+
+impl ServeConfig {
+    pub fn new(listen: Listen, node: &str) -> ServeConfig {
+        ServeConfig {
+            listen,
+            node: node.into(),
+            peers: Peers::default(),
+            tenants_file: None,
+            policy_file: None,
+            api_key: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A node name fits in a cell id: 1 to 40 of letters, digits, `-` and `.`.
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 40
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_and_peers_parse() {
+        assert_eq!(
+            "127.0.0.1:80".parse::<Listen>(),
+            Ok(Listen::Tcp("127.0.0.1:80".parse().unwrap()))
+        );
+        assert_eq!(
+            "unix:/run/cell.sock".parse::<Listen>(),
+            Ok(Listen::Unix("/run/cell.sock".into()))
+        );
+        assert!("unix:".parse::<Listen>().is_err());
+        assert!("localhost".parse::<Listen>().is_err());
+        let peers = Peers {
+            map: [("a".to_string(), "http://x:1/".to_string())].into(),
+            template: Some("http://{node}.svc:8080".into()),
+        };
+        assert_eq!(peers.url("a").unwrap(), "http://x:1");
+        assert_eq!(peers.url("b").unwrap(), "http://b.svc:8080");
+        assert!(Peers::default().url("a").is_none());
+        assert!(valid_node_name("cell-0.x") && !valid_node_name("a_b") && !valid_node_name(""));
+    }
+}

@@ -1,0 +1,161 @@
+//! A cell's events as numbered JSON lines in a bounded buffer, so a client that reconnects with
+//! `after=SEQ` loses nothing still buffered. Events are moved from the cell into the buffer after
+//! each exec/call (a cell runs only inside one) and when the cell dies.
+
+use serde_json::{Value as J, json};
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+use supervisor::{Cell, RecvError, json as cj};
+use tokio::sync::watch;
+
+struct Buf {
+    /// Sequence number of the next line.
+    next: u64,
+    lines: VecDeque<(u64, String)>,
+    closed: bool,
+}
+
+pub struct EventBuffer {
+    buf: Mutex<Buf>,
+    cap: usize,
+    /// The last sequence number written (and whether the buffer is closed), to wake streams.
+    tx: watch::Sender<(u64, bool)>,
+}
+
+/// What a reader gets: lines after its cursor, a gap if some were dropped, or the end.
+pub struct Batch {
+    pub lines: Vec<String>,
+    pub cursor: u64,
+    pub done: bool,
+}
+
+impl EventBuffer {
+    pub fn new(cap: usize) -> EventBuffer {
+        EventBuffer {
+            buf: Mutex::new(Buf {
+                next: 1,
+                lines: VecDeque::new(),
+                closed: false,
+            }),
+            cap: cap.max(1),
+            tx: watch::Sender::new((0, false)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buf> {
+        self.buf.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push_locked(&self, b: &mut Buf, mut line: J) {
+        let seq = b.next;
+        b.next += 1;
+        line["seq"] = seq.into();
+        if b.lines.len() == self.cap {
+            b.lines.pop_front();
+            metrics::counter!("cell_service_events_dropped_total").increment(1);
+        }
+        b.lines.push_back((seq, line.to_string()));
+    }
+
+    /// Moves every queued event of `cell` into the buffer; if the cell is gone, closes the
+    /// buffer with a last `closed` line naming why.
+    pub fn drain(&self, cell: &Cell) {
+        let mut b = self.lock();
+        if b.closed {
+            return;
+        }
+        loop {
+            match cell.recv(Some(Duration::ZERO)) {
+                Ok(event) => self.push_locked(&mut b, cj::event(&event)),
+                Err(RecvError::Closed(reason)) => {
+                    self.close_locked(&mut b, reason.code.name(), &reason.message);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.tx.send_replace((b.next - 1, b.closed));
+    }
+
+    /// Closes the buffer (the cell was deleted or reaped) with a last line saying why.
+    pub fn close(&self, code: &str, message: &str) {
+        let mut b = self.lock();
+        if !b.closed {
+            self.close_locked(&mut b, code, message);
+            self.tx.send_replace((b.next - 1, true));
+        }
+    }
+
+    fn close_locked(&self, b: &mut Buf, code: &str, message: &str) {
+        self.push_locked(
+            b,
+            json!({ "event": "closed", "code": code, "message": message }),
+        );
+        b.closed = true;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.lock().next - 1
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<(u64, bool)> {
+        self.tx.subscribe()
+    }
+
+    /// Lines after `cursor`. When lines past the cursor were already dropped, a `gap` line
+    /// says how many were lost.
+    pub fn read(&self, cursor: u64) -> Batch {
+        let b = self.lock();
+        let mut lines = Vec::new();
+        let first = b.lines.front().map_or(b.next, |(s, _)| *s);
+        if cursor + 1 < first {
+            lines.push(
+                json!({ "event": "gap", "lost": first - cursor - 1, "after": cursor }).to_string(),
+            );
+        }
+        lines.extend(
+            b.lines
+                .iter()
+                .filter(|(s, _)| *s > cursor)
+                .map(|(_, l)| l.clone()),
+        );
+        Batch {
+            lines,
+            cursor: cursor.max(b.next - 1),
+            done: b.closed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_with_gaps_and_a_last_line() {
+        let b = EventBuffer::new(3);
+        {
+            let mut l = b.lock();
+            for i in 0..5 {
+                b.push_locked(&mut l, json!({ "event": "post", "value": i }));
+            }
+        }
+        let r = b.read(0);
+        assert_eq!(r.lines.len(), 4, "{:?}", r.lines);
+        assert!(r.lines[0].contains("\"gap\"") && r.lines[0].contains("\"lost\":2"));
+        assert!(r.lines[1].contains("\"seq\":3"));
+        assert_eq!((r.cursor, r.done), (5, false));
+        assert!(b.read(5).lines.is_empty());
+        assert_eq!(b.read(4).lines.len(), 1);
+        b.close("cancelled", "deleted");
+        b.close("cancelled", "twice");
+        let r = b.read(5);
+        assert_eq!(r.lines.len(), 1);
+        assert!(r.lines[0].contains("\"closed\"") && r.done);
+    }
+}

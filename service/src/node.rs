@@ -1,0 +1,529 @@
+//! One node: its supervisor, its cells by id, tenants, quotas, expiry. Everything here is
+//! synchronous; the HTTP layer calls the blocking parts on blocking threads.
+
+use crate::config::ServeConfig;
+use crate::error::ApiError;
+use crate::events::EventBuffer;
+use crate::quota::{Ledger, Reservation};
+use crate::tenants::{Tenant, Tenants, TenantsError};
+use serde::Deserialize;
+use serde_json::{Value as J, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use supervisor::{Cell, CellState, Supervisor, SupervisorError, Value};
+use tokio::sync::{Notify, watch};
+use toml::Table;
+
+/// `POST /v1/cells`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub backend: Option<String>,
+    pub policy: Option<String>,
+    pub source: Option<String>,
+    pub ttl_ms: Option<u64>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+    /// Kill the cell when a client reading its events disconnects (default: never).
+    #[serde(default)]
+    pub kill_on_disconnect: bool,
+}
+
+/// One cell as the service holds it.
+pub struct Entry {
+    pub id: String,
+    pub tenant: String,
+    pub backend: String,
+    pub policy: Option<String>,
+    pub cell: Cell,
+    pub created_ms: u64,
+    expires: Mutex<(Instant, u64)>,
+    pub labels: BTreeMap<String, String>,
+    pub events: EventBuffer,
+    pub kill_on_disconnect: bool,
+    reservation: Reservation,
+    released: AtomicBool,
+    busy: Mutex<Duration>,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Entry {
+    pub fn expires_at_ms(&self) -> u64 {
+        self.expires.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    pub fn alive(&self) -> bool {
+        self.cell.state() == CellState::Alive
+    }
+
+    pub fn to_json(&self, node: &str) -> J {
+        let info = self.cell.info();
+        let (state, reason) = match &info.state {
+            CellState::Alive => ("alive", J::Null),
+            CellState::Dead(e) => (
+                "dead",
+                json!({ "code": e.code.name(), "message": e.message }),
+            ),
+        };
+        let busy = *self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        json!({
+            "id": self.id, "node": node, "backend": self.backend, "policy": self.policy,
+            "state": state, "reason": reason, "labels": self.labels,
+            "created_at": self.created_ms, "expires_at": self.expires_at_ms(),
+            "stats": {
+                "ops": info.stats.transactions, "events": info.stats.events,
+                "requests": info.stats.requests, "violations": info.stats.violations,
+                "busy_ms": busy.as_millis() as u64,
+                "memory_limit_mib": self.reservation.memory_mib,
+                "cpu_time_limit_ms": self.reservation.cpu_time_ms,
+                "last_seq": self.events.last_seq(),
+            },
+        })
+    }
+}
+
+pub struct Node {
+    pub config: ServeConfig,
+    pub supervisor: Supervisor,
+    cells: Mutex<HashMap<String, Arc<Entry>>>,
+    idempotency: Mutex<HashMap<(String, String), String>>,
+    expiry: Mutex<BTreeSet<(Instant, String)>>,
+    tenants: RwLock<Arc<Tenants>>,
+    pub ledger: Ledger,
+    draining: AtomicBool,
+    /// Woken when the earliest expiry may have moved earlier.
+    pub reaper: Notify,
+    /// The number of cells held, for drain to wait on.
+    pub count: watch::Sender<usize>,
+    streams: Mutex<HashMap<String, usize>>,
+}
+
+/// Loads the base policy tree and the tenants as the config says.
+pub fn load_tenants(config: &ServeConfig) -> Result<Tenants, TenantsError> {
+    let base: Table = match &config.policy_file {
+        None => Table::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| TenantsError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            toml::from_str(&text)?
+        }
+    };
+    match &config.tenants_file {
+        Some(path) => Tenants::load(path, &base),
+        None => Tenants::single(config.api_key.as_deref(), &base),
+    }
+}
+
+impl Node {
+    pub fn new(config: ServeConfig, tenants: Tenants) -> Node {
+        Node {
+            config,
+            supervisor: Supervisor::new(),
+            cells: Mutex::default(),
+            idempotency: Mutex::default(),
+            expiry: Mutex::default(),
+            tenants: RwLock::new(Arc::new(tenants)),
+            ledger: Ledger::default(),
+            draining: AtomicBool::new(false),
+            reaper: Notify::new(),
+            count: watch::Sender::new(0),
+            streams: Mutex::default(),
+        }
+    }
+
+    pub fn tenants(&self) -> Arc<Tenants> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reloads tenants and the base policy; an invalid file is refused and the old one kept.
+    /// Live cells keep the policy they were made with.
+    pub fn reload(&self) -> Result<(), TenantsError> {
+        match load_tenants(&self.config) {
+            Ok(t) => {
+                *self.tenants.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(t);
+                metrics::counter!("cell_service_reloads_total", "outcome" => "ok").increment(1);
+                tracing::info!("tenants and policy reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                metrics::counter!("cell_service_reloads_total", "outcome" => "refused")
+                    .increment(1);
+                tracing::error!("reload refused, the previous tenants and policy stay: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn start_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    fn locked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Entry>>> {
+        self.cells.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.locked().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The node a cell id names.
+    pub fn owner(id: &str) -> Option<&str> {
+        id.rsplit_once('_').map(|(node, _)| node)
+    }
+
+    /// The tenant's cell `id`, a redirect to the node holding it, or 404.
+    pub fn find(&self, tenant: &Tenant, id: &str, path: &str) -> Result<Arc<Entry>, ApiError> {
+        match Node::owner(id) {
+            Some(node) if node != self.config.node => {
+                return match self.config.peers.url(node) {
+                    Some(base) => Err(ApiError::redirect(node, format!("{base}{path}"))),
+                    None => Err(ApiError::cell_not_found(id)),
+                };
+            }
+            None => return Err(ApiError::cell_not_found(id)),
+            Some(_) => {}
+        }
+        match self.locked().get(id) {
+            Some(e) if e.tenant == tenant.name => Ok(e.clone()),
+            _ => Err(ApiError::cell_not_found(id)),
+        }
+    }
+
+    pub fn list(&self, tenant: &str) -> Vec<Arc<Entry>> {
+        let mut out: Vec<_> = self
+            .locked()
+            .values()
+            .filter(|e| e.tenant == tenant)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    fn ttl(&self, ttl_ms: Option<u64>) -> Duration {
+        ttl_ms
+            .map(Duration::from_millis)
+            .unwrap_or(self.config.limits.default_ttl)
+            .min(self.config.limits.max_ttl)
+    }
+
+    /// Creates a cell (blocking: spawns, and runs `source` when given). `Ok((entry, false))`
+    /// when an idempotency key names a cell made earlier.
+    pub fn create(
+        &self,
+        tenant: &Tenant,
+        req: CreateRequest,
+    ) -> Result<(Arc<Entry>, bool), ApiError> {
+        if self.draining() {
+            return Err(ApiError::new(
+                "draining",
+                "this node is draining: create the cell elsewhere",
+            ));
+        }
+        let policy = tenant.policy(req.policy.as_deref()).ok_or_else(|| {
+            ApiError::new(
+                "unknown_policy",
+                format!(
+                    "tenant `{}` has no policy `{}`",
+                    tenant.name,
+                    req.policy.as_deref().unwrap_or("")
+                ),
+            )
+        })?;
+        let backend = req
+            .backend
+            .clone()
+            .or_else(|| policy.backend.clone())
+            .unwrap_or_else(|| "subinterp".into());
+        let Some(imp) = self.supervisor.backend(&backend) else {
+            return Err(ApiError::new(
+                "unknown_backend",
+                format!("unknown backend `{backend}`"),
+            ));
+        };
+        if !tenant.allows_backend(&backend) {
+            return Err(ApiError::new(
+                "forbidden",
+                format!("tenant `{}` may not use backend `{backend}`", tenant.name),
+            ));
+        }
+        if let Err(why) = imp.available() {
+            return Err(ApiError::new(
+                "backend_unavailable",
+                format!("backend `{backend}` is unavailable on this node: {why}"),
+            ));
+        }
+        let idem = req
+            .idempotency_key
+            .clone()
+            .map(|k| (tenant.name.clone(), k));
+        if let Some(key) = &idem {
+            let existing = self
+                .idempotency
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(key)
+                .cloned();
+            if let Some(entry) = existing.and_then(|id| self.locked().get(&id).cloned()) {
+                return Ok((entry, false));
+            }
+        }
+        if self.len() >= self.config.limits.max_cells {
+            return Err(ApiError::new(
+                "backend_unavailable",
+                "this node holds as many cells as it may",
+            ));
+        }
+        let reservation = Reservation {
+            memory_mib: policy.limits.memory_mib,
+            cpu_time_ms: policy.limits.cpu_time_ms,
+        };
+        self.ledger
+            .reserve(&tenant.name, &tenant.quotas, reservation)?;
+        let id = format!("{}_{}", self.config.node, random_suffix());
+        let started = Instant::now();
+        let cell = match self.supervisor.spawn(&id, &backend, &policy) {
+            Ok(c) => c,
+            Err(e) => {
+                self.ledger.release(&tenant.name, reservation);
+                return Err(spawn_error(e));
+            }
+        };
+        metrics::histogram!("cell_service_spawn_seconds", "backend" => backend.clone())
+            .record(started.elapsed().as_secs_f64());
+        let ttl = self.ttl(req.ttl_ms);
+        let now = SystemTime::now();
+        let entry = Arc::new(Entry {
+            id: id.clone(),
+            tenant: tenant.name.clone(),
+            backend: backend.clone(),
+            policy: req.policy.clone().or(tenant.default_policy.clone()),
+            cell,
+            created_ms: unix_ms(now),
+            expires: Mutex::new((Instant::now() + ttl, unix_ms(now + ttl))),
+            labels: req.labels,
+            events: EventBuffer::new(self.config.limits.event_buffer),
+            kill_on_disconnect: req.kill_on_disconnect,
+            reservation,
+            released: AtomicBool::new(false),
+            busy: Mutex::default(),
+        });
+        if let Some(source) = &req.source {
+            if let Err(e) = self.run(&entry, |c| c.exec(source)) {
+                self.release(&entry);
+                entry.cell.kill();
+                return Err(e);
+            }
+        }
+        {
+            let mut cells = self.locked();
+            cells.insert(id.clone(), entry.clone());
+            self.count.send_replace(cells.len());
+        }
+        if let Some(key) = idem {
+            self.idempotency
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, id.clone());
+        }
+        self.set_expiry(&entry, ttl);
+        metrics::gauge!("cell_service_cells", "backend" => backend, "state" => "alive")
+            .increment(1.0);
+        tracing::info!(target: "cell_service::audit", tenant = %tenant.name, cell = %id, "create");
+        Ok((entry, true))
+    }
+
+    /// Runs exec or call on the cell (blocking), then moves its events to the buffer.
+    pub fn run(
+        &self,
+        entry: &Entry,
+        op: impl FnOnce(&Cell) -> Result<Value, supervisor::CellError>,
+    ) -> Result<Value, ApiError> {
+        let started = Instant::now();
+        let result = op(&entry.cell);
+        let took = started.elapsed();
+        *entry.busy.lock().unwrap_or_else(|e| e.into_inner()) += took;
+        metrics::histogram!("cell_service_exec_seconds", "backend" => entry.backend.clone())
+            .record(took.as_secs_f64());
+        entry.events.drain(&entry.cell);
+        if !entry.alive() {
+            self.release(entry);
+        }
+        result.map_err(ApiError::from)
+    }
+
+    /// Returns the cell's quota reservation, once.
+    fn release(&self, entry: &Entry) {
+        if !entry.released.swap(true, Ordering::SeqCst) {
+            self.ledger.release(&entry.tenant, entry.reservation);
+            metrics::gauge!("cell_service_cells", "backend" => entry.backend.clone(), "state" => "alive")
+                .decrement(1.0);
+        }
+    }
+
+    fn set_expiry(&self, entry: &Entry, ttl: Duration) {
+        let at = Instant::now() + ttl;
+        let old = {
+            let mut e = entry.expires.lock().unwrap_or_else(|e| e.into_inner());
+            let old = e.0;
+            *e = (at, unix_ms(SystemTime::now() + ttl));
+            old
+        };
+        let mut index = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+        index.remove(&(old, entry.id.clone()));
+        index.insert((at, entry.id.clone()));
+        if index.first().is_some_and(|(t, _)| *t == at) {
+            self.reaper.notify_one();
+        }
+    }
+
+    /// Extends the cell's life to `ttl_ms` from now.
+    pub fn extend(&self, entry: &Entry, ttl_ms: u64) {
+        self.set_expiry(entry, self.ttl(Some(ttl_ms)));
+    }
+
+    /// Kills and forgets a cell.
+    pub fn remove(&self, entry: &Entry, code: &str, why: &str) {
+        // Events the cell sent first, then the reason, then the kill (whose own reason the
+        // closed buffer no longer takes).
+        entry.events.drain(&entry.cell);
+        entry.events.close(code, why);
+        entry.cell.kill();
+        self.release(entry);
+        let at = entry.expires.lock().unwrap_or_else(|e| e.into_inner()).0;
+        self.expiry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(at, entry.id.clone()));
+        let mut cells = self.locked();
+        cells.remove(&entry.id);
+        self.count.send_replace(cells.len());
+    }
+
+    /// Kills cells past their expiry; returns the next expiry.
+    pub fn reap(&self) -> Option<Instant> {
+        let now = Instant::now();
+        loop {
+            let next = {
+                let index = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+                index.first().cloned()
+            };
+            match next {
+                Some((at, id)) if at <= now => {
+                    let entry = self.locked().get(&id).cloned();
+                    match entry {
+                        Some(e) => {
+                            tracing::info!(target: "cell_service::audit", tenant = %e.tenant, cell = %id, "expired");
+                            metrics::counter!("cell_service_evictions_total", "reason" => "expired").increment(1);
+                            self.remove(&e, "cancelled", "the cell's ttl ran out");
+                        }
+                        None => {
+                            self.expiry
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .remove(&(at, id));
+                        }
+                    }
+                }
+                other => return other.map(|(at, _)| at),
+            }
+        }
+    }
+
+    /// Kills every cell (end of drain).
+    pub fn kill_all(&self, why: &str) {
+        let all: Vec<_> = self.locked().values().cloned().collect();
+        for e in all {
+            metrics::counter!("cell_service_evictions_total", "reason" => "drain").increment(1);
+            self.remove(&e, "cancelled", why);
+        }
+    }
+
+    /// Takes one of the tenant's stream slots; `None` past the cap.
+    pub fn open_stream(self: &Arc<Self>, tenant: &str) -> Option<StreamSlot> {
+        let mut s = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let n = s.entry(tenant.to_string()).or_default();
+        if *n >= self.config.limits.streams_per_tenant {
+            return None;
+        }
+        *n += 1;
+        metrics::gauge!("cell_service_streams").increment(1.0);
+        Some(StreamSlot {
+            node: self.clone(),
+            tenant: tenant.into(),
+        })
+    }
+
+    pub fn node_json(&self) -> J {
+        let backends: Vec<J> = self
+            .supervisor
+            .backends()
+            .into_iter()
+            .zip(self.supervisor.host_layers())
+            .map(|((name, ok), (_, layers))| {
+                json!({
+                    "name": name, "available": ok.is_ok(), "reason": ok.err(),
+                    "layers": layers.iter().map(|l| json!({"name": l.name, "active": l.active, "detail": l.detail})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "node": self.config.node, "version": env!("CARGO_PKG_VERSION"),
+            "ready": !self.draining(), "draining": self.draining(),
+            "live_cells": self.len(), "capacity": { "max_cells": self.config.limits.max_cells },
+            "backends": backends,
+        })
+    }
+}
+
+/// An open event stream, counted against its tenant until dropped.
+pub struct StreamSlot {
+    node: Arc<Node>,
+    tenant: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut s = self.node.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = s.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+        }
+        metrics::gauge!("cell_service_streams").decrement(1.0);
+    }
+}
+
+fn random_suffix() -> String {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn spawn_error(e: SupervisorError) -> ApiError {
+    match e {
+        SupervisorError::UnknownBackend { .. } => ApiError::new("unknown_backend", e.to_string()),
+        SupervisorError::Grants(_) => ApiError::new("invalid_policy", e.to_string()),
+        SupervisorError::Handshake(c) => c.into(),
+        SupervisorError::Spawn(_) => ApiError::new("spawn_failed", e.to_string()),
+        other => ApiError::new("internal", other.to_string()),
+    }
+}

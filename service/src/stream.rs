@@ -1,0 +1,117 @@
+//! `GET /v1/cells/{id}/events`: NDJSON from the cell's event buffer, woken by new events, with
+//! heartbeat lines while there are none. A client that goes away never kills the cell, unless
+//! the cell was created with `kill_on_disconnect`.
+
+use crate::api::{AppState, Auth, EventsQuery};
+use crate::error::ApiError;
+use crate::node::{Entry, Node, StreamSlot};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+struct Reader {
+    entry: Arc<Entry>,
+    rx: watch::Receiver<(u64, bool)>,
+    cursor: u64,
+    heartbeat: Duration,
+    guard: Disconnect,
+}
+
+/// Kills a `kill_on_disconnect` cell when its stream is dropped before the cell's end.
+struct Disconnect {
+    node: Arc<Node>,
+    entry: Arc<Entry>,
+    finished: bool,
+    _slot: StreamSlot,
+}
+
+impl Drop for Disconnect {
+    fn drop(&mut self) {
+        if !self.finished && self.entry.kill_on_disconnect && !self.entry.events.is_closed() {
+            tracing::info!(target: "cell_service::audit", cell = %self.entry.id, tenant = %self.entry.tenant, "killed: its event reader disconnected");
+            let (node, entry) = (self.node.clone(), self.entry.clone());
+            // Killing may wait on the boundary: off the runtime.
+            tokio::task::spawn_blocking(move || {
+                node.remove(&entry, "cancelled", "the event reader disconnected")
+            });
+        }
+    }
+}
+
+pub async fn events(
+    State(node): State<AppState>,
+    Auth(tenant): Auth,
+    Path(id): Path<String>,
+    uri: Uri,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let path = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string());
+    let entry = node.find(&tenant, &id, &path)?;
+    let slot = node.open_stream(&tenant.name).ok_or_else(|| {
+        ApiError::quota(
+            "streams",
+            format!(
+                "tenant `{}` has {} event streams open, the most allowed",
+                tenant.name, node.config.limits.streams_per_tenant
+            ),
+        )
+    })?;
+    let reader = Reader {
+        rx: entry.events.subscribe(),
+        cursor: q.after.unwrap_or(0),
+        heartbeat: node.config.limits.heartbeat,
+        guard: Disconnect {
+            node: node.clone(),
+            entry: entry.clone(),
+            finished: false,
+            _slot: slot,
+        },
+        entry,
+    };
+    let body = futures_util::stream::unfold(reader, next_chunk);
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+async fn next_chunk(mut r: Reader) -> Option<(Result<Bytes, Infallible>, Reader)> {
+    if r.guard.finished {
+        return None;
+    }
+    loop {
+        // Marked seen before reading, so a line written after the read wakes `changed`.
+        r.rx.borrow_and_update();
+        let batch = r.entry.events.read(r.cursor);
+        if !batch.lines.is_empty() {
+            r.cursor = batch.cursor;
+            r.guard.finished = batch.done;
+            let mut text = batch.lines.join("\n");
+            text.push('\n');
+            return Some((Ok(Bytes::from(text)), r));
+        }
+        if batch.done {
+            r.guard.finished = true;
+            return None;
+        }
+        match tokio::time::timeout(r.heartbeat, r.rx.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => return None,
+            Err(_) => {
+                let line = json!({ "event": "heartbeat", "seq": r.cursor }).to_string() + "\n";
+                return Some((Ok(Bytes::from(line)), r));
+            }
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Tenants and their API keys. Keys are stored only as SHA-256 hashes; the key itself is shown
+//! once, when `add_tenant` makes it.
+//!
+//! ```toml
+//! [[tenant]]
+//! name = "acme"
+//! keys = ["sha256:9f86d081884c7d65..."]
+//! backends = ["subinterp", "process"]   # allowed backends (empty: all)
+//! default_policy = "small"               # used when a create names none (else the base)
+//! [tenant.quotas]
+//! live_cells = 100
+//! creates_per_minute = 600
+//! memory_mib = 4096                      # sum of the live cells' memory limits
+//! cpu_time_ms = 600000                   # sum of the live cells' CPU-time limits
+//! broker_requests_per_second = 50        # per grant of each cell (see docs/SERVICE.md)
+//! [tenant.policies.small]                # extends the base policy (or `extends = "other"`)
+//! limits = { memory_mib = 16 }
+//! ```
+
+use crate::inherit::{self, InheritError};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use supervisor::Policy;
+use toml::Table;
+
+/// Why a tenants file was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TenantsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid tenants file: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid tenants file: tenant `{tenant}`: {reason}")]
+    Invalid { tenant: String, reason: String },
+    #[error("invalid tenants file: tenant `{tenant}`: {source}")]
+    Policy {
+        tenant: String,
+        source: InheritError,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    pub live_cells: Option<u64>,
+    pub creates_per_minute: Option<u64>,
+    pub memory_mib: Option<u64>,
+    pub cpu_time_ms: Option<u64>,
+    pub broker_requests_per_second: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantEntry {
+    name: String,
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    backends: Vec<String>,
+    #[serde(default)]
+    default_policy: Option<String>,
+    #[serde(default)]
+    quotas: Quotas,
+    #[serde(default)]
+    policies: BTreeMap<String, Table>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    tenant: Vec<TenantEntry>,
+}
+
+/// One tenant, its policies resolved.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub name: String,
+    /// Allowed backends; empty allows every backend.
+    pub backends: Vec<String>,
+    pub quotas: Quotas,
+    pub default_policy: Option<String>,
+    pub policies: BTreeMap<String, Policy>,
+    pub base: Policy,
+}
+
+impl Tenant {
+    pub fn allows_backend(&self, backend: &str) -> bool {
+        self.backends.is_empty() || self.backends.iter().any(|b| b == backend)
+    }
+
+    /// The policy a create gets: the one it names, else the tenant's default, else the base.
+    pub fn policy(&self, name: Option<&str>) -> Option<Policy> {
+        let mut policy = match name.or(self.default_policy.as_deref()) {
+            Some(n) => self.policies.get(n)?.clone(),
+            None => self.base.clone(),
+        };
+        if let Some(rate) = self.quotas.broker_requests_per_second {
+            cap_grant_rates(&mut policy, rate);
+        }
+        Some(policy)
+    }
+}
+
+/// Caps every grant's request rate at `rate` per second.
+fn cap_grant_rates(policy: &mut Policy, rate: u64) {
+    for grant in &mut policy.grants {
+        match &mut grant.quota {
+            None => {
+                grant.quota = Some(
+                    toml::from_str(&format!("requests = {rate}\nwindow_ms = 1000"))
+                        .expect("a well-formed quota"),
+                )
+            }
+            Some(q) => {
+                let cap = if q.window_ms == 0 {
+                    // A budget over the cell's life: the tenant's rate still bounds it per
+                    // second only through the grant's own count; keep the smaller of the two.
+                    rate
+                } else {
+                    rate.saturating_mul(q.window_ms).div_ceil(1000).max(1)
+                };
+                q.requests = Some(q.requests.map_or(cap, |r| r.min(cap)));
+            }
+        }
+    }
+}
+
+/// Every tenant, by name and by key hash.
+#[derive(Debug, Clone, Default)]
+pub struct Tenants {
+    pub tenants: BTreeMap<String, Arc<Tenant>>,
+    by_key: HashMap<String, String>,
+    /// One tenant and no key: every request is that tenant's (a unix socket only).
+    open: bool,
+}
+
+/// `sha256:<hex>` of a key.
+pub fn hash_key(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+impl Tenants {
+    /// Parses a tenants file over `base` (the server's base policy as a TOML tree).
+    pub fn from_toml(text: &str, base: &Table) -> Result<Tenants, TenantsError> {
+        let file: File = toml::from_str(text)?;
+        let base_policy = base_policy(base)?;
+        let mut out = Tenants::default();
+        for t in file.tenant {
+            let invalid = |reason: String| TenantsError::Invalid {
+                tenant: t.name.clone(),
+                reason,
+            };
+            if t.name.is_empty() || out.tenants.contains_key(&t.name) {
+                return Err(invalid("empty or repeated name".into()));
+            }
+            for key in &t.keys {
+                let hex = key.strip_prefix("sha256:").unwrap_or("");
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(invalid(format!(
+                        "key `{key}` is not `sha256:` and 64 hex digits"
+                    )));
+                }
+                if let Some(other) = out.by_key.insert(key.to_ascii_lowercase(), t.name.clone()) {
+                    return Err(invalid(format!("a key is also tenant `{other}`'s")));
+                }
+            }
+            let policies =
+                inherit::resolve_all(base, &t.policies).map_err(|source| TenantsError::Policy {
+                    tenant: t.name.clone(),
+                    source,
+                })?;
+            if let Some(d) = &t.default_policy {
+                if !policies.contains_key(d) {
+                    return Err(invalid(format!("default_policy `{d}` is not defined")));
+                }
+            }
+            out.tenants.insert(
+                t.name.clone(),
+                Arc::new(Tenant {
+                    name: t.name,
+                    backends: t.backends,
+                    quotas: t.quotas,
+                    default_policy: t.default_policy,
+                    policies,
+                    base: base_policy.clone(),
+                }),
+            );
+        }
+        Ok(out)
+    }
+
+    pub fn load(path: &Path, base: &Table) -> Result<Tenants, TenantsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TenantsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Tenants::from_toml(&text, base)
+    }
+
+    /// One tenant allowed everything, reached with `key` (no key: unauthenticated, for a unix
+    /// socket only).
+    pub fn single(key: Option<&str>, base: &Table) -> Result<Tenants, TenantsError> {
+        let mut out = Tenants::default();
+        let name = "default".to_string();
+        match key {
+            Some(key) => drop(out.by_key.insert(hash_key(key), name.clone())),
+            None => out.open = true,
+        }
+        out.tenants.insert(
+            name.clone(),
+            Arc::new(Tenant {
+                name,
+                backends: Vec::new(),
+                quotas: Quotas::default(),
+                default_policy: None,
+                policies: BTreeMap::new(),
+                base: base_policy(base)?,
+            }),
+        );
+        Ok(out)
+    }
+
+    /// The tenant a presented key belongs to.
+    pub fn authenticate(&self, key: &str) -> Option<Arc<Tenant>> {
+        self.by_key
+            .get(&hash_key(key))
+            .and_then(|n| self.tenants.get(n))
+            .cloned()
+    }
+
+    /// The tenant of a request that presents no key: only a single tenant without a key.
+    pub fn anonymous(&self) -> Option<Arc<Tenant>> {
+        if self.open {
+            self.tenants.values().next().cloned()
+        } else {
+            None
+        }
+    }
+}
+
+fn base_policy(base: &Table) -> Result<Policy, TenantsError> {
+    Policy::from_toml(&toml::to_string(base).unwrap_or_default()).map_err(|e| {
+        TenantsError::Invalid {
+            tenant: "(base policy)".into(),
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// A fresh random key (`cell_` and 64 hex digits).
+pub fn new_key() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("cell_{hex}")
+}
+
+/// Adds a key for tenant `name` to the tenants file at `path` (created if missing; the tenant is
+/// added if new, with `backends`), checks the result parses, and returns the key — the only time
+/// it is ever shown.
+pub fn add_tenant(path: &Path, name: &str, backends: &[String]) -> Result<String, TenantsError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(TenantsError::Read {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    let mut doc: Table = toml::from_str(&text)?;
+    let key = new_key();
+    let list = doc
+        .entry("tenant")
+        .or_insert_with(|| toml::Value::Array(Vec::new()));
+    let Some(list) = list.as_array_mut() else {
+        return Err(TenantsError::Invalid {
+            tenant: name.into(),
+            reason: "`tenant` must be an array of tables".into(),
+        });
+    };
+    let existing = list
+        .iter_mut()
+        .filter_map(|t| t.as_table_mut())
+        .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(name));
+    let hash = toml::Value::String(hash_key(&key));
+    match existing {
+        Some(t) => match t.entry("keys").or_insert(toml::Value::Array(Vec::new())) {
+            toml::Value::Array(keys) => keys.push(hash),
+            _ => {
+                return Err(TenantsError::Invalid {
+                    tenant: name.into(),
+                    reason: "`keys` must be an array".into(),
+                });
+            }
+        },
+        None => {
+            let mut t = Table::new();
+            t.insert("name".into(), name.into());
+            t.insert("keys".into(), toml::Value::Array(vec![hash]));
+            t.insert(
+                "backends".into(),
+                toml::Value::Array(backends.iter().map(|b| b.as_str().into()).collect()),
+            );
+            list.push(toml::Value::Table(t));
+        }
+    }
+    let out = toml::to_string(&doc).unwrap_or_default();
+    Tenants::from_toml(&out, &Table::new())?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &out)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| TenantsError::Write {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stored_hashed_and_authenticate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenants.toml");
+        let k1 = add_tenant(&path, "acme", &["subinterp".into()]).unwrap();
+        let k2 = add_tenant(&path, "acme", &[]).unwrap();
+        let k3 = add_tenant(&path, "other", &[]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for k in [&k1, &k2, &k3] {
+            assert!(!text.contains(k.as_str()), "a key is stored in clear");
+        }
+        let t = Tenants::load(&path, &Table::new()).unwrap();
+        assert_eq!(t.authenticate(&k1).unwrap().name, "acme");
+        assert_eq!(t.authenticate(&k2).unwrap().name, "acme");
+        assert_eq!(t.authenticate(&k3).unwrap().name, "other");
+        assert!(t.authenticate("cell_wrong").is_none());
+        let acme = &t.tenants["acme"];
+        assert!(acme.allows_backend("subinterp") && !acme.allows_backend("process"));
+        assert!(t.tenants["other"].allows_backend("process"));
+    }
+
+    #[test]
+    fn invalid_files_are_refused_naming_the_problem() {
+        for (text, needle) in [
+            ("[[tenant]]\nname = \"a\"\nkeyz = []", "keyz"),
+            ("[[tenant]]\nname = \"a\"\nkeys = [\"plain\"]", "sha256"),
+            (
+                "[[tenant]]\nname = \"a\"\n[tenant.quotas]\nlive = 1",
+                "live",
+            ),
+            (
+                "[[tenant]]\nname = \"a\"\n[[tenant]]\nname = \"a\"",
+                "repeated",
+            ),
+            (
+                "[[tenant]]\nname = \"a\"\ndefault_policy = \"p\"",
+                "default_policy",
+            ),
+            (
+                "[[tenant]]\nname = \"a\"\n[tenant.policies.p]\nlimits = { memory_mib = 0 }",
+                "memory_mib",
+            ),
+        ] {
+            let err = Tenants::from_toml(text, &Table::new())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{text}\n => {err}");
+        }
+    }
+
+    #[test]
+    fn named_policies_extend_the_base_and_broker_rates_are_capped() {
+        let base: Table = toml::from_str("[limits]\nmax_operations = 500").unwrap();
+        let text = r#"
+            [[tenant]]
+            name = "a"
+            default_policy = "p"
+            [tenant.quotas]
+            broker_requests_per_second = 5
+            [tenant.policies.p]
+            limits = { memory_mib = 8 }
+            [[tenant.policies.p.grants]]
+            capability = "clock"
+            actions = ["wall"]
+            [[tenant.policies.p.grants]]
+            capability = "random"
+            actions = ["bytes"]
+            quota = { requests = 100, window_ms = 2000 }
+        "#;
+        let t = Tenants::from_toml(text, &base).unwrap();
+        let p = t.tenants["a"].policy(None).unwrap();
+        assert_eq!((p.limits.max_operations, p.limits.memory_mib), (500, 8));
+        let q: Vec<_> = p.grants.iter().map(|g| g.quota.clone().unwrap()).collect();
+        assert_eq!((q[0].requests, q[0].window_ms), (Some(5), 1000));
+        assert_eq!((q[1].requests, q[1].window_ms), (Some(10), 2000));
+        assert!(t.tenants["a"].policy(Some("nope")).is_none());
+    }
+}

@@ -1,0 +1,310 @@
+//! Every endpoint on loopback through a real HTTP client, on the subinterp backend.
+
+mod common;
+use common::*;
+use serde_json::{Value as J, json};
+
+#[test]
+fn cell_lifecycle_through_every_cell_endpoint() {
+    let n = TestNode::start(config("node-a"));
+    let u = &n.url;
+    let (s, j) = send(
+        "POST",
+        &format!("{u}/v1/cells"),
+        Some(KEY),
+        Some(
+            &json!({"backend": "subinterp", "source": "fn add(a, b) { a + b }", "ttl_ms": 60000, "labels": {"job": "t"}}),
+        ),
+    );
+    assert_eq!(s, 201, "{j}");
+    let id = j["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("node-a_"), "{id}");
+    assert_eq!(
+        (j["node"].as_str(), j["backend"].as_str()),
+        (Some("node-a"), Some("subinterp"))
+    );
+    let first_expiry = j["expires_at"].as_u64().unwrap();
+
+    let cell = format!("{u}/v1/cells/{id}");
+    let (s, j) = send(
+        "POST",
+        &format!("{cell}/exec"),
+        Some(KEY),
+        Some(&json!({"source": "post(40 + 2); 6 * 7"})),
+    );
+    assert_eq!((s, &j), (200, &json!({"result": 42})));
+    let (s, j) = send(
+        "POST",
+        &format!("{cell}/call"),
+        Some(KEY),
+        Some(&json!({"function": "add", "args": [40, 2]})),
+    );
+    assert_eq!((s, &j), (200, &json!({"result": 42})));
+    let (s, j) = send(
+        "POST",
+        &format!("{cell}/exec"),
+        Some(KEY),
+        Some(&json!({"source": "post(\"second\"); log(\"info\", \"hi\", #{})"})),
+    );
+    assert_eq!(s, 200, "{j}");
+
+    let (s, j) = send("GET", &cell, Some(KEY), None);
+    assert_eq!(s, 200);
+    assert_eq!(j["state"], "alive");
+    assert_eq!(j["labels"]["job"], "t");
+    assert!(j["stats"]["ops"].as_u64().unwrap() >= 4, "{j}");
+    assert_eq!(j["stats"]["last_seq"], 3);
+    let (s, j) = send("GET", &format!("{u}/v1/cells"), Some(KEY), None);
+    assert_eq!(s, 200);
+    assert_eq!(j["cells"].as_array().unwrap().len(), 1);
+
+    // The buffered events, then a reconnect after seq 1 that gets only what followed.
+    let all = read_events(&format!("{cell}/events"), KEY, |l| l["seq"] == 3);
+    assert_eq!(all[0], json!({"event": "post", "value": 42, "seq": 1}));
+    assert_eq!(
+        all[1],
+        json!({"event": "post", "value": "second", "seq": 2})
+    );
+    assert_eq!(
+        (all[2]["event"].as_str(), all[2]["message"].as_str()),
+        (Some("log"), Some("hi"))
+    );
+    let rest = read_events(&format!("{cell}/events?after=2"), KEY, |_| true);
+    assert_eq!(rest[0]["seq"], 3);
+
+    let (s, j) = send(
+        "POST",
+        &format!("{cell}/ttl"),
+        Some(KEY),
+        Some(&json!({"ttl_ms": 3_600_000})),
+    );
+    assert_eq!(s, 200);
+    assert!(j["expires_at"].as_u64().unwrap() > first_expiry, "{j}");
+
+    let (s, j) = send("DELETE", &cell, Some(KEY), None);
+    assert_eq!((s, &j["deleted"]), (200, &json!(true)));
+    let (s, j) = send("GET", &cell, Some(KEY), None);
+    assert_eq!((s, j["code"].as_str()), (404, Some("cell_not_found")));
+    let (s, _) = send(
+        "POST",
+        &format!("{cell}/exec"),
+        Some(KEY),
+        Some(&json!({"source": "1"})),
+    );
+    assert_eq!(s, 404);
+}
+
+#[test]
+fn node_health_metrics_and_openapi() {
+    let n = TestNode::start(config("node-b"));
+    let u = &n.url;
+    let (s, j) = send("GET", &format!("{u}/v1/node"), Some(KEY), None);
+    assert_eq!(s, 200);
+    assert_eq!(
+        (j["node"].as_str(), j["ready"].as_bool()),
+        (Some("node-b"), Some(true))
+    );
+    let names: Vec<_> = j["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"subinterp"), "{j}");
+    assert_eq!(send("GET", &format!("{u}/healthz"), None, None).0, 200);
+    assert_eq!(send("GET", &format!("{u}/readyz"), None, None).0, 200);
+    create(u, KEY, json!({"source": "1"}));
+    let (s, j) = send("GET", &format!("{u}/metrics"), None, None);
+    assert_eq!(s, 200);
+    let text = j.as_str().unwrap();
+    for series in [
+        "cell_service_requests_total",
+        "cell_service_spawn_seconds_bucket",
+        "cell_service_exec_seconds",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+    let (s, doc) = send("GET", &format!("{u}/v1/openapi.json"), None, None);
+    assert_eq!(s, 200);
+    assert_eq!(
+        doc,
+        serde_json::from_str::<J>(cell_service::api::OPENAPI).unwrap()
+    );
+}
+
+/// The OpenAPI document names exactly the routes the router serves, and each answers.
+#[test]
+fn openapi_document_matches_the_router() {
+    let doc: J = serde_json::from_str(cell_service::api::OPENAPI).unwrap();
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "parameters")
+        {
+            documented.push((method.clone(), path.clone()));
+        }
+    }
+    let mut served: Vec<(String, String)> = cell_service::api::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    documented.sort();
+    served.sort();
+    assert_eq!(documented, served);
+    // Every error status the document mentions is a status some code has, and back.
+    let n = TestNode::start(config("node-o"));
+    let id = create(&n.url, KEY, json!({}));
+    for (method, path) in cell_service::api::ROUTES {
+        let url = format!(
+            "{}{}",
+            n.url,
+            path.replace("{id}", &id).replace("/v1/cells/{id}", "")
+        );
+        let (s, j) = match *method {
+            "get" if path.ends_with("/events") => {
+                // Streams never end on their own: a closed cell's stream does.
+                continue;
+            }
+            "get" => send("GET", &url, Some(KEY), None),
+            "post" => send("POST", &url, Some(KEY), Some(&json!({}))),
+            "delete" => send("DELETE", &url, Some(KEY), None),
+            _ => unreachable!(),
+        };
+        assert_ne!(
+            j["code"].as_str(),
+            Some("no_route"),
+            "{method} {path} is not served: {s}"
+        );
+        assert_ne!(s, 405, "{method} {path}");
+    }
+}
+
+#[test]
+fn typed_errors_with_stable_statuses() {
+    let n = TestNode::start(config("node-c"));
+    let u = &n.url;
+    let cells = format!("{u}/v1/cells");
+    let id = create(u, KEY, json!({}));
+    let exec = format!("{cells}/{id}/exec");
+    for (source, status, code) in [
+        ("let x = ;", 422, "syntax"),
+        ("throw \"boom\"", 422, "runtime"),
+        ("loop {}", 422, "limit_operations"),
+    ] {
+        let (s, j) = send("POST", &exec, Some(KEY), Some(&json!({"source": source})));
+        assert_eq!(
+            (s, j["code"].as_str()),
+            (status, Some(code)),
+            "{source}: {j}"
+        );
+        assert_eq!(cell_service::status_of(code).as_u16(), status);
+        assert!(!j["message"].as_str().unwrap().is_empty());
+    }
+    let (s, j) = send(
+        "POST",
+        &format!("{cells}/{id}/call"),
+        Some(KEY),
+        Some(&json!({"function": "nope"})),
+    );
+    assert_eq!((s, j["code"].as_str()), (422, Some("not_found")), "{j}");
+
+    for (body, needle) in [
+        ("{bad json", "invalid JSON"),
+        ("{\"backend\": \"subinterp\", \"sauce\": \"1\"}", "sauce"),
+        ("{\"ttl_ms\": \"soon\"}", "expected u64"),
+    ] {
+        let (s, j) = send_raw("POST", &cells, Some(KEY), Some(body.into()));
+        assert_eq!(
+            (s, j["code"].as_str()),
+            (400, Some("bad_request")),
+            "{body}"
+        );
+        assert!(
+            j["message"].as_str().unwrap().contains(needle),
+            "{body}: {j}"
+        );
+    }
+    let (s, j) = send(
+        "POST",
+        &cells,
+        Some(KEY),
+        Some(&json!({"backend": "quantum"})),
+    );
+    assert_eq!((s, j["code"].as_str()), (400, Some("unknown_backend")));
+    let (s, j) = send("POST", &cells, Some(KEY), Some(&json!({"policy": "gold"})));
+    assert_eq!((s, j["code"].as_str()), (400, Some("unknown_policy")));
+    let big = json!({"source": "x".repeat(2 << 20)});
+    let (s, j) = send("POST", &exec, Some(KEY), Some(&big));
+    assert_eq!((s, j["code"].as_str()), (413, Some("payload_too_large")));
+    for key in [None, Some("wrong")] {
+        let (s, j) = send("GET", &cells, key, None);
+        assert_eq!((s, j["code"].as_str()), (401, Some("unauthorized")));
+    }
+    let (s, j) = send("GET", &format!("{u}/v2/nothing"), Some(KEY), None);
+    assert_eq!((s, j["code"].as_str()), (404, Some("no_route")));
+    // A cell id that names no node this one knows is simply not found.
+    let (s, _) = send("GET", &format!("{cells}/elsewhere_00"), Some(KEY), None);
+    assert_eq!(s, 404);
+    // The cell survived every bad request.
+    let (s, _) = send("POST", &exec, Some(KEY), Some(&json!({"source": "1"})));
+    assert_eq!(s, 200);
+}
+
+/// Every code has its status, and the table in docs/SERVICE.md says the same.
+#[test]
+fn status_table_is_documented() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/SERVICE.md"))
+        .unwrap();
+    let codes = cell_service::SERVICE_CODES
+        .iter()
+        .copied()
+        .chain(supervisor_codes());
+    for code in codes {
+        let status = cell_service::status_of(code).as_u16();
+        let row = format!("| `{code}` | {status} |");
+        assert!(doc.contains(&row), "docs/SERVICE.md lacks the row {row}");
+    }
+}
+
+fn supervisor_codes() -> impl Iterator<Item = &'static str> {
+    supervisor::ErrorCode::ALL.iter().map(|c| c.name())
+}
+
+#[test]
+fn expired_cells_are_reaped_and_their_stream_ends() {
+    let n = TestNode::start(config("node-d"));
+    let id = create(&n.url, KEY, json!({"ttl_ms": 200, "source": "post(1)"}));
+    let lines = read_events(&format!("{}/v1/cells/{id}/events", n.url), KEY, |l| {
+        l["event"] == "closed"
+    });
+    let last = lines.last().unwrap();
+    assert_eq!(last["event"], "closed", "{lines:?}");
+    assert!(last["message"].as_str().unwrap().contains("ttl"), "{last}");
+    let (s, _) = send("GET", &format!("{}/v1/cells/{id}", n.url), Some(KEY), None);
+    assert_eq!(s, 404);
+    assert!(n.node().is_empty());
+}
+
+#[test]
+fn idempotent_creates_return_the_same_cell() {
+    let n = TestNode::start(config("node-e"));
+    let body = json!({"idempotency_key": "k1"});
+    let (s1, a) = send(
+        "POST",
+        &format!("{}/v1/cells", n.url),
+        Some(KEY),
+        Some(&body),
+    );
+    let (s2, b) = send(
+        "POST",
+        &format!("{}/v1/cells", n.url),
+        Some(KEY),
+        Some(&body),
+    );
+    assert_eq!((s1, s2), (201, 200));
+    assert_eq!(a["id"], b["id"]);
+    assert_eq!(n.node().len(), 1);
+}

@@ -1,0 +1,152 @@
+//! A node on loopback, driven with a real HTTP client.
+#![allow(dead_code)]
+
+use cell_service::{Listen, ServeConfig, Server};
+use serde_json::Value as J;
+use std::sync::{Arc, OnceLock};
+use tokio::runtime::Runtime;
+
+pub const KEY: &str = "test-key-0123456789";
+
+pub fn runtime() -> Arc<Runtime> {
+    static RT: OnceLock<Arc<Runtime>> = OnceLock::new();
+    RT.get_or_init(|| {
+        Arc::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap(),
+        )
+    })
+    .clone()
+}
+
+pub fn config(node: &str) -> ServeConfig {
+    let mut c = ServeConfig::new("127.0.0.1:0".parse::<Listen>().unwrap(), node);
+    c.api_key = Some(KEY.into());
+    c
+}
+
+pub struct TestNode {
+    pub url: String,
+    pub server: Option<Server>,
+}
+
+impl TestNode {
+    pub fn start(config: ServeConfig) -> TestNode {
+        TestNode::start_with(config, axum::Router::new())
+    }
+
+    pub fn start_with(
+        config: ServeConfig,
+        extra: axum::Router<cell_service::api::AppState>,
+    ) -> TestNode {
+        let server = runtime()
+            .block_on(Server::start_with(config, extra))
+            .expect("the node starts");
+        TestNode {
+            url: server.url().unwrap(),
+            server: Some(server),
+        }
+    }
+
+    pub fn node(&self) -> &Arc<cell_service::node::Node> {
+        &self.server.as_ref().unwrap().node
+    }
+
+    pub fn kill(mut self) {
+        let s = self.server.take().unwrap();
+        runtime().block_on(s.kill());
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            runtime().block_on(s.kill());
+        }
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into()
+}
+
+/// (status, JSON body or the text as a JSON string)
+pub fn send(method: &str, url: &str, key: Option<&str>, body: Option<&J>) -> (u16, J) {
+    send_raw(method, url, key, body.map(|b| b.to_string()))
+}
+
+pub fn send_raw(method: &str, url: &str, key: Option<&str>, body: Option<String>) -> (u16, J) {
+    let a = agent();
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let resp = match (method, body) {
+        ("GET", _) => {
+            let mut r = a.get(url);
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            r.call()
+        }
+        ("DELETE", _) => {
+            let mut r = a.delete(url);
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            r.call()
+        }
+        ("POST", body) => {
+            let mut r = a.post(url).header("content-type", "application/json");
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            r.send(body.unwrap_or_default())
+        }
+        _ => unreachable!(),
+    }
+    .expect("the request gets an answer");
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_string());
+    let text = resp.into_body().read_to_string().unwrap_or_default();
+    let mut j = serde_json::from_str(&text).unwrap_or(J::String(text));
+    if let (Some(l), J::Object(m)) = (location, &mut j) {
+        m.insert("$location".into(), l.into());
+    }
+    (status, j)
+}
+
+pub fn create(url: &str, key: &str, body: J) -> String {
+    let (s, j) = send("POST", &format!("{url}/v1/cells"), Some(key), Some(&body));
+    assert_eq!(s, 201, "{j}");
+    j["id"].as_str().unwrap().to_string()
+}
+
+/// Reads an event stream's lines until `until` says stop; returns them.
+pub fn read_events(url: &str, key: &str, mut until: impl FnMut(&J) -> bool) -> Vec<J> {
+    use std::io::BufRead;
+    let resp = agent()
+        .get(url)
+        .header("Authorization", &format!("Bearer {key}"))
+        .call()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let reader = std::io::BufReader::new(resp.into_body().into_reader());
+    let mut out = Vec::new();
+    for line in reader.lines() {
+        let j: J = serde_json::from_str(&line.unwrap()).unwrap();
+        let stop = until(&j);
+        out.push(j);
+        if stop {
+            break;
+        }
+    }
+    out
+}
