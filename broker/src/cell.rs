@@ -321,7 +321,11 @@ impl CellBroker {
             self.run_on_worker(cap.clone(), call, timeout, deadline)
         };
         if let Err(Exec::Cap(CapabilityError::Denied { rule, reason })) = result {
-            // A deny rule decided on the object the capability opened: that rule is named.
+            // A deny rule decided on the object the capability opened: that rule is named, and
+            // the grant's quota does not count the request.
+            if self.grants[index].quota.is_some() {
+                lock(&self.quotas[index]).refund(payload_bytes);
+            }
             return Self::deny(capability, action, rule, &reason);
         }
         let mut bytes = payload_bytes;

@@ -59,6 +59,13 @@ impl QuotaState {
         Ok(())
     }
 
+    /// Takes back a request [`QuotaState::admit`] counted that a deny rule then refused: only
+    /// what a grant allowed counts.
+    pub(crate) fn refund(&mut self, bytes: u64) {
+        self.requests = self.requests.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+
     /// Counts `bytes` of result; past the quota the result is withheld.
     pub(crate) fn settle(&mut self, quota: &Quota, bytes: u64) -> Result<(), String> {
         self.bytes = self.bytes.saturating_add(bytes);

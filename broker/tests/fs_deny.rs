@@ -321,3 +321,68 @@ fn deny_rules_take_no_access_or_size_fields() {
     }
     assert!(Path::new("/tmp").is_dir());
 }
+
+#[test]
+fn writes_racing_a_symlink_swap_never_land_in_the_denied_subtree() {
+    // `pub/race` flips between a plain directory and a symlink to the denied directory while
+    // the cell writes `pub/race/fresh`: nothing is ever created or changed under `private`.
+    let f = Fixture::new();
+    let r = f.root.clone();
+    std::fs::create_dir(r.join("pub/safe")).unwrap();
+    symlink("../private", r.join("pub/evil")).unwrap();
+    let broker = Broker::builder().build().unwrap();
+    let c = f.cell(&broker);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let stop = stop.clone();
+        let r = r.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::rename(r.join("pub/safe"), r.join("pub/race"));
+                let _ = std::fs::rename(r.join("pub/race"), r.join("pub/safe"));
+                let _ = std::fs::rename(r.join("pub/evil"), r.join("pub/race"));
+                let _ = std::fs::rename(r.join("pub/race"), r.join("pub/evil"));
+            }
+        })
+    };
+    for _ in 0..1000 {
+        if let Err(e) = write(&c, f.root(), "pub/race/fresh", "x") {
+            assert!(
+                matches!(e.code, ErrorCode::Denied | ErrorCode::NotFound),
+                "{e}"
+            );
+        }
+        let _ = write(&c, f.root(), "pub/race/key", "overwritten");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert!(
+        !r.join("private/fresh").exists(),
+        "a write landed in the denied subtree"
+    );
+    f.secret_intact();
+}
+
+#[test]
+fn a_request_a_deny_rule_refuses_does_not_use_the_grants_quota() {
+    let f = Fixture::new();
+    let broker = Broker::builder().build().unwrap();
+    let c = cell(
+        &broker,
+        "quota",
+        &f.policy().replacen(
+            "access = \"read-write\"\n",
+            "access = \"read-write\"\nquota = { requests = 1 }\n",
+            1,
+        ),
+    );
+    for _ in 0..3 {
+        assert_denied_by_private(req(&c, "read", f.root(), "private/key"), "read private");
+    }
+    assert_eq!(
+        req(&c, "read", f.root(), "pub/a.txt"),
+        Ok(Value::Bytes(b"alpha".to_vec()))
+    );
+    let err = req(&c, "read", f.root(), "pub/a.txt").unwrap_err();
+    assert_eq!(err.code, ErrorCode::LimitQuota, "{err}");
+}
