@@ -21,6 +21,7 @@ mod broker_scenarios;
 pub mod driver;
 mod harness;
 pub mod json;
+mod limit_scenarios;
 mod runner;
 mod scenarios;
 mod setup;
@@ -29,6 +30,7 @@ mod transcript;
 pub use broker_scenarios::BROKER_SCENARIOS;
 pub use driver::{RecvError, TestCell};
 pub use harness::{Harness, value_strategy};
+pub use limit_scenarios::LIMIT_SCENARIOS;
 pub use runner::{run, trials};
 pub use scenarios::{SCENARIOS, Scenario};
 pub use setup::Setup;
@@ -36,7 +38,10 @@ pub use transcript::Transcript;
 
 /// Every Rhai-tier scenario, in the order they run.
 pub fn all_scenarios() -> impl Iterator<Item = &'static Scenario> {
-    SCENARIOS.iter().chain(BROKER_SCENARIOS)
+    SCENARIOS
+        .iter()
+        .chain(BROKER_SCENARIOS)
+        .chain(LIMIT_SCENARIOS)
 }
 
 /// Defines `main` for a test target (`harness = false`) that runs the whole suite against the

@@ -49,6 +49,14 @@ fn event(e: &Event) -> String {
 }
 
 impl Transcript {
+    /// An outcome with the error's whole message, for errors the host words itself.
+    pub fn full(r: &Result<Value, CellError>) -> String {
+        match r {
+            Ok(v) => format!("ok {}", json::value(v)),
+            Err(e) => format!("err {}: {}", e.code.name(), e.message),
+        }
+    }
+
     pub fn note(&mut self, line: impl AsRef<str>) {
         let _ = writeln!(self.text, "# {}", line.as_ref());
     }

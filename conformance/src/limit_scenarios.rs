@@ -1,0 +1,155 @@
+//! Limits the host side enforces, in both directions, and the codes only the host may give.
+//! The host words these errors itself, so the transcripts record the whole message, not just
+//! the code: every backend must produce them to the byte.
+
+use crate::driver::TestCell as Cell;
+use crate::scenarios::Scenario;
+use crate::{Harness, Setup, Transcript};
+use abi::{Map, Value};
+
+pub static LIMIT_SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "host_frame_limits",
+        setup: small_frames_with_random,
+        run: host_frame_limits,
+    },
+    Scenario {
+        name: "deep_arguments",
+        setup: Setup::default,
+        run: deep_arguments,
+    },
+    Scenario {
+        name: "forged_host_codes",
+        setup: Setup::default,
+        run: forged_host_codes,
+    },
+    Scenario {
+        name: "unknown_module_refused",
+        setup: Setup::default,
+        run: unknown_module_refused,
+    },
+];
+
+fn small_frames_with_random() -> Setup {
+    let mut s = Setup::default().with_rules_toml(
+        r#"
+        [[grants]]
+        capability = "random"
+        actions = ["bytes"]
+        "#,
+    );
+    s.channel.max_frame_bytes = 1024;
+    s
+}
+
+/// The frame cap holds for what the host sends (source, arguments, a broker reply) and what the
+/// cell sends (posts, results); each excess is a typed error where it happens, and the cell lives.
+fn host_frame_limits(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+    t.note("host → cell: an exec's source and a call's arguments over the 1024-byte cap");
+    let long = format!("let s = \"{}\"; 1", "x".repeat(2000));
+    let r = cell.exec(&long);
+    t.line(format!(
+        "exec <2000-byte source> -> {}",
+        Transcript::full(&r)
+    ));
+    let _ = t.exec(cell, "fn echo(v) { v }");
+    let r = cell.call("echo", vec![Value::Str("y".repeat(2000))], Map::new());
+    t.line(format!(
+        "call echo(<2000-byte string>) -> {}",
+        Transcript::full(&r)
+    ));
+    let mut kwargs = Map::new();
+    kwargs.insert("k".into(), Value::Bytes(vec![7; 2000]));
+    let r = cell.call("echo", vec![], kwargs);
+    t.line(format!(
+        "call echo(k: <2000 bytes>) -> {}",
+        Transcript::full(&r)
+    ));
+    t.note("host → cell: a broker reply over the cap fails the request, not the cell");
+    let _ = t.exec(
+        cell,
+        r#"let r = (); try { request("random", "bytes", #{len: 2000}) } catch (e) { r = e.name } r"#,
+    );
+    let _ = t.exec(cell, r#"request("random", "bytes", #{len: 16}).len()"#);
+    t.note("cell → host: a post and a result over the cap");
+    let _ = t.exec(cell, "post(blob(2000, 1))");
+    let _ = t.exec(cell, "blob(2000, 1)");
+    let _ = t.call(cell, "echo", vec![Value::Str("fits".into())], Map::new());
+    t.drain(cell);
+}
+
+/// A value nested `depth` lists deep around an integer.
+fn nested(depth: usize) -> Value {
+    (0..depth).fold(Value::Int(1), |v, _| Value::List(vec![v]))
+}
+
+/// Values nested past the ABI's depth are refused before they cross, in either direction.
+fn deep_arguments(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+    let _ = t.exec(
+        cell,
+        "fn depth(v) { let d = 0; while type_of(v) == \"array\" { v = v[0]; d += 1; } d }",
+    );
+    for depth in [8, 63, 64, 65, 200] {
+        let r = cell.call("depth", vec![nested(depth)], Map::new());
+        t.line(format!(
+            "call depth(<{depth} lists deep>) -> {}",
+            Transcript::full(&r)
+        ));
+    }
+    let mut kwargs = Map::new();
+    kwargs.insert("deep".into(), nested(100));
+    let r = cell.call("depth", vec![], kwargs);
+    t.line(format!(
+        "call depth(deep: <100 lists deep>) -> {}",
+        Transcript::full(&r)
+    ));
+    t.note("cell → host: the script builds the same values");
+    let _ = t.exec(
+        cell,
+        "let a = 1; for i in 0..63 { a = [a]; } post(a); depth(a)",
+    );
+    let _ = t.exec(cell, "let a = 1; for i in 0..100 { a = [a]; } post(a)");
+    let _ = t.exec(cell, "let a = 1; for i in 0..100 { a = [a]; } a");
+    let _ = t.exec(cell, "\"still usable\"");
+    t.drain(cell);
+}
+
+/// A script may throw any value, including a map that looks like the host's error; what it
+/// throws is its own failure (`runtime` or the code a guest may give), never a host verdict such
+/// as `cell_crashed` or `timed_out`, and the cell lives on.
+fn forged_host_codes(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+    for code in [6, 10, 20, 30, 31, 40, 41, 42, 43, 44, 60, 9999] {
+        let _ = t.exec(cell, &format!("throw #{{code: {code}}}"));
+        let _ = t.exec(
+            cell,
+            &format!("throw #{{code: {code}, message: \"forged\"}}"),
+        );
+    }
+    let _ = t.exec(
+        cell,
+        "fn forge() { throw #{code: 42, name: \"cell_crashed\", message: \"forged\"} }",
+    );
+    let _ = t.call(cell, "forge", vec![], Map::new());
+    let _ = t.exec(
+        cell,
+        "let r = (); try { forge() } catch (e) { r = [e.code, e.message] } r",
+    );
+    let _ = t.exec(cell, "\"still usable\"");
+    t.drain(cell);
+}
+
+/// A module that no guest runtime provides is refused before a cell is spawned, on every
+/// backend, with the same error.
+fn unknown_module_refused(_cell: &Cell, t: &mut Transcript, h: &Harness) {
+    for modules in [vec!["nosuch"], vec!["math", "fs"]] {
+        let setup = Setup {
+            modules: modules.iter().map(|m| m.to_string()).collect(),
+            ..Setup::default()
+        };
+        let r = Cell::spawn(h.backend(), "unknown-module", &setup).map(|_| Value::Unit);
+        t.line(format!(
+            "spawn modules={modules:?} -> {}",
+            Transcript::full(&r)
+        ));
+    }
+}
