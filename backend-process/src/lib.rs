@@ -9,7 +9,7 @@
 //! exist, v1 otherwise) and `cgroup.kill`; Landlock (no filesystem, no TCP); and a
 //! seccomp-bpf allowlist compiled to a binary-search tree with an architecture check.
 
-#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
 // In layers, each using only those above it: the shared confinement steps and

@@ -1,7 +1,10 @@
 //! Project automation: `cargo xtask <command>`.
 //!
 //! * `ci` — fmt check, clippy `-D warnings`, every test in the workspace, then the conformance
-//!   counts per backend (from the same test run);
+//!   counts per backend (from the same test run); the guest programs, which are workspaces of
+//!   their own (built static by their backend's build script), get fmt, clippy and their unit
+//!   tests too;
+//! * `guests` — just that: fmt check, clippy `-D warnings` and unit tests of each guest program;
 //! * `conformance [--backend NAME]` — the conformance suite per backend, with pass/fail/ignored
 //!   counts and the reason for any backend that cannot run here;
 //! * `bench [--backend NAME]` — the benchmarks, each printed beside its floor;
@@ -23,6 +26,7 @@ fn main() -> ExitCode {
         .cloned();
     let ok = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("guests") => guests(),
         Some("conformance") => conformance(backend.as_deref()),
         Some("bench") => bench(backend.as_deref()),
         Some("fuzz-replay") => step(
@@ -31,7 +35,7 @@ fn main() -> ExitCode {
         ),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | conformance [--backend NAME] | bench [--backend NAME] | fuzz-replay>"
+                "usage: cargo xtask <ci | guests | conformance [--backend NAME] | bench [--backend NAME] | fuzz-replay>"
             );
             return ExitCode::from(2);
         }
@@ -209,19 +213,49 @@ fn ci() -> bool {
             "warnings",
         ]),
     );
+    let guests = guests();
     println!("\n==> cargo test --workspace");
     let mut test = cargo();
     test.args(["test", "--workspace", "--no-fail-fast"]);
     let (tests, results) = run_tests(test);
     let conformance = report(BACKENDS, &results);
     println!(
-        "\n==> summary: fmt {} · clippy {} · tests {} · conformance {}",
+        "\n==> summary: fmt {} · clippy {} · guests {} · tests {} · conformance {}",
         verdict(fmt),
         verdict(clippy),
+        verdict(guests),
         verdict(tests),
         verdict(conformance)
     );
-    fmt && clippy && tests && conformance
+    fmt && clippy && guests && tests && conformance
+}
+
+/// Guest programs kept out of the workspace (own lock file, own static build): each is
+/// checked here with its own manifest, into one target directory of its own.
+const GUESTS: &[&str] = &["backend-process/guest"];
+
+fn guests() -> bool {
+    let target = root().join("target").join("guests");
+    let mut ok = true;
+    for guest in GUESTS {
+        let manifest = root().join(guest).join("Cargo.toml");
+        let run = |name: &str, args: &[&str]| {
+            let mut cmd = cargo();
+            cmd.args([args[0], "--manifest-path"]).arg(&manifest);
+            if args[0] != "fmt" {
+                cmd.arg("--locked").arg("--target-dir").arg(&target);
+            }
+            cmd.args(&args[1..]);
+            step(&format!("{guest}: {name}"), &mut cmd)
+        };
+        ok &= run("cargo fmt --check", &["fmt", "--", "--check"]);
+        ok &= run(
+            "cargo clippy -D warnings",
+            &["clippy", "--all-targets", "--", "-D", "warnings"],
+        );
+        ok &= run("cargo test", &["test"]);
+    }
+    ok
 }
 
 fn verdict(ok: bool) -> &'static str {

@@ -299,3 +299,38 @@ fn read_exact(buf: &mut [u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_take_the_ids_after_the_servers_in_turn() {
+        // One id mapped: every cell shares the server's.
+        assert_eq!((1..5).map(|n| cell_id(1, n)).collect::<Vec<_>>(), [1000; 4]);
+        // Four mapped (1000..=1003): cells cycle through 1001..=1003, never 1000.
+        assert_eq!(
+            (1..8).map(|n| cell_id(4, n)).collect::<Vec<_>>(),
+            [1002, 1003, 1001, 1002, 1003, 1001, 1002]
+        );
+        assert!((0..=u32::MAX).step_by(65_537).all(|n| {
+            let id = cell_id(65_536, n);
+            id > CELL_ID && id < CELL_ID + 65_536
+        }));
+    }
+
+    #[test]
+    fn a_step_reports_the_same_code_on_both_sides() {
+        // The guest decodes what the host encodes: the setup message, with its fault byte.
+        let filter = [libc::sock_filter {
+            code: 6,
+            jt: 0,
+            jf: 0,
+            k: 0x7fff_0000,
+        }];
+        let msg = fork_protocol::encode_setup(7, Step::SetRlimits.code(), &filter);
+        let (ids, fault, decoded) = decode_setup(&msg).unwrap();
+        assert_eq!((ids, fault, decoded.len()), (7, Step::SetRlimits.code(), 1));
+        assert_eq!(Step::from_code(fault.into()), Some(Step::SetRlimits));
+    }
+}

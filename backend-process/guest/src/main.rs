@@ -5,7 +5,12 @@
 //! empty root, unprivileged uid, rlimits, cgroups, Landlock, seccomp). argv[1] is the
 //! frame size cap; nothing else comes in from the host but frames. With `--fork-server` it
 //! is the backend's fork server instead ([`fork_server`]), and each forked cell carries on here.
-#![no_main]
+#![cfg_attr(not(test), no_main)]
+// The unit tests leave out `main`, so most of the program is unused in them; the
+// program build checks these lints.
+#![cfg_attr(test, allow(dead_code, unused_imports))]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
 
 mod fork_server;
 mod limits;
@@ -20,19 +25,21 @@ const CHANNEL: i32 = 3;
 
 /// Length-prefixed frames over the channel socket.
 struct Socket {
+    /// The channel (fd [`CHANNEL`] in a cell).
+    fd: i32,
     max_frame_len: u32,
     inbox: Box<[u8]>,
     start: usize,
     end: usize,
 }
 
-fn write_all(bytes: &[u8]) -> Result<(), TransportError> {
+fn write_all(fd: i32, bytes: &[u8]) -> Result<(), TransportError> {
     let mut off = 0;
     while off < bytes.len() {
         // SAFETY: the range lies inside `bytes`; MSG_NOSIGNAL turns a closed peer into EPIPE.
         let n = unsafe {
             libc::send(
-                CHANNEL,
+                fd,
                 bytes[off..].as_ptr().cast(),
                 bytes.len() - off,
                 libc::MSG_NOSIGNAL,
@@ -67,7 +74,7 @@ static PARALLEL: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
 
 /// Reads at least one byte into `buf`: polls without sleeping for a short while (when
 /// the host can answer from another CPU), then blocks.
-fn read_some(buf: &mut [u8]) -> Result<usize, TransportError> {
+fn read_some(fd: i32, buf: &mut [u8]) -> Result<usize, TransportError> {
     let spin_until = std::time::Instant::now()
         + if *PARALLEL {
             SPIN
@@ -80,7 +87,7 @@ fn read_some(buf: &mut [u8]) -> Result<usize, TransportError> {
             flags = 0;
         }
         // SAFETY: the range lies inside `buf`.
-        let n = unsafe { libc::recv(CHANNEL, buf.as_mut_ptr().cast(), buf.len(), flags) };
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
         if n > 0 {
             return Ok(n as usize);
         }
@@ -108,11 +115,11 @@ impl Socket {
         while off < out.len() {
             if self.start == self.end {
                 if out.len() - off >= self.inbox.len() {
-                    off += read_some(&mut out[off..])?;
+                    off += read_some(self.fd, &mut out[off..])?;
                     continue;
                 }
                 self.start = 0;
-                self.end = read_some(&mut self.inbox)?;
+                self.end = read_some(self.fd, &mut self.inbox)?;
             }
             let take = (out.len() - off).min(self.end - self.start);
             out[off..off + take].copy_from_slice(&self.inbox[self.start..self.start + take]);
@@ -125,7 +132,7 @@ impl Socket {
 
 impl Transport for Socket {
     fn send(&mut self, frame: GuestFrame) -> Result<(), TransportError> {
-        write_all(&encode_frame(&frame, self.max_frame_len)?)
+        write_all(self.fd, &encode_frame(&frame, self.max_frame_len)?)
     }
 
     fn recv(&mut self) -> Result<HostFrame, TransportError> {
@@ -148,6 +155,29 @@ impl Transport for Socket {
     }
 }
 
+/// What the host tells a cell in its arguments: the frame size cap, then its CPU-time
+/// limit in milliseconds (0: none).
+#[derive(Debug, PartialEq, Eq)]
+struct Settings {
+    max_frame_len: u32,
+    cpu_ms: u64,
+}
+
+impl Settings {
+    fn from_args(args: &[String]) -> Settings {
+        Settings {
+            max_frame_len: args
+                .first()
+                .and_then(|s| s.parse::<u32>().ok())
+                .map_or(wire::DEFAULT_MAX_FRAME_LEN, |n| {
+                    n.min(wire::ABSOLUTE_MAX_FRAME_LEN)
+                }),
+            cpu_ms: args.get(1).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0),
+        }
+    }
+}
+
+#[cfg(not(test))]
 #[unsafe(no_mangle)]
 extern "C" fn main(argc: i32, argv: *const *const libc::c_char) -> i32 {
     let mut args: Vec<String> = (1..argc as usize)
@@ -176,16 +206,14 @@ extern "C" fn main(argc: i32, argv: *const *const libc::c_char) -> i32 {
     // Before any script: the engine's stack limit and interrupt become errors, not
     // crashes, and the CPU-time limit counts from here (not from a spare's rehearsal).
     limits::install_handlers();
-    let cpu_ms = args.get(1).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let Settings {
+        max_frame_len,
+        cpu_ms,
+    } = Settings::from_args(&args);
     // SAFETY: no script has run yet; the timer's signal ends the cell (limits.rs).
     unsafe { fork_server::confine::arm_cpu_timer(reporter, cpu_ms) };
-    let max_frame_len = args
-        .first()
-        .and_then(|s| s.parse::<u32>().ok())
-        .map_or(wire::DEFAULT_MAX_FRAME_LEN, |n| {
-            n.min(wire::ABSOLUTE_MAX_FRAME_LEN)
-        });
     let socket = Socket {
+        fd: CHANNEL,
         max_frame_len,
         inbox: vec![0; 16 << 10].into_boxed_slice(),
         start: 0,
@@ -194,5 +222,108 @@ extern "C" fn main(argc: i32, argv: *const *const libc::c_char) -> i32 {
     match runtime::agent::serve(Box::new(socket), Arc::new(limits::Interrupted)) {
         Ok(()) => 0,
         Err(_) => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (i32, i32) {
+        let mut fds = [0i32; 2];
+        // SAFETY: fds points to two ints.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0);
+        (fds[0], fds[1])
+    }
+
+    fn socket(fd: i32, inbox: usize) -> Socket {
+        Socket {
+            fd,
+            max_frame_len: wire::DEFAULT_MAX_FRAME_LEN,
+            inbox: vec![0; inbox].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn close(fd: i32) {
+        // SAFETY: a descriptor this test opened.
+        unsafe { libc::close(fd) };
+    }
+
+    #[test]
+    fn reads_through_the_inbox_and_past_it_keep_the_byte_order() {
+        let (ours, theirs) = pair();
+        let bytes: Vec<u8> = (0..200u8).collect();
+        write_all(theirs, &bytes).unwrap();
+        close(theirs);
+        let mut s = socket(ours, 16);
+        // Small reads come from the inbox; a read as large as the inbox bypasses it.
+        let mut got = Vec::new();
+        for len in [3, 5, 16, 40, 1, 135] {
+            let mut out = vec![0u8; len];
+            s.read_exact(&mut out).unwrap();
+            got.extend_from_slice(&out);
+        }
+        assert_eq!(got, bytes);
+        let mut more = [0u8; 1];
+        assert!(matches!(
+            s.read_exact(&mut more),
+            Err(TransportError::Closed)
+        ));
+        close(ours);
+    }
+
+    #[test]
+    fn a_sent_frame_is_length_prefixed() {
+        let (ours, theirs) = pair();
+        let mut s = socket(ours, 64);
+        s.send(GuestFrame::Post(abi::Value::Int(42))).unwrap();
+        close(ours);
+        let mut peer = socket(theirs, 64);
+        let mut header = [0u8; wire::HEADER_LEN];
+        peer.read_exact(&mut header).unwrap();
+        let len = wire::body_len(header, wire::DEFAULT_MAX_FRAME_LEN).unwrap();
+        let mut body = vec![0u8; len];
+        peer.read_exact(&mut body).unwrap();
+        assert!(len > 0);
+        let mut rest = [0u8; 1];
+        assert!(
+            peer.read_exact(&mut rest).is_err(),
+            "one frame, nothing after it"
+        );
+        close(theirs);
+    }
+
+    #[test]
+    fn settings_come_from_the_arguments_and_are_capped() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            Settings::from_args(&args(&["4096", "250"])),
+            Settings {
+                max_frame_len: 4096,
+                cpu_ms: 250
+            }
+        );
+        assert_eq!(
+            Settings::from_args(&[]),
+            Settings {
+                max_frame_len: wire::DEFAULT_MAX_FRAME_LEN,
+                cpu_ms: 0
+            }
+        );
+        let huge = (u64::from(wire::ABSOLUTE_MAX_FRAME_LEN) + 1).min(u64::from(u32::MAX));
+        assert_eq!(
+            Settings::from_args(&args(&[&huge.to_string(), "x"])).max_frame_len,
+            wire::ABSOLUTE_MAX_FRAME_LEN
+        );
     }
 }
