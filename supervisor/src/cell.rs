@@ -1,10 +1,11 @@
 //! A handle to one running cell: exec, call, recv, kill, close.
 
-use abi::backend::{CellPipe, Killer, Layer};
+use crate::names::Names;
+use abi::backend::{CellPipe, Interrupter, Killer, Layer};
 use abi::{CellError, ErrorCode, HostFrame, Map, Value};
 use host::{CellHost, Event, Stats};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 /// Why `recv` returned no event.
@@ -16,6 +17,20 @@ pub enum RecvError {
     /// The cell is gone and every event it sent has been received.
     #[error("the cell is gone: {0}")]
     Closed(CellError),
+}
+
+/// Why [`Cell::interrupt`] could not interrupt.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InterruptError {
+    /// The backend can stop a running script only by killing the cell ([`Cell::kill`]).
+    #[error(
+        "the {backend} backend cannot interrupt a running script and keep the cell; use kill()"
+    )]
+    Unsupported { backend: String },
+    /// The cell is gone.
+    #[error("the cell is gone: {0}")]
+    Dead(CellError),
 }
 
 /// Whether a cell can still run code.
@@ -41,7 +56,10 @@ pub(crate) struct Inner {
     pub(crate) host: Arc<CellHost>,
     pipe: Mutex<Option<Box<dyn CellPipe>>>,
     killer: Arc<dyn Killer>,
+    interrupter: Option<Arc<dyn Interrupter>>,
     layers: Vec<Layer>,
+    /// The supervisor's name table, left when the last handle drops.
+    names: Weak<Names>,
     next_id: AtomicU64,
     wall_time: Option<Duration>,
 }
@@ -56,6 +74,9 @@ impl Drop for Inner {
         {
             self.killer.kill();
             let _ = pipe.shutdown();
+        }
+        if let Some(names) = self.names.upgrade() {
+            names.forget(&self.name, self);
         }
     }
 }
@@ -83,6 +104,7 @@ impl Cell {
         host: Arc<CellHost>,
         pipe: Box<dyn CellPipe>,
         wall_time: Option<Duration>,
+        names: Weak<Names>,
     ) -> Cell {
         Cell {
             inner: Arc::new(Inner {
@@ -90,7 +112,9 @@ impl Cell {
                 backend: backend.into(),
                 host,
                 killer: pipe.killer(),
+                interrupter: pipe.interrupter(),
                 layers: pipe.layers(),
+                names,
                 pipe: Mutex::new(Some(pipe)),
                 next_id: AtomicU64::new(1),
                 wall_time,
@@ -177,19 +201,50 @@ impl Cell {
         ));
     }
 
-    /// Asks the cell to exit and releases its boundary. Queued events stay receivable.
+    /// Ends the exec/call running now with `Cancelled` and keeps the cell: what earlier
+    /// execs defined stays. A no-op when nothing runs. Backends that can stop a script only by
+    /// killing the cell say so ([`InterruptError::Unsupported`]).
+    pub fn interrupt(&self) -> Result<(), InterruptError> {
+        let _span = tracing::info_span!("interrupt", cell = %self.inner.name).entered();
+        if let Some(reason) = self.inner.host.dead() {
+            return Err(InterruptError::Dead(reason));
+        }
+        match &self.inner.interrupter {
+            Some(interrupter) => {
+                interrupter.interrupt();
+                Ok(())
+            }
+            None => Err(InterruptError::Unsupported {
+                backend: self.inner.backend.clone(),
+            }),
+        }
+    }
+
+    /// Asks the cell to exit and releases its boundary. An exec/call running now is stopped
+    /// at once (the cell is killed) and returns `CellClosed`. Queued events stay receivable.
     pub fn close(&self) {
         let _span = tracing::info_span!("close", cell = %self.inner.name).entered();
-        let mut pipe = self.inner.pipe.lock().unwrap_or_else(|e| e.into_inner());
+        let reason = CellError::new(
+            ErrorCode::CellClosed,
+            format!("cell `{}` was closed", self.inner.name),
+        );
+        let mut pipe = match self.inner.pipe.try_lock() {
+            Ok(pipe) => pipe,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                // A transaction holds the pipe: end it now rather than wait for its wall time.
+                // Marked first, so that it returns this close as its reason.
+                self.inner.host.mark_dead(reason.clone());
+                self.inner.killer.kill();
+                self.inner.pipe.lock().unwrap_or_else(|e| e.into_inner())
+            }
+        };
         if let Some(mut pipe) = pipe.take() {
             if let Err(e) = pipe.shutdown() {
                 tracing::debug!(cell = %self.inner.name, "shutdown: {e}");
             }
         }
-        self.inner.host.mark_dead(CellError::new(
-            ErrorCode::CellClosed,
-            format!("cell `{}` was closed", self.inner.name),
-        ));
+        self.inner.host.mark_dead(reason);
     }
 
     pub fn state(&self) -> CellState {

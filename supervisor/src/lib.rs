@@ -1,5 +1,7 @@
 //! The supervisor: the user-facing API of the cell runtime.
 //!
+//! One cargo feature per built-in backend: `subinterp`, `process`, `microvm` (default: all).
+//!
 //! ```no_run
 //! use cell_supervisor::{Policy, Supervisor};
 //! let supervisor = Supervisor::new();
@@ -9,8 +11,10 @@
 //! cell.close();
 //! ```
 //!
-//! * [`Supervisor`] — backends by name, named cells, `spawn`, `list`;
-//! * [`Cell`] — `exec`, `call`, `recv`, `kill`, `close` on one cell;
+//! * [`Supervisor`] — backends by name ([`Supervisor::builder`] registers them, a third
+//!   party's too), named cells, `spawn` (parallel, flat in the number of live cells), `list`;
+//! * [`Cell`] — `exec`, `call`, `recv`, `interrupt`, `kill`, `close` on one cell; `kill` and
+//!   `close` stop a running exec at once;
 //! * [`host`] — the host side of the protocol (`cell-host`), the one piece every backend's pipe
 //!   plugs into;
 //! * [`Policy`] — limits, modules and channel bounds, loaded from TOML (unknown keys are errors);
@@ -18,15 +22,18 @@
 //!   spawn from the policy's `[[grants]]`/`[[denies]]`; with no grants and no broker, deny-all.
 
 mod broker_handler;
+mod builder;
 mod cell;
 pub mod json;
+mod names;
 pub mod policy;
 mod supervisor;
 
 pub use abi::{CellError, ErrorCode, Level, Map, Value};
 /// The broker crate: capabilities, rules, audit sinks (`cell-broker`).
 pub use broker;
-pub use cell::{Cell, CellInfo, CellState, RecvError};
+pub use builder::SupervisorBuilder;
+pub use cell::{Cell, CellInfo, CellState, InterruptError, RecvError};
 /// The host side of the protocol (`cell-host`).
 pub use host;
 pub use host::Event;

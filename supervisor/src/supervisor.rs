@@ -1,14 +1,16 @@
 //! The supervisor: backends by name, named cells.
 
 use crate::broker_handler::BrokerHandler;
-use crate::cell::{Cell, CellInfo, Inner};
+use crate::builder::SupervisorBuilder;
+use crate::cell::{Cell, CellInfo};
+use crate::names::Names;
 use crate::policy::Policy;
 use abi::CellError;
 use abi::backend::{Backend, SpawnError};
 use host::CellHost;
 use host::{DenyAll, RequestHandler};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, RwLock};
 
 /// Why a cell could not be spawned.
 #[derive(Debug, thiserror::Error)]
@@ -30,10 +32,11 @@ pub enum SupervisorError {
     Grants(broker::ConfigError),
 }
 
-/// Owns the backends and keeps track of the cells spawned through it.
+/// Owns the backends and keeps track of the cells spawned through it. Spawns on one supervisor
+/// run in parallel, from any number of threads.
 pub struct Supervisor {
     backends: RwLock<BTreeMap<String, Arc<dyn Backend>>>,
-    cells: Mutex<BTreeMap<String, Weak<Inner>>>,
+    names: Arc<Names>,
     requests: RwLock<Arc<dyn RequestHandler>>,
     /// Capabilities, stores and audit sink; created with defaults on first use.
     broker: RwLock<Option<broker::Broker>>,
@@ -46,18 +49,25 @@ impl Default for Supervisor {
 }
 
 impl Supervisor {
-    /// A supervisor with every built-in backend registered and no capability granted.
+    /// A supervisor with every built-in backend of this build registered (cargo features
+    /// `subinterp`, `process`, `microvm`) and no capability granted.
     pub fn new() -> Self {
-        let supervisor = Supervisor {
+        Self::builder().build()
+    }
+
+    /// Configures a supervisor: backends (built-in or a third party's), broker, request handler.
+    pub fn builder() -> SupervisorBuilder {
+        SupervisorBuilder::new()
+    }
+
+    /// No backend, deny-all requests.
+    pub(crate) fn empty() -> Self {
+        Supervisor {
             backends: RwLock::default(),
-            cells: Mutex::default(),
+            names: Arc::default(),
             requests: RwLock::new(Arc::new(DenyAll)),
             broker: RwLock::new(None),
-        };
-        supervisor.register_backend(Arc::new(backend_subinterp::Subinterp));
-        supervisor.register_backend(Arc::new(backend_process::ProcessBackend::new()));
-        supervisor.register_backend(Arc::new(backend_microvm::MicroVm::new()));
-        supervisor
+        }
     }
 
     /// Adds (or replaces) a backend under its name; third-party backends plug in here.
@@ -82,6 +92,9 @@ impl Supervisor {
     /// The attached broker, or a default one (built-in capabilities, no kv store, no secrets,
     /// audit to `tracing`/`metrics` only) created now.
     pub fn broker(&self) -> Result<broker::Broker, broker::ConfigError> {
+        if let Some(b) = &*self.broker.read().unwrap_or_else(|e| e.into_inner()) {
+            return Ok(b.clone());
+        }
         let mut slot = self.broker.write().unwrap_or_else(|e| e.into_inner());
         if let Some(b) = &*slot {
             return Ok(b.clone());
@@ -174,11 +187,8 @@ impl Supervisor {
                     .collect::<Vec<_>>()
                     .join(", "),
             })?;
-        let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
-        cells.retain(|_, cell| cell.upgrade().is_some_and(|c| c.host.dead().is_none()));
-        if cells.contains_key(name) {
-            return Err(SupervisorError::NameTaken(name.into()));
-        }
+        // The name is held, not locked: other spawns proceed while this one greets its cell.
+        let reservation = self.names.reserve(name)?;
         let spec = policy.spawn_spec(name);
         host::check_hello(&spec.hello).map_err(SupervisorError::Handshake)?;
         let requests = self.request_handler(name, policy)?;
@@ -187,30 +197,36 @@ impl Supervisor {
                 .with_resources(spec.resources.clone()),
         );
         let pipe = imp.spawn(&spec, host.clone())?;
-        let cell = Cell::new(name, backend, host, pipe, policy.wall_time());
+        let cell = Cell::new(
+            name,
+            backend,
+            host,
+            pipe,
+            policy.wall_time(),
+            reservation.names(),
+        );
         cell.handshake(spec.hello)
             .map_err(SupervisorError::Handshake)?;
-        cells.insert(name.into(), Arc::downgrade(&cell.inner));
+        reservation.fill(&cell.inner);
         metrics::counter!("cell.spawned", "backend" => backend.to_string()).increment(1);
         Ok(cell)
     }
 
-    /// The cells this supervisor spawned that still exist (alive or dead but not dropped).
+    /// The cells this supervisor spawned that still exist (alive, or dead with a handle still
+    /// held and no newer cell of the same name), by name.
     pub fn list(&self) -> Vec<CellInfo> {
-        let cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
-        cells
-            .values()
-            .filter_map(Weak::upgrade)
+        let mut cells: Vec<CellInfo> = self
+            .names
+            .cells()
+            .into_iter()
             .map(|inner| Cell { inner }.info())
-            .collect()
+            .collect();
+        cells.sort_by(|a, b| a.name.cmp(&b.name));
+        cells
     }
 
-    /// The live handle of a cell by name.
+    /// The handle of a cell by name.
     pub fn get(&self, name: &str) -> Option<Cell> {
-        let cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
-        cells
-            .get(name)
-            .and_then(Weak::upgrade)
-            .map(|inner| Cell { inner })
+        self.names.get(name).map(|inner| Cell { inner })
     }
 }

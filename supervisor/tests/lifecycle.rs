@@ -1,0 +1,260 @@
+//! The embedding API never blocks: `close`/`kill` stop a running exec at once, `interrupt`
+//! ends it and keeps the cell, spawns run in parallel, names leave with their last handle, and
+//! third-party backends register through the builder.
+
+use abi::backend::{Backend, CellPipe, HostSide, Killer, Layer, PipeError, SpawnError, SpawnSpec};
+use abi::{ErrorCode, HostFrame};
+use cell_supervisor::{
+    Cell, CellError, Event, InterruptError, Policy, Supervisor, SupervisorError, Value,
+};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Guards a test against a hang; never part of what a test asserts.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+/// Backends that can spawn here, with a loud SKIPPED for the others.
+fn available(s: &Supervisor) -> Vec<String> {
+    s.backends()
+        .into_iter()
+        .filter_map(|(name, ok)| match ok {
+            Ok(()) => Some(name),
+            Err(why) => {
+                eprintln!("SKIPPED backend {name}: {why}");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Starts `source` (which posts, then runs forever) on another thread and returns once it runs.
+fn run_forever(cell: &Cell) -> std::thread::JoinHandle<Result<Value, CellError>> {
+    let worker = {
+        let cell = cell.clone();
+        std::thread::spawn(move || cell.exec("let kept = 7; post(\"running\"); loop {}"))
+    };
+    match cell.recv(Some(HANG_GUARD)) {
+        Ok(Event::Post(v)) => assert_eq!(v, Value::Str("running".into())),
+        other => panic!(
+            "{}: expected the running post, got {other:?}",
+            cell.backend()
+        ),
+    }
+    worker
+}
+
+#[test]
+fn close_during_a_running_exec_stops_it_at_once() {
+    let s = Supervisor::new();
+    for backend in available(&s) {
+        // With the default wall time (10 s) a close that waited would see `timed_out`.
+        let cell = s.spawn("closing", &backend, &Policy::default()).unwrap();
+        let worker = run_forever(&cell);
+        cell.close();
+        let err = worker.join().unwrap().unwrap_err();
+        assert_eq!(err.code, ErrorCode::CellClosed, "{backend}: {err}");
+        assert_eq!(
+            cell.exec("1").unwrap_err().code,
+            ErrorCode::CellClosed,
+            "{backend}"
+        );
+    }
+}
+
+#[test]
+fn kill_during_a_running_exec_stops_it_at_once() {
+    let s = Supervisor::new();
+    for backend in available(&s) {
+        let cell = s.spawn("killing", &backend, &Policy::default()).unwrap();
+        let worker = run_forever(&cell);
+        cell.kill();
+        let err = worker.join().unwrap().unwrap_err();
+        assert_eq!(err.code, ErrorCode::Cancelled, "{backend}: {err}");
+        cell.close();
+    }
+}
+
+#[test]
+fn interrupt_ends_the_running_exec_and_keeps_the_cell() {
+    let s = Supervisor::new();
+    for backend in available(&s) {
+        let cell = s
+            .spawn("interrupted", &backend, &Policy::default())
+            .unwrap();
+        cell.exec("fn answer() { 42 }").unwrap();
+        let worker = run_forever(&cell);
+        match cell.interrupt() {
+            Ok(()) => {}
+            Err(InterruptError::Unsupported { backend: named }) => {
+                // Process and microvm cells run their engine behind a boundary that can
+                // interrupt it; only an in-process engine may lack the hook.
+                assert_eq!(named, "subinterp", "{backend} must support interrupt");
+                eprintln!("SKIPPED interrupt on {backend}: unsupported");
+                cell.kill();
+                worker.join().unwrap().unwrap_err();
+                continue;
+            }
+            Err(e) => panic!("{backend}: {e}"),
+        }
+        let err = worker.join().unwrap().unwrap_err();
+        assert_eq!(err.code, ErrorCode::Cancelled, "{backend}: {err}");
+        assert_eq!(
+            cell.call("answer", vec![], Default::default()).unwrap(),
+            Value::Int(42),
+            "{backend}: the cell keeps what it defined"
+        );
+        cell.close();
+        assert!(matches!(cell.interrupt(), Err(InterruptError::Dead(_))));
+    }
+}
+
+/// A third party's backend: in-process cells under another name, optionally held at a gate
+/// inside `spawn` until `gate_size` spawns are inside it at once. Its pipe has no interrupter.
+struct ThirdParty {
+    name: &'static str,
+    gate_size: usize,
+    inside: Mutex<usize>,
+    arrived: Condvar,
+}
+
+impl ThirdParty {
+    fn new(name: &'static str, gate_size: usize) -> Arc<Self> {
+        Arc::new(ThirdParty {
+            name,
+            gate_size,
+            inside: Mutex::new(0),
+            arrived: Condvar::new(),
+        })
+    }
+
+    /// Waits until `n` spawns have entered.
+    fn wait_inside(&self, n: usize) {
+        let inside = self.inside.lock().unwrap();
+        let (_inside, timeout) = self
+            .arrived
+            .wait_timeout_while(inside, HANG_GUARD, |i| *i < n)
+            .unwrap();
+        assert!(!timeout.timed_out(), "spawns never arrived");
+    }
+}
+
+impl Backend for ThirdParty {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn spawn(
+        &self,
+        spec: &SpawnSpec,
+        host: Arc<dyn HostSide>,
+    ) -> Result<Box<dyn CellPipe>, SpawnError> {
+        let mut inside = self.inside.lock().unwrap();
+        *inside += 1;
+        self.arrived.notify_all();
+        let (_inside, timeout) = self
+            .arrived
+            .wait_timeout_while(inside, HANG_GUARD, |i| *i < self.gate_size)
+            .unwrap();
+        if timeout.timed_out() {
+            return Err(SpawnError::Other("no other spawn ever came in".into()));
+        }
+        let pipe = backend_subinterp::Subinterp.spawn(spec, host)?;
+        Ok(Box::new(Uninterruptible(pipe)))
+    }
+}
+
+struct Uninterruptible(Box<dyn CellPipe>);
+
+impl CellPipe for Uninterruptible {
+    fn transact(&mut self, frame: HostFrame, deadline: Option<Instant>) -> Result<(), PipeError> {
+        self.0.transact(frame, deadline)
+    }
+    fn killer(&self) -> Arc<dyn Killer> {
+        self.0.killer()
+    }
+    fn layers(&self) -> Vec<Layer> {
+        self.0.layers()
+    }
+    fn shutdown(&mut self) -> Result<(), PipeError> {
+        self.0.shutdown()
+    }
+}
+
+#[test]
+fn the_builder_registers_a_third_party_backend() {
+    let s = Supervisor::builder()
+        .without_builtin_backends()
+        .backend(ThirdParty::new("elsewhere", 1))
+        .build();
+    let names: Vec<_> = s.backends().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["elsewhere"]);
+    let cell = s.spawn("tp", "elsewhere", &Policy::default()).unwrap();
+    assert_eq!(cell.exec("40 + 2").unwrap(), Value::Int(42));
+    assert_eq!(
+        cell.interrupt(),
+        Err(InterruptError::Unsupported {
+            backend: "elsewhere".into()
+        })
+    );
+    assert!(matches!(
+        s.spawn("x", "subinterp", &Policy::default()),
+        Err(SupervisorError::UnknownBackend { .. })
+    ));
+    // Built-ins stay unless left out; a backend of the same name replaces one.
+    let both = Supervisor::builder()
+        .backend(ThirdParty::new("elsewhere", 1))
+        .build();
+    assert!(both.backend("elsewhere").is_some() && both.backend("subinterp").is_some());
+}
+
+#[test]
+fn spawns_run_in_parallel_and_a_name_in_its_handshake_is_taken() {
+    let gate = ThirdParty::new("gated", 2);
+    let s = Arc::new(Supervisor::builder().backend(gate.clone()).build());
+    // The first spawn waits inside the backend until a second one comes in: with a
+    // supervisor-wide lock held across the spawn, the second could never arrive.
+    let first = {
+        let s = s.clone();
+        std::thread::spawn(move || s.spawn("one", "gated", &Policy::default()))
+    };
+    gate.wait_inside(1);
+    assert!(matches!(
+        s.spawn("one", "subinterp", &Policy::default()),
+        Err(SupervisorError::NameTaken(_))
+    ));
+    let other = s.spawn("plain", "subinterp", &Policy::default()).unwrap();
+    let second = s.spawn("two", "gated", &Policy::default()).unwrap();
+    let first = first.join().unwrap().unwrap();
+    for cell in [&first, &second, &other] {
+        assert_eq!(cell.exec("1 + 1").unwrap(), Value::Int(2));
+    }
+    let names: Vec<_> = s.list().into_iter().map(|c| c.name).collect();
+    assert_eq!(names, ["one", "plain", "two"]);
+}
+
+#[test]
+fn a_name_leaves_the_table_with_its_last_handle() {
+    let s = Supervisor::new();
+    let cell = s.spawn("short", "subinterp", &Policy::default()).unwrap();
+    let copy = cell.clone();
+    cell.kill();
+    drop(cell);
+    // Dead but still held: listed, and its name is free for a new cell.
+    assert_eq!(s.list().len(), 1);
+    assert!(s.get("short").is_some());
+    drop(copy);
+    assert!(s.list().is_empty() && s.get("short").is_none());
+    // A failed spawn frees its name too.
+    let mut bad = Policy::default();
+    bad.confinement.require = vec!["seccomp".into()];
+    assert!(s.spawn("short", "subinterp", &bad).is_err());
+    let again = s.spawn("short", "subinterp", &Policy::default()).unwrap();
+    let newer = s.spawn("newer", "subinterp", &Policy::default()).unwrap();
+    again.kill();
+    // A newer cell of the same name is not dropped from the table by the older one's drop.
+    let replacement = s.spawn("short", "subinterp", &Policy::default()).unwrap();
+    drop(again);
+    assert_eq!(s.get("short").unwrap().state(), replacement.state());
+    assert_eq!(s.list().len(), 2);
+    drop((newer, replacement));
+}
