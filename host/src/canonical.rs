@@ -25,6 +25,11 @@ pub fn cancelled() -> CellError {
     CellError::new(ErrorCode::Cancelled, "the cell was killed")
 }
 
+/// The embedder interrupted the exec/call; the cell lives on.
+pub fn interrupted() -> CellError {
+    CellError::new(ErrorCode::Cancelled, "the exec was interrupted")
+}
+
 /// The boundary stopped the cell for using up `resource`.
 pub fn exhausted(resource: Resource, limits: Option<&Resources>) -> CellError {
     match resource {

@@ -60,6 +60,8 @@ struct State {
     wall_time: Option<Duration>,
     /// The host side's own reason for its last `Flow::Abort`.
     aborted: Option<CellError>,
+    /// The embedder interrupted the transaction in flight: a `cancelled` completion is its own.
+    interrupted: bool,
 }
 
 /// Counters for `list`/stats.
@@ -117,6 +119,7 @@ impl CellHost {
                 deadline: None,
                 wall_time: None,
                 aborted: None,
+                interrupted: false,
             }),
             stats: Mutex::default(),
             series: Mutex::default(),
@@ -164,6 +167,12 @@ impl CellHost {
         let mut s = self.state();
         s.phase = Phase::Idle;
         s.completion.take()
+    }
+
+    /// Records that the embedder is interrupting the transaction in flight (call it before the
+    /// backend's interrupter), so that the guest's `cancelled` completion is taken as the host's.
+    pub fn mark_interrupted(&self) {
+        self.state().interrupted = true;
     }
 
     /// Records why the cell is gone (the first reason wins) and wakes `recv` callers. Call it
@@ -244,6 +253,7 @@ impl CellHost {
             s.deadline = deadline;
             s.wall_time = wall_time;
             s.aborted = None;
+            s.interrupted = false;
         }
         if let Some(id) = id {
             self.begin(id);
@@ -267,7 +277,11 @@ impl CellHost {
         };
         self.state().deadline = None;
         if let Err(err) = &result {
-            if err.code.is_fatal() {
+            // An interrupt cancels the exec, not the cell.
+            let interrupted = err.code == ErrorCode::Cancelled
+                && self.state().interrupted
+                && self.dead().is_none();
+            if err.code.is_fatal() && !interrupted {
                 self.fail(pipe, err.clone());
             }
         }
@@ -389,6 +403,7 @@ impl CellHost {
             ErrorCode::Cancelled if s.dead.is_some() => {
                 return s.dead.clone().unwrap_or_else(canonical::cancelled);
             }
+            ErrorCode::Cancelled if s.interrupted => return canonical::interrupted(),
             _ => {}
         }
         CellError::new(

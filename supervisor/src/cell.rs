@@ -211,6 +211,7 @@ impl Cell {
         }
         match &self.inner.interrupter {
             Some(interrupter) => {
+                self.inner.host.mark_interrupted();
                 interrupter.interrupt();
                 Ok(())
             }
