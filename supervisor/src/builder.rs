@@ -83,8 +83,8 @@ impl SupervisorBuilder {
 }
 
 /// The backends compiled into this build, one cargo feature each.
+#[allow(unused_mut, clippy::vec_init_then_push)] // one push per enabled feature, maybe none
 fn builtin_backends() -> Vec<Arc<dyn Backend>> {
-    #[allow(unused_mut)] // empty when built with no backend feature
     let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
     #[cfg(feature = "subinterp")]
     backends.push(Arc::new(backend_subinterp::Subinterp));

@@ -51,23 +51,27 @@ impl Names {
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Inner>> {
-        let found = match self.table().get(name) {
+        let table = self.table();
+        let found = match table.get(name) {
             Some(Slot::Cell(cell)) => cell.upgrade(),
             _ => None,
         };
+        // The guard goes first: dropping the last handle of a cell takes the table's lock.
+        drop(table);
         found
     }
 
     /// Every cell with a handle still held, in no particular order.
     pub(crate) fn cells(&self) -> Vec<Arc<Inner>> {
-        let found = self
-            .table()
+        let table = self.table();
+        let found = table
             .values()
             .filter_map(|slot| match slot {
                 Slot::Cell(cell) => cell.upgrade(),
                 Slot::Spawning => None,
             })
             .collect();
+        drop(table);
         found
     }
 
