@@ -2,18 +2,17 @@
 //! bounded per namespace and per store.
 //!
 //! redb holds an exclusive lock on its file for as long as a `Database` is open, so a store kept
-//! open by one supervisor refuses every other ("Database already open"). Each transaction here
-//! therefore takes an exclusive `flock` on a separate lock file (waiting in the kernel while
-//! another holder finishes), opens the database, runs, commits and closes it. Usage (keys and
+//! open by one supervisor refuses every other ("Database already open"). The store is opened
+//! under an exclusive `flock` on a separate lock file and given up when idle or when another
+//! opener waits (see `kv_session`). Usage (keys and
 //! bytes per namespace and for the whole store) lives in the store itself, updated in the same
 //! transaction as the data, so every opener sees the same totals and a refused write changes
 //! nothing.
 
+use super::kv_session::Session;
 use crate::error::{CapabilityError, ConfigError};
 use redb::{Database, ReadableTable, TableDefinition};
-use rustix::fs::FlockOperation;
-use rustix::io::Errno;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// (namespace, key) → encoded value.
 const TABLE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
@@ -23,8 +22,6 @@ const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("kv_usage"
 const STORE_ROW: &str = "";
 /// File name of the store inside the kv directory.
 pub const KV_FILE: &str = "kv.redb";
-/// File whose `flock` serialises the openers of the store.
-pub const LOCK_FILE: &str = "kv.lock";
 
 /// Bounds of a kv store. A write that would pass one is refused (`limit_quota`) before anything
 /// is written. Bytes count keys plus encoded values.
@@ -55,7 +52,7 @@ fn db_err(e: impl std::fmt::Display) -> CapabilityError {
 /// The store in one directory.
 #[derive(Debug)]
 pub(crate) struct Store {
-    dir: PathBuf,
+    session: Session,
     limits: KvLimits,
 }
 
@@ -68,7 +65,7 @@ impl Store {
             source,
         })?;
         let store = Store {
-            dir: dir.to_path_buf(),
+            session: Session::new(dir, KV_FILE),
             limits,
         };
         store.with_db(count_usage).map_err(|e| {
@@ -80,30 +77,11 @@ impl Store {
         Ok(store)
     }
 
-    /// Runs `f` on the database while holding the store's lock; the database is closed (and its
-    /// redb lock released) before the store's lock is.
     fn with_db<T>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, CapabilityError>,
     ) -> Result<T, CapabilityError> {
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.dir.join(LOCK_FILE))
-            .map_err(|e| db_err(format!("cannot open the lock file: {e}")))?;
-        loop {
-            match rustix::fs::flock(&lock, FlockOperation::LockExclusive) {
-                Err(Errno::INTR) => continue,
-                other => other.map_err(|e| db_err(format!("cannot lock the store: {e}")))?,
-            }
-            break;
-        }
-        let db = Database::create(self.dir.join(KV_FILE)).map_err(db_err)?;
-        let result = f(&db);
-        drop(db);
-        drop(lock);
-        result
+        self.session.with_db(f)
     }
 
     pub(crate) fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, CapabilityError> {

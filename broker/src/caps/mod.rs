@@ -5,6 +5,7 @@ mod fs;
 mod fs_object;
 mod http;
 mod kv;
+mod kv_session;
 mod kv_store;
 mod random;
 mod secret;
