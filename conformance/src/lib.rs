@@ -25,6 +25,7 @@ mod limit_scenarios;
 mod runner;
 mod scenarios;
 mod setup;
+pub mod stdio;
 mod transcript;
 
 pub use broker_scenarios::BROKER_SCENARIOS;
@@ -34,6 +35,7 @@ pub use limit_scenarios::LIMIT_SCENARIOS;
 pub use runner::{run, trials};
 pub use scenarios::{SCENARIOS, Scenario};
 pub use setup::Setup;
+pub use stdio::StdioBackend;
 pub use transcript::Transcript;
 
 /// Every Rhai-tier scenario, in the order they run.

@@ -15,7 +15,15 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-const BACKENDS: &[&str] = &["subinterp", "process", "microvm"];
+const BACKENDS: &[&str] = &["subinterp", "process", "microvm", "stdio"];
+
+/// The package and test target that run the conformance suite against each backend.
+fn suite_target(backend: &str) -> (&'static str, &str) {
+    match backend {
+        "stdio" => ("cell-stdio-backend", "conformance"),
+        other => ("cell-conformance-builtin", other),
+    }
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -189,9 +197,10 @@ fn conformance(only: Option<&str>) -> bool {
         None => BACKENDS.to_vec(),
     };
     let mut cmd = cargo();
-    cmd.args(["test", "-p", "cell-conformance-builtin"]);
+    cmd.arg("test");
     for b in &selected {
-        cmd.args(["--test", b]);
+        let (package, test) = suite_target(b);
+        cmd.args(["-p", package, "--test", test]);
     }
     let (ran, results) = run_tests(cmd);
     report(&selected, &results) && ran
