@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use abi::HostFrame;
 use abi::backend::CellPipe;
 
-use crate::tests::pipe::{Recorder, abi_spec};
+use crate::pipe_tests::{Recorder, abi_spec};
 use crate::*;
 
 /// Bytes charged to the memory cgroup of process `pid` (v1 or v2).

@@ -44,6 +44,8 @@ mod capacity_tests;
 #[cfg(test)]
 mod limit_tests;
 #[cfg(test)]
+mod pipe_tests;
+#[cfg(test)]
 mod step_tests;
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use abi::backend::{CellPipe, PipeError, SpawnSpec as AbiSpawnSpec};
 use abi::{EngineLimits, ErrorCode, GuestFrame, HostFrame};
 
-use crate::tests::pipe::{Recorder, abi_spec};
+use crate::pipe_tests::{Recorder, abi_spec};
 use crate::*;
 
 fn deadline() -> Option<Instant> {
