@@ -11,8 +11,8 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use crate::Limits;
 use crate::layers::{Layer, LayerState};
+use crate::limits::Limits;
 
 /// The cgroup hierarchies this process can create cells under.
 #[derive(Clone, Debug, Default)]

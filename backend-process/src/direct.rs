@@ -11,13 +11,14 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::ceilings::server_rlimit_values;
 use crate::cell::{Prepared, ProcessCell};
 use crate::child::{Plan, child_main};
 use crate::error::{Error, Result, host};
 use crate::fork_protocol::CloneArgs;
 use crate::host::{self, high_fd, host_support};
 use crate::image::image_fd;
-use crate::limits::{rlimit_values, server_rlimit_values};
+use crate::limits::rlimit_values;
 use crate::seccomp::Role;
 use crate::spec::SpawnSpec;
 use crate::step::{RECORD_LEN, Step, decode_record, record};

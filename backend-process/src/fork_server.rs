@@ -29,6 +29,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::ceilings::{max_memory_bytes, max_open_files, max_processes};
 use crate::cell::{Prepared, ProcessCell, require};
 use crate::cgroup::sweep_stale;
 use crate::direct::{self, SERVER_ID_SPAN};
@@ -38,7 +39,7 @@ use crate::fork_protocol::{
 };
 use crate::host::{host_support, seccomp_program};
 use crate::image::Image;
-use crate::limits::{Limits, max_memory_bytes, max_open_files, max_processes, rlimit_values};
+use crate::limits::{Limits, rlimit_values};
 use crate::seccomp::Role;
 use crate::spec::{SpawnSpec, check_host};
 

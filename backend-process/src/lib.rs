@@ -22,10 +22,12 @@ mod layers;
 mod seccomp;
 mod step;
 
+mod limits;
+
+mod ceilings;
 mod cgroup;
 mod host;
 mod image;
-mod limits;
 mod reaper;
 
 mod cell;
@@ -51,6 +53,9 @@ mod step_tests;
 mod tests;
 
 pub use backend::{ProcessBackend, ProcessInterrupter, ProcessPipe};
+pub use ceilings::{
+    MAX_OPEN_FILES, MAX_PROCESSES, max_memory_bytes, max_open_files, max_processes,
+};
 pub use cell::{ExitStatus, Killer, ProcessCell, Termination};
 pub use direct::{CELL_UID, HOST_UID_BASE};
 pub use error::{Error, Result};
@@ -59,10 +64,7 @@ pub use fork_server::{
 };
 pub use host::{HostSupport, doctor, host_support};
 pub use layers::{Layer, LayerReport, LayerState};
-pub use limits::{
-    Limits, MAX_OPEN_FILES, MAX_PROCESSES, MIN_MEMORY_BYTES, max_memory_bytes, max_open_files,
-    max_processes,
-};
+pub use limits::{Limits, MIN_MEMORY_BYTES};
 pub use spec::SpawnSpec;
 pub use step::Step;
 
