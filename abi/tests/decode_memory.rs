@@ -150,6 +150,15 @@ fn decoding_holds_at_most_a_bounded_multiple_of_the_body() {
     eprintln!("worst: {:.1}x ({})", worst.0, worst.1);
 }
 
+fn lying_counts() -> Vec<u8> {
+    let mut body = vec![3u8]; // GuestFrame::Post
+    for _ in 0..cell_abi::value::MAX_VALUE_DEPTH {
+        body.extend([6, 0x80, 0x08]); // List, count 1024
+    }
+    body.extend([0; 1024]); // Units
+    body
+}
+
 /// 64 nested lists each claiming 1024 elements, followed by 1024 units: the innermost list is
 /// whole, every other holds one element and then the frame ends. Each open level reserves up to
 /// its cap before the frame fails, and no more. (postcard gives no hint for a count larger than
@@ -157,11 +166,7 @@ fn decoding_holds_at_most_a_bounded_multiple_of_the_body() {
 #[test]
 fn counts_a_frame_lies_about_reserve_a_bounded_amount() {
     let _serial = serial();
-    let mut body = vec![3u8]; // GuestFrame::Post
-    for _ in 0..cell_abi::value::MAX_VALUE_DEPTH {
-        body.extend([6, 0x80, 0x08]); // List, count 1024
-    }
-    body.extend([0; 1024]); // Units
+    let body = lying_counts();
     let peak = peak_of(&body);
     eprintln!(
         "{} bytes claiming 1024 elements per level -> {peak} peak",
@@ -210,6 +215,10 @@ fn a_ceiling_stops_decoding_before_it_is_passed() {
             "{name}: needs {needs} bytes, refused under twice that"
         );
     }
+    // What lying counts reserve is charged too.
+    let (frame, peak) = within(&lying_counts(), 64 << 10);
+    assert_eq!(frame, Err(wire::WireError::OverMemory { max: 64 << 10 }));
+    assert!(peak <= 64 << 10, "{peak} bytes held under a 64 KiB ceiling");
     // Nothing lingers: the next decode on this thread has no ceiling again.
     let body = &shapes(64 << 10)[1].1;
     assert!(wire::decode_body::<GuestFrame>(body).is_ok());

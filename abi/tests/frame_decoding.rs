@@ -97,3 +97,33 @@ fn frame_maps_refuse_unordered_or_duplicate_keys() {
     assert!(wire::decode_body::<GuestFrame>(&log([b'b', b'a'])).is_err());
     assert!(wire::decode_body::<GuestFrame>(&log([b'a', b'a'])).is_err());
 }
+
+/// Maps count towards the depth limit like lists, in values and in a frame's own maps.
+#[test]
+fn nested_maps_are_held_to_the_depth_limit() {
+    let nested = |depth: usize| {
+        let mut v = Value::Unit;
+        for _ in 1..depth {
+            v = Value::Map([("k".to_string(), v)].into_iter().collect());
+        }
+        v
+    };
+    let max = cell_abi::value::MAX_VALUE_DEPTH;
+    let post = |v: Value| {
+        wire::encode(&GuestFrame::Post(v), wire::DEFAULT_MAX_FRAME_LEN).unwrap()[wire::HEADER_LEN..]
+            .to_vec()
+    };
+    assert!(wire::decode_body::<GuestFrame>(&post(nested(max))).is_ok());
+    assert!(wire::decode_body::<GuestFrame>(&post(nested(max + 1))).is_err());
+    // A log's fields are the top level: a value in them is at depth 1.
+    let log = |v: Value| {
+        let frame = GuestFrame::Log {
+            level: cell_abi::Level::Info,
+            message: String::new(),
+            fields: [("f".to_string(), v)].into_iter().collect(),
+        };
+        wire::encode(&frame, wire::DEFAULT_MAX_FRAME_LEN).unwrap()[wire::HEADER_LEN..].to_vec()
+    };
+    assert!(wire::decode_body::<GuestFrame>(&log(nested(max))).is_ok());
+    assert!(wire::decode_body::<GuestFrame>(&log(nested(max + 1))).is_err());
+}

@@ -79,22 +79,26 @@ pub(crate) struct Guard(Option<(Instant, u64)>);
 
 /// Calls `handler.cancel()` at `deadline` unless the returned guard is dropped first.
 pub(crate) fn arm(deadline: Instant, handler: Arc<dyn RequestHandler>) -> Guard {
-    let Some(wheel) = wheel() else {
-        return Guard(None);
-    };
-    let mut armed = wheel.lock();
-    let key = (deadline, armed.next);
-    armed.next += 1;
-    let earliest = armed
-        .entries
-        .first_key_value()
-        .is_none_or(|(first, _)| key < *first);
-    armed.entries.insert(key, handler);
-    drop(armed);
-    if earliest {
-        wheel.changed.notify_one();
+    Guard(wheel().map(|wheel| wheel.arm(deadline, handler)))
+}
+
+impl Wheel {
+    /// Adds an entry, waking the thread if it is now the earliest.
+    fn arm(&self, deadline: Instant, handler: Arc<dyn RequestHandler>) -> (Instant, u64) {
+        let mut armed = self.lock();
+        let key = (deadline, armed.next);
+        armed.next += 1;
+        let earliest = armed
+            .entries
+            .first_key_value()
+            .is_none_or(|(first, _)| key < *first);
+        armed.entries.insert(key, handler);
+        drop(armed);
+        if earliest {
+            self.changed.notify_one();
+        }
+        key
     }
-    Guard(Some(key))
 }
 
 impl Drop for Guard {
@@ -113,6 +117,38 @@ mod tests {
 
     fn armed(key: (Instant, u64)) -> bool {
         wheel().unwrap().lock().entries.contains_key(&key)
+    }
+
+    /// Whether arming `deadline` on a wheel whose thread waits for a change wakes that thread.
+    fn wakes(wheel: &'static Wheel, deadline: Instant) -> bool {
+        let (ready, waiting) = std::sync::mpsc::channel();
+        let (woke, woken) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let armed = wheel.lock();
+            ready.send(()).unwrap();
+            // Releases the lock only once waiting, so the arm below comes after.
+            let _armed = wheel.changed.wait(armed).unwrap();
+            let _ = woke.send(());
+        });
+        waiting.recv().unwrap();
+        wheel.arm(deadline, Arc::new(DenyAll));
+        // Bounded only so a wheel that never wakes fails instead of hanging.
+        woken.recv_timeout(Duration::from_secs(20)).is_ok()
+    }
+
+    #[test]
+    fn an_entry_earlier_than_all_others_wakes_the_thread() {
+        let wheel: &'static Wheel = Box::leak(Box::default());
+        let now = Instant::now();
+        assert!(
+            wakes(wheel, now + Duration::from_secs(600)),
+            "the first entry"
+        );
+        assert!(
+            wakes(wheel, now + Duration::from_secs(60)),
+            "an earlier one"
+        );
+        assert_eq!(wheel.lock().entries.len(), 2);
     }
 
     #[test]
