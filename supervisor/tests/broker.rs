@@ -185,3 +185,48 @@ fn a_guest_blocked_in_request_can_be_killed() {
         );
     }
 }
+
+/// Blocks every request until the test ends (its sender is dropped).
+struct Hold(std::sync::Mutex<mpsc::Receiver<()>>);
+
+impl cell_supervisor::broker::Capability for Hold {
+    fn name(&self) -> &str {
+        "hold"
+    }
+    fn actions(&self) -> &[&str] {
+        &["wait"]
+    }
+    fn execute(
+        &self,
+        _: &cell_supervisor::broker::Call,
+    ) -> Result<Value, cell_supervisor::broker::CapabilityError> {
+        let _ = self.0.lock().unwrap().recv();
+        Ok(Value::Unit)
+    }
+}
+
+#[test]
+fn the_wall_time_limit_ends_a_request_in_flight() {
+    // The grant allows ten minutes; the cell's wall time is 300 ms. The exec ends timed_out
+    // (it would hang, not fail on a clock, if the deadline did not reach the broker).
+    let (_release, held) = mpsc::channel();
+    let supervisor = supervisor_with_process();
+    supervisor.set_broker(
+        Broker::builder()
+            .register(Arc::new(Hold(std::sync::Mutex::new(held))))
+            .build()
+            .unwrap(),
+    );
+    let policy = Policy::from_toml(
+        "[[grants]]\ncapability = \"hold\"\nactions = [\"wait\"]\ntimeout_ms = 600000\n\
+         [limits]\nwall_time_ms = 300",
+    )
+    .unwrap();
+    for backend in backends(&supervisor) {
+        let cell = supervisor
+            .spawn(&format!("d-{backend}"), &backend, &policy)
+            .unwrap();
+        let err = cell.exec("request(\"hold\", \"wait\", ())").unwrap_err();
+        assert_eq!(err.code, ErrorCode::TimedOut, "{backend}: {err}");
+    }
+}
