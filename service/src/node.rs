@@ -103,6 +103,8 @@ pub struct Node {
     /// The number of cells held, for drain to wait on.
     pub count: watch::Sender<usize>,
     streams: Mutex<HashMap<String, usize>>,
+    /// Open event streams on this node.
+    pub open_streams: watch::Sender<usize>,
 }
 
 /// Loads the base policy tree and the tenants as the config says.
@@ -137,6 +139,7 @@ impl Node {
             reaper: Notify::new(),
             count: watch::Sender::new(0),
             streams: Mutex::default(),
+            open_streams: watch::Sender::new(0),
         }
     }
 
@@ -467,6 +470,7 @@ impl Node {
             return None;
         }
         *n += 1;
+        self.open_streams.send_modify(|n| *n += 1);
         metrics::gauge!("cell_service_streams").increment(1.0);
         Some(StreamSlot {
             node: self.clone(),
@@ -508,6 +512,9 @@ impl Drop for StreamSlot {
         if let Some(n) = s.get_mut(&self.tenant) {
             *n = n.saturating_sub(1);
         }
+        self.node
+            .open_streams
+            .send_modify(|n| *n = n.saturating_sub(1));
         metrics::gauge!("cell_service_streams").decrement(1.0);
     }
 }

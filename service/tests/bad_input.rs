@@ -1,0 +1,147 @@
+//! Slow and broken clients: header and body timeouts, stream caps, disconnects, panics.
+
+mod common;
+use axum::routing::get;
+use common::*;
+use serde_json::json;
+use std::io::{BufRead, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn raw(url: &str) -> TcpStream {
+    let s = TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    // A bound on the test itself, not an assertion: the server must act long before.
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+#[test]
+fn slow_headers_and_slow_bodies_are_cut_off() {
+    let mut c = config("node-slow");
+    c.limits.header_timeout = Duration::from_millis(300);
+    c.limits.body_timeout = Duration::from_millis(300);
+    let n = TestNode::start(c);
+
+    // Headers never finish: the server closes the connection.
+    let mut s = raw(&n.url);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    let read = s.read_to_end(&mut out);
+    assert!(read.is_ok(), "the server closed the connection: {read:?}");
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+
+    // A body that stops halfway: a 400 naming the body, then the connection ends.
+    let mut s = raw(&n.url);
+    write!(s, "POST /v1/cells HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"backend\":").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("bad_request") && out.contains("body"), "{out}");
+    assert!(n.node().is_empty());
+}
+
+#[test]
+fn chunked_bodies_over_the_cap_get_413() {
+    let mut c = config("node-cap");
+    c.limits.body_bytes = 1000;
+    let n = TestNode::start(c);
+    let mut s = raw(&n.url);
+    write!(s, "POST /v1/cells HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").unwrap();
+    let chunk = "x".repeat(600);
+    for _ in 0..2 {
+        write!(s, "{:x}\r\n{chunk}\r\n", chunk.len()).unwrap();
+    }
+    let _ = write!(s, "0\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains("payload_too_large"), "{out}");
+}
+
+#[test]
+fn streams_per_tenant_are_capped_and_disconnects_spare_the_cell() {
+    let mut c = config("node-str");
+    c.limits.streams_per_tenant = 1;
+    c.limits.heartbeat = Duration::from_millis(50);
+    let n = TestNode::start(c);
+    let id = create(&n.url, KEY, json!({}));
+    let events = format!("{}/v1/cells/{id}/events", n.url);
+    {
+        let first = agent()
+            .get(&events)
+            .header("Authorization", &format!("Bearer {KEY}"))
+            .call()
+            .unwrap();
+        assert_eq!(first.status().as_u16(), 200);
+        let (s, j) = send("GET", &events, Some(KEY), None);
+        assert_eq!((s, j["quota"].as_str()), (429, Some("streams")));
+        // Read one heartbeat, then hang up.
+        let mut r = std::io::BufReader::new(first.into_body().into_reader());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("heartbeat"), "{line}");
+    }
+    // The slot comes back once the server notices the hang-up; the cell lives on.
+    let mut open = n.node().open_streams.subscribe();
+    runtime().block_on(open.wait_for(|n| *n == 0)).unwrap();
+    let lines = read_events(&events, KEY, |l| l["event"] == "heartbeat");
+    assert!(!lines.is_empty());
+    let (s, j) = send(
+        "POST",
+        &format!("{}/v1/cells/{id}/exec", n.url),
+        Some(KEY),
+        Some(&json!({"source": "1 + 1"})),
+    );
+    assert_eq!((s, &j["result"]), (200, &json!(2)));
+}
+
+#[test]
+fn kill_on_disconnect_kills_when_the_reader_goes() {
+    let mut c = config("node-kod");
+    c.limits.heartbeat = Duration::from_millis(50);
+    let n = TestNode::start(c);
+    let id = create(&n.url, KEY, json!({"kill_on_disconnect": true}));
+    let events = format!("{}/v1/cells/{id}/events", n.url);
+    assert_eq!(n.node().len(), 1);
+    {
+        let first = agent()
+            .get(&events)
+            .header("Authorization", &format!("Bearer {KEY}"))
+            .call()
+            .unwrap();
+        let mut r = std::io::BufReader::new(first.into_body().into_reader());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+    }
+    // The server notices at its next heartbeat and kills the cell.
+    let mut count = n.node().count.subscribe();
+    runtime().block_on(count.wait_for(|n| *n == 0)).unwrap();
+    let (s, _) = send("GET", &format!("{}/v1/cells/{id}", n.url), Some(KEY), None);
+    assert_eq!(s, 404);
+}
+
+#[test]
+fn a_panicking_handler_is_a_500_for_that_request_only() {
+    let extra = axum::Router::new().route(
+        "/v1/test/panic",
+        get(|| async {
+            if true {
+                panic!("handler bug");
+            }
+            "unreachable"
+        }),
+    );
+    let n = TestNode::start_with(config("node-p"), extra);
+    let (s, j) = send("GET", &format!("{}/v1/test/panic", n.url), None, None);
+    assert_eq!((s, j["code"].as_str()), (500, Some("internal")), "{j}");
+    let id = create(&n.url, KEY, json!({"source": "40 + 2"}));
+    assert_eq!(
+        send("GET", &format!("{}/v1/cells/{id}", n.url), Some(KEY), None).0,
+        200
+    );
+}
