@@ -46,8 +46,8 @@ pub struct Server {
     pub bound: Bound,
     /// `true` asks connections to finish their current request and close.
     stop: watch::Sender<bool>,
-    accept: tokio::task::JoinHandle<()>,
-    reaper: tokio::task::JoinHandle<()>,
+    accept: Option<tokio::task::JoinHandle<()>>,
+    reaper: Option<tokio::task::JoinHandle<()>>,
 }
 
 enum Listener {
@@ -107,8 +107,8 @@ impl Server {
             node,
             bound,
             stop,
-            accept,
-            reaper,
+            accept: Some(accept),
+            reaper: Some(reaper),
         })
     }
 
@@ -133,7 +133,12 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || n.kill_all("the node drained")).await;
         self.stop.send_replace(true);
         // Connections finish the request in flight (streams end: their cells are gone).
-        let _ = tokio::time::timeout(grace, &mut self.accept).await;
+        if let Some(accept) = self.accept.take() {
+            let abort = accept.abort_handle();
+            if tokio::time::timeout(grace, accept).await.is_err() {
+                abort.abort();
+            }
+        }
         self.finish().await;
     }
 
@@ -145,10 +150,13 @@ impl Server {
     }
 
     async fn finish(&mut self) {
-        self.reaper.abort();
-        self.accept.abort();
-        let _ = (&mut self.reaper).await;
-        let _ = (&mut self.accept).await;
+        for task in [self.reaper.take(), self.accept.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+            let _ = task.await;
+        }
         if let Bound::Unix(path) = &self.bound {
             let _ = std::fs::remove_file(path);
         }

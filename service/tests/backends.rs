@@ -1,0 +1,117 @@
+//! The same HTTP session on every backend this host has (subinterp always), and a bounded load
+//! test: fixed counts, loopback only.
+
+mod common;
+use common::*;
+use serde_json::json;
+
+fn session(url: &str, backend: &str) {
+    let id = create(
+        url,
+        KEY,
+        json!({"backend": backend, "source": "fn add(a, b) { a + b }"}),
+    );
+    let cell = format!("{url}/v1/cells/{id}");
+    let (s, j) = send(
+        "POST",
+        &format!("{cell}/exec"),
+        Some(KEY),
+        Some(&json!({"source": "post(40 + 2); \"done\""})),
+    );
+    assert_eq!((s, &j), (200, &json!({"result": "done"})), "{backend}");
+    let (s, j) = send(
+        "POST",
+        &format!("{cell}/call"),
+        Some(KEY),
+        Some(&json!({"function": "add", "args": [40, 2]})),
+    );
+    assert_eq!((s, &j), (200, &json!({"result": 42})), "{backend}");
+    let (s, j) = send(
+        "POST",
+        &format!("{cell}/exec"),
+        Some(KEY),
+        Some(&json!({"source": "let x = ;"})),
+    );
+    assert_eq!((s, j["code"].as_str()), (422, Some("syntax")), "{backend}");
+    let (s, j) = send("GET", &cell, Some(KEY), None);
+    assert_eq!(
+        (s, j["backend"].as_str(), j["state"].as_str()),
+        (200, Some(backend), Some("alive"))
+    );
+    let lines = read_events(&format!("{cell}/events"), KEY, |_| true);
+    assert_eq!(
+        lines[0],
+        json!({"event": "post", "value": 42, "seq": 1}),
+        "{backend}"
+    );
+    assert_eq!(send("DELETE", &cell, Some(KEY), None).0, 200);
+}
+
+#[test]
+fn every_available_backend_serves_the_same_session() {
+    let n = TestNode::start(config("node-be"));
+    for (backend, available) in n.node().supervisor.backends() {
+        match available {
+            Ok(()) => {
+                session(&n.url, &backend);
+                println!("backend {backend}: ok");
+            }
+            Err(why) => {
+                println!("SKIPPED: backend {backend} is unavailable here: {why}");
+                let (s, j) = send(
+                    "POST",
+                    &format!("{}/v1/cells", n.url),
+                    Some(KEY),
+                    Some(&json!({"backend": backend})),
+                );
+                assert_eq!((s, j["code"].as_str()), (503, Some("backend_unavailable")));
+            }
+        }
+    }
+    assert!(n.node().is_empty());
+}
+
+#[test]
+fn bounded_load_of_concurrent_sessions() {
+    const CLIENTS: usize = 8;
+    const ROUNDS: usize = 25;
+    let n = TestNode::start(config("node-load"));
+    let url = n.url.clone();
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                for r in 0..ROUNDS {
+                    let id = create(&url, KEY, json!({"labels": {"client": c.to_string()}}));
+                    let (s, j) = send(
+                        "POST",
+                        &format!("{url}/v1/cells/{id}/exec"),
+                        Some(KEY),
+                        Some(&json!({"source": format!("{c} * 1000 + {r}")})),
+                    );
+                    assert_eq!((s, &j["result"]), (200, &json!(c * 1000 + r)));
+                    assert_eq!(
+                        send("DELETE", &format!("{url}/v1/cells/{id}"), Some(KEY), None).0,
+                        200
+                    );
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(n.node().is_empty());
+    let (_, m) = send("GET", &format!("{url}/metrics"), None, None);
+    let text = m.as_str().unwrap();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("cell_service_requests_total")
+                && l.contains("route=\"/v1/cells/{id}/exec\"")
+                && l.contains("status=\"200\"")
+        })
+        .unwrap_or_else(|| panic!("no exec counter:\n{text}"));
+    let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= (CLIENTS * ROUNDS) as f64, "{line}");
+}
