@@ -38,14 +38,11 @@ fn three_nodes_redirect_survive_a_kill_and_drain() {
 
     // Two cells per node, each holding its node's name.
     let mut cells = Vec::new();
-    for i in 0..3 {
+    for (i, name) in names.iter().enumerate() {
         for _ in 0..2 {
-            let id = create(
-                &url(i),
-                KEY,
-                json!({"source": format!("fn whoami() {{ \"{}\" }}", names[i])}),
-            );
-            assert!(id.starts_with(&format!("{}_", names[i])));
+            let source = format!("fn whoami() {{ \"{name}\" }}");
+            let id = create(&url(i), KEY, json!({ "source": source }));
+            assert!(id.starts_with(&format!("{name}_")));
             cells.push((i, id));
         }
     }
