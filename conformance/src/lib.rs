@@ -22,6 +22,7 @@ pub mod driver;
 mod harness;
 pub mod json;
 mod limit_scenarios;
+pub mod protocol;
 mod runner;
 mod scenarios;
 mod setup;

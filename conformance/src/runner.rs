@@ -26,16 +26,28 @@ fn trial(harness: &Harness, name: String, body: impl FnOnce(Harness) + Send + 's
     })
 }
 
-/// Every trial of the suite for `backend`: the Rhai-tier scenarios and properties.
+/// Every trial of the suite for `backend`: the protocol vectors, the Rhai-tier scenarios and
+/// properties.
 pub fn trials(backend: Arc<dyn Backend>) -> Vec<Trial> {
     let harness = Harness::new(backend);
-    let mut trials: Vec<Trial> = crate::all_scenarios()
-        .map(|s| {
-            trial(&harness, format!("rhai::{}", s.name), move |h| {
-                h.check(s.name)
-            })
-        })
+    let mut trials: Vec<Trial> = crate::protocol::vectors()
+        .into_iter()
+        .map(
+            |(name, _, _)| match crate::protocol::known_defect(harness.name(), name) {
+                Some(why) => Trial::ignorable_test(format!("protocol::{name}"), move || {
+                    Ok(Completion::ignored_with(why))
+                }),
+                None => trial(&harness, format!("protocol::{name}"), move |h| {
+                    crate::protocol::check(h.backend(), name)
+                }),
+            },
+        )
         .collect();
+    trials.extend(crate::all_scenarios().map(|s| {
+        trial(&harness, format!("rhai::{}", s.name), move |h| {
+            h.check(s.name)
+        })
+    }));
     trials.push(trial(
         &harness,
         "rhai::property_posted_values_arrive_identical".into(),

@@ -197,7 +197,7 @@ fn conformance(only: Option<&str>) -> bool {
         None => BACKENDS.to_vec(),
     };
     let mut cmd = cargo();
-    cmd.arg("test");
+    cmd.args(["test", "--no-fail-fast"]);
     for b in &selected {
         let (package, test) = suite_target(b);
         cmd.args(["-p", package, "--test", test]);
