@@ -5,6 +5,12 @@
 //!
 //! Kill and deadlines reach a running script through the engine's progress callback: an atomic
 //! flag checked on every operation and the clock every [`CLOCK_EVERY`] operations.
+//!
+//! The engine runs on a stack of its own ([`stack`]), so a deep script ends in a limit error
+//! and never overflows the caller's stack; a panic inside the engine ends that cell only
+//! (`cell_crashed`), never the embedding program.
+
+pub mod stack;
 
 use abi::backend::{
     Backend, CellPipe, Flow, HostSide, Killer, Layer, PipeError, SpawnError, SpawnSpec,
@@ -137,6 +143,34 @@ impl Transport for Inline {
     }
 }
 
+/// Runs one host frame through the engine on its own stack, a panic caught as a crash.
+fn run_engine(cell: &mut Cell, frame: HostFrame) -> Result<Step, PipeError> {
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        stack::run_on_engine_stack(|| {
+            let step = cell.handle(frame);
+            (step, cell.take_deepest_stack())
+        })
+    }));
+    match run {
+        Ok(Ok(step)) => Ok(step),
+        Ok(Err(e)) => Err(PipeError::Crashed(format!(
+            "no stack for the engine could be mapped: {e}"
+        ))),
+        Err(panic) => Err(PipeError::Crashed(format!(
+            "the engine panicked: {}",
+            panic_text(&*panic)
+        ))),
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 struct SubinterpPipe {
     stop: Arc<Stop>,
     host: Arc<dyn HostSide>,
@@ -170,7 +204,12 @@ impl CellPipe for SubinterpPipe {
                     max_frame_len: self.max_frame_len,
                     abort: self.abort.clone(),
                 };
-                match Cell::new(&hello, Box::new(transport), self.stop.clone()) {
+                match Cell::with_stack(
+                    &hello,
+                    Box::new(transport),
+                    self.stop.clone(),
+                    stack::ENGINE_BUDGET_BYTES,
+                ) {
                     Ok(cell) => {
                         self.cell = Some(cell);
                         self.deliver(GuestFrame::Ready(runtime::ready()))
@@ -186,7 +225,14 @@ impl CellPipe for SubinterpPipe {
                 let Some(cell) = self.cell.as_mut() else {
                     return Err(PipeError::Closed);
                 };
-                let step = cell.handle(frame);
+                let step = match run_engine(cell, frame) {
+                    Ok(step) => step,
+                    Err(crash) => {
+                        // The engine's state is unknown after a panic: the cell is gone.
+                        self.cell = None;
+                        return Err(crash);
+                    }
+                };
                 if let Some(err) = self.abort.lock().unwrap_or_else(|e| e.into_inner()).take() {
                     return Err(PipeError::Aborted(err));
                 }

@@ -25,7 +25,8 @@ pub fn serve(
             return Err(err);
         }
     };
-    let mut cell = match Cell::with_link(&hello, link, interrupt) {
+    let mut cell = match Cell::with_link(&hello, link, interrupt, crate::limits::ENGINE_STACK_BYTES)
+    {
         Ok(cell) => cell,
         Err(err) => {
             // `with_link` consumed the link only on success; rebuild nothing, just report.

@@ -3,7 +3,8 @@
 use crate::api::{self, Link};
 use crate::compiled::CompileCache;
 use crate::convert::{from_dynamic_within, to_dynamic};
-use crate::errors::cell_error;
+use crate::errors::{STACK_EXHAUSTED, cell_error};
+use crate::limits::{self, StackGuard};
 use crate::transport::{Interrupt, Transport};
 use crate::{ENGINE, ENGINE_VERSION, modules};
 use abi::{
@@ -34,6 +35,7 @@ pub struct Cell {
     link: Arc<Link>,
     modules: Vec<String>,
     limits: abi::EngineLimits,
+    stack: Arc<StackGuard>,
 }
 
 /// Rhai's standard library, built once per process and shared by every engine.
@@ -71,40 +73,78 @@ pub fn ready() -> Ready {
 
 impl Cell {
     /// Builds a cell for `hello` (checked first) that talks over `transport`.
+    /// Runs on a stack of [`limits::ENGINE_STACK_BYTES`].
     pub fn new(
         hello: &Hello,
         transport: Box<dyn Transport>,
         interrupt: Arc<dyn Interrupt>,
     ) -> Result<Cell, CellError> {
-        Self::with_link(hello, Arc::new(Link::new(transport)), interrupt)
+        Self::with_stack(hello, transport, interrupt, limits::ENGINE_STACK_BYTES)
+    }
+
+    /// Like [`Cell::new`] for a backend whose engine runs on `stack_bytes` of stack from the
+    /// frame that calls [`Cell::handle`], [`Cell::exec`] or [`Cell::call`].
+    pub fn with_stack(
+        hello: &Hello,
+        transport: Box<dyn Transport>,
+        interrupt: Arc<dyn Interrupt>,
+        stack_bytes: usize,
+    ) -> Result<Cell, CellError> {
+        Self::with_link(
+            hello,
+            Arc::new(Link::new(transport)),
+            interrupt,
+            stack_bytes,
+        )
     }
 
     pub(crate) fn with_link(
         hello: &Hello,
         link: Arc<Link>,
         interrupt: Arc<dyn Interrupt>,
+        stack_bytes: usize,
     ) -> Result<Cell, CellError> {
         check_hello(hello)?;
         let limits = &hello.limits;
+        let stack = Arc::new(StackGuard::new(stack_bytes));
         let mut engine = Engine::new_raw();
         engine.register_global_module(standard_library());
+        // Depths the stack cannot hold are held to the bounds (policy validation refuses them;
+        // a host that skips it gets the bound, never a deeper stack).
+        let (calls, exprs) = (
+            bounded(limits.max_call_depth, limits::MAX_CALL_DEPTH),
+            bounded(limits.max_expr_depth, limits::MAX_EXPR_DEPTH),
+        );
         engine
             .set_max_operations(limits.max_operations)
-            .set_max_call_levels(limits.max_call_depth as usize)
-            .set_max_expr_depths(
-                limits.max_expr_depth as usize,
-                limits.max_expr_depth as usize,
-            )
+            .set_max_call_levels(calls)
+            .set_max_expr_depths(exprs, exprs)
             .set_max_string_size(limits.max_string_len as usize)
             .set_max_array_size(limits.max_array_len as usize)
             .set_max_map_size(limits.max_map_len as usize)
             .set_max_modules(hello.modules.len().max(1));
         // Out of model: a script using `eval` fails to compile with a hint (see `errors`).
         engine.disable_symbol("eval");
+        // Whatever nests deeper than the limits can see (calls whose bodies nest expressions,
+        // closures in closures) stops at the stack budget: per operation while running, per
+        // token while parsing.
+        let guard = stack.clone();
         engine.on_progress(move |ops| {
-            interrupt
-                .check(ops)
-                .map(|code| Dynamic::from_int(code.as_u16().into()))
+            let code = if guard.exceeded() {
+                Some(ErrorCode::LimitCallDepth)
+            } else {
+                interrupt.check(ops)
+            };
+            code.map(|code| Dynamic::from_int(code.as_u16().into()))
+        });
+        let guard = stack.clone();
+        #[allow(deprecated)] // volatile, not deprecated: the only hook inside the parser
+        engine.on_parse_token(move |token, _, _| {
+            if guard.exceeded() {
+                rhai::Token::LexError(Box::new(rhai::LexError::Runtime(STACK_EXHAUSTED.into())))
+            } else {
+                token
+            }
         });
 
         for name in &hello.modules {
@@ -127,12 +167,20 @@ impl Cell {
             link,
             modules: hello.modules.clone(),
             limits: hello.limits.clone(),
+            stack,
         })
+    }
+
+    /// The most stack a transaction used since the last call (then reset), so that a backend
+    /// can give back the pages a deep script touched.
+    pub fn take_deepest_stack(&self) -> usize {
+        self.stack.take_deepest()
     }
 
     /// Runs source text. Variables it declares and functions it defines stay in the cell.
     /// Returns the value of the last expression.
     pub fn exec(&mut self, source: &str) -> Result<Value, CellError> {
+        self.stack.enter();
         let engine = &self.engine;
         let ast = self
             .compiled
@@ -155,6 +203,7 @@ impl Cell {
         mut args: Vec<Value>,
         kwargs: Map,
     ) -> Result<Value, CellError> {
+        self.stack.enter();
         let (module, name) = split_path(function)?;
         if !kwargs.is_empty() {
             args.push(Value::Map(kwargs));
@@ -236,6 +285,15 @@ impl Cell {
     pub(crate) fn link(&self) -> &Arc<Link> {
         &self.link
     }
+}
+
+/// `limit`, or `bound` when the limit is above it or unlimited (0).
+fn bounded(limit: u32, bound: u32) -> usize {
+    (if limit == 0 || limit > bound {
+        bound
+    } else {
+        limit
+    }) as usize
 }
 
 fn is_identifier(s: &str) -> bool {

@@ -93,9 +93,15 @@ fn terminated_message(code: ErrorCode) -> String {
     }
 }
 
+/// What the parser's token hook reports when parsing runs past the stack budget.
+pub(crate) const STACK_EXHAUSTED: &str = "the script nests deeper than the engine's stack holds";
+
 fn parse_error(kind: &ParseErrorType, err: &EvalAltResult) -> CellError {
     match kind {
         ParseErrorType::ExprTooDeep => CellError::new(ErrorCode::LimitExprDepth, err.to_string()),
+        ParseErrorType::BadInput(rhai::LexError::Runtime(msg)) if msg == STACK_EXHAUSTED => {
+            CellError::new(ErrorCode::LimitExprDepth, err.to_string())
+        }
         ParseErrorType::Reserved(word) | ParseErrorType::UnknownOperator(word)
             if out_of_model_hint(word).is_some() =>
         {

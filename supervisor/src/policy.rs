@@ -160,11 +160,21 @@ impl Policy {
             );
         }
         let l = &self.limits;
-        if l.max_call_depth == 0 || l.max_expr_depth == 0 {
-            return invalid(
-                "limits.max_call_depth",
-                "and max_expr_depth must be positive",
-            );
+        // Depths the engine's stack cannot hold on every backend (runtime::limits).
+        if let Err(e) = runtime::limits::check(&self.engine_limits()) {
+            let field = match e.field() {
+                "max_call_depth" => "limits.max_call_depth",
+                _ => "limits.max_expr_depth",
+            };
+            return Err(PolicyError::Invalid {
+                field,
+                reason: match e {
+                    runtime::limits::LimitError::AboveBound { bound, .. } => format!(
+                        "must be at most {bound}, the depth the engine's stack holds on every backend"
+                    ),
+                    _ => "must be positive".into(),
+                },
+            });
         }
         if l.memory_mib < 1 || l.memory_mib > 1 << 20 {
             return invalid("limits.memory_mib", "must be between 1 and 1048576");
@@ -359,6 +369,40 @@ mod tests {
             assert!(err.contains(needle), "{text}\n => {err}");
             assert!(err.starts_with("invalid policy"), "{err}");
         }
+    }
+
+    #[test]
+    fn depth_limits_above_what_the_stack_holds_are_refused() {
+        use runtime::limits::{MAX_CALL_DEPTH, MAX_EXPR_DEPTH};
+        let at = format!(
+            "[limits]\nmax_call_depth = {MAX_CALL_DEPTH}\nmax_expr_depth = {MAX_EXPR_DEPTH}"
+        );
+        assert!(Policy::from_toml(&at).is_ok(), "{at}");
+        for (text, field) in [
+            (
+                format!("[limits]\nmax_call_depth = {}", MAX_CALL_DEPTH + 1),
+                "limits.max_call_depth",
+            ),
+            (
+                format!("[limits]\nmax_expr_depth = {}", MAX_EXPR_DEPTH + 1),
+                "limits.max_expr_depth",
+            ),
+            (
+                "[limits]\nmax_call_depth = 0".into(),
+                "limits.max_call_depth",
+            ),
+        ] {
+            match Policy::from_toml(&text) {
+                Err(PolicyError::Invalid { field: f, reason }) => {
+                    assert_eq!(f, field, "{text}: {reason}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        let err = Policy::from_toml("[limits]\nmax_call_depth = 100000")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("at most {MAX_CALL_DEPTH}")), "{err}");
     }
 
     #[test]
