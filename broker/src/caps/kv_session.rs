@@ -4,9 +4,10 @@
 //! again), far more than a transaction. So a supervisor keeps the store open while it uses it,
 //! under an exclusive `flock` on `kv.lock`, and gives it up when either
 //! * it has been idle for [`LINGER`] (a closer thread waits for exactly that instant), or
-//! * another opener is waiting: a waiter holds a shared `flock` on `kv.want` while it waits for
-//!   `kv.lock`, and the holder probes `kv.want` with a non-blocking exclusive lock before each
-//!   reuse; a probe that fails means someone waits, and the holder closes the store first.
+//! * another opener is waiting and the holder has had the store for [`SLICE`]: a waiter holds a
+//!   shared `flock` on `kv.want` while it waits for `kv.lock`, and the holder probes `kv.want`
+//!   with a non-blocking exclusive lock before reusing the store; a probe that fails means
+//!   someone waits, and the holder closes the store first.
 
 use crate::error::CapabilityError;
 use redb::Database;
@@ -19,6 +20,9 @@ use std::time::{Duration, Instant};
 
 /// How long an idle store stays open.
 pub(crate) const LINGER: Duration = Duration::from_millis(20);
+/// How long a holder keeps the store before it yields to a waiter: each hand-over costs an
+/// open and a close, so a slice spreads that cost over many requests under contention.
+pub(crate) const SLICE: Duration = Duration::from_millis(100);
 /// File whose `flock` the holder of the store has.
 pub const LOCK_FILE: &str = "kv.lock";
 /// File on which waiters for the store hold a shared `flock`.
@@ -41,6 +45,7 @@ fn flock(file: &File, op: FlockOperation) -> Result<(), Errno> {
 struct Held {
     db: Database,
     _lock: File,
+    since: Instant,
 }
 
 struct State {
@@ -121,7 +126,11 @@ impl Session {
             .map_err(|e| db_err(format!("cannot lock the store: {e}")))?;
         drop(want);
         let db = Database::create(&self.file).map_err(db_err)?;
-        Ok(Held { db, _lock: lock })
+        Ok(Held {
+            db,
+            _lock: lock,
+            since: Instant::now(),
+        })
     }
 
     /// Whether another opener waits for the store (it holds `kv.want` shared).
@@ -141,7 +150,7 @@ impl Session {
         f: impl FnOnce(&Database) -> Result<T, CapabilityError>,
     ) -> Result<T, CapabilityError> {
         let mut s = lock(&self.shared.state);
-        if s.held.is_some() && self.someone_waits() {
+        if s.held.as_ref().is_some_and(|h| h.since.elapsed() >= SLICE) && self.someone_waits() {
             s.held = None; // let the waiter in; this request then queues behind it
         }
         let held = match s.held.take() {
