@@ -26,6 +26,7 @@ pub mod protocol;
 mod runner;
 mod scenarios;
 mod setup;
+pub mod soak;
 pub mod stdio;
 mod transcript;
 
