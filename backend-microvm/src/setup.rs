@@ -118,7 +118,7 @@ pub(crate) fn setup_memory(
 ) -> Result<Layout, VmError> {
     let size = cfg.mem_size;
     let max = max_mem_size();
-    if !(MIN_MEM_SIZE..=max).contains(&size) || size % 4096 != 0 {
+    if !(MIN_MEM_SIZE..=max).contains(&size) || !size.is_multiple_of(4096) {
         return Err(VmError::Config(format!(
             "guest memory must be a multiple of 4 KiB in [{MIN_MEM_SIZE}, {max}], got {size}"
         )));

@@ -80,10 +80,10 @@ struct Started {
 
 impl HostSide for Started {
     fn on_frame(&self, frame: GuestFrame) -> Flow {
-        if matches!(frame, GuestFrame::Post(Value::Str(ref s)) if s == "started") {
-            if let Some(tx) = self.started.lock().unwrap().as_ref() {
-                let _ = tx.send(());
-            }
+        if matches!(frame, GuestFrame::Post(Value::Str(ref s)) if s == "started")
+            && let Some(tx) = self.started.lock().unwrap().as_ref()
+        {
+            let _ = tx.send(());
         }
         self.frames.on_frame(frame)
     }

@@ -86,12 +86,11 @@ impl Interrupt for Stop {
         if self.aborted.load(Ordering::Relaxed) != NOT_ABORTED {
             return Some(ErrorCode::ProtocolViolation);
         }
-        if operations % CLOCK_EVERY == 0 {
-            if let Some(deadline) = *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) {
-                if Instant::now() >= deadline {
-                    return Some(ErrorCode::TimedOut);
-                }
-            }
+        if operations.is_multiple_of(CLOCK_EVERY)
+            && let Some(deadline) = *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
+            && Instant::now() >= deadline
+        {
+            return Some(ErrorCode::TimedOut);
         }
         None
     }

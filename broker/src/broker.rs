@@ -269,12 +269,12 @@ impl Broker {
                 });
             }
         }
-        if let Some(ms) = rule.timeout_ms {
-            if ms == 0 || ms > MAX_TIMEOUT_MS {
-                return Err(invalid(format!(
-                    "`timeout_ms` must be between 1 and {MAX_TIMEOUT_MS}"
-                )));
-            }
+        if let Some(ms) = rule.timeout_ms
+            && (ms == 0 || ms > MAX_TIMEOUT_MS)
+        {
+            return Err(invalid(format!(
+                "`timeout_ms` must be between 1 and {MAX_TIMEOUT_MS}"
+            )));
         }
         if let Some(q) = &rule.quota {
             if kind == RuleKind::Deny {

@@ -119,14 +119,14 @@ impl<'a> Payload<'a> {
 
     /// Refuses keys other than `allowed`, so a misspelt option is an error, not a default.
     pub fn only(&self, allowed: &[&str]) -> Result<(), CapabilityError> {
-        if let Some(map) = self.map {
-            if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-                return Err(CapabilityError::invalid(format!(
-                    "{} has no field `{k}` (fields: {})",
-                    self.what,
-                    allowed.join(", ")
-                )));
-            }
+        if let Some(map) = self.map
+            && let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str()))
+        {
+            return Err(CapabilityError::invalid(format!(
+                "{} has no field `{k}` (fields: {})",
+                self.what,
+                allowed.join(", ")
+            )));
         }
         Ok(())
     }

@@ -293,15 +293,15 @@ impl CellBroker {
             )
         };
         let payload_bytes = value_bytes(&payload);
-        if let Some(quota) = &rule.quota {
-            if let Err(why) = lock(&self.quotas[index]).admit(quota, payload_bytes) {
-                return Outcome {
-                    decision: Decision::Deny,
-                    rule: format!("{label}.quota"),
-                    result: Err(quota_err(why)),
-                    bytes: 0,
-                };
-            }
+        if let Some(quota) = &rule.quota
+            && let Err(why) = lock(&self.quotas[index]).admit(quota, payload_bytes)
+        {
+            return Outcome {
+                decision: Decision::Deny,
+                rule: format!("{label}.quota"),
+                result: Err(quota_err(why)),
+                bytes: 0,
+            };
         }
         let timeout = rule
             .timeout_ms

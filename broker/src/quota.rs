@@ -37,22 +37,22 @@ impl QuotaState {
     /// Counts one request carrying `bytes` of payload, or says why the quota refuses it.
     pub(crate) fn admit(&mut self, quota: &Quota, bytes: u64) -> Result<(), String> {
         self.roll(quota);
-        if let Some(max) = quota.requests {
-            if self.requests >= max {
-                return Err(format!(
-                    "request quota used up: {max} requests {}",
-                    Self::describe(quota)
-                ));
-            }
+        if let Some(max) = quota.requests
+            && self.requests >= max
+        {
+            return Err(format!(
+                "request quota used up: {max} requests {}",
+                Self::describe(quota)
+            ));
         }
-        if let Some(max) = quota.bytes {
-            if self.bytes.saturating_add(bytes) > max {
-                return Err(format!(
-                    "byte quota used up: {} of {max} bytes {} used, this payload has {bytes}",
-                    self.bytes,
-                    Self::describe(quota)
-                ));
-            }
+        if let Some(max) = quota.bytes
+            && self.bytes.saturating_add(bytes) > max
+        {
+            return Err(format!(
+                "byte quota used up: {} of {max} bytes {} used, this payload has {bytes}",
+                self.bytes,
+                Self::describe(quota)
+            ));
         }
         self.requests += 1;
         self.bytes = self.bytes.saturating_add(bytes);

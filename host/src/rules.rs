@@ -30,7 +30,7 @@ pub(crate) fn effective_cap(cap: u32) -> u32 {
 
 /// "1 MiB" for whole mebibytes, else the bytes.
 pub(crate) fn bytes_text(n: u64) -> String {
-    if n >= 1 << 20 && n % (1 << 20) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
     } else {
         format!("{n} bytes")

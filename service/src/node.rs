@@ -331,12 +331,12 @@ impl Node {
             released: AtomicBool::new(false),
             busy: Mutex::default(),
         });
-        if let Some(source) = &req.source {
-            if let Err(e) = self.run(&entry, |c| c.exec(source)) {
-                self.release(&entry);
-                entry.cell.kill();
-                return Err(e);
-            }
+        if let Some(source) = &req.source
+            && let Err(e) = self.run(&entry, |c| c.exec(source))
+        {
+            self.release(&entry);
+            entry.cell.kill();
+            return Err(e);
         }
         {
             let mut cells = self.locked();

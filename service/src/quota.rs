@@ -45,50 +45,50 @@ impl Ledger {
         {
             u.creates.pop_front();
         }
-        if let Some(max) = q.live_cells {
-            if u.cells + 1 > max {
-                return Err(refuse(
-                    tenant,
-                    "live_cells",
-                    format!(
-                        "tenant `{tenant}` has {} live cells, its quota is {max}",
-                        u.cells
-                    ),
-                ));
-            }
+        if let Some(max) = q.live_cells
+            && u.cells + 1 > max
+        {
+            return Err(refuse(
+                tenant,
+                "live_cells",
+                format!(
+                    "tenant `{tenant}` has {} live cells, its quota is {max}",
+                    u.cells
+                ),
+            ));
         }
-        if let Some(max) = q.creates_per_minute {
-            if u.creates.len() as u64 >= max {
-                return Err(refuse(
-                    tenant,
-                    "creates_per_minute",
-                    format!("tenant `{tenant}` may create {max} cells per minute"),
-                ));
-            }
+        if let Some(max) = q.creates_per_minute
+            && u.creates.len() as u64 >= max
+        {
+            return Err(refuse(
+                tenant,
+                "creates_per_minute",
+                format!("tenant `{tenant}` may create {max} cells per minute"),
+            ));
         }
-        if let Some(max) = q.memory_mib {
-            if u.memory_mib + r.memory_mib > max {
-                return Err(refuse(
-                    tenant,
-                    "memory_mib",
-                    format!(
-                        "tenant `{tenant}` holds {} MiB, this cell asks {} MiB, its quota is {max} MiB",
-                        u.memory_mib, r.memory_mib
-                    ),
-                ));
-            }
+        if let Some(max) = q.memory_mib
+            && u.memory_mib + r.memory_mib > max
+        {
+            return Err(refuse(
+                tenant,
+                "memory_mib",
+                format!(
+                    "tenant `{tenant}` holds {} MiB, this cell asks {} MiB, its quota is {max} MiB",
+                    u.memory_mib, r.memory_mib
+                ),
+            ));
         }
-        if let Some(max) = q.cpu_time_ms {
-            if r.cpu_time_ms == 0 || u.cpu_time_ms + r.cpu_time_ms > max {
-                return Err(refuse(
-                    tenant,
-                    "cpu_time_ms",
-                    format!(
-                        "tenant `{tenant}` holds {} ms of CPU time, this cell asks {} (0 = unlimited), its quota is {max} ms",
-                        u.cpu_time_ms, r.cpu_time_ms
-                    ),
-                ));
-            }
+        if let Some(max) = q.cpu_time_ms
+            && (r.cpu_time_ms == 0 || u.cpu_time_ms + r.cpu_time_ms > max)
+        {
+            return Err(refuse(
+                tenant,
+                "cpu_time_ms",
+                format!(
+                    "tenant `{tenant}` holds {} ms of CPU time, this cell asks {} (0 = unlimited), its quota is {max} ms",
+                    u.cpu_time_ms, r.cpu_time_ms
+                ),
+            ));
         }
         u.cells += 1;
         u.memory_mib += r.memory_mib;

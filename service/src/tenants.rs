@@ -184,10 +184,10 @@ impl Tenants {
                     tenant: t.name.clone(),
                     source,
                 })?;
-            if let Some(d) = &t.default_policy {
-                if !policies.contains_key(d) {
-                    return Err(invalid(format!("default_policy `{d}` is not defined")));
-                }
+            if let Some(d) = &t.default_policy
+                && !policies.contains_key(d)
+            {
+                return Err(invalid(format!("default_policy `{d}` is not defined")));
             }
             out.tenants.insert(
                 t.name.clone(),

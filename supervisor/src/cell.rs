@@ -240,10 +240,10 @@ impl Cell {
                 self.inner.pipe.lock().unwrap_or_else(|e| e.into_inner())
             }
         };
-        if let Some(mut pipe) = pipe.take() {
-            if let Err(e) = pipe.shutdown() {
-                tracing::debug!(cell = %self.inner.name, "shutdown: {e}");
-            }
+        if let Some(mut pipe) = pipe.take()
+            && let Err(e) = pipe.shutdown()
+        {
+            tracing::debug!(cell = %self.inner.name, "shutdown: {e}");
         }
         self.inner.host.mark_dead(reason);
     }

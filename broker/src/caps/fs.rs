@@ -218,16 +218,15 @@ impl Capability for Fs {
         if rule.roots.is_empty() {
             return Err("an `fs` grant must list its `roots`".into());
         }
-        if rule.access.unwrap_or(Access::Read) == Access::Read {
-            if let Some(a) = rule
+        if rule.access.unwrap_or(Access::Read) == Access::Read
+            && let Some(a) = rule
                 .actions
                 .iter()
                 .find(|a| *a != "*" && !READ_ACTIONS.contains(&a.as_str()))
-            {
-                return Err(format!(
-                    "action `{a}` needs `access = \"read-write\"` (the grant is read-only)"
-                ));
-            }
+        {
+            return Err(format!(
+                "action `{a}` needs `access = \"read-write\"` (the grant is read-only)"
+            ));
         }
         if rule.max_bytes == Some(0) {
             return Err("`max_bytes` must be positive".into());

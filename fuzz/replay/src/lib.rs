@@ -35,10 +35,10 @@ fn canonical<F: Frame + Serialize>(frame: &F) {
 
 /// The length prefix check: any 4 bytes give a length within the cap or a typed error.
 fn prefix(data: &[u8]) {
-    if let Some(header) = data.first_chunk::<HEADER_LEN>() {
-        if let Ok(len) = wire::body_len(*header, DEFAULT_MAX_FRAME_LEN) {
-            assert!(len > 0 && len <= DEFAULT_MAX_FRAME_LEN as usize);
-        }
+    if let Some(header) = data.first_chunk::<HEADER_LEN>()
+        && let Ok(len) = wire::body_len(*header, DEFAULT_MAX_FRAME_LEN)
+    {
+        assert!(len > 0 && len <= DEFAULT_MAX_FRAME_LEN as usize);
     }
 }
 

@@ -172,12 +172,12 @@ impl RequestHandler for Fixed {
     ) -> Result<Value, abi::CellError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.deadlines.lock().unwrap().push(ctx.deadline);
-        if self.outlast_deadline {
-            if let Some(d) = ctx.deadline {
-                // Simulates a capability that runs past the transaction's deadline.
-                while Instant::now() < d {
-                    std::thread::sleep(d - Instant::now());
-                }
+        if self.outlast_deadline
+            && let Some(d) = ctx.deadline
+        {
+            // Simulates a capability that runs past the transaction's deadline.
+            while Instant::now() < d {
+                std::thread::sleep(d - Instant::now());
             }
         }
         self.answer.clone()
