@@ -261,5 +261,19 @@ mod tests {
         ));
         assert!(decode_body::<HostFrame>(&[1]).is_err());
         assert!(decode_body::<HostFrame>(&[99]).is_err());
+        // Frames without an extension take no tail.
+        assert_eq!(
+            decode_body::<Value>(&[0, 0]),
+            Err(WireError::TrailingBytes(1))
+        );
+        // A byte past the prefix's length is refused even where a handshake's extension could
+        // take it (an empty feature list).
+        let hello = crate::Hello::new("c", crate::EngineLimits::default(), alloc::vec![]);
+        let mut bytes = encode(&HostFrame::Hello(hello), 1000).unwrap();
+        bytes.push(0);
+        assert_eq!(
+            decode::<HostFrame>(&bytes, 1000),
+            Err(WireError::TrailingBytes(1))
+        );
     }
 }

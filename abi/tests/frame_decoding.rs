@@ -127,3 +127,15 @@ fn nested_maps_are_held_to_the_depth_limit() {
     assert!(wire::decode_body::<GuestFrame>(&log(nested(max))).is_ok());
     assert!(wire::decode_body::<GuestFrame>(&log(nested(max + 1))).is_err());
 }
+
+/// A host side that sets no ceiling gets none: the default is `None`.
+#[test]
+fn host_sides_have_no_ceiling_by_default() {
+    struct Plain;
+    impl HostSide for Plain {
+        fn on_frame(&self, _: GuestFrame) -> Flow {
+            Flow::Done
+        }
+    }
+    assert_eq!(Plain.max_frame_memory(), None);
+}

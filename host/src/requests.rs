@@ -89,3 +89,19 @@ impl RequestHandler for DenyAll {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deny_all_refuses_naming_the_capability() {
+        let ctx = RequestContext::new("c1", "fake", None);
+        let err = DenyAll.handle(ctx, "fs", "read", Value::Unit).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Denied);
+        assert_eq!(
+            err.message,
+            "capability `fs` (action `read`) is not granted to cell `c1`"
+        );
+    }
+}

@@ -251,6 +251,7 @@ mod tests {
         let at = call_of_len(ABSOLUTE_MAX_FRAME_LEN as usize);
         assert_eq!(outgoing(&at, u32::MAX, &lengths), Ok(()));
         assert_eq!(bytes_text(1000), "1000 bytes");
+        assert_eq!(bytes_text(0), "0 bytes");
         assert_eq!(bytes_text(3 << 20), "3 MiB");
         assert_eq!(bytes_text((1 << 20) + 1), "1048577 bytes");
     }
