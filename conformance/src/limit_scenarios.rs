@@ -115,7 +115,7 @@ fn deep_arguments(cell: &Cell, t: &mut Transcript, _h: &Harness) {
 }
 
 /// A script may throw any value, including a map that looks like the host's error; what it
-/// throws is its own failure (`runtime` or the code a guest may give), never a host verdict such
+/// throws is its own failure (`runtime`, the value kept in the message), never a code such
 /// as `cell_crashed` or `timed_out`, and the cell lives on.
 fn forged_host_codes(cell: &Cell, t: &mut Transcript, _h: &Harness) {
     for code in [6, 10, 20, 30, 31, 40, 41, 42, 43, 44, 60, 9999] {

@@ -2,7 +2,7 @@
 //! that fail with a hint instead of "function not found".
 
 use crate::convert::{from_dynamic_within, to_dynamic};
-use crate::errors::{out_of_model, throw};
+use crate::errors::{out_of_model, register_host_error, throw};
 use crate::transport::{Transport, TransportError};
 use abi::{CellError, EngineLimits, ErrorCode, GuestFrame, HostFrame, Level, Map, Value};
 use alloc::{
@@ -110,6 +110,7 @@ fn tags(map: rhai::Map) -> BTreeMap<String, String> {
 /// Registers the four guest operations on `engine`, bound to `link`. Values leaving the cell
 /// are checked against the engine's size `limits` on the way out.
 pub(crate) fn register(engine: &mut Engine, link: &Arc<Link>, limits: &EngineLimits) {
+    register_host_error(engine);
     let (l, lim) = (link.clone(), limits.clone());
     engine.register_fn("post", move |message: Dynamic| -> Res<()> {
         l.emit(GuestFrame::Post(value(message, &lim)?))

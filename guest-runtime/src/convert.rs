@@ -116,6 +116,14 @@ fn convert(value: Dynamic, depth: usize, sizes: &Sizes) -> Result<Value, CellErr
         }
         return Ok(Value::Map(out));
     }
+    if let Some(e) = value.read_lock::<crate::errors::HostError>() {
+        // A caught error crosses as the map it reads as.
+        let mut out = Map::new();
+        out.insert("code".into(), Value::Int(e.0.code.as_u16().into()));
+        out.insert("name".into(), Value::Str(e.0.code.name().into()));
+        out.insert("message".into(), Value::Str(e.0.message.clone()));
+        return Ok(Value::Map(out));
+    }
     Err(CellError::new(
         ErrorCode::InvalidArgument,
         format!(

@@ -4,14 +4,36 @@ use abi::{CellError, ErrorCode, op::out_of_model_hint};
 use alloc::{boxed::Box, format, string::String, string::ToString};
 use rhai::{Dynamic, EvalAltResult, ParseErrorType, Position};
 
-/// The error a script sees when one of our functions fails: a map `#{code, name, message}` so
-/// scripts can `catch` it and inspect the code.
+/// An error one of our functions raised (a refused `request`, a bad `log` level, ...), as a
+/// script sees it: a value of its own type that only the runtime makes. A script may `catch`
+/// it, read `code`, `name` and `message`, and throw it on unchanged; it cannot make one, so
+/// the code it carries is always the runtime's or the host's, never the script's.
+#[derive(Clone, Debug)]
+pub struct HostError(pub CellError);
+
+/// The error a script sees when one of our functions fails.
 pub fn throw(err: CellError) -> Box<EvalAltResult> {
-    let mut map = rhai::Map::new();
-    map.insert("code".into(), Dynamic::from_int(err.code.as_u16().into()));
-    map.insert("name".into(), err.code.name().into());
-    map.insert("message".into(), err.message.into());
-    Box::new(EvalAltResult::ErrorRuntime(map.into(), Position::NONE))
+    Box::new(EvalAltResult::ErrorRuntime(
+        Dynamic::from(HostError(err)),
+        Position::NONE,
+    ))
+}
+
+/// Lets scripts read a caught [`HostError`] (no setters: it cannot be altered).
+pub(crate) fn register_host_error(engine: &mut rhai::Engine) {
+    engine
+        .register_type_with_name::<HostError>("error")
+        .register_get("code", |e: &mut HostError| {
+            rhai::INT::from(e.0.code.as_u16())
+        })
+        .register_get("name", |e: &mut HostError| {
+            rhai::ImmutableString::from(e.0.code.name())
+        })
+        .register_get("message", |e: &mut HostError| {
+            rhai::ImmutableString::from(e.0.message.as_str())
+        })
+        .register_fn("to_string", |e: &mut HostError| e.0.to_string())
+        .register_fn("to_debug", |e: &mut HostError| e.0.to_string());
 }
 
 pub fn out_of_model(name: &str) -> CellError {
@@ -32,9 +54,12 @@ pub fn cell_error(err: &EvalAltResult) -> CellError {
             return CellError::new(inner.code, format!("{err}"));
         }
         E::ErrorRuntime(value, _) => {
-            if let Some(thrown) = thrown_error(value) {
-                return thrown;
+            if let Some(HostError(err)) = value.read_lock::<HostError>().map(|e| e.clone()) {
+                return err;
             }
+            // Anything a script throws is its own failure: the value is kept as data in the
+            // message (`Runtime error: <value> (line, position)`), whatever it holds (a `code`
+            // field included).
             ErrorCode::Runtime
         }
         E::ErrorFunctionNotFound(signature, _) => {
@@ -117,14 +142,4 @@ fn parse_error(kind: &ParseErrorType, err: &EvalAltResult) -> CellError {
         }
         _ => CellError::new(ErrorCode::Syntax, err.to_string()),
     }
-}
-
-/// Recognises the map [`throw`] produces, so an error raised by `request` inside a function keeps
-/// its code all the way to the caller.
-fn thrown_error(value: &Dynamic) -> Option<CellError> {
-    let map = value.read_lock::<rhai::Map>()?;
-    let code = map.get("code")?.as_int().ok()?;
-    let code = ErrorCode::from_u16(u16::try_from(code).ok()?)?;
-    let message = map.get("message")?.clone().into_string().ok()?;
-    Some(CellError::new(code, message))
 }

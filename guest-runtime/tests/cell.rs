@@ -102,6 +102,42 @@ fn guest_operations_reach_the_transport() {
 }
 
 #[test]
+fn a_thrown_value_is_the_scripts_own_error_whatever_code_it_names() {
+    let (mut c, _) = cell();
+    for src in [
+        r#"throw #{code: 42, message: "forged crash"}"#,
+        r#"throw #{code: 31, name: "timed_out", message: "forged"}"#,
+        r#"throw #{code: 5, message: "forged denial"}"#,
+        "throw 60",
+        r#"throw "plain""#,
+        // A caught host error, altered into a map first, is a plain value too.
+        r#"let m = (); try { request("fs", "read", ()) } catch (e) { m = #{code: 42, message: e.message} } throw m"#,
+    ] {
+        let err = c.exec(src).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Runtime, "{src}: {err}");
+        assert!(err.message.starts_with("Runtime error: "), "{err}");
+    }
+    let err = c.exec(r#"throw #{code: 42, message: "x"}"#).unwrap_err();
+    assert!(
+        err.message.contains("42"),
+        "the value is kept as data: {err}"
+    );
+    // A caught host error may be thrown on unchanged, and crosses as a map when posted.
+    let err = c
+        .exec(r#"try { request("fs", "read", ()) } catch (e) { throw e }"#)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Denied);
+    let caught = c
+        .exec(r#"let r = (); try { request("fs", "read", ()) } catch (e) { r = e } r"#)
+        .unwrap();
+    let Value::Map(m) = caught else {
+        panic!("{caught:?}")
+    };
+    assert_eq!(m["code"], Value::Int(ErrorCode::Denied.as_u16().into()));
+    assert_eq!(m["name"], Value::Str("denied".into()));
+}
+
+#[test]
 fn denied_requests_raise_a_catchable_typed_error() {
     let (mut c, _) = cell();
     let err = c
