@@ -87,6 +87,17 @@ enum Command {
     },
     /// Print which backends and confinement layers this host supports.
     Doctor,
+    /// Serve cells over HTTP until SIGTERM (drain); SIGHUP reloads tenants (docs/SERVICE.md).
+    Serve(service::cli::ServeArgs),
+    /// Tenants of `cell serve` and their API keys.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Add a tenant, or a key to one; prints the key once (only its hash is stored).
+    Add(service::cli::TenantAddArgs),
 }
 
 enum Failure {
@@ -148,6 +159,11 @@ fn main() -> ExitCode {
             doctor();
             Ok(())
         }
+        Command::Serve(args) => args.run().map_err(Failure::Spawn),
+        Command::Tenant(TenantCommand::Add(args)) => args
+            .run()
+            .map(|key| println!("{key}"))
+            .map_err(Failure::Usage),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
