@@ -52,6 +52,7 @@ impl Backend for Subinterp {
             stop: Arc::new(Stop::default()),
             host,
             cell: None,
+            greeted: false,
             max_frame_len: spec.max_frame_len,
             abort: Arc::default(),
         }))
@@ -174,6 +175,8 @@ struct SubinterpPipe {
     stop: Arc<Stop>,
     host: Arc<dyn HostSide>,
     cell: Option<Cell>,
+    /// Whether the first frame has come: only then is a missing cell a closed channel.
+    greeted: bool,
     max_frame_len: u32,
     /// The host side's reason for stopping the running script, if it gave one.
     abort: Arc<Mutex<Option<CellError>>>,
@@ -196,6 +199,7 @@ impl CellPipe for SubinterpPipe {
         *self.stop.deadline.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
         match frame {
             HostFrame::Hello(hello) => {
+                self.greeted = true;
                 let transport = Inline {
                     host: self.host.clone(),
                     stop: self.stop.clone(),
@@ -217,12 +221,21 @@ impl CellPipe for SubinterpPipe {
                 }
             }
             HostFrame::Shutdown => {
+                self.greeted = true;
                 self.cell = None;
                 Ok(())
             }
             frame => {
                 let Some(cell) = self.cell.as_mut() else {
-                    return Err(PipeError::Closed);
+                    if self.greeted {
+                        return Err(PipeError::Closed);
+                    }
+                    // Before any Hello: refuse as the guest runtime's agent loop does.
+                    self.greeted = true;
+                    return self.deliver(GuestFrame::Refused(CellError::new(
+                        ErrorCode::ProtocolViolation,
+                        format!("the first frame must be Hello, got {:?}", frame.kind()),
+                    )));
                 };
                 let step = match run_engine(cell, frame) {
                     Ok(step) => step,

@@ -157,28 +157,7 @@ pub fn vectors() -> Vec<(&'static str, &'static str, Vec<HostFrame>)> {
 
 /// Vectors a built-in backend fails today, reported to its owners: the trial shows as ignored
 /// with this text (never as passed) until the backend is fixed and the entry removed.
-pub const KNOWN_DEFECTS: &[(&str, &str, &str)] = &[
-    (
-        "process",
-        "reject_wrong_version",
-        "KNOWN DEFECT: the guest runtime's agent loop ends the channel without sending Refused(version_mismatch)",
-    ),
-    (
-        "microvm",
-        "reject_wrong_version",
-        "KNOWN DEFECT: the guest runtime's agent loop ends the channel without sending Refused(version_mismatch)",
-    ),
-    (
-        "stdio",
-        "reject_wrong_version",
-        "KNOWN DEFECT: the guest runtime's agent loop ends the channel without sending Refused(version_mismatch)",
-    ),
-    (
-        "subinterp",
-        "reject_exec_before_hello",
-        "KNOWN DEFECT: subinterp ends the channel on a first frame that is not Hello instead of sending Refused(protocol_violation)",
-    ),
-];
+pub const KNOWN_DEFECTS: &[(&str, &str, &str)] = &[];
 
 /// Why `backend` is known to fail vector `name`, if it is.
 pub fn known_defect(backend: &str, name: &str) -> Option<&'static str> {

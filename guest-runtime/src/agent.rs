@@ -25,11 +25,16 @@ pub fn serve(
             return Err(err);
         }
     };
-    let mut cell = match Cell::with_link(&hello, link, interrupt, crate::limits::ENGINE_STACK_BYTES)
-    {
+    let mut cell = match Cell::with_link(
+        &hello,
+        link.clone(),
+        interrupt,
+        crate::limits::ENGINE_STACK_BYTES,
+    ) {
         Ok(cell) => cell,
         Err(err) => {
-            // `with_link` consumed the link only on success; rebuild nothing, just report.
+            // A refused handshake (another ABI version) is said to the host, as every backend does.
+            let _ = link.send(GuestFrame::Refused(err.clone()));
             return Err(err);
         }
     };
