@@ -4,16 +4,18 @@
 //! host side directly, unencoded, but sized against the same frame cap as the byte-stream pipes.
 //!
 //! Kill and deadlines reach a running script through the engine's progress callback: an atomic
-//! flag checked on every operation and the clock every [`CLOCK_EVERY`] operations.
+//! flag checked on every operation and the clocks (wall, and the thread CPU clock when the
+//! cell has a CPU-time limit) every [`CLOCK_EVERY`] operations.
 //!
 //! The engine runs on a stack of its own ([`stack`]), so a deep script ends in a limit error
 //! and never overflows the caller's stack; a panic inside the engine ends that cell only
 //! (`cell_crashed`), never the embedding program.
 
+mod cpu;
 pub mod stack;
 
 use abi::backend::{
-    Backend, CellPipe, Flow, HostSide, Killer, Layer, PipeError, SpawnError, SpawnSpec,
+    Backend, CellPipe, Flow, HostSide, Killer, Layer, PipeError, Resource, SpawnError, SpawnSpec,
 };
 use abi::{CellError, ErrorCode, GuestFrame, HostFrame, wire};
 use runtime::{Cell, Interrupt, Step, Transport, TransportError};
@@ -49,7 +51,10 @@ impl Backend for Subinterp {
             });
         }
         Ok(Box::new(SubinterpPipe {
-            stop: Arc::new(Stop::default()),
+            stop: Arc::new(Stop {
+                cpu: cpu::CpuBudget::new(spec.resources.cpu_time_ms),
+                ..Stop::default()
+            }),
             host,
             cell: None,
             greeted: false,
@@ -75,6 +80,8 @@ struct Stop {
     /// Set by the host side's `Flow::Abort`: the code to stop with.
     aborted: AtomicU8,
     deadline: Mutex<Option<Instant>>,
+    /// The cell's CPU-time limit, charged on the thread that runs it.
+    cpu: cpu::CpuBudget,
 }
 
 const NOT_ABORTED: u8 = 0;
@@ -86,6 +93,9 @@ impl Interrupt for Stop {
         }
         if self.aborted.load(Ordering::Relaxed) != NOT_ABORTED {
             return Some(ErrorCode::ProtocolViolation);
+        }
+        if operations.is_multiple_of(CLOCK_EVERY) && self.cpu.exhausted_now() {
+            return Some(ErrorCode::LimitCpu);
         }
         if operations.is_multiple_of(CLOCK_EVERY)
             && let Some(deadline) = *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
@@ -115,6 +125,10 @@ struct Inline {
 
 impl Transport for Inline {
     fn send(&mut self, frame: GuestFrame) -> Result<(), TransportError> {
+        if self.stop.cpu.is_exhausted() {
+            // The script's own report of the stop never reaches the host: the backend reports it.
+            return Err(TransportError::Closed);
+        }
         let len = wire::encoded_len(&frame)
             .map_err(|e| TransportError::failed(ErrorCode::Internal, e.to_string()))?;
         if len > self.max_frame_len as usize {
@@ -237,7 +251,24 @@ impl CellPipe for SubinterpPipe {
                         format!("the first frame must be Hello, got {:?}", frame.kind()),
                     )));
                 };
-                let step = match run_engine(cell, frame) {
+                // A limit used up by the last operation stops this one before it runs.
+                let run = if self.stop.cpu.exhausted_now() {
+                    None
+                } else {
+                    self.stop.cpu.start();
+                    let run = run_engine(cell, frame);
+                    self.stop.cpu.stop();
+                    Some(run)
+                };
+                let Some(run) = run.filter(|_| !self.stop.cpu.is_exhausted()) else {
+                    // As in the other backends, a cell past its CPU time is gone.
+                    self.cell = None;
+                    return Err(PipeError::Exhausted {
+                        resource: Resource::CpuTime,
+                        detail: self.stop.cpu.to_string(),
+                    });
+                };
+                let step = match run {
                     Ok(step) => step,
                     Err(crash) => {
                         // The engine's state is unknown after a panic: the cell is gone.
