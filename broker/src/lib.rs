@@ -24,6 +24,7 @@
 //! assert_eq!(err.code, ErrorCode::Denied);
 //! assert!(err.message.contains("default-deny"));
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod audit;
 mod broker;

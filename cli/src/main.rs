@@ -3,6 +3,7 @@
 //!
 //! Exit codes (see README): 0 ok · 1 script error · 2 usage · 3 invalid policy · 4 spawn failed ·
 //! 5 limit, timeout or kill · 6 cell crashed or protocol violation · 7 cannot read the script.
+#![forbid(unsafe_code)]
 
 mod escape;
 

@@ -16,6 +16,7 @@
 //! bit-exactly and that no source text breaks a cell. A backend whose
 //! [`Backend::available`](abi::backend::Backend::available) says it cannot run here shows each
 //! test as ignored with the reason, never as passed.
+#![forbid(unsafe_code)]
 
 mod broker_scenarios;
 pub mod driver;

@@ -9,6 +9,7 @@
 //! the dispatch of `request` to a [`RequestHandler`] on the host within the transaction's
 //! wall-time limit. The supervisor, the conformance kit and third-party embedders use this crate
 //! without the supervisor; it depends on `abi` only.
+#![forbid(unsafe_code)]
 
 pub mod canonical;
 mod channel;

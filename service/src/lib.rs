@@ -13,6 +13,7 @@
 //! cell_service::serve(config).await
 //! # }
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod cli;

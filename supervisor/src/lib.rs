@@ -20,6 +20,7 @@
 //! * [`Policy`] — limits, modules and channel bounds, loaded from TOML (unknown keys are errors);
 //! * [`RequestHandler`] — where `request(...)` goes: the [`broker`]'s per-cell handler, built at
 //!   spawn from the policy's `[[grants]]`/`[[denies]]`; with no grants and no broker, deny-all.
+#![forbid(unsafe_code)]
 
 mod broker_handler;
 mod builder;

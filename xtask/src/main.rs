@@ -10,6 +10,7 @@
 //! * `bench [--backend NAME]` — the benchmarks, each printed beside its floor;
 //! * `fuzz-replay` — the committed fuzz corpora (`fuzz/corpus/`) through their targets' checks,
 //!   on stable, without the fuzzer (`cargo test --workspace` runs the same test).
+#![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
