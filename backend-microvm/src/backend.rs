@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use abi::backend::{
     Backend, CellPipe, FrameIo, HostSide, Interrupter as AbiInterrupter, Killer as AbiKiller,
-    Layer, PipeError, SpawnError, SpawnSpec, drive,
+    Layer, PipeError, Resource, SpawnError, SpawnSpec, drive,
 };
 use abi::wire::{self, HEADER_LEN, WireError};
 use abi::{CellError, ErrorCode, HostFrame};
@@ -299,9 +299,16 @@ pub fn pipe_error(e: VmError) -> PipeError {
     match e {
         VmError::Killed => PipeError::Killed,
         VmError::Dead(inner) if *inner == VmError::Killed => PipeError::Killed,
-        VmError::GuestOutOfMemory { .. } => limit(ErrorCode::LimitMemory, &e),
+        // Limits used up: the host side words these the same for every backend.
+        VmError::GuestOutOfMemory { .. } => PipeError::Exhausted {
+            resource: Resource::Memory,
+            detail: e.to_string(),
+        },
         VmError::StackOverflow { .. } => limit(ErrorCode::LimitCallDepth, &e),
-        VmError::CpuTimeExceeded { .. } => limit(ErrorCode::LimitCpu, &e),
+        VmError::CpuTimeExceeded { .. } => PipeError::Exhausted {
+            resource: Resource::CpuTime,
+            detail: e.to_string(),
+        },
         VmError::Aborted(reason) => PipeError::Aborted(reason),
         VmError::Dead(inner) if matches!(*inner, VmError::Aborted(_)) => pipe_error(*inner),
         VmError::FrameTooLarge { len, cap } => PipeError::Wire(WireError::TooLarge {

@@ -169,7 +169,7 @@ fn hostile_guests_are_reported_as_typed_errors() {
 
     let (p, v) = hostile(MODE_HEAP_EXHAUST);
     assert!(
-        matches!(p, PipeError::Aborted(ref e) if e.code == abi::ErrorCode::LimitMemory && e.message.contains("32 MiB")),
+        matches!(p, PipeError::Exhausted { resource: abi::backend::Resource::Memory, ref detail } if detail.contains("32 MiB")),
         "{p:?}"
     );
     assert!(matches!(v, VmError::GuestOutOfMemory { .. }), "{v:?}");

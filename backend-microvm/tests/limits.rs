@@ -26,6 +26,8 @@ fn deep_limits() -> EngineLimits {
 fn limit_error(r: Result<(), PipeError>, code: ErrorCode) -> String {
     match r {
         Err(PipeError::Aborted(e)) if e.code == code => e.message,
+        // A limit the boundary enforces: the host side words the message, the detail is here.
+        Err(p @ PipeError::Exhausted { .. }) if p.to_cell_error().code == code => p.to_string(),
         other => panic!("expected {code}, got {other:?}"),
     }
 }

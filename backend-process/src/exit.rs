@@ -1,7 +1,7 @@
 //! What a cell's end means: a limit it reached (with that limit's error code), a
 //! confinement step a forked cell failed, a crash, or a clean exit.
 
-use abi::backend::PipeError;
+use abi::backend::{PipeError, Resource};
 use abi::{CellError, ErrorCode};
 
 use crate::cell::{ExitStatus, Termination};
@@ -15,26 +15,23 @@ pub(crate) fn classify(t: &Termination, limits: &Limits) -> PipeError {
     if t.killed_by_host {
         return PipeError::Killed;
     }
-    let memory = || {
-        PipeError::Aborted(CellError::new(
-            ErrorCode::LimitMemory,
-            format!(
-                "the cell ran out of memory (limit {} MiB)",
-                limits.memory_bytes >> 20
-            ),
-        ))
+    // Limits used up: the host side words these the same for every backend.
+    let memory = || PipeError::Exhausted {
+        resource: Resource::Memory,
+        detail: format!(
+            "the process ran out of memory (limit {} MiB)",
+            limits.memory_bytes >> 20
+        ),
     };
     if t.oom_killed {
         return memory();
     }
-    let cpu = || {
-        PipeError::Aborted(CellError::new(
-            ErrorCode::LimitCpu,
-            format!(
-                "the cell used up its CPU time ({} ms over its life)",
-                limits.cpu_time_ms
-            ),
-        ))
+    let cpu = || PipeError::Exhausted {
+        resource: Resource::CpuTime,
+        detail: format!(
+            "the process used up its CPU time ({} ms over its life)",
+            limits.cpu_time_ms
+        ),
     };
     match t.status {
         ExitStatus::Exited(0) => PipeError::Closed,

@@ -65,6 +65,8 @@ fn done(host: &Recorder) -> Result<abi::Value, abi::CellError> {
 fn aborted_with(res: Result<(), PipeError>, code: ErrorCode) -> String {
     match res {
         Err(PipeError::Aborted(e)) if e.code == code => e.message,
+        // A limit the boundary enforces: the host side words the message, the detail is here.
+        Err(p @ PipeError::Exhausted { .. }) if p.to_cell_error().code == code => p.to_string(),
         other => panic!("expected {code:?}, got {other:?}"),
     }
 }

@@ -10,9 +10,16 @@
 //! The engine runs on a stack of its own ([`stack`]), so a deep script ends in a limit error
 //! and never overflows the caller's stack; a panic inside the engine ends that cell only
 //! (`cell_crashed`), never the embedding program.
+//!
+//! `memory_mib` binds when the program's global allocator is [`AccountingAllocator`]
+//! ([`memory`]): every block the engine allocates is charged to its cell, and a cell past its
+//! limit is stopped at its next operation and gone with `limit_memory`.
 
 mod cpu;
+pub mod memory;
 pub mod stack;
+
+pub use memory::AccountingAllocator;
 
 use abi::backend::{
     Backend, CellPipe, Flow, HostSide, Killer, Layer, PipeError, Resource, SpawnError, SpawnSpec,
@@ -36,7 +43,7 @@ impl Backend for Subinterp {
     }
 
     fn host_layers(&self) -> Vec<Layer> {
-        vec![interpreter_layer()]
+        vec![interpreter_layer(), memory_layer()]
     }
 
     fn spawn(
@@ -44,16 +51,29 @@ impl Backend for Subinterp {
         spec: &SpawnSpec,
         host: Arc<dyn HostSide>,
     ) -> Result<Box<dyn CellPipe>, SpawnError> {
-        if let Some(layer) = spec.required_layers.first() {
+        for layer in &spec.required_layers {
+            let reason = match layer.as_str() {
+                MEMORY_LAYER if memory::installed() => continue,
+                MEMORY_LAYER => {
+                    "this program's global allocator is not the backend's AccountingAllocator, so nothing counts a cell's memory"
+                }
+                _ => {
+                    "the subinterp boundary is the interpreter instance only; use the process or microvm backend"
+                }
+            };
             return Err(SpawnError::MissingLayer {
                 layer: layer.clone(),
-                reason: "the subinterp boundary is the interpreter instance only; use the process or microvm backend".into(),
+                reason: reason.into(),
             });
         }
         Ok(Box::new(SubinterpPipe {
             stop: Arc::new(Stop {
                 cpu: cpu::CpuBudget::new(spec.resources.cpu_time_ms),
-                ..Stop::default()
+                memory: memory::Account::new(spec.resources.memory_bytes),
+                killed: AtomicBool::default(),
+                out_of_memory: AtomicBool::default(),
+                aborted: AtomicU8::default(),
+                deadline: Mutex::default(),
             }),
             host,
             cell: None,
@@ -73,8 +93,23 @@ fn interpreter_layer() -> Layer {
     }
 }
 
+/// The layer that makes `memory_mib` bind in-process: the accounting allocator.
+const MEMORY_LAYER: &str = "memory-accounting";
+
+fn memory_layer() -> Layer {
+    Layer {
+        name: MEMORY_LAYER.into(),
+        active: memory::installed(),
+        detail: if memory::installed() {
+            "every heap block a cell's engine allocates is charged to it against memory_mib".into()
+        } else {
+            "memory_mib is not enforced: this program's global allocator is not AccountingAllocator"
+                .into()
+        },
+    }
+}
+
 /// Why a running script must stop, shared with the engine's progress callback.
-#[derive(Default)]
 struct Stop {
     killed: AtomicBool,
     /// Set by the host side's `Flow::Abort`: the code to stop with.
@@ -82,6 +117,16 @@ struct Stop {
     deadline: Mutex<Option<Instant>>,
     /// The cell's CPU-time limit, charged on the thread that runs it.
     cpu: cpu::CpuBudget,
+    /// The heap the cell's blocks take, against `memory_mib`.
+    memory: Arc<memory::Account>,
+    /// Set when a script was stopped for passing `memory_mib`.
+    out_of_memory: AtomicBool,
+}
+
+impl Stop {
+    fn out_of_memory(&self) -> bool {
+        self.out_of_memory.load(Ordering::Relaxed) || self.memory.over_limit()
+    }
 }
 
 const NOT_ABORTED: u8 = 0;
@@ -93,6 +138,11 @@ impl Interrupt for Stop {
         }
         if self.aborted.load(Ordering::Relaxed) != NOT_ABORTED {
             return Some(ErrorCode::ProtocolViolation);
+        }
+        if self.memory.over_limit() {
+            // Sticky: the script's blocks are freed as it unwinds, but the cell is done.
+            self.out_of_memory.store(true, Ordering::Relaxed);
+            return Some(ErrorCode::LimitMemory);
         }
         if operations.is_multiple_of(CLOCK_EVERY) && self.cpu.exhausted_now() {
             return Some(ErrorCode::LimitCpu);
@@ -125,7 +175,7 @@ struct Inline {
 
 impl Transport for Inline {
     fn send(&mut self, frame: GuestFrame) -> Result<(), TransportError> {
-        if self.stop.cpu.is_exhausted() {
+        if self.stop.cpu.is_exhausted() || self.stop.out_of_memory() {
             // The script's own report of the stop never reaches the host: the backend reports it.
             return Err(TransportError::Closed);
         }
@@ -140,7 +190,8 @@ impl Transport for Inline {
                 ),
             ));
         }
-        match self.host.on_frame(frame) {
+        // What the host side allocates to handle the frame is the host's, not the cell's.
+        match memory::uncharged(|| self.host.on_frame(frame)) {
             Flow::Reply(reply) => self.reply = Some(reply),
             Flow::Abort(err) => {
                 self.stop.aborted.store(1, Ordering::Relaxed);
@@ -221,12 +272,16 @@ impl CellPipe for SubinterpPipe {
                     max_frame_len: self.max_frame_len,
                     abort: self.abort.clone(),
                 };
-                match Cell::with_stack(
-                    &hello,
-                    Box::new(transport),
-                    self.stop.clone(),
-                    stack::ENGINE_BUDGET_BYTES,
-                ) {
+                // The engine and its state are the cell's from the start.
+                let cell = self.stop.memory.charge(|| {
+                    Cell::with_stack(
+                        &hello,
+                        Box::new(transport),
+                        self.stop.clone(),
+                        stack::ENGINE_BUDGET_BYTES,
+                    )
+                });
+                match cell {
                     Ok(cell) => {
                         self.cell = Some(cell);
                         self.deliver(GuestFrame::Ready(runtime::ready()))
@@ -252,21 +307,28 @@ impl CellPipe for SubinterpPipe {
                     )));
                 };
                 // A limit used up by the last operation stops this one before it runs.
-                let run = if self.stop.cpu.exhausted_now() {
+                let run = if self.stop.cpu.exhausted_now() || self.stop.out_of_memory() {
                     None
                 } else {
                     self.stop.cpu.start();
-                    let run = run_engine(cell, frame);
+                    let run = self.stop.memory.charge(|| run_engine(cell, frame));
                     self.stop.cpu.stop();
                     Some(run)
                 };
-                let Some(run) = run.filter(|_| !self.stop.cpu.is_exhausted()) else {
-                    // As in the other backends, a cell past its CPU time is gone.
+                let used_up = if self.stop.cpu.is_exhausted() {
+                    Some((Resource::CpuTime, self.stop.cpu.to_string()))
+                } else if self.stop.out_of_memory() {
+                    Some((Resource::Memory, self.stop.memory.to_string()))
+                } else {
+                    None
+                };
+                let (Some(run), None) = (run, &used_up) else {
+                    // As in the other backends, a cell past its CPU time or memory is gone (and
+                    // dropping it gives its engine's memory back).
                     self.cell = None;
-                    return Err(PipeError::Exhausted {
-                        resource: Resource::CpuTime,
-                        detail: self.stop.cpu.to_string(),
-                    });
+                    let (resource, detail) =
+                        used_up.unwrap_or((Resource::CpuTime, self.stop.cpu.to_string()));
+                    return Err(PipeError::Exhausted { resource, detail });
                 };
                 let step = match run {
                     Ok(step) => step,

@@ -12,6 +12,10 @@ use std::hint::black_box;
 
 const GROUP: &str = "subinterp";
 
+/// As `cell` and `cell-serve` run: `memory_mib` binds, and its cost is in every figure.
+#[global_allocator]
+static ALLOCATOR: cell_supervisor::AccountingAllocator = cell_supervisor::AccountingAllocator;
+
 fn main() {
     let mut c = common::criterion();
     let supervisor = Supervisor::new();

@@ -31,6 +31,10 @@ pub mod policy;
 mod supervisor;
 
 pub use abi::{CellError, ErrorCode, Level, Map, Value};
+/// The global allocator that makes `memory_mib` bind on subinterp cells; a program that runs
+/// them installs it with `#[global_allocator]`.
+#[cfg(feature = "subinterp")]
+pub use backend_subinterp::AccountingAllocator;
 /// The broker crate: capabilities, rules, audit sinks (`cell-broker`).
 pub use broker;
 pub use builder::SupervisorBuilder;

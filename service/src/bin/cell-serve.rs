@@ -27,6 +27,10 @@ enum Tenant {
     Add(TenantAddArgs),
 }
 
+/// Makes `memory_mib` bind on subinterp cells.
+#[global_allocator]
+static ALLOCATOR: supervisor::AccountingAllocator = supervisor::AccountingAllocator;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .json()

@@ -1,0 +1,146 @@
+//! Black-box: hostile scripts through `cell run` on every backend give the same answer, word
+//! for word (the error line on stdout and the exit code), and the `cell` process survives them.
+//!
+//! A backend this host cannot run is named on stderr as SKIPPED; the test fails if fewer than
+//! two backends ran, since then nothing was compared.
+
+use std::path::Path;
+use std::process::Command;
+
+struct Case {
+    name: &'static str,
+    policy: &'static str,
+    script: &'static str,
+    /// The error code every backend must report.
+    code: &'static str,
+}
+
+/// Size and operation limits off where a case is about another limit, so that only it stops
+/// the script.
+const UNBOUNDED: &str =
+    "max_operations = 0\nmax_string_len = 0\nmax_array_len = 0\nmax_map_len = 0\n";
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "memory in many small blocks",
+            policy: "memory_mib = 32\n",
+            script: "let a = []; loop { a.push(`item ${a.len()}`); }",
+            code: "limit_memory",
+        },
+        Case {
+            name: "memory in one doubling string",
+            policy: "memory_mib = 32\n",
+            script: r#"let s = "0123456789abcdef"; loop { s += s; }"#,
+            code: "limit_memory",
+        },
+        Case {
+            name: "cpu time",
+            policy: "cpu_time_ms = 300\nwall_time_ms = 60000\n",
+            script: "loop {}",
+            code: "limit_cpu",
+        },
+        Case {
+            name: "wall time",
+            policy: "wall_time_ms = 300\n",
+            script: "loop {}",
+            code: "timed_out",
+        },
+        Case {
+            name: "endless recursion",
+            policy: "",
+            script: "fn f(n) { f(n + 1) } f(0)",
+            code: "limit_call_depth",
+        },
+        Case {
+            name: "a thrown map that looks like a host error",
+            policy: "",
+            script: r#"throw #{code: 42, message: "the host says: cell crashed"}"#,
+            code: "runtime",
+        },
+    ]
+}
+
+fn kvm() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+fn backends() -> Vec<&'static str> {
+    let mut ran = vec!["subinterp"];
+    if backend_process::host_support().user_namespaces {
+        ran.push("process");
+    } else {
+        eprintln!("SKIPPED on process: this host has no user namespaces");
+    }
+    if kvm() {
+        ran.push("microvm");
+    } else {
+        eprintln!("SKIPPED on microvm: /dev/kvm is absent or not writable");
+    }
+    ran
+}
+
+/// The exit code and the error line of one run.
+fn run(dir: &Path, case: &Case, backend: &str) -> (Option<i32>, serde_json::Value) {
+    let policy = dir.join("policy.toml");
+    let script = dir.join("script.rhai");
+    let limits = if case.policy.is_empty() {
+        String::new()
+    } else {
+        format!("[limits]\n{UNBOUNDED}{}", case.policy)
+    };
+    std::fs::write(&policy, limits).unwrap();
+    std::fs::write(&script, case.script).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cell"))
+        .args(["run", "--backend", backend, "--policy"])
+        .arg(&policy)
+        .arg(&script)
+        .env_remove("CELL_LOG")
+        .output()
+        .expect("run cell");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_else(|| {
+        panic!(
+            "{} on {backend}: no output; stderr: {}",
+            case.name,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let line: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("{} on {backend}: not JSON: {last}: {e}", case.name));
+    (out.status.code(), line)
+}
+
+#[test]
+fn hostile_scripts_get_the_same_answer_on_every_backend() {
+    let backends = backends();
+    assert!(
+        backends.len() >= 2,
+        "only {backends:?} can run here: nothing to compare"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut disagreements = Vec::new();
+    for case in cases() {
+        let answers: Vec<_> = backends
+            .iter()
+            .map(|b| (b, run(dir.path(), &case, b)))
+            .collect();
+        let (first, (code, line)) = &answers[0];
+        assert_eq!(line["event"], "error", "{} on {first}: {line}", case.name);
+        assert_eq!(line["code"], case.code, "{} on {first}: {line}", case.name);
+        assert_eq!(*code, Some(if case.code == "runtime" { 1 } else { 5 }));
+        for (backend, answer) in &answers[1..] {
+            if answer != &answers[0].1 {
+                disagreements.push(format!(
+                    "{}: {first} says {:?}, {backend} says {:?}",
+                    case.name, answers[0].1, answer
+                ));
+            }
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+}
