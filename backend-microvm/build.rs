@@ -37,8 +37,8 @@ fn main() {
     for f in ["Cargo.toml", "Cargo.lock", "link.ld", "build.rs"] {
         println!("cargo:rerun-if-changed={}", guest.join(f).display());
     }
-    // The guest is the cell runtime: rebuild when its crates change.
-    for dep in ["../guest-runtime", "../abi"] {
+    // The guest is the cell runtime: rebuild when its crates (or the vendored engine) change.
+    for dep in ["../guest-runtime", "../abi", "../vendor/rhai"] {
         let d = manifest_dir.join(dep);
         rerun_dir(&d.join("src"));
         println!("cargo:rerun-if-changed={}", d.join("Cargo.toml").display());

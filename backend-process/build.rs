@@ -27,6 +27,7 @@ fn main() {
         "src/step.rs",
         "../guest-runtime",
         "../abi",
+        "../vendor/rhai",
     ] {
         println!("cargo:rerun-if-changed={path}");
     }

@@ -73,6 +73,11 @@ pub static SCENARIOS: &[Scenario] = &[
         run: engine_limits,
     },
     Scenario {
+        name: "collection_growth",
+        setup: tight_engine,
+        run: collection_growth,
+    },
+    Scenario {
         name: "kill_running_cell",
         setup: unlimited_ops,
         run: kill_running_cell,
@@ -256,6 +261,115 @@ fn engine_limits(cell: &Cell, t: &mut Transcript, _h: &Harness) {
     let deep = format!("{}1{}", "(".repeat(64), ")".repeat(64));
     let _ = t.exec(cell, &deep);
     let _ = t.exec(cell, "\"limits are per exec: still usable\"");
+    t.drain(cell);
+}
+
+/// Every way a script can grow a string, an array (or BLOB) or a map past its limit, each
+/// ending with a value that is not the grown collection, so only the check at the mutation can
+/// catch it: each gives that limit's code. A limit counts one collection: a string's bytes, an
+/// array's elements (a BLOB's bytes), a map's entries; nested collections are each their own.
+fn collection_growth(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+    // `tight_engine`: strings 1,000 bytes, arrays 100 elements, maps 100 entries.
+    t.note("strings: each growth path past 1,000 bytes");
+    for source in [
+        r#"let s = "x"; for i in 0..20 { s += s; } 0"#,
+        r#"let s = ""; for i in 0..2000 { s += 'x'; } 0"#,
+        r#"let s = ""; for i in 0..200 { s += 1234567890; } 0"#,
+        r#"let s = "x"; for i in 0..20 { s = s + s; } 0"#,
+        r#"let s = "x"; for i in 0..20 { s = `${s}${s}`; } 0"#,
+        r#"let s = ""; for i in 0..200 { s.append("0123456789"); } 0"#,
+        r#"let s = "x"; s.pad(2000, '-'); 0"#,
+        r#"let s = "xxxxxxxxxx"; for i in 0..3 { s.replace("x", "xxxxxxxxxx"); } 0"#,
+        r#"let s = ""; s.pad(500, 'ŉ'); s.make_upper(); 0"#,
+        r#"let s = ""; s.pad(500, 'ŉ'); let u = s.to_upper(); 0"#,
+        r#"let s = ""; s.pad(1000, 'a'); s[0] = '😀'; 0"#,
+        r#"let p = ""; p.pad(400, '-'); let a = [p, p, p]; let s = a.to_string(); 0"#,
+        r#"let s = "x"; s[0..1] = "0123456789"; for i in 0..10 { s[0..1] = s; } 0"#,
+        r#"let a = [""]; for i in 0..200 { a[0] += "0123456789"; } 0"#,
+        r#"let m = #{s: ""}; for i in 0..200 { m.s += "0123456789"; } 0"#,
+    ] {
+        let _ = t.exec(cell, source);
+    }
+    t.note("arrays: each growth path past 100 elements");
+    for source in [
+        "let a = []; for i in 0..200 { a.push(i); } 0",
+        "let a = []; for i in 0..200 { a += i; } 0",
+        "let a = []; for i in 0..200 { a += [i, i]; } 0",
+        "let a = []; for i in 0..200 { a.append([i, i]); } 0",
+        "let a = []; for i in 0..200 { a = a + [i]; } 0",
+        "let a = []; for i in 0..200 { a.insert(0, i); } 0",
+        "let a = []; a.pad(200, 0); 0",
+        "let a = []; for i in 0..200 { a.splice(0, 0, [i, i]); } 0",
+        "let a = [[]]; for i in 0..200 { a[0].push(i); } 0",
+        "let a = [[]]; for i in 0..200 { a[0] += [i]; } 0",
+        "let m = #{a: []}; for i in 0..200 { m.a.push(i); } 0",
+        "let a = []; let f = |x| a.push(x); for i in 0..200 { f.call(i); } 0",
+        "fn grow() { for i in 0..200 { this.push(i); } } let a = []; a.grow(); 0",
+        r#"let s = ""; s.pad(300, ','); let a = s.split(","); 0"#,
+        r#"let s = ""; s.pad(300, 'x'); let a = s.to_chars(); 0"#,
+        "let b = blob(); for i in 0..200 { b.push(i); } 0",
+        "let b = blob(200); 0",
+        "let b = blob(); for i in 0..200 { b += 1; } 0",
+    ] {
+        let _ = t.exec(cell, source);
+    }
+    let literal = format!("let a = [{}]; 0", vec!["0"; 101].join(", "));
+    let r = cell.exec(&literal);
+    t.line(format!(
+        "exec <a 101-element array literal> -> {}",
+        Transcript::full(&r).split(':').next().unwrap_or_default()
+    ));
+    t.note("maps: each growth path past 100 entries");
+    for source in [
+        r#"let m = #{}; for i in 0..200 { m["k" + i] = i; } 0"#,
+        r#"let m = #{}; for i in 0..200 { m[`k${i}`] = [i]; } 0"#,
+        r#"let m = #{inner: #{}}; for i in 0..200 { m.inner["k" + i] = i; } 0"#,
+        r#"let m = #{inner: #{}}; for i in 0..200 { m["inner"]["k" + i] = i; } 0"#,
+        r#"let a = [#{}]; for i in 0..200 { a[0]["k" + i] = i; } 0"#,
+        r#"let m = #{}; let f = |i| m["k" + i] = i; for i in 0..200 { f.call(i); } 0"#,
+        r#"let m = #{}; for i in 0..200 { let n = #{}; n["k" + i] = i; m += n; } 0"#,
+        r#"let m = #{}; for i in 0..200 { let n = #{}; n["k" + i] = i; m.mixin(n); } 0"#,
+        r#"let m = #{}; for i in 0..200 { let n = #{}; n["k" + i] = i; m.fill_with(n); } 0"#,
+        r#"let m = #{}; for i in 0..200 { let n = #{}; n["k" + i] = i; m = m + n; } 0"#,
+        r#"let j = "{"; for i in 0..101 { j += `"k${i}":1,`; } j += `"e":0}`; let m = parse_json(j); 0"#,
+    ] {
+        let _ = t.exec(cell, source);
+    }
+    let fields: String = (0..=100).map(|i| format!("m.f{i} = {i}; ")).collect();
+    let r = cell.exec(&format!("let m = #{{}}; {fields}0"));
+    t.line(format!(
+        "exec <m.f0 = 0; ... m.f100 = 100> -> {}",
+        Transcript::full(&r).split(':').next().unwrap_or_default()
+    ));
+    let literal = format!(
+        "let m = #{{{}}}; 0",
+        (0..=100)
+            .map(|i| format!("f{i}: {i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let r = cell.exec(&literal);
+    t.line(format!(
+        "exec <a 101-entry map literal> -> {}",
+        Transcript::full(&r).split(':').next().unwrap_or_default()
+    ));
+    t.note("each limit counts one collection: at the limit is fine, nesting is not summed");
+    t.note("values nest at most 256 deep (`[]` is 1 deep): past it, limit_value");
+    for source in [
+        r#"let s = ""; s.pad(1000, 'x'); s.len()"#,
+        "let a = []; for i in 0..100 { a.push(i); } a.len()",
+        r#"let m = #{}; for i in 0..100 { m["k" + i] = i; } m.len()"#,
+        r#"let p = ""; p.pad(900, '-'); let a = []; for i in 0..50 { a.push(p); } a.len()"#,
+        "let a = []; for i in 0..50 { a.push([]); a[i].pad(100, i); } a.len()",
+        r#"let m = #{}; for i in 0..20 { let n = #{}; m["k" + i] = n; for j in 0..100 { m["k" + i]["j" + j] = j; } } m.len()"#,
+        "let a = []; for i in 1..256 { a = [a]; } a.to_string().len()",
+        "let a = []; for i in 0..300 { a = [a]; } 0",
+        "let a = []; for i in 0..300 { let b = []; b.push(a); a = b; } 0",
+        "let m = #{}; for i in 0..300 { let n = #{}; n.x = m; m = n; } 0",
+        r#""limits hold per mutation: still usable""#,
+    ] {
+        let _ = t.exec(cell, source);
+    }
     t.drain(cell);
 }
 

@@ -122,6 +122,7 @@ impl Cell {
             .set_max_string_size(limits.max_string_len as usize)
             .set_max_array_size(limits.max_array_len as usize)
             .set_max_map_size(limits.max_map_len as usize)
+            .set_max_value_depth(limits::MAX_VALUE_NESTING)
             .set_max_modules(hello.modules.len().max(1));
         // Out of model: a script using `eval` fails to compile with a hint (see `errors`).
         engine.disable_symbol("eval");

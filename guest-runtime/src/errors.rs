@@ -80,18 +80,7 @@ pub fn cell_error(err: &EvalAltResult) -> CellError {
         E::ErrorVariableNotFound(..) | E::ErrorPropertyNotFound(..) => ErrorCode::NotFound,
         E::ErrorTooManyOperations(_) => ErrorCode::LimitOperations,
         E::ErrorStackOverflow(_) => ErrorCode::LimitCallDepth,
-        E::ErrorDataTooLarge(what, _) => {
-            let what = what.to_ascii_lowercase();
-            if what.contains("string") {
-                ErrorCode::LimitStringSize
-            } else if what.contains("array") {
-                ErrorCode::LimitArraySize
-            } else if what.contains("map") {
-                ErrorCode::LimitMapSize
-            } else {
-                ErrorCode::LimitValue
-            }
-        }
+        E::ErrorDataTooLarge(what, _) => data_limit_code(what),
         E::ErrorTerminated(token, _) => {
             let code = token
                 .as_int()
@@ -105,6 +94,21 @@ pub fn cell_error(err: &EvalAltResult) -> CellError {
         _ => ErrorCode::Runtime,
     };
     CellError::new(code, err.to_string())
+}
+
+/// The limit code for the engine's description of what is too large (`Length of string`,
+/// `Size of array/BLOB`, `Size of array literal`, `Size of object map`, ...).
+fn data_limit_code(what: &str) -> ErrorCode {
+    let what = what.to_ascii_lowercase();
+    if what.contains("string") {
+        ErrorCode::LimitStringSize
+    } else if what.contains("array") {
+        ErrorCode::LimitArraySize
+    } else if what.contains("map") {
+        ErrorCode::LimitMapSize
+    } else {
+        ErrorCode::LimitValue
+    }
 }
 
 fn terminated_message(code: ErrorCode) -> String {
@@ -137,8 +141,9 @@ fn parse_error(kind: &ParseErrorType, err: &EvalAltResult) -> CellError {
         {
             out_of_model(word)
         }
-        ParseErrorType::LiteralTooLarge(..) => {
-            CellError::new(ErrorCode::LimitValue, err.to_string())
+        // A literal past a collection limit gives that limit's code, as growing one does.
+        ParseErrorType::LiteralTooLarge(what, _) => {
+            CellError::new(data_limit_code(what), err.to_string())
         }
         _ => CellError::new(ErrorCode::Syntax, err.to_string()),
     }

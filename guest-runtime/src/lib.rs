@@ -6,6 +6,13 @@
 //!   out of model (`eval`, `print`, `debug`, undeclared imports) fails with a hint;
 //! * [`Transport`] — the pipe a backend supplies; [`agent::serve`] is the loop over it;
 //! * [`Interrupt`] — cancellation and deadlines, polled from the engine's progress callback.
+//!
+//! Data limits, as the engine (Rhai 1.27, patched: `vendor/README.md`) checks them on every
+//! change, each in O(1): `max_string_len` is one string's length in bytes, `max_array_len` one
+//! array's element count (a BLOB's byte count), `max_map_len` one map's entry count; nested
+//! collections are each held to their limit, never summed. Values nest at most
+//! [`limits::MAX_VALUE_NESTING`] deep. Each gives its own code (`limit_string_size`,
+//! `limit_array_size`, `limit_map_size`, `limit_value`), for a literal as for a run-time change.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 

@@ -23,7 +23,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 pub const ENGINE_STACK_BYTES: usize = 1792 << 10;
 
 /// Stack kept free below the budget for the deepest single operation (a native function, the
-/// recursion of one value through the engine's size checks or a conversion).
+/// recursion of one value at most [`MAX_VALUE_NESTING`] deep, or a conversion).
 pub const STACK_RESERVE_BYTES: usize = 256 << 10;
 
 /// Upper bound of `max_call_depth` a policy may set.
@@ -31,6 +31,13 @@ pub const MAX_CALL_DEPTH: u32 = 128;
 
 /// Upper bound of `max_expr_depth` a policy may set.
 pub const MAX_EXPR_DEPTH: u32 = 256;
+
+/// Deepest nesting of arrays and maps a script may build (`[]` is 1 deep, `[[]]` 2): past it,
+/// `limit_value`. The size limits count one collection each, so they no longer bound depth;
+/// this does, so that the engine's recursive work on one value (printing, comparing, copying,
+/// dropping it) fits in [`STACK_RESERVE_BYTES`]. Checked where a value is nested into another,
+/// in time proportional to the value nested (which was just made or copied).
+pub const MAX_VALUE_NESTING: usize = 256;
 
 /// Deepest value that crosses the boundary (the ABI's own bound).
 pub const MAX_VALUE_DEPTH: usize = abi::value::MAX_VALUE_DEPTH;

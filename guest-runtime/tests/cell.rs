@@ -339,6 +339,101 @@ fn engine_limits_apply() {
     assert_eq!(c.exec("40 + 2").unwrap(), Value::Int(42));
 }
 
+#[test]
+fn each_collection_limit_counts_one_collection_and_every_growth_path_is_checked() {
+    let limits = EngineLimits {
+        max_string_len: 100,
+        max_array_len: 10,
+        max_map_len: 10,
+        ..EngineLimits::default()
+    };
+    let (mut c, _) = cell_with(limits, &[]);
+    for (src, code) in [
+        // A map grown by assignment (index or property) is held to its limit.
+        (
+            r#"let m = #{}; for i in 0..20 { m["k" + i] = i; } 0"#,
+            ErrorCode::LimitMapSize,
+        ),
+        (
+            "let m = #{}; m.a = 1; m.b = 2; m.c = 3; m.d = 4; m.e = 5; m.f = 6; m.g = 7; m.h = 8; m.i = 9; m.j = 10; m.k = 11; 0",
+            ErrorCode::LimitMapSize,
+        ),
+        // `array += array` is checked after appending.
+        (
+            "let a = []; a += [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]; 0",
+            ErrorCode::LimitArraySize,
+        ),
+        // A string grown through one of its characters.
+        (
+            r#"let s = ""; s.pad(100, 'a'); s[0] = '😀'; 0"#,
+            ErrorCode::LimitStringSize,
+        ),
+        // A literal past a limit gives that limit's code.
+        (
+            "let a = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]; 0",
+            ErrorCode::LimitArraySize,
+        ),
+    ] {
+        assert_eq!(c.exec(src).unwrap_err().code, code, "{src}");
+    }
+    for (src, value) in [
+        // Limits count one collection: the strings and arrays inside are not summed.
+        (
+            r#"let p = ""; p.pad(90, '-'); let a = []; for i in 0..10 { a.push(p); } a.len()"#,
+            10,
+        ),
+        (
+            "let a = []; for i in 0..10 { a.push([]); a[i].pad(10, i); } a.len()",
+            10,
+        ),
+        // A literal of exactly the limit is fine.
+        ("let a = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]; a.len()", 10),
+    ] {
+        assert_eq!(c.exec(src).unwrap(), Value::Int(value), "{src}");
+    }
+}
+
+/// A value nested as deep as scripts may nest one is printed, copied and dropped on
+/// the stack every backend gives the engine; one level deeper is a `limit_value` error, however
+/// it is nested.
+#[test]
+fn values_nest_up_to_the_bound_and_no_deeper() {
+    use cell_runtime::limits::{ENGINE_STACK_BYTES, MAX_VALUE_NESTING};
+    let n = MAX_VALUE_NESTING;
+    let run = move || {
+        let (mut c, _) = cell_with(EngineLimits::default(), &[]);
+        let build = format!("let a = []; for i in 1..{n} {{ a = [a]; }} ");
+        let len = c
+            .exec(&format!(
+                "{build} let b = a; let s = b.to_string(); s.len()"
+            ))
+            .unwrap();
+        assert_eq!(len, Value::Int(2 * n as i64), "[[...]] at the bound");
+        for src in [
+            format!("{build} a = [a]; 0"),
+            format!("{build} let b = []; b.push(a); 0"),
+            format!("{build} let b = [0]; b[0] = a; 0"),
+            format!("{build} let m = #{{}}; m.x = a; m.y = [a]; 0"),
+            format!("{build} let m = #{{x: a}}; 0"),
+            format!("{build} let b = [1]; b.insert(0, a); 0"),
+            format!("{build} fn wrap(x) {{ [x] }} wrap(a); 0"),
+            format!("{build} [1].map(|x| a).map(|x| [x]); 0"),
+        ] {
+            let Err(e) = c.exec(&src) else {
+                panic!("{src}: no error")
+            };
+            assert_eq!(e.code, ErrorCode::LimitValue, "{src}: {e}");
+        }
+    };
+    // Tests build without optimisation, so frames are larger here than in the guests.
+    std::thread::Builder::new()
+        .stack_size(ENGINE_STACK_BYTES)
+        .spawn(run)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
 struct Flag(AtomicBool);
 impl Interrupt for Flag {
     fn check(&self, _: u64) -> Option<ErrorCode> {
