@@ -120,6 +120,9 @@ pub enum Resource {
     Memory,
     /// [`Resources::cpu_time_ms`].
     CpuTime,
+    /// The stack the engine runs on: something nested deeper than the stack budget's checks
+    /// see (a value cloned or dropped level by level) reached the guard page.
+    Stack,
 }
 
 /// Why a transaction did not complete.
@@ -164,6 +167,10 @@ impl PipeError {
                 resource: Resource::CpuTime,
                 ..
             } => ErrorCode::LimitCpu,
+            PipeError::Exhausted {
+                resource: Resource::Stack,
+                ..
+            } => ErrorCode::LimitCallDepth,
             PipeError::Aborted(e) => return e.clone(),
         };
         CellError::new(code, std::format!("{self}"))

@@ -295,7 +295,6 @@ struct VmIo {
 
 /// Map a VM stop to the pipe error the supervisor understands.
 pub fn pipe_error(e: VmError) -> PipeError {
-    let limit = |code, e: &VmError| PipeError::Aborted(CellError::new(code, e.to_string()));
     match e {
         VmError::Killed => PipeError::Killed,
         VmError::Dead(inner) if *inner == VmError::Killed => PipeError::Killed,
@@ -304,7 +303,10 @@ pub fn pipe_error(e: VmError) -> PipeError {
             resource: Resource::Memory,
             detail: e.to_string(),
         },
-        VmError::StackOverflow { .. } => limit(ErrorCode::LimitCallDepth, &e),
+        VmError::StackOverflow { .. } => PipeError::Exhausted {
+            resource: Resource::Stack,
+            detail: e.to_string(),
+        },
         VmError::CpuTimeExceeded { .. } => PipeError::Exhausted {
             resource: Resource::CpuTime,
             detail: e.to_string(),

@@ -155,9 +155,16 @@ fn hostile_guests_are_reported_as_typed_errors() {
 
     let (p, v) = hostile(MODE_STACK_OVERFLOW);
     assert!(
-        matches!(p, PipeError::Aborted(ref e) if e.code == abi::ErrorCode::LimitCallDepth),
+        matches!(
+            p,
+            PipeError::Exhausted {
+                resource: abi::backend::Resource::Stack,
+                ..
+            }
+        ),
         "{p:?}"
     );
+    assert_eq!(p.to_cell_error().code, abi::ErrorCode::LimitCallDepth);
     assert!(matches!(v, VmError::StackOverflow { .. }), "{v:?}");
 
     let (p, v) = hostile(MODE_WRITE_OUTSIDE);

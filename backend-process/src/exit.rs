@@ -2,7 +2,6 @@
 //! confinement step a forked cell failed, a crash, or a clean exit.
 
 use abi::backend::{PipeError, Resource};
-use abi::{CellError, ErrorCode};
 
 use crate::cell::{ExitStatus, Termination};
 use crate::fork_protocol::exit;
@@ -37,10 +36,10 @@ pub(crate) fn classify(t: &Termination, limits: &Limits) -> PipeError {
         ExitStatus::Exited(0) => PipeError::Closed,
         ExitStatus::Exited(exit::OUT_OF_MEMORY) => memory(),
         ExitStatus::Exited(exit::CPU_TIME) => cpu(),
-        ExitStatus::Exited(exit::STACK_OVERFLOW) => PipeError::Aborted(CellError::new(
-            ErrorCode::LimitCallDepth,
-            "the script nested too deeply: it ran off the engine's stack",
-        )),
+        ExitStatus::Exited(exit::STACK_OVERFLOW) => PipeError::Exhausted {
+            resource: Resource::Stack,
+            detail: "the guest's stack guard page was hit".into(),
+        },
         // The RLIMIT_CPU backstop (SIGXCPU at the soft limit, SIGKILL at the hard one;
         // the host's own kills and OOM kills are told apart above).
         ExitStatus::Signaled(libc::SIGXCPU) => cpu(),

@@ -177,6 +177,10 @@ fn running_off_the_stack_is_a_call_depth_limit_not_a_crash() {
                 assert_eq!(e.code, ErrorCode::LimitCallDepth, "{e:?}");
                 assert!(e.message.contains("stack"), "{e:?}");
             }
+            // The guard page: the host side words it as the call-depth limit.
+            Err(p @ PipeError::Exhausted { .. }) => {
+                assert_eq!(p.to_cell_error().code, ErrorCode::LimitCallDepth, "{p:?}");
+            }
             Ok(()) => assert_eq!(
                 done(&host).map_err(|e| e.code),
                 Err(ErrorCode::LimitCallDepth)

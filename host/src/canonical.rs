@@ -53,6 +53,10 @@ pub fn exhausted(resource: Resource, limits: Option<&Resources>) -> CellError {
                 _ => "the cell used up its CPU time".into(),
             },
         ),
+        Resource::Stack => CellError::new(
+            ErrorCode::LimitCallDepth,
+            "the script nested too deeply: it ran off the engine's stack",
+        ),
         _ => CellError::new(ErrorCode::CellCrashed, "the cell used up a resource"),
     }
 }

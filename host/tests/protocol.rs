@@ -412,6 +412,14 @@ fn pipe_errors_are_worded_by_the_host() {
             "the cell used up its CPU time limit of 700 ms",
         ),
         (
+            || PipeError::Exhausted {
+                resource: Resource::Stack,
+                detail: "guard page".into(),
+            },
+            ErrorCode::LimitCallDepth,
+            "the script nested too deeply: it ran off the engine's stack",
+        ),
+        (
             || PipeError::Aborted(CellError::new(ErrorCode::Runtime, "in-process guest")),
             ErrorCode::ProtocolViolation,
             "the cell stopped the transaction: runtime: in-process guest",
