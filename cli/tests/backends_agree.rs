@@ -53,6 +53,12 @@ fn cases() -> Vec<Case> {
             code: "limit_call_depth",
         },
         Case {
+            name: "a value nested a million levels deep",
+            policy: "wall_time_ms = 60000\n",
+            script: "let a = []; for i in 0..1000000 { a = [a]; } 1",
+            code: "limit_value",
+        },
+        Case {
             name: "a thrown map that looks like a host error",
             policy: "",
             script: r#"throw #{code: 42, message: "the host says: cell crashed"}"#,
