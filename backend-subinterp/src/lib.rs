@@ -3,7 +3,7 @@
 //! thread hop (a wake across vCPUs costs ~25 µs on the target machine). Guest frames go to the
 //! host side directly, unencoded, but sized against the same frame cap as the byte-stream pipes.
 //!
-//! Kill and deadlines reach a running script through the engine's progress callback: an atomic
+//! Kill, interrupt and deadlines reach a running script through the engine's progress callback: an atomic
 //! flag checked on every operation and the clocks (wall, and the thread CPU clock when the
 //! cell has a CPU-time limit) every [`CLOCK_EVERY`] operations.
 //!
@@ -22,7 +22,8 @@ pub mod stack;
 pub use memory::AccountingAllocator;
 
 use abi::backend::{
-    Backend, CellPipe, Flow, HostSide, Killer, Layer, PipeError, Resource, SpawnError, SpawnSpec,
+    Backend, CellPipe, Flow, HostSide, Interrupter, Killer, Layer, PipeError, Resource, SpawnError,
+    SpawnSpec,
 };
 use abi::{CellError, ErrorCode, GuestFrame, HostFrame, wire};
 use runtime::{Cell, Interrupt, Step, Transport, TransportError};
@@ -72,6 +73,8 @@ impl Backend for Subinterp {
                 memory: memory::Account::new(spec.resources.memory_bytes),
                 killed: AtomicBool::default(),
                 out_of_memory: AtomicBool::default(),
+                in_flight: AtomicBool::default(),
+                interrupted: AtomicBool::default(),
                 aborted: AtomicU8::default(),
                 deadline: Mutex::default(),
             }),
@@ -121,6 +124,10 @@ struct Stop {
     memory: Arc<memory::Account>,
     /// Set when a script was stopped for passing `memory_mib`.
     out_of_memory: AtomicBool,
+    /// Whether the engine runs a transaction now: only then does an interrupt take.
+    in_flight: AtomicBool,
+    /// Set by [`Interrupter::interrupt`] during a transaction; taken by the next check.
+    interrupted: AtomicBool,
 }
 
 impl Stop {
@@ -133,7 +140,10 @@ const NOT_ABORTED: u8 = 0;
 
 impl Interrupt for Stop {
     fn check(&self, operations: u64) -> Option<ErrorCode> {
-        if self.killed.load(Ordering::Relaxed) {
+        if self.killed.load(Ordering::Relaxed)
+            || (self.interrupted.load(Ordering::Relaxed)
+                && self.interrupted.swap(false, Ordering::SeqCst))
+        {
             return Some(ErrorCode::Cancelled);
         }
         if self.aborted.load(Ordering::Relaxed) != NOT_ABORTED {
@@ -160,6 +170,16 @@ impl Interrupt for Stop {
 impl Killer for Stop {
     fn kill(&self) {
         self.killed.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Interrupter for Stop {
+    fn interrupt(&self) {
+        // The script stops at its next operation with `Cancelled`; the host side, told of the
+        // interrupt, words it. Outside a transaction there is nothing to stop.
+        if self.in_flight.load(Ordering::SeqCst) {
+            self.interrupted.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -311,7 +331,10 @@ impl CellPipe for SubinterpPipe {
                     None
                 } else {
                     self.stop.cpu.start();
+                    self.stop.interrupted.store(false, Ordering::SeqCst);
+                    self.stop.in_flight.store(true, Ordering::SeqCst);
                     let run = self.stop.memory.charge(|| run_engine(cell, frame));
+                    self.stop.in_flight.store(false, Ordering::SeqCst);
                     self.stop.cpu.stop();
                     Some(run)
                 };
@@ -352,6 +375,10 @@ impl CellPipe for SubinterpPipe {
 
     fn killer(&self) -> Arc<dyn Killer> {
         self.stop.clone()
+    }
+
+    fn interrupter(&self) -> Option<Arc<dyn Interrupter>> {
+        Some(self.stop.clone())
     }
 
     fn layers(&self) -> Vec<Layer> {
