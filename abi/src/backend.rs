@@ -53,6 +53,15 @@ pub trait Interrupter: Send + Sync {
     fn interrupt(&self);
 }
 
+/// What a cell uses now, as its boundary counts it, read from any thread (also while it runs).
+pub trait UsageProbe: Send + Sync {
+    /// Bytes of memory the cell holds now; `None` where the boundary does not count them.
+    fn memory_bytes(&self) -> Option<u64>;
+    /// CPU time the cell has used over its life (up to the end of its last transaction, or
+    /// now); `None` where the boundary does not count it.
+    fn cpu_time(&self) -> Option<core::time::Duration>;
+}
+
 /// Resource limits the boundary enforces (beyond the engine limits in [`Hello`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resources {
@@ -189,6 +198,11 @@ pub trait CellPipe: Send {
     /// A handle that interrupts the running transaction without killing the cell, if the
     /// backend can (`None`: only [`CellPipe::killer`] stops a running script).
     fn interrupter(&self) -> Option<Arc<dyn Interrupter>> {
+        None
+    }
+
+    /// Reads what the cell uses now, from any thread; `None` where the backend has no probe.
+    fn usage(&self) -> Option<Arc<dyn UsageProbe>> {
         None
     }
 

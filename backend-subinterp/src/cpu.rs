@@ -85,6 +85,13 @@ impl CpuBudget {
     }
 }
 
+impl CpuBudget {
+    /// CPU time charged so far (up to the end of the last transaction).
+    pub fn used(&self) -> Duration {
+        self.clock().used
+    }
+}
+
 impl fmt::Display for CpuBudget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let used = self.clock().used;

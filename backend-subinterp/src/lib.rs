@@ -23,7 +23,7 @@ pub use memory::AccountingAllocator;
 
 use abi::backend::{
     Backend, CellPipe, Flow, HostSide, Interrupter, Killer, Layer, PipeError, Resource, SpawnError,
-    SpawnSpec,
+    SpawnSpec, UsageProbe,
 };
 use abi::{CellError, ErrorCode, GuestFrame, HostFrame, wire};
 use runtime::{Cell, Interrupt, Step, Transport, TransportError};
@@ -170,6 +170,16 @@ impl Interrupt for Stop {
 impl Killer for Stop {
     fn kill(&self) {
         self.killed.store(true, Ordering::Relaxed);
+    }
+}
+
+impl UsageProbe for Stop {
+    fn memory_bytes(&self) -> Option<u64> {
+        memory::installed().then(|| self.memory.live_bytes() as u64)
+    }
+
+    fn cpu_time(&self) -> Option<std::time::Duration> {
+        Some(self.cpu.used())
     }
 }
 
@@ -378,6 +388,10 @@ impl CellPipe for SubinterpPipe {
     }
 
     fn interrupter(&self) -> Option<Arc<dyn Interrupter>> {
+        Some(self.stop.clone())
+    }
+
+    fn usage(&self) -> Option<Arc<dyn UsageProbe>> {
         Some(self.stop.clone())
     }
 

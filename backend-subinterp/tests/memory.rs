@@ -106,3 +106,21 @@ fn a_cell_without_a_limit_is_only_counted() {
     let r = c.exec(r#"let s = "x"; for j in 0..26 { s += s; } s.len"#);
     assert_eq!(r, Ok(abi::Value::Int(64 << 20)));
 }
+
+#[test]
+fn the_usage_probe_reads_the_cell_heap_live() {
+    let mut c = limited(64);
+    let probe = c.pipe.usage().expect("subinterp has a usage probe");
+    let idle = probe
+        .memory_bytes()
+        .expect("counted with the allocator installed");
+    assert!(idle > 1024, "an engine takes more than 1 KiB: {idle}");
+    c.exec(r#"let kept = "x"; for j in 0..22 { kept += kept; }"#)
+        .unwrap();
+    let holding = probe.memory_bytes().unwrap();
+    assert!(holding >= idle + (4 << 20), "{idle} -> {holding}");
+    c.exec(r#"kept = "";"#).unwrap();
+    let after = probe.memory_bytes().unwrap();
+    assert!(after < idle + (1 << 20), "given back: {idle} -> {after}");
+    assert!(probe.cpu_time().is_some());
+}

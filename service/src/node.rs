@@ -81,6 +81,8 @@ impl Entry {
                 "ops": info.stats.transactions, "events": info.stats.events,
                 "requests": info.stats.requests, "violations": info.stats.violations,
                 "busy_ms": busy.as_millis() as u64,
+                "memory_bytes": info.usage.memory_bytes,
+                "cpu_time_ms": info.usage.cpu_time_ms,
                 "memory_limit_mib": self.reservation.memory_mib,
                 "cpu_time_limit_ms": self.reservation.cpu_time_ms,
                 "last_seq": self.events.last_seq(),

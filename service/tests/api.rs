@@ -4,6 +4,9 @@ mod common;
 use common::*;
 use serde_json::{Value as J, json};
 
+#[global_allocator]
+static ALLOCATOR: supervisor::AccountingAllocator = supervisor::AccountingAllocator;
+
 #[test]
 fn cell_lifecycle_through_every_cell_endpoint() {
     let n = TestNode::start(config("node-a"));
@@ -54,6 +57,10 @@ fn cell_lifecycle_through_every_cell_endpoint() {
     assert_eq!(j["labels"]["job"], "t");
     assert!(j["stats"]["ops"].as_u64().unwrap() >= 4, "{j}");
     assert_eq!(j["stats"]["last_seq"], 3);
+    // Live figures of a subinterp cell: its engine's heap (the allocator is installed here as
+    // in `cell serve`) and its CPU time so far.
+    assert!(j["stats"]["memory_bytes"].as_u64().unwrap() > 1024, "{j}");
+    assert!(j["stats"]["cpu_time_ms"].is_u64(), "{j}");
     let (s, j) = send("GET", &format!("{u}/v1/cells"), Some(KEY), None);
     assert_eq!(s, 200);
     assert_eq!(j["cells"].as_array().unwrap().len(), 1);

@@ -1,7 +1,7 @@
 //! A handle to one running cell: exec, call, recv, kill, close.
 
 use crate::names::Names;
-use abi::backend::{CellPipe, Interrupter, Killer, Layer};
+use abi::backend::{CellPipe, Interrupter, Killer, Layer, UsageProbe};
 use abi::{CellError, ErrorCode, HostFrame, Map, Value};
 use host::{CellHost, Event, Stats};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +48,17 @@ pub struct CellInfo {
     pub state: CellState,
     pub layers: Vec<Layer>,
     pub stats: Stats,
+    /// What the cell uses now, where its backend counts it.
+    pub usage: Usage,
+}
+
+/// What a cell uses now, as its boundary counts it (`None`: not counted by this backend).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes of memory it holds (subinterp: its engine's heap blocks).
+    pub memory_bytes: Option<u64>,
+    /// CPU time used over its life, up to the end of its last exec/call.
+    pub cpu_time_ms: Option<u64>,
 }
 
 pub(crate) struct Inner {
@@ -57,6 +68,7 @@ pub(crate) struct Inner {
     pipe: Mutex<Option<Box<dyn CellPipe>>>,
     killer: Arc<dyn Killer>,
     interrupter: Option<Arc<dyn Interrupter>>,
+    usage: Option<Arc<dyn UsageProbe>>,
     layers: Vec<Layer>,
     /// The supervisor's name table, left when the last handle drops.
     names: Weak<Names>,
@@ -113,6 +125,7 @@ impl Cell {
                 host,
                 killer: pipe.killer(),
                 interrupter: pipe.interrupter(),
+                usage: pipe.usage(),
                 layers: pipe.layers(),
                 names,
                 pipe: Mutex::new(Some(pipe)),
@@ -255,6 +268,17 @@ impl Cell {
         }
     }
 
+    /// What the cell uses now, read without waiting for a running exec.
+    pub fn usage(&self) -> Usage {
+        let probe = self.inner.usage.as_deref();
+        Usage {
+            memory_bytes: probe.and_then(UsageProbe::memory_bytes),
+            cpu_time_ms: probe
+                .and_then(UsageProbe::cpu_time)
+                .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+        }
+    }
+
     pub fn info(&self) -> CellInfo {
         CellInfo {
             name: self.inner.name.clone(),
@@ -262,6 +286,7 @@ impl Cell {
             state: self.state(),
             layers: self.inner.layers.clone(),
             stats: self.inner.host.stats(),
+            usage: self.usage(),
         }
     }
 }

@@ -38,7 +38,7 @@ pub use backend_subinterp::AccountingAllocator;
 /// The broker crate: capabilities, rules, audit sinks (`cell-broker`).
 pub use broker;
 pub use builder::SupervisorBuilder;
-pub use cell::{Cell, CellInfo, CellState, InterruptError, RecvError};
+pub use cell::{Cell, CellInfo, CellState, InterruptError, RecvError, Usage};
 /// The host side of the protocol (`cell-host`).
 pub use host;
 pub use host::Event;
