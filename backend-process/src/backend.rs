@@ -248,6 +248,10 @@ impl CellPipe for ProcessPipe {
         Some(self.interrupter.clone())
     }
 
+    fn usage(&self) -> Option<Arc<dyn abi::backend::UsageProbe>> {
+        Some(Arc::new(self.io.cell.usage_probe()))
+    }
+
     fn layers(&self) -> Vec<AbiLayer> {
         abi_layers(self.io.cell.layers())
     }

@@ -228,6 +228,12 @@ impl ProcessCell {
         self.cgroups.pids()
     }
 
+    /// A probe of the cell's memory and CPU time, read from its cgroup files.
+    pub fn usage_probe(&self) -> crate::usage::CgroupUsage {
+        let (memory, cpu_stat) = self.cgroups.usage_files();
+        crate::usage::CgroupUsage { memory, cpu_stat }
+    }
+
     /// The cgroup directories of this cell (removed once it is reaped).
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
         self.cgroups.dirs().to_vec()

@@ -400,6 +400,16 @@ impl CellCgroups {
         Some(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 
+    /// The files that give the cell's memory now (`memory.current` on v2,
+    /// `memory.usage_in_bytes` on v1) and its CPU time (v2 `cpu.stat`), where they exist.
+    pub(crate) fn usage_files(&self) -> (Option<PathBuf>, Option<PathBuf>) {
+        match &self.memory_dir {
+            Some((dir, true)) => (Some(dir.join("memory.current")), Some(dir.join("cpu.stat"))),
+            Some((dir, false)) => (Some(dir.join("memory.usage_in_bytes")), None),
+            None => (None, None),
+        }
+    }
+
     /// Whether the kernel's OOM killer killed something in this cell.
     pub(crate) fn oom_killed(&self) -> bool {
         let Some((dir, v2)) = &self.memory_dir else {

@@ -40,6 +40,8 @@ mod spawn;
 
 mod backend;
 mod exit;
+mod usage;
+pub use usage::CgroupUsage;
 
 #[cfg(test)]
 mod capacity_tests;

@@ -289,3 +289,36 @@ fn a_failed_fork_step_is_named_in_the_error() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn usage_is_read_live_from_the_cells_cgroup() {
+    let mut spec = abi_spec();
+    spec.hello.limits = unbounded_engine();
+    let (mut pipe, host) = cell(&spec, true);
+    let probe = pipe.usage().expect("process cells have a usage probe");
+    let memory_cgroup = matches!(
+        pipe.layers()
+            .iter()
+            .find(|l| l.name == "cgroup-memory")
+            .map(|l| l.active),
+        Some(true)
+    );
+    if !memory_cgroup {
+        eprintln!("SKIPPED: no memory cgroup for the cell here: usage reads as not counted");
+        assert_eq!(probe.memory_bytes(), None);
+        return;
+    }
+    let idle = probe.memory_bytes().expect("memory.current is readable");
+    assert!(idle > 0);
+    exec(
+        &mut pipe,
+        &host,
+        r#"let kept = "x"; for j in 0..24 { kept += kept; } kept.len"#,
+    )
+    .unwrap();
+    let holding = probe.memory_bytes().unwrap();
+    assert!(holding >= idle + (8 << 20), "{idle} -> {holding}");
+    if let Some(cpu) = probe.cpu_time() {
+        assert!(cpu > Duration::ZERO);
+    }
+}

@@ -1,0 +1,58 @@
+//! What a process cell uses now, read from its cgroup: the kernel's own count of the cell's
+//! memory (every process in it, page cache included) and CPU time. The files go with the
+//! cgroup, so a dead cell reads as "not counted", never as another process's figures.
+
+use abi::backend::UsageProbe;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Reads a cell's cgroup files on demand.
+#[derive(Debug, Clone)]
+pub struct CgroupUsage {
+    /// `memory.current` (v2) or `memory.usage_in_bytes` (v1).
+    pub(crate) memory: Option<PathBuf>,
+    /// `cpu.stat` (v2), whose `usage_usec` line is the cell's CPU time.
+    pub(crate) cpu_stat: Option<PathBuf>,
+}
+
+impl UsageProbe for CgroupUsage {
+    fn memory_bytes(&self) -> Option<u64> {
+        let text = std::fs::read_to_string(self.memory.as_ref()?).ok()?;
+        text.trim().parse().ok()
+    }
+
+    fn cpu_time(&self) -> Option<Duration> {
+        let text = std::fs::read_to_string(self.cpu_stat.as_ref()?).ok()?;
+        parse_usage_usec(&text).map(Duration::from_micros)
+    }
+}
+
+/// The `usage_usec` figure of a `cpu.stat` file.
+fn parse_usage_usec(cpu_stat: &str) -> Option<u64> {
+    cpu_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_usec_is_read_from_cpu_stat() {
+        let text = "usage_usec 12345\nuser_usec 10000\nsystem_usec 2345\n";
+        assert_eq!(parse_usage_usec(text), Some(12345));
+        assert_eq!(parse_usage_usec("user_usec 1\n"), None);
+    }
+
+    #[test]
+    fn missing_files_read_as_not_counted() {
+        let probe = CgroupUsage {
+            memory: Some("/nonexistent/memory.current".into()),
+            cpu_stat: None,
+        };
+        assert_eq!(probe.memory_bytes(), None);
+        assert_eq!(probe.cpu_time(), None);
+    }
+}
