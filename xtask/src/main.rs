@@ -8,6 +8,9 @@
 //! * `conformance [--backend NAME]` — the conformance suite per backend, with pass/fail/ignored
 //!   counts and the reason for any backend that cannot run here;
 //! * `bench [--backend NAME]` — the benchmarks, each printed beside its floor;
+//! * `bench --density [--backend NAME] [--max N] [--batch N] [--reserve-mib N] [--time-limit SECS]`
+//!   — idle cells held per backend until a cap, a failed spawn, a memory reserve or a time limit:
+//!   memory per cell and time per spawn at 1k, 10k and the maximum (`supervisor/benches/density.rs`);
 //! * `fuzz-replay` — the committed fuzz corpora (`fuzz/corpus/`) through their targets' checks,
 //!   on stable, without the fuzzer (`cargo test --workspace` runs the same test).
 #![forbid(unsafe_code)]
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("guests") => guests(),
         Some("conformance") => conformance(backend.as_deref()),
+        Some("bench") if args.iter().any(|a| a == "--density") => density(&args[1..]),
         Some("bench") => bench(backend.as_deref()),
         Some("fuzz-replay") => step(
             "fuzz corpora replayed (cargo test -p cell-fuzz-replay)",
@@ -44,7 +48,7 @@ fn main() -> ExitCode {
         ),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | guests | conformance [--backend NAME] | bench [--backend NAME] | fuzz-replay>"
+                "usage: cargo xtask <ci | guests | conformance [--backend NAME] | bench [--backend NAME] | bench --density [--backend NAME] [--max N] | fuzz-replay>"
             );
             return ExitCode::from(2);
         }
@@ -288,6 +292,17 @@ fn bench(only: Option<&str>) -> bool {
         );
     }
     ok
+}
+
+/// The density benchmark, given the options after `bench` (`--density` dropped, the rest passed
+/// on: `--backend`, `--max`, `--batch`, `--reserve-mib`, `--time-limit`).
+fn density(options: &[String]) -> bool {
+    step(
+        "bench density",
+        cargo()
+            .args(["bench", "-p", "cell-supervisor", "--bench", "density", "--"])
+            .args(options.iter().filter(|a| *a != "--density")),
+    )
 }
 
 /// The process benchmark compares against `bwrap --unshare-all`; install it from Debian's
