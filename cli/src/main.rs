@@ -12,8 +12,7 @@ use escape::escape;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
-use supervisor::{Cell, CellError, ErrorCode, Map, Policy, RecvError, Supervisor, Value, json};
+use supervisor::{Cell, CellError, ErrorCode, Map, Policy, Supervisor, Value, json};
 
 const DEFAULT_SCRIPT: &str = include_str!("../../examples/hello.rhai");
 
@@ -256,7 +255,6 @@ fn run(
             }
         }
     });
-    cell.close();
     match result {
         Ok(value) => {
             println!("{}", json::result(&Ok(value)));
@@ -266,24 +264,31 @@ fn run(
     }
 }
 
-/// Runs `work` on a worker thread and prints events as they arrive, then the rest of the queue.
+/// Runs `work` on a worker thread, which closes the cell when it is done, and prints events
+/// here as they arrive: `recv` blocks until the next event or the close (events queued before
+/// the close are still delivered), so nothing waits on a timer.
 fn stream_events(
     cell: &Cell,
     work: impl FnOnce() -> Result<Value, CellError> + Send + 'static,
 ) -> Result<Value, CellError> {
-    let worker = std::thread::spawn(work);
-    let print_next = |timeout| match cell.recv(Some(timeout)) {
-        Ok(event) => {
-            println!("{}", json::event(&event));
-            true
+    /// Closes the cell when the worker ends, by returning or by panicking.
+    struct CloseOnDrop(Cell);
+    impl Drop for CloseOnDrop {
+        fn drop(&mut self) {
+            self.0.close();
         }
-        Err(RecvError::Timeout | RecvError::Closed(_)) => false,
-        Err(_) => false,
-    };
-    while !worker.is_finished() {
-        print_next(Duration::from_millis(20));
     }
-    while print_next(Duration::ZERO) {}
+    let worker = std::thread::spawn({
+        let closer = CloseOnDrop(cell.clone());
+        move || {
+            let result = work();
+            drop(closer);
+            result
+        }
+    });
+    while let Ok(event) = cell.recv(None) {
+        println!("{}", json::event(&event));
+    }
     worker.join().unwrap_or_else(|_| {
         Err(CellError::new(
             ErrorCode::Internal,
