@@ -143,7 +143,7 @@ pub fn hold(
             break;
         }
         // Reading /proc/meminfo costs a few µs: look every 16 spawns.
-        if cells.len() % 16 == 0 {
+        if cells.len().is_multiple_of(16) {
             let avail = mem_available();
             if avail < opts.reserve_bytes {
                 stop = Some(Stop::Memory(avail));
