@@ -4,9 +4,9 @@
 //! capability and the rule that decided.
 
 use crate::Setup;
-use crate::driver::TestCell as Cell;
+use crate::Transcript;
 use crate::scenarios::Scenario;
-use crate::{Harness, Transcript};
+use crate::target::{Cell, Target};
 use std::path::PathBuf;
 
 pub static BROKER_SCENARIOS: &[Scenario] = &[
@@ -86,7 +86,7 @@ fn granted_policy() -> Setup {
     )
 }
 
-fn broker_granted(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn broker_granted(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     define_root(cell, t);
     let _ = t.exec(cell, r#"type_of(request("clock", "wall"))"#);
     let _ = t.exec(
@@ -132,7 +132,7 @@ fn denied_policy() -> Setup {
     )
 }
 
-fn broker_denied(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn broker_denied(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     define_root(cell, t);
     // Not granted: default-deny.
     let _ = t.exec(
@@ -186,7 +186,7 @@ fn out_of_scope_policy() -> Setup {
     )
 }
 
-fn broker_out_of_scope(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn broker_out_of_scope(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     define_root(cell, t);
     // An action the grant does not name.
     caught(t, cell, r#"request("clock", "monotonic")"#);

@@ -1,9 +1,10 @@
 //! Runs scenarios and property tests against one backend.
 
 use crate::driver::TestCell;
+use crate::target::{Cell, Target};
 use crate::{Setup, Transcript, json};
 use abi::backend::Backend;
-use abi::{Map, Value};
+use abi::{CellError, Map, Value};
 use host::Event;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -42,38 +43,17 @@ impl Harness {
 
     /// Runs the scenario `name` on a fresh cell and returns its transcript.
     pub fn transcript(&self, name: &str) -> String {
-        let scenario = crate::all_scenarios()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| panic!("no scenario `{name}`"));
-        let cell = self.spawn(name, &(scenario.setup)());
-        let mut t = Transcript::default();
-        (scenario.run)(&cell, &mut t, self);
-        cell.close();
-        t.into_string()
+        scenario_transcript(self, name)
     }
 
     /// Runs a scenario and compares its transcript with the snapshot every backend shares.
     pub fn check(&self, name: &str) {
-        let text = self.transcript(name);
-        insta::with_settings!({
-            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"),
-            prepend_module_to_snapshot => false,
-            omit_expression => true,
-        }, {
-            insta::assert_snapshot!(name, text);
-        });
+        check_scenario(self, name)
     }
 
     /// Runs `source` in a new cell of the same backend and describes the outcome.
     pub fn in_fresh_cell(&self, source: &str) -> String {
-        let name = format!("fresh-{}", FRESH.fetch_add(1, Ordering::Relaxed));
-        let cell = self.spawn(&name, &Setup::default());
-        let outcome = match cell.exec(source) {
-            Ok(v) => format!("ok {}", json::value(&v)),
-            Err(e) => format!("err {}", e.code.name()),
-        };
-        cell.close();
-        outcome
+        in_fresh_cell(self, source)
     }
 
     /// Any value sent into the cell and posted back arrives bit-identical, as event and result.
@@ -159,6 +139,57 @@ impl Harness {
             .unwrap_or_else(|e| panic!("{}: {e}", self.name()));
         cell.close();
     }
+}
+
+impl Target for Harness {
+    fn name(&self) -> &str {
+        self.backend.name()
+    }
+
+    fn spawn(&self, name: &str, setup: &Setup) -> Result<Cell, CellError> {
+        Ok(Arc::new(TestCell::spawn(&*self.backend, name, setup)?))
+    }
+}
+
+/// Runs the scenario `name` on a fresh cell of `target` and returns its transcript.
+pub fn scenario_transcript(target: &dyn Target, name: &str) -> String {
+    let scenario = crate::all_scenarios()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no scenario `{name}`"));
+    let cell = target
+        .spawn(name, &(scenario.setup)())
+        .unwrap_or_else(|e| panic!("spawn of `{name}` on {} failed: {e}", target.name()));
+    let mut t = Transcript::default();
+    (scenario.run)(&cell, &mut t, target);
+    cell.close();
+    t.into_string()
+}
+
+/// Runs the scenario `name` on `target` and compares its transcript with the snapshot every
+/// backend shares (`snapshots/<name>.snap`), whatever front end drives the cell.
+pub fn check_scenario(target: &dyn Target, name: &str) {
+    let text = scenario_transcript(target, name);
+    insta::with_settings!({
+        snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"),
+        prepend_module_to_snapshot => false,
+        omit_expression => true,
+    }, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+/// Runs `source` in a new cell of `target` and describes the outcome.
+pub fn in_fresh_cell(target: &dyn Target, source: &str) -> String {
+    let name = format!("fresh-{}", FRESH.fetch_add(1, Ordering::Relaxed));
+    let cell = target
+        .spawn(&name, &Setup::default())
+        .unwrap_or_else(|e| panic!("spawn of `{name}` on {} failed: {e}", target.name()));
+    let outcome = match cell.exec(source) {
+        Ok(v) => format!("ok {}", json::value(&v)),
+        Err(e) => format!("err {}", e.code.name()),
+    };
+    cell.close();
+    outcome
 }
 
 /// Every kind of value, nested.

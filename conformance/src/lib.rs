@@ -29,16 +29,18 @@ mod scenarios;
 mod setup;
 pub mod soak;
 pub mod stdio;
+mod target;
 mod transcript;
 
 pub use broker_scenarios::BROKER_SCENARIOS;
 pub use driver::{RecvError, TestCell};
-pub use harness::{Harness, value_strategy};
+pub use harness::{Harness, check_scenario, in_fresh_cell, scenario_transcript, value_strategy};
 pub use limit_scenarios::LIMIT_SCENARIOS;
 pub use runner::{run, trials};
 pub use scenarios::{SCENARIOS, Scenario};
 pub use setup::Setup;
 pub use stdio::StdioBackend;
+pub use target::{Cell, ScenarioCell, Target};
 pub use transcript::Transcript;
 
 /// Every Rhai-tier scenario, in the order they run.

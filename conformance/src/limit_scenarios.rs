@@ -2,9 +2,9 @@
 //! The host words these errors itself, so the transcripts record the whole message, not just
 //! the code: every backend must produce them to the byte.
 
-use crate::driver::TestCell as Cell;
 use crate::scenarios::Scenario;
-use crate::{Harness, Setup, Transcript};
+use crate::target::{Cell, Target};
+use crate::{Setup, Transcript};
 use abi::{Map, Value};
 
 pub static LIMIT_SCENARIOS: &[Scenario] = &[
@@ -44,7 +44,7 @@ fn small_frames_with_random() -> Setup {
 
 /// The frame cap holds for what the host sends (source, arguments, a broker reply) and what the
 /// cell sends (posts, results); each excess is a typed error where it happens, and the cell lives.
-fn host_frame_limits(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn host_frame_limits(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     t.note("host → cell: an exec's source and a call's arguments over the 1024-byte cap");
     let long = format!("let s = \"{}\"; 1", "x".repeat(2000));
     let r = cell.exec(&long);
@@ -84,7 +84,7 @@ fn nested(depth: usize) -> Value {
 }
 
 /// Values nested past the ABI's depth are refused before they cross, in either direction.
-fn deep_arguments(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn deep_arguments(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let _ = t.exec(
         cell,
         "fn depth(v) { let d = 0; while type_of(v) == \"array\" { v = v[0]; d += 1; } d }",
@@ -117,7 +117,7 @@ fn deep_arguments(cell: &Cell, t: &mut Transcript, _h: &Harness) {
 /// A script may throw any value, including a map that looks like the host's error; what it
 /// throws is its own failure (`runtime`, the value kept in the message), never a code such
 /// as `cell_crashed` or `timed_out`, and the cell lives on.
-fn forged_host_codes(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn forged_host_codes(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     for code in [6, 10, 20, 30, 31, 40, 41, 42, 43, 44, 60, 9999] {
         let _ = t.exec(cell, &format!("throw #{{code: {code}}}"));
         let _ = t.exec(
@@ -140,13 +140,16 @@ fn forged_host_codes(cell: &Cell, t: &mut Transcript, _h: &Harness) {
 
 /// A module that no guest runtime provides is refused before a cell is spawned, on every
 /// backend, with the same error.
-fn unknown_module_refused(_cell: &Cell, t: &mut Transcript, h: &Harness) {
+fn unknown_module_refused(_cell: &Cell, t: &mut Transcript, h: &dyn Target) {
     for modules in [vec!["nosuch"], vec!["math", "fs"]] {
         let setup = Setup {
             modules: modules.iter().map(|m| m.to_string()).collect(),
             ..Setup::default()
         };
-        let r = Cell::spawn(h.backend(), "unknown-module", &setup).map(|_| Value::Unit);
+        let r = h.spawn("unknown-module", &setup).map(|cell| {
+            cell.close();
+            Value::Unit
+        });
         t.line(format!(
             "spawn modules={modules:?} -> {}",
             Transcript::full(&r)

@@ -1,8 +1,8 @@
 //! The standard scenarios. Each gets a fresh cell (named after the scenario) under its policy.
 
 use crate::Setup;
-use crate::driver::TestCell as Cell;
-use crate::{Harness, Transcript};
+use crate::Transcript;
+use crate::target::{Cell, Target};
 use abi::{Map, Value};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ pub struct Scenario {
     /// What the cell is allowed.
     pub setup: fn() -> Setup,
     /// Drives the cell and records what happens.
-    pub run: fn(&Cell, &mut Transcript, &Harness),
+    pub run: fn(&Cell, &mut Transcript, &dyn Target),
 }
 
 fn default_policy() -> Setup {
@@ -114,13 +114,13 @@ fn int(i: i64) -> Value {
 }
 
 /// `post(40 + 2)` reaches `recv`; exec's own result is unit.
-fn post_and_recv(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn post_and_recv(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let _ = t.exec(cell, "post(40 + 2)");
     t.recv(cell);
     t.drain(cell);
 }
 
-fn exec_returns_value(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn exec_returns_value(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let _ = t.exec(cell, "40 + 2");
     let _ = t.exec(cell, "let x = 20; x * 2");
     let _ = t.exec(cell, "x + 2");
@@ -129,7 +129,7 @@ fn exec_returns_value(cell: &Cell, t: &mut Transcript, _h: &Harness) {
     t.drain(cell);
 }
 
-fn call_functions(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn call_functions(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let _ = t.exec(
         cell,
         "fn add(a, b) { a + b } fn greet(name, opts) { opts.greeting + \", \" + name }",
@@ -150,7 +150,7 @@ fn call_functions(cell: &Cell, t: &mut Transcript, _h: &Harness) {
     t.drain(cell);
 }
 
-fn events_in_order(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn events_in_order(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let _ = t.exec(
         cell,
         r#"post(1); log("info", "hello", #{user: "ann"}); metric("latency_ms", 12.5, #{route: "/x"}); post(2); log("error", "bad"); metric("count", 3)"#,
@@ -158,7 +158,7 @@ fn events_in_order(cell: &Cell, t: &mut Transcript, _h: &Harness) {
     t.drain(cell);
 }
 
-fn values_round_trip(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn values_round_trip(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let _ = t.exec(
         cell,
         r#"post(()); post(true); post(-9223372036854775807 - 1); post(1.5); post("ünïcode"); post(blob(3, 255)); post([1, [2, [3]]]); post(#{b: 1, a: #{c: [()]}}); post('x')"#,
@@ -180,7 +180,7 @@ fn values_round_trip(cell: &Cell, t: &mut Transcript, _h: &Harness) {
     t.drain(cell);
 }
 
-fn request_denied(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn request_denied(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let _ = t.exec(cell, r#"request("fs", "read", "/etc/passwd")"#);
     let _ = t.exec(cell, r#"let r = (); try { request("net", "connect", #{host: "example.org"}) } catch (e) { r = e.name } post(r); r"#);
     let _ = t.exec(
@@ -193,7 +193,7 @@ fn request_denied(cell: &Cell, t: &mut Transcript, _h: &Harness) {
     let _ = t.exec(cell, "\"still usable\"");
 }
 
-fn script_errors(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn script_errors(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let _ = t.exec(cell, "let x = ;");
     let _ = t.exec(cell, "throw \"boom\"");
     let _ = t.exec(cell, "no_such_function(1)");
@@ -213,7 +213,7 @@ fn only_math() -> Setup {
     }
 }
 
-fn out_of_model(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn out_of_model(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let _ = t.exec(cell, "print(\"hi\")");
     let _ = t.exec(cell, "debug(1)");
     let _ = t.exec(cell, "eval(\"40 + 2\")");
@@ -226,7 +226,7 @@ fn out_of_model(cell: &Cell, t: &mut Transcript, _h: &Harness) {
     t.drain(cell);
 }
 
-fn host_modules(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn host_modules(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let _ = t.exec(cell, "import \"math\" as m; m::clamp(15, 0, 10)");
     let _ = t.exec(cell, "math::sum([1, 2, 3.5])");
     let _ = t.call(cell, "math.sqrt", vec![Value::Float(16.0)], Map::new());
@@ -252,7 +252,7 @@ fn tight_engine() -> Setup {
     p
 }
 
-fn engine_limits(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn engine_limits(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let _ = t.exec(cell, "loop {}");
     let _ = t.exec(cell, "let s = \"x\"; for i in 0..20 { s += s; }");
     let _ = t.exec(cell, "let a = []; for i in 0..200 { a.push(i); }");
@@ -268,7 +268,7 @@ fn engine_limits(cell: &Cell, t: &mut Transcript, _h: &Harness) {
 /// ending with a value that is not the grown collection, so only the check at the mutation can
 /// catch it: each gives that limit's code. A limit counts one collection: a string's bytes, an
 /// array's elements (a BLOB's bytes), a map's entries; nested collections are each their own.
-fn collection_growth(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn collection_growth(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     // `tight_engine`: strings 1,000 bytes, arrays 100 elements, maps 100 entries.
     t.note("strings: each growth path past 1,000 bytes");
     for source in [
@@ -382,7 +382,7 @@ fn unlimited_ops() -> Setup {
 
 /// A cell spinning in `loop {}` is killed from another thread; the supervisor and later calls
 /// see a dead cell, and events sent before the kill are still delivered.
-fn kill_running_cell(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn kill_running_cell(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let runner = cell.clone();
     let spinning = std::thread::spawn(move || runner.exec("post(\"spinning\"); loop {}"));
     // Wait until the guest is provably inside the loop: its post has arrived.
@@ -406,7 +406,7 @@ fn short_wall_time() -> Setup {
     p
 }
 
-fn wall_time_limit(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn wall_time_limit(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let _ = t.exec(cell, "post(\"before\"); loop {}");
     let _ = t.exec(cell, "1");
     t.drain(cell);
@@ -419,7 +419,7 @@ fn small_queue() -> Setup {
 }
 
 /// A guest that floods its channel is stopped; what was accepted is still delivered.
-fn event_queue_bound(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn event_queue_bound(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let _ = t.exec(cell, "for i in 0..3 { post(i) }");
     t.drain(cell);
     let _ = t.exec(cell, "for i in 0..100 { post(i) }");
@@ -434,7 +434,7 @@ fn small_frames() -> Setup {
 }
 
 /// A value too large for a frame is refused where it is sent, as a script error; the cell lives.
-fn frame_size_cap(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn frame_size_cap(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let _ = t.exec(
         cell,
         "let s = \"\"; for i in 0..2000 { s += \"x\"; } post(s)",
@@ -445,7 +445,7 @@ fn frame_size_cap(cell: &Cell, t: &mut Transcript, _h: &Harness) {
     t.drain(cell);
 }
 
-fn close_cell(cell: &Cell, t: &mut Transcript, _h: &Harness) {
+fn close_cell(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let _ = t.exec(cell, "post(\"bye\")");
     cell.close();
     t.line("close");
@@ -455,11 +455,17 @@ fn close_cell(cell: &Cell, t: &mut Transcript, _h: &Harness) {
 }
 
 /// Variables and functions stay in one cell and never leak into another.
-fn state_is_per_cell(cell: &Cell, t: &mut Transcript, h: &Harness) {
+fn state_is_per_cell(cell: &Cell, t: &mut Transcript, h: &dyn Target) {
     let _ = t.exec(cell, "let secret = 42; fn peek() { 7 }");
     let _ = t.exec(cell, "secret + peek()");
     t.note("a second cell of the same backend");
-    t.line(format!("other cell: {}", h.in_fresh_cell("secret")));
-    t.line(format!("other cell: {}", h.in_fresh_cell("peek()")));
+    t.line(format!(
+        "other cell: {}",
+        crate::harness::in_fresh_cell(h, "secret")
+    ));
+    t.line(format!(
+        "other cell: {}",
+        crate::harness::in_fresh_cell(h, "peek()")
+    ));
     t.drain(cell);
 }

@@ -1,8 +1,9 @@
 //! A transcript: what a scenario did and what came back, one line per step, independent of the
 //! backend (codes, not messages; values as JSON).
 
-use crate::driver::{RecvError, TestCell as Cell};
+use crate::driver::RecvError;
 use crate::json;
+use crate::target::ScenarioCell;
 use abi::{CellError, Map, Value};
 use host::Event;
 use std::fmt::Write;
@@ -61,7 +62,7 @@ impl Transcript {
         let _ = writeln!(self.text, "# {}", line.as_ref());
     }
 
-    pub fn exec(&mut self, cell: &Cell, source: &str) -> Result<Value, CellError> {
+    pub fn exec(&mut self, cell: &dyn ScenarioCell, source: &str) -> Result<Value, CellError> {
         let r = cell.exec(source);
         let _ = writeln!(self.text, "exec {source:?} -> {}", outcome(&r));
         r
@@ -69,7 +70,7 @@ impl Transcript {
 
     pub fn call(
         &mut self,
-        cell: &Cell,
+        cell: &dyn ScenarioCell,
         function: &str,
         args: Vec<Value>,
         kwargs: Map,
@@ -81,16 +82,16 @@ impl Transcript {
     }
 
     /// Receives one event that must already be on its way.
-    pub fn recv(&mut self, cell: &Cell) -> Option<Event> {
+    pub fn recv(&mut self, cell: &dyn ScenarioCell) -> Option<Event> {
         self.recv_within(cell, RECV_WAIT)
     }
 
     /// Receives until the queue is empty (waiting briefly), recording each event.
-    pub fn drain(&mut self, cell: &Cell) {
+    pub fn drain(&mut self, cell: &dyn ScenarioCell) {
         while self.recv_within(cell, EMPTY_WAIT).is_some() {}
     }
 
-    fn recv_within(&mut self, cell: &Cell, wait: Duration) -> Option<Event> {
+    fn recv_within(&mut self, cell: &dyn ScenarioCell, wait: Duration) -> Option<Event> {
         match cell.recv(Some(wait)) {
             Ok(e) => {
                 let _ = writeln!(self.text, "recv -> {}", event(&e));

@@ -29,8 +29,17 @@ pub fn float(x: f64) -> J {
         .unwrap_or_else(|| J::String(x.to_string()))
 }
 
-/// JSON → value, for arguments given on the command line: integers stay integers.
+/// JSON → value, for arguments given on the command line or over HTTP: integers stay integers,
+/// and `{"$bytes": "<hex>"}` (what [`value`] writes for bytes) is bytes again, so a value read
+/// back keeps its type. Non-finite floats stay the strings they were written as.
 pub fn parse_value(j: &J) -> Value {
+    if let J::Object(m) = j
+        && m.len() == 1
+        && let Some(J::String(hex)) = m.get("$bytes")
+        && let Some(bytes) = from_hex(hex)
+    {
+        return Value::Bytes(bytes);
+    }
     match j {
         J::Null => Value::Unit,
         J::Bool(b) => Value::Bool(*b),
@@ -42,6 +51,16 @@ pub fn parse_value(j: &J) -> Value {
         J::Array(items) => Value::List(items.iter().map(parse_value).collect()),
         J::Object(m) => Value::Map(m.iter().map(|(k, v)| (k.clone(), parse_value(v))).collect()),
     }
+}
+
+fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 pub fn event(e: &Event) -> J {
@@ -95,5 +114,27 @@ mod tests {
             assert_eq!(metric["value"], text);
         }
         assert_eq!(value(&Value::Float(1.5)), 1.5);
+    }
+
+    #[test]
+    fn values_read_back_keep_their_type() {
+        let mut m = abi::Map::new();
+        m.insert("b".into(), Value::Bytes(vec![0, 1, 0xff]));
+        m.insert("e".into(), Value::Bytes(vec![]));
+        let v = Value::List(vec![
+            Value::Map(m),
+            Value::Float(-0.0),
+            Value::Int(-3),
+            Value::Unit,
+        ]);
+        assert!(parse_value(&value(&v)).bit_eq(&v));
+        // Not hex, or beside other keys: a map as written.
+        for j in [
+            json!({"$bytes": "0g"}),
+            json!({"$bytes": "abc"}),
+            json!({"$bytes": "00", "x": 1}),
+        ] {
+            assert!(matches!(parse_value(&j), Value::Map(_)), "{j}");
+        }
     }
 }
