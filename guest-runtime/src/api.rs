@@ -9,7 +9,7 @@ use alloc::{
     boxed::Box, collections::BTreeMap, format, string::String, string::ToString, sync::Arc,
 };
 use core::sync::atomic::{AtomicU64, Ordering};
-use rhai::{Dynamic, Engine, EvalAltResult};
+use rhai::{Dynamic, Engine, EvalAltResult, FuncRegistration, Module, NativeCallContext, Shared};
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
 
@@ -107,75 +107,128 @@ fn tags(map: rhai::Map) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Registers the four guest operations on `engine`, bound to `link`. Values leaving the cell
-/// are checked against the engine's size `limits` on the way out.
-pub(crate) fn register(engine: &mut Engine, link: &Arc<Link>, limits: &EngineLimits) {
-    register_host_error(engine);
-    let (l, lim) = (link.clone(), limits.clone());
-    engine.register_fn("post", move |message: Dynamic| -> Res<()> {
-        l.emit(GuestFrame::Post(value(message, &lim)?))
-    });
+/// What the script API of one cell is bound to: its channel and the limits values leaving it
+/// are checked against. Kept in the engine's default tag, so that the API itself is one module
+/// built once per process and shared by every cell's engine (registering it per cell cost most
+/// of a cold spawn's allocations).
+struct Binding {
+    link: Arc<Link>,
+    limits: EngineLimits,
+}
 
-    let l = link.clone();
-    engine.register_fn("log", move |lvl: &str, message: &str| -> Res<()> {
-        let (level, message, fields) = (level(lvl)?, message.into(), Map::new());
-        l.emit(GuestFrame::Log {
-            level,
-            message,
-            fields,
+/// The binding of the cell whose script is running. The tag is set by [`bind`] before any
+/// script runs and no script can reach it, so its absence is a bug of ours, reported as such.
+fn binding(ctx: &NativeCallContext) -> Res<Arc<Binding>> {
+    ctx.tag()
+        .and_then(|tag| tag.read_lock::<Arc<Binding>>().map(|b| b.clone()))
+        .ok_or_else(|| {
+            throw(CellError::new(
+                ErrorCode::Internal,
+                "the script API is not bound to a cell",
+            ))
         })
-    });
-    let (l, lim) = (link.clone(), limits.clone());
-    engine.register_fn(
-        "log",
-        move |lvl: &str, message: &str, f: rhai::Map| -> Res<()> {
-            let (level, message, fields) = (level(lvl)?, message.into(), fields(f, &lim)?);
-            l.emit(GuestFrame::Log {
+}
+
+/// Binds `engine` to one cell: the shared API module, and the tag its functions read the
+/// cell's `link` and `limits` from. Values leaving the cell are checked against the engine's
+/// size `limits` on the way out.
+pub(crate) fn bind(engine: &mut Engine, link: &Arc<Link>, limits: &EngineLimits) {
+    engine.register_global_module(api_module());
+    engine.set_default_tag(Dynamic::from(Arc::new(Binding {
+        link: link.clone(),
+        limits: limits.clone(),
+    })));
+}
+
+/// The script API, built once per process.
+fn api_module() -> Shared<Module> {
+    static API: spin::Once<Shared<Module>> = spin::Once::new();
+    API.call_once(|| Shared::new(build_api_module())).clone()
+}
+
+fn build_api_module() -> Module {
+    let mut m = Module::new();
+    register_host_error(&mut m);
+    let f = |name: &str| FuncRegistration::new(name).in_global_namespace();
+    f("post").set_into_module(
+        &mut m,
+        |ctx: NativeCallContext, message: Dynamic| -> Res<()> {
+            let b = binding(&ctx)?;
+            b.link.emit(GuestFrame::Post(value(message, &b.limits)?))
+        },
+    );
+    f("log").set_into_module(
+        &mut m,
+        |ctx: NativeCallContext, lvl: &str, message: &str| -> Res<()> {
+            let (level, message, fields) = (level(lvl)?, message.into(), Map::new());
+            binding(&ctx)?.link.emit(GuestFrame::Log {
                 level,
                 message,
                 fields,
             })
         },
     );
-
-    let l = link.clone();
-    engine.register_fn("metric", move |name: &str, v: Dynamic| -> Res<()> {
-        let (name, value, tags) = (name.into(), number(&v)?, BTreeMap::new());
-        l.emit(GuestFrame::Metric { name, value, tags })
-    });
-    let l = link.clone();
-    engine.register_fn(
-        "metric",
-        move |name: &str, v: Dynamic, t: rhai::Map| -> Res<()> {
-            let (name, value, tags) = (name.into(), number(&v)?, tags(t));
-            l.emit(GuestFrame::Metric { name, value, tags })
+    f("log").set_into_module(
+        &mut m,
+        |ctx: NativeCallContext, lvl: &str, message: &str, f: rhai::Map| -> Res<()> {
+            let b = binding(&ctx)?;
+            let (level, message, fields) = (level(lvl)?, message.into(), fields(f, &b.limits)?);
+            b.link.emit(GuestFrame::Log {
+                level,
+                message,
+                fields,
+            })
         },
     );
-
-    let l = link.clone();
-    engine.register_fn(
-        "request",
-        move |capability: &str, action: &str| -> Res<Dynamic> {
-            let reply = l.request(capability.into(), action.into(), Value::Unit);
+    f("metric").set_into_module(
+        &mut m,
+        |ctx: NativeCallContext, name: &str, v: Dynamic| -> Res<()> {
+            let (name, value, tags) = (name.into(), number(&v)?, BTreeMap::new());
+            binding(&ctx)?
+                .link
+                .emit(GuestFrame::Metric { name, value, tags })
+        },
+    );
+    f("metric").set_into_module(
+        &mut m,
+        |ctx: NativeCallContext, name: &str, v: Dynamic, t: rhai::Map| -> Res<()> {
+            let (name, value, tags) = (name.into(), number(&v)?, tags(t));
+            binding(&ctx)?
+                .link
+                .emit(GuestFrame::Metric { name, value, tags })
+        },
+    );
+    f("request").set_into_module(
+        &mut m,
+        |ctx: NativeCallContext, capability: &str, action: &str| -> Res<Dynamic> {
+            let reply = binding(&ctx)?
+                .link
+                .request(capability.into(), action.into(), Value::Unit);
             reply.map(to_dynamic).map_err(throw)
         },
     );
-    let (l, lim) = (link.clone(), limits.clone());
-    engine.register_fn(
-        "request",
-        move |capability: &str, action: &str, payload: Dynamic| -> Res<Dynamic> {
-            let reply = l.request(capability.into(), action.into(), value(payload, &lim)?);
+    f("request").set_into_module(
+        &mut m,
+        |ctx: NativeCallContext,
+         capability: &str,
+         action: &str,
+         payload: Dynamic|
+         -> Res<Dynamic> {
+            let b = binding(&ctx)?;
+            let payload = value(payload, &b.limits)?;
+            let reply = b.link.request(capability.into(), action.into(), payload);
             reply.map(to_dynamic).map_err(throw)
         },
     );
 
     // Out of model: `print` and `debug` are ordinary functions in Rhai's standard library.
-    // Registered here for every type the library prints, they take precedence over it and fail
-    // with a hint rather than writing to a console nobody reads.
+    // Registered here for every type the library prints, they take precedence over it (a
+    // module registered later is searched first) and fail with a hint rather than writing to
+    // a console nobody reads.
     macro_rules! refuse {
         ($($t:ty),*) => {$(
-            engine.register_fn("print", |_: $t| -> Res<()> { Err(throw(out_of_model("print"))) });
-            engine.register_fn("debug", |_: $t| -> Res<()> { Err(throw(out_of_model("debug"))) });
+            f("print").set_into_module(&mut m, |_: $t| -> Res<()> { Err(throw(out_of_model("print"))) });
+            f("debug").set_into_module(&mut m, |_: $t| -> Res<()> { Err(throw(out_of_model("debug"))) });
         )*};
     }
     refuse!(
@@ -192,12 +245,14 @@ pub(crate) fn register(engine: &mut Engine, link: &Arc<Link>, limits: &EngineLim
         Dynamic
     );
     // Rhai's std build has a blocking `sleep`; time is a broker capability here.
-    engine.register_fn("sleep", |_: rhai::INT| -> Res<()> {
+    f("sleep").set_into_module(&mut m, |_: rhai::INT| -> Res<()> {
         Err(throw(out_of_model("sleep")))
     });
-    engine.register_fn("sleep", |_: rhai::FLOAT| -> Res<()> {
+    f("sleep").set_into_module(&mut m, |_: rhai::FLOAT| -> Res<()> {
         Err(throw(out_of_model("sleep")))
     });
-    engine.register_fn("print", || -> Res<()> { Err(throw(out_of_model("print"))) });
-    engine.register_fn("debug", || -> Res<()> { Err(throw(out_of_model("debug"))) });
+    f("print").set_into_module(&mut m, || -> Res<()> { Err(throw(out_of_model("print"))) });
+    f("debug").set_into_module(&mut m, || -> Res<()> { Err(throw(out_of_model("debug"))) });
+    m.build_index();
+    m
 }

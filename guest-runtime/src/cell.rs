@@ -158,7 +158,7 @@ impl Cell {
             engine.register_static_module(name.as_str(), module);
         }
         engine.set_module_resolver(modules::PolicyResolver::new(hello.modules.clone()));
-        api::register(&mut engine, &link, limits);
+        api::bind(&mut engine, &link, limits);
 
         Ok(Cell {
             engine,

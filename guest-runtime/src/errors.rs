@@ -20,20 +20,20 @@ pub fn throw(err: CellError) -> Box<EvalAltResult> {
 }
 
 /// Lets scripts read a caught [`HostError`] (no setters: it cannot be altered).
-pub(crate) fn register_host_error(engine: &mut rhai::Engine) {
-    engine
-        .register_type_with_name::<HostError>("error")
-        .register_get("code", |e: &mut HostError| {
-            rhai::INT::from(e.0.code.as_u16())
-        })
-        .register_get("name", |e: &mut HostError| {
-            rhai::ImmutableString::from(e.0.code.name())
-        })
-        .register_get("message", |e: &mut HostError| {
-            rhai::ImmutableString::from(e.0.message.as_str())
-        })
-        .register_fn("to_string", |e: &mut HostError| e.0.to_string())
-        .register_fn("to_debug", |e: &mut HostError| e.0.to_string());
+pub(crate) fn register_host_error(module: &mut rhai::Module) {
+    let f = |name: &str| rhai::FuncRegistration::new(name).in_global_namespace();
+    module.set_custom_type::<HostError>("error");
+    f("get$code").set_into_module(module, |e: &mut HostError| {
+        rhai::INT::from(e.0.code.as_u16())
+    });
+    f("get$name").set_into_module(module, |e: &mut HostError| {
+        rhai::ImmutableString::from(e.0.code.name())
+    });
+    f("get$message").set_into_module(module, |e: &mut HostError| {
+        rhai::ImmutableString::from(e.0.message.as_str())
+    });
+    f("to_string").set_into_module(module, |e: &mut HostError| e.0.to_string());
+    f("to_debug").set_into_module(module, |e: &mut HostError| e.0.to_string());
 }
 
 pub fn out_of_model(name: &str) -> CellError {
