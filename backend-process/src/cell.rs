@@ -113,11 +113,25 @@ pub(crate) struct Prepared {
 static CELL_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Prepared {
-    pub(crate) fn new(limits: &Limits) -> Prepared {
+    /// Fails only where the supervisor ran out of descriptors: a cgroup that could not be
+    /// made for that reason is not a layer this host lacks, and the cell would otherwise go on
+    /// to fail later with a reason nobody can act on.
+    pub(crate) fn new(limits: &Limits) -> Result<Prepared> {
         let hs = host_support();
         let n = CELL_COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("cell-{}-{n}", std::process::id());
         let (cgroups, cg_states) = CellCgroups::create(&hs.cgroups, &name, limits);
+        if cg_states
+            .iter()
+            .any(|(_, state)| matches!(state, LayerState::Inactive(_)))
+            && let Err(e) = std::fs::File::open("/dev/null")
+            && matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+        {
+            return Err(Error::Host {
+                what: "making the cell's cgroups (the supervisor is out of file descriptors: each live process cell holds two)",
+                source: e,
+            });
+        }
         let mut layers = host::host_layers().clone();
         layers.update(cg_states);
         if host::landlock_ruleset().is_none() {
@@ -126,12 +140,12 @@ impl Prepared {
                 LayerState::Inactive("could not create a Landlock ruleset".into()),
             )]);
         }
-        Prepared {
+        Ok(Prepared {
             n,
             cgroups,
             layers,
             limits: limits.clone(),
-        }
+        })
     }
 }
 

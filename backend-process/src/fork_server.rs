@@ -390,7 +390,7 @@ fn make_spare(server: &mut Option<ProcessCell>, key: Key, shape: &Limits) -> Res
     };
     let pid = pid_of(&pidfd)?;
     let mut cell =
-        ProcessCell::from_parts(pid, pidfd, UnixStream::from(channel), Prepared::new(shape));
+        ProcessCell::from_parts(pid, pidfd, UnixStream::from(channel), Prepared::new(shape)?);
     if let Err(e) = cell.place_in_cgroups() {
         return Err(failure_of(
             &mut cell,
@@ -433,7 +433,7 @@ fn ended(t: &crate::cell::Termination) -> Error {
 fn start(key: Key) -> Result<ProcessCell> {
     let spec = server_spec(key.image);
     check_host(&spec)?;
-    let process = direct::spawn(&spec, Prepared::new(&spec.limits))?;
+    let process = direct::spawn(&spec, Prepared::new(&spec.limits)?)?;
     #[cfg(test)]
     if key.fault == 0 {
         test_hooks::started(key.image, process.pid());

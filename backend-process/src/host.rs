@@ -123,7 +123,12 @@ pub(crate) fn high_fd(fd: OwnedFd) -> io::Result<OwnedFd> {
     // SAFETY: fd is a valid open descriptor; F_DUPFD_CLOEXEC returns a new one we own.
     let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 16) };
     if new < 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        // EINVAL: no descriptor number 16 exists under this process's RLIMIT_NOFILE.
+        return Err(match e.raw_os_error() {
+            Some(libc::EINVAL) => io::Error::from_raw_os_error(libc::EMFILE),
+            _ => e,
+        });
     }
     // SAFETY: new is a fresh descriptor owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(new) })

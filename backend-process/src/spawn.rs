@@ -14,7 +14,7 @@ impl ProcessCell {
         if spec.fork_server && spec.role == Role::Cell {
             return fork_server::spawn(spec);
         }
-        let prepared = Prepared::new(&spec.limits);
+        let prepared = Prepared::new(&spec.limits)?;
         require(&prepared.layers, &spec.require)?;
         direct::spawn(spec, prepared)
     }

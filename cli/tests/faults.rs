@@ -155,3 +155,41 @@ fn non_finite_floats_print_alike_in_posts_and_metrics() {
     assert_eq!(metrics, ["inf", "-inf", "NaN"], "{events:?}");
     assert_eq!(posts, metrics);
 }
+
+/// A process cell needs descriptors in the supervisor (its channel, its pidfd, cgroup files
+/// while it is made). Run out of them and the spawn fails with a reason a user can act on,
+/// not as an invalid argument or a cell that "crashed".
+#[test]
+fn running_out_of_descriptors_is_reported_as_such() {
+    let doctor = output(&["doctor"]);
+    if !String::from_utf8_lossy(&doctor.stdout).contains("backend process: available") {
+        eprintln!("SKIPPED: the process backend is unavailable here");
+        return;
+    }
+    let script = tempfile::Builder::new().suffix(".rhai").tempfile().unwrap();
+    std::fs::write(script.path(), "1").unwrap();
+    // Enough for the policy's 16 open files to be valid; at 16 a process cell can never
+    // spawn (the backend keeps the descriptors it hands a child at 16 and up), above it
+    // whether it does depends on the host.
+    for limit in [16, 18, 20] {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n {limit} && exec \"$0\" run --backend process \"$1\""
+            ))
+            .arg(env!("CARGO_BIN_EXE_cell"))
+            .arg(script.path())
+            .env_remove("CELL_LOG")
+            .output()
+            .expect("run sh");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() == Some(0) && limit > 16 {
+            continue; // this host's cell needed fewer descriptors than that
+        }
+        assert_eq!(out.status.code(), Some(4), "limit {limit}: {out:?}");
+        assert!(
+            stderr.contains("Too many open files"),
+            "limit {limit}: {stderr}"
+        );
+    }
+}
