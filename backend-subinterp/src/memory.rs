@@ -17,7 +17,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::ptr;
+use std::ptr::{self, NonNull};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -32,20 +32,37 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AccountingAllocator;
 
-/// The bytes one cell's blocks take, against its limit. Kept alive by its own blocks: a block
-/// that outlives its cell still knows where to give its bytes back.
+/// One cell's account: the bytes its blocks take, against its limit. The cell holds it (in an
+/// `Arc`); a block that outlives the cell still knows where to give its bytes back, so what
+/// the account counts ([`Ledger`]) lives until the cell is gone and its last block is freed.
 #[derive(Debug)]
 pub struct Account {
+    ledger: NonNull<Ledger>,
+}
+
+/// What an account counts: the bytes of its live blocks plus [`OWNED`] while its [`Account`]
+/// exists. Whoever brings that to zero (the account's drop, or the refund of its last block)
+/// frees it: one atomic update per block allocated and per block freed.
+#[derive(Debug)]
+struct Ledger {
     live: AtomicUsize,
     limit: usize,
 }
 
+/// Set in [`Ledger::live`] while the [`Account`] exists; no count of bytes reaches it.
+const OWNED: usize = 1 << (usize::BITS - 1);
+
+// SAFETY: the ledger is shared only through atomics and freed exactly once (see `Ledger`).
+unsafe impl Send for Account {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Account {}
+
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
-    /// The account this thread's allocations are charged to (null: none). A raw pointer in a
+    /// The ledger this thread's allocations are charged to (null: none). A raw pointer in a
     /// `const` cell: reading it never allocates, so the allocator itself may.
-    static CURRENT: Cell<*const Account> = const { Cell::new(ptr::null()) };
+    static CURRENT: Cell<*const Ledger> = const { Cell::new(ptr::null()) };
 }
 
 /// Whether [`AccountingAllocator`] is the program's global allocator (it has allocated).
@@ -56,26 +73,58 @@ pub fn installed() -> bool {
 impl Account {
     /// An empty account that may hold `limit` bytes (0: no limit, only counting).
     pub fn new(limit: u64) -> Arc<Account> {
-        Arc::new(Account {
-            live: AtomicUsize::new(0),
+        let ledger = Ledger {
+            live: AtomicUsize::new(OWNED),
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
-        })
+        };
+        // Uncharged: the ledger may outlive whatever account is current now.
+        let ledger = uncharged(|| NonNull::from(Box::leak(Box::new(ledger))));
+        Arc::new(Account { ledger })
+    }
+
+    fn ledger(&self) -> &Ledger {
+        // SAFETY: the ledger lives at least as long as its account (its OWNED bit).
+        unsafe { self.ledger.as_ref() }
     }
 
     /// Bytes its live blocks take (with the allocator's word per block).
     pub fn live_bytes(&self) -> usize {
-        self.live.load(Ordering::Relaxed)
+        self.ledger().live.load(Ordering::Relaxed) & !OWNED
     }
 
     /// Whether its blocks take more than its limit.
     pub fn over_limit(&self) -> bool {
-        self.limit != 0 && self.live_bytes() > self.limit
+        let limit = self.ledger().limit;
+        limit != 0 && self.live_bytes() > limit
     }
 
     /// Runs `f` with this account current on this thread: what `f` allocates is charged here.
     pub fn charge<R>(self: &Arc<Self>, f: impl FnOnce() -> R) -> R {
-        let _current = Current::set(Arc::as_ptr(self));
+        let _current = Current::set(self.ledger.as_ptr());
         f()
+    }
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        // SAFETY: this account's OWNED bit kept the ledger alive until now; it is freed here
+        // only if no block holds bytes on it, else by the refund of its last block.
+        unsafe { release(self.ledger.as_ptr(), OWNED) }
+    }
+}
+
+/// Takes `amount` off `ledger` and frees it if that was the last of it.
+///
+/// # Safety
+/// `ledger` is live and `amount` is a share of it its caller holds (a block's bytes or the
+/// account's OWNED bit), given up here.
+unsafe fn release(ledger: *const Ledger, amount: usize) {
+    // SAFETY: the caller's share keeps the ledger alive until this update; the update that
+    // brings it to zero is the only one that sees zero, and it frees the ledger once.
+    unsafe {
+        if (*ledger).live.fetch_sub(amount, Ordering::AcqRel) == amount {
+            drop(Box::from_raw(ledger.cast_mut()));
+        }
     }
 }
 
@@ -85,7 +134,7 @@ impl std::fmt::Display for Account {
             f,
             "the engine's heap holds {} KiB against a limit of {} KiB",
             self.live_bytes() >> 10,
-            self.limit >> 10
+            self.ledger().limit >> 10
         )
     }
 }
@@ -96,11 +145,11 @@ pub fn uncharged<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Makes an account current and restores the previous one when dropped (also on unwind).
-struct Current(*const Account);
+/// Makes a ledger current and restores the previous one when dropped (also on unwind).
+struct Current(*const Ledger);
 
 impl Current {
-    fn set(account: *const Account) -> Current {
+    fn set(account: *const Ledger) -> Current {
         Current(CURRENT.with(|c| c.replace(account)))
     }
 }
@@ -111,14 +160,14 @@ impl Drop for Current {
     }
 }
 
-fn current() -> *const Account {
+fn current() -> *const Ledger {
     CURRENT.try_with(Cell::get).unwrap_or(ptr::null())
 }
 
 /// Bytes in front of every block: room for the account pointer, a multiple of the alignment
 /// so that the block after it keeps the alignment asked for.
 fn header(layout: Layout) -> usize {
-    layout.align().max(size_of::<*const Account>())
+    layout.align().max(size_of::<*const Ledger>())
 }
 
 /// The layout asked of the system allocator for `layout`: the header, then the block.
@@ -128,31 +177,25 @@ fn outer(layout: Layout) -> Option<(Layout, usize)> {
     Some((Layout::from_size_align(size, layout.align()).ok()?, header))
 }
 
-/// Charges `bytes` to the current account and returns it (null: none) for the block's header.
-fn charge_current(bytes: usize) -> *const Account {
-    let account = current();
-    if !account.is_null() {
-        // SAFETY: a current account is kept alive by the `Arc` its `charge` borrows; the
-        // count taken here is the block's own, given back when the block is freed.
-        unsafe {
-            Arc::increment_strong_count(account);
-            (*account).live.fetch_add(bytes, Ordering::Relaxed);
-        }
+/// Charges `bytes` to the current ledger and returns it (null: none) for the block's header.
+fn charge_current(bytes: usize) -> *const Ledger {
+    let ledger = current();
+    if !ledger.is_null() {
+        // SAFETY: a current ledger's account is alive (its `charge` borrows it); the bytes
+        // added here are the block's share, which keeps the ledger alive until it is freed.
+        unsafe { (*ledger).live.fetch_add(bytes, Ordering::Relaxed) };
     }
-    account
+    ledger
 }
 
-/// Gives `bytes` back to `account` (null: none) and drops the block's count on it.
+/// Gives `bytes` back to `ledger` (null: none).
 ///
 /// # Safety
-/// `account` is null or a pointer a block's header holds, whose count this gives back.
-unsafe fn refund(account: *const Account, bytes: usize) {
-    if !account.is_null() {
-        // SAFETY: the block's count keeps the account alive until this decrement.
-        unsafe {
-            (*account).live.fetch_sub(bytes, Ordering::Relaxed);
-            Arc::decrement_strong_count(account);
-        }
+/// `ledger` is null or the pointer a live block's header holds, `bytes` that block's share.
+unsafe fn refund(ledger: *const Ledger, bytes: usize) {
+    if !ledger.is_null() {
+        // SAFETY: as the caller promises.
+        unsafe { release(ledger, bytes) }
     }
 }
 
@@ -165,15 +208,15 @@ impl AccountingAllocator {
         if base.is_null() {
             return base;
         }
-        INSTALLED.store(true, Ordering::Relaxed);
+        if !INSTALLED.load(Ordering::Relaxed) {
+            INSTALLED.store(true, Ordering::Relaxed);
+        }
         let account = charge_current(outer.size());
         // SAFETY: the block is at least `header` bytes long and `header` is a multiple of the
         // alignment, at least a pointer's size; the pointer sits right before the user block.
         unsafe {
             let user = base.add(header);
-            user.cast::<*const Account>()
-                .sub(1)
-                .write_unaligned(account);
+            user.cast::<*const Ledger>().sub(1).write_unaligned(account);
             user
         }
     }
@@ -182,9 +225,9 @@ impl AccountingAllocator {
     ///
     /// # Safety
     /// `user` came from this allocator and is live.
-    unsafe fn account_of(user: *mut u8) -> *const Account {
+    unsafe fn account_of(user: *mut u8) -> *const Ledger {
         // SAFETY: `finish` wrote the pointer right before the user block.
-        unsafe { user.cast::<*const Account>().sub(1).read_unaligned() }
+        unsafe { user.cast::<*const Ledger>().sub(1).read_unaligned() }
     }
 }
 

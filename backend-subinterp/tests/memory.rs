@@ -124,3 +124,25 @@ fn the_usage_probe_reads_the_cell_heap_live() {
     assert!(after < idle + (1 << 20), "given back: {idle} -> {after}");
     assert!(probe.cpu_time().is_some());
 }
+
+#[test]
+fn blocks_that_outlive_their_account_are_refunded_on_any_thread() {
+    let account = memory::Account::new(0);
+    let blocks: Vec<Vec<u8>> = account.charge(|| (0..64).map(|i| vec![i as u8; 1000]).collect());
+    assert!(account.live_bytes() >= 64 * 1000);
+    let kept = account.charge(|| vec![7u8; 4096]);
+    let before = account.live_bytes();
+    drop(blocks);
+    assert!(
+        account.live_bytes() <= before - 64 * 1000,
+        "freed blocks are refunded"
+    );
+    // The account goes first; its blocks are freed later on another thread, the last one
+    // taking the account's ledger with it.
+    drop(account);
+    std::thread::spawn(move || {
+        assert_eq!(kept.iter().map(|&b| b as usize).sum::<usize>(), 7 * 4096)
+    })
+    .join()
+    .unwrap();
+}
