@@ -313,6 +313,28 @@ impl GuestFrame {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::Level;
+
+    /// Level names are what `log(level, ...)` takes and what logs show: each level has its own,
+    /// matched case-insensitively, and nothing else names a level.
+    #[test]
+    fn level_names_round_trip_and_are_distinct() {
+        let names: alloc::vec::Vec<&str> = Level::ALL.iter().map(|l| l.name()).collect();
+        assert_eq!(names, ["trace", "debug", "info", "warn", "error"]);
+        for level in Level::ALL {
+            assert_eq!(Level::from_name(level.name()), Some(level));
+            assert_eq!(
+                Level::from_name(&level.name().to_ascii_uppercase()),
+                Some(level)
+            );
+        }
+        assert_eq!(Level::from_name("fatal"), None);
+        assert_eq!(Level::from_name(""), None);
+    }
+}
+
 // Tripwires: wire discriminants (the golden vectors check that the encoding agrees).
 const _: () = assert!(HostFrameKind::Hello as u8 == 0);
 const _: () = assert!(HostFrameKind::Exec as u8 == 1);

@@ -63,4 +63,16 @@ mod tests {
         assert!(!negotiated(&["a"], &["b"], "b"));
         assert!(!negotiated(&["b"], &["a"], "b"));
     }
+
+    /// The schema tripwire compares whole strings: a different byte or length is a difference.
+    #[test]
+    fn tripwire_compares_every_byte_and_the_length() {
+        assert!(str_eq(SCHEMA_KEY, SCHEMA_KEY));
+        assert!(str_eq("", ""));
+        assert!(!str_eq("cell-abi/1", "cell-abi/2"));
+        assert!(!str_eq("abc", "abd"));
+        assert!(!str_eq("xbc", "abc"));
+        assert!(!str_eq("ab", "abc"));
+        assert!(!str_eq("abc", "ab"));
+    }
 }

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 #[derive(Clone)]
 struct Script(Arc<Mutex<Vec<u8>>>);
 
-struct Hostile(Script);
+/// The fake backend; `killed` is the kill switch of the one cell it spawns, so a test sees
+/// whether the host really killed it.
+struct Hostile(Script, Arc<Flag>);
 
 struct Flag(AtomicBool);
 impl Killer for Flag {
@@ -110,7 +112,7 @@ impl Backend for Hostile {
                 handshaken: false,
             },
             host,
-            killed: Arc::new(Flag(AtomicBool::new(false))),
+            killed: self.1.clone(),
             max: spec.max_frame_len,
         }))
     }
@@ -123,15 +125,31 @@ fn frames(list: &[GuestFrame]) -> Vec<u8> {
 }
 
 /// Runs one exec against a guest that answers with `bytes`; returns the result and whether the
-/// cell is still alive.
+/// cell survived it. A cell counts as gone only when the host both recorded why (`dead`) and
+/// pulled the backend's kill switch, before anything else is asked of it; a gone cell then
+/// refuses the next exec as closed.
 fn play(bytes: Vec<u8>) -> (Result<Value, CellError>, bool) {
     let script = Script(Arc::new(Mutex::new(bytes)));
-    let cell = TestCell::spawn(&Hostile(script), "victim", &Setup::default()).expect("handshake");
+    let killed = Arc::new(Flag(AtomicBool::new(false)));
+    let cell = TestCell::spawn(
+        &Hostile(script, killed.clone()),
+        "victim",
+        &Setup::default(),
+    )
+    .expect("handshake");
+    assert!(
+        !killed.0.load(Ordering::Relaxed),
+        "the handshake kills nothing"
+    );
     let result = cell.exec("anything");
+    let gone = killed.0.load(Ordering::Relaxed) && cell.dead().is_some();
     // recv never hangs: queued events, then a timeout or the reason the cell died.
     while cell.recv(Some(Duration::from_millis(1))).is_ok() {}
-    let alive = cell.exec("again").is_ok() || cell.dead().is_none();
-    (result, alive)
+    if gone {
+        let again = cell.exec("again");
+        assert_eq!(code(&again), Some(ErrorCode::CellClosed), "{again:?}");
+    }
+    (result, !gone)
 }
 
 fn code(r: &Result<Value, CellError>) -> Option<ErrorCode> {

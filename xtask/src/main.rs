@@ -12,7 +12,11 @@
 //!   — idle cells held per backend until a cap, a failed spawn, a memory reserve or a time limit:
 //!   memory per cell and time per spawn at 1k, 10k and the maximum (`supervisor/benches/density.rs`);
 //! * `fuzz-replay` — the committed fuzz corpora (`fuzz/corpus/`) through their targets' checks,
-//!   on stable, without the fuzzer (`cargo test --workspace` runs the same test).
+//!   on stable, without the fuzzer (`cargo test --workspace` runs the same test);
+//! * `mutants [--area NAME] [-- ARGS]` — mutation testing (cargo-mutants, installed when
+//!   missing) of the wire codec, the host side, the broker's decisions and the fs capability,
+//!   each area judged by the tests of the crates that hold its rules; prints caught, missed,
+//!   unviable and timed-out mutants per area. Slow: not part of `ci`.
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader};
@@ -42,13 +46,14 @@ fn main() -> ExitCode {
         Some("conformance") => conformance(backend.as_deref()),
         Some("bench") if args.iter().any(|a| a == "--density") => density(&args[1..]),
         Some("bench") => bench(backend.as_deref()),
+        Some("mutants") => mutants(&args[1..]),
         Some("fuzz-replay") => step(
             "fuzz corpora replayed (cargo test -p cell-fuzz-replay)",
             cargo().args(["test", "-p", "cell-fuzz-replay"]),
         ),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | guests | conformance [--backend NAME] | bench [--backend NAME] | bench --density [--backend NAME] [--max N] | fuzz-replay>"
+                "usage: cargo xtask <ci | guests | conformance [--backend NAME] | bench [--backend NAME] | bench --density [--backend NAME] [--max N] | fuzz-replay | mutants [--area NAME] [-- ARGS]>"
             );
             return ExitCode::from(2);
         }
@@ -328,4 +333,160 @@ fn ensure_bwrap() {
         .args(["install", "-y", "-qq", "bubblewrap"])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status();
+}
+
+/// One area `cargo xtask mutants` covers: the files mutated, and the packages whose tests must
+/// catch each mutant (the crate itself, and the tests that prove its rule end to end).
+struct MutantArea {
+    name: &'static str,
+    package: &'static str,
+    files: &'static [&'static str],
+    tests: &'static [&'static str],
+}
+
+const MUTANT_AREAS: &[MutantArea] = &[
+    MutantArea {
+        name: "wire",
+        package: "cell-abi",
+        files: &[
+            "abi/src/wire.rs",
+            "abi/src/frame.rs",
+            "abi/src/decode.rs",
+            "abi/src/version.rs",
+        ],
+        tests: &["cell-abi"],
+    },
+    MutantArea {
+        name: "host",
+        package: "cell-host",
+        files: &[
+            "host/src/host.rs",
+            "host/src/rules.rs",
+            "host/src/memory.rs",
+        ],
+        // The hostile guests prove that a cell breaking the protocol is killed.
+        tests: &["cell-host", "cell-conformance"],
+    },
+    MutantArea {
+        name: "broker",
+        package: "cell-broker",
+        files: &[
+            "broker/src/cell.rs",
+            "broker/src/quota.rs",
+            "broker/src/rules.rs",
+        ],
+        tests: &["cell-broker"],
+    },
+    MutantArea {
+        name: "fs",
+        package: "cell-broker",
+        files: &["broker/src/caps/fs.rs", "broker/src/caps/fs_object.rs"],
+        tests: &["cell-broker"],
+    },
+];
+
+/// Lines in one of cargo-mutants' outcome lists (`caught.txt`, `missed.txt`, ...).
+fn listed(out: &Path, list: &str) -> usize {
+    std::fs::read_to_string(out.join(list))
+        .map(|text| text.lines().filter(|l| !l.trim().is_empty()).count())
+        .unwrap_or(0)
+}
+
+fn ensure_cargo_mutants() -> bool {
+    let present = cargo()
+        .args(["mutants", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    present
+        || step(
+            "installing cargo-mutants",
+            cargo().args(["install", "--locked", "cargo-mutants"]),
+        )
+}
+
+/// Runs cargo-mutants over each area (or the one named by `--area`), one build at a time, with
+/// its results in `target/mutants/AREA/mutants.out`, and prints the counts. Arguments after
+/// `--` go to cargo-mutants (`--list`, `-j 2`, `--iterate`, ...). Exclusions of equivalent
+/// mutants, each with its reason, are in `.cargo/mutants.toml`.
+fn mutants(args: &[String]) -> bool {
+    let (ours, extra) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[][..]),
+    };
+    let only = ours
+        .iter()
+        .position(|a| a == "--area")
+        .and_then(|i| ours.get(i + 1));
+    let areas: Vec<&MutantArea> = MUTANT_AREAS
+        .iter()
+        .filter(|a| only.is_none_or(|o| o == a.name))
+        .collect();
+    if areas.is_empty() {
+        let names: Vec<&str> = MUTANT_AREAS.iter().map(|a| a.name).collect();
+        eprintln!("xtask: unknown area (known: {})", names.join(", "));
+        return false;
+    }
+    if !ensure_cargo_mutants() {
+        return false;
+    }
+    let listing = extra.iter().any(|a| a == "--list" || a == "--list-files");
+    let base = root().join("target").join("mutants");
+    let mut ok = true;
+    let mut rows = Vec::new();
+    for area in areas {
+        let output = base.join(area.name);
+        let mut cmd = cargo();
+        cmd.args(["mutants", "-p", area.package]);
+        for file in area.files {
+            cmd.args(["--file", file]);
+        }
+        for test in area.tests {
+            cmd.args(["--test-package", test]);
+        }
+        if !extra.iter().any(|a| a.starts_with("-j") || a == "--jobs") {
+            cmd.args(["-j", "1"]);
+        }
+        cmd.arg("--output").arg(&output).args(extra);
+        // The mutated copies share one target directory, so dependencies build once.
+        if std::env::var_os("CARGO_TARGET_DIR").is_none() {
+            cmd.env("CARGO_TARGET_DIR", base.join("build"));
+        }
+        // cargo-mutants exits non-zero when a mutant survives: the counts below say which.
+        let ran = step(&format!("mutants: {}", area.name), &mut cmd);
+        if listing {
+            ok &= ran;
+            continue;
+        }
+        let out = output.join("mutants.out");
+        let counts = ["caught.txt", "missed.txt", "unviable.txt", "timeout.txt"]
+            .map(|list| listed(&out, list));
+        ok &= counts[1] == 0;
+        rows.push((area.name, counts));
+    }
+    if !rows.is_empty() {
+        println!("\n==> mutants per area (caught / missed / unviable / timeouts, survivors)");
+        let mut total = [0; 4];
+        for (name, c) in &rows {
+            println!("  {name:<7} {}", mutant_line(c));
+            for (t, n) in total.iter_mut().zip(c) {
+                *t += n;
+            }
+        }
+        println!("  {:<7} {}", "all", mutant_line(&total));
+    }
+    ok
+}
+
+/// "39 / 1 / 24 / 0, 2.5 % of the 40 that built survive".
+fn mutant_line(c: &[usize; 4]) -> String {
+    let [caught, missed, unviable, timeouts] = *c;
+    let built = caught + missed + timeouts;
+    let share = if built == 0 {
+        0.0
+    } else {
+        100.0 * missed as f64 / built as f64
+    };
+    format!(
+        "{caught} / {missed} / {unviable} / {timeouts}, {share:.1} % of the {built} that built survive"
+    )
 }
