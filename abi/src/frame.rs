@@ -313,6 +313,20 @@ impl GuestFrame {
     }
 }
 
+// Tripwires: wire discriminants (the golden vectors check that the encoding agrees).
+const _: () = assert!(HostFrameKind::Hello as u8 == 0);
+const _: () = assert!(HostFrameKind::Exec as u8 == 1);
+const _: () = assert!(HostFrameKind::Call as u8 == 2);
+const _: () = assert!(HostFrameKind::Reply as u8 == 3);
+const _: () = assert!(HostFrameKind::Shutdown as u8 == 4);
+const _: () = assert!(GuestFrameKind::Ready as u8 == 0);
+const _: () = assert!(GuestFrameKind::Refused as u8 == 1);
+const _: () = assert!(GuestFrameKind::Done as u8 == 2);
+const _: () = assert!(GuestFrameKind::Post as u8 == 3);
+const _: () = assert!(GuestFrameKind::Log as u8 == 4);
+const _: () = assert!(GuestFrameKind::Metric as u8 == 5);
+const _: () = assert!(GuestFrameKind::Request as u8 == 6);
+
 #[cfg(test)]
 mod tests {
     use super::Level;
@@ -334,17 +348,3 @@ mod tests {
         assert_eq!(Level::from_name(""), None);
     }
 }
-
-// Tripwires: wire discriminants (the golden vectors check that the encoding agrees).
-const _: () = assert!(HostFrameKind::Hello as u8 == 0);
-const _: () = assert!(HostFrameKind::Exec as u8 == 1);
-const _: () = assert!(HostFrameKind::Call as u8 == 2);
-const _: () = assert!(HostFrameKind::Reply as u8 == 3);
-const _: () = assert!(HostFrameKind::Shutdown as u8 == 4);
-const _: () = assert!(GuestFrameKind::Ready as u8 == 0);
-const _: () = assert!(GuestFrameKind::Refused as u8 == 1);
-const _: () = assert!(GuestFrameKind::Done as u8 == 2);
-const _: () = assert!(GuestFrameKind::Post as u8 == 3);
-const _: () = assert!(GuestFrameKind::Log as u8 == 4);
-const _: () = assert!(GuestFrameKind::Metric as u8 == 5);
-const _: () = assert!(GuestFrameKind::Request as u8 == 6);
