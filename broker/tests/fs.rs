@@ -356,3 +356,118 @@ fn size_caps_apply_to_reads_and_writes() {
     assert!(!Path::new(&f.root).join("w").exists());
     assert!(req(&c, "read", &f.root, "a.txt").is_ok());
 }
+
+fn write_bytes(
+    c: &CellBroker,
+    root: &str,
+    path: &str,
+    data: Vec<u8>,
+) -> Result<Value, abi::CellError> {
+    c.request(
+        B,
+        "fs",
+        "write",
+        map(&[
+            ("root", s(root)),
+            ("path", s(path)),
+            ("data", Value::Bytes(data)),
+        ]),
+    )
+}
+
+#[test]
+fn a_file_of_exactly_max_bytes_is_read_and_written() {
+    let f = fixture();
+    let root = Path::new(&f.root);
+    std::fs::write(root.join("ten"), [7u8; 10]).unwrap();
+    std::fs::write(root.join("eleven"), [7u8; 11]).unwrap();
+    let broker = Broker::builder().build().unwrap();
+    let grant = grant(
+        &f.root,
+        "read-write",
+        "[\"read\", \"write\"]",
+        "max_bytes = 10",
+    );
+    let c = cell(&broker, "exact", &grant);
+    assert_eq!(
+        req(&c, "read", &f.root, "ten"),
+        Ok(Value::Bytes(vec![7; 10]))
+    );
+    assert_eq!(
+        req(&c, "read", &f.root, "eleven").unwrap_err().code,
+        ErrorCode::LimitValue
+    );
+    assert_eq!(
+        write_bytes(&c, &f.root, "w10", vec![1; 10]),
+        Ok(Value::Int(10))
+    );
+    assert_eq!(std::fs::read(root.join("w10")).unwrap(), vec![1; 10]);
+    assert_eq!(
+        write_bytes(&c, &f.root, "w11", vec![1; 11])
+            .unwrap_err()
+            .code,
+        ErrorCode::LimitValue
+    );
+    assert!(!root.join("w11").exists());
+}
+
+#[test]
+fn a_fifo_under_the_root_is_refused_without_blocking() {
+    let f = fixture();
+    let fifo = Path::new(&f.root).join("pipe");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let broker = Broker::builder().build().unwrap();
+    let c = cell(
+        &broker,
+        "fifo",
+        &grant(&f.root, "read-write", "[\"*\"]", ""),
+    );
+    // Nobody holds the other end: an open that waited for one would never return.
+    let err = req(&c, "read", &f.root, "pipe").unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument, "{err}");
+    assert!(err.message.contains("not a regular file"), "{err}");
+    let err = write_bytes(&c, &f.root, "pipe", b"x".to_vec()).unwrap_err();
+    assert_eq!(err.code, ErrorCode::CapabilityFailed, "{err}");
+    let stat = req(&c, "stat", &f.root, "pipe").unwrap();
+    let Value::Map(stat) = stat else {
+        panic!("stat is a map: {stat:?}")
+    };
+    assert_eq!(stat["type"], s("other"));
+    assert_eq!(
+        rustix::fs::FileType::from_raw_mode(rustix::fs::stat(&fifo).unwrap().st_mode),
+        rustix::fs::FileType::Fifo
+    );
+}
+
+#[test]
+fn a_write_the_quota_refuses_never_runs() {
+    let f = fixture();
+    let root = Path::new(&f.root);
+    let broker = Broker::builder().build().unwrap();
+    let grant = grant(
+        &f.root,
+        "read-write",
+        "[\"write\"]",
+        "quota = { requests = 1, bytes = 4096 }",
+    );
+    let c = cell(&broker, "quota", &grant);
+    // Its payload alone is over the byte quota: refused before the capability runs.
+    let err = write_bytes(&c, &f.root, "big", vec![1; 5000]).unwrap_err();
+    assert_eq!(err.code, ErrorCode::LimitQuota, "{err}");
+    assert!(!root.join("big").exists(), "a refused write wrote");
+    // The refusal did not count: one request still fits, the next does not.
+    assert_eq!(
+        write_bytes(&c, &f.root, "one", vec![1; 4]),
+        Ok(Value::Int(4))
+    );
+    let err = write_bytes(&c, &f.root, "two", vec![1; 4]).unwrap_err();
+    assert_eq!(err.code, ErrorCode::LimitQuota, "{err}");
+    assert!(!root.join("two").exists(), "a refused write wrote");
+}

@@ -462,6 +462,45 @@ mod tests {
         assert_eq!(unescape("/plain\\x"), PathBuf::from("/plain\\x"));
     }
 
+    fn close_on_exec(fd: &OwnedFd) -> bool {
+        rustix::io::fcntl_getfd(fd)
+            .unwrap()
+            .contains(rustix::io::FdFlags::CLOEXEC)
+    }
+
+    /// No descriptor the capability opens outlives an `exec` of the host process: the root,
+    /// objects opened beneath it, and the last component opened by name.
+    #[test]
+    fn every_descriptor_opened_is_close_on_exec() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/f"), b"x").unwrap();
+        let root = open_root(dir.path()).unwrap();
+        assert!(close_on_exec(&root));
+        for (path, flags) in [
+            ("sub/f", OFlags::RDONLY),
+            ("sub/f", OFlags::WRONLY),
+            ("sub/f", OFlags::PATH),
+            ("sub", OFlags::RDONLY | OFlags::DIRECTORY),
+            (".", OFlags::PATH | OFlags::DIRECTORY),
+        ] {
+            let fd = beneath(&root, path, flags, Mode::empty()).unwrap();
+            assert!(close_on_exec(&fd), "{path} {flags:?}");
+            for follow in [true, false] {
+                let how = Open {
+                    flags,
+                    mode: Mode::empty(),
+                    follow,
+                };
+                let object = open_object(&root, path, how, &[], "open").unwrap();
+                assert!(close_on_exec(&object.fd), "{path} {flags:?}");
+                if let Some(dir) = &object.dir {
+                    assert!(close_on_exec(dir), "{path}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn split_last_needs_a_name() {
         assert_eq!(split_last("a/b/").unwrap(), ("a", "b"));
