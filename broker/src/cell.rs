@@ -458,3 +458,38 @@ fn run_guarded(cap: &dyn Capability, call: &Call) -> Result<Value, Exec> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names a guest sends are echoed into errors and audit records at most
+    /// `MAX_NAME_ECHO` bytes long, cut on a character boundary.
+    #[test]
+    fn long_names_are_echoed_cut_on_a_char_boundary() {
+        let exact = "a".repeat(MAX_NAME_ECHO);
+        assert_eq!(echo(&exact), exact);
+        let over = "b".repeat(MAX_NAME_ECHO + 1);
+        assert_eq!(echo(&over), format!("{}...", &over[..MAX_NAME_ECHO]));
+        // A two-byte character straddling the cut is left out whole.
+        let straddling = format!("{}é", "c".repeat(MAX_NAME_ECHO - 1));
+        assert_eq!(
+            echo(&straddling),
+            format!("{}...", "c".repeat(MAX_NAME_ECHO - 1))
+        );
+    }
+
+    #[test]
+    fn audit_timestamps_are_wall_clock_milliseconds() {
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let at = now_ms();
+        let after = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(before <= at && at <= after, "{before} {at} {after}");
+    }
+}

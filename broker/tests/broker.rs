@@ -319,6 +319,18 @@ fn empty_rules_grant_nothing() {
     let broker = Broker::builder().build().unwrap();
     let c = broker.for_cell("e", &Rules::default()).unwrap();
     assert!(c.grants_nothing());
+    assert_eq!(c.cell(), "e");
+    assert_eq!(
+        format!("{c:?}"),
+        "CellBroker { cell: \"e\", grants: 0, denies: 0 }"
+    );
+    let granted = common::cell(
+        &broker,
+        "g",
+        "[[grants]]\ncapability = \"clock\"\nactions = [\"wall\"]",
+    );
+    assert!(!granted.grants_nothing());
+    assert_eq!(granted.cell(), "g");
     for (cap, action) in [
         ("clock", "wall"),
         ("random", "int"),
