@@ -1,5 +1,5 @@
-//! The HTTP API: routes, the key check, JSON bodies, handlers. Cell work runs on blocking
-//! threads; the async runtime only moves bytes.
+//! The HTTP API: routes, the key check, JSON bodies, handlers. Cell work runs through
+//! [`blocking`], never holding up the async workers' other tasks.
 
 use crate::error::ApiError;
 use crate::node::{CreateRequest, Node};
@@ -145,15 +145,26 @@ impl FromRequestParts<AppState> for Auth {
 /// A JSON body: over the cap → 413 before it is buffered, malformed or unknown fields → 400.
 pub struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<JsonBody<T>, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+    async fn from_request(req: Request, node: &AppState) -> Result<JsonBody<T>, ApiError> {
+        let too_large = || {
+            ApiError::new(
+                "payload_too_large",
+                "the request body is larger than allowed",
+            )
+        };
+        // Refused by its Content-Length before a byte of it is read.
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > node.config.limits.body_bytes as u64) {
+            return Err(too_large());
+        }
+        let bytes = Bytes::from_request(req, node).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    "payload_too_large",
-                    "the request body is larger than allowed",
-                )
+                too_large()
             } else {
                 ApiError::bad_request(format!("cannot read the request body: {}", e.body_text()))
             }
@@ -164,11 +175,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// Runs `f` on a blocking thread inside the request's span.
+/// Blocking work run in place at once, at most (the rest goes to the blocking pool).
+pub const MAX_IN_PLACE: usize = 32;
+
+/// Runs blocking `f` (a spawn, an exec, a kill) inside the request's span, never holding up the
+/// async workers' other tasks. On a multi-thread runtime, while fewer than [`MAX_IN_PLACE`] do,
+/// it runs on this thread with `block_in_place`, which first hands the worker's other tasks to
+/// another thread (it does not wait for it): no hop to a blocking thread and no wake back to
+/// the worker for the answer, the two thread switches that made most of an exec's cost over
+/// HTTP. Past the bound, or on another runtime, `f` runs on the blocking pool.
 pub async fn blocking<T: Send + 'static>(
+    node: &Node,
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
     let span = Span::current();
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread
+        && let Some(_permit) = node.in_place(MAX_IN_PLACE)
+    {
+        return tokio::task::block_in_place(|| span.in_scope(f));
+    }
     tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|e| ApiError::new("internal", format!("the request's worker failed: {e}")))?
@@ -185,7 +211,7 @@ async fn create(
     JsonBody(req): JsonBody<CreateRequest>,
 ) -> Result<Response, ApiError> {
     let n = node.clone();
-    let (entry, new) = blocking(move || n.create(&tenant, req)).await?;
+    let (entry, new) = blocking(&node, move || n.create(&tenant, req)).await?;
     let status = if new {
         StatusCode::CREATED
     } else {
@@ -225,7 +251,7 @@ async fn delete(
 ) -> Result<Json<J>, ApiError> {
     let entry = node.find(&tenant, &id, &path_of(&uri))?;
     let n = node.clone();
-    blocking(move || {
+    blocking(&node, move || {
         n.remove(&entry, "cancelled", "the cell was deleted");
         Ok(())
     })
@@ -249,7 +275,7 @@ async fn exec(
 ) -> Result<Json<J>, ApiError> {
     let entry = node.find(&tenant, &id, &path_of(&uri))?;
     let n = node.clone();
-    let value = blocking(move || n.run(&entry, |c| c.exec(&req.source))).await?;
+    let value = blocking(&node, move || n.run(&entry, |c| c.exec(&req.source))).await?;
     Ok(Json(json!({ "result": cj::value(&value) })))
 }
 
@@ -278,7 +304,10 @@ async fn call(
         .map(|(k, v)| (k.clone(), cj::parse_value(v)))
         .collect();
     let n = node.clone();
-    let value = blocking(move || n.run(&entry, |c| c.call(&req.function, args, kwargs))).await?;
+    let value = blocking(&node, move || {
+        n.run(&entry, |c| c.call(&req.function, args, kwargs))
+    })
+    .await?;
     Ok(Json(json!({ "result": cj::value(&value) })))
 }
 
@@ -305,7 +334,7 @@ async fn ttl(
 async fn node_info(State(node): State<AppState>, Auth(_): Auth) -> Result<Json<J>, ApiError> {
     let n = node.clone();
     // Backend doctor checks may touch the host (KVM, cgroups): off the runtime.
-    blocking(move || Ok(Json(n.node_json()))).await
+    blocking(&node, move || Ok(Json(n.node_json()))).await
 }
 
 async fn readyz(State(node): State<AppState>) -> Response {

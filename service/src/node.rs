@@ -1,5 +1,5 @@
 //! One node: its supervisor, its cells by id, tenants, quotas, expiry. Everything here is
-//! synchronous; the HTTP layer calls the blocking parts on blocking threads.
+//! synchronous; the HTTP layer calls the blocking parts through `api::blocking`.
 
 use crate::config::ServeConfig;
 use crate::error::ApiError;
@@ -9,7 +9,7 @@ use crate::tenants::{Tenant, Tenants, TenantsError};
 use serde::Deserialize;
 use serde_json::{Value as J, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use supervisor::{Cell, CellState, Supervisor, SupervisorError, Value};
@@ -107,6 +107,17 @@ pub struct Node {
     streams: Mutex<HashMap<String, usize>>,
     /// Open event streams on this node.
     pub open_streams: watch::Sender<usize>,
+    /// Blocking calls running in place on async workers now.
+    in_place: AtomicUsize,
+}
+
+/// One blocking call running in place, counted until dropped.
+pub struct InPlace<'a>(&'a AtomicUsize);
+
+impl Drop for InPlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Loads the base policy tree and the tenants as the config says.
@@ -142,7 +153,18 @@ impl Node {
             count: watch::Sender::new(0),
             streams: Mutex::default(),
             open_streams: watch::Sender::new(0),
+            in_place: AtomicUsize::new(0),
         }
+    }
+
+    /// A slot to run a blocking call in place, if fewer than `max` do now.
+    pub fn in_place(&self, max: usize) -> Option<InPlace<'_>> {
+        self.in_place
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InPlace(&self.in_place))
     }
 
     pub fn tenants(&self) -> Arc<Tenants> {
@@ -409,6 +431,9 @@ impl Node {
 
     /// Kills and forgets a cell.
     pub fn remove(&self, entry: &Entry, code: &str, why: &str) {
+        // Out of the table first: a reader that saw the `closed` line finds the cell gone. The
+        // count drain waits on drops once the boundary is released, below.
+        self.locked().remove(&entry.id);
         // Events the cell sent first, then the reason, then the kill (whose own reason the
         // closed buffer no longer takes).
         entry.events.drain(&entry.cell);
@@ -420,9 +445,7 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(at, entry.id.clone()));
-        let mut cells = self.locked();
-        cells.remove(&entry.id);
-        self.count.send_replace(cells.len());
+        self.count.send_replace(self.len());
     }
 
     /// Kills cells past their expiry; returns the next expiry.
@@ -534,5 +557,22 @@ fn spawn_error(e: SupervisorError) -> ApiError {
         SupervisorError::Handshake(c) => c.into(),
         SupervisorError::Spawn(_) => ApiError::new("spawn_failed", e.to_string()),
         other => ApiError::new("internal", other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_place_slots_are_bounded_and_returned() {
+        let node = Node::new(
+            ServeConfig::new("unix:/nonexistent".parse().unwrap(), "n"),
+            Tenants::single(None, &Table::new()).unwrap(),
+        );
+        let held: Vec<_> = (0..3).map(|_| node.in_place(3).unwrap()).collect();
+        assert!(node.in_place(3).is_none());
+        drop(held);
+        assert!(node.in_place(1).is_some());
     }
 }
