@@ -342,3 +342,22 @@ fn empty_rules_grant_nothing() {
         assert!(err.message.contains(&format!("`{cap}`")) && err.message.contains("default-deny"));
     }
 }
+
+#[test]
+fn a_deny_rule_covers_only_its_own_capability() {
+    let broker = Broker::builder().build().unwrap();
+    let c = cell(
+        &broker,
+        "d",
+        "[[grants]]\ncapability = \"clock\"\nactions = [\"*\"]\n\
+         [[grants]]\ncapability = \"random\"\nactions = [\"*\"]\n\
+         [[denies]]\ncapability = \"random\"\nactions = [\"*\"]",
+    );
+    assert!(matches!(
+        c.request(B, "clock", "wall", Value::Unit),
+        Ok(Value::Int(_))
+    ));
+    let err = c.request(B, "random", "int", Value::Unit).unwrap_err();
+    assert_eq!(err.code, ErrorCode::Denied);
+    assert!(err.message.contains("denies[0]"), "{err}");
+}
