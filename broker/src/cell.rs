@@ -479,6 +479,29 @@ mod tests {
         );
     }
 
+    /// The list of requests in flight (for `cancel`) forgets finished ones: it holds at most
+    /// the requests running now.
+    #[test]
+    fn finished_requests_leave_the_in_flight_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let rules: crate::Rules = toml::from_str(&format!(
+            "[[grants]]\ncapability = \"fs\"\nactions = [\"read\"]\nroots = [\"{root}\"]"
+        ))
+        .unwrap();
+        let broker = crate::Broker::builder().build().unwrap();
+        let cell = broker.for_cell("c", &rules).unwrap();
+        let mut payload = abi::Map::new();
+        payload.insert("root".into(), Value::Str(root.into()));
+        payload.insert("path".into(), Value::Str("f".into()));
+        for _ in 0..3 {
+            let read = cell.request("b", "fs", "read", Value::Map(payload.clone()));
+            assert_eq!(read, Ok(Value::Bytes(b"x".to_vec())));
+        }
+        assert_eq!(lock(&cell.cancel.inflight).len(), 1);
+    }
+
     #[test]
     fn audit_timestamps_are_wall_clock_milliseconds() {
         let before = SystemTime::now()

@@ -275,6 +275,24 @@ fn a_blocked_request_times_out() {
     started.recv().unwrap();
     assert_eq!(err.code, ErrorCode::CapabilityFailed);
     assert!(err.message.contains("timed out"), "{err}");
+    assert!(err.message.contains("no result within 100 ms"), "{err}");
+}
+
+#[test]
+fn the_grants_timeout_holds_when_the_cells_deadline_is_later() {
+    let (broker, started) = greeter_broker(Arc::new(MemoryAudit::default()));
+    let c = cell(
+        &broker,
+        "t",
+        "[[grants]]\ncapability = \"greeter\"\nactions = [\"block\"]\ntimeout_ms = 100",
+    );
+    let far = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    let err = c
+        .request_with_deadline(B, "greeter", "block", Value::Unit, Some(far))
+        .unwrap_err();
+    started.recv().unwrap();
+    assert_eq!(err.code, ErrorCode::CapabilityFailed);
+    assert!(err.message.contains("no result within 100 ms"), "{err}");
 }
 
 #[test]
@@ -360,4 +378,23 @@ fn a_deny_rule_covers_only_its_own_capability() {
     let err = c.request(B, "random", "int", Value::Unit).unwrap_err();
     assert_eq!(err.code, ErrorCode::Denied);
     assert!(err.message.contains("denies[0]"), "{err}");
+}
+
+#[test]
+fn the_audit_counts_the_bytes_of_payload_and_result() {
+    let audit = Arc::new(MemoryAudit::default());
+    let broker = Broker::builder().audit(audit.clone()).build().unwrap();
+    let c = cell(
+        &broker,
+        "bytes",
+        "[[grants]]\ncapability = \"random\"\nactions = [\"bytes\"]",
+    );
+    let payload = map(&[("len", Value::Int(8))]);
+    let result = c.request(B, "random", "bytes", payload.clone()).unwrap();
+    let records = audit.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        records[0].bytes,
+        cell_broker::value_bytes(&payload) + cell_broker::value_bytes(&result)
+    );
 }
