@@ -685,3 +685,25 @@ fn a_dead_cell_refuses_transactions() {
     );
     assert_eq!(cell.sent().len(), before);
 }
+
+#[test]
+fn metric_names_are_one_to_256_bytes() {
+    for (len, ok) in [(1, true), (256, true), (0, false), (257, false)] {
+        let metric = GuestFrame::Metric {
+            name: "m".repeat(len),
+            value: 1.0,
+            tags: Default::default(),
+        };
+        let mut cell = Cell::ready(
+            Channel::default(),
+            Arc::new(DenyAll),
+            guest(move |_, _| vec![metric.clone()]),
+        );
+        let r = cell.run(exec(2), None);
+        assert_eq!(r.is_ok(), ok, "{len}: {r:?}");
+        if !ok {
+            assert_eq!(r.unwrap_err().code, ErrorCode::ProtocolViolation);
+            assert!(cell.killed(), "{len}");
+        }
+    }
+}
