@@ -440,9 +440,8 @@ fn mutants(args: &[String]) -> bool {
         for file in area.files {
             cmd.args(["--file", file]);
         }
-        for test in area.tests {
-            cmd.args(["--test-package", test]);
-        }
+        // One list: cargo-mutants takes one value of `--test-package`, comma-separated.
+        cmd.args(["--test-package", &area.tests.join(",")]);
         if !extra.iter().any(|a| a.starts_with("-j") || a == "--jobs") {
             cmd.args(["-j", "1"]);
         }
