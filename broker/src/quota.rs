@@ -79,3 +79,53 @@ impl QuotaState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(max: u64) -> Quota {
+        Quota {
+            requests: None,
+            bytes: Some(max),
+            window_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_payload_of_exactly_the_byte_quota_is_admitted_and_one_more_is_not() {
+        let mut q = QuotaState::new();
+        assert_eq!(q.admit(&bytes(100), 101).map_err(|_| ()), Err(()));
+        assert_eq!(q.admit(&bytes(100), 100), Ok(()));
+        let err = q.admit(&bytes(100), 1).unwrap_err();
+        assert!(err.contains("100 of 100 bytes per cell life"), "{err}");
+    }
+
+    #[test]
+    fn results_may_fill_the_byte_quota_exactly() {
+        let mut q = QuotaState::new();
+        q.admit(&bytes(100), 40).unwrap();
+        assert_eq!(q.settle(&bytes(100), 60), Ok(()));
+        let mut q = QuotaState::new();
+        q.admit(&bytes(100), 40).unwrap();
+        let err = q.settle(&bytes(100), 61).unwrap_err();
+        assert!(err.contains("101 of 100 bytes"), "{err}");
+    }
+
+    #[test]
+    fn refusals_name_the_window() {
+        let per_window = Quota {
+            requests: Some(0),
+            bytes: None,
+            window_ms: 60_000,
+        };
+        let err = QuotaState::new().admit(&per_window, 0).unwrap_err();
+        assert!(err.ends_with("0 requests per 60000 ms"), "{err}");
+        let per_life = Quota {
+            window_ms: 0,
+            ..per_window
+        };
+        let err = QuotaState::new().admit(&per_life, 0).unwrap_err();
+        assert!(err.ends_with("0 requests per cell life"), "{err}");
+    }
+}
