@@ -707,3 +707,46 @@ fn metric_names_are_one_to_256_bytes() {
         }
     }
 }
+
+#[test]
+fn an_interrupt_cancels_the_exec_and_keeps_the_cell() {
+    let cancelled = |f: &HostFrame, host: &CellHost| {
+        if id_of(f) == 2 {
+            host.mark_interrupted();
+        }
+        vec![GuestFrame::Done {
+            id: id_of(f),
+            result: Err(CellError::new(ErrorCode::Cancelled, "cancelled")),
+        }]
+    };
+    let mut cell = Cell::ready(Channel::default(), Arc::new(DenyAll), guest(cancelled));
+    let err = cell.run(exec(2), None).unwrap_err();
+    assert_eq!(
+        err,
+        CellError::new(ErrorCode::Cancelled, "the exec was interrupted")
+    );
+    assert!(!cell.killed() && cell.host.dead().is_none());
+    // The interrupt was for that exec only: a later `cancelled` is the script's own.
+    assert_eq!(
+        cell.run(exec(3), None).unwrap_err().code,
+        ErrorCode::Runtime
+    );
+    assert!(!cell.killed());
+}
+
+#[test]
+fn an_over_cap_handshake_is_named_as_such() {
+    let channel = Channel {
+        max_frame_bytes: 100,
+        ..Channel::default()
+    };
+    let mut cell = Cell::new(channel, Arc::new(DenyAll), guest(|_, _| vec![]));
+    let big = HostFrame::Hello(Hello::new("x".repeat(200), EngineLimits::default(), vec![]));
+    let err = cell.run(big, None).unwrap_err();
+    assert_eq!(err.code, ErrorCode::LimitFrameSize);
+    assert!(
+        err.message.starts_with("the handshake encodes to "),
+        "{err}"
+    );
+    assert!(cell.sent().is_empty() && cell.killed());
+}
