@@ -112,6 +112,26 @@ mod tests {
         assert!(err.contains("101 of 100 bytes"), "{err}");
     }
 
+    /// A window past its length starts afresh; a quota for the cell's life never does.
+    #[test]
+    fn a_window_past_its_length_starts_afresh() {
+        let used = || QuotaState {
+            window_start: Instant::now()
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or_else(Instant::now),
+            requests: 1,
+            bytes: 0,
+        };
+        let quota = |window_ms| Quota {
+            requests: Some(1),
+            bytes: None,
+            window_ms,
+        };
+        assert_eq!(used().admit(&quota(10), 0), Ok(()));
+        assert!(used().admit(&quota(0), 0).is_err());
+        assert!(used().admit(&quota(3_600_000), 0).is_err());
+    }
+
     #[test]
     fn refusals_name_the_window() {
         let per_window = Quota {

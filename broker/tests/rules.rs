@@ -179,3 +179,12 @@ fn shape_checks_need_no_host_state() {
     let bad = rules("[[grants]]\ncapability = \"third-party\"\nactions = []");
     assert!(broker.check_shape(&bad).is_err());
 }
+
+#[test]
+fn rules_are_empty_only_without_grants_and_denies() {
+    assert!(Rules::default().is_empty());
+    let grants = common::rules("[[grants]]\ncapability = \"clock\"\nactions = [\"wall\"]");
+    assert!(!grants.is_empty());
+    let denies = common::rules("[[denies]]\ncapability = \"clock\"\nactions = [\"wall\"]");
+    assert!(!denies.is_empty());
+}
