@@ -750,3 +750,46 @@ fn an_over_cap_handshake_is_named_as_such() {
     );
     assert!(cell.sent().is_empty() && cell.killed());
 }
+
+#[test]
+fn a_frame_of_exactly_max_frame_memory_is_taken() {
+    let value = Value::Str("x".repeat(100));
+    let heap = event_bytes(&cell_host::Event::Post(value.clone()))
+        - event_bytes(&cell_host::Event::Post(Value::Unit));
+    assert!(heap > 0);
+    for (max, ok) in [(heap, true), (heap - 1, false)] {
+        let channel = Channel {
+            max_frame_memory: max,
+            ..Channel::default()
+        };
+        let post = GuestFrame::Post(value.clone());
+        let mut cell = Cell::ready(
+            channel,
+            Arc::new(DenyAll),
+            guest(move |_, _| vec![post.clone()]),
+        );
+        let r = cell.run(exec(2), None);
+        assert_eq!(r.is_ok(), ok, "{max}: {r:?}");
+        if !ok {
+            assert_eq!(r.unwrap_err().code, ErrorCode::LimitValue);
+        }
+    }
+}
+
+#[test]
+fn an_interrupt_does_not_spare_a_cell_past_its_deadline() {
+    let timed_out = |f: &HostFrame, host: &CellHost| {
+        host.mark_interrupted();
+        vec![GuestFrame::Done {
+            id: id_of(f),
+            result: Err(CellError::new(ErrorCode::TimedOut, "too slow")),
+        }]
+    };
+    let mut cell = Cell::ready(Channel::default(), Arc::new(DenyAll), guest(timed_out));
+    let err = cell.run(exec(2), Some(Duration::ZERO)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::TimedOut);
+    assert!(
+        cell.killed(),
+        "a cell past its deadline is killed, interrupted or not"
+    );
+}
