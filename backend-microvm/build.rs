@@ -1,5 +1,6 @@
 //! Builds the freestanding guest image (`guest/`) with a nested `cargo build` and exposes its path
-//! to the crate as `CELL_MICROVM_GUEST_ELF` (embedded with `include_bytes!`).
+//! to the crate as `CELL_MICROVM_GUEST_ELF` (embedded with `include_bytes!`). Built from a
+//! published package (no `guest/` folder), it uses the image shipped in `prebuilt/` instead.
 //!
 //! The nested build uses its own target dir under OUT_DIR (no lock contention with the outer
 //! build), the installed x86_64-unknown-linux-gnu target (no extra rustup target), and a scrubbed
@@ -11,6 +12,9 @@
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The guest image's file name.
+const GUEST_BIN: &str = "cell-microvm-guest";
 
 fn rerun_dir(dir: &Path) {
     println!("cargo:rerun-if-changed={}", dir.display());
@@ -30,6 +34,19 @@ fn main() {
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let guest = manifest_dir.join("guest");
+    // A published package carries no guest sources (cargo leaves nested packages out of a
+    // package): it ships the image that `cargo xtask package` built, under `prebuilt/`.
+    if !guest.join("Cargo.toml").is_file() {
+        let elf = manifest_dir.join("prebuilt").join(GUEST_BIN);
+        println!("cargo:rerun-if-changed={}", elf.display());
+        assert!(
+            elf.is_file(),
+            "neither the guest sources (guest/) nor the prebuilt image {} are here",
+            elf.display()
+        );
+        println!("cargo:rustc-env=CELL_MICROVM_GUEST_ELF={}", elf.display());
+        return;
+    }
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let target_dir = out_dir.join("guest-target");
 
@@ -37,6 +54,7 @@ fn main() {
     for f in ["Cargo.toml", "Cargo.lock", "link.ld", "build.rs"] {
         println!("cargo:rerun-if-changed={}", guest.join(f).display());
     }
+    println!("cargo:rerun-if-changed=src/layout.rs");
     // The guest is the cell runtime: rebuild when its crates (or the vendored engine) change.
     for dep in ["../guest-runtime", "../abi", "../vendor/rhai"] {
         let d = manifest_dir.join(dep);
@@ -66,7 +84,7 @@ fn main() {
     let elf = target_dir
         .join("x86_64-unknown-linux-gnu")
         .join("release")
-        .join("cell-microvm-guest");
+        .join(GUEST_BIN);
     if !elf.is_file() {
         panic!("guest image missing after build: {}", elf.display());
     }

@@ -1,6 +1,9 @@
 //! Builds the guest program (backend-process/guest) as a static binary and
 //! hands its path to the library, which embeds it with `include_bytes!`.
 //!
+//! Built from a published package (no `guest/` folder), it uses the binaries shipped prebuilt
+//! in `prebuilt/` instead.
+//!
 //! The guest has its own lock file and is built by a nested cargo with its own target
 //! directory under OUT_DIR (no lock shared with the outer build), with every inherited
 //! setting that would change or break it scrubbed.
@@ -11,10 +14,31 @@ use std::process::Command;
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
+/// The guest's binaries: the environment variable that hands each to the library, its file name.
+const BINS: [(&str, &str); 2] = [
+    ("CELL_GUEST_BIN", "cell-guest"),
+    ("CELL_PROBE_BIN", "cell-probe"),
+];
+
 fn main() {
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let guest = manifest_dir.join("guest");
+    // A published package carries no guest sources (cargo leaves nested packages out of a
+    // package): it ships the binaries that `cargo xtask package` built, under `prebuilt/`.
+    if !guest.join("Cargo.toml").is_file() {
+        for (env_name, bin) in BINS {
+            let path = manifest_dir.join("prebuilt").join(bin);
+            println!("cargo:rerun-if-changed={}", path.display());
+            assert!(
+                path.is_file(),
+                "neither the guest sources (guest/) nor the prebuilt guest {} are here",
+                path.display()
+            );
+            println!("cargo:rustc-env={env_name}={}", path.display());
+        }
+        return;
+    }
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let target_dir = out.join("guest-target");
 
@@ -77,10 +101,7 @@ fn main() {
     );
 
     let bin_dir = target_dir.join(TARGET).join("release");
-    for (env_name, bin) in [
-        ("CELL_GUEST_BIN", "cell-guest"),
-        ("CELL_PROBE_BIN", "cell-probe"),
-    ] {
+    for (env_name, bin) in BINS {
         let path = bin_dir.join(bin);
         assert!(path.is_file(), "guest binary {} missing", path.display());
         println!("cargo:rustc-env={env_name}={}", path.display());

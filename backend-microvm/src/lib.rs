@@ -30,7 +30,7 @@ mod watchdog;
 
 /// Addresses, ports and modes shared with the guest (same source file on both sides).
 pub mod layout {
-    include!("../guest/src/layout.rs");
+    include!("layout.rs");
 }
 
 // The guest's pure logic, compiled into this crate's unit tests: the guest image is a

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use supervisor::{Cell, CellError, ErrorCode, Map, Policy, Supervisor, Value, json};
 
-const DEFAULT_SCRIPT: &str = include_str!("../../examples/hello.rhai");
+const DEFAULT_SCRIPT: &str = include_str!("../hello.rhai");
 
 #[derive(Parser)]
 #[command(name = "cell", version, about = "Run untrusted scripts in cells")]

@@ -1,9 +1,9 @@
 //! Project automation: `cargo xtask <command>`.
 //!
 //! * `ci` — fmt check, clippy `-D warnings`, every test in the workspace, then the conformance
-//!   counts per backend (from the same test run); the guest programs, which are workspaces of
-//!   their own (built static by their backend's build script), get fmt, clippy and their unit
-//!   tests too;
+//!   counts per backend (from the same test run), then `package`; the guest programs, which are
+//!   workspaces of their own (built static by their backend's build script), get fmt, clippy and
+//!   their unit tests too;
 //! * `guests` — just that: fmt check, clippy `-D warnings` and unit tests of each guest program;
 //! * `conformance [--backend NAME]` — the conformance suite per backend, with pass/fail/ignored
 //!   counts and the reason for any backend that cannot run here;
@@ -17,7 +17,11 @@
 //!   missing) of the wire codec, the host side, the broker's decisions and the fs capability,
 //!   each area judged by the tests of the crates that hold its rules; prints caught, missed,
 //!   unviable and timed-out mutants per area. Slow: not part of `ci`.
+//! * `package [-- ARGS]` — every publishable crate through `cargo package`, each verified by
+//!   building it from its `.crate` (the backends' guest programs shipped prebuilt in it).
 #![forbid(unsafe_code)]
+
+mod package;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -47,13 +51,14 @@ fn main() -> ExitCode {
         Some("bench") if args.iter().any(|a| a == "--density") => density(&args[1..]),
         Some("bench") => bench(backend.as_deref()),
         Some("mutants") => mutants(&args[1..]),
+        Some("package") => package::package(after_dashes(&args)),
         Some("fuzz-replay") => step(
             "fuzz corpora replayed (cargo test -p cell-fuzz-replay)",
             cargo().args(["test", "-p", "cell-fuzz-replay"]),
         ),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | guests | conformance [--backend NAME] | bench [--backend NAME] | bench --density [--backend NAME] [--max N] | fuzz-replay | mutants [--area NAME] [-- ARGS]>"
+                "usage: cargo xtask <ci | guests | conformance [--backend NAME] | bench [--backend NAME] | bench --density [--backend NAME] [--max N] | fuzz-replay | mutants [--area NAME] [-- ARGS] | package [-- ARGS]>"
             );
             return ExitCode::from(2);
         }
@@ -63,6 +68,17 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// The vendored, patched Rhai: a workspace member so that it packages with the rest, but the
+/// published engine's own code, so `ci` neither lints nor tests it.
+const ENGINE: &str = "cell-rhai";
+
+/// The arguments after `--`, passed on to the tool a command runs.
+fn after_dashes(args: &[String]) -> &[String] {
+    args.iter()
+        .position(|a| a == "--")
+        .map_or(&[], |i| &args[i + 1..])
 }
 
 fn root() -> PathBuf {
@@ -226,6 +242,8 @@ fn ci() -> bool {
         cargo().args([
             "clippy",
             "--workspace",
+            "--exclude",
+            ENGINE,
             "--all-targets",
             "--",
             "-D",
@@ -235,18 +253,20 @@ fn ci() -> bool {
     let guests = guests();
     println!("\n==> cargo test --workspace");
     let mut test = cargo();
-    test.args(["test", "--workspace", "--no-fail-fast"]);
+    test.args(["test", "--workspace", "--exclude", ENGINE, "--no-fail-fast"]);
     let (tests, results) = run_tests(test);
     let conformance = report(BACKENDS, &results);
+    let packaged = package::package(&[]);
     println!(
-        "\n==> summary: fmt {} · clippy {} · guests {} · tests {} · conformance {}",
+        "\n==> summary: fmt {} · clippy {} · guests {} · tests {} · conformance {} · package {}",
         verdict(fmt),
         verdict(clippy),
         verdict(guests),
         verdict(tests),
-        verdict(conformance)
+        verdict(conformance),
+        verdict(packaged)
     );
-    fmt && clippy && guests && tests && conformance
+    fmt && clippy && guests && tests && conformance && packaged
 }
 
 /// Guest programs kept out of the workspace (own lock file, own static build): each is

@@ -13,6 +13,7 @@ mod framing;
 mod growth;
 // Shared with the host, which alone uses the table addresses and the overflow test.
 #[allow(dead_code)]
+#[path = "../../src/layout.rs"]
 mod layout;
 mod rt;
 mod transport;

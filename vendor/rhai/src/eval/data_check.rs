@@ -95,17 +95,13 @@ impl Engine {
         match self.limits.value_depth {
             Some(max) if max.get() == 1 => match value.0 {
                 #[cfg(not(feature = "no_index"))]
-                Union::Array(..) => Err(ERR::ErrorDataTooLarge(
-                    "Depth of nested value".to_string(),
-                    pos,
-                )
-                .into()),
+                Union::Array(..) => {
+                    Err(ERR::ErrorDataTooLarge("Depth of nested value".to_string(), pos).into())
+                }
                 #[cfg(not(feature = "no_object"))]
-                Union::Map(..) => Err(ERR::ErrorDataTooLarge(
-                    "Depth of nested value".to_string(),
-                    pos,
-                )
-                .into()),
+                Union::Map(..) => {
+                    Err(ERR::ErrorDataTooLarge("Depth of nested value".to_string(), pos).into())
+                }
                 _ => Ok(()),
             },
             Some(max) => {

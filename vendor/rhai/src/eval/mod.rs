@@ -90,7 +90,11 @@ mod unchecked {
 
         /// Patched in: no nesting limit under `unchecked`.
         #[inline(always)]
-        pub(crate) const fn check_nested_depth(&self, _: &Dynamic, _: Position) -> RhaiResultOf<()> {
+        pub(crate) const fn check_nested_depth(
+            &self,
+            _: &Dynamic,
+            _: Position,
+        ) -> RhaiResultOf<()> {
             Ok(())
         }
 

@@ -1,6 +1,6 @@
 // The host <-> guest contract of the microvm backend: fixed addresses, ports and the boot info.
-// This file is compiled into the guest (`mod layout`) and into the host (`include!`), so both
-// sides always agree. It must stay free of dependencies and of `std`/`alloc`.
+// This file is compiled into the guest (`#[path] mod layout`) and into the host (`include!`), so
+// both sides always agree; it lives on the host's side so that the published crate carries it. It must stay free of dependencies and of `std`/`alloc`.
 
 /// Guest-physical (= guest-virtual, identity mapped) address of [`BootInfo`].
 pub const BOOT_INFO_ADDR: u64 = 0x1000;

@@ -1,0 +1,113 @@
+//! `cargo xtask package`: every publishable crate packaged and verified together.
+//!
+//! Two backends embed a guest program built from a nested package (`guest/`), which cargo leaves
+//! out of a `.crate`; their build scripts fall back to the binaries under `prebuilt/` when the
+//! sources are absent. This command builds the guests as the build scripts do, copies them
+//! there, and runs one `cargo package` over all the crates (each verified by building it from its
+//! `.crate`, with the other crates of this workspace taken from the packages just made).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use crate::{cargo, root, step};
+
+/// The crates a user can depend on, in dependency order (`cell-rhai` is the patched engine).
+pub const PUBLISHED: &[&str] = &[
+    "cell-rhai",
+    "cell-abi",
+    "cell-runtime",
+    "cell-host",
+    "cell-broker",
+    "cell-backend-subinterp",
+    "cell-backend-process",
+    "cell-backend-microvm",
+    "cell-supervisor",
+    "cell-conformance",
+    "cell-service",
+    "cell-cli",
+];
+
+/// The guest binaries each backend ships prebuilt: the environment variable its build script
+/// sets to a binary's path, and the backend's folder.
+const GUESTS: &[(&str, &str)] = &[
+    ("CELL_GUEST_BIN", "backend-process"),
+    ("CELL_PROBE_BIN", "backend-process"),
+    ("CELL_MICROVM_GUEST_ELF", "backend-microvm"),
+];
+
+pub fn package(args: &[String]) -> bool {
+    if !stage_guests() {
+        return false;
+    }
+    let mut cmd = cargo();
+    cmd.args(["package", "--allow-dirty"]);
+    for name in PUBLISHED {
+        cmd.args(["-p", name]);
+    }
+    cmd.args(args);
+    step("cargo package (every published crate, verified)", &mut cmd)
+}
+
+/// Builds the backends (so their build scripts build the guests) and copies each guest binary
+/// the build scripts report into its backend's `prebuilt/`.
+fn stage_guests() -> bool {
+    println!("\n==> building the guest programs");
+    let mut cmd = cargo();
+    // The nested guest builds are release builds whatever the outer profile, so the outer
+    // build is a debug one: in `ci` it is already built.
+    cmd.args([
+        "build",
+        "-p",
+        "cell-backend-process",
+        "-p",
+        "cell-backend-microvm",
+        "--message-format=json-render-diagnostics",
+    ])
+    .stdout(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("xtask: cannot run cargo build: {e}");
+            return false;
+        }
+    };
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] != "build-script-executed" {
+            continue;
+        }
+        for pair in msg["env"].as_array().into_iter().flatten() {
+            if let (Some(key), Some(path)) = (pair[0].as_str(), pair[1].as_str())
+                && GUESTS.iter().any(|(k, _)| *k == key)
+            {
+                found.push((key.to_string(), PathBuf::from(path)));
+            }
+        }
+    }
+    match child.wait() {
+        Ok(status) if status.success() => {}
+        other => {
+            eprintln!("xtask: building the backends failed: {other:?}");
+            return false;
+        }
+    }
+    for (key, folder) in GUESTS {
+        let Some((_, from)) = found.iter().find(|(k, _)| k == key) else {
+            eprintln!("xtask: no build script reported {key}");
+            return false;
+        };
+        let dir = root().join(folder).join("prebuilt");
+        let to = dir.join(from.file_name().expect("a binary's file name"));
+        if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::copy(from, &to)) {
+            eprintln!("xtask: copying {} to {}: {e}", from.display(), to.display());
+            return false;
+        }
+        println!("staged {}", to.display());
+    }
+    true
+}
