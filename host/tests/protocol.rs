@@ -674,6 +674,38 @@ fn recv_waits_ends_and_reports_death() {
 }
 
 #[test]
+fn a_blocked_recv_is_woken_by_an_event_and_by_death() {
+    let mut cell = Cell::ready(
+        Channel::default(),
+        Arc::new(DenyAll),
+        guest(|_, _| vec![GuestFrame::Post(Value::Int(7))]),
+    );
+    let host = cell.host.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..2 {
+            tx.send(host.next_event(None)).unwrap();
+        }
+    });
+    // A generous bound, only so that a lost wake fails instead of hanging the run.
+    let next = || rx.recv_timeout(Duration::from_secs(60));
+    // Only a waiter already blocked shows that the wake reaches it (notifies are skipped when
+    // nobody waits).
+    while cell.host.receivers_waiting() == 0 {
+        std::thread::yield_now();
+    }
+    cell.run(exec(2), None).unwrap();
+    assert_eq!(next(), Ok(Ok(cell_host::Event::Post(Value::Int(7)))));
+    while cell.host.receivers_waiting() == 0 {
+        std::thread::yield_now();
+    }
+    let gone = CellError::new(ErrorCode::CellClosed, "closed");
+    cell.host.mark_dead(gone.clone());
+    assert_eq!(next(), Ok(Err(Some(gone))));
+    assert_eq!(cell.host.receivers_waiting(), 0);
+}
+
+#[test]
 fn a_dead_cell_refuses_transactions() {
     let mut cell = plain();
     cell.host
