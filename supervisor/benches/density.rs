@@ -252,10 +252,21 @@ fn fmt_duration(d: Duration) -> String {
 }
 
 /// Each process cell holds sockets and each microvm its KVM descriptors: allow as many open
-/// files as the hard limit does.
+/// files as the kernel does (`fs.nr_open`) when this process may raise its hard limit
+/// (CAP_SYS_RESOURCE), else as many as the hard limit does.
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if let Some(max) = ceiling
+        && max > hard
+        && setrlimit(Resource::RLIMIT_NOFILE, max, max).is_ok()
+    {
+        return;
     }
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
 }
