@@ -433,6 +433,19 @@ fn a_fifo_under_the_root_is_refused_without_blocking() {
     let err = req(&c, "read", &f.root, "pipe").unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument, "{err}");
     assert!(err.message.contains("not a regular file"), "{err}");
+    // Neither a listing of it nor a path through it opens it: both need a directory.
+    for (action, path) in [("list", "pipe"), ("read", "pipe/x"), ("stat", "pipe/x")] {
+        let err = req(&c, action, &f.root, path).unwrap_err();
+        assert_eq!(
+            err.code,
+            ErrorCode::InvalidArgument,
+            "{action} {path}: {err}"
+        );
+        assert!(
+            err.message.contains("not a directory"),
+            "{action} {path}: {err}"
+        );
+    }
     let err = write_bytes(&c, &f.root, "pipe", b"x".to_vec()).unwrap_err();
     assert_eq!(err.code, ErrorCode::CapabilityFailed, "{err}");
     let stat = req(&c, "stat", &f.root, "pipe").unwrap();
@@ -470,4 +483,84 @@ fn a_write_the_quota_refuses_never_runs() {
     let err = write_bytes(&c, &f.root, "two", vec![1; 4]).unwrap_err();
     assert_eq!(err.code, ErrorCode::LimitQuota, "{err}");
     assert!(!root.join("two").exists(), "a refused write wrote");
+}
+
+/// A file whose size says nothing of its contents (procfs reports 0 bytes) is read up to the
+/// cap and refused once it holds more, rather than cut short.
+#[test]
+fn a_file_larger_than_its_reported_size_is_refused_past_the_cap() {
+    let root = "/proc/sys/kernel";
+    let Ok(text) = std::fs::read(Path::new(root).join("ostype")) else {
+        eprintln!(
+            "SKIPPED a_file_larger_than_its_reported_size_is_refused_past_the_cap: no {root}/ostype"
+        );
+        return;
+    };
+    assert!(
+        text.len() > 3
+            && std::fs::metadata(Path::new(root).join("ostype"))
+                .unwrap()
+                .len()
+                <= 3
+    );
+    let broker = Broker::builder().build().unwrap();
+    let small = cell(
+        &broker,
+        "small",
+        &grant(root, "read", "[\"read\"]", "max_bytes = 3\n"),
+    );
+    let err = req(&small, "read", root, "ostype").unwrap_err();
+    assert_eq!(err.code, ErrorCode::LimitValue, "{err}");
+    let cap = text.len();
+    let exact = cell(
+        &broker,
+        "exact",
+        &grant(root, "read", "[\"read\"]", &format!("max_bytes = {cap}\n")),
+    );
+    assert_eq!(req(&exact, "read", root, "ostype"), Ok(Value::Bytes(text)));
+}
+
+#[test]
+fn stat_reports_the_modification_time_in_ms_and_the_permission_bits() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fixture();
+    let file = Path::new(&f.root).join("a.txt");
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::new(1_234_567_891, 987_654_321);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o4640)).unwrap();
+    let broker = Broker::builder().build().unwrap();
+    let c = cell(&broker, "stat", &grant(&f.root, "read", "[\"stat\"]", ""));
+    let Ok(Value::Map(st)) = req(&c, "stat", &f.root, "a.txt") else {
+        panic!("stat")
+    };
+    assert_eq!(st["modified_ms"], Value::Int(1_234_567_891_987));
+    assert_eq!(st["mode"], Value::Int(0o4640));
+}
+
+/// A trailing `/` asks for a directory; `remove` of a symlink removes the link, wherever it
+/// points (a directory, nothing) and never what it points to.
+#[test]
+fn a_trailing_slash_needs_a_directory_and_links_are_removed_not_followed() {
+    let f = fixture();
+    let root = Path::new(&f.root);
+    std::os::unix::fs::symlink("sub", root.join("to-dir")).unwrap();
+    std::os::unix::fs::symlink("missing", root.join("dangling")).unwrap();
+    let broker = Broker::builder().build().unwrap();
+    let c = cell(&broker, "rm", &grant(&f.root, "read-write", "[\"*\"]", ""));
+    let err = req(&c, "read", &f.root, "a.txt/").unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument, "{err}");
+    assert!(err.message.contains("not a directory"), "{err}");
+    for link in ["to-dir", "dangling"] {
+        assert_eq!(req(&c, "remove", &f.root, link), Ok(Value::Unit), "{link}");
+        assert!(
+            std::fs::symlink_metadata(root.join(link)).is_err(),
+            "{link}"
+        );
+    }
+    assert_eq!(std::fs::read(root.join("sub/b.txt")).unwrap(), b"beta");
 }

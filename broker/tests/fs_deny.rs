@@ -115,6 +115,13 @@ fn symlinks_into_a_denied_subtree_are_refused_for_every_action() {
     for path in ["pub/subdir", "alias", "private", "private/sub/.."] {
         assert_denied_by_private(req(&c, "list", f.root(), path), &format!("list {path}"));
     }
+    // The refusal says which denied subtree the object lies under, found on the object itself
+    // (`private/key`) or on the walk up from its directory (`private/sub/deep`).
+    for path in ["pub/leak", "pub/subdir/deep"] {
+        let err = req(&c, "read", f.root(), path).unwrap_err();
+        let under = format!("lies under the denied root `{}/private`", f.root());
+        assert!(err.message.contains(&under), "{path}: {err}");
+    }
     // Writing through a dangling link would create the file inside the denied subtree.
     assert_denied_by_private(write(&c, f.root(), "pub/dangling", "x"), "write dangling");
     assert!(!r.join("private/fresh").exists());

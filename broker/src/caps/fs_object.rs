@@ -40,9 +40,17 @@ pub(super) fn io_err(what: &str, path: &str, e: Errno) -> CapabilityError {
 }
 
 pub(super) fn open_root(root: &Path) -> Result<OwnedFd, Errno> {
-    rustix::fs::open(
-        root,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+    path_fd(rustix::fs::CWD, root, OFlags::DIRECTORY)
+}
+
+/// A path-only (`O_PATH`), close-on-exec descriptor of `name` in `at`: nothing can be read or
+/// written through it, and it needs no read permission on what it names. `extra` adds flags
+/// (`O_DIRECTORY`).
+fn path_fd(at: impl AsFd, name: impl rustix::path::Arg, extra: OFlags) -> Result<OwnedFd, Errno> {
+    rustix::fs::openat(
+        at,
+        name,
+        OFlags::PATH | OFlags::CLOEXEC | extra,
         Mode::empty(),
     )
 }
@@ -55,15 +63,22 @@ pub(super) fn beneath(
     mode: Mode,
 ) -> Result<OwnedFd, Errno> {
     let path = if path.is_empty() { "." } else { path };
-    let mut tries = 0;
-    loop {
-        match rustix::fs::openat2(
+    retry_again(|| {
+        rustix::fs::openat2(
             dir.as_fd(),
             path,
             with_cloexec(flags),
             mode,
             ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-        ) {
+        )
+    })
+}
+
+/// Runs `op` again while it fails with `EAGAIN`, at most `RESOLVE_RETRIES` more times.
+fn retry_again<T>(mut op: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
+    let mut tries = 0;
+    loop {
+        match op() {
             Err(Errno::AGAIN) if tries < RESOLVE_RETRIES => tries += 1,
             other => return other,
         }
@@ -129,6 +144,21 @@ pub(super) fn open_object(
     denies: &[PendingDeny],
     what: &str,
 ) -> Result<Object, CapabilityError> {
+    open_object_by(root, path, how, denies, what, |dir, name, flags, mode| {
+        rustix::fs::openat(dir, name, flags, mode)
+    })
+}
+
+/// `open_object`, opening the last component with `open_name` (`openat`; a test puts a rename
+/// in front of it to stand for one that races the request).
+fn open_object_by(
+    root: &OwnedFd,
+    path: &str,
+    how: Open,
+    denies: &[PendingDeny],
+    what: &str,
+    mut open_name: impl FnMut(&OwnedFd, &str, OFlags, Mode) -> Result<OwnedFd, Errno>,
+) -> Result<Object, CapabilityError> {
     let denied = DeniedRoots::stat(denies)?;
     let mut current = path.to_string();
     let mut dir_flags = OFlags::empty();
@@ -170,7 +200,7 @@ pub(super) fn open_object(
         // One plain name in a directory already checked: nothing to resolve, and a symlink
         // swapped in since the stat is refused (ELOOP) and followed on the next round.
         let flags = with_cloexec(how.flags | dir_flags | OFlags::NOFOLLOW);
-        let fd = match rustix::fs::openat(&dir, name, flags, how.mode) {
+        let fd = match open_name(&dir, name, flags, how.mode) {
             Err(Errno::LOOP) if how.follow => continue,
             other => other.map_err(|e| io_err(what, path, e))?,
         };
@@ -299,13 +329,7 @@ impl<'a> DeniedRoots<'a> {
                 format!("cannot tell whether the object lies under a denied root: {why}"),
             )
         };
-        let mut cur = rustix::fs::openat(
-            start,
-            ".",
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| unsure(e.to_string()))?;
+        let mut cur = path_fd(start, ".", OFlags::DIRECTORY).map_err(|e| unsure(e.to_string()))?;
         let mut cur_st = rustix::fs::fstat(&cur).map_err(|e| unsure(e.to_string()))?;
         for _ in 0..MAX_DEPTH {
             for d in &self.0 {
@@ -313,13 +337,7 @@ impl<'a> DeniedRoots<'a> {
                     return Err(refuse(d.label, self.inside(d)));
                 }
             }
-            let up = rustix::fs::openat(
-                &cur,
-                "..",
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| unsure(e.to_string()))?;
+            let up = path_fd(&cur, "..", OFlags::DIRECTORY).map_err(|e| unsure(e.to_string()))?;
             let up_st = rustix::fs::fstat(&up).map_err(|e| unsure(e.to_string()))?;
             if same_file(&up_st, &cur_st) {
                 return Ok(()); // reached `/`
@@ -418,8 +436,7 @@ impl Mounts {
     /// Where `path` (a host path, resolved) lies inside its filesystem.
     fn fs_path(&self, path: &Path) -> Option<PathBuf> {
         let canonical = std::fs::canonicalize(path).ok()?;
-        let fd =
-            rustix::fs::open(&canonical, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).ok()?;
+        let fd = path_fd(rustix::fs::CWD, &canonical, OFlags::empty()).ok()?;
         let mount = self.get(mount_id(&fd)?)?;
         let rest = canonical.strip_prefix(&mount.point).ok()?;
         Some(mount.root.join(rest))
@@ -496,9 +513,110 @@ mod tests {
                 assert!(close_on_exec(&object.fd), "{path} {flags:?}");
                 if let Some(dir) = &object.dir {
                     assert!(close_on_exec(dir), "{path}");
+                    assert!(path_only(dir), "{path}");
                 }
             }
         }
+    }
+
+    fn path_only(fd: &OwnedFd) -> bool {
+        rustix::fs::fcntl_getfl(fd).unwrap().contains(OFlags::PATH)
+    }
+
+    /// The root and the directories a deny walk passes are held by path-only descriptors: no
+    /// data can be read through them and no read permission is needed; a root must be a
+    /// directory.
+    #[test]
+    fn roots_and_walked_directories_are_path_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let root = open_root(dir.path()).unwrap();
+        assert!(path_only(&root));
+        assert_eq!(open_root(&dir.path().join("f")).unwrap_err(), Errno::NOTDIR);
+        let fd = path_fd(&root, "f", OFlags::empty()).unwrap();
+        assert!(path_only(&fd) && close_on_exec(&fd));
+        assert_eq!(
+            path_fd(&root, "f", OFlags::DIRECTORY).unwrap_err(),
+            Errno::NOTDIR
+        );
+    }
+
+    #[test]
+    fn eagain_is_retried_a_bounded_number_of_times() {
+        let mut calls = 0;
+        let result: Result<(), Errno> = retry_again(|| {
+            calls += 1;
+            assert!(calls <= 2 * RESOLVE_RETRIES, "retried without bound");
+            Err(Errno::AGAIN)
+        });
+        assert_eq!(result, Err(Errno::AGAIN));
+        assert_eq!(calls, RESOLVE_RETRIES + 1);
+        let mut calls = 0;
+        let result = retry_again(|| {
+            calls += 1;
+            if calls <= RESOLVE_RETRIES {
+                Err(Errno::AGAIN)
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(result, Ok(RESOLVE_RETRIES + 1));
+        assert_eq!(
+            retry_again(|| Err::<(), _>(Errno::NOENT)),
+            Err(Errno::NOENT)
+        );
+    }
+
+    /// Opens `path` beneath `root` while a rename, just before the last component is opened,
+    /// replaces that component with a symlink to `target`.
+    fn open_with_swap(root: &Path, path: &str, target: &str) -> Result<Object, CapabilityError> {
+        let root_fd = open_root(root).unwrap();
+        let mut swapped = false;
+        let how = Open {
+            flags: OFlags::RDONLY,
+            mode: Mode::empty(),
+            follow: true,
+        };
+        open_object_by(
+            &root_fd,
+            path,
+            how,
+            &[],
+            "read",
+            |dir, name, flags, mode| {
+                if !swapped {
+                    swapped = true;
+                    let link = root.join(format!("{path}.new"));
+                    std::os::unix::fs::symlink(target, &link).unwrap();
+                    std::fs::rename(&link, root.join(path)).unwrap();
+                }
+                rustix::fs::openat(dir, name, flags, mode)
+            },
+        )
+    }
+
+    fn contents(object: Object) -> String {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(object.fd), &mut text).unwrap();
+        text
+    }
+
+    /// A symlink swapped in between the stat and the open of the last component is refused by
+    /// the kernel (`O_NOFOLLOW`) and followed by hand on the next round: to its target when
+    /// that is beneath the root, to an error when it leads out.
+    #[test]
+    fn a_symlink_raced_into_the_last_component_is_followed_by_hand() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(dir.path().join("secret"), b"secret").unwrap();
+        std::fs::write(root.join("target"), b"target").unwrap();
+        std::fs::write(root.join("a"), b"a").unwrap();
+        let object = open_with_swap(&root, "a", "target").unwrap();
+        assert_eq!(contents(object), "target");
+        std::fs::write(root.join("b"), b"b").unwrap();
+        let err = open_with_swap(&root, "b", "../secret").err().unwrap();
+        assert!(matches!(err, CapabilityError::OutOfScope(_)), "{err:?}");
     }
 
     #[test]
