@@ -147,3 +147,31 @@ fn byte_pipes_stop_decoding_at_the_ceiling_with_the_same_error() {
     assert!(pipe.killed.0.load(std::sync::atomic::Ordering::SeqCst));
     assert_eq!(host.stats().events, 0, "nothing of the frame was queued");
 }
+
+/// The ceiling holds while decoding: `backend::drive` asks the host for it, and a frame over it
+/// is refused by the decoder itself (its values are never built whole), before the host is
+/// handed anything.
+#[test]
+fn a_byte_stream_frame_over_the_ceiling_is_refused_by_the_decoder() {
+    let host = Arc::new(CellHost::new("t", "bytes", channel(), Arc::new(DenyAll)));
+    let mut pipe = Bytes {
+        host: host.clone(),
+        replies: [body(&GuestFrame::Post(maps(200)))].into(),
+        killed: Arc::new(Flag(AtomicBool::new(false))),
+    };
+    let err = backend::drive(
+        &mut pipe,
+        &*host,
+        &exec(1),
+        None,
+        wire::DEFAULT_MAX_FRAME_LEN,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PipeError::Wire(wire::WireError::OverMemory { max: MAX })
+        ),
+        "{err:?}"
+    );
+}
