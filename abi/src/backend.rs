@@ -32,6 +32,7 @@ pub enum Flow {
 
 /// The host side of the protocol for one cell. Implemented once, by the supervisor.
 pub trait HostSide: Send + Sync {
+    /// Handles one frame from the guest and says how the transaction goes on.
     fn on_frame(&self, frame: GuestFrame) -> Flow;
 
     /// The most memory one decoded guest frame may take ([`wire::decode_body_within`]), which
@@ -43,6 +44,7 @@ pub trait HostSide: Send + Sync {
 
 /// Kills a cell from any thread, at any time, promptly. Idempotent.
 pub trait Killer: Send + Sync {
+    /// Kills the cell: its process, VM or thread stops, and any transaction in flight fails.
     fn kill(&self);
 }
 
@@ -50,6 +52,7 @@ pub trait Killer: Send + Sync {
 /// transaction in flight fails with `Cancelled`, state defined before it stays. Idempotent; a
 /// no-op when nothing runs.
 pub trait Interrupter: Send + Sync {
+    /// Interrupts the exec/call in flight, if any.
     fn interrupt(&self);
 }
 
@@ -89,7 +92,9 @@ impl Default for Resources {
 /// A confinement layer and whether it is active for a cell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layer {
+    /// Name of the layer (e.g. `seccomp`, `namespaces`, `kvm`).
     pub name: String,
+    /// Whether the layer confines this cell.
     pub active: bool,
     /// Why it is inactive, or what it enforces.
     pub detail: String,
@@ -100,6 +105,7 @@ pub struct Layer {
 pub struct SpawnSpec {
     /// The handshake the host will send; carries the name, engine limits and modules.
     pub hello: Hello,
+    /// Memory, CPU and process limits the backend enforces.
     pub resources: Resources,
     /// Cap on any frame in either direction, checked before allocation.
     pub max_frame_len: u32,
@@ -111,12 +117,26 @@ pub struct SpawnSpec {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SpawnError {
+    /// The backend cannot run on this host (no /dev/kvm, no guest binary, ...).
     #[error("backend {backend} is unavailable here: {reason}")]
-    Unavailable { backend: String, reason: String },
+    Unavailable {
+        /// The backend's name.
+        backend: String,
+        /// What is missing.
+        reason: String,
+    },
+    /// The policy requires a confinement layer this backend cannot provide here.
     #[error("required confinement layer {layer} is not available: {reason}")]
-    MissingLayer { layer: String, reason: String },
+    MissingLayer {
+        /// The layer's name.
+        layer: String,
+        /// Why it is not available.
+        reason: String,
+    },
+    /// An OS call failed while spawning.
     #[error("spawn failed: {0}")]
     Io(#[from] std::io::Error),
+    /// Any other spawn failure, with its reason.
     #[error("spawn failed: {0}")]
     Other(String),
 }
@@ -138,24 +158,36 @@ pub enum Resource {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PipeError {
+    /// [`Killer::kill`] stopped the cell.
     #[error("the cell was killed")]
     Killed,
+    /// The transaction's deadline passed and the cell was stopped.
     #[error("the cell ran past its deadline")]
     TimedOut,
+    /// The cell's end of the channel closed before the transaction completed.
     #[error("the cell closed its channel")]
     Closed,
+    /// The cell died (a signal, a panic, a VM exit), with what is known of why.
     #[error("the cell crashed: {0}")]
     Crashed(String),
+    /// A frame from the cell failed to decode or broke the frame rules.
     #[error("the cell sent a bad frame: {0}")]
     Wire(#[from] wire::WireError),
+    /// The host side aborted the transaction (a [`Flow::Abort`]).
     #[error("{0}")]
     Aborted(CellError),
+    /// The channel's read or write failed.
     #[error("channel i/o failed: {0}")]
     Io(#[from] std::io::Error),
     /// The boundary stopped the cell for using up `resource` (an OOM kill, SIGXCPU, ...). The
     /// host side words the message the same for every backend; `detail` is for logs.
     #[error("the cell used up its {resource:?} limit: {detail}")]
-    Exhausted { resource: Resource, detail: String },
+    Exhausted {
+        /// The resource used up.
+        resource: Resource,
+        /// What the boundary reported, for logs.
+        detail: String,
+    },
 }
 
 impl PipeError {

@@ -255,11 +255,14 @@ mod with_alloc {
     /// An error as it crosses the boundary: a stable code and a human-readable message.
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub struct CellError {
+        /// Stable machine-readable code: what callers match on.
         pub code: ErrorCode,
+        /// Human-readable detail; not stable, do not match on it.
         pub message: String,
     }
 
     impl CellError {
+        /// An error with `code` and `message`.
         pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
             CellError {
                 code,

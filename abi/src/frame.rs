@@ -12,10 +12,15 @@ pub type CorrelationId = u64;
 pub struct EngineLimits {
     /// Operations one exec/call may run (0 = unlimited).
     pub max_operations: u64,
+    /// Deepest nesting of function calls (Rhai call levels); at most the guest's `MAX_CALL_DEPTH`.
     pub max_call_depth: u32,
+    /// Deepest expression nesting the parser accepts; at most the guest's `MAX_EXPR_DEPTH`.
     pub max_expr_depth: u32,
+    /// Longest string, in bytes (0 = unlimited).
     pub max_string_len: u32,
+    /// Most elements in one array, or bytes in one BLOB (0 = unlimited).
     pub max_array_len: u32,
+    /// Most entries in one map (0 = unlimited).
     pub max_map_len: u32,
 }
 
@@ -42,10 +47,13 @@ pub const HOST_MODULES: &[&str] = &["math", "text", "json"];
 /// [`crate::wire::decode_body`] from the bytes after them (SPEC.md, "Evolution").
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Hello {
+    /// ABI major version the host speaks ([`crate::ABI_VERSION`]); the guest refuses another.
     pub abi_version: u32,
+    /// Schema key ([`crate::SCHEMA_KEY`]) naming the frame layout; the guest refuses another.
     pub schema: String,
     /// Name of the cell, for the guest's own diagnostics.
     pub cell: String,
+    /// Engine limits the guest sets before it runs anything.
     pub limits: EngineLimits,
     /// Host-provided modules that `import` and `call` may resolve.
     pub modules: Vec<String>,
@@ -55,6 +63,7 @@ pub struct Hello {
 }
 
 impl Hello {
+    /// A handshake for `cell` from this build: its ABI version, schema and features.
     pub fn new(cell: impl Into<String>, limits: EngineLimits, modules: Vec<String>) -> Self {
         Hello {
             abi_version: crate::ABI_VERSION,
@@ -78,9 +87,13 @@ fn own_features() -> Vec<String> {
 /// [`Hello::features`].
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Ready {
+    /// ABI major version the guest speaks ([`crate::ABI_VERSION`]).
     pub abi_version: u32,
+    /// Schema key ([`crate::SCHEMA_KEY`]) the guest was built with.
     pub schema: String,
+    /// Script engine the guest runs (e.g. `rhai`).
     pub engine: String,
+    /// Version of that engine, for diagnostics and audit.
     pub engine_version: String,
     /// Optional features the guest speaks ([`crate::version::FEATURES`]).
     #[serde(skip_deserializing)]
@@ -145,14 +158,20 @@ fn read_extension(tail: &[u8]) -> Result<Vec<String>, postcard::Error> {
 /// Severity of a guest log event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Level {
+    /// Finest detail, off unless asked for.
     Trace,
+    /// Diagnostics for whoever debugs the script.
     Debug,
+    /// Normal progress.
     Info,
+    /// Something unexpected that the script survived.
     Warn,
+    /// A failure the script reports.
     Error,
 }
 
 impl Level {
+    /// Every level, least severe first.
     pub const ALL: [Level; 5] = [
         Level::Trace,
         Level::Debug,
@@ -161,6 +180,7 @@ impl Level {
         Level::Error,
     ];
 
+    /// The level's lower-case name, as `log` takes it and logs show it.
     pub const fn name(self) -> &'static str {
         match self {
             Level::Trace => "trace",
@@ -171,6 +191,7 @@ impl Level {
         }
     }
 
+    /// The level named `name` (any case), if there is one.
     pub fn from_name(name: &str) -> Option<Level> {
         Level::ALL
             .into_iter()
@@ -184,18 +205,29 @@ pub enum HostFrame {
     /// 0: handshake.
     Hello(Hello),
     /// 1: run source text; completed by [`GuestFrame::Done`] with the same id.
-    Exec { id: CorrelationId, source: String },
+    Exec {
+        /// Chosen by the host; the `Done` carries it back.
+        id: CorrelationId,
+        /// Script source text.
+        source: String,
+    },
     /// 2: invoke `module.func`; completed by [`GuestFrame::Done`] with the same id.
     Call {
+        /// Chosen by the host; the `Done` carries it back.
         id: CorrelationId,
+        /// Fully qualified function name, `module.func`.
         function: String,
+        /// Positional arguments.
         args: Vec<Value>,
+        /// Named arguments.
         #[serde(deserialize_with = "crate::decode::map_field")]
         kwargs: Map,
     },
     /// 3: the broker's answer to [`GuestFrame::Request`] with the same id.
     Reply {
+        /// The id of the guest's request.
         id: CorrelationId,
+        /// The capability's result or the refusal.
         result: Result<Value, CellError>,
     },
     /// 4: the cell should exit cleanly.
@@ -211,30 +243,42 @@ pub enum GuestFrame {
     Refused(CellError),
     /// 2: completion of the exec or call with the same id.
     Done {
+        /// The id of the exec or call this completes.
         id: CorrelationId,
+        /// The script's value, or why it failed.
         result: Result<Value, CellError>,
     },
     /// 3: `post(message)`.
     Post(Value),
     /// 4: `log(level, message, fields)`.
     Log {
+        /// How severe the event is.
         level: Level,
+        /// The log line.
         message: String,
+        /// Structured context fields.
         #[serde(deserialize_with = "crate::decode::map_field")]
         fields: Map,
     },
     /// 5: `metric(name, value, tags)`.
     Metric {
+        /// Metric name.
         name: String,
+        /// Sample value.
         value: f64,
+        /// Tags (label pairs) on the sample.
         #[serde(deserialize_with = "crate::decode::tags_field")]
         tags: BTreeMap<String, String>,
     },
     /// 6: `request(capability, action, payload)`; answered by [`HostFrame::Reply`].
     Request {
+        /// Chosen by the guest; the `Reply` carries it back.
         id: CorrelationId,
+        /// Capability name, as granted in the policy.
         capability: String,
+        /// Action on that capability (e.g. `get`).
         action: String,
+        /// Action argument.
         payload: Value,
     },
 }
@@ -243,10 +287,15 @@ pub enum GuestFrame {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum HostFrameKind {
+    /// Tag of [`HostFrame::Hello`].
     Hello = 0,
+    /// Tag of [`HostFrame::Exec`].
     Exec = 1,
+    /// Tag of [`HostFrame::Call`].
     Call = 2,
+    /// Tag of [`HostFrame::Reply`].
     Reply = 3,
+    /// Tag of [`HostFrame::Shutdown`].
     Shutdown = 4,
 }
 
@@ -254,12 +303,19 @@ pub enum HostFrameKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum GuestFrameKind {
+    /// Tag of [`GuestFrame::Ready`].
     Ready = 0,
+    /// Tag of [`GuestFrame::Refused`].
     Refused = 1,
+    /// Tag of [`GuestFrame::Done`].
     Done = 2,
+    /// Tag of [`GuestFrame::Post`].
     Post = 3,
+    /// Tag of [`GuestFrame::Log`].
     Log = 4,
+    /// Tag of [`GuestFrame::Metric`].
     Metric = 5,
+    /// Tag of [`GuestFrame::Request`].
     Request = 6,
 }
 
@@ -288,6 +344,7 @@ impl crate::wire::Frame for GuestFrame {
 }
 
 impl HostFrame {
+    /// Which variant this is: the tag byte it encodes with.
     pub const fn kind(&self) -> HostFrameKind {
         match self {
             HostFrame::Hello(_) => HostFrameKind::Hello,
@@ -300,6 +357,7 @@ impl HostFrame {
 }
 
 impl GuestFrame {
+    /// Which variant this is: the tag byte it encodes with.
     pub const fn kind(&self) -> GuestFrameKind {
         match self {
             GuestFrame::Ready(_) => GuestFrameKind::Ready,

@@ -23,9 +23,13 @@ pub enum Op {
 /// Who starts an operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
+    /// The host starts it and the cell completes it (`exec`, `call`).
     HostToCell,
+    /// The cell emits it and the host takes it without answering (`post`, `log`, `metric`).
     CellToHost,
+    /// The host reads what the cell posted (`recv`); nothing crosses on its own.
     HostReads,
+    /// The cell asks, the host (broker) answers (`request`).
     CellToHostToCell,
 }
 
@@ -54,6 +58,7 @@ impl Op {
         }
     }
 
+    /// Who starts the operation and who answers it.
     pub const fn direction(self) -> Direction {
         match self {
             Op::Exec | Op::Call => Direction::HostToCell,
@@ -76,6 +81,7 @@ impl Op {
         Op::ALL.into_iter().find(|op| op.name() == name)
     }
 
+    /// The operation whose wire discriminant is `raw`, if there is one.
     pub const fn from_u8(raw: u8) -> Option<Op> {
         if (raw as usize) < Op::ALL.len() {
             Some(Op::ALL[raw as usize])

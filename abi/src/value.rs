@@ -16,14 +16,22 @@ pub const MAX_VALUE_DEPTH: usize = 64;
 /// A value of the cell ABI. Wire discriminants are the variant order (append-only).
 #[derive(Clone, Debug, PartialEq, Default)]
 pub enum Value {
+    /// No value: what a script without a result returns.
     #[default]
     Unit,
+    /// A boolean.
     Bool(bool),
+    /// A 64-bit signed integer (the engine's `INT`).
     Int(i64),
+    /// A 64-bit float (the engine's `FLOAT`).
     Float(f64),
+    /// A UTF-8 string.
     Str(String),
+    /// A byte string (the engine's BLOB).
     Bytes(Vec<u8>),
+    /// An ordered list.
     List(Vec<Value>),
+    /// A string-keyed map, ordered by key.
     Map(Map),
 }
 
@@ -31,22 +39,30 @@ pub enum Value {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ValueLimitError {
+    /// Nested deeper than `max` levels.
     TooDeep {
+        /// The depth limit.
         max: usize,
     },
     /// A string of `len` bytes, over `max`.
     StringTooLong {
+        /// Length found.
         len: usize,
+        /// The limit.
         max: usize,
     },
     /// A list (or byte string) of `len` elements, over `max`.
     ListTooLong {
+        /// Length found.
         len: usize,
+        /// The limit.
         max: usize,
     },
     /// A map of `len` entries, over `max`.
     MapTooLarge {
+        /// Entry count found.
         len: usize,
+        /// The limit.
         max: usize,
     },
 }
@@ -73,8 +89,11 @@ impl fmt::Display for ValueLimitError {
 /// Largest string, list and map a value may hold (0: unlimited, as in the engine).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Lengths {
+    /// Longest string, in bytes.
     pub string: usize,
+    /// Most elements in a list, or bytes in a byte string.
     pub list: usize,
+    /// Most entries in a map.
     pub map: usize,
 }
 

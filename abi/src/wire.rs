@@ -20,18 +20,30 @@ pub const ABSOLUTE_MAX_FRAME_LEN: u32 = 16 << 20;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum WireError {
+    /// The length prefix announces more than the cap allows; refused before any allocation.
     #[error("frame of {len} bytes exceeds the cap of {max} bytes")]
-    TooLarge { len: u64, max: u32 },
+    TooLarge {
+        /// Announced body length.
+        len: u64,
+        /// The cap in force.
+        max: u32,
+    },
+    /// A zero-length body: no tag byte to say which frame it is.
     #[error("empty frame body")]
     Empty,
+    /// The body does not decode as the frame type (postcard's reason).
     #[error("frame body is malformed: {0}")]
     Malformed(postcard::Error),
+    /// The frame decoded with bytes to spare, in a frame that takes no extension.
     #[error("frame body has {0} trailing bytes")]
     TrailingBytes(usize),
     /// Decoding the body would take more than `max` bytes of memory
     /// ([`decode_body_within`]).
     #[error("frame body takes more than {max} bytes of memory to decode")]
-    OverMemory { max: usize },
+    OverMemory {
+        /// The memory ceiling in bytes.
+        max: usize,
+    },
 }
 
 /// A frame type the wire decodes. Bytes left after a frame's fields are an error, except in the
@@ -63,6 +75,18 @@ pub fn body_len(header: [u8; HEADER_LEN], max: u32) -> Result<usize, WireError> 
 }
 
 /// Encodes one frame with its length prefix, refusing a body larger than `max`.
+///
+/// ```
+/// use cell_abi::{HostFrame, wire};
+///
+/// let frame = HostFrame::Exec { id: 7, source: "1 + 1".into() };
+/// let bytes = wire::encode(&frame, wire::DEFAULT_MAX_FRAME_LEN)?;
+/// // 4-byte little-endian body length, then the body; the first body byte is the tag.
+/// assert_eq!(bytes[4], frame.kind() as u8);
+/// let back: HostFrame = wire::decode(&bytes, wire::DEFAULT_MAX_FRAME_LEN)?;
+/// assert_eq!(back, frame);
+/// # Ok::<(), wire::WireError>(())
+/// ```
 pub fn encode<F: Serialize>(frame: &F, max: u32) -> Result<Vec<u8>, WireError> {
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(&[0; HEADER_LEN]);
@@ -114,6 +138,18 @@ pub fn decode_body_within<F: Frame>(body: &[u8], max_memory: usize) -> Result<F,
 
 /// Decodes one whole frame (prefix and body) from a buffer, checking the prefix against `max`
 /// and that the buffer holds exactly one frame.
+///
+/// ```
+/// use cell_abi::{HostFrame, wire};
+///
+/// let bytes = wire::encode(&HostFrame::Shutdown, wire::DEFAULT_MAX_FRAME_LEN)?;
+/// assert_eq!(wire::decode::<HostFrame>(&bytes, 1024)?, HostFrame::Shutdown);
+/// // A frame with a byte too many is refused, never guessed at.
+/// let mut long = bytes.clone();
+/// long.push(0);
+/// assert!(wire::decode::<HostFrame>(&long, 1024).is_err());
+/// # Ok::<(), wire::WireError>(())
+/// ```
 pub fn decode<F: Frame>(bytes: &[u8], max: u32) -> Result<F, WireError> {
     let Some((header, body)) = bytes.split_first_chunk::<HEADER_LEN>() else {
         return Err(WireError::Malformed(

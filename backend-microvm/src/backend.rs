@@ -31,15 +31,31 @@ pub enum StartMode {
 /// The `microvm` backend.
 #[derive(Clone, Debug, Default)]
 pub struct MicroVm {
+    /// How cells start: from the snapshot (the default) or cold.
     pub start: StartMode,
     test_mode: u32,
 }
 
 impl MicroVm {
+    /// The backend with the default start ([`StartMode::Snapshot`]).
+    ///
+    /// ```
+    /// use abi::backend::Backend;
+    /// use cell_backend_microvm::MicroVm;
+    ///
+    /// let backend = MicroVm::new();
+    /// assert_eq!(backend.name(), "microvm");
+    /// // Spawning needs /dev/kvm; `available` says why not when it is missing.
+    /// match backend.available() {
+    ///     Ok(()) => println!("microVM cells can run here"),
+    ///     Err(why) => println!("no microVM cells here: {why}"),
+    /// }
+    /// ```
     pub fn new() -> Self {
         MicroVm::default()
     }
 
+    /// The backend with cells started as `start` says.
     pub fn with_start(start: StartMode) -> Self {
         MicroVm {
             start,
@@ -47,6 +63,7 @@ impl MicroVm {
         }
     }
 
+    /// The backend with every cell booting a new VM ([`StartMode::Cold`]).
     pub fn cold() -> Self {
         MicroVm {
             start: StartMode::Cold,
@@ -198,6 +215,7 @@ pub struct MicroVmPipe {
 }
 
 impl MicroVmPipe {
+    /// A cell over `vm`: frames go to `host`, any frame over `max_len` (clamped to the wire's absolute cap) is refused.
     pub fn new(vm: Vm, host: Arc<dyn HostSide>, max_len: u32) -> Self {
         let killer = vm.killer();
         let interrupter = vm.interrupter();

@@ -72,11 +72,13 @@ impl Control {
 pub struct Killer(Arc<Control>);
 
 impl Killer {
+    /// Kills the VM: marks it killed and kicks the vCPU out of the guest if it is running.
     pub fn kill(&self) {
         self.0.killed.store(true, Ordering::SeqCst);
         self.0.kick_if_running();
     }
 
+    /// Whether [`Killer::kill`] was called.
     pub fn is_killed(&self) -> bool {
         self.0.killed.load(Ordering::SeqCst)
     }
@@ -90,6 +92,7 @@ impl Killer {
 pub struct Interrupter(Arc<Control>);
 
 impl Interrupter {
+    /// Sets the guest's interrupt word: the running exec/call ends with `cancelled`.
     pub fn interrupt(&self) {
         let word = self
             .0

@@ -7,38 +7,55 @@
 /// followed by `memsz - filesz` zero bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
+    /// Offset of the segment's bytes in the image file.
     pub offset: usize,
+    /// Bytes taken from the file.
     pub filesz: usize,
+    /// Guest address the segment loads at.
     pub vaddr: u64,
+    /// Bytes the segment takes in guest memory (the rest past `filesz` zeroed).
     pub memsz: u64,
 }
 
+/// A parsed, checked guest image: where to enter it and what to load where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
+    /// Guest address of the entry point, inside a segment.
     pub entry: u64,
+    /// The `PT_LOAD` segments, checked not to overlap.
     pub segments: Vec<Segment>,
     /// Lowest and highest (exclusive) guest address covered by a segment.
     pub start: u64,
+    /// See `start`.
     pub end: u64,
 }
 
+/// Why bytes are not a loadable guest image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ElfError {
+    /// The file ends before a header it needs.
     #[error("image shorter than its headers")]
     Truncated,
+    /// Wrong magic, class, byte order, machine or type.
     #[error("not a little-endian ELF64 x86-64 executable")]
     NotElf64,
+    /// The program header table is out of the file or its entry size is wrong.
     #[error("program header table out of bounds or malformed")]
     BadProgramHeaders,
+    /// A segment reaches past the file, or its file size exceeds its memory size.
     #[error("segment out of the file or with filesz > memsz")]
     BadSegment,
+    /// A segment lies outside the range the guest may load into.
     #[error("segment outside the allowed guest range")]
     SegmentOutOfRange,
+    /// No `PT_LOAD` segment.
     #[error("no loadable segment")]
     NoSegments,
+    /// The entry point is in no loaded segment.
     #[error("entry point outside the loaded image")]
     BadEntry,
+    /// Two segments share guest memory.
     #[error("overlapping segments")]
     Overlap,
 }

@@ -10,7 +10,12 @@ pub enum VmError {
     KvmUnavailable(String),
     /// A KVM ioctl failed on the host side.
     #[error("KVM {op} failed: {errno}")]
-    Kvm { op: &'static str, errno: i32 },
+    Kvm {
+        /// The ioctl that failed.
+        op: &'static str,
+        /// The OS error number it returned.
+        errno: i32,
+    },
     /// Host mapping problem (mmap, memfd, madvise).
     #[error("guest memory: {0}")]
     Memory(String),
@@ -22,25 +27,46 @@ pub enum VmError {
     BadImage(#[from] crate::elf::ElfError),
     /// A guest-supplied address/length pair fell outside guest RAM.
     #[error("guest range {addr:#x}+{len} is outside guest memory")]
-    GuestAddress { addr: u64, len: u64 },
+    GuestAddress {
+        /// Start of the range, a guest-physical address.
+        addr: u64,
+        /// Length of the range in bytes.
+        len: u64,
+    },
     /// The guest triple-faulted (any CPU exception: there is no IDT): `KVM_EXIT_SHUTDOWN`.
     #[error("guest triple-faulted (KVM_EXIT_SHUTDOWN)")]
     TripleFault,
     /// The guest touched an address that is not RAM (`KVM_EXIT_MMIO`).
     #[error("guest {} address {addr:#x} outside its memory", if *.write { "wrote" } else { "read" })]
-    OutsideMemory { addr: u64, write: bool },
+    OutsideMemory {
+        /// The guest-physical address touched.
+        addr: u64,
+        /// Whether it was a write (else a read).
+        write: bool,
+    },
     /// The guest used an I/O port the channel does not define.
     #[error("guest used undefined I/O port {port:#x} ({})", if *.write { "out" } else { "in" })]
-    UndefinedPort { port: u16, write: bool },
+    UndefinedPort {
+        /// The port number.
+        port: u16,
+        /// Whether it was `out` (else `in`).
+        write: bool,
+    },
     /// KVM could not emulate a guest instruction.
     #[error("KVM emulation failure")]
     EmulationFailure,
     /// `KVM_EXIT_INTERNAL_ERROR` other than an emulation failure.
     #[error("KVM internal error (suberror {suberror})")]
-    InternalError { suberror: u32 },
+    InternalError {
+        /// KVM's suberror code.
+        suberror: u32,
+    },
     /// `KVM_EXIT_FAIL_ENTRY`: the vCPU state was rejected.
     #[error("VM entry failed (reason {reason:#x})")]
-    FailEntry { reason: u64 },
+    FailEntry {
+        /// The hardware entry-failure reason.
+        reason: u64,
+    },
     /// Any other exit the VMM does not expect.
     #[error("unexpected VM exit: {0}")]
     UnexpectedExit(String),
@@ -52,34 +78,60 @@ pub enum VmError {
         "the cell ran out of its {} MiB memory limit (an allocation of {requested} bytes failed)",
         limit >> 20
     )]
-    GuestOutOfMemory { requested: u64, limit: u64 },
+    GuestOutOfMemory {
+        /// Size of the allocation that failed, in bytes.
+        requested: u64,
+        /// The cell's memory limit in bytes.
+        limit: u64,
+    },
     /// The guest ran off the bottom of its stack (a fault in the guard page: the vCPU stopped
     /// with its stack pointer at the guard).
     #[error(
         "the script overflowed the cell's {} KiB stack (calls or expressions nest too deeply)",
         crate::layout::engine_stack_bytes() >> 10
     )]
-    StackOverflow { rsp: u64 },
+    StackOverflow {
+        /// The stack pointer the vCPU stopped with.
+        rsp: u64,
+    },
     /// The guest used up the CPU time the cell may use over its life.
     #[error("the cell used up its CPU time limit of {limit_ms} ms ({used_ms} ms used)")]
-    CpuTimeExceeded { limit_ms: u64, used_ms: u64 },
+    CpuTimeExceeded {
+        /// The limit, in milliseconds.
+        limit_ms: u64,
+        /// CPU time used, in milliseconds.
+        used_ms: u64,
+    },
     /// The host side stopped the cell (a limit or a protocol rule); no guest frame is delivered
     /// after that.
     #[error("stopped by the host: {0}")]
     Aborted(abi::CellError),
     /// The guest announced a frame longer than the channel buffer.
     #[error("guest frame of {len} bytes exceeds the {cap} byte cap")]
-    FrameTooLarge { len: u64, cap: u64 },
+    FrameTooLarge {
+        /// The announced length in bytes.
+        len: u64,
+        /// The guest→host buffer's capacity.
+        cap: u64,
+    },
     /// The guest's frame prefix is invalid (over the cap, empty, or inconsistent with the
     /// length it announced at the doorbell).
     #[error("guest sent a bad frame: {0}")]
     BadFrame(abi::wire::WireError),
     /// A host frame does not fit the host->guest buffer.
     #[error("host frame of {len} bytes exceeds the {cap} byte cap")]
-    HostFrameTooLarge { len: u64, cap: u64 },
+    HostFrameTooLarge {
+        /// The frame's length in bytes.
+        len: u64,
+        /// The host→guest buffer's capacity.
+        cap: u64,
+    },
     /// The guest is not consuming host frames.
     #[error("guest is not consuming frames ({queued} queued)")]
-    Backpressure { queued: usize },
+    Backpressure {
+        /// Host frames waiting.
+        queued: usize,
+    },
     /// The guest's entry point returned.
     #[error("guest exited")]
     GuestExited,

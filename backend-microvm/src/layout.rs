@@ -10,8 +10,11 @@ pub const MAILBOX_ADDR: u64 = 0x1800;
 pub const GDT_ADDR: u64 = 0x2000;
 /// PML4, PDPT, PD (1 GiB of 2 MiB pages), and one PT splitting the first 2 MiB into 4 KiB pages.
 pub const PML4_ADDR: u64 = 0x3000;
+/// Page-directory-pointer table (one entry: the first GiB).
 pub const PDPT_ADDR: u64 = 0x4000;
+/// Page directory: 512 2 MiB pages.
 pub const PD_ADDR: u64 = 0x5000;
+/// Page table splitting the first 2 MiB into 4 KiB pages (so the guard page can be unmapped).
 pub const PT_ADDR: u64 = 0x6000;
 /// 64-bit TSS followed by an all-zero I/O permission bitmap (8 KiB + terminator): port I/O
 /// from CPL3 must not fault on hypervisors that consult the bitmap rather than IOPL (PVM);
@@ -23,6 +26,7 @@ pub const TSS_ADDR: u64 = 0x7000;
 pub const STACK_GUARD_ADDR: u64 = 0xa000;
 /// Lowest stack address; the stack grows down from [`STACK_TOP`].
 pub const STACK_BOTTOM: u64 = 0xb000;
+/// Top of the stack (exclusive): where the stack pointer starts.
 pub const STACK_TOP: u64 = 0x20_0000;
 /// Stack the guest keeps free below the engine: the engine's progress callback stops a script
 /// (`limit_call_depth`) once less than this remains, so the guard page is reached only by code
@@ -45,6 +49,7 @@ pub const fn engine_stack_bytes() -> u64 {
 /// Where the image is linked (see link.ld).
 pub const IMAGE_BASE: u64 = 0x20_0000;
 
+/// [`BootInfo::magic`]: the guest refuses a boot info without it.
 pub const BOOT_MAGIC: u64 = 0x4345_4C4C_564D_0001;
 
 /// Guest hands a frame to the host (mailbox `g2h_len` > 0) or waits for one (`g2h_len` == 0).
@@ -62,37 +67,61 @@ pub const PORT_EXIT: u16 = 0x3f4;
 
 /// Guest modes. Only the host's test/bench API selects a mode other than [`MODE_RUNTIME`]:
 /// nothing a script does can reach the boot info.
+///
+/// The normal guest: the agent loop running scripts.
 pub const MODE_RUNTIME: u32 = 0;
+/// Floor benchmark: exits on [`PORT_NOP`] in a loop (measures the bare exit cost).
 pub const MODE_FLOOR: u32 = 1;
+/// Test: executes `ud2` with no IDT, so the vCPU triple-faults.
 pub const MODE_TRIPLE_FAULT: u32 = 2;
+/// Test: writes beyond guest RAM (the host sees an MMIO exit).
 pub const MODE_WRITE_OUTSIDE: u32 = 3;
+/// Test: spins forever (for deadlines and kill).
 pub const MODE_SPIN: u32 = 4;
+/// Test: allocates until the heap runs out (reports on [`PORT_OOM`]).
 pub const MODE_HEAP_EXHAUST: u32 = 5;
+/// Test: sends frames of junk bytes.
 pub const MODE_GARBAGE_FRAME: u32 = 6;
+/// Test: announces a frame length far over any cap.
 pub const MODE_ABSURD_LENGTH: u32 = 7;
+/// Test: writes to a port the contract does not define.
 pub const MODE_UNDEFINED_PORT: u32 = 8;
+/// Test: sends back every frame it receives, reversed.
 pub const MODE_ECHO: u32 = 9;
+/// Test: panics (reports on [`PORT_PANIC`]).
 pub const MODE_PANIC: u32 = 10;
+/// Test: recurses until it runs off the stack into the guard page.
 pub const MODE_STACK_OVERFLOW: u32 = 11;
 /// Floor variant exiting with `in` instead of `out` (compares the two exit kinds).
 pub const MODE_FLOOR_IN: u32 = 12;
 
+/// Boot parameters the host writes at [`BOOT_INFO_ADDR`] before the vCPU starts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BootInfo {
+    /// Always [`BOOT_MAGIC`].
     pub magic: u64,
+    /// Which guest to run: one of the `MODE_*` constants.
     pub mode: u32,
+    /// Padding to keep the layout the same on both sides.
     pub _pad: u32,
     /// Total guest memory in bytes.
     pub mem_size: u64,
+    /// Start of the guest's heap.
     pub heap_base: u64,
+    /// Size of the heap in bytes.
     pub heap_size: u64,
+    /// Start of the host→guest frame buffer.
     pub h2g_base: u64,
+    /// Capacity of the host→guest buffer: the largest frame the host may place.
     pub h2g_cap: u64,
+    /// Start of the guest→host frame buffer.
     pub g2h_base: u64,
+    /// Capacity of the guest→host buffer: the largest frame the guest may place.
     pub g2h_cap: u64,
 }
 
+/// The shared page through which host and guest hand frames over, at [`MAILBOX_ADDR`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mailbox {
@@ -106,13 +135,17 @@ pub struct Mailbox {
     /// from any thread while the guest runs, cleared by the host at the start of each
     /// transaction; the guest only reads it, from the engine's progress callback.
     pub interrupt: u32,
+    /// Padding to keep the layout the same on both sides.
     pub _pad: u32,
 }
 
 /// Offsets of the mailbox fields (the host reads and writes them by address).
 pub const MAILBOX_H2G_LEN: u64 = MAILBOX_ADDR;
+/// Address of [`Mailbox::g2h_len`].
 pub const MAILBOX_G2H_LEN: u64 = MAILBOX_ADDR + 4;
+/// Address of [`Mailbox::oom_size`].
 pub const MAILBOX_OOM_SIZE: u64 = MAILBOX_ADDR + 8;
+/// Address of [`Mailbox::interrupt`].
 pub const MAILBOX_INTERRUPT: u64 = MAILBOX_ADDR + 16;
 
 // The offsets above are what the host uses; they must match the struct the guest uses.

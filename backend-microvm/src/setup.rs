@@ -57,6 +57,7 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
+    /// A runtime VM of `mem_size` bytes of guest RAM with the default frame cap.
     pub fn new(mem_size: u64) -> Self {
         VmConfig {
             mem_size,

@@ -126,6 +126,7 @@ impl Vm {
         self.cpu.used()
     }
 
+    /// A handle that interrupts this VM's transaction from another thread.
     pub fn interrupter(&self) -> Interrupter {
         self.kill.interrupter()
     }
@@ -140,6 +141,7 @@ impl Vm {
         Ok(())
     }
 
+    /// Guest RAM in bytes.
     pub fn mem_size(&self) -> u64 {
         self.layout.boot.mem_size
     }
@@ -154,6 +156,7 @@ impl Vm {
         self.layout.boot.heap_size
     }
 
+    /// A handle that kills this VM from another thread.
     pub fn killer(&self) -> Killer {
         self.kill.killer()
     }

@@ -25,9 +25,19 @@ use std::time::{Duration, Instant};
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     /// host → guest.
-    Host { hex: String, decoded: String },
+    Host {
+        /// The frame's bytes, length prefix included, in hex.
+        hex: String,
+        /// The frame as decoded, in Rust debug form.
+        decoded: String,
+    },
     /// guest → host.
-    Guest { hex: String, decoded: String },
+    Guest {
+        /// The frame's bytes, length prefix included, in hex.
+        hex: String,
+        /// The frame as decoded, in Rust debug form.
+        decoded: String,
+    },
     /// The guest ended the channel (exited, closed its end) instead of answering.
     End(String),
 }
@@ -35,8 +45,11 @@ pub enum Step {
 /// One exchange, as stored in `protocol/<name>.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Exchange {
+    /// The vector's name, also the file name.
     pub name: String,
+    /// What the exchange exercises.
     pub about: String,
+    /// The frames in the order they crossed.
     pub steps: Vec<Step>,
 }
 

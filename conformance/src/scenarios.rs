@@ -21,6 +21,7 @@ fn default_policy() -> Setup {
     Setup::default()
 }
 
+/// The core scenarios every backend must pass with the same transcript.
 pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "post_and_recv",

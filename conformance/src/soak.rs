@@ -10,7 +10,9 @@ use std::time::Duration;
 /// The host's open file descriptors and resident memory at one moment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Usage {
+    /// Open file descriptors (entries in `/proc/self/fd`).
     pub fds: usize,
+    /// Resident set size in bytes.
     pub rss_bytes: u64,
 }
 
@@ -34,10 +36,13 @@ impl Usage {
 /// What a soak saw.
 #[derive(Clone, Debug)]
 pub struct SoakReport {
+    /// Cycles run.
     pub cycles: u32,
+    /// Cells spawned, the first included.
     pub cells: u32,
     /// After the warm-up, and at the end.
     pub before: Usage,
+    /// At the end.
     pub after: Usage,
 }
 

@@ -58,16 +58,19 @@ impl Transcript {
         }
     }
 
+    /// Records a comment line (`# ...`) in the transcript.
     pub fn note(&mut self, line: impl AsRef<str>) {
         let _ = writeln!(self.text, "# {}", line.as_ref());
     }
 
+    /// Runs `source` in `cell` and records it with its outcome.
     pub fn exec(&mut self, cell: &dyn ScenarioCell, source: &str) -> Result<Value, CellError> {
         let r = cell.exec(source);
         let _ = writeln!(self.text, "exec {source:?} -> {}", outcome(&r));
         r
     }
 
+    /// Calls `function` in `cell` and records it with its arguments and outcome.
     pub fn call(
         &mut self,
         cell: &dyn ScenarioCell,
@@ -108,6 +111,7 @@ impl Transcript {
         }
     }
 
+    /// Records `line` as it is.
     pub fn line(&mut self, line: impl AsRef<str>) {
         let _ = writeln!(self.text, "{}", line.as_ref());
     }

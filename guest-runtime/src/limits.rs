@@ -47,12 +47,18 @@ pub const MAX_VALUE_DEPTH: usize = abi::value::MAX_VALUE_DEPTH;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LimitError {
+    /// `field` is set to `value`, above the `bound` the engine's stack holds.
     AboveBound {
+        /// The limit's name.
         field: &'static str,
+        /// The value asked for.
         value: u64,
+        /// The largest value allowed.
         bound: u64,
     },
+    /// `field` is 0: a depth limit must be positive.
     Zero {
+        /// The limit's name.
         field: &'static str,
     },
 }

@@ -39,6 +39,7 @@ pub struct PolicyResolver {
 }
 
 impl PolicyResolver {
+    /// A resolver that allows exactly the modules in `allowed` (the handshake's `modules`).
     pub fn new(allowed: Vec<String>) -> Self {
         PolicyResolver { allowed }
     }

@@ -16,6 +16,7 @@ pub enum TransportError {
 }
 
 impl TransportError {
+    /// The error the script sees: the host's own for `Aborted`/`Failed`, `CellClosed` for `Closed`.
     pub fn into_cell_error(self) -> CellError {
         match self {
             TransportError::Aborted(e) | TransportError::Failed(e) => e,
@@ -25,6 +26,7 @@ impl TransportError {
         }
     }
 
+    /// A [`TransportError::Failed`] with `code` and `message`.
     pub fn failed(code: ErrorCode, message: impl Into<String>) -> Self {
         TransportError::Failed(CellError::new(code, message))
     }
@@ -35,7 +37,9 @@ impl TransportError {
 /// `recv` is called by the agent loop between transactions and by `request` to wait for the
 /// broker's [`HostFrame::Reply`]; everything else only sends.
 pub trait Transport: Send {
+    /// Sends one frame to the host.
     fn send(&mut self, frame: GuestFrame) -> Result<(), TransportError>;
+    /// Blocks until the host's next frame arrives.
     fn recv(&mut self) -> Result<HostFrame, TransportError>;
 }
 
