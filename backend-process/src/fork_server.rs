@@ -223,9 +223,11 @@ impl Drop for PoolLease {
             state.retired = true;
             let server = state.server.take();
             let cells: Vec<ProcessCell> = state.spares.drain(..).chain(server).collect();
+            // Dropped under the lock, as the keeper drops what it made once retired: each drop
+            // hands its process to the reaper before an exiting process's clean-up can look.
+            drop(cells);
             pool.changed.notify_all();
             drop(state);
-            drop(cells);
         }
     }
 }
@@ -339,15 +341,19 @@ fn keep(key: Key, pool: &'static Pool) {
             other => Err(other),
         });
         state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.busy = false;
         if state.retired && state.waiting == 0 {
-            // Retired meanwhile: what was made goes (dropping kills, the reaper reaps).
-            drop(state);
+            // Retired meanwhile: what was made goes (dropping kills, the reaper reaps and
+            // removes the cgroups). Dropped before `busy` is cleared, under the lock: an
+            // exiting process's clean-up waits for `busy` to clear and then for the reaper's
+            // pending work, which these two must have joined by then. (Dropped after, they
+            // could still be on their way when the process exited, leaving the server's and
+            // the spare's cgroups behind: about one `cell run` in a thousand under load.)
             drop((server, made));
-            state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.busy = false;
             pool.changed.notify_all();
             continue;
         }
+        state.busy = false;
         state.server = server;
         match made {
             Ok(cell) => state.spares.push_back(cell),
