@@ -12,11 +12,14 @@ use std::sync::Mutex;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
+    /// The rules allowed the request.
     Allow,
+    /// A deny rule, the default deny or an invalid request refused it.
     Deny,
 }
 
 impl Decision {
+    /// `allow` or `deny`, as audit lines spell it.
     pub const fn as_str(self) -> &'static str {
         match self {
             Decision::Allow => "allow",
@@ -30,10 +33,15 @@ impl Decision {
 pub struct AuditRecord {
     /// Milliseconds since the Unix epoch.
     pub ts_ms: u64,
+    /// The cell that asked.
     pub cell: String,
+    /// The backend the cell runs on.
     pub backend: String,
+    /// The capability asked for.
     pub capability: String,
+    /// The action asked for.
     pub action: String,
+    /// Whether the request was allowed.
     pub decision: Decision,
     /// The rule that decided: `grants[i]`, `denies[i]`, `default-deny`, or `invalid-request`.
     pub rule: String,
@@ -44,12 +52,14 @@ pub struct AuditRecord {
     pub message: Option<String>,
     /// Payload plus result bytes counted against the byte quota.
     pub bytes: u64,
+    /// Time from the decision to the outcome, in microseconds.
     pub duration_us: u64,
 }
 
 /// Where audit records go. Implementations must not block for long: they run on the request
 /// path.
 pub trait AuditSink: Send + Sync {
+    /// Writes one record; called once per decided request.
     fn record(&self, record: &AuditRecord);
 }
 
@@ -102,6 +112,7 @@ pub struct MemoryAudit {
 }
 
 impl MemoryAudit {
+    /// Every record so far, oldest first.
     pub fn records(&self) -> Vec<AuditRecord> {
         self.records
             .lock()

@@ -113,6 +113,7 @@ impl BrokerBuilder {
         self
     }
 
+    /// Builds the broker: opens the kv store when [`BrokerBuilder::kv_dir`] was set and registers the built-in capabilities plus any [`BrokerBuilder::register`]ed ones.
     pub fn build(self) -> Result<Broker, ConfigError> {
         let kv = match &self.kv_dir {
             Some(dir) => Kv::open(dir, self.kv_limits)?,
@@ -166,6 +167,18 @@ impl BrokerBuilder {
 }
 
 impl Broker {
+    /// A builder with no kv store, no secrets, no audit sink and the default timeout and pool.
+    ///
+    /// ```
+    /// use abi::Value;
+    /// use cell_broker::{Broker, Rule, Rules};
+    ///
+    /// let broker = Broker::builder().build()?;
+    /// let rules = Rules { grants: vec![Rule::new("clock", &["wall"])], denies: vec![] };
+    /// let cell = broker.for_cell("demo", &rules)?;
+    /// assert!(matches!(cell.request("subinterp", "clock", "wall", Value::Unit), Ok(Value::Int(_))));
+    /// # Ok::<(), cell_broker::ConfigError>(())
+    /// ```
     pub fn builder() -> BrokerBuilder {
         BrokerBuilder::default()
     }

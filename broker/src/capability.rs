@@ -72,7 +72,9 @@ pub struct Call {
     pub cell: String,
     /// The backend the cell runs on.
     pub backend: String,
+    /// The action asked for (one of [`Capability::actions`]).
     pub action: String,
+    /// The request's argument, as the guest sent it.
     pub payload: Value,
     /// The grant that allowed the request.
     pub rule: Arc<Rule>,
@@ -87,7 +89,9 @@ pub struct Call {
 /// A deny rule left to the capability, with the label (`denies[i]`) its refusal names.
 #[derive(Clone, Debug)]
 pub struct PendingDeny {
+    /// The rule's label (`denies[i]`).
     pub label: String,
+    /// The deny rule itself.
     pub rule: Arc<Rule>,
 }
 
@@ -113,6 +117,7 @@ impl<'a> Payload<'a> {
         }
     }
 
+    /// The value at `key`, if any.
     pub fn get(&self, key: &str) -> Option<&'a Value> {
         self.map.and_then(|m| m.get(key))
     }
@@ -131,6 +136,7 @@ impl<'a> Payload<'a> {
         Ok(())
     }
 
+    /// The string at `key`; an error names the key if it is missing or not a string.
     pub fn str(&self, key: &str) -> Result<&'a str, CapabilityError> {
         match self.get(key) {
             Some(Value::Str(s)) => Ok(s),
@@ -139,6 +145,7 @@ impl<'a> Payload<'a> {
         }
     }
 
+    /// The string at `key`, or `None` when it is missing or unit.
     pub fn opt_str(&self, key: &str) -> Result<Option<&'a str>, CapabilityError> {
         match self.get(key) {
             None | Some(Value::Unit) => Ok(None),
@@ -146,6 +153,7 @@ impl<'a> Payload<'a> {
         }
     }
 
+    /// The integer at `key`; an error names the key if it is missing or not an integer.
     pub fn int(&self, key: &str) -> Result<i64, CapabilityError> {
         match self.get(key) {
             Some(Value::Int(i)) => Ok(*i),
@@ -154,6 +162,7 @@ impl<'a> Payload<'a> {
         }
     }
 
+    /// The integer at `key`, or `None` when it is missing or unit.
     pub fn opt_int(&self, key: &str) -> Result<Option<i64>, CapabilityError> {
         match self.get(key) {
             None | Some(Value::Unit) => Ok(None),

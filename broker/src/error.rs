@@ -10,34 +10,52 @@ pub enum ConfigError {
     /// A rule names a capability nobody registered.
     #[error("{rule}: unknown capability `{capability}` (known: {known})")]
     UnknownCapability {
+        /// The rule's label (`grants[i]`/`denies[i]`).
         rule: String,
+        /// The capability it names.
         capability: String,
+        /// The capabilities registered, comma-separated.
         known: String,
     },
     /// A rule names an action the capability does not have.
     #[error("{rule}: capability `{capability}` has no action `{action}` (actions: {known})")]
     UnknownAction {
+        /// The rule's label.
         rule: String,
+        /// The capability it names.
         capability: String,
+        /// The action it names.
         action: String,
+        /// The capability's actions, comma-separated.
         known: String,
     },
     /// A rule sets a field that means nothing for its capability (e.g. `origins` on `fs`).
     #[error("{rule}: field `{field}` does not apply to capability `{capability}`")]
     FieldNotApplicable {
+        /// The rule's label.
         rule: String,
+        /// The rule's capability.
         capability: String,
+        /// The field set.
         field: &'static str,
     },
     /// A rule's value is out of range or inconsistent.
     #[error("{rule}: {reason}")]
-    Invalid { rule: String, reason: String },
+    Invalid {
+        /// The rule's label and capability.
+        rule: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The broker's own configuration (kv directory, secrets file, audit log) is unusable.
     #[error("broker configuration: {0}")]
     Broker(String),
+    /// An I/O error on a file the broker's configuration names.
     #[error("broker configuration: {what}: {source}")]
     Io {
+        /// What the broker was doing.
         what: String,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
@@ -74,14 +92,21 @@ pub enum CapabilityError {
     /// A deny rule the capability settled on the object it opened (see [`crate::Call::denies`]):
     /// `rule` is that rule's label (`denies[i]`), which the audit record names.
     #[error("denied by rule `{rule}`: {reason}")]
-    Denied { rule: String, reason: String },
+    Denied {
+        /// The deny rule's label (`denies[i]`).
+        rule: String,
+        /// What it refused.
+        reason: String,
+    },
 }
 
 impl CapabilityError {
+    /// A [`CapabilityError::InvalidArgument`] with `msg`.
     pub fn invalid(msg: impl Into<String>) -> Self {
         CapabilityError::InvalidArgument(msg.into())
     }
 
+    /// A [`CapabilityError::Failed`] with `msg`.
     pub fn failed(msg: impl Into<String>) -> Self {
         CapabilityError::Failed(msg.into())
     }

@@ -127,7 +127,9 @@ impl Rule {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Access {
+    /// `read` only.
     Read,
+    /// `read` and the writing actions.
     ReadWrite,
 }
 
@@ -135,7 +137,9 @@ pub enum Access {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Namespace {
+    /// The cell's own namespace (the default).
     Cell,
+    /// The namespace of the tenant named in the rule, shared by its cells.
     Tenant,
 }
 
@@ -159,13 +163,16 @@ pub struct Quota {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rules {
+    /// Rules that allow requests.
     #[serde(default)]
     pub grants: Vec<Rule>,
+    /// Rules that refuse requests; a match wins over any grant.
     #[serde(default)]
     pub denies: Vec<Rule>,
 }
 
 impl Rules {
+    /// Whether there are neither grants nor denies.
     pub fn is_empty(&self) -> bool {
         self.grants.is_empty() && self.denies.is_empty()
     }
@@ -174,7 +181,9 @@ impl Rules {
 /// Whether a rule grants or denies; part of its label in errors and audit records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuleKind {
+    /// A `[[grants]]` entry.
     Grant,
+    /// A `[[denies]]` entry.
     Deny,
 }
 

@@ -11,14 +11,20 @@ pub enum Event {
     Post(Value),
     /// `log(level, message, fields)`.
     Log {
+        /// How severe the event is.
         level: Level,
+        /// The log line.
         message: String,
+        /// Structured context fields.
         fields: Map,
     },
     /// `metric(name, value, tags)`.
     Metric {
+        /// Metric name.
         name: String,
+        /// Sample value.
         value: f64,
+        /// Tags (label pairs) on the sample.
         tags: BTreeMap<String, String>,
     },
 }

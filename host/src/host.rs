@@ -71,9 +71,13 @@ struct State {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
+    /// Exec and call transactions started (handshakes included).
     pub transactions: u64,
+    /// Events (posts, logs, metrics) the cell sent.
     pub events: u64,
+    /// Requests the cell made to the broker.
     pub requests: u64,
+    /// Frames that broke a protocol rule or limit (each stops the cell).
     pub violations: u64,
     /// Metrics queued for `recv` but not re-emitted: past the series bounds (see `series`).
     pub metrics_dropped: u64,
@@ -98,6 +102,20 @@ fn violation(message: String) -> Flow {
 }
 
 impl CellHost {
+    /// The host side of cell `cell` on `backend`, with the channel's bounds and the handler for its requests. Hand it to the backend's `spawn` as the [`abi::backend::HostSide`], then drive transactions through [`CellHost::transact`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use abi::HostFrame;
+    /// use cell_host::{CellHost, Channel, DenyAll};
+    ///
+    /// let channel = Channel { max_frame_bytes: 64, ..Channel::default() };
+    /// let host = CellHost::new("demo", "subinterp", channel, Arc::new(DenyAll));
+    /// // Host frames are checked before any pipe sees them: this one is over the 64-byte cap.
+    /// let big = HostFrame::Exec { id: 1, source: "x".repeat(100) };
+    /// assert!(host.outgoing(&big).is_err());
+    /// assert!(host.outgoing(&HostFrame::Exec { id: 2, source: "1 + 1".into() }).is_ok());
+    /// ```
     pub fn new(
         cell: &str,
         backend: &str,
@@ -147,6 +165,7 @@ impl CellHost {
         f(&mut self.stats.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
+    /// The counters so far.
     pub fn stats(&self) -> Stats {
         *self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -204,6 +223,7 @@ impl CellHost {
         self.state().waiting
     }
 
+    /// Why the cell died, once it has (`None` while it lives).
     pub fn dead(&self) -> Option<CellError> {
         self.state().dead.clone()
     }

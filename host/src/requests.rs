@@ -11,7 +11,9 @@ use std::time::Instant;
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub struct RequestContext<'a> {
+    /// The cell's name.
     pub cell: &'a str,
+    /// The backend the cell runs on.
     pub backend: &'a str,
     /// When the transaction that made the request must end (its wall-time limit). A handler
     /// should give up by then: at the deadline the host calls [`RequestHandler::cancel`] on a
@@ -21,6 +23,7 @@ pub struct RequestContext<'a> {
 }
 
 impl<'a> RequestContext<'a> {
+    /// A context for `cell` on `backend`, to end by `deadline`.
     pub fn new(cell: &'a str, backend: &'a str, deadline: Option<Instant>) -> Self {
         RequestContext {
             cell,
@@ -33,6 +36,7 @@ impl<'a> RequestContext<'a> {
 /// Executes (or refuses) a cell's request on the host. Called on the host side only; the guest's
 /// word about what it may do is never consulted.
 pub trait RequestHandler: Send + Sync {
+    /// Runs (or refuses) the request `capability.action(payload)`; the result goes back to the guest as its `Reply`.
     fn handle(
         &self,
         ctx: RequestContext<'_>,

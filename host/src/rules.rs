@@ -10,7 +10,9 @@ use abi::{ABI_VERSION, CellError, ErrorCode, HOST_MODULES, Hello, HostFrame, SCH
 /// Which way a frame travels, for messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
+    /// A frame the host sends.
     HostToCell,
+    /// A frame the cell sends.
     CellToHost,
 }
 

@@ -43,6 +43,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// The OpenAPI document, kept in the repository as `service/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
+/// What every handler gets: the node.
 pub type AppState = Arc<Node>;
 
 /// The router with every route and layer; `extra` routes (tests) get the same layers.
@@ -353,7 +354,9 @@ async fn openapi() -> Response {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
+    /// Only events with a sequence number above this (resume after a reconnect).
     pub after: Option<u64>,
 }
 
+/// The extractor for [`EventsQuery`].
 pub type EventsParams = Query<EventsQuery>;

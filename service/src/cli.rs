@@ -5,6 +5,7 @@ use crate::config::{Limits, Listen, Peers, ServeConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Arguments of `serve`: where to listen, this node's name, its peers, tenants and policy.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
     /// `HOST:PORT` or `unix:PATH`.
@@ -37,6 +38,7 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The [`ServeConfig`] these arguments describe (the node name defaults to the host name).
     pub fn config(&self) -> Result<ServeConfig, String> {
         let node = match &self.node {
             Some(n) => n.clone(),
@@ -81,6 +83,7 @@ impl ServeArgs {
     }
 }
 
+/// Arguments of `tenant add`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TenantAddArgs {
     /// Tenant name (a new key is added if it exists).

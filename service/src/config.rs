@@ -8,7 +8,9 @@ use std::time::Duration;
 /// Where the node listens.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Listen {
+    /// A TCP address.
     Tcp(SocketAddr),
+    /// A Unix socket path.
     Unix(PathBuf),
 }
 
@@ -32,11 +34,14 @@ impl std::str::FromStr for Listen {
 /// `http://{node}.cell.default.svc.cluster.local:8080` with a StatefulSet's pod names).
 #[derive(Debug, Clone, Default)]
 pub struct Peers {
+    /// Node name → base URL, for named peers.
     pub map: BTreeMap<String, String>,
+    /// Base URL with `{node}` for every other node.
     pub template: Option<String>,
 }
 
 impl Peers {
+    /// The base URL of `node` (no trailing `/`), if it is known.
     pub fn url(&self, node: &str) -> Option<String> {
         self.map
             .get(node)
@@ -61,7 +66,9 @@ pub struct Limits {
     pub heartbeat: Duration,
     /// Open event streams per tenant.
     pub streams_per_tenant: usize,
+    /// Lifetime of a cell created without `ttl_ms`.
     pub default_ttl: Duration,
+    /// Longest lifetime a cell may ask for (or be extended to).
     pub max_ttl: Duration,
     /// Live cells on this node (all tenants).
     pub max_cells: usize,
@@ -89,9 +96,11 @@ impl Default for Limits {
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// Address or socket the node listens on.
     pub listen: Listen,
     /// This node's name, the prefix of every cell id it makes: letters, digits, `-` and `.`.
     pub node: String,
+    /// How to reach other nodes for redirects.
     pub peers: Peers,
     /// Tenants file (TOML); without it one tenant whose key is `api_key`.
     pub tenants_file: Option<PathBuf>,
@@ -99,10 +108,12 @@ pub struct ServeConfig {
     pub policy_file: Option<PathBuf>,
     /// The single tenant's key (from `CELL_API_KEY`) when there is no tenants file.
     pub api_key: Option<String>,
+    /// Bounds on requests, streams and cells.
     pub limits: Limits,
 }
 
 impl ServeConfig {
+    /// A config listening on `listen` as node `node`, with no peers, no tenants file and default limits.
     pub fn new(listen: Listen, node: &str) -> ServeConfig {
         ServeConfig {
             listen,

@@ -10,7 +10,9 @@ use supervisor::{CellError, ErrorCode};
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ApiError {
+    /// Stable error code (`bad_request`, `cell_not_found`, or a cell error code's name).
     pub code: String,
+    /// Human-readable detail.
     pub message: String,
     /// The quota named in a `quota_exceeded` answer.
     pub quota: Option<&'static str>,
@@ -19,6 +21,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error with `code` and `message`.
     pub fn new(code: &str, message: impl Into<String>) -> ApiError {
         ApiError {
             code: code.into(),
@@ -28,14 +31,17 @@ impl ApiError {
         }
     }
 
+    /// A `bad_request` (400).
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new("bad_request", message)
     }
 
+    /// A `cell_not_found` for cell `id`.
     pub fn cell_not_found(id: &str) -> ApiError {
         ApiError::new("cell_not_found", format!("no cell `{id}`"))
     }
 
+    /// A `quota_exceeded` naming `quota`.
     pub fn quota(quota: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             quota: Some(quota),
@@ -43,6 +49,7 @@ impl ApiError {
         }
     }
 
+    /// A `moved` redirect to the cell's node at `location`.
     pub fn redirect(node: &str, location: String) -> ApiError {
         ApiError {
             location: Some(location),
@@ -50,6 +57,7 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status the code fixes (see [`status_of`]).
     pub fn status(&self) -> StatusCode {
         status_of(&self.code)
     }

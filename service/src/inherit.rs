@@ -15,17 +15,27 @@ use toml::{Table, Value};
 /// Keys whose arrays accumulate down the chain instead of being replaced.
 const APPENDED: &[&[&str]] = &[&["denies"], &["confinement", "require"]];
 
+/// Why a policy's `extends` chain could not be resolved.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[non_exhaustive]
 pub enum InheritError {
+    /// A policy extends a name that is not defined.
     #[error("policy `{0}` is not defined")]
     Unknown(String),
+    /// A policy extends itself, through the chain given.
     #[error("policy `{0}` extends itself through {1}")]
     Cycle(String, String),
+    /// `extends` is not a string.
     #[error("`extends` of policy `{0}` must be a string")]
     BadExtends(String),
+    /// The merged policy does not parse as a policy.
     #[error("policy `{name}` is invalid: {reason}")]
-    Invalid { name: String, reason: String },
+    Invalid {
+        /// The policy's name.
+        name: String,
+        /// Why it is invalid.
+        reason: String,
+    },
 }
 
 /// Lays `child` over `parent` by the rules above.

@@ -20,12 +20,18 @@ use toml::Table;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
+    /// Backend to spawn on (default: the policy's, else the node's default).
     pub backend: Option<String>,
+    /// Name of a tenant policy to spawn under (default: the tenant's base policy).
     pub policy: Option<String>,
+    /// Source to run once after the spawn; if it fails the cell is killed and the error returned.
     pub source: Option<String>,
+    /// Lifetime in milliseconds (default and cap: the node's limits).
     pub ttl_ms: Option<u64>,
+    /// Free-form labels, returned with the cell.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// A repeated create with the same key returns the same cell.
     pub idempotency_key: Option<String>,
     /// Kill the cell when a client reading its events disconnects (default: never).
     #[serde(default)]
@@ -34,15 +40,24 @@ pub struct CreateRequest {
 
 /// One cell as the service holds it.
 pub struct Entry {
+    /// The cell id, prefixed by the node's name.
     pub id: String,
+    /// The tenant that owns the cell.
     pub tenant: String,
+    /// The backend it runs on.
     pub backend: String,
+    /// The tenant policy it was spawned under, if one was named.
     pub policy: Option<String>,
+    /// The supervisor's cell.
     pub cell: Cell,
+    /// Creation time, milliseconds since the Unix epoch.
     pub created_ms: u64,
     expires: Mutex<(Instant, u64)>,
+    /// The labels given at creation.
     pub labels: BTreeMap<String, String>,
+    /// Events kept for reconnecting readers.
     pub events: EventBuffer,
+    /// Kill the cell when a client reading its events disconnects.
     pub kill_on_disconnect: bool,
     reservation: Reservation,
     released: AtomicBool,
@@ -55,14 +70,17 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 impl Entry {
+    /// When the cell expires, milliseconds since the Unix epoch.
     pub fn expires_at_ms(&self) -> u64 {
         self.expires.lock().unwrap_or_else(|e| e.into_inner()).1
     }
 
+    /// Whether the cell can still run code.
     pub fn alive(&self) -> bool {
         self.cell.state() == CellState::Alive
     }
 
+    /// The cell as the API returns it: state, labels, times and stats.
     pub fn to_json(&self, node: &str) -> J {
         let info = self.cell.info();
         let (state, reason) = match &info.state {
@@ -91,13 +109,17 @@ impl Entry {
     }
 }
 
+/// One node: its configuration, supervisor, cells, tenants and quotas.
 pub struct Node {
+    /// What the node was started with.
     pub config: ServeConfig,
+    /// Spawns and holds the cells.
     pub supervisor: Supervisor,
     cells: Mutex<HashMap<String, Arc<Entry>>>,
     idempotency: Mutex<HashMap<(String, String), String>>,
     expiry: Mutex<BTreeSet<(Instant, String)>>,
     tenants: RwLock<Arc<Tenants>>,
+    /// Per-tenant usage against the tenants' quotas.
     pub ledger: Ledger,
     draining: AtomicBool,
     /// Woken when the earliest expiry may have moved earlier.
@@ -139,6 +161,7 @@ pub fn load_tenants(config: &ServeConfig) -> Result<Tenants, TenantsError> {
 }
 
 impl Node {
+    /// A node serving `tenants` under `config`.
     pub fn new(config: ServeConfig, tenants: Tenants) -> Node {
         Node {
             config,
@@ -167,6 +190,7 @@ impl Node {
             .map(|_| InPlace(&self.in_place))
     }
 
+    /// The tenants now in force (replaced on reload).
     pub fn tenants(&self) -> Arc<Tenants> {
         self.tenants
             .read()
@@ -193,10 +217,12 @@ impl Node {
         }
     }
 
+    /// Whether the node is draining (refusing new cells).
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
 
+    /// Starts draining: new cells are refused from now on.
     pub fn start_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
@@ -205,10 +231,12 @@ impl Node {
         self.cells.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Number of cells held.
     pub fn len(&self) -> usize {
         self.locked().len()
     }
 
+    /// Whether no cell is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -236,6 +264,7 @@ impl Node {
         }
     }
 
+    /// The cells of `tenant`, ordered by id.
     pub fn list(&self, tenant: &str) -> Vec<Arc<Entry>> {
         let mut out: Vec<_> = self
             .locked()
@@ -503,6 +532,7 @@ impl Node {
         })
     }
 
+    /// The node as `GET /v1/node` returns it: name, version, readiness and backends.
     pub fn node_json(&self) -> J {
         let backends: Vec<J> = self
             .supervisor

@@ -20,15 +20,21 @@ use tokio::task::JoinSet;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
+    /// TCP without any key would serve anyone: refused.
     #[error("refusing to listen on TCP without keys: set CELL_API_KEY or give a tenants file")]
     NoKey,
+    /// The node name is not 1 to 40 letters, digits, `-` or `.`.
     #[error("invalid node name `{0}`: 1 to 40 letters, digits, `-` or `.`")]
     NodeName(String),
+    /// The tenants file could not be loaded.
     #[error(transparent)]
     Tenants(#[from] TenantsError),
+    /// The listening socket could not be opened.
     #[error("cannot listen on {what}: {source}")]
     Listen {
+        /// The address or socket path.
         what: String,
+        /// The OS error.
         source: std::io::Error,
     },
 }
@@ -36,13 +42,17 @@ pub enum ServeError {
 /// Where a started server listens.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Bound {
+    /// A TCP address (the port resolved when 0 was asked for).
     Tcp(SocketAddr),
+    /// A Unix socket path.
     Unix(PathBuf),
 }
 
 /// A running node. Dropping it stops nothing; call [`Server::drain`] or [`Server::kill`].
 pub struct Server {
+    /// The node the server serves.
     pub node: Arc<Node>,
+    /// Where it listens.
     pub bound: Bound,
     /// `true` asks connections to finish their current request and close.
     stop: watch::Sender<bool>,

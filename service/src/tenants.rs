@@ -30,34 +30,56 @@ use toml::Table;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TenantsError {
+    /// The tenants file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file's path.
         path: String,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// The tenants file could not be written.
     #[error("cannot write {path}: {source}")]
     Write {
+        /// The file's path.
         path: String,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// The file is not valid TOML for a tenants file.
     #[error("invalid tenants file: {0}")]
     Parse(#[from] toml::de::Error),
+    /// A tenant's entry is invalid (a name, key or backend).
     #[error("invalid tenants file: tenant `{tenant}`: {reason}")]
-    Invalid { tenant: String, reason: String },
+    Invalid {
+        /// The tenant's name.
+        tenant: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A tenant's policy could not be resolved.
     #[error("invalid tenants file: tenant `{tenant}`: {source}")]
     Policy {
+        /// The tenant's name.
         tenant: String,
+        /// Why the policy is invalid.
         source: InheritError,
     },
 }
 
+/// A tenant's quotas; each is optional (none: unbounded).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Quotas {
+    /// Most live cells at once.
     pub live_cells: Option<u64>,
+    /// Most creates in any minute (a sliding window).
     pub creates_per_minute: Option<u64>,
+    /// Sum of the live cells' memory limits, in MiB.
     pub memory_mib: Option<u64>,
+    /// Sum of the live cells' CPU-time limits, in ms (a cell without one is refused).
     pub cpu_time_ms: Option<u64>,
+    /// Caps every grant's request rate, per cell.
     pub broker_requests_per_second: Option<u64>,
 }
 
@@ -87,16 +109,22 @@ struct File {
 /// One tenant, its policies resolved.
 #[derive(Debug, Clone)]
 pub struct Tenant {
+    /// The tenant's name.
     pub name: String,
     /// Allowed backends; empty allows every backend.
     pub backends: Vec<String>,
+    /// The tenant's quotas.
     pub quotas: Quotas,
+    /// Policy used when a create names none; else [`Tenant::base`].
     pub default_policy: Option<String>,
+    /// The tenant's named policies, each resolved over the base policy.
     pub policies: BTreeMap<String, Policy>,
+    /// The base policy (`--policy FILE`) every tenant policy extends.
     pub base: Policy,
 }
 
 impl Tenant {
+    /// Whether cells of this tenant may run on `backend`.
     pub fn allows_backend(&self, backend: &str) -> bool {
         self.backends.is_empty() || self.backends.iter().any(|b| b == backend)
     }
@@ -141,6 +169,7 @@ fn cap_grant_rates(policy: &mut Policy, rate: u64) {
 /// Every tenant, by name and by key hash.
 #[derive(Debug, Clone, Default)]
 pub struct Tenants {
+    /// Every tenant, by name.
     pub tenants: BTreeMap<String, Arc<Tenant>>,
     by_key: HashMap<String, String>,
     /// One tenant and no key: every request is that tenant's (a unix socket only).
@@ -204,6 +233,7 @@ impl Tenants {
         Ok(out)
     }
 
+    /// Reads and resolves the tenants file at `path`, its policies extending `base`.
     pub fn load(path: &Path, base: &Table) -> Result<Tenants, TenantsError> {
         let text = std::fs::read_to_string(path).map_err(|source| TenantsError::Read {
             path: path.display().to_string(),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RecvError {
+    /// Nothing arrived before the timeout; the cell may still send.
     #[error("no event within the timeout")]
     Timeout,
     /// The cell is gone and every event it sent has been received.
@@ -27,7 +28,10 @@ pub enum InterruptError {
     #[error(
         "the {backend} backend cannot interrupt a running script and keep the cell; use kill()"
     )]
-    Unsupported { backend: String },
+    Unsupported {
+        /// The backend's name.
+        backend: String,
+    },
     /// The cell is gone.
     #[error("the cell is gone: {0}")]
     Dead(CellError),
@@ -36,17 +40,24 @@ pub enum InterruptError {
 /// Whether a cell can still run code.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CellState {
+    /// The cell can run code.
     Alive,
+    /// The cell is gone, and why.
     Dead(CellError),
 }
 
 /// A snapshot of a cell for `list`.
 #[derive(Debug, Clone)]
 pub struct CellInfo {
+    /// The cell's name, unique in its supervisor.
     pub name: String,
+    /// The backend it runs on.
     pub backend: String,
+    /// Whether it is alive.
     pub state: CellState,
+    /// The confinement layers and whether each is active.
     pub layers: Vec<Layer>,
+    /// The host's counters for it.
     pub stats: Stats,
     /// What the cell uses now, where its backend counts it.
     pub usage: Usage,
@@ -135,10 +146,12 @@ impl Cell {
         }
     }
 
+    /// The cell's name.
     pub fn name(&self) -> &str {
         &self.inner.name
     }
 
+    /// The backend the cell runs on.
     pub fn backend(&self) -> &str {
         &self.inner.backend
     }
@@ -261,6 +274,7 @@ impl Cell {
         self.inner.host.mark_dead(reason);
     }
 
+    /// Whether the cell is alive, or why it died.
     pub fn state(&self) -> CellState {
         match self.inner.host.dead() {
             None => CellState::Alive,
@@ -279,6 +293,7 @@ impl Cell {
         }
     }
 
+    /// A snapshot of the cell for `list`.
     pub fn info(&self) -> CellInfo {
         CellInfo {
             name: self.inner.name.clone(),

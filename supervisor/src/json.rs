@@ -6,6 +6,7 @@ use abi::{CellError, Value};
 use host::Event;
 use serde_json::{Value as J, json};
 
+/// A value as JSON: unit is `null`, bytes are `{"$bytes": "<hex>"}`, non-finite floats strings.
 pub fn value(v: &Value) -> J {
     match v {
         Value::Unit => J::Null,
@@ -63,6 +64,7 @@ fn from_hex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// An event as one JSON object, tagged by `"event"` (`post`, `log`, `metric`).
 pub fn event(e: &Event) -> J {
     match e {
         Event::Post(v) => json!({ "event": "post", "value": value(v) }),
@@ -82,6 +84,7 @@ pub fn event(e: &Event) -> J {
     }
 }
 
+/// An exec/call outcome as a `result` or `error` event.
 pub fn result(r: &Result<Value, CellError>) -> J {
     match r {
         Ok(v) => json!({ "event": "result", "value": value(v) }),
@@ -89,6 +92,7 @@ pub fn result(r: &Result<Value, CellError>) -> J {
     }
 }
 
+/// An error as an `error` event with its code name and message.
 pub fn error(e: &CellError) -> J {
     json!({ "event": "error", "code": e.code.name(), "message": e.message })
 }

@@ -45,8 +45,11 @@ pub struct Policy {
     pub backend: Option<String>,
     /// Host-provided modules the cell may import and call.
     pub modules: Vec<String>,
+    /// Engine, time and resource limits.
     pub limits: Limits,
+    /// Bounds on the channel between the cell and the host.
     pub channel: Channel,
+    /// Confinement layers the cell requires.
     pub confinement: Confinement,
     /// Capabilities granted to the cell (`[[grants]]`); nothing is granted by default.
     pub grants: Vec<broker::Rule>,
@@ -58,11 +61,17 @@ pub struct Policy {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
+    /// Operations one exec/call may run (0 = unlimited).
     pub max_operations: u64,
+    /// Deepest nesting of function calls; at most `MAX_CALL_DEPTH` of the runtime.
     pub max_call_depth: u32,
+    /// Deepest expression nesting the parser accepts; at most `MAX_EXPR_DEPTH` of the runtime.
     pub max_expr_depth: u32,
+    /// Longest string, in bytes (0 = unlimited).
     pub max_string_len: u32,
+    /// Most elements in one array, or bytes in one BLOB (0 = unlimited).
     pub max_array_len: u32,
+    /// Most entries in one map (0 = unlimited).
     pub max_map_len: u32,
     /// Wall time of one exec/call, in milliseconds (0 = none). Past it the cell is killed.
     pub wall_time_ms: u64,
@@ -100,6 +109,7 @@ impl Default for Limits {
 #[derive(Clone, Debug, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Confinement {
+    /// Layer names (`seccomp`, `kvm`, ...); a backend that cannot provide one refuses to spawn.
     pub require: Vec<String>,
 }
 
@@ -107,15 +117,26 @@ pub struct Confinement {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {
+    /// The policy file could not be read.
     #[error("cannot read policy file {path}: {source}")]
     Read {
+        /// The file's path.
         path: String,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// The policy is not valid TOML for a policy (an unknown field, a wrong type).
     #[error("invalid policy: {0}")]
     Parse(#[from] toml::de::Error),
+    /// A field's value is out of range.
     #[error("invalid policy: `{field}` {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid {
+        /// The field's name.
+        field: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
+    /// The grants or denies do not check against the broker's capabilities.
     #[error("invalid policy: {0}")]
     Grants(#[from] broker::ConfigError),
 }
@@ -212,6 +233,7 @@ impl Policy {
         }
     }
 
+    /// The wall-time limit of one exec/call, `None` when `wall_time_ms` is 0.
     pub fn wall_time(&self) -> Option<Duration> {
         (self.limits.wall_time_ms > 0).then(|| Duration::from_millis(self.limits.wall_time_ms))
     }

@@ -16,14 +16,24 @@ use std::sync::{Arc, RwLock};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SupervisorError {
+    /// The policy or caller names a backend this supervisor does not have.
     #[error("unknown backend `{name}` (known: {known})")]
-    UnknownBackend { name: String, known: String },
+    UnknownBackend {
+        /// The name asked for.
+        name: String,
+        /// The backends this supervisor has, comma-separated.
+        known: String,
+    },
+    /// The name is empty, too long, or has characters outside `[A-Za-z0-9-_.]`.
     #[error("invalid cell name `{0}`: use 1 to 64 letters, digits, `-`, `_` or `.`")]
     InvalidName(String),
+    /// A live cell already has this name.
     #[error("a cell named `{0}` is already running")]
     NameTaken(String),
+    /// The backend could not spawn the cell.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    /// The guest refused the handshake (ABI version, schema, limits).
     #[error("the cell refused the handshake: {0}")]
     Handshake(CellError),
     /// The policy's grants do not hold on this supervisor (unknown capability, missing root,
@@ -132,6 +142,7 @@ impl Supervisor {
         Ok(Arc::new(BrokerHandler(cell)))
     }
 
+    /// The backend registered as `name`, if there is one.
     pub fn backend(&self, name: &str) -> Option<Arc<dyn Backend>> {
         self.backends
             .read()
@@ -159,6 +170,18 @@ impl Supervisor {
     }
 
     /// Spawns a cell named `name` on `backend` under `policy` and completes the handshake.
+    ///
+    /// ```no_run
+    /// use cell_supervisor::{Policy, Supervisor};
+    ///
+    /// let supervisor = Supervisor::new();
+    /// let mut policy = Policy::default();
+    /// policy.limits.max_operations = 100_000;
+    /// let cell = supervisor.spawn("demo", "subinterp", &policy)?;
+    /// assert_eq!(cell.exec("40 + 2")?, abi::Value::Int(42));
+    /// cell.close();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn spawn(
         &self,
         name: &str,

@@ -13,6 +13,7 @@ pub struct Clock {
 }
 
 impl Clock {
+    /// A clock whose `monotonic` counts from now.
     pub fn new() -> Self {
         Clock {
             epoch: Instant::now(),

@@ -27,9 +27,13 @@ pub const KV_FILE: &str = "kv.redb";
 /// is written. Bytes count keys plus encoded values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvLimits {
+    /// Most keys in one namespace (one cell's or one tenant's store).
     pub namespace_keys: u64,
+    /// Most bytes in one namespace.
     pub namespace_bytes: u64,
+    /// Most keys in the whole store, all namespaces together.
     pub store_keys: u64,
+    /// Most bytes in the whole store.
     pub store_bytes: u64,
 }
 

@@ -23,14 +23,17 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
+    /// No secrets.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Adds (or replaces) the secret `name`.
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
         self.values.insert(name.into(), value.into());
     }
 
+    /// The names of the secrets held (never their values).
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.values.keys().map(String::as_str)
     }
@@ -60,6 +63,7 @@ pub struct SecretStore {
 }
 
 impl SecretStore {
+    /// The `secret` capability, reading from `secrets`.
     pub fn new(secrets: Secrets) -> Self {
         SecretStore { secrets }
     }
