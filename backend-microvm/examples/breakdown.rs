@@ -142,6 +142,8 @@ impl abi::backend::HostSide for Sink {
     }
 }
 
+/// Times warm execs through a [`cell_backend_microvm::MicroVmPipe`] on a snapshot VM (not called
+/// from `main`; kept to compare with the step-by-step figures).
 #[allow(dead_code)]
 pub fn pipe_level() {
     use abi::backend::CellPipe;
