@@ -65,7 +65,17 @@ struct State {
     /// Threads blocked in `next_event`. A condvar's notify is a syscall even with nobody
     /// waiting, and most events are queued with nobody waiting (a tenth of a cold cell's cost).
     waiting: usize,
+    /// Told when an event is queued or the cell dies (see [`Listener`]).
+    listener: Option<Listener>,
 }
+
+/// Called when a cell's channel changes: right after an event is queued for `recv`, and once
+/// when the cell dies. It runs on the thread that queued the event (on some backends the
+/// exec's own thread, inside the guest's `post`), outside every lock of the cell: it must
+/// return quickly and must not run exec/call on the cell; `recv` with a zero timeout is fine.
+/// It only says there is something: the events still wait for `recv`. Wakes instead of polls,
+/// without a thread per cell.
+pub type Listener = Arc<dyn Fn() + Send + Sync>;
 
 /// Counters for `list`/stats.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -142,6 +152,7 @@ impl CellHost {
                 aborted: None,
                 interrupted: false,
                 waiting: 0,
+                listener: None,
             }),
             stats: Mutex::default(),
             series: Mutex::default(),
@@ -202,7 +213,9 @@ impl CellHost {
     /// before killing the cell, so that a completion the kill causes is read as the kill.
     pub fn mark_dead(&self, reason: CellError) {
         let mut s = self.state();
+        let mut listener = None;
         if s.dead.is_none() {
+            listener = s.listener.take();
             if reason.code == ErrorCode::CellClosed {
                 tracing::debug!(cell = %self.cell, "cell closed");
             } else {
@@ -216,6 +229,25 @@ impl CellHost {
         if waiting {
             self.arrived.notify_all();
         }
+        // Told once, and let go: nothing more will be queued.
+        if let Some(listener) = listener {
+            listener();
+        }
+    }
+
+    /// Registers `listener` (replacing any other; `None` removes it), told of every event
+    /// queued from now on and of the cell's death. On a cell already dead it is told at once
+    /// and not kept.
+    pub fn set_listener(&self, listener: Option<Listener>) {
+        let mut s = self.state();
+        if s.dead.is_some() {
+            drop(s);
+            if let Some(listener) = listener {
+                listener();
+            }
+            return;
+        }
+        s.listener = listener;
     }
 
     /// How many threads are blocked in [`CellHost::next_event`] right now.
@@ -495,10 +527,14 @@ impl CellHost {
         s.queued_bytes += size;
         s.events.push_back(event);
         let waiting = s.waiting > 0;
+        let listener = s.listener.clone();
         drop(s);
         self.count(|st| st.events += 1);
         if waiting {
             self.arrived.notify_one();
+        }
+        if let Some(listener) = listener {
+            listener();
         }
         Flow::Continue
     }

@@ -825,3 +825,55 @@ fn an_interrupt_does_not_spare_a_cell_past_its_deadline() {
         "a cell past its deadline is killed, interrupted or not"
     );
 }
+
+/// A listener is told of each event as it is queued, while the exec that sent it still runs
+/// (it can receive it right there), and once when the cell dies; one set on a dead cell at once.
+#[test]
+fn listener_is_told_of_each_event_as_it_is_queued_and_of_death() {
+    use std::sync::Mutex;
+    // What the listener received, in the order it was told.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut cell = Cell::ready(
+        Channel::default(),
+        Arc::new(DenyAll),
+        guest(|_, _| {
+            vec![
+                GuestFrame::Post(Value::Int(1)),
+                GuestFrame::Post(Value::Int(2)),
+            ]
+        }),
+    );
+    let host = Arc::downgrade(&cell.host);
+    {
+        let seen = seen.clone();
+        cell.host.set_listener(Some(Arc::new(move || {
+            let host = host.upgrade().expect("the cell is held");
+            // Receiving from inside the listener works: the event is already queued.
+            let got = match host.next_event(Some(std::time::Instant::now())) {
+                Ok(cell_host::Event::Post(v)) => format!("post {v:?}"),
+                Ok(other) => format!("{other:?}"),
+                Err(Some(dead)) => format!("dead {}", dead.code.name()),
+                Err(None) => "nothing".into(),
+            };
+            seen.lock().unwrap().push(got);
+        })));
+    }
+    cell.run(exec(1), None).unwrap();
+    assert_eq!(*seen.lock().unwrap(), ["post Int(1)", "post Int(2)"]);
+    cell.host
+        .mark_dead(CellError::new(ErrorCode::Cancelled, "killed"));
+    cell.host
+        .mark_dead(CellError::new(ErrorCode::Cancelled, "twice"));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["post Int(1)", "post Int(2)", "dead cancelled"]
+    );
+    let late = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let late = late.clone();
+        cell.host.set_listener(Some(Arc::new(move || {
+            late.fetch_add(1, Ordering::SeqCst);
+        })));
+    }
+    assert_eq!(late.load(Ordering::SeqCst), 1);
+}

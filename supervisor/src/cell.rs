@@ -218,6 +218,17 @@ impl Cell {
             })
     }
 
+    /// Registers `listener` (replacing any other; `None` removes it): told right after each
+    /// post, log or metric is queued for [`Cell::recv`] — while the exec/call that sent it is
+    /// still running — and once when the cell dies (at once if it is dead already). It runs on
+    /// the thread that queued the event, outside the cell's locks: it must return quickly and
+    /// must not run exec/call on this cell. Typically it wakes whoever drains the cell with
+    /// `recv(Some(Duration::ZERO))`. Do not capture the cell itself (that keeps it from
+    /// dropping).
+    pub fn set_listener(&self, listener: Option<host::Listener>) {
+        self.inner.host.set_listener(listener);
+    }
+
     /// Kills the cell now, from any thread; a running exec/call returns `Cancelled`.
     pub fn kill(&self) {
         let _span = tracing::info_span!("kill", cell = %self.inner.name).entered();

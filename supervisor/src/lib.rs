@@ -43,6 +43,6 @@ pub use cell::{Cell, CellInfo, CellState, InterruptError, RecvError, Usage};
 pub use host;
 pub use host::Event;
 pub use host::event;
-pub use host::{DenyAll, RequestContext, RequestHandler};
+pub use host::{DenyAll, Listener, RequestContext, RequestHandler};
 pub use policy::{Policy, PolicyError};
 pub use supervisor::{Supervisor, SupervisorError};

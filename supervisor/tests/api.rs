@@ -179,3 +179,39 @@ fn request_handler_plugs_in() {
         ])
     );
 }
+
+#[test]
+fn a_listener_is_told_of_events_while_the_exec_runs_and_of_the_end() {
+    let s = Supervisor::new();
+    let mut p = Policy::default();
+    p.limits.max_operations = 0;
+    let cell = s.spawn("told", "subinterp", &p).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let tx = std::sync::Mutex::new(tx);
+    cell.set_listener(Some(Arc::new(move || {
+        let _ = tx.lock().unwrap().send(());
+    })));
+    let running = {
+        let cell = cell.clone();
+        std::thread::spawn(move || cell.exec("post(1); post(2); loop {}"))
+    };
+    // Woken by the listener, not by waiting in recv: each post is there when it is told.
+    for want in [1, 2] {
+        rx.recv().expect("told of a post");
+        assert_eq!(
+            cell.recv(Some(Duration::ZERO)),
+            Ok(Event::Post(Value::Int(want)))
+        );
+    }
+    assert!(!running.is_finished(), "the exec still runs");
+    cell.kill();
+    rx.recv().expect("told of the death");
+    assert!(matches!(
+        cell.recv(Some(Duration::ZERO)),
+        Err(RecvError::Closed(e)) if e.code == ErrorCode::Cancelled
+    ));
+    assert_eq!(
+        running.join().unwrap().unwrap_err().code,
+        ErrorCode::Cancelled
+    );
+}
