@@ -158,7 +158,7 @@ fn read_extension(tail: &[u8]) -> Result<Vec<String>, postcard::Error> {
 /// Severity of a guest log event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Level {
-    /// Finest detail, off unless asked for.
+    /// Finest detail.
     Trace,
     /// Diagnostics for whoever debugs the script.
     Debug,

@@ -215,7 +215,8 @@ pub struct MicroVmPipe {
 }
 
 impl MicroVmPipe {
-    /// A cell over `vm`: frames go to `host`, any frame over `max_len` (clamped to the wire's absolute cap) is refused.
+    /// A cell over `vm`: frames go to `host`, any frame over `max_len` (clamped to the wire's
+    /// absolute cap) is refused.
     pub fn new(vm: Vm, host: Arc<dyn HostSide>, max_len: u32) -> Self {
         let killer = vm.killer();
         let interrupter = vm.interrupter();

@@ -67,7 +67,7 @@ impl Control {
 }
 
 /// Kills a VM from any thread: the running `KVM_RUN` is interrupted promptly and every later
-/// operation fails with [`VmError::Killed`].
+/// operation fails with [`VmError::Killed`](crate::VmError::Killed).
 #[derive(Clone)]
 pub struct Killer(Arc<Control>);
 

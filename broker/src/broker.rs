@@ -113,7 +113,8 @@ impl BrokerBuilder {
         self
     }
 
-    /// Builds the broker: opens the kv store when [`BrokerBuilder::kv_dir`] was set and registers the built-in capabilities plus any [`BrokerBuilder::register`]ed ones.
+    /// Builds the broker: opens the kv store when [`BrokerBuilder::kv_dir`] was set and registers
+    /// the built-in capabilities plus any [`BrokerBuilder::register`]ed ones.
     pub fn build(self) -> Result<Broker, ConfigError> {
         let kv = match &self.kv_dir {
             Some(dir) => Kv::open(dir, self.kv_limits)?,

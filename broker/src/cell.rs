@@ -45,7 +45,8 @@ struct Outcome {
     bytes: u64,
 }
 
-/// The request handler of one cell, built from its rules by [`Broker::for_cell`].
+/// The request handler of one cell, built from its rules by
+/// [`Broker::for_cell`](crate::Broker::for_cell).
 pub struct CellBroker {
     pub(crate) shared: Arc<Shared>,
     pub(crate) cell: String,

@@ -127,9 +127,9 @@ impl Rule {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Access {
-    /// `read` only.
+    /// The reading actions only (the default).
     Read,
-    /// `read` and the writing actions.
+    /// The reading and the writing actions.
     ReadWrite,
 }
 

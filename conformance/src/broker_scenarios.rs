@@ -9,7 +9,7 @@ use crate::scenarios::Scenario;
 use crate::target::{Cell, Target};
 use std::path::PathBuf;
 
-/// Scenarios for capability requests through the broker: granted, refused, audited.
+/// Scenarios for capability requests through the broker: granted, denied, out of scope.
 pub static BROKER_SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "broker_granted",

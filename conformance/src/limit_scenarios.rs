@@ -7,7 +7,8 @@ use crate::target::{Cell, Target};
 use crate::{Setup, Transcript};
 use abi::{Map, Value};
 
-/// Scenarios for the limits: frame caps, engine limits and resources, as every backend must enforce them.
+/// Scenarios for the limits: frame caps, engine limits and resources, as every backend must enforce
+/// them.
 pub static LIMIT_SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "host_frame_limits",

@@ -2,8 +2,8 @@
 //!
 //! * [`Cell`] — one Rhai engine and its state: `exec` runs source, functions it defines stay and
 //!   are reachable by `call`, together with the host modules the policy allows;
-//! * the script API is exactly `post`, `log`, `metric` and `request` ([`api`]); everything else
-//!   out of model (`eval`, `print`, `debug`, undeclared imports) fails with a hint;
+//! * the script API is exactly `post`, `log`, `metric` and `request` (module `api`); everything
+//!   else out of model (`eval`, `print`, `debug`, undeclared imports) fails with a hint;
 //! * [`Transport`] — the pipe a backend supplies; [`agent::serve`] is the loop over it;
 //! * [`Interrupt`] — cancellation and deadlines, polled from the engine's progress callback.
 //!

@@ -81,13 +81,13 @@ pub type Listener = Arc<dyn Fn() + Send + Sync>;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Exec and call transactions started (handshakes included).
+    /// Exec and call transactions started (not the handshake).
     pub transactions: u64,
     /// Events (posts, logs, metrics) the cell sent.
     pub events: u64,
-    /// Requests the cell made to the broker.
+    /// Requests (`request(...)`) the cell made that reached the request handler.
     pub requests: u64,
-    /// Frames that broke a protocol rule or limit (each stops the cell).
+    /// Guest frames that broke a protocol rule (each stops the cell).
     pub violations: u64,
     /// Metrics queued for `recv` but not re-emitted: past the series bounds (see `series`).
     pub metrics_dropped: u64,
@@ -112,7 +112,9 @@ fn violation(message: String) -> Flow {
 }
 
 impl CellHost {
-    /// The host side of cell `cell` on `backend`, with the channel's bounds and the handler for its requests. Hand it to the backend's `spawn` as the [`abi::backend::HostSide`], then drive transactions through [`CellHost::transact`].
+    /// The host side of cell `cell` on `backend`, with the channel's bounds and the handler for its
+    /// requests. Hand it to the backend's `spawn` as the [`abi::backend::HostSide`], then drive
+    /// transactions through [`CellHost::transact`].
     ///
     /// ```
     /// use std::sync::Arc;

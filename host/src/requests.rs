@@ -36,7 +36,8 @@ impl<'a> RequestContext<'a> {
 /// Executes (or refuses) a cell's request on the host. Called on the host side only; the guest's
 /// word about what it may do is never consulted.
 pub trait RequestHandler: Send + Sync {
-    /// Runs (or refuses) the request `capability.action(payload)`; the result goes back to the guest as its `Reply`.
+    /// Runs (or refuses) the request `capability.action(payload)`; the result goes back to the
+    /// guest as its `Reply`.
     fn handle(
         &self,
         ctx: RequestContext<'_>,

@@ -113,7 +113,8 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    /// A config listening on `listen` as node `node`, with no peers, no tenants file and default limits.
+    /// A config listening on `listen` as node `node`, with no peers, no tenants file and default
+    /// limits.
     pub fn new(listen: Listen, node: &str) -> ServeConfig {
         ServeConfig {
             listen,

@@ -20,7 +20,7 @@ use toml::Table;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
-    /// Backend to spawn on (default: the policy's, else the node's default).
+    /// Backend to spawn on (default: the policy's, else `subinterp`).
     pub backend: Option<String>,
     /// Name of a tenant policy to spawn under (default: the tenant's base policy).
     pub policy: Option<String>,

@@ -49,7 +49,7 @@ pub enum TenantsError {
     /// The file is not valid TOML for a tenants file.
     #[error("invalid tenants file: {0}")]
     Parse(#[from] toml::de::Error),
-    /// A tenant's entry is invalid (a name, key or backend).
+    /// A tenant's entry is invalid (its name, a key, its default policy, ...).
     #[error("invalid tenants file: tenant `{tenant}`: {reason}")]
     Invalid {
         /// The tenant's name.

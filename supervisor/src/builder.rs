@@ -62,7 +62,8 @@ impl SupervisorBuilder {
         self
     }
 
-    /// The supervisor: the built-in backends (unless turned off), the registered ones (a registered name replaces a built-in one), and the broker or handler that answers `request`.
+    /// The supervisor: the built-in backends (unless turned off), the registered ones (a registered
+    /// name replaces a built-in one), and the broker or handler that answers `request`.
     pub fn build(self) -> Supervisor {
         let supervisor = Supervisor::empty();
         if self.builtin {
