@@ -44,7 +44,7 @@ pub trait HostSide: Send + Sync {
 
 /// Kills a cell from any thread, at any time, promptly. Idempotent.
 pub trait Killer: Send + Sync {
-    /// Kills the cell: its process, VM or thread stops, and any transaction in flight fails.
+    /// Kills the cell: its process, VM or engine stops, and any transaction in flight fails.
     fn kill(&self);
 }
 
@@ -92,7 +92,7 @@ impl Default for Resources {
 /// A confinement layer and whether it is active for a cell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layer {
-    /// Name of the layer (e.g. `seccomp`, `namespaces`, `kvm`).
+    /// Name of the layer (e.g. `seccomp`, `landlock`, `kvm`), as a policy's `require` names it.
     pub name: String,
     /// Whether the layer confines this cell.
     pub active: bool,

@@ -20,10 +20,11 @@ pub const ABSOLUTE_MAX_FRAME_LEN: u32 = 16 << 20;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum WireError {
-    /// The length prefix announces more than the cap allows; refused before any allocation.
+    /// A body over the cap: announced by a length prefix (refused before any allocation) or
+    /// produced by [`encode`].
     #[error("frame of {len} bytes exceeds the cap of {max} bytes")]
     TooLarge {
-        /// Announced body length.
+        /// The body's length, announced or encoded.
         len: u64,
         /// The cap in force.
         max: u32,

@@ -109,7 +109,8 @@ impl Default for Limits {
 #[derive(Clone, Debug, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Confinement {
-    /// Layer names (`seccomp`, `kvm`, ...); a backend that cannot provide one refuses to spawn.
+    /// Layer names (`seccomp`, `landlock`, `kvm`, ...); a backend that cannot provide one refuses
+    /// to spawn.
     pub require: Vec<String>,
 }
 
