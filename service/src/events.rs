@@ -1,6 +1,7 @@
 //! A cell's events as numbered JSON lines in a bounded buffer, so a client that reconnects with
-//! `after=SEQ` loses nothing still buffered. Events are moved from the cell into the buffer after
-//! each exec/call (a cell runs only inside one) and when the cell dies.
+//! `after=SEQ` loses nothing still buffered. Events are moved from the cell into the buffer as
+//! the cell queues them while a stream is open (woken by the cell's listener), and after each
+//! exec/call and when the cell dies in any case.
 
 use serde_json::{Value as J, json};
 use std::collections::VecDeque;

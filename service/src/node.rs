@@ -57,6 +57,8 @@ pub struct Entry {
     pub labels: BTreeMap<String, String>,
     /// Events kept for reconnecting readers.
     pub events: EventBuffer,
+    /// Told by the cell's listener when it queues an event or dies; an open stream drains then.
+    pub live: Arc<Notify>,
     /// Kill the cell when a client reading its events disconnects.
     pub kill_on_disconnect: bool,
     reservation: Reservation,
@@ -369,6 +371,12 @@ impl Node {
             .record(started.elapsed().as_secs_f64());
         let ttl = self.ttl(req.ttl_ms);
         let now = SystemTime::now();
+        // Wakes the cell's open streams, which drain it: no thread per cell, nothing polls.
+        let live = Arc::new(Notify::new());
+        cell.set_listener(Some({
+            let live = live.clone();
+            Arc::new(move || live.notify_one())
+        }));
         let entry = Arc::new(Entry {
             id: id.clone(),
             tenant: tenant.name.clone(),
@@ -379,6 +387,7 @@ impl Node {
             expires: Mutex::new((Instant::now() + ttl, unix_ms(now + ttl))),
             labels: req.labels,
             events: EventBuffer::new(self.config.limits.event_buffer),
+            live,
             kill_on_disconnect: req.kill_on_disconnect,
             reservation,
             released: AtomicBool::new(false),
@@ -409,7 +418,8 @@ impl Node {
         Ok((entry, true))
     }
 
-    /// Runs exec or call on the cell (blocking), then moves its events to the buffer.
+    /// Runs exec or call on the cell (blocking), then moves its events to the buffer (an open
+    /// stream moves them as they come).
     pub fn run(
         &self,
         entry: &Entry,

@@ -1,5 +1,7 @@
 //! `GET /v1/cells/{id}/events`: NDJSON from the cell's event buffer, woken by new events, with
-//! heartbeat lines while there are none. A client that goes away never kills the cell, unless
+//! heartbeat lines while there are none. While a stream is open it moves the cell's events into
+//! the buffer as the cell queues them (woken by the cell's listener), so a running exec's events
+//! arrive live. A client that goes away never kills the cell, unless
 //! the cell was created with `kill_on_disconnect`.
 
 use crate::api::{AppState, Auth, EventsQuery};
@@ -66,6 +68,8 @@ pub async fn events(
             ),
         )
     })?;
+    // What the cell queued before this reader came (a running exec's events) is moved now.
+    entry.events.drain(&entry.cell);
     let reader = Reader {
         rx: entry.events.subscribe(),
         cursor: q.after.unwrap_or(0),
@@ -105,9 +109,21 @@ async fn next_chunk(mut r: Reader) -> Option<(Result<Bytes, Infallible>, Reader)
             r.guard.finished = true;
             return None;
         }
-        match tokio::time::timeout(r.heartbeat, r.rx.changed()).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) => return None,
+        let live = r.entry.live.clone();
+        let woken = tokio::time::timeout(r.heartbeat, async {
+            tokio::select! {
+                changed = r.rx.changed() => changed.is_ok(),
+                () = live.notified() => {
+                    // The cell queued an event or died: move it into the buffer, in order.
+                    r.entry.events.drain(&r.entry.cell);
+                    true
+                }
+            }
+        })
+        .await;
+        match woken {
+            Ok(true) => continue,
+            Ok(false) => return None,
             Err(_) => {
                 let line = json!({ "event": "heartbeat", "seq": r.cursor }).to_string() + "\n";
                 return Some((Ok(Bytes::from(line)), r));

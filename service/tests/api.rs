@@ -328,3 +328,45 @@ fn idempotent_creates_return_the_same_cell() {
     assert_eq!(a["id"], b["id"]);
     assert_eq!(n.node().len(), 1);
 }
+
+/// An open stream gets a running exec's events as the cell posts them, not when the exec ends.
+#[test]
+fn a_running_exec_streams_its_events_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[limits]\nmax_operations = 0\nwall_time_ms = 0\n").unwrap();
+    let mut c = config("node-live");
+    c.policy_file = Some(policy);
+    let n = TestNode::start(c);
+    let id = create(&n.url, KEY, json!({"backend": "subinterp"}));
+    let cell = format!("{}/v1/cells/{id}", n.url);
+    let running = {
+        let cell = cell.clone();
+        std::thread::spawn(move || {
+            let body = json!({"source": "post(1); post(\"two\"); loop {}"});
+            send("POST", &format!("{cell}/exec"), Some(KEY), Some(&body))
+        })
+    };
+    // Ends on the second post, or on a heartbeat (15 s of nothing: the events did not come).
+    let lines = read_events(&format!("{cell}/events"), KEY, |l| {
+        l["seq"] == 2 || l["event"] == "heartbeat"
+    });
+    assert_eq!(
+        lines,
+        [
+            json!({"event": "post", "value": 1, "seq": 1}),
+            json!({"event": "post", "value": "two", "seq": 2}),
+        ]
+    );
+    // The exec never ends by itself: it is still running.
+    assert!(!running.is_finished());
+    let (s, j) = send("GET", &cell, Some(KEY), None);
+    assert_eq!(
+        (s, &j["state"], &j["stats"]["last_seq"]),
+        (200, &json!("alive"), &json!(2))
+    );
+    let (s, j) = send("DELETE", &cell, Some(KEY), None);
+    assert_eq!(s, 200, "{j}");
+    let (s, j) = running.join().unwrap();
+    assert_eq!(j["code"], "cancelled", "{s} {j}");
+}

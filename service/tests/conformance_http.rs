@@ -18,8 +18,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use supervisor::json as cj;
 use supervisor::{CellError, ErrorCode, Event, Level, Map, Value};
 
@@ -29,11 +30,6 @@ static ALLOCATOR: supervisor::AccountingAllocator = supervisor::AccountingAlloca
 
 /// Scenarios the HTTP API cannot express, with the reason; on every backend.
 const NOT_OVER_HTTP: &[(&str, &str)] = &[
-    (
-        "kill_running_cell",
-        "waits for an event posted by an exec that is still running; the service moves a \
-         cell's events to its stream when the exec/call ends (docs/SERVICE.md, Events)",
-    ),
     (
         "close_cell",
         "closing a cell over HTTP is DELETE, after which the service forgets it (404 \
@@ -185,6 +181,7 @@ impl Target for HttpTarget {
         Ok(Arc::new(HttpCell {
             cell: format!("{}/v1/cells/{id}", self.url),
             events: Mutex::default(),
+            deleted: AtomicBool::new(false),
         }))
     }
 }
@@ -193,6 +190,8 @@ impl Target for HttpTarget {
 struct HttpCell {
     cell: String,
     events: Mutex<Events>,
+    /// This client deleted the cell (its `kill`).
+    deleted: AtomicBool,
 }
 
 /// What this client has read of the cell's event stream.
@@ -241,26 +240,62 @@ impl HttpCell {
         if last <= ev.after {
             return;
         }
+        Self::read(self.stream(ev.after), ev, |ev, _| ev.after >= last);
+    }
+
+    /// Opens the event stream after `after`.
+    fn stream(&self, after: u64) -> impl Iterator<Item = J> {
         let resp = agent()
-            .get(&format!("{}/events?after={}", self.cell, ev.after))
+            .get(&format!("{}/events?after={after}", self.cell))
             .header("Authorization", &format!("Bearer {KEY}"))
             .call()
             .expect("the events stream");
         assert_eq!(resp.status().as_u16(), 200);
-        let reader = std::io::BufReader::new(resp.into_body().into_reader());
-        for line in reader.lines() {
-            let line: J = serde_json::from_str(&line.expect("a line")).expect("JSON");
+        std::io::BufReader::new(resp.into_body().into_reader())
+            .lines()
+            .map(|line| serde_json::from_str(&line.expect("a line")).expect("JSON"))
+    }
+
+    /// Reads lines into `ev` until `stop` (told each line, heartbeats included) says so.
+    fn read(
+        lines: impl Iterator<Item = J>,
+        ev: &mut Events,
+        mut stop: impl FnMut(&Events, &J) -> bool,
+    ) {
+        for line in lines {
             match line["event"].as_str() {
-                Some("heartbeat") => continue,
+                Some("heartbeat") => {}
                 Some("gap") => panic!("events were lost: {line}"),
-                _ => {}
+                _ => {
+                    ev.after = line["seq"].as_u64().expect("seq");
+                    ev.lines.push_back(line.clone());
+                }
             }
-            ev.after = line["seq"].as_u64().expect("seq");
-            ev.lines.push_back(line);
-            if ev.after >= last {
+            if stop(ev, &line) {
                 break;
             }
         }
+    }
+
+    /// Waits on the live stream for the next line, until a heartbeat comes past `deadline`. An
+    /// open stream moves the cell's events as they are queued, so this is how an event posted by
+    /// an exec still running is read.
+    fn wait_live(&self, ev: &mut Events, deadline: Instant) {
+        let stream = self.stream(ev.after);
+        Self::read(stream, ev, |ev, line| {
+            !ev.lines.is_empty() || (line["event"] == "heartbeat" && Instant::now() >= deadline)
+        });
+    }
+
+    /// The service's answer to an exec/call; after this client deleted the cell the node has
+    /// forgotten it (404 `cell_not_found`), which is how a killed cell is closed over HTTP.
+    fn outcome(&self, status: u16, body: J) -> Result<Value, CellError> {
+        if status == 404 && body["code"] == "cell_not_found" && self.deleted.load(Ordering::SeqCst)
+        {
+            let message = body["message"].as_str().unwrap_or_default();
+            return Err(CellError::new(ErrorCode::CellClosed, message));
+        }
+        outcome(status, body)
     }
 }
 
@@ -272,7 +307,7 @@ impl ScenarioCell for HttpCell {
             Some(KEY),
             Some(&json!({ "source": source })),
         );
-        outcome(s, j)
+        self.outcome(s, j)
     }
 
     fn call(&self, function: &str, args: Vec<Value>, kwargs: Map) -> Result<Value, CellError> {
@@ -287,18 +322,26 @@ impl ScenarioCell for HttpCell {
             Some(KEY),
             Some(&json!({ "function": function, "args": args, "kwargs": kwargs })),
         );
-        outcome(s, j)
+        self.outcome(s, j)
     }
 
-    /// The next event the stream holds. Nothing buffered is a timeout at once: the node has
-    /// moved every event of the finished exec/call already, and no exec is running.
-    fn recv(&self, _timeout: Option<Duration>) -> Result<Event, RecvError> {
+    /// The next event the stream holds. Between execs nothing buffered is a timeout at once:
+    /// the node has moved every event of the finished exec/call already. A long timeout (a
+    /// scenario waiting for an event on its way from a running exec) waits on the live stream.
+    fn recv(&self, timeout: Option<Duration>) -> Result<Event, RecvError> {
         let mut ev = self.events.lock().unwrap();
         if let Some(reason) = &ev.closed {
             return Err(RecvError::Closed(reason.clone()));
         }
         if ev.lines.is_empty() {
             self.fetch(&mut ev);
+        }
+        if ev.lines.is_empty() {
+            match timeout {
+                Some(t) if t < Duration::from_secs(1) => {}
+                Some(t) => self.wait_live(&mut ev, Instant::now() + t),
+                None => self.wait_live(&mut ev, Instant::now() + Duration::from_secs(3600)),
+            }
         }
         let Some(line) = ev.lines.pop_front() else {
             return Err(RecvError::Timeout);
@@ -311,9 +354,18 @@ impl ScenarioCell for HttpCell {
         Ok(event(&line))
     }
 
+    /// DELETE (once), read on the stream opened before it: it ends with the `closed` line.
     fn kill(&self) {
+        let mut ev = self.events.lock().unwrap();
+        if self.deleted.load(Ordering::SeqCst) {
+            // The harness closes every cell at the end; this one is gone already.
+            return;
+        }
+        let stream = self.stream(ev.after);
         let (s, j) = send("DELETE", &self.cell, Some(KEY), None);
         assert_eq!(s, 200, "{j}");
+        self.deleted.store(true, Ordering::SeqCst);
+        Self::read(stream, &mut ev, |_, line| line["event"] == "closed");
     }
 
     fn close(&self) {
