@@ -40,6 +40,7 @@ pub fn package(args: &[String]) -> bool {
     if !stage_guests() {
         return false;
     }
+    forget_unpacked();
     let mut cmd = cargo();
     cmd.args(["package", "--allow-dirty"]);
     for name in PUBLISHED {
@@ -47,6 +48,39 @@ pub fn package(args: &[String]) -> bool {
     }
     cmd.args(args);
     step("cargo package (every published crate, verified)", &mut cmd)
+}
+
+/// Removes cargo's unpacked copies of earlier packages of these crates. Verification takes the
+/// crates it depends on from a local registry of the packages just made, but cargo unpacks a
+/// registry crate once per registry path and version and reuses that copy, so a second run
+/// from the same folder would build against the first run's sources.
+fn forget_unpacked() {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let Some(src) = home.map(|h| h.join("registry").join("src")) else {
+        return;
+    };
+    let Ok(registries) = std::fs::read_dir(&src) else {
+        return;
+    };
+    for registry in registries.flatten() {
+        let Ok(unpacked) = std::fs::read_dir(registry.path()) else {
+            continue;
+        };
+        for dir in unpacked.flatten() {
+            let name = dir.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let ours = PUBLISHED.iter().any(|p| {
+                name.strip_prefix(p)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|version| version.starts_with(|c: char| c.is_ascii_digit()))
+            });
+            if ours && let Err(e) = std::fs::remove_dir_all(dir.path()) {
+                eprintln!("xtask: removing {}: {e}", dir.path().display());
+            }
+        }
+    }
 }
 
 /// Builds the backends (so their build scripts build the guests) and copies each guest binary
