@@ -49,6 +49,6 @@ mod guest_growth;
 pub use backend::{MicroVm, MicroVmPipe, StartMode};
 pub use control::{Interrupter, Killer};
 pub use error::VmError;
-pub use kvm::{bench_create_vm, kvm_available};
+pub use kvm::{bench_create_vm, bench_create_vm_vcpu, kvm_available};
 pub use setup::{DEFAULT_FRAME_CAP, GUEST_ELF, MAX_MEM_SIZE, MIN_MEM_SIZE, VmConfig, max_mem_size};
 pub use vm::{Recv, Vm};

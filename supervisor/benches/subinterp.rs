@@ -12,38 +12,6 @@ use std::hint::black_box;
 
 const GROUP: &str = "subinterp";
 
-/// Scripts run in a cell under the default policy and on a bare engine: (id, what, source).
-/// Each is a block, so that its variables go with it (a cell keeps top-level `let`s).
-/// Building an array or a string was quadratic with any size limit set (the engine re-walked
-/// the whole value after each change); the checks are O(1) now.
-const SCRIPTS: &[(&str, &str, &str)] = &[
-    (
-        "push_100k",
-        "build a 100k-element array with push",
-        "{ let a = []; for i in 0..100000 { a.push(i); } a.len() }",
-    ),
-    (
-        "concat_100k",
-        "build a 100 KB string with +=",
-        "{ let s = \"\"; for i in 0..100000 { s += \"x\"; } s.len() }",
-    ),
-    (
-        "map_50k",
-        "build a 50k-entry map by index assignment",
-        "{ let m = #{}; for i in 0..50000 { m[\"k\" + i] = i; } m.len() }",
-    ),
-    (
-        "strings_array_20k",
-        "an array of 20k 40-byte strings",
-        "{ let p = \"\"; p.pad(40, 'x'); let a = []; for i in 0..20000 { a.push(p); } a.len() }",
-    ),
-    (
-        "cpu_loop_1m",
-        "CPU-bound loop (s += i, 1M iterations)",
-        "{ let s = 0; for i in 0..1000000 { s += i; } s }",
-    ),
-];
-
 /// As `cell` and `cell-serve` run: `memory_mib` binds, and its cost is in every figure.
 #[global_allocator]
 static ALLOCATOR: cell_supervisor::AccountingAllocator = cell_supervisor::AccountingAllocator;
@@ -85,26 +53,7 @@ fn main() {
     }
     pin(None);
 
-    // Scripts that grow collections (and one CPU-bound loop) in a cell under the default
-    // policy's limits, beside a bare engine (no limits) running the same compiled script.
-    let mut g = c.benchmark_group(GROUP);
-    g.sample_size(10);
-    let cell = supervisor
-        .spawn(&fresh_name(), "subinterp", &policy)
-        .unwrap();
-    for (id, _, source) in SCRIPTS {
-        let ast = reused.compile(source).unwrap();
-        let expected = reused.eval_ast::<i64>(&ast).unwrap();
-        g.bench_function(BenchmarkId::new(format!("floor_rhai_{id}"), ""), |b| {
-            b.iter(|| black_box(reused.eval_ast::<i64>(&ast).unwrap()))
-        });
-        assert_eq!(cell.exec(source).unwrap(), abi::Value::Int(expected));
-        g.bench_function(BenchmarkId::new(format!("script_{id}"), ""), |b| {
-            b.iter(|| black_box(cell.exec(source).unwrap()))
-        });
-    }
-    drop(cell);
-    g.finish();
+    common::bench_scripts(&mut c, GROUP, &supervisor, "subinterp", &policy);
 
     // Memory: idle cells after their handshake and one exec, resident growth per cell.
     const CELLS: usize = 500;
@@ -145,17 +94,7 @@ fn main() {
             ));
         }
     }
-    for (id, what, _) in SCRIPTS {
-        rows.push(Row::of(
-            GROUP,
-            "",
-            format!("{what}, default limits"),
-            &format!("script_{id}"),
-            "bare Rhai 1.27, no limits",
-            &format!("floor_rhai_{id}"),
-            "≤ 1.1x",
-        ));
-    }
+    rows.extend(common::script_rows(GROUP));
     print_summary(
         "subinterp",
         &rows,

@@ -204,3 +204,84 @@ pub fn print_summary(title: &str, rows: &[Row], extra: &[String]) {
         println!("{line}");
     }
 }
+
+/// Scripts run in a cell under the default policy and on a bare engine: (id, what, source).
+/// Each is a block, so that its variables go with it (a cell keeps top-level `let`s).
+/// Building an array or a string was quadratic with any size limit set (the engine re-walked
+/// the whole value after each change); the checks are O(1) now.
+pub const SCRIPTS: &[(&str, &str, &str)] = &[
+    (
+        "push_100k",
+        "build a 100k-element array with push",
+        "{ let a = []; for i in 0..100000 { a.push(i); } a.len() }",
+    ),
+    (
+        "concat_100k",
+        "build a 100 KB string with +=",
+        "{ let s = \"\"; for i in 0..100000 { s += \"x\"; } s.len() }",
+    ),
+    (
+        "map_50k",
+        "build a 50k-entry map by index assignment",
+        "{ let m = #{}; for i in 0..50000 { m[\"k\" + i] = i; } m.len() }",
+    ),
+    (
+        "strings_array_20k",
+        "an array of 20k 40-byte strings",
+        "{ let p = \"\"; p.pad(40, 'x'); let a = []; for i in 0..20000 { a.push(p); } a.len() }",
+    ),
+    (
+        "cpu_loop_1m",
+        "CPU-bound loop (s += i, 1M iterations)",
+        "{ let s = 0; for i in 0..1000000 { s += i; } s }",
+    ),
+];
+
+/// Runs each of [`SCRIPTS`] in one warm cell of `backend` under `policy` and, beside it in the
+/// same run, the same compiled script on a bare engine in this process (no limits, no progress
+/// callback, no account): `script_{id}` and `floor_rhai_{id}` of `group`.
+pub fn bench_scripts(
+    c: &mut Criterion,
+    group: &str,
+    supervisor: &Supervisor,
+    backend: &str,
+    policy: &Policy,
+) {
+    use rhai::packages::Package;
+    let mut bare = rhai::Engine::new_raw();
+    bare.register_global_module(rhai::packages::StandardPackage::new().as_shared_module());
+    let mut g = c.benchmark_group(group);
+    g.sample_size(10);
+    let cell = supervisor.spawn(&fresh_name(), backend, policy).unwrap();
+    for (id, _, source) in SCRIPTS {
+        let ast = bare.compile(source).unwrap();
+        let expected = bare.eval_ast::<i64>(&ast).unwrap();
+        g.bench_function(BenchmarkId::new(format!("floor_rhai_{id}"), ""), |b| {
+            b.iter(|| black_box(bare.eval_ast::<i64>(&ast).unwrap()))
+        });
+        assert_eq!(cell.exec(source).unwrap(), Value::Int(expected));
+        g.bench_function(BenchmarkId::new(format!("script_{id}"), ""), |b| {
+            b.iter(|| black_box(cell.exec(source).unwrap()))
+        });
+    }
+    cell.close();
+    g.finish();
+}
+
+/// The summary rows of [`bench_scripts`]: each script in a cell beside the bare engine.
+pub fn script_rows(group: &str) -> Vec<Row> {
+    SCRIPTS
+        .iter()
+        .map(|(id, what, _)| {
+            Row::of(
+                group,
+                "",
+                format!("{what}, default limits"),
+                &format!("script_{id}"),
+                "bare Rhai 1.27, no limits",
+                &format!("floor_rhai_{id}"),
+                "≤ 1.1x",
+            )
+        })
+        .collect()
+}
