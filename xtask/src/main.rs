@@ -156,6 +156,8 @@ fn run_tests(mut cmd: Command) -> (bool, Vec<(String, Counts)>) {
     };
     let mut current: Option<(String, Counts)> = None;
     let mut results = Vec::new();
+    // Every libtest result line of the run (unit, integration, doc tests), added up.
+    let (mut total, mut binaries) = (Counts::default(), 0);
     for line in BufReader::new(reader).lines().map_while(Result::ok) {
         println!("{line}");
         if let Some(rest) = line.trim().strip_prefix("conformance suite: backend `") {
@@ -168,6 +170,12 @@ fn run_tests(mut cmd: Command) -> (bool, Vec<(String, Counts)>) {
         if let (Some((_, counts)), Some(rest)) = (&mut current, line.strip_prefix("SKIPPED: ")) {
             counts.skipped = Some(rest.to_string());
         }
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            binaries += 1;
+            total.passed += count(rest, "passed");
+            total.failed += count(rest, "failed");
+            total.ignored += count(rest, "ignored");
+        }
         if let Some(rest) = line.strip_prefix("test result: ")
             && let Some((backend, mut counts)) = current.take()
         {
@@ -178,6 +186,10 @@ fn run_tests(mut cmd: Command) -> (bool, Vec<(String, Counts)>) {
         }
     }
     let ok = child.wait().map(|s| s.success()).unwrap_or(false);
+    println!(
+        "\n==> test summary: {} passed, {} failed, {} ignored, in {binaries} test runs",
+        total.passed, total.failed, total.ignored
+    );
     (ok, results)
 }
 
