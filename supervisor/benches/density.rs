@@ -43,7 +43,7 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let total = density_core::mem_total();
+    let total = density_core::memory::mem_total();
     let opts = Options {
         max: arg(&args, "--max").unwrap_or(200_000),
         checkpoints: vec![1_000, 10_000],

@@ -11,6 +11,7 @@ use backend_microvm::{
     MicroVm, StartMode, Vm, VmConfig, bench_create_vm, bench_create_vm_vcpu, kvm_available,
 };
 use cell_supervisor::{Map, Policy, Supervisor, Value};
+use common::memory::{mem_available, pss_of};
 use common::{Row, fresh_name, pin, print_summary, rss_bytes};
 use criterion::BenchmarkId;
 use std::hint::black_box;
@@ -19,26 +20,9 @@ use std::time::{Duration, Instant};
 
 const GROUP: &str = "microvm";
 
-/// Proportional set size of this process, in bytes (kernel-side KVM memory is not included).
+/// Proportional set size of this process, in bytes (guest memory is mapped here).
 fn pss_bytes() -> u64 {
-    let text = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with("Pss:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
-}
-
-/// System-wide MemAvailable, in bytes: its drop also counts the kernel's KVM structures.
-fn mem_available() -> u64 {
-    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with("MemAvailable:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
+    pss_of(std::process::id())
 }
 
 fn main() {

@@ -2,6 +2,8 @@
 //! readings, and the summary table that prints each figure beside its floor and target.
 #![allow(dead_code)]
 
+pub mod memory;
+
 use cell_supervisor::{Map, Policy, Supervisor, Value};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion};
