@@ -62,6 +62,8 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Events kept per cell for reconnecting readers.
     pub event_buffer: usize,
+    /// Bytes of event lines kept per cell (the oldest lines go first; the newest stays).
+    pub event_buffer_bytes: usize,
     /// A stream with nothing to say sends a heartbeat line this often.
     pub heartbeat: Duration,
     /// Open event streams per tenant.
@@ -83,6 +85,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             event_buffer: 1024,
+            event_buffer_bytes: 4 << 20,
             heartbeat: Duration::from_secs(15),
             streams_per_tenant: 64,
             default_ttl: Duration::from_secs(600),

@@ -14,12 +14,16 @@ struct Buf {
     /// Sequence number of the next line.
     next: u64,
     lines: VecDeque<(u64, String)>,
+    /// Bytes of `lines`' text.
+    bytes: usize,
     closed: bool,
 }
 
 pub struct EventBuffer {
     buf: Mutex<Buf>,
     cap: usize,
+    /// Most bytes of text kept (the newest line is kept whatever its size).
+    cap_bytes: usize,
     /// The last sequence number written (and whether the buffer is closed), to wake streams.
     tx: watch::Sender<(u64, bool)>,
 }
@@ -32,14 +36,18 @@ pub struct Batch {
 }
 
 impl EventBuffer {
-    pub fn new(cap: usize) -> EventBuffer {
+    /// A buffer keeping at most `cap` lines and `cap_bytes` bytes of them (the oldest go first;
+    /// the newest line stays whatever its size).
+    pub fn new(cap: usize, cap_bytes: usize) -> EventBuffer {
         EventBuffer {
             buf: Mutex::new(Buf {
                 next: 1,
                 lines: VecDeque::new(),
+                bytes: 0,
                 closed: false,
             }),
             cap: cap.max(1),
+            cap_bytes,
             tx: watch::Sender::new((0, false)),
         }
     }
@@ -52,11 +60,19 @@ impl EventBuffer {
         let seq = b.next;
         b.next += 1;
         line["seq"] = seq.into();
-        if b.lines.len() == self.cap {
-            b.lines.pop_front();
+        let line = line.to_string();
+        // Bounded in lines and in bytes: a cell posting large values cannot make the node hold
+        // `cap` of them.
+        while !b.lines.is_empty()
+            && (b.lines.len() >= self.cap || b.bytes + line.len() > self.cap_bytes)
+        {
+            if let Some((_, old)) = b.lines.pop_front() {
+                b.bytes -= old.len();
+            }
             metrics::counter!("cell_service_events_dropped_total").increment(1);
         }
-        b.lines.push_back((seq, line.to_string()));
+        b.bytes += line.len();
+        b.lines.push_back((seq, line));
     }
 
     /// Moves every queued event of `cell` into the buffer; if the cell is gone, closes the
@@ -114,7 +130,8 @@ impl EventBuffer {
         let b = self.lock();
         let mut lines = Vec::new();
         let first = b.lines.front().map_or(b.next, |(s, _)| *s);
-        if cursor + 1 < first {
+        // `saturating_add`: a cursor of `u64::MAX` must not wrap to "everything was lost".
+        if cursor.saturating_add(1) < first {
             lines.push(
                 json!({ "event": "gap", "lost": first - cursor - 1, "after": cursor }).to_string(),
             );
@@ -139,7 +156,7 @@ mod tests {
 
     #[test]
     fn bounded_with_gaps_and_a_last_line() {
-        let b = EventBuffer::new(3);
+        let b = EventBuffer::new(3, usize::MAX);
         {
             let mut l = b.lock();
             for i in 0..5 {
@@ -158,5 +175,27 @@ mod tests {
         let r = b.read(5);
         assert_eq!(r.lines.len(), 1);
         assert!(r.lines[0].contains("\"closed\"") && r.done);
+    }
+
+    #[test]
+    fn bounded_in_bytes_and_a_cursor_at_the_end_of_u64() {
+        let b = EventBuffer::new(100, 1000);
+        {
+            let mut l = b.lock();
+            for _ in 0..10 {
+                b.push_locked(&mut l, json!({ "event": "post", "value": "x".repeat(300) }));
+            }
+            assert!(l.bytes <= 1000 && l.lines.len() == 2, "{} bytes", l.bytes);
+            // One line over the whole cap stays: the newest is always kept.
+            b.push_locked(
+                &mut l,
+                json!({ "event": "post", "value": "y".repeat(5000) }),
+            );
+            assert_eq!(l.lines.len(), 1);
+        }
+        let r = b.read(0);
+        assert!(r.lines[0].contains("\"lost\":10"), "{:?}", r.lines[0]);
+        let r = b.read(u64::MAX);
+        assert!(r.lines.is_empty(), "{:?}", r.lines);
     }
 }

@@ -61,6 +61,7 @@ pub struct Entry {
     pub live: Arc<Notify>,
     /// Kill the cell when a client reading its events disconnects.
     pub kill_on_disconnect: bool,
+    idempotency_key: Option<String>,
     reservation: Reservation,
     released: AtomicBool,
     busy: Mutex<Duration>,
@@ -111,6 +112,9 @@ impl Entry {
     }
 }
 
+/// One idempotency key's slot: the id of the cell made with it, locked while a create runs.
+type IdempotencySlot = Arc<Mutex<Option<String>>>;
+
 /// One node: its configuration, supervisor, cells, tenants and quotas.
 pub struct Node {
     /// What the node was started with.
@@ -118,7 +122,8 @@ pub struct Node {
     /// Spawns and holds the cells.
     pub supervisor: Supervisor,
     cells: Mutex<HashMap<String, Arc<Entry>>>,
-    idempotency: Mutex<HashMap<(String, String), String>>,
+    /// (tenant, idempotency key) → the cell made with it, locked while a create with it runs.
+    idempotency: Mutex<HashMap<(String, String), IdempotencySlot>>,
     expiry: Mutex<BTreeSet<(Instant, String)>>,
     tenants: RwLock<Arc<Tenants>>,
     /// Per-tenant usage against the tenants' quotas.
@@ -233,6 +238,14 @@ impl Node {
         self.cells.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Idempotency keys remembered: those of live cells and of creates running now.
+    pub fn idempotency_keys(&self) -> usize {
+        self.idempotency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     /// Number of cells held.
     pub fn len(&self) -> usize {
         self.locked().len()
@@ -331,21 +344,65 @@ impl Node {
                 format!("backend `{backend}` is unavailable on this node: {why}"),
             ));
         }
+        // One slot per key, held while the create runs: concurrent creates with the same key
+        // wait for it and get its cell, never one each.
         let idem = req
             .idempotency_key
             .clone()
             .map(|k| (tenant.name.clone(), k));
-        if let Some(key) = &idem {
-            let existing = self
-                .idempotency
+        let slot = idem.as_ref().map(|key| {
+            self.idempotency
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .get(key)
-                .cloned();
-            if let Some(entry) = existing.and_then(|id| self.locked().get(&id).cloned()) {
-                return Ok((entry, false));
+                .entry(key.clone())
+                .or_default()
+                .clone()
+        });
+        let mut held = slot
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(Some(id)) = held.as_deref()
+            && let Some(entry) = self.locked().get(id).cloned()
+        {
+            return Ok((entry, false));
+        }
+        let made = self.spawn_cell(tenant, req, policy, backend);
+        match (&made, held.as_deref_mut()) {
+            (Ok(entry), Some(named)) => *named = Some(entry.id.clone()),
+            _ => {
+                drop(held);
+                drop(slot);
+                if let Some(key) = &idem {
+                    self.forget_key(key);
+                }
             }
         }
+        made.map(|entry| (entry, true))
+    }
+
+    /// Forgets idempotency key `key` when no create holds or waits on it and the cell it names
+    /// (if any) is gone: the map holds keys of live cells only.
+    fn forget_key(&self, key: &(String, String)) {
+        let mut map = self.idempotency.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(slot) = map.get(key) else { return };
+        // Only the map holds it (no create waits on it), and nobody has it locked.
+        let unused = Arc::strong_count(slot) == 1
+            && slot
+                .try_lock()
+                .is_ok_and(|id| id.as_ref().is_none_or(|id| !self.locked().contains_key(id)));
+        if unused {
+            map.remove(key);
+        }
+    }
+
+    /// Spawns the cell `create` asked for (`source` run, the cell in the table, its expiry set).
+    fn spawn_cell(
+        &self,
+        tenant: &Tenant,
+        req: CreateRequest,
+        policy: supervisor::Policy,
+        backend: String,
+    ) -> Result<Arc<Entry>, ApiError> {
         if self.len() >= self.config.limits.max_cells {
             return Err(ApiError::new(
                 "backend_unavailable",
@@ -386,9 +443,13 @@ impl Node {
             created_ms: unix_ms(now),
             expires: Mutex::new((Instant::now() + ttl, unix_ms(now + ttl))),
             labels: req.labels,
-            events: EventBuffer::new(self.config.limits.event_buffer),
+            events: EventBuffer::new(
+                self.config.limits.event_buffer,
+                self.config.limits.event_buffer_bytes,
+            ),
             live,
             kill_on_disconnect: req.kill_on_disconnect,
+            idempotency_key: req.idempotency_key,
             reservation,
             released: AtomicBool::new(false),
             busy: Mutex::default(),
@@ -405,17 +466,11 @@ impl Node {
             cells.insert(id.clone(), entry.clone());
             self.count.send_replace(cells.len());
         }
-        if let Some(key) = idem {
-            self.idempotency
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key, id.clone());
-        }
         self.set_expiry(&entry, ttl);
         metrics::gauge!("cell_service_cells", "backend" => backend, "state" => "alive")
             .increment(1.0);
         tracing::info!(target: "cell_service::audit", tenant = %tenant.name, cell = %id, "create");
-        Ok((entry, true))
+        Ok(entry)
     }
 
     /// Runs exec or call on the cell (blocking), then moves its events to the buffer (an open
@@ -479,6 +534,9 @@ impl Node {
         entry.events.close(code, why);
         entry.cell.kill();
         self.release(entry);
+        if let Some(key) = &entry.idempotency_key {
+            self.forget_key(&(entry.tenant.clone(), key.clone()));
+        }
         let at = entry.expires.lock().unwrap_or_else(|e| e.into_inner()).0;
         self.expiry
             .lock()

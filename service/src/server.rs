@@ -188,13 +188,40 @@ async fn accept(listener: Listener, app: Router, node: Arc<Node>, stop: watch::S
                 conns.spawn(connection(io, app.clone(), node.clone(), stop.subscribe()));
             }
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
                 metrics::counter!("cell_service_accept_errors_total").increment(1);
+                if !out_of_resources(&e) {
+                    // One connection's trouble (reset before it was taken): the next may be fine.
+                    tracing::warn!("accept failed: {e}");
+                    continue;
+                }
+                // Out of descriptors or memory: accepting again at once fails again at once, a
+                // loop at full speed (and a log line each turn). Wait until a connection ends,
+                // which frees one, or, as the descriptors may be held by cells, a while.
+                tracing::warn!(
+                    "accept failed, waiting for a connection to end or {} ms: {e}",
+                    ACCEPT_BACKOFF.as_millis()
+                );
+                tokio::select! {
+                    _ = stopping.wait_for(|s| *s) => break,
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                }
             }
         }
     }
     drop(listener);
     while conns.join_next().await.is_some() {}
+}
+
+/// How long the accept loop waits after running out of descriptors with no connection ending.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether an accept failed for want of descriptors or memory (not for the one connection).
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}

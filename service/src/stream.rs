@@ -59,6 +59,15 @@ pub async fn events(
         .path_and_query()
         .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string());
     let entry = node.find(&tenant, &id, &path)?;
+    // What the cell queued before this reader came (a running exec's events) is moved now.
+    entry.events.drain(&entry.cell);
+    // A cursor past the last line written would hide every line to come: a client's mistake.
+    let last = entry.events.last_seq();
+    if let Some(after) = q.after.filter(|a| *a > last) {
+        return Err(ApiError::bad_request(format!(
+            "`after` is {after}, past the cell's last event ({last})"
+        )));
+    }
     let slot = node.open_stream(&tenant.name).ok_or_else(|| {
         ApiError::quota(
             "streams",
@@ -68,8 +77,6 @@ pub async fn events(
             ),
         )
     })?;
-    // What the cell queued before this reader came (a running exec's events) is moved now.
-    entry.events.drain(&entry.cell);
     let reader = Reader {
         rx: entry.events.subscribe(),
         cursor: q.after.unwrap_or(0),

@@ -1,0 +1,244 @@
+//! Hostile clients and scripts found by probing a real node from outside: each test drives the
+//! boundary that broke (loopback HTTP, or the `cell-serve` program as a child process).
+
+mod common;
+use common::*;
+use serde_json::{Value as J, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+#[test]
+fn an_events_cursor_past_the_last_event_is_a_400_not_an_endless_stream() {
+    let n = TestNode::start(config("node-cursor"));
+    let id = create(&n.url, KEY, json!({}));
+    let (s, _) = send(
+        "POST",
+        &format!("{}/v1/cells/{id}/exec", n.url),
+        Some(KEY),
+        Some(&json!({"source": "post(1); post(2)"})),
+    );
+    assert_eq!(s, 200);
+    // `u64::MAX` once made the cursor wrap: an endless run of `gap` lines, as fast as the
+    // network took them. Any cursor past the last event would hide every event to come.
+    for after in [u64::MAX.to_string(), "3".to_string()] {
+        let r = agent()
+            .get(&format!("{}/v1/cells/{id}/events?after={after}", n.url))
+            .header("Authorization", &format!("Bearer {KEY}"))
+            .call()
+            .unwrap();
+        // The status first: a stream's body never ends, an error's does.
+        assert_eq!(r.status().as_u16(), 400, "after={after}");
+        let j: J = serde_json::from_str(&r.into_body().read_to_string().unwrap()).unwrap();
+        assert_eq!(j["code"], "bad_request", "{j}");
+        assert!(j["message"].as_str().unwrap().contains("after"), "{j}");
+    }
+    // The last event itself is a cursor a reconnecting reader may hold: it gets what comes next.
+    let url = format!("{}/v1/cells/{id}/events?after=2", n.url);
+    let reader = std::thread::spawn(move || {
+        read_events(&url, KEY, |l| l["event"] == "closed")
+            .into_iter()
+            .map(|l| l["event"].as_str().unwrap().to_string())
+            .filter(|e| e != "heartbeat")
+            .collect::<Vec<_>>()
+    });
+    // Wait for the reader's stream to be open before the cell goes.
+    let mut open = n.node().open_streams.subscribe();
+    runtime().block_on(open.wait_for(|n| *n == 1)).unwrap();
+    let (s, _) = send(
+        "DELETE",
+        &format!("{}/v1/cells/{id}", n.url),
+        Some(KEY),
+        None,
+    );
+    assert_eq!(s, 200);
+    assert_eq!(reader.join().unwrap(), ["closed"]);
+}
+
+#[test]
+fn a_cell_posting_large_values_cannot_fill_the_node() {
+    let mut c = config("node-bytes");
+    c.limits.event_buffer_bytes = 64 << 10;
+    let n = TestNode::start(c);
+    let id = create(&n.url, KEY, json!({}));
+    // 40 posts of 8 KiB: 320 KiB of events, 40 lines (far under the 1,024-line bound).
+    let source = r#"let s = "x"; while s.len() < 8192 { s += s; } for i in 0..40 { post(s); } 1"#;
+    let (s, j) = send(
+        "POST",
+        &format!("{}/v1/cells/{id}/exec", n.url),
+        Some(KEY),
+        Some(&json!({ "source": source })),
+    );
+    assert_eq!(s, 200, "{j}");
+    let lines = read_events(&format!("{}/v1/cells/{id}/events", n.url), KEY, |l| {
+        l["seq"] == 40
+    });
+    let kept: usize = lines
+        .iter()
+        .filter(|l| l["event"] == "post")
+        .map(|l| l.to_string().len())
+        .sum();
+    assert!(
+        kept <= 64 << 10,
+        "the node kept {kept} bytes of one cell's events"
+    );
+    assert_eq!(lines[0]["event"], "gap", "{}", lines[0]);
+    let lost = lines[0]["lost"].as_u64().unwrap();
+    assert_eq!(
+        lost as usize + lines.len() - 1,
+        40,
+        "every line is kept or counted lost"
+    );
+}
+
+#[test]
+fn concurrent_creates_with_one_idempotency_key_make_one_cell_and_forget_it_with_the_cell() {
+    let n = TestNode::start(config("node-idem"));
+    // A source that takes a while widens the window between the key's check and its record.
+    let body = json!({
+        "idempotency_key": "once",
+        "source": "let x = 0; for i in 0..20000 { x += i; } x",
+    });
+    let url = n.url.clone();
+    let answers: Vec<(u16, J)> = std::thread::scope(|s| {
+        let all: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| send("POST", &format!("{url}/v1/cells"), Some(KEY), Some(&body))))
+            .collect();
+        all.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let ids: std::collections::BTreeSet<_> = answers
+        .iter()
+        .map(|(_, j)| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "one key made {} cells: {answers:?}",
+        ids.len()
+    );
+    let mut statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 200, 201]);
+    assert_eq!(n.node().len(), 1);
+    assert_eq!(n.node().idempotency_keys(), 1);
+
+    // Deleting the cell forgets its key, and a create that fails leaves none behind: the map
+    // cannot grow with keys nobody can use.
+    let id = ids.into_iter().next().unwrap();
+    let (s, _) = send("DELETE", &format!("{url}/v1/cells/{id}"), Some(KEY), None);
+    assert_eq!(s, 200);
+    assert_eq!(n.node().idempotency_keys(), 0);
+    let (s, j) = send(
+        "POST",
+        &format!("{url}/v1/cells"),
+        Some(KEY),
+        Some(&json!({"idempotency_key": "fails", "source": "throw 1"})),
+    );
+    assert_eq!((s, j["code"].as_str()), (422, Some("runtime")), "{j}");
+    assert_eq!(n.node().idempotency_keys(), 0);
+}
+
+/// `cell-serve` as a child under a small descriptor limit, its JSON log lines sent on a channel.
+struct Child {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<J>,
+    addr: String,
+}
+
+impl Child {
+    fn start(max_fds: u32) -> Child {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n {max_fds} && exec \"$0\" serve --listen 127.0.0.1:0 --node fds"
+            ))
+            .arg(env!("CARGO_BIN_EXE_cell-serve"))
+            .env("CELL_API_KEY", KEY)
+            .env("CELL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cell-serve starts");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let j = serde_json::from_str(&line).unwrap_or(J::String(line));
+                if tx.send(j).is_err() {
+                    break;
+                }
+            }
+        });
+        let addr = loop {
+            let l = lines.recv().expect("cell-serve logs that it serves");
+            if l["fields"]["message"] == "serving" {
+                let listen = l["fields"]["listen"].as_str().unwrap();
+                break listen
+                    .trim_start_matches("Tcp(")
+                    .trim_end_matches(')')
+                    .to_string();
+            }
+        };
+        Child { child, lines, addr }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn healthz(s: &mut TcpStream, request_id: &str) {
+    write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nx-request-id: {request_id}\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+fn is_accept_failure(l: &J) -> bool {
+    l["fields"]["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("accept failed"))
+}
+
+#[test]
+fn running_out_of_descriptors_pauses_accepting_instead_of_spinning() {
+    let server = Child::start(40);
+    // Accepted before the descriptors run out, kept alive to ask the server later.
+    let mut probe = TcpStream::connect(&server.addr).unwrap();
+    healthz(&mut probe, "before");
+    // Past the limit: the kernel queues the rest, the server's accept fails with EMFILE.
+    let held: Vec<TcpStream> = (0..60)
+        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    let first = server.lines.iter().find(is_accept_failure);
+    assert!(first.is_some(), "the server never ran out of descriptors");
+    // A request answered after the first failure: the failures logged before its audit line are
+    // those of the time in between. A loop that accepts again at once logs thousands; one
+    // that waits for a connection to end (none did) or its backoff logs one or two.
+    healthz(&mut probe, "during");
+    let mut failures = 1;
+    for l in server.lines.iter() {
+        if l["span"]["request_id"] == "during" {
+            break;
+        }
+        failures += usize::from(is_accept_failure(&l));
+    }
+    assert!(
+        failures <= 10,
+        "{failures} accept failures logged in one round trip"
+    );
+    // Connections that end free descriptors, and the queued ones are served.
+    drop(held);
+    let mut after = TcpStream::connect(&server.addr).unwrap();
+    healthz(&mut after, "after");
+}
