@@ -217,7 +217,7 @@ fn run(
         None => Policy::default(),
     };
     let source = match &script {
-        Some(path) => std::fs::read_to_string(path)
+        Some(path) => supervisor::read_text(path, supervisor::MAX_FILE_BYTES)
             .map_err(|e| Failure::Read(format!("cannot read {}: {e}", path.display())))?,
         None => DEFAULT_SCRIPT.to_string(),
     };

@@ -137,3 +137,47 @@ fn a_process_run_leaves_no_fork_server_spare_or_cgroup_behind() {
     );
     assert!(left.is_empty(), "cgroups left behind: {left:?}");
 }
+
+#[test]
+fn huge_or_endless_files_are_refused_before_they_are_read_whole() {
+    let dir = std::env::temp_dir().join(format!("cell-cli-huge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // 17 MiB of NUL bytes (sparse: nothing written), over the 16 MiB any file is read to.
+    let huge = dir.join("huge");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(17 << 20)
+        .unwrap();
+    let huge = huge.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cell"))
+            .args(args)
+            .env("CELL_API_KEY", "a-key-for-the-test")
+            .output()
+            .expect("run cell");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        (out.status.code(), stderr)
+    };
+    // `/dev/zero` never ends: it was read until memory ran out.
+    for script in [huge, "/dev/zero"] {
+        let (code, stderr) = run(&["run", script]);
+        assert_eq!(code, Some(7), "{script}: {stderr}");
+        assert!(stderr.contains("larger than 16777216 bytes"), "{stderr}");
+    }
+    let (code, stderr) = run(&["run", "--policy", huge]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("larger than"), "{stderr}");
+    let (code, stderr) = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--node",
+        "t",
+        "--policy",
+        huge,
+    ]);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("larger than"), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

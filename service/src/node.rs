@@ -154,10 +154,13 @@ pub fn load_tenants(config: &ServeConfig) -> Result<Tenants, TenantsError> {
     let base: Table = match &config.policy_file {
         None => Table::new(),
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| TenantsError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
+            let text =
+                supervisor::read_text(path, supervisor::MAX_FILE_BYTES).map_err(|source| {
+                    TenantsError::Read {
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?;
             toml::from_str(&text)?
         }
     };

@@ -235,9 +235,11 @@ impl Tenants {
 
     /// Reads and resolves the tenants file at `path`, its policies extending `base`.
     pub fn load(path: &Path, base: &Table) -> Result<Tenants, TenantsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TenantsError::Read {
-            path: path.display().to_string(),
-            source,
+        let text = supervisor::read_text(path, supervisor::MAX_FILE_BYTES).map_err(|source| {
+            TenantsError::Read {
+                path: path.display().to_string(),
+                source,
+            }
         })?;
         Tenants::from_toml(&text, base)
     }
@@ -304,7 +306,7 @@ pub fn new_key() -> String {
 /// added if new, with `backends`), checks the result parses, and returns the key — the only time
 /// it is ever shown.
 pub fn add_tenant(path: &Path, name: &str, backends: &[String]) -> Result<String, TenantsError> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match supervisor::read_text(path, supervisor::MAX_FILE_BYTES) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(source) => {

@@ -44,5 +44,5 @@ pub use host;
 pub use host::Event;
 pub use host::event;
 pub use host::{DenyAll, Listener, RequestContext, RequestHandler};
-pub use policy::{Policy, PolicyError};
+pub use policy::{MAX_FILE_BYTES, Policy, PolicyError, read_text};
 pub use supervisor::{Supervisor, SupervisorError};
