@@ -124,9 +124,10 @@ impl EventBuffer {
         self.tx.subscribe()
     }
 
-    /// Lines after `cursor`. When lines past the cursor were already dropped, a `gap` line
-    /// says how many were lost.
-    pub fn read(&self, cursor: u64) -> Batch {
+    /// Lines after `cursor`, as many as fit in `max_bytes` (at least one), so a reader that
+    /// does not keep up holds one bounded batch, not a copy of the whole buffer. When lines past
+    /// the cursor were already dropped, a `gap` line says how many were lost.
+    pub fn read(&self, cursor: u64, max_bytes: usize) -> Batch {
         let b = self.lock();
         let mut lines = Vec::new();
         let first = b.lines.front().map_or(b.next, |(s, _)| *s);
@@ -136,16 +137,21 @@ impl EventBuffer {
                 json!({ "event": "gap", "lost": first - cursor - 1, "after": cursor }).to_string(),
             );
         }
-        lines.extend(
-            b.lines
-                .iter()
-                .filter(|(s, _)| *s > cursor)
-                .map(|(_, l)| l.clone()),
-        );
+        let mut bytes = 0;
+        let mut last = cursor.max(first.saturating_sub(1));
+        for (seq, line) in b.lines.iter().filter(|(s, _)| *s > cursor) {
+            if !lines.is_empty() && bytes + line.len() > max_bytes {
+                break;
+            }
+            bytes += line.len();
+            lines.push(line.clone());
+            last = *seq;
+        }
+        let all = last >= b.next - 1;
         Batch {
             lines,
-            cursor: cursor.max(b.next - 1),
-            done: b.closed,
+            cursor: if all { cursor.max(b.next - 1) } else { last },
+            done: all && b.closed,
         }
     }
 }
@@ -163,16 +169,16 @@ mod tests {
                 b.push_locked(&mut l, json!({ "event": "post", "value": i }));
             }
         }
-        let r = b.read(0);
+        let r = b.read(0, usize::MAX);
         assert_eq!(r.lines.len(), 4, "{:?}", r.lines);
         assert!(r.lines[0].contains("\"gap\"") && r.lines[0].contains("\"lost\":2"));
         assert!(r.lines[1].contains("\"seq\":3"));
         assert_eq!((r.cursor, r.done), (5, false));
-        assert!(b.read(5).lines.is_empty());
-        assert_eq!(b.read(4).lines.len(), 1);
+        assert!(b.read(5, usize::MAX).lines.is_empty());
+        assert_eq!(b.read(4, usize::MAX).lines.len(), 1);
         b.close("cancelled", "deleted");
         b.close("cancelled", "twice");
-        let r = b.read(5);
+        let r = b.read(5, usize::MAX);
         assert_eq!(r.lines.len(), 1);
         assert!(r.lines[0].contains("\"closed\"") && r.done);
     }
@@ -193,9 +199,33 @@ mod tests {
             );
             assert_eq!(l.lines.len(), 1);
         }
-        let r = b.read(0);
+        let r = b.read(0, usize::MAX);
         assert!(r.lines[0].contains("\"lost\":10"), "{:?}", r.lines[0]);
-        let r = b.read(u64::MAX);
+        let r = b.read(u64::MAX, usize::MAX);
         assert!(r.lines.is_empty(), "{:?}", r.lines);
+    }
+
+    #[test]
+    fn reads_come_in_bounded_batches() {
+        let b = EventBuffer::new(100, usize::MAX);
+        {
+            let mut l = b.lock();
+            for i in 0..10 {
+                b.push_locked(&mut l, json!({ "event": "post", "value": i }));
+            }
+        }
+        b.close("cancelled", "deleted");
+        let (mut cursor, mut seen) = (0, Vec::new());
+        loop {
+            let r = b.read(cursor, 70);
+            assert!(!r.lines.is_empty() && r.lines.len() <= 2, "{:?}", r.lines);
+            seen.extend(r.lines);
+            cursor = r.cursor;
+            if r.done {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 11, "{seen:?}");
+        assert!(seen[10].contains("closed"));
     }
 }

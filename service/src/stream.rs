@@ -18,6 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Most bytes of lines one chunk of a stream carries (a line larger goes alone): a reader that
+/// does not read holds one such chunk in the server, not a copy of the cell's whole buffer.
+const CHUNK_BYTES: usize = 64 << 10;
+
 struct Reader {
     entry: Arc<Entry>,
     rx: watch::Receiver<(u64, bool)>,
@@ -104,7 +108,7 @@ async fn next_chunk(mut r: Reader) -> Option<(Result<Bytes, Infallible>, Reader)
     loop {
         // Marked seen before reading, so a line written after the read wakes `changed`.
         r.rx.borrow_and_update();
-        let batch = r.entry.events.read(r.cursor);
+        let batch = r.entry.events.read(r.cursor, CHUNK_BYTES);
         if !batch.lines.is_empty() {
             r.cursor = batch.cursor;
             r.guard.finished = batch.done;

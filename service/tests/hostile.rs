@@ -242,3 +242,49 @@ fn running_out_of_descriptors_pauses_accepting_instead_of_spinning() {
     let mut after = TcpStream::connect(&server.addr).unwrap();
     healthz(&mut after, "after");
 }
+
+#[test]
+fn a_stream_sends_bounded_chunks_so_a_reader_that_stalls_holds_little() {
+    let n = TestNode::start(config("node-chunks"));
+    let id = create(&n.url, KEY, json!({}));
+    // 40 posts of 8 KiB: 320 KiB waiting in the buffer when the reader comes.
+    let source = r#"let s = "x"; while s.len() < 8192 { s += s; } for i in 0..40 { post(s); } 1"#;
+    let (s, j) = send(
+        "POST",
+        &format!("{}/v1/cells/{id}/exec", n.url),
+        Some(KEY),
+        Some(&json!({ "source": source })),
+    );
+    assert_eq!(s, 200, "{j}");
+    let mut conn = BufReader::new(TcpStream::connect(n.url.trim_start_matches("http://")).unwrap());
+    write!(
+        conn.get_mut(),
+        "GET /v1/cells/{id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n"
+    )
+    .unwrap();
+    let mut line = String::new();
+    while line != "\r\n" {
+        line.clear();
+        conn.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "the stream ended in its headers");
+    }
+    // Chunked encoding: each chunk is one batch of lines the server held at once.
+    let mut sizes = Vec::new();
+    loop {
+        line.clear();
+        conn.read_line(&mut line).unwrap();
+        let size = usize::from_str_radix(line.trim(), 16).unwrap();
+        let mut chunk = vec![0; size + 2];
+        conn.read_exact(&mut chunk).unwrap();
+        sizes.push(size);
+        if String::from_utf8_lossy(&chunk).contains("\"seq\":40") {
+            break;
+        }
+    }
+    let largest = sizes.iter().max().unwrap();
+    assert!(
+        *largest <= (64 << 10) + 9000,
+        "one chunk of {largest} bytes: {sizes:?}"
+    );
+    assert!(sizes.iter().sum::<usize>() > 40 * 8192, "{sizes:?}");
+}
