@@ -171,16 +171,43 @@ fn cap_grant_rates(policy: &mut Policy, rate: u64) {
 pub struct Tenants {
     /// Every tenant, by name.
     pub tenants: BTreeMap<String, Arc<Tenant>>,
-    by_key: HashMap<String, String>,
+    /// Tenant name by the SHA-256 digest of a key: a request's key is hashed once and looked up
+    /// by its digest, with no text formatting on the request path.
+    by_key: HashMap<KeyDigest, String>,
     /// One tenant and no key: every request is that tenant's (a unix socket only).
     open: bool,
 }
 
+/// The SHA-256 digest of an API key.
+type KeyDigest = [u8; 32];
+
+fn digest(key: &str) -> KeyDigest {
+    Sha256::digest(key.as_bytes()).into()
+}
+
 /// `sha256:<hex>` of a key.
 pub fn hash_key(key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    use std::fmt::Write;
+    digest(key)
+        .iter()
+        .fold(String::from("sha256:"), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+/// The digest a `sha256:<64 hex digits>` entry of a tenants file names, if it is one.
+fn parse_hashed_key(entry: &str) -> Option<KeyDigest> {
+    let hex = entry.strip_prefix("sha256:")?.as_bytes();
+    // Checked first: `from_str_radix` would also take a sign.
+    if hex.len() != 64 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
 }
 
 impl Tenants {
@@ -198,13 +225,12 @@ impl Tenants {
                 return Err(invalid("empty or repeated name".into()));
             }
             for key in &t.keys {
-                let hex = key.strip_prefix("sha256:").unwrap_or("");
-                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                let Some(hashed) = parse_hashed_key(key) else {
                     return Err(invalid(format!(
                         "key `{key}` is not `sha256:` and 64 hex digits"
                     )));
-                }
-                if let Some(other) = out.by_key.insert(key.to_ascii_lowercase(), t.name.clone()) {
+                };
+                if let Some(other) = out.by_key.insert(hashed, t.name.clone()) {
                     return Err(invalid(format!("a key is also tenant `{other}`'s")));
                 }
             }
@@ -250,7 +276,7 @@ impl Tenants {
         let mut out = Tenants::default();
         let name = "default".to_string();
         match key {
-            Some(key) => drop(out.by_key.insert(hash_key(key), name.clone())),
+            Some(key) => drop(out.by_key.insert(digest(key), name.clone())),
             None => out.open = true,
         }
         out.tenants.insert(
@@ -270,7 +296,7 @@ impl Tenants {
     /// The tenant a presented key belongs to.
     pub fn authenticate(&self, key: &str) -> Option<Arc<Tenant>> {
         self.by_key
-            .get(&hash_key(key))
+            .get(&digest(key))
             .and_then(|n| self.tenants.get(n))
             .cloned()
     }
@@ -388,6 +414,30 @@ mod tests {
         let acme = &t.tenants["acme"];
         assert!(acme.allows_backend("subinterp") && !acme.allows_backend("process"));
         assert!(t.tenants["other"].allows_backend("process"));
+    }
+
+    #[test]
+    fn hashed_keys_parse_only_as_64_hex_digits_in_either_case() {
+        let key = "cell_example";
+        let lower = hash_key(key);
+        assert_eq!(lower.len(), "sha256:".len() + 64);
+        let upper = format!("sha256:{}", lower["sha256:".len()..].to_ascii_uppercase());
+        assert_eq!(parse_hashed_key(&lower), Some(digest(key)));
+        assert_eq!(parse_hashed_key(&upper), Some(digest(key)));
+        let signed = format!("sha256:+f{}", &lower["sha256:".len() + 2..]);
+        for bad in [
+            &lower["sha256:".len()..],
+            &lower[..lower.len() - 1],
+            &format!("{lower}0"),
+            &signed,
+            &lower.replace("sha256:", "sha1:"),
+        ] {
+            assert_eq!(parse_hashed_key(bad), None, "{bad}");
+        }
+        let file = format!("[[tenant]]\nname = \"a\"\nkeys = [\"{upper}\"]");
+        let t = Tenants::from_toml(&file, &Table::new()).unwrap();
+        assert_eq!(t.authenticate(key).unwrap().name, "a");
+        assert!(t.authenticate("cell_other").is_none());
     }
 
     #[test]
