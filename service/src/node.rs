@@ -138,12 +138,33 @@ pub struct Node {
     pub open_streams: watch::Sender<usize>,
     /// Blocking calls running in place on async workers now.
     in_place: AtomicUsize,
+    /// Cells held plus creates under way, bounded by `max_cells`: counted before the spawn, so
+    /// concurrent creates cannot pass the bound.
+    places: AtomicUsize,
 }
 
-/// One blocking call running in place, counted until dropped.
-pub struct InPlace<'a>(&'a AtomicUsize);
+/// One place in a count bounded by a maximum (a blocking call running in place, a cell held or
+/// being made), returned when dropped.
+pub struct Counted<'a>(&'a AtomicUsize);
 
-impl Drop for InPlace<'_> {
+impl<'a> Counted<'a> {
+    /// A place in `count` if it is under `max`.
+    fn take(count: &'a AtomicUsize, max: usize) -> Option<Counted<'a>> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Counted(count))
+    }
+
+    /// Keeps the place past this guard (a cell made: `remove` returns it).
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -187,17 +208,13 @@ impl Node {
             streams: Mutex::default(),
             open_streams: watch::Sender::new(0),
             in_place: AtomicUsize::new(0),
+            places: AtomicUsize::new(0),
         }
     }
 
     /// A slot to run a blocking call in place, if fewer than `max` do now.
-    pub fn in_place(&self, max: usize) -> Option<InPlace<'_>> {
-        self.in_place
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| InPlace(&self.in_place))
+    pub fn in_place(&self, max: usize) -> Option<Counted<'_>> {
+        Counted::take(&self.in_place, max)
     }
 
     /// The tenants now in force (replaced on reload).
@@ -406,12 +423,12 @@ impl Node {
         policy: supervisor::Policy,
         backend: String,
     ) -> Result<Arc<Entry>, ApiError> {
-        if self.len() >= self.config.limits.max_cells {
+        let Some(place) = Counted::take(&self.places, self.config.limits.max_cells) else {
             return Err(ApiError::new(
                 "backend_unavailable",
                 "this node holds as many cells as it may",
             ));
-        }
+        };
         let reservation = Reservation {
             memory_mib: policy.limits.memory_mib,
             cpu_time_ms: policy.limits.cpu_time_ms,
@@ -469,6 +486,7 @@ impl Node {
             cells.insert(id.clone(), entry.clone());
             self.count.send_replace(cells.len());
         }
+        place.keep();
         self.set_expiry(&entry, ttl);
         metrics::gauge!("cell_service_cells", "backend" => backend, "state" => "alive")
             .increment(1.0);
@@ -530,7 +548,10 @@ impl Node {
     pub fn remove(&self, entry: &Entry, code: &str, why: &str) {
         // Out of the table first: a reader that saw the `closed` line finds the cell gone. The
         // count drain waits on drops once the boundary is released, below.
-        self.locked().remove(&entry.id);
+        if self.locked().remove(&entry.id).is_some() {
+            // The place `spawn_cell` kept; removed twice (a delete racing the reaper) once.
+            self.places.fetch_sub(1, Ordering::AcqRel);
+        }
         // Events the cell sent first, then the reason, then the kill (whose own reason the
         // closed buffer no longer takes).
         entry.events.drain(&entry.cell);

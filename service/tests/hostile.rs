@@ -288,3 +288,57 @@ fn a_stream_sends_bounded_chunks_so_a_reader_that_stalls_holds_little() {
     );
     assert!(sizes.iter().sum::<usize>() > 40 * 8192, "{sizes:?}");
 }
+
+#[test]
+fn concurrent_creates_cannot_pass_the_nodes_cell_bound() {
+    let mut c = config("node-full");
+    c.limits.max_cells = 3;
+    let n = TestNode::start(c);
+    // A source that takes a while: each create is under way long after the bound is checked.
+    let body = json!({ "source": "let x = 0; for i in 0..20000 { x += i; } x" });
+    let url = n.url.clone();
+    let answers: Vec<(u16, J)> = std::thread::scope(|s| {
+        let all: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| send("POST", &format!("{url}/v1/cells"), Some(KEY), Some(&body))))
+            .collect();
+        all.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let made: Vec<&str> = answers
+        .iter()
+        .filter(|(s, _)| *s == 201)
+        .map(|(_, j)| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(made.len(), 3, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .filter(|(s, _)| *s != 201)
+            .all(|(s, j)| *s == 503 && j["code"] == "backend_unavailable"),
+        "{answers:?}"
+    );
+    assert_eq!(n.node().len(), 3);
+    // Places come back with the cells, and a create that fails returns its own.
+    let (s, j) = send(
+        "POST",
+        &format!("{url}/v1/cells"),
+        Some(KEY),
+        Some(&json!({})),
+    );
+    assert_eq!((s, j["code"].as_str()), (503, Some("backend_unavailable")));
+    for id in made {
+        let (s, _) = send("DELETE", &format!("{url}/v1/cells/{id}"), Some(KEY), None);
+        assert_eq!(s, 200);
+    }
+    for _ in 0..4 {
+        let (s, j) = send(
+            "POST",
+            &format!("{url}/v1/cells"),
+            Some(KEY),
+            Some(&json!({"source": "throw 1"})),
+        );
+        assert_eq!((s, j["code"].as_str()), (422, Some("runtime")), "{j}");
+    }
+    for _ in 0..3 {
+        create(&url, KEY, json!({}));
+    }
+}
