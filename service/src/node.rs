@@ -1,7 +1,7 @@
 //! One node: its supervisor, its cells by id, tenants, quotas, expiry. Everything here is
 //! synchronous; the HTTP layer calls the blocking parts through `api::blocking`.
 
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, valid_node_name};
 use crate::error::ApiError;
 use crate::events::EventBuffer;
 use crate::quota::{Ledger, Reservation};
@@ -276,9 +276,13 @@ impl Node {
         self.len() == 0
     }
 
-    /// The node a cell id names.
+    /// The node a cell id names; `None` when that is not a node name: an id is the client's text, and its node part
+    /// becomes a redirect's host (`--peer-url 'http://{node}.cell:8080'`), so `evil.com/x?_1`
+    /// must not send the client, and its key, to `evil.com`.
     pub fn owner(id: &str) -> Option<&str> {
-        id.rsplit_once('_').map(|(node, _)| node)
+        id.rsplit_once('_')
+            .map(|(node, _)| node)
+            .filter(|node| valid_node_name(node))
     }
 
     /// The tenant's cell `id`, a redirect to the node holding it, or 404.

@@ -342,3 +342,34 @@ fn concurrent_creates_cannot_pass_the_nodes_cell_bound() {
         create(&url, KEY, json!({}));
     }
 }
+
+#[test]
+fn a_crafted_cell_id_cannot_redirect_a_client_to_another_host() {
+    let mut c = config("node-redir");
+    c.peers.template = Some("http://{node}.cell:8080".into());
+    let n = TestNode::start(c);
+    // The node part of an id becomes the redirect's host: only a node name may.
+    for id in [
+        "evil.com%2Fx%3F_1",
+        "attacker.example%40_1",
+        "a%0D%0ASet-Cookie:x_1",
+        "..%2F..%2Fmetrics_1",
+    ] {
+        let (s, j) = send("GET", &format!("{}/v1/cells/{id}", n.url), Some(KEY), None);
+        assert_eq!(
+            (s, j["code"].as_str()),
+            (404, Some("cell_not_found")),
+            "{id}: {j}"
+        );
+        assert!(j.get("$location").is_none(), "{id}: {j}");
+    }
+    // A peer's cell still redirects there.
+    let (s, j) = send(
+        "GET",
+        &format!("{}/v1/cells/cell-1_1", n.url),
+        Some(KEY),
+        None,
+    );
+    assert_eq!(s, 307, "{j}");
+    assert_eq!(j["$location"], "http://cell-1.cell:8080/v1/cells/cell-1_1");
+}
