@@ -97,10 +97,17 @@ impl Server {
                 (Listener::Tcp(l), Bound::Tcp(local))
             }
             Listen::Unix(path) => {
-                // A socket file left by a node that died is replaced; anything else is kept.
+                // A socket file left by a node that died is replaced; one a live node serves on
+                // (it answers a connect) is refused, not taken from it; anything else is kept.
                 if std::fs::symlink_metadata(path)
                     .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
                 {
+                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                        return Err(listen_err(path.display().to_string())(std::io::Error::new(
+                            std::io::ErrorKind::AddrInUse,
+                            "another node is serving on this socket",
+                        )));
+                    }
                     let _ = std::fs::remove_file(path);
                 }
                 let l = UnixListener::bind(path).map_err(listen_err(path.display().to_string()))?;

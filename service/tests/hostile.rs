@@ -373,3 +373,41 @@ fn a_crafted_cell_id_cannot_redirect_a_client_to_another_host() {
     assert_eq!(s, 307, "{j}");
     assert_eq!(j["$location"], "http://cell-1.cell:8080/v1/cells/cell-1_1");
 }
+
+#[test]
+fn a_second_node_on_a_live_unix_socket_is_refused_not_given_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("cell.sock");
+    let on_sock = |node: &str| {
+        let mut c = config(node);
+        c.api_key = None;
+        c.listen = format!("unix:{}", sock.display()).parse().unwrap();
+        c
+    };
+    let healthz = || {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        write!(
+            s,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    };
+    // A stale socket file (nobody listens) is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let first = runtime()
+        .block_on(cell_service::Server::start(on_sock("node-u1")))
+        .unwrap();
+    healthz();
+    // The socket of a live node was removed and bound again: the first node, still running,
+    // could no longer be reached, and the second removed the file when it stopped.
+    let second = runtime().block_on(cell_service::Server::start(on_sock("node-u2")));
+    let err = second
+        .err()
+        .expect("a second node on a live socket is refused");
+    assert!(err.to_string().contains("another node"), "{err}");
+    healthz();
+    runtime().block_on(first.kill());
+}
