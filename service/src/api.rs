@@ -142,7 +142,10 @@ impl FromRequestParts<AppState> for Auth {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            // The scheme is case-insensitive (RFC 9110, 11.1): `bearer KEY` is a bearer key too.
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key);
         let tenant = match key {
             Some(k) => tenants.authenticate(k.trim()),
             None => tenants.anonymous(),

@@ -411,3 +411,28 @@ fn a_second_node_on_a_live_unix_socket_is_refused_not_given_it() {
     healthz();
     runtime().block_on(first.kill());
 }
+
+#[test]
+fn the_auth_scheme_is_case_insensitive_and_only_bearer() {
+    let n = TestNode::start(config("node-auth"));
+    let url = format!("{}/v1/cells", n.url);
+    let status = |auth: &str| {
+        agent()
+            .get(&url)
+            .header("Authorization", auth)
+            .call()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        assert_eq!(status(&format!("{scheme} {KEY}")), 200, "{scheme}");
+    }
+    for auth in [
+        format!("Basic {KEY}"),
+        format!("Bearer{KEY}"),
+        KEY.to_string(),
+    ] {
+        assert_eq!(status(&auth), 401, "{auth}");
+    }
+}
