@@ -96,7 +96,7 @@ async fn request_context(req: Request, next: Next) -> Response {
     span.in_scope(|| {
         tracing::info!(target: "cell_service::audit", status, took_us = started.elapsed().as_micros() as u64, "request");
     });
-    metrics::counter!("cell_service_requests_total", "route" => route.clone(), "method" => method.to_string(), "status" => status.to_string()).increment(1);
+    metrics::counter!("cell_service_requests_total", "route" => route.clone(), "method" => method_label(&method), "status" => status.to_string()).increment(1);
     metrics::histogram!("cell_service_request_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -108,6 +108,26 @@ async fn request_context(req: Request, next: Next) -> Response {
 /// 16 hex digits, unique within the process and different across processes and nodes: a
 /// counter, offset by a random start drawn once (one `getrandom` per process, not per request),
 /// through a bijective mixer. Ids correlate log lines; they are no secret.
+/// The method as a metric label: a client may send any token as a method, and each would be a
+/// series kept for the life of the process, so methods HTTP does not define are `other`.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ]
+    .iter()
+    .find(|m| *m == method)
+    .map_or("other", |m| m.as_str())
+}
+
 fn new_request_id() -> String {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};

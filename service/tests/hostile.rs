@@ -436,3 +436,32 @@ fn the_auth_scheme_is_case_insensitive_and_only_bearer() {
         assert_eq!(status(&auth), 401, "{auth}");
     }
 }
+
+#[test]
+fn made_up_methods_do_not_make_metric_series() {
+    let n = TestNode::start(config("node-methods"));
+    let addr = n.url.trim_start_matches("http://").to_string();
+    // No key needed: any client could grow the node's series without bound, one per token.
+    for i in 0..20 {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "MADEUP{i}X /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+    }
+    let (s, text) = send("GET", &format!("{}/metrics", n.url), None, None);
+    assert_eq!(s, 200);
+    let text = text.as_str().unwrap();
+    assert!(!text.contains("MADEUP"), "a series per made-up method");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("cell_service_requests_total")
+                && l.contains("route=\"/healthz\"")
+                && l.contains("method=\"other\"")),
+        "{text}"
+    );
+}
