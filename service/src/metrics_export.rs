@@ -2,6 +2,8 @@
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::PrometheusRecorder;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
@@ -22,12 +24,64 @@ pub fn handle() -> PrometheusHandle {
                 .expect("the bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
+            if metrics::set_global_recorder(WithoutGuestSeries(recorder)).is_err() {
                 tracing::warn!("a metrics recorder was already installed: /metrics shows only what reaches this one");
             }
             handle
         })
         .clone()
+}
+
+/// The node's recorder without the series cells' scripts name (`cell.guest.*`, each labelled
+/// with its cell, and `cell.guest_metrics_dropped`): every cell that ever ran would leave its
+/// series behind for the life of the process (the recorder cannot forget one), and `/metrics`
+/// needs no key, so one tenant's metric names and tags would be shown to anyone. Tenants get
+/// their cells' metrics as `metric` lines on the cells' event streams.
+struct WithoutGuestSeries(PrometheusRecorder);
+
+fn guest(name: &str) -> bool {
+    name.starts_with("cell.guest")
+}
+
+impl Recorder for WithoutGuestSeries {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        if !guest(key.as_str()) {
+            self.0.describe_counter(key, unit, description)
+        }
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        if !guest(key.as_str()) {
+            self.0.describe_gauge(key, unit, description)
+        }
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        if !guest(key.as_str()) {
+            self.0.describe_histogram(key, unit, description)
+        }
+    }
+
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        if guest(key.name()) {
+            return Counter::noop();
+        }
+        self.0.register_counter(key, metadata)
+    }
+
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        if guest(key.name()) {
+            return Gauge::noop();
+        }
+        self.0.register_gauge(key, metadata)
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        if guest(key.name()) {
+            return Histogram::noop();
+        }
+        self.0.register_histogram(key, metadata)
+    }
 }
 
 pub async fn render() -> Response {

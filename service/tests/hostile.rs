@@ -465,3 +465,40 @@ fn made_up_methods_do_not_make_metric_series() {
         "{text}"
     );
 }
+
+#[test]
+fn a_cells_own_metrics_stay_on_its_stream_not_on_the_nodes_metrics() {
+    let n = TestNode::start(config("node-guest-metrics"));
+    let id = create(&n.url, KEY, json!({}));
+    let source = r#"metric("hostile_series_7f3a", 1.0, #{ secret: "tenant-data" }); 1"#;
+    let (s, j) = send(
+        "POST",
+        &format!("{}/v1/cells/{id}/exec", n.url),
+        Some(KEY),
+        Some(&json!({ "source": source })),
+    );
+    assert_eq!(s, 200, "{j}");
+    // The tenant reads it on its cell's stream.
+    let lines = read_events(&format!("{}/v1/cells/{id}/events", n.url), KEY, |l| {
+        l["event"] == "metric"
+    });
+    assert_eq!(lines.last().unwrap()["name"], "hostile_series_7f3a");
+    let (s, _) = send(
+        "DELETE",
+        &format!("{}/v1/cells/{id}", n.url),
+        Some(KEY),
+        None,
+    );
+    assert_eq!(s, 200);
+    // `/metrics` takes no key, and a series outlives its cell: a cell's series grew the node
+    // with every cell made and showed one tenant's names and tags to anyone.
+    let (s, text) = send("GET", &format!("{}/metrics", n.url), None, None);
+    assert_eq!(s, 200);
+    let text = text.as_str().unwrap();
+    assert!(text.contains("cell_service_requests_total"), "{text}");
+    assert!(
+        !text.contains("hostile_series_7f3a"),
+        "a cell's series on /metrics"
+    );
+    assert!(!text.contains("tenant-data"), "a cell's tags on /metrics");
+}
