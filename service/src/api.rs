@@ -206,13 +206,27 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         if declared.is_some_and(|n| n > node.config.limits.body_bytes as u64) {
             return Err(too_large());
         }
-        let bytes = Bytes::from_request(req, node).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                too_large()
-            } else {
-                ApiError::bad_request(format!("cannot read the request body: {}", e.body_text()))
-            }
-        })?;
+        // The whole body within the limit: the body layer's timeout restarts at every chunk, so
+        // a client sending a byte now and then would hold the connection for ever.
+        let limit = node.config.limits.body_timeout;
+        let bytes = tokio::time::timeout(limit, Bytes::from_request(req, node))
+            .await
+            .map_err(|_| {
+                ApiError::bad_request(format!(
+                    "cannot read the request body: it took over {} ms",
+                    limit.as_millis()
+                ))
+            })?
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    too_large()
+                } else {
+                    ApiError::bad_request(format!(
+                        "cannot read the request body: {}",
+                        e.body_text()
+                    ))
+                }
+            })?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))

@@ -7,6 +7,7 @@ use serde_json::{Value as J, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 #[test]
 fn an_events_cursor_past_the_last_event_is_a_400_not_an_endless_stream() {
@@ -501,4 +502,46 @@ fn a_cells_own_metrics_stay_on_its_stream_not_on_the_nodes_metrics() {
         "a cell's series on /metrics"
     );
     assert!(!text.contains("tenant-data"), "a cell's tags on /metrics");
+}
+
+#[test]
+fn a_body_trickled_a_byte_at_a_time_is_cut_off_at_the_body_limit() {
+    let mut c = config("node-trickle");
+    c.limits.body_timeout = Duration::from_millis(500);
+    let n = TestNode::start(c);
+    let body = format!("{:<200}", r#"{"backend":"subinterp"}"#);
+    let mut s = TcpStream::connect(n.url.trim_start_matches("http://")).unwrap();
+    write!(
+        s,
+        "POST /v1/cells HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let (tx, answered) = std::sync::mpsc::channel();
+    let mut r = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = r.read_to_string(&mut out);
+        let _ = tx.send(out);
+    });
+    // One byte every 100 ms: each gap is far under the limit, the whole body (20 s) far over.
+    // The pacing is the attack itself, not something the test waits on.
+    let mut sent = 0;
+    let out = loop {
+        if let Ok(out) = answered.try_recv() {
+            break out;
+        }
+        assert!(
+            sent < body.len(),
+            "the server waited for the whole trickled body"
+        );
+        if s.write_all(&body.as_bytes()[sent..=sent]).is_err() {
+            break answered.recv().unwrap();
+        }
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("bad_request") && out.contains("body"), "{out}");
+    assert!(n.node().is_empty());
 }
