@@ -38,6 +38,49 @@ pub struct CreateRequest {
     pub kill_on_disconnect: bool,
 }
 
+/// Most labels one cell may carry, and their keys' and values' longest (bytes): a cell's labels
+/// live as long as it, so the body cap alone would let each cell hold a megabyte of them.
+pub const MAX_LABELS: usize = 64;
+/// The longest label key, in bytes.
+pub const MAX_LABEL_KEY: usize = 128;
+/// The longest label value, in bytes.
+pub const MAX_LABEL_VALUE: usize = 1024;
+/// The longest idempotency key, in bytes (it is kept while its cell lives).
+pub const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+impl CreateRequest {
+    /// Refuses labels and keys past their bounds, naming the bound.
+    fn check(&self) -> Result<(), ApiError> {
+        if self.labels.len() > MAX_LABELS {
+            return Err(ApiError::bad_request(format!(
+                "{} labels, at most {MAX_LABELS} are allowed",
+                self.labels.len()
+            )));
+        }
+        if let Some((k, v)) = self
+            .labels
+            .iter()
+            .find(|(k, v)| k.len() > MAX_LABEL_KEY || v.len() > MAX_LABEL_VALUE)
+        {
+            return Err(ApiError::bad_request(format!(
+                "label of {} key bytes and {} value bytes: keys may have at most {MAX_LABEL_KEY}, values {MAX_LABEL_VALUE}",
+                k.len(),
+                v.len()
+            )));
+        }
+        if self
+            .idempotency_key
+            .as_ref()
+            .is_some_and(|k| k.len() > MAX_IDEMPOTENCY_KEY)
+        {
+            return Err(ApiError::bad_request(format!(
+                "the idempotency key is longer than {MAX_IDEMPOTENCY_KEY} bytes"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// One cell as the service holds it.
 pub struct Entry {
     /// The cell id, prefixed by the node's name.
@@ -329,6 +372,7 @@ impl Node {
         tenant: &Tenant,
         req: CreateRequest,
     ) -> Result<(Arc<Entry>, bool), ApiError> {
+        req.check()?;
         if self.draining() {
             return Err(ApiError::new(
                 "draining",

@@ -545,3 +545,33 @@ fn a_body_trickled_a_byte_at_a_time_is_cut_off_at_the_body_limit() {
     assert!(out.contains("bad_request") && out.contains("body"), "{out}");
     assert!(n.node().is_empty());
 }
+
+#[test]
+fn labels_and_idempotency_keys_are_bounded() {
+    let n = TestNode::start(config("node-labels"));
+    let url = format!("{}/v1/cells", n.url);
+    // Within the 1 MiB body, each of these made a cell hold about a megabyte for its life.
+    let many: serde_json::Map<String, J> = (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+    for body in [
+        json!({ "labels": many }),
+        json!({ "labels": { "k".repeat(129): "v" } }),
+        json!({ "labels": { "k": "v".repeat(1025) } }),
+        json!({ "idempotency_key": "i".repeat(257) }),
+    ] {
+        let (s, j) = send("POST", &url, Some(KEY), Some(&body));
+        assert_eq!((s, j["code"].as_str()), (400, Some("bad_request")), "{j}");
+    }
+    assert!(n.node().is_empty());
+    // At the bounds, a cell is made and its labels come back.
+    let most: serde_json::Map<String, J> = (0..64)
+        .map(|i| (format!("{i:0>128}"), json!("v".repeat(1024))))
+        .collect();
+    let id = create(
+        &n.url,
+        KEY,
+        json!({ "labels": most, "idempotency_key": "i".repeat(256) }),
+    );
+    let (s, j) = send("GET", &format!("{url}/{id}"), Some(KEY), None);
+    assert_eq!(s, 200);
+    assert_eq!(j["labels"].as_object().unwrap().len(), 64);
+}
