@@ -2,7 +2,8 @@
 //! diagnostics go to stderr (`CELL_LOG=debug` for more).
 //!
 //! Exit codes (see README): 0 ok · 1 script error · 2 usage · 3 invalid policy · 4 spawn failed ·
-//! 5 limit, timeout or kill · 6 cell crashed or protocol violation · 7 cannot read the script.
+//! 5 limit, timeout or kill · 6 cell crashed or protocol violation · 7 cannot read the script ·
+//! 141 stdout closed (`cell run … | head -1`; the cell is killed).
 #![forbid(unsafe_code)]
 
 mod escape;
@@ -106,6 +107,8 @@ enum Failure {
     Spawn(String),
     Read(String),
     Usage(String),
+    /// Stdout could not be written (closed by its reader, as `| head -1` does).
+    Output(std::io::Error),
 }
 
 impl Failure {
@@ -140,6 +143,8 @@ impl Failure {
             Failure::Policy(_) => 3,
             Failure::Spawn(_) => 4,
             Failure::Read(_) => 7,
+            // What a shell reports for a tool its pipe's reader left (128 + SIGPIPE).
+            Failure::Output(_) => 141,
         }
     }
 }
@@ -160,28 +165,40 @@ fn main() -> ExitCode {
             function,
             args,
         } => run(&cell, Some(script), Some((function, args))),
-        Command::Doctor => {
-            doctor();
-            Ok(())
-        }
+        Command::Doctor => doctor(),
         Command::Serve(args) => args.run().map_err(Failure::Spawn),
-        Command::Tenant(TenantCommand::Add(args)) => args
-            .run()
-            .map(|key| println!("{key}"))
-            .map_err(Failure::Usage),
+        Command::Tenant(TenantCommand::Add(args)) => {
+            args.run().map_err(Failure::Usage).and_then(out)
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            match &failure {
-                Failure::Cell(e) => println!("{}", json::error(e)),
+            // Written without `println!`, which panics on a closed stream.
+            let _ = match &failure {
+                Failure::Cell(e) => out(json::error(e)),
                 Failure::Policy(m) | Failure::Spawn(m) | Failure::Read(m) | Failure::Usage(m) => {
-                    eprintln!("cell: {}", escape(m))
+                    diagnostic(m)
                 }
-            }
+                Failure::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                Failure::Output(e) => diagnostic(&format!("cannot write the output: {e}")),
+            };
             ExitCode::from(failure.exit_code())
         }
     }
+}
+
+/// Writes one line to stdout. A reader that went away (`cell run … | head -1`) is a
+/// [`Failure::Output`], not the panic `println!` makes of it.
+fn out(line: impl std::fmt::Display) -> Result<(), Failure> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{line}").map_err(Failure::Output)
+}
+
+/// Writes `cell: MESSAGE` (escaped) to stderr, or nothing if stderr is closed.
+fn diagnostic(message: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    writeln!(std::io::stderr().lock(), "cell: {}", escape(message)).map_err(Failure::Output)
 }
 
 /// Diagnostics on stderr, guest text escaped (a log message cannot forge a line), coloured only
@@ -255,13 +272,7 @@ fn run(
             }
         }
     });
-    match result {
-        Ok(value) => {
-            println!("{}", json::result(&Ok(value)));
-            Ok(())
-        }
-        Err(e) => Err(Failure::Cell(e)),
-    }
+    out(json::result(&Ok(result?)))
 }
 
 /// Runs `work` on a worker thread, which closes the cell when it is done, and prints events
@@ -270,7 +281,7 @@ fn run(
 fn stream_events(
     cell: &Cell,
     work: impl FnOnce() -> Result<Value, CellError> + Send + 'static,
-) -> Result<Value, CellError> {
+) -> Result<Value, Failure> {
     /// Closes the cell when the worker ends, by returning or by panicking.
     struct CloseOnDrop(Cell);
     impl Drop for CloseOnDrop {
@@ -287,31 +298,43 @@ fn stream_events(
         }
     });
     while let Ok(event) = cell.recv(None) {
-        println!("{}", json::event(&event));
+        if let Err(closed) = out(json::event(&event)) {
+            // Nobody reads what the cell says any more: stop it rather than run it for nothing.
+            cell.kill();
+            let _ = worker.join();
+            return Err(closed);
+        }
     }
-    worker.join().unwrap_or_else(|_| {
-        Err(CellError::new(
-            ErrorCode::Internal,
-            "the exec thread panicked",
-        ))
-    })
+    worker
+        .join()
+        .unwrap_or_else(|_| {
+            Err(CellError::new(
+                ErrorCode::Internal,
+                "the exec thread panicked",
+            ))
+        })
+        .map_err(Failure::Cell)
 }
 
-fn doctor() {
+fn doctor() -> Result<(), Failure> {
     let supervisor = Supervisor::new();
     for (name, availability) in supervisor.backends() {
         match availability {
-            Ok(()) => println!("backend {name}: available"),
-            Err(reason) => println!("backend {name}: unavailable ({reason})"),
+            Ok(()) => out(format_args!("backend {name}: available"))?,
+            Err(reason) => out(format_args!("backend {name}: unavailable ({reason})"))?,
         }
     }
     for (backend, layers) in supervisor.host_layers() {
         for layer in layers {
             let state = if layer.active { "supported" } else { "missing" };
             match layer.detail.as_str() {
-                "" => println!("  {backend} layer {}: {state}", layer.name),
-                detail => println!("  {backend} layer {}: {state} ({detail})", layer.name),
+                "" => out(format_args!("  {backend} layer {}: {state}", layer.name))?,
+                detail => out(format_args!(
+                    "  {backend} layer {}: {state} ({detail})",
+                    layer.name
+                ))?,
             }
         }
     }
+    Ok(())
 }

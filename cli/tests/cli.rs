@@ -181,3 +181,30 @@ fn huge_or_endless_files_are_refused_before_they_are_read_whole() {
     assert!(stderr.contains("larger than"), "{stderr}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_run_without_a_panic() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("cell-cli-pipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Far more output than a pipe holds: writes go on after the reader has gone.
+    let script = dir.join("many.rhai");
+    std::fs::write(&script, "for i in 0..100000 { post(i) }").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cell"))
+        .args(["run", script.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cell");
+    // `cell run … | head -1`: one line, then the pipe is closed.
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first.trim(), r#"{"event":"post","value":0}"#);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
