@@ -174,8 +174,11 @@ pub struct Node {
     draining: AtomicBool,
     /// Woken when the earliest expiry may have moved earlier.
     pub reaper: Notify,
-    /// The number of cells held, for drain to wait on.
+    /// Cells held plus creates under way, for drain to wait on.
     pub count: watch::Sender<usize>,
+    /// Set when the node kills every cell (the end of a drain): a create still under way then
+    /// kills its cell instead of adding it to a node that has stopped.
+    closed: AtomicBool,
     streams: Mutex<HashMap<String, usize>>,
     /// Open event streams on this node.
     pub open_streams: watch::Sender<usize>,
@@ -200,16 +203,26 @@ impl<'a> Counted<'a> {
             .ok()
             .map(|_| Counted(count))
     }
-
-    /// Keeps the place past this guard (a cell made: `remove` returns it).
-    fn keep(self) {
-        std::mem::forget(self);
-    }
 }
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A create's place among the node's cells (`max_cells`), returned if the create fails.
+struct CellPlace<'a> {
+    node: &'a Node,
+    kept: bool,
+}
+
+impl Drop for CellPlace<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.node.places.fetch_sub(1, Ordering::AcqRel);
+            self.node.publish_count();
+        }
     }
 }
 
@@ -248,6 +261,7 @@ impl Node {
             draining: AtomicBool::new(false),
             reaper: Notify::new(),
             count: watch::Sender::new(0),
+            closed: AtomicBool::new(false),
             streams: Mutex::default(),
             open_streams: watch::Sender::new(0),
             in_place: AtomicUsize::new(0),
@@ -471,12 +485,24 @@ impl Node {
         policy: supervisor::Policy,
         backend: String,
     ) -> Result<Arc<Entry>, ApiError> {
-        let Some(place) = Counted::take(&self.places, self.config.limits.max_cells) else {
+        let max = self.config.limits.max_cells;
+        if self
+            .places
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
             return Err(ApiError::new(
                 "backend_unavailable",
                 "this node holds as many cells as it may",
             ));
+        }
+        let mut place = CellPlace {
+            node: self,
+            kept: false,
         };
+        self.publish_count();
         let reservation = Reservation {
             memory_mib: policy.limits.memory_mib,
             cpu_time_ms: policy.limits.cpu_time_ms,
@@ -531,10 +557,18 @@ impl Node {
         }
         {
             let mut cells = self.locked();
+            if self.closed.load(Ordering::SeqCst) {
+                drop(cells);
+                self.release(&entry);
+                entry.cell.kill();
+                return Err(ApiError::new(
+                    "draining",
+                    "the node stopped while the cell was being made",
+                ));
+            }
             cells.insert(id.clone(), entry.clone());
-            self.count.send_replace(cells.len());
         }
-        place.keep();
+        place.kept = true;
         self.set_expiry(&entry, ttl);
         metrics::gauge!("cell_service_cells", "backend" => backend, "state" => "alive")
             .increment(1.0);
@@ -614,7 +648,12 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(at, entry.id.clone()));
-        self.count.send_replace(self.len());
+        self.publish_count();
+    }
+
+    /// Tells drain how many cells are held or being made.
+    fn publish_count(&self) {
+        self.count.send_replace(self.places.load(Ordering::Acquire));
     }
 
     /// Kills cells past their expiry; returns the next expiry.
@@ -649,6 +688,9 @@ impl Node {
 
     /// Kills every cell (end of drain).
     pub fn kill_all(&self, why: &str) {
+        // Before the snapshot, under the same lock a create takes to add its cell: a create
+        // either adds it before (and it is killed here) or sees the node closed.
+        self.closed.store(true, Ordering::SeqCst);
         let all: Vec<_> = self.locked().values().cloned().collect();
         for e in all {
             metrics::counter!("cell_service_evictions_total", "reason" => "drain").increment(1);
