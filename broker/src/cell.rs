@@ -480,8 +480,9 @@ mod tests {
         );
     }
 
-    /// The list of requests in flight (for `cancel`) forgets finished ones: it holds at most
-    /// the requests running now.
+    /// The list of requests in flight (for `cancel`) forgets finished ones: it holds the
+    /// requests running now and, for an instant, the last one whose worker has not yet dropped
+    /// its job (the worker wakes the requester before it lets go), never the finished ones.
     #[test]
     fn finished_requests_leave_the_in_flight_list() {
         let dir = tempfile::tempdir().unwrap();
@@ -496,11 +497,12 @@ mod tests {
         let mut payload = abi::Map::new();
         payload.insert("root".into(), Value::Str(root.into()));
         payload.insert("path".into(), Value::Str("f".into()));
-        for _ in 0..3 {
+        for _ in 0..50 {
             let read = cell.request("b", "fs", "read", Value::Map(payload.clone()));
             assert_eq!(read, Ok(Value::Bytes(b"x".to_vec())));
         }
-        assert_eq!(lock(&cell.cancel.inflight).len(), 1);
+        let held = lock(&cell.cancel.inflight).len();
+        assert!((1..=2).contains(&held), "{held} slots held after 50 requests");
     }
 
     #[test]
