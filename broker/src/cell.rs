@@ -502,7 +502,10 @@ mod tests {
             assert_eq!(read, Ok(Value::Bytes(b"x".to_vec())));
         }
         let held = lock(&cell.cancel.inflight).len();
-        assert!((1..=2).contains(&held), "{held} slots held after 50 requests");
+        assert!(
+            (1..=2).contains(&held),
+            "{held} slots held after 50 requests"
+        );
     }
 
     #[test]
