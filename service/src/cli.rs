@@ -99,6 +99,41 @@ pub struct TenantAddArgs {
 impl TenantAddArgs {
     /// Adds the key and returns it: print it, it is never stored.
     pub fn run(&self) -> Result<String, String> {
+        // A name no backend of this build answers to would make the tenant unable to create
+        // the cells it was meant for, silently: refuse it here, naming the ones there are.
+        let known: Vec<String> = supervisor::Supervisor::new()
+            .backends()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        if let Some(unknown) = self.backends.iter().find(|b| !known.contains(b)) {
+            return Err(format!(
+                "unknown backend `{unknown}` (this build has: {})",
+                known.join(", ")
+            ));
+        }
         crate::add_tenant(&self.tenants, &self.name, &self.backends).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_add_refuses_a_backend_this_build_lacks_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenants = dir.path().join("tenants.toml");
+        let args = |backend: &str| TenantAddArgs {
+            name: "acme".into(),
+            tenants: tenants.clone(),
+            backends: vec![backend.into()],
+        };
+        let err = args("nope").run().unwrap_err();
+        assert!(err.contains("`nope`") && err.contains("subinterp"), "{err}");
+        assert!(!tenants.exists(), "a refused tenant was written");
+        let key = args("subinterp").run().unwrap();
+        let loaded = crate::Tenants::load(&tenants, &toml::Table::new()).unwrap();
+        assert_eq!(loaded.authenticate(&key).unwrap().name, "acme");
     }
 }

@@ -588,9 +588,13 @@ fn a_create_under_way_when_the_node_drains_leaves_no_cell_behind() {
         send("POST", &format!("{url}/v1/cells"), Some(KEY), Some(&body))
     });
     // Under way once its quota is reserved (before the spawn and the source). There is no
-    // event for that outside the fix's own count, so this one wait yields until it is seen.
+    // event for that outside the fix's own count, so this one wait yields until it is seen. A
+    // create that ends unseen failed (a made cell keeps its reservation): say so, do not spin.
     let node = n.node().clone();
     while node.ledger.live_cells("default") == 0 {
+        if create.is_finished() {
+            panic!("the create failed: {:?}", create.join().unwrap());
+        }
         std::thread::yield_now();
     }
     let server = n.server.take().unwrap();

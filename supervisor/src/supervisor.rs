@@ -24,8 +24,8 @@ pub enum SupervisorError {
         /// The backends this supervisor has, comma-separated.
         known: String,
     },
-    /// The name is empty, too long, or has characters outside `[A-Za-z0-9-_.]`.
-    #[error("invalid cell name `{0}`: use 1 to 64 letters, digits, `-`, `_` or `.`")]
+    /// The name is empty, too long, only dots, or has characters outside `[A-Za-z0-9-_.]`.
+    #[error("invalid cell name `{0}`: use 1 to 64 letters, digits, `-`, `_` or `.`, not only dots")]
     InvalidName(String),
     /// A live cell already has this name.
     #[error("a cell named `{0}` is already running")]
@@ -189,8 +189,10 @@ impl Supervisor {
         policy: &Policy,
     ) -> Result<Cell, SupervisorError> {
         let _span = tracing::info_span!("spawn", cell = name, backend).entered();
+        // Only dots (`.`, `..`) is refused too: names become parts of paths and labels.
         if name.is_empty()
             || name.len() > 64
+            || name.bytes().all(|b| b == b'.')
             || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))

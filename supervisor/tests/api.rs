@@ -13,10 +13,17 @@ fn names_are_validated_and_unique_among_live_cells() {
         s.spawn("", "subinterp", &Policy::default()),
         Err(SupervisorError::InvalidName(_))
     ));
-    assert!(matches!(
-        s.spawn("a b", "subinterp", &Policy::default()),
-        Err(SupervisorError::InvalidName(_))
-    ));
+    for bad in ["a b", ".", "..", "...", &"x".repeat(65)] {
+        assert!(
+            matches!(
+                s.spawn(bad, "subinterp", &Policy::default()),
+                Err(SupervisorError::InvalidName(_))
+            ),
+            "{bad}"
+        );
+    }
+    let dotted = s.spawn("a.b", "subinterp", &Policy::default()).unwrap();
+    dotted.close();
     let a = s.spawn("a", "subinterp", &Policy::default()).unwrap();
     assert!(matches!(
         s.spawn("a", "subinterp", &Policy::default()),
