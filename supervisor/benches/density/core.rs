@@ -193,6 +193,13 @@ pub fn hold(
         batches.push((cells.len(), last_median));
         progress(cells.len(), last_median);
     }
+    if matches!(stop, Some(Stop::SpawnFailed(_))) {
+        // The spawn may have failed for want of descriptors, and reading /proc needs some:
+        // give back the last cell's, so the final reading sees every process still held.
+        if let Some(last) = cells.pop() {
+            last.close();
+        }
+    }
     if points.last().is_none_or(|p| p.cells != cells.len()) && !cells.is_empty() {
         points.push(measure(cells.len(), last_median, elapsed));
     }
