@@ -5,7 +5,7 @@
 mod common;
 
 use cell_supervisor::{Policy, Supervisor};
-use common::{Row, fresh_name, pin, print_summary, rss_bytes};
+use common::{Row, fresh_name, pin, print_summary};
 use criterion::BenchmarkId;
 use rhai::packages::Package;
 use std::hint::black_box;
@@ -15,6 +15,13 @@ const GROUP: &str = "subinterp";
 /// As `cell` and `cell-serve` run: `memory_mib` binds, and its cost is in every figure.
 #[global_allocator]
 static ALLOCATOR: cell_supervisor::AccountingAllocator = cell_supervisor::AccountingAllocator;
+
+/// Bytes the C heap holds in use (the global allocator sits on it).
+fn heap_in_use() -> usize {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let info = unsafe { nix::libc::mallinfo2() };
+    info.uordblks + info.hblkhd
+}
 
 fn main() {
     let mut c = common::criterion();
@@ -53,10 +60,11 @@ fn main() {
     }
     pin(None);
 
-    // Memory: idle cells after their handshake and one exec, resident growth per cell. Taken
-    // before the scripts: the heap their large values leave free would hold the cells unseen.
-    const CELLS: usize = 500;
-    let before = rss_bytes();
+    // Memory: idle cells after their handshake and one exec, all alive at once: the growth of
+    // the heap in use (glibc's `mallinfo2`, arena and mmapped blocks), per cell. Not RSS: the
+    // cells would fit in heap that the benches before left free, and RSS would not move.
+    const CELLS: usize = 2000;
+    let before = heap_in_use();
     let cells: Vec<_> = (0..CELLS)
         .map(|_| {
             let cell = supervisor
@@ -66,7 +74,7 @@ fn main() {
             cell
         })
         .collect();
-    let per_cell = rss_bytes().saturating_sub(before) as f64 / CELLS as f64;
+    let per_cell = heap_in_use().saturating_sub(before) as f64 / CELLS as f64;
     drop(cells);
 
     common::bench_scripts(&mut c, GROUP, &supervisor, "subinterp", &policy);
@@ -100,7 +108,7 @@ fn main() {
         "subinterp",
         &rows,
         &[format!(
-            "host memory per idle cell ({CELLS} cells, RSS growth): {:.0} KiB   target ≤ 16 KiB",
+            "host memory per idle cell ({CELLS} cells, heap in use growth): {:.1} KiB   target ≤ 16 KiB",
             per_cell / 1024.0
         )],
     );
