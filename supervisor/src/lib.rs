@@ -37,6 +37,7 @@ pub use abi::{CellError, ErrorCode, Level, Map, Value};
 pub use backend_subinterp::AccountingAllocator;
 /// The broker crate: capabilities, rules, audit sinks (`cell-broker`).
 pub use broker;
+pub use broker::{MAX_FILE_BYTES, read_text};
 pub use builder::SupervisorBuilder;
 pub use cell::{Cell, CellInfo, CellState, InterruptError, RecvError, Usage};
 /// The host side of the protocol (`cell-host`).
@@ -44,5 +45,5 @@ pub use host;
 pub use host::Event;
 pub use host::event;
 pub use host::{DenyAll, Listener, RequestContext, RequestHandler};
-pub use policy::{MAX_FILE_BYTES, Policy, PolicyError, read_text};
+pub use policy::{Policy, PolicyError};
 pub use supervisor::{Supervisor, SupervisorError};

@@ -48,10 +48,11 @@ impl Secrets {
     /// Reads a secrets file (see [`Secrets::from_toml`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Secrets, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            what: format!("cannot read secrets file {}", path.display()),
-            source,
-        })?;
+        let text =
+            crate::read_text(path, crate::MAX_FILE_BYTES).map_err(|source| ConfigError::Io {
+                what: format!("cannot read secrets file {}", path.display()),
+                source,
+            })?;
         Secrets::from_toml(&text)
     }
 }
@@ -126,5 +127,26 @@ impl Capability for SecretStore {
             .get(name)
             .map(|v| Value::Str(v.clone()))
             .ok_or_else(|| CapabilityError::NotFound(format!("secret `{name}` is not configured")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secrets_file_that_does_not_end_is_refused_not_read_until_memory_runs_out() {
+        match Secrets::load("/dev/zero") {
+            Err(ConfigError::Io { what, source }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::FileTooLarge, "{source}");
+                assert!(what.contains("/dev/zero"), "{what}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets.toml");
+        std::fs::write(&path, "db = \"s3cret\"\n").unwrap();
+        let secrets = Secrets::load(&path).unwrap();
+        assert_eq!(secrets.names().collect::<Vec<_>>(), ["db"]);
     }
 }
