@@ -383,7 +383,9 @@ async fn ttl(
     JsonBody(req): JsonBody<TtlRequest>,
 ) -> Result<Json<J>, ApiError> {
     let entry = node.find(&tenant, &id, &path_of(&uri))?;
-    node.extend(&entry, req.ttl_ms);
+    if !node.extend(&entry, req.ttl_ms) {
+        return Err(ApiError::cell_not_found(&id));
+    }
     Ok(Json(
         json!({ "id": entry.id, "expires_at": entry.expires_at_ms() }),
     ))

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value as J, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use supervisor::{Cell, CellState, Supervisor, SupervisorError, Value};
 use tokio::sync::{Notify, watch};
@@ -95,7 +95,7 @@ pub struct Entry {
     pub cell: Cell,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_ms: u64,
-    expires: Mutex<(Instant, u64)>,
+    expires: Mutex<Expiry>,
     /// The labels given at creation.
     pub labels: BTreeMap<String, String>,
     /// Events kept for reconnecting readers.
@@ -110,6 +110,15 @@ pub struct Entry {
     busy: Mutex<Duration>,
 }
 
+/// When a cell expires, and whether its life has ended (removed, reaped): one lock, so that an
+/// extension and the reaper's verdict cannot cross — an extension after the end is refused, and
+/// the reaper ends only a cell whose expiry, looked at under that lock, has passed.
+struct Expiry {
+    at: Instant,
+    at_ms: u64,
+    ended: bool,
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -118,7 +127,22 @@ fn unix_ms(t: SystemTime) -> u64 {
 impl Entry {
     /// When the cell expires, milliseconds since the Unix epoch.
     pub fn expires_at_ms(&self) -> u64 {
-        self.expires.lock().unwrap_or_else(|e| e.into_inner()).1
+        self.expiry().at_ms
+    }
+
+    fn expiry(&self) -> MutexGuard<'_, Expiry> {
+        self.expires.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends the cell's life if its expiry has passed by `now` (the reaper's verdict).
+    fn end_if_expired(&self, now: Instant) -> bool {
+        let mut e = self.expiry();
+        if e.at <= now && !e.ended {
+            e.ended = true;
+            true
+        } else {
+            false
+        }
     }
 
     /// Whether the cell can still run code.
@@ -535,7 +559,11 @@ impl Node {
             policy: req.policy.clone().or(tenant.default_policy.clone()),
             cell,
             created_ms: unix_ms(now),
-            expires: Mutex::new((Instant::now() + ttl, unix_ms(now + ttl))),
+            expires: Mutex::new(Expiry {
+                at: Instant::now() + ttl,
+                at_ms: unix_ms(now + ttl),
+                ended: false,
+            }),
             labels: req.labels,
             events: EventBuffer::new(
                 self.config.limits.event_buffer,
@@ -605,12 +633,17 @@ impl Node {
         }
     }
 
-    fn set_expiry(&self, entry: &Entry, ttl: Duration) {
+    /// Moves the cell's expiry to `ttl` from now; false once its life has ended.
+    fn set_expiry(&self, entry: &Entry, ttl: Duration) -> bool {
         let at = Instant::now() + ttl;
         let old = {
-            let mut e = entry.expires.lock().unwrap_or_else(|e| e.into_inner());
-            let old = e.0;
-            *e = (at, unix_ms(SystemTime::now() + ttl));
+            let mut e = entry.expiry();
+            if e.ended {
+                return false;
+            }
+            let old = e.at;
+            e.at = at;
+            e.at_ms = unix_ms(SystemTime::now() + ttl);
             old
         };
         let mut index = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
@@ -619,15 +652,18 @@ impl Node {
         if index.first().is_some_and(|(t, _)| *t == at) {
             self.reaper.notify_one();
         }
+        true
     }
 
-    /// Extends the cell's life to `ttl_ms` from now.
-    pub fn extend(&self, entry: &Entry, ttl_ms: u64) {
-        self.set_expiry(entry, self.ttl(Some(ttl_ms)));
+    /// Extends the cell's life to `ttl_ms` from now; false if it has ended (removed or reaped
+    /// while the request ran): the caller answers `cell_not_found`, not a life it did not give.
+    pub fn extend(&self, entry: &Entry, ttl_ms: u64) -> bool {
+        self.set_expiry(entry, self.ttl(Some(ttl_ms)))
     }
 
     /// Kills and forgets a cell.
     pub fn remove(&self, entry: &Entry, code: &str, why: &str) {
+        entry.expiry().ended = true;
         // Out of the table first: a reader that saw the `closed` line finds the cell gone. The
         // count drain waits on drops once the boundary is released, below.
         if self.locked().remove(&entry.id).is_some() {
@@ -643,7 +679,7 @@ impl Node {
         if let Some(key) = &entry.idempotency_key {
             self.forget_key(&(entry.tenant.clone(), key.clone()));
         }
-        let at = entry.expires.lock().unwrap_or_else(|e| e.into_inner()).0;
+        let at = entry.expiry().at;
         self.expiry
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -668,12 +704,14 @@ impl Node {
                 Some((at, id)) if at <= now => {
                     let entry = self.locked().get(&id).cloned();
                     match entry {
-                        Some(e) => {
+                        // Expired by its own expiry, looked at now: an extension that came
+                        // after this key was read has moved it (and left this key stale).
+                        Some(e) if e.end_if_expired(now) => {
                             tracing::info!(target: "cell_service::audit", tenant = %e.tenant, cell = %id, "expired");
                             metrics::counter!("cell_service_evictions_total", "reason" => "expired").increment(1);
                             self.remove(&e, "cancelled", "the cell's ttl ran out");
                         }
-                        None => {
+                        _ => {
                             self.expiry
                                 .lock()
                                 .unwrap_or_else(|e| e.into_inner())
@@ -786,5 +824,72 @@ mod tests {
         assert!(node.in_place(3).is_none());
         drop(held);
         assert!(node.in_place(1).is_some());
+    }
+
+    fn node_with_a_cell() -> (Node, Arc<Entry>) {
+        let node = Node::new(
+            ServeConfig::new("unix:/nonexistent".parse().unwrap(), "n"),
+            Tenants::single(None, &Table::new()).unwrap(),
+        );
+        let tenant = node.tenants().tenants["default"].clone();
+        let req = CreateRequest {
+            backend: Some("subinterp".into()),
+            ttl_ms: Some(60_000),
+            ..CreateRequest::default()
+        };
+        let (entry, _) = node.create(&tenant, req).unwrap();
+        (node, entry)
+    }
+
+    #[test]
+    fn a_cell_removed_while_its_ttl_request_ran_is_not_extended() {
+        let (node, entry) = node_with_a_cell();
+        assert!(node.extend(&entry, 1_000));
+        node.remove(&entry, "cancelled", "deleted");
+        assert!(
+            !node.extend(&entry, 1_000),
+            "a gone cell's life was extended"
+        );
+        assert!(
+            node.expiry.lock().unwrap().is_empty(),
+            "an index key outlived its cell"
+        );
+    }
+
+    #[test]
+    fn the_reaper_ends_a_cell_by_its_expiry_now_not_by_a_stale_key() {
+        let (node, entry) = node_with_a_cell();
+        // A key the reaper read before an extension moved the expiry (60 s ahead).
+        let stale = Instant::now() - Duration::from_secs(1);
+        node.expiry
+            .lock()
+            .unwrap()
+            .insert((stale, entry.id.clone()));
+        node.reap();
+        assert_eq!(node.len(), 1, "an extended cell was reaped");
+        assert!(entry.alive());
+        assert!(node.extend(&entry, 1_000));
+        assert!(
+            !node
+                .expiry
+                .lock()
+                .unwrap()
+                .contains(&(stale, entry.id.clone()))
+        );
+        // Its own expiry passed: then it is reaped, and no extension comes after.
+        let past = {
+            let mut e = entry.expiry();
+            let old = e.at;
+            e.at = Instant::now() - Duration::from_millis(1);
+            (old, e.at)
+        };
+        {
+            let mut index = node.expiry.lock().unwrap();
+            index.remove(&(past.0, entry.id.clone()));
+            index.insert((past.1, entry.id.clone()));
+        }
+        node.reap();
+        assert!(node.is_empty(), "an expired cell was kept");
+        assert!(!node.extend(&entry, 1_000));
     }
 }
