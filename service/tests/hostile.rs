@@ -9,17 +9,15 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// 40 posts of 8 KiB each: 320 KiB of events in 40 lines.
+const POST_40_OF_8_KIB: &str =
+    r#"let s = "x"; while s.len() < 8192 { s += s; } for i in 0..40 { post(s); } 1"#;
+
 #[test]
 fn an_events_cursor_past_the_last_event_is_a_400_not_an_endless_stream() {
     let n = TestNode::start(config("node-cursor"));
     let id = create(&n.url, KEY, json!({}));
-    let (s, _) = send(
-        "POST",
-        &format!("{}/v1/cells/{id}/exec", n.url),
-        Some(KEY),
-        Some(&json!({"source": "post(1); post(2)"})),
-    );
-    assert_eq!(s, 200);
+    exec_ok(&n.url, KEY, &id, "post(1); post(2)");
     // `u64::MAX` once made the cursor wrap: an endless run of `gap` lines, as fast as the
     // network took them. Any cursor past the last event would hide every event to come.
     for after in [u64::MAX.to_string(), "3".to_string()] {
@@ -63,14 +61,7 @@ fn a_cell_posting_large_values_cannot_fill_the_node() {
     let n = TestNode::start(c);
     let id = create(&n.url, KEY, json!({}));
     // 40 posts of 8 KiB: 320 KiB of events, 40 lines (far under the 1,024-line bound).
-    let source = r#"let s = "x"; while s.len() < 8192 { s += s; } for i in 0..40 { post(s); } 1"#;
-    let (s, j) = send(
-        "POST",
-        &format!("{}/v1/cells/{id}/exec", n.url),
-        Some(KEY),
-        Some(&json!({ "source": source })),
-    );
-    assert_eq!(s, 200, "{j}");
+    exec_ok(&n.url, KEY, &id, POST_40_OF_8_KIB);
     let lines = read_events(&format!("{}/v1/cells/{id}/events", n.url), KEY, |l| {
         l["seq"] == 40
     });
@@ -249,14 +240,7 @@ fn a_stream_sends_bounded_chunks_so_a_reader_that_stalls_holds_little() {
     let n = TestNode::start(config("node-chunks"));
     let id = create(&n.url, KEY, json!({}));
     // 40 posts of 8 KiB: 320 KiB waiting in the buffer when the reader comes.
-    let source = r#"let s = "x"; while s.len() < 8192 { s += s; } for i in 0..40 { post(s); } 1"#;
-    let (s, j) = send(
-        "POST",
-        &format!("{}/v1/cells/{id}/exec", n.url),
-        Some(KEY),
-        Some(&json!({ "source": source })),
-    );
-    assert_eq!(s, 200, "{j}");
+    exec_ok(&n.url, KEY, &id, POST_40_OF_8_KIB);
     let mut conn = BufReader::new(TcpStream::connect(n.url.trim_start_matches("http://")).unwrap());
     write!(
         conn.get_mut(),
@@ -472,13 +456,7 @@ fn a_cells_own_metrics_stay_on_its_stream_not_on_the_nodes_metrics() {
     let n = TestNode::start(config("node-guest-metrics"));
     let id = create(&n.url, KEY, json!({}));
     let source = r#"metric("hostile_series_7f3a", 1.0, #{ secret: "tenant-data" }); 1"#;
-    let (s, j) = send(
-        "POST",
-        &format!("{}/v1/cells/{id}/exec", n.url),
-        Some(KEY),
-        Some(&json!({ "source": source })),
-    );
-    assert_eq!(s, 200, "{j}");
+    exec_ok(&n.url, KEY, &id, source);
     // The tenant reads it on its cell's stream.
     let lines = read_events(&format!("{}/v1/cells/{id}/events", n.url), KEY, |l| {
         l["event"] == "metric"

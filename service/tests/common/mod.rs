@@ -129,6 +129,18 @@ pub fn create(url: &str, key: &str, body: J) -> String {
     j["id"].as_str().unwrap().to_string()
 }
 
+/// Runs `source` in cell `id` and returns the answer, which must be a 200.
+pub fn exec_ok(url: &str, key: &str, id: &str, source: &str) -> J {
+    let (s, j) = send(
+        "POST",
+        &format!("{url}/v1/cells/{id}/exec"),
+        Some(key),
+        Some(&serde_json::json!({ "source": source })),
+    );
+    assert_eq!(s, 200, "{j}");
+    j
+}
+
 /// Reads an event stream's lines until `until` says stop; returns them.
 pub fn read_events(url: &str, key: &str, mut until: impl FnMut(&J) -> bool) -> Vec<J> {
     use std::io::BufRead;
