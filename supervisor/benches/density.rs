@@ -162,6 +162,7 @@ fn to_json(report: &Report) -> serde_json::Value {
             serde_json::json!({
                 "cells": p.cells,
                 "pss_per_cell": p.pss_per_cell,
+                "heap_per_cell": p.heap_per_cell,
                 "avail_per_cell": p.avail_per_cell,
                 "spawn_median_ns": p.spawn_median.as_nanos() as u64,
                 "elapsed_ns": p.elapsed.as_nanos() as u64,
@@ -184,10 +185,11 @@ fn print_table(rows: &[serde_json::Value], opts: &Options) {
         opts.time_limit
     );
     println!(
-        "{:<10} {:>8} {:>12} {:>14} {:>12} {:>12} {:>7}   {:<14} {:>10}   stopped",
+        "{:<10} {:>8} {:>12} {:>12} {:>14} {:>12} {:>12} {:>7}   {:<14} {:>10}   stopped",
         "backend",
         "cells",
         "PSS/cell",
+        "heap/cell",
         "MemAvail/cell",
         "spawn med.",
         "spawn avg.",
@@ -208,10 +210,11 @@ fn print_table(rows: &[serde_json::Value], opts: &Options) {
             let ns = |k: &str| Duration::from_nanos(p[k].as_u64().unwrap_or(0));
             let last = i + 1 == points.len();
             println!(
-                "{:<10} {:>8} {:>12} {:>14} {:>12} {:>12} {:>7}   {:<14} {:>10}   {}",
+                "{:<10} {:>8} {:>12} {:>12} {:>14} {:>12} {:>12} {:>7}   {:<14} {:>10}   {}",
                 backend,
                 cells,
                 fmt_kib(p["pss_per_cell"].as_f64().unwrap_or(0.0)),
+                fmt_kib(p["heap_per_cell"].as_f64().unwrap_or(0.0)),
                 fmt_kib(p["avail_per_cell"].as_f64().unwrap_or(0.0)),
                 fmt_duration(ns("spawn_median_ns")),
                 fmt_duration(ns("elapsed_ns") / cells.max(1) as u32),
@@ -228,7 +231,8 @@ fn print_table(rows: &[serde_json::Value], opts: &Options) {
     }
     println!(
         "PSS/cell: growth of this process and its descendants (fork server, cells; a microvm's touched \
-         guest memory is mapped here); MemAvail/cell: drop of the system's MemAvailable (kernel memory \
+         guest memory is mapped here); heap/cell: growth of this process's C heap in use (what a \
+         subinterp cell holds, even in pages already resident); MemAvail/cell: drop of the system's MemAvailable (kernel memory \
          included, noisy on a shared machine); spawn med.: median Supervisor::spawn of the last batch; \
          spawn avg.: wall time of spawn plus first exec per cell up to that count"
     );

@@ -5,6 +5,7 @@
 mod common;
 
 use cell_supervisor::{Policy, Supervisor};
+use common::memory::heap_in_use;
 use common::{Row, fresh_name, pin, print_summary};
 use criterion::BenchmarkId;
 use rhai::packages::Package;
@@ -15,13 +16,6 @@ const GROUP: &str = "subinterp";
 /// As `cell` and `cell-serve` run: `memory_mib` binds, and its cost is in every figure.
 #[global_allocator]
 static ALLOCATOR: cell_supervisor::AccountingAllocator = cell_supervisor::AccountingAllocator;
-
-/// Bytes the C heap holds in use (the global allocator sits on it).
-fn heap_in_use() -> usize {
-    // SAFETY: mallinfo2 only reads the allocator's statistics.
-    let info = unsafe { nix::libc::mallinfo2() };
-    info.uordblks + info.hblkhd
-}
 
 fn main() {
     let mut c = common::criterion();

@@ -6,7 +6,11 @@ mod density_core;
 
 use cell_supervisor::{CellState, Policy, Supervisor};
 use density_core::{Options, Stop, hold};
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// The heap readings are process-wide: one test's frees must not land in the other's window.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn options(max: usize) -> Options {
     Options {
@@ -20,6 +24,7 @@ fn options(max: usize) -> Options {
 
 #[test]
 fn holds_idle_cells_and_measures_each_checkpoint() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let supervisor = Supervisor::new();
     for (backend, available) in supervisor.backends() {
         if let Err(why) = available {
@@ -43,10 +48,19 @@ fn holds_idle_cells_and_measures_each_checkpoint() {
         let cells: Vec<usize> = report.points.iter().map(|p| p.cells).collect();
         assert_eq!(cells, [10, 20], "{backend}: the checkpoint and the maximum");
         let max = report.max().unwrap();
+        // Every cell holds its host side in this process's heap. An in-process cell may fit in
+        // pages earlier frees left resident, so PSS is asked to grow only where cells live in
+        // processes or guest memory of their own.
         assert!(
-            max.pss_per_cell > 0.0,
-            "{backend}: twenty live cells take memory"
+            max.heap_per_cell > 0.0,
+            "{backend}: twenty live cells hold heap"
         );
+        if backend != "subinterp" {
+            assert!(
+                max.pss_per_cell > 0.0,
+                "{backend}: twenty live cells take memory"
+            );
+        }
         assert!(max.spawn_median > Duration::ZERO, "{backend}");
         if backend == "process" {
             // The cells are processes in this process's tree, so their PSS is counted.
@@ -69,6 +83,7 @@ fn holds_idle_cells_and_measures_each_checkpoint() {
 
 #[test]
 fn stops_at_the_memory_reserve_and_on_a_refused_spawn() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let supervisor = Supervisor::new();
     let mut opts = options(20);
     opts.reserve_bytes = u64::MAX;

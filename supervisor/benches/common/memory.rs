@@ -1,5 +1,6 @@
-//! Memory readings from `/proc`: a process's PSS, a process tree's, the system's available and
-//! total memory. Shared by the benchmarks and the density test (no criterion in here).
+//! Memory readings: from `/proc`, a process's PSS, a process tree's, the system's available and
+//! total memory; from the C heap, the bytes in use. Shared by the benchmarks and the density test
+//! (no criterion in here).
 #![allow(dead_code)]
 
 /// PSS of one process, in bytes (0 once it is gone).
@@ -61,4 +62,13 @@ pub fn mem_total() -> u64 {
         &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
         "MemTotal:",
     )
+}
+
+/// Bytes the C heap holds in use (glibc's `mallinfo2`: arena and mmapped blocks). The global
+/// allocator sits on it, so this moves with every live in-process cell, where PSS may not (a
+/// cell fits in heap pages that earlier frees left resident).
+pub fn heap_in_use() -> u64 {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let info = unsafe { nix::libc::mallinfo2() };
+    (info.uordblks + info.hblkhd) as u64
 }

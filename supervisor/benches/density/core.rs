@@ -20,7 +20,7 @@
 pub mod memory;
 
 use cell_supervisor::{Cell, Policy, Supervisor};
-use memory::{mem_available, tree_pss};
+use memory::{heap_in_use, mem_available, tree_pss};
 use std::time::{Duration, Instant};
 
 /// What to hold and when to stop.
@@ -70,6 +70,9 @@ pub struct Point {
     pub cells: usize,
     /// PSS growth of this process and its descendants, per cell, in bytes.
     pub pss_per_cell: f64,
+    /// Growth of this process's C heap in use, per cell, in bytes: what an in-process cell holds,
+    /// even where it fits in pages already resident and PSS does not move.
+    pub heap_per_cell: f64,
     /// `MemAvailable` drop per cell, in bytes.
     pub avail_per_cell: f64,
     /// Median spawn (`Supervisor::spawn`, handshake included) of the last batch.
@@ -118,7 +121,7 @@ pub fn hold(
         Ok(cell) => cell.close(),
         Err(e) => stop = Some(Stop::SpawnFailed(e.to_string())),
     }
-    let (pss0, avail0) = (tree_pss().0, mem_available());
+    let (pss0, heap0, avail0) = (tree_pss().0, heap_in_use(), mem_available());
     let mut cells: Vec<Cell> = Vec::with_capacity(opts.max.min(1 << 20));
     let mut points = Vec::new();
     let mut batches = Vec::new();
@@ -131,6 +134,7 @@ pub fn hold(
         Point {
             cells,
             pss_per_cell: per(pss.saturating_sub(pss0)),
+            heap_per_cell: per(heap_in_use().saturating_sub(heap0)),
             avail_per_cell: per(avail0.saturating_sub(mem_available())),
             spawn_median: median,
             elapsed,
