@@ -332,6 +332,7 @@ async fn exec(
     JsonBody(req): JsonBody<ExecRequest>,
 ) -> Result<Json<J>, ApiError> {
     let entry = node.find(&tenant, &id, &path_of(&uri))?;
+    let _running = node.start_exec(&tenant)?;
     let n = node.clone();
     let value = blocking(&node, move || n.run(&entry, |c| c.exec(&req.source))).await?;
     Ok(Json(json!({ "result": cj::value(&value) })))
@@ -355,6 +356,7 @@ async fn call(
     JsonBody(req): JsonBody<CallRequest>,
 ) -> Result<Json<J>, ApiError> {
     let entry = node.find(&tenant, &id, &path_of(&uri))?;
+    let _running = node.start_exec(&tenant)?;
     let args = req.args.iter().map(cj::parse_value).collect();
     let kwargs = req
         .kwargs

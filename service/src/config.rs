@@ -68,6 +68,9 @@ pub struct Limits {
     pub heartbeat: Duration,
     /// Open event streams per tenant.
     pub streams_per_tenant: usize,
+    /// Execs and calls running at once per tenant, over all its cells: each holds a thread
+    /// until it ends, so one tenant's long scripts cannot take every thread the node has.
+    pub execs_per_tenant: usize,
     /// Lifetime of a cell created without `ttl_ms`.
     pub default_ttl: Duration,
     /// Longest lifetime a cell may ask for (or be extended to).
@@ -88,6 +91,7 @@ impl Default for Limits {
             event_buffer_bytes: 4 << 20,
             heartbeat: Duration::from_secs(15),
             streams_per_tenant: 64,
+            execs_per_tenant: 64,
             default_ttl: Duration::from_secs(600),
             max_ttl: Duration::from_secs(24 * 3600),
             max_cells: 100_000,

@@ -4,7 +4,7 @@
 use crate::config::{ServeConfig, valid_node_name};
 use crate::error::ApiError;
 use crate::events::EventBuffer;
-use crate::quota::{Ledger, Reservation};
+use crate::quota::{self, Held, HeldSlot, Ledger, Reservation};
 use crate::tenants::{Tenant, Tenants, TenantsError};
 use serde::Deserialize;
 use serde_json::{Value as J, json};
@@ -203,7 +203,9 @@ pub struct Node {
     /// Set when the node kills every cell (the end of a drain): a create still under way then
     /// kills its cell instead of adding it to a node that has stopped.
     closed: AtomicBool,
-    streams: Mutex<HashMap<String, usize>>,
+    streams: Arc<Held>,
+    /// Execs and calls running now, per tenant.
+    execs: Arc<Held>,
     /// Open event streams on this node.
     pub open_streams: watch::Sender<usize>,
     /// Blocking calls running in place on async workers now.
@@ -286,7 +288,8 @@ impl Node {
             reaper: Notify::new(),
             count: watch::Sender::new(0),
             closed: AtomicBool::new(false),
-            streams: Mutex::default(),
+            streams: Arc::default(),
+            execs: Arc::default(),
             open_streams: watch::Sender::new(0),
             in_place: AtomicUsize::new(0),
             places: AtomicUsize::new(0),
@@ -736,19 +739,40 @@ impl Node {
         }
     }
 
-    /// Takes one of the tenant's stream slots; `None` past the cap.
-    pub fn open_stream(self: &Arc<Self>, tenant: &str) -> Option<StreamSlot> {
-        let mut s = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        let n = s.entry(tenant.to_string()).or_default();
-        if *n >= self.config.limits.streams_per_tenant {
-            return None;
-        }
-        *n += 1;
+    /// Takes one of the tenant's stream slots, or names the quota.
+    pub fn open_stream(self: &Arc<Self>, tenant: &str) -> Result<StreamSlot, ApiError> {
+        let max = self.config.limits.streams_per_tenant;
+        let held = self.streams.take(tenant, max).ok_or_else(|| {
+            quota::refuse(
+                tenant,
+                "streams",
+                format!("tenant `{tenant}` has {max} event streams open, the most allowed"),
+            )
+        })?;
         self.open_streams.send_modify(|n| *n += 1);
         metrics::gauge!("cell_service_streams").increment(1.0);
-        Some(StreamSlot {
+        Ok(StreamSlot {
             node: self.clone(),
-            tenant: tenant.into(),
+            _held: held,
+        })
+    }
+
+    /// Takes one of the tenant's places for an exec or call, or names the quota: the smaller of
+    /// the node's `execs_per_tenant` and the tenant's `execs_in_flight`.
+    pub fn start_exec(&self, tenant: &Tenant) -> Result<HeldSlot, ApiError> {
+        let node_max = self.config.limits.execs_per_tenant;
+        let max = tenant.quotas.execs_in_flight.map_or(node_max, |q| {
+            node_max.min(usize::try_from(q).unwrap_or(usize::MAX))
+        });
+        self.execs.take(&tenant.name, max).ok_or_else(|| {
+            quota::refuse(
+                &tenant.name,
+                "execs_in_flight",
+                format!(
+                    "tenant `{}` has {max} execs and calls running, the most allowed at once",
+                    tenant.name
+                ),
+            )
         })
     }
 
@@ -778,15 +802,11 @@ impl Node {
 /// An open event stream, counted against its tenant until dropped.
 pub struct StreamSlot {
     node: Arc<Node>,
-    tenant: String,
+    _held: HeldSlot,
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        let mut s = self.node.streams.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = s.get_mut(&self.tenant) {
-            *n = n.saturating_sub(1);
-        }
         self.node
             .open_streams
             .send_modify(|n| *n = n.saturating_sub(1));

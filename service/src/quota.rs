@@ -4,7 +4,7 @@
 use crate::error::ApiError;
 use crate::tenants::Quotas;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -26,7 +26,7 @@ pub struct Ledger {
     usage: Mutex<HashMap<String, Usage>>,
 }
 
-fn refuse(tenant: &str, quota: &'static str, message: String) -> ApiError {
+pub(crate) fn refuse(tenant: &str, quota: &'static str, message: String) -> ApiError {
     metrics::counter!("cell_service_quota_refusals_total", "tenant" => tenant.to_string(), "quota" => quota)
         .increment(1);
     ApiError::quota(quota, message)
@@ -114,9 +114,74 @@ impl Ledger {
     }
 }
 
+/// What each tenant holds at once (open streams, execs in flight), counted per tenant. A slot
+/// is given back when dropped; a tenant holding none leaves no entry behind.
+#[derive(Default)]
+pub struct Held {
+    by_tenant: Mutex<HashMap<String, usize>>,
+}
+
+impl Held {
+    /// One more for `tenant`, if it holds fewer than `max`.
+    pub fn take(self: &Arc<Self>, tenant: &str, max: usize) -> Option<HeldSlot> {
+        let mut all = self.by_tenant.lock().unwrap_or_else(|e| e.into_inner());
+        let n = all.entry(tenant.to_string()).or_default();
+        if *n >= max {
+            if *n == 0 {
+                all.remove(tenant);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(HeldSlot {
+            held: self.clone(),
+            tenant: tenant.to_string(),
+        })
+    }
+}
+
+/// One thing a tenant holds, given back when dropped.
+pub struct HeldSlot {
+    held: Arc<Held>,
+    tenant: String,
+}
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
+        let mut all = self
+            .held
+            .by_tenant
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = all.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                all.remove(&self.tenant);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_slots_are_bounded_per_tenant_and_given_back() {
+        let held = Arc::new(Held::default());
+        assert!(held.take("t", 0).is_none());
+        let a = held.take("t", 2).unwrap();
+        let b = held.take("t", 2).unwrap();
+        assert!(held.take("t", 2).is_none());
+        // Another tenant has its own count.
+        let c = held.take("u", 1).unwrap();
+        let count = |t: &str| held.by_tenant.lock().unwrap().get(t).copied();
+        assert_eq!((count("t"), count("u")), (Some(2), Some(1)));
+        drop(a);
+        let a = held.take("t", 2).unwrap();
+        drop((a, b, c));
+        assert!(held.by_tenant.lock().unwrap().is_empty(), "no entry left");
+    }
 
     #[test]
     fn each_quota_refuses_by_name_and_release_frees() {

@@ -72,15 +72,7 @@ pub async fn events(
             "`after` is {after}, past the cell's last event ({last})"
         )));
     }
-    let slot = node.open_stream(&tenant.name).ok_or_else(|| {
-        ApiError::quota(
-            "streams",
-            format!(
-                "tenant `{}` has {} event streams open, the most allowed",
-                tenant.name, node.config.limits.streams_per_tenant
-            ),
-        )
-    })?;
+    let slot = node.open_stream(&tenant.name)?;
     let reader = Reader {
         rx: entry.events.subscribe(),
         cursor: q.after.unwrap_or(0),

@@ -13,6 +13,7 @@
 //! memory_mib = 4096                      # sum of the live cells' memory limits
 //! cpu_time_ms = 600000                   # sum of the live cells' CPU-time limits
 //! broker_requests_per_second = 50        # per grant of each cell (see docs/SERVICE.md)
+//! execs_in_flight = 8                    # execs and calls running at once, all cells
 //! [tenant.policies.small]                # extends the base policy (or `extends = "other"`)
 //! limits = { memory_mib = 16 }
 //! ```
@@ -81,6 +82,9 @@ pub struct Quotas {
     pub cpu_time_ms: Option<u64>,
     /// Caps every grant's request rate, per cell.
     pub broker_requests_per_second: Option<u64>,
+    /// Most execs and calls running at once over all the tenant's cells (the node's
+    /// `execs_per_tenant` bounds it too).
+    pub execs_in_flight: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -100,6 +100,48 @@ fn streams_per_tenant_are_capped_and_disconnects_spare_the_cell() {
     assert_eq!((s, &j["result"]), (200, &json!(2)));
 }
 
+/// Execs queued on one cell each wait on a thread: past the tenant's bound they are refused at
+/// once instead, and the place comes back when the running exec ends.
+#[test]
+fn execs_in_flight_per_tenant_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[limits]\nmax_operations = 0\nwall_time_ms = 0\n").unwrap();
+    let mut c = config("node-execs");
+    c.policy_file = Some(policy);
+    c.limits.execs_per_tenant = 1;
+    let n = TestNode::start(c);
+    let id = create(&n.url, KEY, json!({}));
+    let other = create(&n.url, KEY, json!({}));
+    let running = start_endless_exec(&n.url, KEY, &id);
+    // Another cell of the tenant first (without the bound it would answer), then the busy one
+    // (without the bound the request would wait for ever on a thread).
+    for (cell, op, body) in [
+        (&other, "exec", json!({"source": "1"})),
+        (&other, "call", json!({"function": "f"})),
+        (&id, "exec", json!({"source": "1"})),
+    ] {
+        let url = format!("{}/v1/cells/{cell}/{op}", n.url);
+        let (s, j) = send("POST", &url, Some(KEY), Some(&body));
+        assert_eq!(
+            (s, j["quota"].as_str()),
+            (429, Some("execs_in_flight")),
+            "{op}: {j}"
+        );
+    }
+    let (s, j) = send(
+        "DELETE",
+        &format!("{}/v1/cells/{id}", n.url),
+        Some(KEY),
+        None,
+    );
+    assert_eq!(s, 200, "{j}");
+    let (_, j) = running.join().unwrap();
+    assert_eq!(j["code"], "cancelled", "{j}");
+    // The running exec's place is free again.
+    assert_eq!(exec_ok(&n.url, KEY, &other, "40 + 2")["result"], 42);
+}
+
 #[test]
 fn kill_on_disconnect_kills_when_the_reader_goes() {
     let mut c = config("node-kod");

@@ -22,7 +22,7 @@ fn setup(node: &str) -> Setup {
     let text = std::fs::read_to_string(&path).unwrap();
     let text = text.replacen(
         "name = \"a\"",
-        "name = \"a\"\nquotas = { live_cells = 2, memory_mib = 100 }\npolicies = { small = { limits = { memory_mib = 16, max_operations = 1000 } }, big = { limits = { memory_mib = 90 } } }",
+        "name = \"a\"\nquotas = { live_cells = 2, memory_mib = 100, execs_in_flight = 1 }\npolicies = { small = { limits = { memory_mib = 16, max_operations = 1000 } }, big = { limits = { memory_mib = 90 } }, endless = { limits = { memory_mib = 16, max_operations = 0, wall_time_ms = 0 } } }",
         1,
     );
     std::fs::write(&path, text).unwrap();
@@ -115,6 +115,39 @@ fn keys_isolate_tenants_and_quotas_refuse_by_name() {
             .contains("cell_service_quota_refusals_total{tenant=\"a\",quota=\"live_cells\"}"),
         "{m}"
     );
+}
+
+/// A tenant's `execs_in_flight` binds over all its cells; another tenant is not held up by it.
+#[test]
+fn execs_in_flight_quota_binds_one_tenant_only() {
+    let s = setup("node-tx");
+    let n = TestNode::start(s.config.clone());
+    let u = &n.url;
+    let endless = create(u, &s.a, json!({"policy": "endless"}));
+    let small = create(u, &s.a, json!({"policy": "small"}));
+    let running = start_endless_exec(u, &s.a, &endless);
+    let (st, j) = send(
+        "POST",
+        &format!("{u}/v1/cells/{small}/exec"),
+        Some(&s.a),
+        Some(&json!({"source": "1"})),
+    );
+    assert_eq!(
+        (st, j["quota"].as_str()),
+        (429, Some("execs_in_flight")),
+        "{j}"
+    );
+    let theirs = create(u, &s.b, json!({}));
+    assert_eq!(exec_ok(u, &s.b, &theirs, "1 + 1")["result"], 2);
+    let (st, _) = send(
+        "DELETE",
+        &format!("{u}/v1/cells/{endless}"),
+        Some(&s.a),
+        None,
+    );
+    assert_eq!(st, 200);
+    assert_eq!(running.join().unwrap().1["code"], "cancelled");
+    assert_eq!(exec_ok(u, &s.a, &small, "1 + 1")["result"], 2);
 }
 
 #[test]

@@ -162,3 +162,27 @@ pub fn read_events(url: &str, key: &str, mut until: impl FnMut(&J) -> bool) -> V
     }
     out
 }
+
+/// Starts `post(1); loop {}` in cell `id` (its policy must let it run) and returns once the post
+/// has come out on the cell's event stream, so the exec is known to be running; the handle
+/// gives the exec's answer when something ends it.
+pub fn start_endless_exec(url: &str, key: &str, id: &str) -> std::thread::JoinHandle<(u16, J)> {
+    let cell = format!("{url}/v1/cells/{id}");
+    let running = {
+        let (cell, key) = (cell.clone(), key.to_string());
+        std::thread::spawn(move || {
+            let body = serde_json::json!({"source": "post(1); loop {}"});
+            send("POST", &format!("{cell}/exec"), Some(&key), Some(&body))
+        })
+    };
+    // Ends on the post, or on a heartbeat (15 s of nothing: the exec never started).
+    let lines = read_events(&format!("{cell}/events"), key, |l| {
+        l["seq"] == 1 || l["event"] == "heartbeat"
+    });
+    assert_eq!(
+        lines.last().unwrap()["seq"],
+        1,
+        "the exec is running: {lines:?}"
+    );
+    running
+}
