@@ -1,5 +1,5 @@
-//! Replays every committed fuzz corpus through its target's check (and policies through the
-//! supervisor's whole policy parser too): a crash the fuzzer found stays fixed.
+//! Replays every committed fuzz corpus through its target's check: a crash the fuzzer found
+//! stays fixed.
 
 use std::path::Path;
 
@@ -29,15 +29,7 @@ fn every_corpus_replays_cleanly() {
             assert!(outcome.is_ok(), "{target}: {name} panicked");
         }
     }
-}
-
-#[test]
-fn policies_replay_through_the_supervisor_parser() {
-    for (_, data) in corpus("policy") {
-        if let Ok(text) = std::str::from_utf8(&data) {
-            let _ = supervisor::Policy::from_toml(text);
-        }
-    }
+    cell_fuzz_replay::release_fixture();
 }
 
 #[test]
@@ -53,4 +45,51 @@ fn golden_frames_decode_in_the_corpus() {
         .filter(|(_, d)| runtime::decode_frame(d).is_ok())
         .count();
     assert!(decoded >= 6, "only {decoded} host seeds decode");
+}
+
+#[test]
+fn broker_seeds_are_requests_the_fixture_decides() {
+    // The seeds are real requests, and enough of them are allowed, refused by the deny rule and
+    // refused for leaving a grant, or the replay would exercise only the decoder.
+    use abi::{ErrorCode, GuestFrame};
+    let fixture = cell_fuzz_replay::BrokerFixture::new();
+    let (mut allowed, mut denied) = (0, 0);
+    for (name, data) in corpus("broker_payload") {
+        let Ok(GuestFrame::Request {
+            capability,
+            action,
+            payload,
+            ..
+        }) = abi::wire::decode_body::<GuestFrame>(&data)
+        else {
+            continue;
+        };
+        match fixture.request(&capability, &action, payload) {
+            Ok(_) => allowed += 1,
+            Err(e) if e.code == ErrorCode::Denied => denied += 1,
+            Err(e) => eprintln!("{name}: {capability}.{action}: {e:?}"),
+        }
+    }
+    assert!(allowed >= 5, "only {allowed} broker seeds are allowed");
+    assert!(denied >= 3, "only {denied} broker seeds are denied");
+}
+
+#[test]
+fn the_broker_fixture_holds_its_deny_rule() {
+    // The check's own assertion can fire: a read through the symlink into the denied subtree
+    // is refused, and the fixture's marker is what that file holds.
+    use abi::{ErrorCode, Map, Value};
+    let fixture = cell_fuzz_replay::BrokerFixture::new();
+    let read = |path: &str| {
+        let mut p = Map::new();
+        p.insert(
+            "root".into(),
+            Value::Str(format!("{}/ro", cell_fuzz_replay::FIXTURE_ROOT)),
+        );
+        p.insert("path".into(), Value::Str(path.into()));
+        fixture.request("fs", "read", Value::Map(p))
+    };
+    assert_eq!(read("hello.txt"), Ok(Value::Bytes(b"hello".to_vec())));
+    assert_eq!(read("link").unwrap_err().code, ErrorCode::Denied);
+    assert_eq!(read("denied/key").unwrap_err().code, ErrorCode::Denied);
 }
