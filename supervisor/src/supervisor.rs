@@ -10,6 +10,7 @@ use abi::backend::{Backend, SpawnError};
 use host::CellHost;
 use host::{DenyAll, RequestHandler};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// Why a cell could not be spawned.
@@ -50,6 +51,11 @@ pub struct Supervisor {
     requests: RwLock<Arc<dyn RequestHandler>>,
     /// Capabilities, stores and audit sink; created with defaults on first use.
     broker: RwLock<Option<broker::Broker>>,
+    /// Whether [`Supervisor::set_broker`] attached the broker. The one made with defaults when
+    /// a policy first grants something serves policies with rules only: a cell whose policy has
+    /// none gets the request handler whatever cells were spawned before it, so its refusals
+    /// read the same on every run.
+    attached: AtomicBool,
 }
 
 impl Default for Supervisor {
@@ -77,6 +83,7 @@ impl Supervisor {
             names: Arc::default(),
             requests: RwLock::new(Arc::new(DenyAll)),
             broker: RwLock::new(None),
+            attached: AtomicBool::new(false),
         }
     }
 
@@ -97,6 +104,7 @@ impl Supervisor {
     /// against its capabilities and every request is audited to its sink.
     pub fn set_broker(&self, broker: broker::Broker) {
         *self.broker.write().unwrap_or_else(|e| e.into_inner()) = Some(broker);
+        self.attached.store(true, Ordering::SeqCst);
     }
 
     /// The attached broker, or a default one (built-in capabilities, no kv store, no secrets,
@@ -123,12 +131,7 @@ impl Supervisor {
         policy: &Policy,
     ) -> Result<Arc<dyn RequestHandler>, SupervisorError> {
         let rules = policy.rules();
-        let attached = self
-            .broker
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some();
-        if rules.is_empty() && !attached {
+        if rules.is_empty() && !self.attached.load(Ordering::SeqCst) {
             return Ok(self
                 .requests
                 .read()

@@ -91,6 +91,27 @@ fn grants_from_the_policy_reach_scripts_and_denials_are_catchable() {
     assert!(records.iter().all(|r| r.cell.starts_with("g-")));
 }
 
+/// A cell whose policy grants nothing is refused by the supervisor's handler, before and after
+/// a cell with grants made the supervisor its default broker: the same policy answers the same.
+#[test]
+fn a_policy_without_rules_is_refused_alike_before_and_after_a_grant() {
+    let s = Supervisor::new();
+    let refusal = |name: &str| {
+        let cell = s.spawn(name, "subinterp", &Policy::default()).unwrap();
+        let err = cell.exec("request(\"clock\", \"wall\")").unwrap_err();
+        cell.close();
+        assert_eq!(err.code, ErrorCode::Denied);
+        err.message.replace(name, "<cell>")
+    };
+    let before = refusal("before");
+    let granted =
+        Policy::from_toml("[[grants]]\ncapability = \"clock\"\nactions = [\"wall\"]").unwrap();
+    let cell = s.spawn("granted", "subinterp", &granted).unwrap();
+    cell.exec("request(\"clock\", \"wall\")").unwrap();
+    cell.close();
+    assert_eq!(refusal("after"), before);
+}
+
 #[test]
 fn grants_that_do_not_hold_refuse_the_spawn() {
     let policy = Policy::from_toml(
