@@ -235,6 +235,13 @@ impl<'de> serde::Deserialize<'de> for ErrorCode {
     }
 }
 
+/// The one message of [`ErrorCode::LimitCallDepth`], whoever stops the script: the engine at
+/// the policy's `max_call_depth`, the runtime's stack probe short of the engine's stack end, or
+/// the boundary at the stack's guard. The cell runtime adds the script position where it knows
+/// it; the host side, which cannot, gives it bare.
+pub const CALL_DEPTH_MESSAGE: &str =
+    "the script nests too deeply: past its call-depth limit or the engine's stack";
+
 // Tripwires: published numbers never change.
 const _: () = assert!(ErrorCode::Syntax.as_u16() == 1);
 const _: () = assert!(ErrorCode::Denied.as_u16() == 5);

@@ -51,6 +51,10 @@ pub fn cell_error(err: &EvalAltResult) -> CellError {
         E::ErrorParsing(kind, _) => return parse_error(kind, err),
         E::ErrorInFunctionCall(_, _, inner, _) | E::ErrorInModule(_, inner, _) => {
             let inner = cell_error(inner);
+            if inner.code == ErrorCode::LimitCallDepth {
+                // One wording however deep the nesting was found.
+                return inner;
+            }
             return CellError::new(inner.code, format!("{err}"));
         }
         E::ErrorRuntime(value, _) => {
@@ -79,15 +83,18 @@ pub fn cell_error(err: &EvalAltResult) -> CellError {
         }
         E::ErrorVariableNotFound(..) | E::ErrorPropertyNotFound(..) => ErrorCode::NotFound,
         E::ErrorTooManyOperations(_) => ErrorCode::LimitOperations,
-        E::ErrorStackOverflow(_) => ErrorCode::LimitCallDepth,
+        E::ErrorStackOverflow(at) => return call_depth(*at),
         E::ErrorDataTooLarge(what, _) => data_limit_code(what),
-        E::ErrorTerminated(token, _) => {
+        E::ErrorTerminated(token, at) => {
             let code = token
                 .as_int()
                 .ok()
                 .and_then(|c| u16::try_from(c).ok())
                 .and_then(ErrorCode::from_u16)
                 .unwrap_or(ErrorCode::Cancelled);
+            if code == ErrorCode::LimitCallDepth {
+                return call_depth(*at);
+            }
             return CellError::new(code, terminated_message(code));
         }
         E::ErrorMismatchDataType(..) | E::ErrorMismatchOutputType(..) => ErrorCode::InvalidArgument,
@@ -115,11 +122,20 @@ fn terminated_message(code: ErrorCode) -> String {
     match code {
         ErrorCode::TimedOut => "the script ran past its wall-time limit".into(),
         ErrorCode::Cancelled => "the script was cancelled: the cell was killed".into(),
-        ErrorCode::LimitCallDepth => {
-            "the script ran out of stack: its calls or expressions nest deeper than the engine's stack holds".into()
-        }
         other => format!("the script was stopped: {other}"),
     }
+}
+
+/// The call-depth limit's one message ([`abi::error::CALL_DEPTH_MESSAGE`]), at the script
+/// position where the engine stopped, the same whether the policy's limit or the stack's end
+/// stopped it.
+fn call_depth(at: Position) -> CellError {
+    let message = if at.is_none() {
+        abi::error::CALL_DEPTH_MESSAGE.to_string()
+    } else {
+        format!("{} ({at})", abi::error::CALL_DEPTH_MESSAGE)
+    };
+    CellError::new(ErrorCode::LimitCallDepth, message)
 }
 
 /// What the parser's token hook reports when parsing runs past the stack budget.

@@ -53,10 +53,9 @@ pub fn exhausted(resource: Resource, limits: Option<&Resources>) -> CellError {
                 _ => "the cell used up its CPU time".into(),
             },
         ),
-        Resource::Stack => CellError::new(
-            ErrorCode::LimitCallDepth,
-            "the script nested too deeply: it ran off the engine's stack",
-        ),
+        Resource::Stack => {
+            CellError::new(ErrorCode::LimitCallDepth, abi::error::CALL_DEPTH_MESSAGE)
+        }
         _ => CellError::new(ErrorCode::CellCrashed, "the cell used up a resource"),
     }
 }

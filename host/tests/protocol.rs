@@ -417,7 +417,7 @@ fn pipe_errors_are_worded_by_the_host() {
                 detail: "guard page".into(),
             },
             ErrorCode::LimitCallDepth,
-            "the script nested too deeply: it ran off the engine's stack",
+            abi::error::CALL_DEPTH_MESSAGE,
         ),
         (
             || PipeError::Aborted(CellError::new(ErrorCode::Runtime, "in-process guest")),
