@@ -76,6 +76,8 @@ impl TestCell {
     pub fn spawn(backend: &dyn Backend, name: &str, setup: &Setup) -> Result<TestCell, CellError> {
         let spec = setup.spawn_spec(name);
         host::check_hello(&spec.hello)?;
+        // As a supervisor with no broker attached (the service's): a policy without rules gets
+        // the deny-all handler, one with rules the broker.
         let requests: Arc<dyn RequestHandler> = if setup.rules.is_empty() {
             Arc::new(DenyAll)
         } else {

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Each scenario is one test: a fresh cell driven through [`host::CellHost`] over the backend's
-//! pipe, its transcript (every operation, its result code or value, every event `recv`
+//! pipe, its transcript (every operation, its value or error (code and message), every event `recv`
 //! returns) compared with the **same** snapshot file in `snapshots/` for every backend, so
 //! backends cannot drift apart. Property tests check that any value survives the boundary
 //! bit-exactly and that no source text breaks a cell. A backend whose

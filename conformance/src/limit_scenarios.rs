@@ -1,6 +1,7 @@
 //! Limits the host side enforces, in both directions, and the codes only the host may give.
 //! The host words these errors itself, so the transcripts record the whole message, not just
-//! the code: every backend must produce them to the byte.
+//! the code (as for every error but the engine's own, see `transcript`): every backend must
+//! produce them to the byte.
 
 use crate::scenarios::Scenario;
 use crate::target::{Cell, Target};
@@ -50,23 +51,17 @@ fn host_frame_limits(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     t.note("host → cell: an exec's source and a call's arguments over the 1024-byte cap");
     let long = format!("let s = \"{}\"; 1", "x".repeat(2000));
     let r = cell.exec(&long);
-    t.line(format!(
-        "exec <2000-byte source> -> {}",
-        Transcript::full(&r)
-    ));
+    t.line(format!("exec <2000-byte source> -> {}", t.outcome(&r)));
     let _ = t.exec(cell, "fn echo(v) { v }");
     let r = cell.call("echo", vec![Value::Str("y".repeat(2000))], Map::new());
     t.line(format!(
         "call echo(<2000-byte string>) -> {}",
-        Transcript::full(&r)
+        t.outcome(&r)
     ));
     let mut kwargs = Map::new();
     kwargs.insert("k".into(), Value::Bytes(vec![7; 2000]));
     let r = cell.call("echo", vec![], kwargs);
-    t.line(format!(
-        "call echo(k: <2000 bytes>) -> {}",
-        Transcript::full(&r)
-    ));
+    t.line(format!("call echo(k: <2000 bytes>) -> {}", t.outcome(&r)));
     t.note("host → cell: a broker reply over the cap fails the request, not the cell");
     let _ = t.exec(
         cell,
@@ -95,7 +90,7 @@ fn deep_arguments(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
         let r = cell.call("depth", vec![nested(depth)], Map::new());
         t.line(format!(
             "call depth(<{depth} lists deep>) -> {}",
-            Transcript::full(&r)
+            t.outcome(&r)
         ));
     }
     let mut kwargs = Map::new();
@@ -103,7 +98,7 @@ fn deep_arguments(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let r = cell.call("depth", vec![], kwargs);
     t.line(format!(
         "call depth(deep: <100 lists deep>) -> {}",
-        Transcript::full(&r)
+        t.outcome(&r)
     ));
     t.note("cell → host: the script builds the same values");
     let _ = t.exec(
@@ -152,9 +147,6 @@ fn unknown_module_refused(_cell: &Cell, t: &mut Transcript, h: &dyn Target) {
             cell.close();
             Value::Unit
         });
-        t.line(format!(
-            "spawn modules={modules:?} -> {}",
-            Transcript::full(&r)
-        ));
+        t.line(format!("spawn modules={modules:?} -> {}", t.outcome(&r)));
     }
 }

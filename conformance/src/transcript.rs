@@ -1,10 +1,11 @@
 //! A transcript: what a scenario did and what came back, one line per step, independent of the
-//! backend (codes, not messages; values as JSON).
+//! backend: values as JSON, errors as their code and, where the host or the runtime words them,
+//! their message, so every backend must answer word for word.
 
 use crate::driver::RecvError;
 use crate::json;
 use crate::target::ScenarioCell;
-use abi::{CellError, Map, Value};
+use abi::{CellError, ErrorCode, Map, Value};
 use host::Event;
 use std::fmt::Write;
 use std::time::Duration;
@@ -20,13 +21,33 @@ pub struct Transcript {
     text: String,
     /// Host-specific text (a temporary directory) and what stands for it in the snapshot.
     redactions: Vec<(String, String)>,
+    /// Codes recorded without their message from now on (see [`Transcript::code_only`]).
+    codes_only: Vec<ErrorCode>,
 }
 
-fn outcome(r: &Result<Value, CellError>) -> String {
-    match r {
-        Ok(v) => format!("ok {}", json::value(v)),
-        Err(e) => format!("err {}", e.code.name()),
+/// Codes whose message is the script engine's own account of the script's fault (a parse
+/// error, a thrown value, a missing function, with the engine's type names and positions): an
+/// engine of another build words them its own way, so only the code is recorded. Every other
+/// code's message is worded by the host side, the broker or the cell runtime, the same on every
+/// backend, and is recorded whole.
+const ENGINE_WORDED: &[ErrorCode] = &[ErrorCode::Syntax, ErrorCode::Runtime, ErrorCode::NotFound];
+
+/// `message` with every cell name (`` cell `NAME` ``) replaced by `` cell `<cell>` ``: a cell's
+/// name is its front end's handle for it (the scenario's name in process, an id the service
+/// chose over HTTP), not part of the answer.
+fn without_cell_names(message: &str) -> String {
+    const CELL: &str = "cell `";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(CELL) {
+        let name = &rest[at + CELL.len()..];
+        let Some(end) = name.find('`') else { break };
+        out.push_str(&rest[..at + CELL.len()]);
+        out.push_str("<cell>");
+        rest = &name[end..];
     }
+    out.push_str(rest);
+    out
 }
 
 fn event(e: &Event) -> String {
@@ -50,12 +71,29 @@ fn event(e: &Event) -> String {
 }
 
 impl Transcript {
-    /// An outcome with the error's whole message, for errors the host words itself.
-    pub fn full(r: &Result<Value, CellError>) -> String {
+    /// An error as recorded: its code and, unless the engine or the front end words it (see
+    /// [`ENGINE_WORDED`], [`Transcript::code_only`]), its message with cell names normalised.
+    pub fn error(&self, e: &CellError) -> String {
+        if ENGINE_WORDED.contains(&e.code) || self.codes_only.contains(&e.code) {
+            e.code.name().to_string()
+        } else {
+            format!("{}: {}", e.code.name(), without_cell_names(&e.message))
+        }
+    }
+
+    /// An outcome as recorded: `ok VALUE` or `err ERROR` (see [`Transcript::error`]).
+    pub fn outcome(&self, r: &Result<Value, CellError>) -> String {
         match r {
             Ok(v) => format!("ok {}", json::value(v)),
-            Err(e) => format!("err {}: {}", e.code.name(), e.message),
+            Err(e) => format!("err {}", self.error(e)),
         }
+    }
+
+    /// From now on, records errors with `code` by their code alone. For what a front end does
+    /// itself and words its own way: a kill is the driver's `kill` in process and a `DELETE`
+    /// over HTTP, and each says so in its own words.
+    pub fn code_only(&mut self, code: ErrorCode) {
+        self.codes_only.push(code);
     }
 
     /// Records a comment line (`# ...`) in the transcript.
@@ -66,7 +104,7 @@ impl Transcript {
     /// Runs `source` in `cell` and records it with its outcome.
     pub fn exec(&mut self, cell: &dyn ScenarioCell, source: &str) -> Result<Value, CellError> {
         let r = cell.exec(source);
-        let _ = writeln!(self.text, "exec {source:?} -> {}", outcome(&r));
+        let _ = writeln!(self.text, "exec {source:?} -> {}", self.outcome(&r));
         r
     }
 
@@ -80,7 +118,11 @@ impl Transcript {
     ) -> Result<Value, CellError> {
         let shown = json::value(&Value::List(args.clone()));
         let r = cell.call(function, args, kwargs);
-        let _ = writeln!(self.text, "call {function}({shown}) -> {}", outcome(&r));
+        let _ = writeln!(
+            self.text,
+            "call {function}({shown}) -> {}",
+            self.outcome(&r)
+        );
         r
     }
 
@@ -105,7 +147,8 @@ impl Transcript {
                 None
             }
             Err(RecvError::Closed(reason)) => {
-                let _ = writeln!(self.text, "recv -> closed {}", reason.code.name());
+                let closed = self.error(&reason);
+                let _ = writeln!(self.text, "recv -> closed {closed}");
                 None
             }
         }
