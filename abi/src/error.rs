@@ -216,9 +216,14 @@ impl ErrorCode {
     }
 }
 
+/// The code's [`name`](ErrorCode::name); a code this build does not know shows its number too
+/// (`unknown code 99`), so what a newer peer sent is not lost in a message.
 impl core::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(self.name())
+        match self {
+            ErrorCode::Unknown(raw) => write!(f, "unknown code {raw}"),
+            known => f.write_str(known.name()),
+        }
     }
 }
 
@@ -355,7 +360,8 @@ mod tests {
     fn display_is_the_name_and_the_message() {
         use alloc::string::ToString;
         assert_eq!(ErrorCode::LimitCpu.to_string(), "limit_cpu");
-        assert_eq!(ErrorCode::Unknown(99).to_string(), "unknown");
+        assert_eq!(ErrorCode::Unknown(99).name(), "unknown");
+        assert_eq!(ErrorCode::Unknown(99).to_string(), "unknown code 99");
         assert_eq!(
             CellError::new(ErrorCode::Denied, "no grant").to_string(),
             "denied: no grant"

@@ -153,9 +153,7 @@ const _: () = {
     assert!(core::mem::offset_of!(Mailbox, h2g_len) as u64 == MAILBOX_H2G_LEN - MAILBOX_ADDR);
     assert!(core::mem::offset_of!(Mailbox, g2h_len) as u64 == MAILBOX_G2H_LEN - MAILBOX_ADDR);
     assert!(core::mem::offset_of!(Mailbox, oom_size) as u64 == MAILBOX_OOM_SIZE - MAILBOX_ADDR);
-    assert!(
-        core::mem::offset_of!(Mailbox, interrupt) as u64 == MAILBOX_INTERRUPT - MAILBOX_ADDR
-    );
+    assert!(core::mem::offset_of!(Mailbox, interrupt) as u64 == MAILBOX_INTERRUPT - MAILBOX_ADDR);
     assert!(MAILBOX_ADDR + core::mem::size_of::<Mailbox>() as u64 <= GDT_ADDR);
     assert!(BOOT_INFO_ADDR + core::mem::size_of::<BootInfo>() as u64 <= MAILBOX_ADDR);
     assert!(STACK_GUARD_ADDR + 4096 == STACK_BOTTOM && STACK_BOTTOM < STACK_TOP);
@@ -172,9 +170,15 @@ mod tests {
         assert!(!is_stack_overflow(STACK_GUARD_ADDR - 1));
         assert!(is_stack_overflow(STACK_GUARD_ADDR));
         assert!(is_stack_overflow(STACK_BOTTOM - 8), "a push into the guard");
-        assert!(is_stack_overflow(STACK_BOTTOM + 64), "a small frame's first write below");
+        assert!(
+            is_stack_overflow(STACK_BOTTOM + 64),
+            "a small frame's first write below"
+        );
         assert!(!is_stack_overflow(STACK_BOTTOM + 4096));
-        assert!(!is_stack_overflow(STACK_TOP - 8), "a fault with a healthy stack");
+        assert!(
+            !is_stack_overflow(STACK_TOP - 8),
+            "a fault with a healthy stack"
+        );
         assert!(!is_stack_overflow(0));
     }
 
@@ -182,7 +186,10 @@ mod tests {
     fn the_fixed_areas_do_not_overlap() {
         let areas = [
             (BOOT_INFO_ADDR, MAILBOX_ADDR),
-            (MAILBOX_ADDR, MAILBOX_ADDR + core::mem::size_of::<Mailbox>() as u64),
+            (
+                MAILBOX_ADDR,
+                MAILBOX_ADDR + core::mem::size_of::<Mailbox>() as u64,
+            ),
             (GDT_ADDR, GDT_ADDR + 9 * 8),
             (PML4_ADDR, PT_ADDR + 4096),
             (TSS_ADDR, STACK_GUARD_ADDR),
@@ -194,4 +201,3 @@ mod tests {
         }
     }
 }
-

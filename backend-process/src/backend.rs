@@ -45,6 +45,21 @@ impl Default for ProcessBackend {
 
 impl ProcessBackend {
     /// A backend whose cells start from the fork server.
+    ///
+    /// Most users get it through the supervisor; a program of its own registers it like any
+    /// backend:
+    ///
+    /// ```no_run
+    /// use abi::backend::Backend;
+    /// use cell_backend_process::ProcessBackend;
+    ///
+    /// let backend = ProcessBackend::new();
+    /// assert_eq!(backend.name(), "process");
+    /// // What confines its cells on this host, layer by layer (`cell doctor` prints the same).
+    /// for layer in backend.host_layers() {
+    ///     println!("{}: {}", layer.name, if layer.active { "on" } else { "off" });
+    /// }
+    /// ```
     pub fn new() -> Self {
         ProcessBackend::default()
     }

@@ -35,6 +35,19 @@ use std::time::Instant;
 pub const CLOCK_EVERY: u64 = 1024;
 
 /// The in-process backend.
+///
+/// Its cells run on the calling thread; `memory_mib` binds only where the program's global
+/// allocator is the backend's accounting one:
+///
+/// ```no_run
+/// use abi::backend::Backend;
+/// use cell_backend_subinterp::{AccountingAllocator, Subinterp};
+///
+/// #[global_allocator]
+/// static ALLOCATOR: AccountingAllocator = AccountingAllocator;
+///
+/// assert_eq!(Subinterp.name(), "subinterp");
+/// ```
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Subinterp;
 

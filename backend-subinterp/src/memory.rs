@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 /// The global allocator that makes `memory_mib` bind on in-process cells: the system
 /// allocator plus a word per block naming the account that pays for it.
 ///
-/// ```ignore
+/// ```no_run
 /// #[global_allocator]
 /// static ALLOCATOR: cell_backend_subinterp::AccountingAllocator =
 ///     cell_backend_subinterp::AccountingAllocator;

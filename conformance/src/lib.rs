@@ -54,6 +54,14 @@ pub fn all_scenarios() -> impl Iterator<Item = &'static Scenario> {
 /// Defines `main` for a test target (`harness = false`) that runs the whole suite against the
 /// backend `$backend` (an expression of a type implementing
 /// [`Backend`](abi::backend::Backend)).
+///
+/// In `tests/conformance.rs` of a backend crate (a test target with `harness = false`):
+///
+/// ```no_run
+/// # use cell_conformance::StdioBackend as MyBackend;
+/// # fn backend() -> MyBackend { MyBackend::new("mine", "./my-backend", vec![]) }
+/// cell_conformance::conformance_main!(backend());
+/// ```
 #[macro_export]
 macro_rules! conformance_main {
     ($backend:expr) => {

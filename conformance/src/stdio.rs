@@ -33,6 +33,15 @@ pub struct StdioBackend {
 impl StdioBackend {
     /// The program at `program`, run with `args` for every cell, named `name` in transcripts'
     /// diagnostics and the broker's audit.
+    ///
+    /// A backend written in another language is certified from a Rust test target
+    /// (`harness = false`) that names its program:
+    ///
+    /// ```no_run
+    /// use cell_conformance::{StdioBackend, conformance_main};
+    ///
+    /// conformance_main!(StdioBackend::new("mine", "./my-backend", vec!["--stdio".into()]));
+    /// ```
     pub fn new(name: impl Into<String>, program: impl Into<PathBuf>, args: Vec<String>) -> Self {
         StdioBackend {
             name: name.into(),

@@ -9,6 +9,37 @@ use alloc::{boxed::Box, format, sync::Arc};
 
 /// Serves the host over `transport` until it says `Shutdown` (`Ok`) or the channel or protocol
 /// breaks (`Err`, after telling the host where it still can).
+///
+/// A guest program is its transport plus this call:
+///
+/// ```no_run
+/// use abi::{GuestFrame, HostFrame};
+/// use cell_runtime::{NeverInterrupt, Transport, TransportError};
+/// use std::sync::{Arc, mpsc};
+///
+/// /// Frames over two channels; a real guest uses its boundary's pipe or shared memory.
+/// struct Channels {
+///     to_host: mpsc::Sender<GuestFrame>,
+///     from_host: mpsc::Receiver<HostFrame>,
+/// }
+///
+/// impl Transport for Channels {
+///     fn send(&mut self, frame: GuestFrame) -> Result<(), TransportError> {
+///         self.to_host.send(frame).map_err(|_| TransportError::Closed)
+///     }
+///     fn recv(&mut self) -> Result<HostFrame, TransportError> {
+///         self.from_host.recv().map_err(|_| TransportError::Closed)
+///     }
+/// }
+///
+/// let (to_host, _host_reads) = mpsc::channel();
+/// let (_host_writes, from_host) = mpsc::channel();
+/// let transport = Channels { to_host, from_host };
+/// // A boundary that stops its guest from outside (a killed process or vCPU) needs no
+/// // interrupt of its own.
+/// cell_runtime::agent::serve(Box::new(transport), Arc::new(NeverInterrupt))?;
+/// # Ok::<(), abi::CellError>(())
+/// ```
 pub fn serve(
     transport: Box<dyn Transport>,
     interrupt: Arc<dyn Interrupt>,

@@ -74,6 +74,25 @@ pub fn ready() -> Ready {
 impl Cell {
     /// Builds a cell for `hello` (checked first) that talks over `transport`.
     /// Runs on a stack of [`limits::ENGINE_STACK_BYTES`].
+    ///
+    /// For a backend that drives the cell itself rather than through [`crate::agent::serve`]
+    /// (the in-process backend does):
+    ///
+    /// ```no_run
+    /// use abi::HostFrame;
+    /// use cell_runtime::{Cell, NeverInterrupt, Transport};
+    /// use std::sync::Arc;
+    ///
+    /// fn run(mut transport: Box<dyn Transport>) -> Result<(), abi::CellError> {
+    ///     let Ok(HostFrame::Hello(hello)) = transport.recv() else {
+    ///         return Ok(()); // the host went away, or broke the protocol
+    ///     };
+    ///     let mut cell = Cell::new(&hello, transport, Arc::new(NeverInterrupt))?;
+    ///     let answer = cell.exec("40 + 2")?;
+    ///     assert_eq!(answer, abi::Value::Int(42));
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn new(
         hello: &Hello,
         transport: Box<dyn Transport>,

@@ -1,5 +1,10 @@
 //! The host side of the protocol: one implementation, plugged into every backend's pipe.
 //!
+//! Why one file of about 700 lines: it is one state machine (handshake, idle, transaction in
+//! flight, dead) and every frame's check reads the same state under the same lock; the rules
+//! that need no state live in `rules.rs`, deadlines in `deadlines.rs`, broker requests in
+//! `requests.rs`.
+//!
 //! It holds the per-cell protocol state and checks every frame against it, in both directions.
 //! Host frames go through [`CellHost::transact`] (or [`CellHost::outgoing`]), which checks the
 //! frame cap, value depth and the engine's lengths before any pipe sees them. Guest frames come

@@ -1,5 +1,11 @@
 //! One node: its supervisor, its cells by id, tenants, quotas, expiry. Everything here is
 //! synchronous; the HTTP layer calls the blocking parts through `api::blocking`.
+//!
+//! Why one file of about 900 lines: a create, a removal, the reaper and a drain each move several
+//! of the node's counts together (places under `max_cells`, the tenant's quota reservation, the
+//! expiry index, the idempotency slot, the live-cell gauge), and each must give back exactly
+//! what it took on every path. Kept side by side, the take and the give-back of each count can
+//! be read against each other; the cell's own record (`Entry`) sits with them for that reason.
 
 use crate::config::{ServeConfig, valid_node_name};
 use crate::error::ApiError;

@@ -263,6 +263,7 @@ fn ci() -> bool {
         ]),
     );
     let guests = guests();
+    let features = feature_sets();
     println!("\n==> cargo test --workspace");
     let mut test = cargo();
     test.args(["test", "--workspace", "--exclude", ENGINE, "--no-fail-fast"]);
@@ -270,15 +271,36 @@ fn ci() -> bool {
     let conformance = report(BACKENDS, &results);
     let packaged = package::package(&[]);
     println!(
-        "\n==> summary: fmt {} · clippy {} · guests {} · tests {} · conformance {} · package {}",
+        "\n==> summary: fmt {} · clippy {} · guests {} · features {} · tests {} · conformance {} · package {}",
         verdict(fmt),
         verdict(clippy),
         verdict(guests),
+        verdict(features),
         verdict(tests),
         verdict(conformance),
         verdict(packaged)
     );
-    fmt && clippy && guests && tests && conformance && packaged
+    fmt && clippy && guests && features && tests && conformance && packaged
+}
+
+/// The supervisor's feature sets a dependent may pick, beyond the default (all backends): each
+/// must build without warnings on its own (`supervisor/tests/features.rs` checks what each
+/// one pulls in).
+const FEATURE_SETS: &[&str] = &["", "subinterp", "process", "microvm"];
+
+fn feature_sets() -> bool {
+    let mut ok = true;
+    for set in FEATURE_SETS {
+        let mut cmd = cargo();
+        cmd.args(["clippy", "-p", "cell-supervisor", "--no-default-features"]);
+        if !set.is_empty() {
+            cmd.args(["--features", set]);
+        }
+        cmd.args(["--", "-D", "warnings"]);
+        let name = if set.is_empty() { "none" } else { set };
+        ok &= step(&format!("cell-supervisor with features: {name}"), &mut cmd);
+    }
+    ok
 }
 
 /// Guest programs kept out of the workspace (own lock file, own static build): each is
@@ -306,6 +328,23 @@ fn guests() -> bool {
         );
         ok &= run("cargo test", &["test"]);
     }
+    // The microvm guest is built (with flags and a linker script of its own) by its backend's
+    // build script, which also runs clippy on it when asked; its pure modules are unit-tested
+    // inside the backend crate (`backend-microvm/src/lib.rs`).
+    let microvm = root().join("backend-microvm/guest/Cargo.toml");
+    ok &= step(
+        "backend-microvm/guest: cargo fmt --check",
+        cargo()
+            .args(["fmt", "--manifest-path"])
+            .arg(&microvm)
+            .args(["--", "--check"]),
+    );
+    ok &= step(
+        "backend-microvm/guest: cargo clippy -D warnings",
+        cargo()
+            .args(["build", "-p", "cell-backend-microvm"])
+            .env("CELL_MICROVM_GUEST_CLIPPY", "1"),
+    );
     ok
 }
 

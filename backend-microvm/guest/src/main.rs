@@ -5,6 +5,8 @@
 //! shared-memory buffers and port I/O (see `layout.rs`, shared with the host).
 #![no_std]
 #![no_main]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
 
 extern crate alloc;
 
@@ -38,6 +40,8 @@ pub(crate) fn port_out(port: u16, value: u32) {
     }
 }
 
+/// The entry point the host's boot registers jump to: reads the boot page, sets up the heap and
+/// serves the cell until the host stops the VM.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".text._start")]
 pub extern "C" fn _start() -> ! {

@@ -3,8 +3,8 @@ use crate::layout::*;
 use core::alloc::{GlobalAlloc, Layout};
 use core::arch::asm;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicU64, Ordering};
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
 use talc::DefaultBinning;
 use talc::base::Talc;
 use talc::base::binning::Binning;
@@ -94,7 +94,9 @@ pub fn init_heap(base: u64, size: u64) {
         .min(limit);
     // SAFETY: the host reserved [base, limit) as heap: RAM used by nothing else; first <= limit.
     let end = unsafe { ALLOC.0.claim(base as *mut u8, first - base) };
-    let Some(end) = end else { fatal("heap too small") };
+    let Some(end) = end else {
+        fatal("heap too small")
+    };
     ALLOC.0.replace_source(Grow {
         end: Some(end),
         limit,

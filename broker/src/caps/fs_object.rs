@@ -1,5 +1,10 @@
 //! `fs`: opening the object a path names beneath a root, and deciding deny rules on that object.
 //!
+//! Why one file of about 630 lines: this is the security-critical sequence of the fs capability
+//! (open beneath the root, follow a last symlink by hand, compare every ancestor with the denied
+//! subtrees), and it is read and reviewed as one piece; its callers in `fs.rs` only decide
+//! what to do with the object it returns.
+//!
 //! Deny rules are decided on what was actually opened, never on the path: the directory that
 //! holds the object is opened first (the kernel resolves it beneath the root), a symlink in the
 //! last component is followed by hand so the holding directory stays known, and the object is

@@ -1,5 +1,6 @@
 //! `cell-serve`: the service's own entry point until the `cell` program carries `serve` and
 //! `tenant add` (same arguments). Logs are JSON lines on stderr (`CELL_LOG` filters them).
+#![forbid(unsafe_code)]
 
 use cell_service::cli::{ServeArgs, TenantAddArgs};
 use clap::{Parser, Subcommand};
