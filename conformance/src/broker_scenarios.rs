@@ -8,6 +8,7 @@ use crate::Transcript;
 use crate::scenarios::Scenario;
 use crate::target::{Cell, Target};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Scenarios for capability requests through the broker: granted, denied, out of scope.
 pub static BROKER_SCENARIOS: &[Scenario] = &[
@@ -26,9 +27,15 @@ pub static BROKER_SCENARIOS: &[Scenario] = &[
         setup: out_of_scope_policy,
         run: broker_out_of_scope,
     },
+    Scenario {
+        name: "broker_request_past_wall_time",
+        setup: held_request_policy,
+        run: broker_request_past_wall_time,
+    },
 ];
 
-/// A directory on the host holding `hello.txt` ("hello") and `private/key` ("k"); the same
+/// A directory on the host holding `hello.txt` ("hello"), `private/key` ("k") and two
+/// symlinks into `private`: `key-link` to the key, `private-link` to the directory; the same
 /// contents for every backend and run.
 fn fixture() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cell-conformance-broker-{}", std::process::id()));
@@ -40,6 +47,15 @@ fn fixture() -> PathBuf {
         let tmp = dir.with_extension(format!("{:?}.tmp", std::thread::current().id()));
         std::fs::write(&tmp, content).expect("write the fs fixture");
         std::fs::rename(&tmp, dir.join(path)).expect("write the fs fixture");
+    }
+    for (link, target) in [("key-link", "private/key"), ("private-link", "private")] {
+        // Made once, never replaced: a symlink is created whole or not at all.
+        match std::os::unix::fs::symlink(target, dir.join(link)) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                panic!("link the fs fixture: {e}")
+            }
+            _ => {}
+        }
     }
     dir
 }
@@ -155,6 +171,17 @@ fn broker_denied(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
         cell,
         r#"request("fs", "read", #{root: root(), path: "./private/../private/key"})"#,
     );
+    // ... and however a symlink inside the granted root reaches it.
+    caught(
+        t,
+        cell,
+        r#"request("fs", "read", #{root: root(), path: "key-link"})"#,
+    );
+    caught(
+        t,
+        cell,
+        r#"request("fs", "read", #{root: root(), path: "private-link/key"})"#,
+    );
     // The rest of the grant still works, and so does the cell.
     let _ = t.exec(
         cell,
@@ -233,4 +260,49 @@ fn broker_out_of_scope(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
         r#"request("fs", "read", #{root: root(), path: 5})"#,
     );
     let _ = t.exec(cell, "\"still usable\"");
+}
+
+/// A loopback listener that accepts connections and never answers: an `http` request to it is
+/// held until something ends it. One per process, alive as long as it.
+fn silent_origin() -> String {
+    static LISTENER: std::sync::OnceLock<std::net::TcpListener> = std::sync::OnceLock::new();
+    let listener = LISTENER.get_or_init(|| {
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback listener")
+    });
+    format!(
+        "http://{}",
+        listener.local_addr().expect("the listener's address")
+    )
+}
+
+fn held_request_policy() -> Setup {
+    let mut s = Setup::default().with_rules_toml(&format!(
+        r#"
+        [[grants]]
+        capability = "http"
+        actions = ["get"]
+        origins = ["{}"]
+        timeout_ms = 60000
+        "#,
+        silent_origin()
+    ));
+    s.limits.max_operations = 0;
+    s.wall_time = Some(Duration::from_millis(500));
+    s
+}
+
+/// The wall-time limit covers a broker request in flight: a request held by a server that
+/// never answers (its grant allows a minute) ends the exec at the cell's 500 ms, `timed_out`
+/// in the host's words, not when the grant's timeout passes; the cell is gone after it.
+fn broker_request_past_wall_time(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
+    let origin = silent_origin();
+    t.redact(&origin, "$ORIGIN");
+    cell.exec(&format!("fn origin() {{ {origin:?} }}"))
+        .expect("define origin()");
+    let _ = t.exec(
+        cell,
+        r#"post("asking"); request("http", "get", #{url: origin() + "/held"})"#,
+    );
+    let _ = t.exec(cell, "1");
+    t.drain(cell);
 }

@@ -175,6 +175,10 @@ impl TestCell {
     pub fn interrupt(&self) -> bool {
         match &self.inner.interrupter {
             Some(i) => {
+                // First, so the guest's `cancelled` completion is taken as the host's (as the
+                // supervisor's `Cell::interrupt` does); without it the host reads a guest
+                // claiming a code only the host may give.
+                self.inner.host.mark_interrupted();
                 i.interrupt();
                 true
             }

@@ -154,6 +154,7 @@ impl Target for Harness {
 /// Runs the scenario `name` on a fresh cell of `target` and returns its transcript.
 pub fn scenario_transcript(target: &dyn Target, name: &str) -> String {
     let scenario = crate::all_scenarios()
+        .chain(crate::PIPE_SCENARIOS)
         .find(|s| s.name == name)
         .unwrap_or_else(|| panic!("no scenario `{name}`"));
     let cell = target

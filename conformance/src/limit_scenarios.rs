@@ -3,10 +3,11 @@
 //! the code (as for every error but the engine's own, see `transcript`): every backend must
 //! produce them to the byte.
 
-use crate::scenarios::Scenario;
+use crate::scenarios::{Scenario, spin_past_limit, unlimited_ops};
 use crate::target::{Cell, Target};
 use crate::{Setup, Transcript};
 use abi::{Map, Value};
+use host::Event;
 
 /// Scenarios for the limits: frame caps, engine limits and resources, as every backend must enforce
 /// them.
@@ -31,7 +32,79 @@ pub static LIMIT_SCENARIOS: &[Scenario] = &[
         setup: Setup::default,
         run: unknown_module_refused,
     },
+    Scenario {
+        name: "limit_memory",
+        setup: small_memory,
+        run: limit_memory,
+    },
+    Scenario {
+        name: "limit_cpu",
+        setup: short_cpu_time,
+        run: spin_past_limit,
+    },
+    Scenario {
+        name: "event_queue_bytes",
+        setup: few_queued_bytes,
+        run: event_queue_bytes,
+    },
 ];
+
+fn small_memory() -> Setup {
+    let mut s = unlimited_ops();
+    s.resources.memory_bytes = 64 << 20;
+    s
+}
+
+/// A script that keeps allocating is stopped at `memory_mib` with `limit_memory`, worded by the
+/// host with the limit, and the cell is gone; what it posted before is still delivered.
+fn limit_memory(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
+    t.note("64 KiB BLOBs kept in an array until the 64 MiB limit stops the script");
+    let _ = t.exec(
+        cell,
+        "post(\"before\"); let a = []; loop { a.push(blob(65536, 1)); }",
+    );
+    let _ = t.exec(cell, "1");
+    t.drain(cell);
+}
+
+/// A script spinning past `cpu_time_ms` (300 ms) is stopped with `limit_cpu`, never
+/// `timed_out` (the wall time is 200 times longer) or a crash, and the cell is gone.
+fn short_cpu_time() -> Setup {
+    let mut s = unlimited_ops();
+    s.resources.cpu_time_ms = 300;
+    s
+}
+
+fn few_queued_bytes() -> Setup {
+    let mut s = Setup::default();
+    s.channel.max_queued_bytes = 8 * 1024;
+    s
+}
+
+/// The event queue's byte bound, with the event count far away: events that fit are
+/// delivered; a flood of large posts stops the cell with `limit_event_queue`, the message
+/// naming the bytes held, and what was accepted is still delivered.
+fn event_queue_bytes(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
+    let _ = t.exec(cell, "for i in 0..3 { post(blob(1000, i)) } 0");
+    t.drain_shown(cell, blob_post);
+    let _ = t.exec(cell, "for i in 0..100 { post(blob(1000, i)) } 0");
+    t.drain_shown(cell, blob_post);
+    let _ = t.exec(cell, "1");
+}
+
+/// A post of a BLOB as its length and first byte; anything else as it is.
+fn blob_post(e: &Event) -> String {
+    match e {
+        Event::Post(Value::Bytes(b)) => {
+            format!(
+                "post <{} bytes of {}>",
+                b.len(),
+                b.first().copied().unwrap_or(0)
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}
 
 fn small_frames_with_random() -> Setup {
     let mut s = Setup::default().with_rules_toml(

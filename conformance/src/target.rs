@@ -23,6 +23,12 @@ pub trait ScenarioCell: Send + Sync {
     fn kill(&self);
     /// Asks the cell to exit and releases its boundary; queued events stay receivable.
     fn close(&self);
+    /// Ends the running exec/call with `cancelled` and leaves the cell usable; `false` where
+    /// this front end cannot (the scenarios that need it run on the backend's pipe only, see
+    /// [`PIPE_SCENARIOS`](crate::PIPE_SCENARIOS)).
+    fn interrupt(&self) -> bool {
+        false
+    }
 }
 
 /// A cell as the scenarios hold it.
@@ -58,6 +64,10 @@ impl ScenarioCell for TestCell {
     fn close(&self) {
         TestCell::close(self)
     }
+
+    fn interrupt(&self) -> bool {
+        TestCell::interrupt(self)
+    }
 }
 
 impl<C: ScenarioCell + ?Sized> ScenarioCell for Arc<C> {
@@ -79,5 +89,9 @@ impl<C: ScenarioCell + ?Sized> ScenarioCell for Arc<C> {
 
     fn close(&self) {
         (**self).close()
+    }
+
+    fn interrupt(&self) -> bool {
+        (**self).interrupt()
     }
 }

@@ -128,18 +128,29 @@ impl Transcript {
 
     /// Receives one event that must already be on its way.
     pub fn recv(&mut self, cell: &dyn ScenarioCell) -> Option<Event> {
-        self.recv_within(cell, RECV_WAIT)
+        self.recv_within(cell, RECV_WAIT, event)
     }
 
     /// Receives until the queue is empty (waiting briefly), recording each event.
     pub fn drain(&mut self, cell: &dyn ScenarioCell) {
-        while self.recv_within(cell, EMPTY_WAIT).is_some() {}
+        while self.recv_within(cell, EMPTY_WAIT, event).is_some() {}
     }
 
-    fn recv_within(&mut self, cell: &dyn ScenarioCell, wait: Duration) -> Option<Event> {
+    /// As [`Transcript::drain`], each event recorded as `shown` describes it (for events too
+    /// large to record whole).
+    pub fn drain_shown(&mut self, cell: &dyn ScenarioCell, shown: fn(&Event) -> String) {
+        while self.recv_within(cell, EMPTY_WAIT, shown).is_some() {}
+    }
+
+    fn recv_within(
+        &mut self,
+        cell: &dyn ScenarioCell,
+        wait: Duration,
+        shown: fn(&Event) -> String,
+    ) -> Option<Event> {
         match cell.recv(Some(wait)) {
             Ok(e) => {
-                let _ = writeln!(self.text, "recv -> {}", event(&e));
+                let _ = writeln!(self.text, "recv -> {}", shown(&e));
                 Some(e)
             }
             Err(RecvError::Timeout) => {
