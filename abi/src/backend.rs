@@ -13,6 +13,8 @@
 //! Third-party backends implement [`Backend`] and [`CellPipe`], register with the supervisor and
 //! run the conformance suite (`cell-conformance`) against themselves.
 
+pub mod watchdog;
+
 use crate::{CellError, ErrorCode, GuestFrame, Hello, HostFrame, wire};
 use std::{boxed::Box, string::String, sync::Arc, time::Instant, vec::Vec};
 

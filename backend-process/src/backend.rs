@@ -13,6 +13,7 @@ use abi::backend::{
 use abi::wire::{self, HEADER_LEN};
 
 use crate::cell::{Killer, ProcessCell};
+use crate::deadline::ChannelDeadline;
 use crate::error::Error;
 use crate::fork_server::PoolLease;
 use crate::host::host_support;
@@ -205,10 +206,12 @@ impl ProcessPipe {
             pidfd: cell.pidfd(),
             in_flight: std::sync::atomic::AtomicBool::new(false),
         });
+        let deadline = ChannelDeadline::new(cell.channel().as_raw_fd());
         ProcessPipe {
             interrupter,
             io: SocketIo {
                 cell,
+                deadline,
                 buf: vec![0; READ_BUF].into_boxed_slice(),
                 start: 0,
                 end: 0,
@@ -240,7 +243,17 @@ impl CellPipe for ProcessPipe {
         );
         let flag = &self.interrupter.in_flight;
         flag.store(interruptible, std::sync::atomic::Ordering::SeqCst);
-        let res = drive(&mut self.io, &*self.host, &frame, deadline, self.max_len);
+        if let Some(d) = &self.io.deadline {
+            d.arm(deadline);
+        }
+        let mut res = drive(&mut self.io, &*self.host, &frame, deadline, self.max_len);
+        if let Some(d) = &self.io.deadline
+            && d.disarm()
+            && res.is_ok()
+        {
+            // The deadline passed as the answer came: the channel's read side is shut.
+            res = Err(PipeError::TimedOut);
+        }
         flag.store(false, std::sync::atomic::Ordering::SeqCst);
         if let Err(e) = &res {
             // A transaction that broke leaves the stream mid-frame: never reuse it.
@@ -280,6 +293,15 @@ impl CellPipe for ProcessPipe {
     }
 }
 
+impl Drop for ProcessPipe {
+    fn drop(&mut self) {
+        // The channel closes with the cell, after this: the watchdog must not touch it since.
+        if let Some(d) = &self.io.deadline {
+            d.close();
+        }
+    }
+}
+
 const READ_BUF: usize = 64 << 10;
 /// Whether this thread may run on more than one CPU (else spinning only delays the
 /// peer, which needs the same CPU). Asked of the kernel once every 256 calls per thread:
@@ -312,6 +334,8 @@ const SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 /// costs one `read`.
 struct SocketIo {
     cell: ProcessCell,
+    /// The transaction's deadline, enforced by the watchdog (`None`: by a `poll` per read).
+    deadline: Option<Arc<ChannelDeadline>>,
     buf: Box<[u8]>,
     start: usize,
     end: usize,
@@ -321,6 +345,9 @@ struct SocketIo {
 impl SocketIo {
     /// Why the channel ended: killed by the host, crashed, or closed.
     fn ended(&mut self) -> PipeError {
+        if self.deadline.as_ref().is_some_and(|d| d.fired()) {
+            return PipeError::TimedOut;
+        }
         if self.cell.killer().was_killed() {
             return PipeError::Killed;
         }
@@ -381,8 +408,10 @@ impl SocketIo {
             }
             std::thread::yield_now();
         }
+        // With the watchdog, a blocking read: it shuts the channel's read side at the deadline.
+        let poll_for = deadline.filter(|_| self.deadline.is_none());
         loop {
-            if let Some(deadline) = deadline {
+            if let Some(deadline) = poll_for {
                 let now = Instant::now();
                 if now >= deadline {
                     return Err(PipeError::TimedOut);

@@ -39,6 +39,7 @@ mod fork_server;
 mod spawn;
 
 mod backend;
+mod deadline;
 mod exit;
 mod usage;
 pub use usage::CgroupUsage;

@@ -260,6 +260,9 @@ fn fork_server_cells_are_separate_processes_in_separate_namespaces() {
 
 #[test]
 fn a_fork_server_that_dies_is_replaced() {
+    // Held throughout, so that only this test's kill replaces the server (another test
+    // dropping the last lease would retire it).
+    let _lease = crate::fork_server::PoolLease::new();
     drop(spawn_probe("sleep")); // the server runs
     let server =
         crate::fork_server::test_hooks::server_pid(Image::Probe).expect("a running server");
