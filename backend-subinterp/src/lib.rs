@@ -222,16 +222,13 @@ impl Transport for Inline {
             // The script's own report of the stop never reaches the host: the backend reports it.
             return Err(TransportError::Closed);
         }
-        let len = wire::encoded_len(&frame)
-            .map_err(|e| TransportError::failed(ErrorCode::Internal, e.to_string()))?;
+        let len = wire::encoded_len(&frame).map_err(runtime::cannot_send)?;
         if len > self.max_frame_len as usize {
-            return Err(TransportError::failed(
-                ErrorCode::LimitFrameSize,
-                format!(
-                    "cannot send: frame of {len} bytes exceeds the cap of {} bytes",
-                    self.max_frame_len
-                ),
-            ));
+            // Worded as every byte-stream guest words it.
+            return Err(runtime::cannot_send(wire::WireError::TooLarge {
+                len: len as u64,
+                max: self.max_frame_len,
+            }));
         }
         // What the host side allocates to handle the frame is the host's, not the cell's.
         match memory::uncharged(|| self.host.on_frame(frame)) {

@@ -37,7 +37,7 @@ pub use cell::Cell;
 pub use cell::{Step, check_hello, prewarm, ready};
 pub use errors::cell_error;
 pub use transport::{
-    Interrupt, NeverInterrupt, Transport, TransportError, decode_frame, encode_frame,
+    Interrupt, NeverInterrupt, Transport, TransportError, cannot_send, decode_frame, encode_frame,
 };
 
 /// The engine name reported in the handshake.

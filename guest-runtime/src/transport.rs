@@ -64,7 +64,13 @@ pub fn encode_frame(
     frame: &GuestFrame,
     max_frame_len: u32,
 ) -> Result<alloc::vec::Vec<u8>, TransportError> {
-    abi::wire::encode(frame, max_frame_len).map_err(|e| match e {
+    abi::wire::encode(frame, max_frame_len).map_err(cannot_send)
+}
+
+/// Why a frame could not be sent, as the script sees it: one wording for every transport (a
+/// frame over the cap is `limit_frame_size`, the script's own error; anything else a bug).
+pub fn cannot_send(e: abi::wire::WireError) -> TransportError {
+    match e {
         abi::wire::WireError::TooLarge { .. } => TransportError::failed(
             ErrorCode::LimitFrameSize,
             alloc::format!("cannot send: {e}"),
@@ -73,7 +79,7 @@ pub fn encode_frame(
             ErrorCode::Internal,
             alloc::format!("cannot encode: {other}"),
         ),
-    })
+    }
 }
 
 /// Decodes a host frame body for a byte-stream transport.
