@@ -84,6 +84,66 @@ pub struct Call {
     /// settle. A capability that can only decide them on the object it opens (`fs`: the file a
     /// path resolves to) checks them there and fails with [`CapabilityError::Denied`].
     pub denies: Vec<PendingDeny>,
+    /// The largest reply the cell takes, in bytes of data (the host's frame cap less the reply's
+    /// framing); `None` when the caller set none. A capability
+    /// reading data clips or refuses its read to it before allocating: see [`Call::read_limit`].
+    pub max_reply_bytes: Option<u64>,
+}
+
+/// Largest `max_bytes` a grant may set (16 MiB): no request or reply frame is larger, so a
+/// read, write, value or body past it could never cross to or from a cell.
+pub const MAX_GRANT_BYTES: u64 = abi::wire::ABSOLUTE_MAX_FRAME_LEN as u64;
+
+/// Checks a grant's `max_bytes`: positive and at most [`MAX_GRANT_BYTES`].
+pub(crate) fn check_max_bytes(rule: &Rule) -> Result<(), String> {
+    match rule.max_bytes {
+        Some(0) => Err("`max_bytes` must be positive".into()),
+        Some(n) if n > MAX_GRANT_BYTES => Err(format!(
+            "`max_bytes` is {n}, over {MAX_GRANT_BYTES} (16 MiB, the largest frame a cell sends or takes)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The most bytes one read may return, and which limit set it (for the refusal's message).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadLimit {
+    /// The bytes allowed.
+    pub max: u64,
+    /// Set by the largest reply the cell takes, not by the grant.
+    pub by_reply: bool,
+}
+
+impl ReadLimit {
+    /// The refusal of a read of `what` over this limit: [`CapabilityError::TooLarge`] naming
+    /// the grant's cap, or [`CapabilityError::ReplyTooLarge`] naming the reply's.
+    pub fn exceeded(&self, what: String) -> CapabilityError {
+        if self.by_reply {
+            CapabilityError::ReplyTooLarge {
+                what,
+                max: self.max,
+            }
+        } else {
+            CapabilityError::TooLarge(format!("{what}, the grant allows reads of {}", self.max))
+        }
+    }
+}
+
+impl Call {
+    /// The most bytes a read may return: the grant's cap `grant_max`, clipped to
+    /// [`Call::max_reply_bytes`].
+    pub fn read_limit(&self, grant_max: u64) -> ReadLimit {
+        match self.max_reply_bytes {
+            Some(reply) if reply < grant_max => ReadLimit {
+                max: reply,
+                by_reply: true,
+            },
+            _ => ReadLimit {
+                max: grant_max,
+                by_reply: false,
+            },
+        }
+    }
 }
 
 /// A deny rule left to the capability, with the label (`denies[i]`) its refusal names.

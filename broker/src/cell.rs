@@ -142,6 +142,22 @@ impl CellBroker {
         payload: Value,
         deadline: Option<Instant>,
     ) -> Result<Value, CellError> {
+        self.request_within(backend, capability, action, payload, deadline, None)
+    }
+
+    /// [`CellBroker::request_with_deadline`] whose reply carries at most `max_reply_bytes`
+    /// bytes of data (the host's `RequestContext::max_reply_bytes`): capabilities that read
+    /// (`fs` files, `http` bodies) clip or refuse their reads to it before allocating, with
+    /// `limit_frame_size` naming the limit ([`CapabilityError::ReplyTooLarge`]).
+    pub fn request_within(
+        &self,
+        backend: &str,
+        capability: &str,
+        action: &str,
+        payload: Value,
+        deadline: Option<Instant>,
+        max_reply_bytes: Option<u64>,
+    ) -> Result<Value, CellError> {
         let start = Instant::now();
         let cap = self.shared.caps.get(capability);
         let known = cap.is_some_and(|c| c.actions().contains(&action));
@@ -160,7 +176,11 @@ impl CellBroker {
                 bytes: 0,
             }
         } else {
-            self.decide_and_run(backend, cap, capability, action, payload, deadline)
+            let bounds = Bounds {
+                deadline,
+                max_reply_bytes,
+            };
+            self.decide_and_run(backend, cap, capability, action, payload, bounds)
         };
         let (outcome_name, message) = match &outcome.result {
             Ok(_) => ("ok".to_string(), None),
@@ -204,7 +224,7 @@ impl CellBroker {
         capability: &str,
         action: &str,
         payload: Value,
-        deadline: Option<Instant>,
+        bounds: Bounds,
     ) -> Outcome {
         const DEFAULT: &str = "default-deny";
         if self.cancel.cancelled.load(Ordering::SeqCst) {
@@ -315,11 +335,12 @@ impl CellBroker {
             rule: rule.clone(),
             timeout,
             denies: pending,
+            max_reply_bytes: bounds.max_reply_bytes,
         };
         let result = if cap.is_quick() {
             run_guarded(&**cap, &call)
         } else {
-            self.run_on_worker(cap.clone(), call, timeout, deadline)
+            self.run_on_worker(cap.clone(), call, timeout, bounds.deadline)
         };
         if let Err(Exec::Cap(CapabilityError::Denied { rule, reason })) = result {
             // A deny rule decided on the object the capability opened: that rule is named, and
@@ -439,6 +460,13 @@ impl CellBroker {
         slot.abandoned.store(true, Ordering::SeqCst);
         outcome
     }
+}
+
+/// What bounds one request besides its grant.
+#[derive(Clone, Copy)]
+struct Bounds {
+    deadline: Option<Instant>,
+    max_reply_bytes: Option<u64>,
 }
 
 enum Exec {

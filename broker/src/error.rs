@@ -76,6 +76,18 @@ pub enum CapabilityError {
     /// A size cap of the grant was exceeded.
     #[error("too large: {0}")]
     TooLarge(String),
+    /// The data asked for is larger than the largest reply the cell takes (its channel's
+    /// `max_frame_bytes` less the reply's framing): refused before it is read, with the code
+    /// the host gives an over-cap reply.
+    #[error(
+        "too large: {what}, but a reply to this cell carries at most {max} bytes (its channel's max_frame_bytes less the reply's framing)"
+    )]
+    ReplyTooLarge {
+        /// What was too large.
+        what: String,
+        /// The largest reply, in bytes of data.
+        max: u64,
+    },
     /// The thing asked for does not exist (a file, a key).
     #[error("not found: {0}")]
     NotFound(String),
@@ -117,6 +129,7 @@ impl CapabilityError {
             CapabilityError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             CapabilityError::OutOfScope(_) | CapabilityError::Denied { .. } => ErrorCode::Denied,
             CapabilityError::TooLarge(_) => ErrorCode::LimitValue,
+            CapabilityError::ReplyTooLarge { .. } => ErrorCode::LimitFrameSize,
             CapabilityError::QuotaExceeded(_) => ErrorCode::LimitQuota,
             CapabilityError::NotFound(_) => ErrorCode::NotFound,
             CapabilityError::Failed(_) => ErrorCode::CapabilityFailed,

@@ -39,7 +39,9 @@ mod rules;
 
 pub use audit::{AuditRecord, AuditSink, Decision, JsonLinesAudit, MemoryAudit, NoAudit};
 pub use broker::{Broker, BrokerBuilder, DEFAULT_TIMEOUT, MAX_TIMEOUT_MS};
-pub use capability::{Call, Capability, Payload, PendingDeny, value_bytes};
+pub use capability::{
+    Call, Capability, MAX_GRANT_BYTES, Payload, PendingDeny, ReadLimit, value_bytes,
+};
 pub use caps::{KvLimits, Secrets};
 pub use cell::CellBroker;
 pub use error::{CapabilityError, ConfigError};

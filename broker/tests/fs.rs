@@ -357,6 +357,93 @@ fn size_caps_apply_to_reads_and_writes() {
     assert!(req(&c, "read", &f.root, "a.txt").is_ok());
 }
 
+/// A read is bounded by the largest reply the cell takes as well as by the grant: a file over
+/// that reply is refused before it is read, naming the reply's limit (`limit_frame_size`, as
+/// the host would give), a file of exactly that size is read, and where the grant's cap is the
+/// smaller one the refusal names the grant.
+#[test]
+fn reads_are_bounded_by_the_largest_reply() {
+    let f = fixture();
+    std::fs::write(Path::new(&f.root).join("big"), vec![7u8; 100]).unwrap();
+    let broker = Broker::builder().build().unwrap();
+    let c = cell(&broker, "reply", &grant(&f.root, "read", "[\"read\"]", ""));
+    let read = |max_reply: u64| {
+        c.request_within(
+            B,
+            "fs",
+            "read",
+            map(&[("root", s(&f.root)), ("path", s("big"))]),
+            None,
+            Some(max_reply),
+        )
+    };
+    let err = read(99).unwrap_err();
+    assert_eq!(err.code, ErrorCode::LimitFrameSize, "{err}");
+    assert_eq!(
+        err.message,
+        "fs.read: too large: `big` has 100 bytes, but a reply to this cell carries at most 99 bytes (its channel's max_frame_bytes less the reply's framing)"
+    );
+    assert_eq!(read(100), Ok(Value::Bytes(vec![7; 100])));
+    let small = cell(
+        &broker,
+        "grant",
+        &grant(&f.root, "read", "[\"read\"]", "max_bytes = 10"),
+    );
+    let err = small
+        .request_within(
+            B,
+            "fs",
+            "read",
+            map(&[("root", s(&f.root)), ("path", s("big"))]),
+            None,
+            Some(50),
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::LimitValue, "{err}");
+    assert!(
+        err.message.ends_with("the grant allows reads of 10"),
+        "{err}"
+    );
+}
+
+/// `max_bytes` past the largest frame (16 MiB) is refused when the rules are checked, for every
+/// capability that reads it; 16 MiB itself is accepted.
+#[test]
+fn max_bytes_is_bounded_by_the_largest_frame() {
+    let f = fixture();
+    let broker = Broker::builder().build().unwrap();
+    let at = cell_broker::MAX_GRANT_BYTES;
+    for (grant, ok) in [
+        (
+            grant(&f.root, "read", "[\"read\"]", &format!("max_bytes = {at}")),
+            true,
+        ),
+        (
+            grant(
+                &f.root,
+                "read",
+                "[\"read\"]",
+                &format!("max_bytes = {}", at + 1),
+            ),
+            false,
+        ),
+        (
+            format!(
+                "[[grants]]\ncapability = \"http\"\nactions = [\"get\"]\norigins = [\"http://127.0.0.1:9\"]\nmax_bytes = {}",
+                at + 1
+            ),
+            false,
+        ),
+    ] {
+        let checked = broker.check(&common::rules(&grant));
+        match (checked, ok) {
+            (Ok(()), true) => {}
+            (Err(e), false) => assert!(e.to_string().contains("over 16777216 (16 MiB"), "{e}"),
+            (other, _) => panic!("{grant}: {other:?}"),
+        }
+    }
+}
+
 fn write_bytes(
     c: &CellBroker,
     root: &str,

@@ -256,3 +256,34 @@ fn size_and_time_caps() {
         .is_ok()
     );
 }
+
+/// A response body past the largest reply the cell takes is refused while it is read (never
+/// read whole), naming that limit, with the code the host gives an over-cap reply; a body
+/// within it is returned whole.
+#[test]
+fn bodies_are_read_only_up_to_the_largest_reply() {
+    let origin = server();
+    let broker = Broker::builder().build().unwrap();
+    let c = cell(&broker, "h", &grant(&origin, "[\"get\"]", ""));
+    let get = |path: &str, max_reply: u64| {
+        c.request_within(
+            B,
+            "http",
+            "get",
+            map(&[("url", s(&format!("{origin}{path}")))]),
+            None,
+            Some(max_reply),
+        )
+    };
+    let err = get("/big", 4999).unwrap_err();
+    assert_eq!(err.code, ErrorCode::LimitFrameSize, "{err}");
+    assert!(
+        err.message.contains("exceeds 4999 bytes")
+            && err
+                .message
+                .contains("a reply to this cell carries at most 4999 bytes"),
+        "{err}"
+    );
+    let body = field(&get("/big", 5000).unwrap(), "body");
+    assert_eq!(body, Value::Bytes(vec![b'x'; 5000]));
+}

@@ -30,7 +30,15 @@ impl RequestHandler for Broker {
         action: &str,
         payload: Value,
     ) -> Result<Value, CellError> {
-        self.0.request(ctx.backend, capability, action, payload)
+        // Reads are bounded by the largest reply the cell takes, as the supervisor's are.
+        self.0.request_within(
+            ctx.backend,
+            capability,
+            action,
+            payload,
+            None,
+            Some(ctx.max_reply_bytes as u64),
+        )
     }
 
     fn cancel(&self) {

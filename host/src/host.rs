@@ -563,11 +563,8 @@ impl CellHost {
             return Flow::Abort(canonical::timed_out(wall_time));
         }
         self.count(|st| st.requests += 1);
-        let ctx = RequestContext {
-            cell: &self.cell,
-            backend: &self.backend,
-            deadline,
-        };
+        let ctx = RequestContext::new(&self.cell, &self.backend, deadline)
+            .with_max_reply_bytes(rules::reply_budget(id, self.channel.max_frame_bytes));
         let _span =
             tracing::debug_span!("request", cell = %self.cell, %capability, %action).entered();
         // The pipe waits for this call, so nothing else can cut it at the deadline.

@@ -20,16 +20,29 @@ pub struct RequestContext<'a> {
     /// request still in flight, and past it the host ends the transaction `timed_out` whatever
     /// the answer, and the cell is killed.
     pub deadline: Option<Instant>,
+    /// The largest byte string the reply may carry: the cell's frame cap less the reply's
+    /// framing. A handler reading data (a file, a response body)
+    /// should clip or refuse its read to it before allocating; a reply over it becomes a
+    /// limit error anyway when the host checks the frame.
+    pub max_reply_bytes: usize,
 }
 
 impl<'a> RequestContext<'a> {
-    /// A context for `cell` on `backend`, to end by `deadline`.
+    /// A context for `cell` on `backend`, to end by `deadline`, with replies up to the largest
+    /// frame ([`abi::wire::ABSOLUTE_MAX_FRAME_LEN`]); see [`RequestContext::max_reply_bytes`].
     pub fn new(cell: &'a str, backend: &'a str, deadline: Option<Instant>) -> Self {
         RequestContext {
             cell,
             backend,
             deadline,
+            max_reply_bytes: abi::wire::ABSOLUTE_MAX_FRAME_LEN as usize,
         }
+    }
+
+    /// The context with replies up to `bytes`.
+    pub fn with_max_reply_bytes(mut self, bytes: usize) -> Self {
+        self.max_reply_bytes = bytes;
+        self
     }
 }
 

@@ -186,6 +186,20 @@ pub(crate) fn incoming_value(what: &str, v: &Value, lengths: &Lengths) -> Result
     })
 }
 
+/// The largest byte string a reply to request `id` can carry: the frame cap less the reply's
+/// own framing (its byte-string length prefix counted at its longest). The host hands it to the
+/// request handler, which clips or refuses reads to it before it allocates. (The engine's
+/// lengths are checked on the reply itself, with their own codes.)
+pub(crate) fn reply_budget(id: u64, cap: u32) -> usize {
+    let empty = HostFrame::Reply {
+        id,
+        result: Ok(Value::Bytes(Vec::new())),
+    };
+    // An empty byte string's length takes one byte; the longest a frame allows takes five.
+    let framing = wire::encoded_len(&empty).map_or(usize::MAX, |len| len + 4);
+    (effective_cap(cap) as usize).saturating_sub(framing)
+}
+
 /// The broker's answer to request `id` as it may be sent: a reply over a limit becomes an error
 /// reply naming the limit, so the guest's `request` fails and the cell lives on.
 pub(crate) fn reply(
@@ -368,6 +382,30 @@ mod tests {
             panic!()
         };
         assert_eq!(result.unwrap_err().code, ErrorCode::LimitStringSize);
+    }
+
+    /// A byte string of exactly the budget fits the reply frame, for small and large ids and
+    /// caps; five bytes more do not (so the budget is the largest, not merely a safe one, up to
+    /// the length prefix's growth).
+    #[test]
+    fn the_reply_budget_is_the_largest_byte_string_a_reply_carries() {
+        let unlimited = Lengths::default();
+        for cap in [256, 4096, CAP, ABSOLUTE_MAX_FRAME_LEN, u32::MAX] {
+            for id in [1, 300, u64::MAX] {
+                let budget = reply_budget(id, cap);
+                let fits = reply(id, Ok(Value::Bytes(vec![0; budget])), cap, &unlimited);
+                assert!(
+                    matches!(fits, HostFrame::Reply { result: Ok(_), .. }),
+                    "cap {cap} id {id}: {budget} bytes do not fit"
+                );
+                let over = reply(id, Ok(Value::Bytes(vec![0; budget + 5])), cap, &unlimited);
+                assert!(
+                    matches!(over, HostFrame::Reply { result: Err(_), .. }),
+                    "cap {cap} id {id}: {} bytes fit",
+                    budget + 5
+                );
+            }
+        }
     }
 
     #[test]

@@ -190,6 +190,20 @@ fn request(id: u64) -> GuestFrame {
 }
 
 #[test]
+fn the_reply_budget_follows_the_channel_cap() {
+    // A smaller frame cap sets a smaller budget.
+    let small = Channel {
+        max_frame_bytes: 4096,
+        ..Channel::default()
+    };
+    let handler = Fixed::new(Ok(Value::Int(1)));
+    let mut cell = Cell::ready(small, handler.clone(), guest(|_, _| vec![request(1)]));
+    cell.run(exec(2), None).unwrap();
+    let budget = handler.reply_budgets.lock().unwrap()[0];
+    assert!((4096 - 24..4096).contains(&budget), "budget {budget}");
+}
+
+#[test]
 fn an_over_cap_broker_reply_becomes_an_error_reply() {
     let cap = Channel::default().max_frame_bytes as usize;
     let handler = Fixed::new(Ok(Value::Bytes(vec![7; cap])));
@@ -210,8 +224,14 @@ fn an_over_cap_broker_reply_becomes_an_error_reply() {
     assert_eq!(e.code, ErrorCode::LimitFrameSize);
     assert!(e.message.contains("(host → cell)"), "{e}");
     assert!(cell.host.dead().is_none());
-    // A reply that fits is sent as it is.
-    let fits = Value::Bytes(vec![7; cap - 16]);
+    // The handler was told the largest reply it may give, below the cap; a reply of exactly
+    // that many bytes fits and is sent as it is.
+    let budget = handler.reply_budgets.lock().unwrap()[0];
+    assert!(
+        budget < cap && budget + 24 > cap,
+        "budget {budget}, cap {cap}"
+    );
+    let fits = Value::Bytes(vec![7; budget]);
     let handler = Fixed::new(Ok(fits.clone()));
     let mut cell = Cell::ready(Channel::default(), handler, guest(|_, _| vec![request(1)]));
     cell.run(exec(2), None).unwrap();

@@ -15,8 +15,14 @@ impl RequestHandler for BrokerHandler {
         action: &str,
         payload: Value,
     ) -> Result<Value, CellError> {
-        self.0
-            .request_with_deadline(ctx.backend, capability, action, payload, ctx.deadline)
+        self.0.request_within(
+            ctx.backend,
+            capability,
+            action,
+            payload,
+            ctx.deadline,
+            Some(ctx.max_reply_bytes as u64),
+        )
     }
 
     /// The broker bounds the request by the transaction's deadline itself (refused when it has

@@ -91,6 +91,45 @@ fn grants_from_the_policy_reach_scripts_and_denials_are_catchable() {
     assert!(records.iter().all(|r| r.cell.starts_with("g-")));
 }
 
+/// A file larger than the cell's largest reply is refused by the broker before it is read, with
+/// the code the host gives an over-cap reply and a message naming the limit; on every backend
+/// alike, and the cell carries on. A file within it is read whole.
+#[test]
+fn fs_reads_are_bounded_by_the_cells_frame_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("big"), vec![b'x'; 5000]).unwrap();
+    std::fs::write(dir.path().join("fits"), vec![b'y'; 3000]).unwrap();
+    let root = dir.path().to_str().unwrap();
+    let policy = Policy::from_toml(&format!(
+        "[channel]\nmax_frame_bytes = 4096\n\
+         [[grants]]\ncapability = \"fs\"\nactions = [\"read\"]\nroots = [\"{root}\"]"
+    ))
+    .unwrap();
+    let supervisor = supervisor_with_process();
+    for backend in backends(&supervisor) {
+        let cell = supervisor
+            .spawn(&format!("r-{backend}"), &backend, &policy)
+            .unwrap();
+        let err = cell
+            .exec(&format!(
+                "request(\"fs\", \"read\", #{{root: \"{root}\", path: \"big\"}})"
+            ))
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::LimitFrameSize, "{backend}: {err}");
+        assert!(
+            err.message.contains("`big` has 5000 bytes") && err.message.contains("max_frame_bytes"),
+            "{backend}: {err}"
+        );
+        let read = cell
+            .exec(&format!(
+                "request(\"fs\", \"read\", #{{root: \"{root}\", path: \"fits\"}}).len()"
+            ))
+            .unwrap();
+        assert_eq!(read, Value::Int(3000), "{backend}");
+        cell.close();
+    }
+}
+
 /// A cell whose policy grants nothing is refused by the supervisor's handler, before and after
 /// a cell with grants made the supervisor its default broker: the same policy answers the same.
 #[test]

@@ -7,7 +7,7 @@
 //! Deny rules with `roots` are decided on the opened object (see `fs_object`).
 
 use super::fs_object::{Object, Open, io_err, kind, open_object, open_root};
-use crate::capability::{Call, Capability, Payload, PendingDeny};
+use crate::capability::{Call, Capability, Payload, PendingDeny, ReadLimit, check_max_bytes};
 use crate::error::CapabilityError;
 use crate::rules::{Access, Rule, RuleKind};
 use abi::{Map, Value};
@@ -34,9 +34,10 @@ impl Fs {
     fn read(
         root: &OwnedFd,
         path: &str,
-        max: u64,
+        limit: ReadLimit,
         denies: &[PendingDeny],
     ) -> Result<Value, CapabilityError> {
+        let max = limit.max;
         let how = Open {
             flags: OFlags::RDONLY | OFlags::NONBLOCK,
             mode: Mode::empty(),
@@ -51,10 +52,7 @@ impl Fs {
             )));
         }
         if st.st_size as u64 > max {
-            return Err(CapabilityError::TooLarge(format!(
-                "`{path}` has {} bytes, the grant allows reads of {max}",
-                st.st_size
-            )));
+            return Err(limit.exceeded(format!("`{path}` has {} bytes", st.st_size)));
         }
         let mut data = Vec::new();
         std::fs::File::from(fd)
@@ -62,9 +60,7 @@ impl Fs {
             .read_to_end(&mut data)
             .map_err(|e| CapabilityError::failed(format!("read `{path}`: {e}")))?;
         if data.len() as u64 > max {
-            return Err(CapabilityError::TooLarge(format!(
-                "`{path}` grew past the read cap of {max} bytes"
-            )));
+            return Err(limit.exceeded(format!("`{path}` grew past {max} bytes while read")));
         }
         Ok(Value::Bytes(data))
     }
@@ -228,9 +224,7 @@ impl Capability for Fs {
                 "action `{a}` needs `access = \"read-write\"` (the grant is read-only)"
             ));
         }
-        if rule.max_bytes == Some(0) {
-            return Err("`max_bytes` must be positive".into());
-        }
+        check_max_bytes(rule)?;
         Ok(())
     }
 
@@ -287,7 +281,7 @@ impl Capability for Fs {
         match call.action.as_str() {
             "read" => {
                 p.only(&["root", "path"])?;
-                Self::read(&root_fd, p.str("path")?, max, &call.denies)
+                Self::read(&root_fd, p.str("path")?, call.read_limit(max), &call.denies)
             }
             "write" => {
                 p.only(&["root", "path", "data"])?;

@@ -2,7 +2,7 @@
 //! are returned to the guest, never followed (a redirect could leave the origin), and proxies
 //! from the environment are ignored.
 
-use crate::capability::{Call, Capability, Payload};
+use crate::capability::{Call, Capability, Payload, ReadLimit, check_max_bytes};
 use crate::error::CapabilityError;
 use crate::rules::{Rule, RuleKind};
 use abi::{Map, Value};
@@ -58,11 +58,15 @@ fn request_url(payload: &Value) -> Result<(Url, String), CapabilityError> {
     Ok((url, origin))
 }
 
-fn map_err(e: ureq::Error, max: u64) -> CapabilityError {
+fn map_err(e: ureq::Error, limit: ReadLimit) -> CapabilityError {
     match e {
         ureq::Error::Timeout(t) => CapabilityError::TimedOut(format!("http: {t} timeout")),
+        ureq::Error::BodyExceedsLimit(_) if limit.by_reply => {
+            limit.exceeded(format!("the response body exceeds {} bytes", limit.max))
+        }
         ureq::Error::BodyExceedsLimit(_) => CapabilityError::TooLarge(format!(
-            "the response body exceeds the grant's cap of {max} bytes"
+            "the response body exceeds the grant's cap of {} bytes",
+            limit.max
         )),
         e => CapabilityError::failed(format!("http: {e}")),
     }
@@ -91,9 +95,7 @@ impl Capability for Http {
         for o in &rule.origins {
             config_origin(o)?;
         }
-        if rule.max_bytes == Some(0) {
-            return Err("`max_bytes` must be positive".into());
-        }
+        check_max_bytes(rule)?;
         Ok(())
     }
 
@@ -170,7 +172,10 @@ impl Capability for Http {
             .proxy(None)
             .build()
             .into();
-        let response = agent.run(request).map_err(|e| map_err(e, max))?;
+        // The response body is read up to the grant's cap or the largest reply the cell takes,
+        // whichever is smaller: never more is allocated.
+        let limit = call.read_limit(max);
+        let response = agent.run(request).map_err(|e| map_err(e, limit))?;
         let status = response.status().as_u16();
         let mut headers = Map::new();
         for (name, value) in response.headers() {
@@ -188,9 +193,9 @@ impl Capability for Http {
         let body = response
             .into_body()
             .with_config()
-            .limit(max)
+            .limit(limit.max)
             .read_to_vec()
-            .map_err(|e| map_err(e, max))?;
+            .map_err(|e| map_err(e, limit))?;
         let mut out = Map::new();
         out.insert("status".into(), Value::Int(status.into()));
         out.insert("headers".into(), Value::Map(headers));

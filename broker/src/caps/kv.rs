@@ -2,7 +2,7 @@
 //! B-tree store). Values are any ABI value, stored in the ABI's own postcard encoding.
 
 use super::kv_store::{KvLimits, Store};
-use crate::capability::{Call, Capability, Payload};
+use crate::capability::{Call, Capability, Payload, check_max_bytes};
 use crate::error::{CapabilityError, ConfigError};
 use crate::rules::{Namespace, Rule, RuleKind};
 use abi::Value;
@@ -119,9 +119,7 @@ impl Capability for Kv {
                 }
             }
         }
-        if rule.max_bytes == Some(0) {
-            return Err("`max_bytes` must be positive".into());
-        }
+        check_max_bytes(rule)?;
         Ok(())
     }
 

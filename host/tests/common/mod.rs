@@ -147,6 +147,8 @@ pub struct Fixed {
     pub answer: Result<Value, abi::CellError>,
     pub calls: AtomicUsize,
     pub deadlines: Mutex<Vec<Option<Instant>>>,
+    /// The largest reply each request was told it may have.
+    pub reply_budgets: Mutex<Vec<usize>>,
     /// Block in `handle` until the deadline passed (a capability slower than the wall time).
     pub outlast_deadline: bool,
 }
@@ -157,6 +159,7 @@ impl Fixed {
             answer,
             calls: AtomicUsize::new(0),
             deadlines: Mutex::default(),
+            reply_budgets: Mutex::default(),
             outlast_deadline: false,
         })
     }
@@ -172,6 +175,7 @@ impl RequestHandler for Fixed {
     ) -> Result<Value, abi::CellError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.deadlines.lock().unwrap().push(ctx.deadline);
+        self.reply_budgets.lock().unwrap().push(ctx.max_reply_bytes);
         if self.outlast_deadline
             && let Some(d) = ctx.deadline
         {
