@@ -82,7 +82,13 @@ pub const DENIED_MARKER: &[u8] = b"DENIED-CONTENT-7f3a";
 /// Read cap of the fixture's read-only fs grant.
 pub const FIXTURE_READ_MAX: u64 = 4096;
 
+/// The largest reply the fixture's cell takes (as the host would pass it): below the read cap,
+/// so reads meet both limits.
+pub const FIXTURE_REPLY_MAX: u64 = 2048;
+
 /// The broker the `broker_payload` target asks: restrictive rules over a temporary directory.
+///
+/// Requests are asked with a reply limit of [`FIXTURE_REPLY_MAX`] bytes.
 ///
 /// - `fs` `read`/`list`/`stat` under `ro/` (reads capped at [`FIXTURE_READ_MAX`] bytes), every
 ///   action under `rw/` (read-write, 1 KiB writes, a request quota per second), and a deny on
@@ -108,6 +114,8 @@ impl BrokerFixture {
         std::fs::write(at("ro/sub/a"), b"a").expect("fixture: file");
         std::fs::write(at("ro/denied/key"), DENIED_MARKER).expect("fixture: file");
         std::fs::write(at("ro/big"), vec![b'x'; FIXTURE_READ_MAX as usize + 1])
+            .expect("fixture: file");
+        std::fs::write(at("ro/mid"), vec![b'm'; FIXTURE_REPLY_MAX as usize + 1])
             .expect("fixture: file");
         std::os::unix::fs::symlink("denied/key", at("ro/link")).expect("fixture: symlink");
         let root = dir.path().display();
@@ -182,8 +190,8 @@ roots = ["{root}/ro/denied"]
 
     /// Decodes `data` as a guest frame body (under the host's memory ceiling); a `Request` is
     /// decided and run by the fixture's broker. Panics on a finding: the broker panicked, an
-    /// allowed reply carries the denied file's bytes or a read past its cap, or a refusal
-    /// carries an empty message.
+    /// allowed reply carries the denied file's bytes or a read past its cap or the reply
+    /// limit, or a refusal carries an empty message.
     pub fn check(&self, data: &[u8]) {
         let Ok(GuestFrame::Request {
             capability,
@@ -205,8 +213,8 @@ roots = ["{root}/ro/denied"]
                     && let Value::Bytes(b) = &value
                 {
                     assert!(
-                        b.len() as u64 <= FIXTURE_READ_MAX,
-                        "fs.{action}: a reply of {} bytes past the read cap",
+                        b.len() as u64 <= FIXTURE_READ_MAX.min(FIXTURE_REPLY_MAX),
+                        "fs.{action}: a reply of {} bytes past the read cap or the reply limit",
                         b.len()
                     );
                 }
@@ -226,8 +234,14 @@ roots = ["{root}/ro/denied"]
         mut payload: Value,
     ) -> Result<Value, abi::CellError> {
         self.place_root(&mut payload);
-        self.cell
-            .request_with_deadline("fuzz", capability, action, payload, None)
+        self.cell.request_within(
+            "fuzz",
+            capability,
+            action,
+            payload,
+            None,
+            Some(FIXTURE_REPLY_MAX),
+        )
     }
 
     /// Moves a payload's `root` under [`FIXTURE_ROOT`] into the fixture's directory.

@@ -92,4 +92,6 @@ fn the_broker_fixture_holds_its_deny_rule() {
     assert_eq!(read("hello.txt"), Ok(Value::Bytes(b"hello".to_vec())));
     assert_eq!(read("link").unwrap_err().code, ErrorCode::Denied);
     assert_eq!(read("denied/key").unwrap_err().code, ErrorCode::Denied);
+    // Past the reply limit (below the grant's cap): refused, naming the reply's limit.
+    assert_eq!(read("mid").unwrap_err().code, ErrorCode::LimitFrameSize);
 }
