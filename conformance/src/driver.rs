@@ -179,6 +179,11 @@ impl TestCell {
         self.inner.killer.kill();
     }
 
+    /// Whether the backend's pipe can interrupt a running exec/call (else only kill the cell).
+    pub fn can_interrupt(&self) -> bool {
+        self.inner.interrupter.is_some()
+    }
+
     /// Ends the running exec/call and leaves the cell usable; `false` if the backend cannot.
     pub fn interrupt(&self) -> bool {
         match &self.inner.interrupter {

@@ -51,6 +51,33 @@ impl Harness {
         check_scenario(self, name)
     }
 
+    /// Why the backend cannot pass scenario `name` by design, if it cannot: it has no boundary
+    /// for a scenario in [`NEED_CONFINEMENT`](crate::NEED_CONFINEMENT), no interrupter for one
+    /// in [`NEED_INTERRUPTER`](crate::NEED_INTERRUPTER).
+    pub fn cannot_run(&self, name: &str) -> Option<String> {
+        let backend = self.name();
+        if crate::NEED_CONFINEMENT.contains(&name)
+            && !self.backend.host_layers().iter().any(|l| l.active)
+        {
+            return Some(format!(
+                "backend `{backend}` reports no active confinement layer (Backend::host_layers): \
+                 memory_mib and cpu_time_ms need a boundary that enforces them"
+            ));
+        }
+        if crate::NEED_INTERRUPTER.contains(&name) {
+            let probe = self.spawn("interrupter-probe", &Setup::default());
+            let can = probe.can_interrupt();
+            probe.close();
+            if !can {
+                return Some(format!(
+                    "backend `{backend}` has no interrupter (its pipe's `interrupter()` is None): \
+                     a running script can only be killed"
+                ));
+            }
+        }
+        None
+    }
+
     /// Runs `source` in a new cell of the same backend and describes the outcome.
     pub fn in_fresh_cell(&self, source: &str) -> String {
         in_fresh_cell(self, source)

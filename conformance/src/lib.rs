@@ -37,7 +37,7 @@ pub use driver::{RecvError, TestCell};
 pub use harness::{Harness, check_scenario, in_fresh_cell, scenario_transcript, value_strategy};
 pub use limit_scenarios::LIMIT_SCENARIOS;
 pub use runner::{run, trials};
-pub use scenarios::{KNOWN_GAPS, PIPE_SCENARIOS, SCENARIOS, Scenario, known_gap};
+pub use scenarios::{NEED_CONFINEMENT, NEED_INTERRUPTER, PIPE_SCENARIOS, SCENARIOS, Scenario};
 pub use setup::Setup;
 pub use stdio::StdioBackend;
 pub use target::{Cell, ScenarioCell, Target};

@@ -13,12 +13,21 @@ const VALUE_CASES: u32 = 48;
 const SOURCE_CASES: u32 = 32;
 
 fn trial(harness: &Harness, name: String, body: impl FnOnce(Harness) + Send + 'static) -> Trial {
+    trial_or_ignored(harness, name, |h| {
+        body(h);
+        Completion::Completed
+    })
+}
+
+/// A trial whose body may find it cannot run on this backend by design (and says why).
+fn trial_or_ignored(
+    harness: &Harness,
+    name: String,
+    body: impl FnOnce(Harness) -> Completion + Send + 'static,
+) -> Trial {
     let h = harness.clone();
     Trial::ignorable_test(name, move || match h.backend().available() {
-        Ok(()) => {
-            body(h);
-            Ok(Completion::Completed)
-        }
+        Ok(()) => Ok(body(h)),
         Err(reason) => Ok(Completion::ignored_with(format!(
             "backend `{}` cannot run here: {reason}",
             h.name()
@@ -47,13 +56,15 @@ pub fn trials(backend: Arc<dyn Backend>) -> Vec<Trial> {
         crate::all_scenarios()
             .chain(crate::PIPE_SCENARIOS)
             .map(|s| {
-                let name = format!("rhai::{}", s.name);
-                match crate::known_gap(harness.name(), s.name) {
-                    Some(why) => {
-                        Trial::ignorable_test(name, move || Ok(Completion::ignored_with(why)))
+                trial_or_ignored(&harness, format!("rhai::{}", s.name), move |h| {
+                    match h.cannot_run(s.name) {
+                        Some(why) => Completion::ignored_with(why),
+                        None => {
+                            h.check(s.name);
+                            Completion::Completed
+                        }
                     }
-                    None => trial(&harness, name, move |h| h.check(s.name)),
-                }
+                })
             }),
     );
     trials.push(trial(

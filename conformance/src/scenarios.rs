@@ -118,38 +118,17 @@ pub static PIPE_SCENARIOS: &[Scenario] = &[Scenario {
     run: interrupt,
 }];
 
-/// What the suite's own reference backend (`stdio-backend/`, a plain program behind the stdio
-/// adapter) cannot do, by design: it confines nothing and has no interrupter, to show the
-/// protocol alone. Its trials of these scenarios show as ignored with the reason, never as
-/// passed; any other backend must pass them.
-pub const KNOWN_GAPS: &[(&str, &str, &str)] = &[
-    (
-        "stdio",
-        "limit_memory",
-        "the stdio reference program confines nothing: memory_mib needs a boundary that \
-         enforces it (an accounting allocator, an rlimit or cgroup, a VM's RAM)",
-    ),
-    (
-        "stdio",
-        "limit_cpu",
-        "the stdio reference program confines nothing: cpu_time_ms needs a boundary that \
-         reads the cell's CPU clock",
-    ),
-    (
-        "stdio",
-        "interrupt",
-        "the stdio reference program has no interrupter (its pipe's `interrupter()` is None): \
-         a running script can only be killed",
-    ),
-];
+/// Scenarios only a backend with a boundary can pass (`memory_mib`, `cpu_time_ms`): one that
+/// reports no active confinement layer ([`Backend::host_layers`], as the stdio adapter, which
+/// checks the protocol only) shows them as ignored with the reason, never as passed, and is
+/// not made to allocate without bound.
+///
+/// [`Backend::host_layers`]: abi::backend::Backend::host_layers
+pub const NEED_CONFINEMENT: &[&str] = &["limit_memory", "limit_cpu"];
 
-/// Why `backend` cannot pass scenario `name`, if it is one of the [`KNOWN_GAPS`].
-pub fn known_gap(backend: &str, name: &str) -> Option<&'static str> {
-    KNOWN_GAPS
-        .iter()
-        .find(|(b, s, _)| *b == backend && *s == name)
-        .map(|(_, _, why)| *why)
-}
+/// Scenarios only a backend whose pipe has an interrupter can pass; one without shows them as
+/// ignored with the reason (the API lets a backend offer only kills).
+pub const NEED_INTERRUPTER: &[&str] = &["interrupt"];
 
 fn int(i: i64) -> Value {
     Value::Int(i)

@@ -1,7 +1,8 @@
 //! A cell backend as a plain program: frames in on stdin, frames out on stdout, each a 4-byte
 //! little-endian length and a postcard body (`abi/SPEC.md`). The guest runtime does the rest.
 //! It confines nothing: it shows the protocol a backend in any language speaks to the
-//! conformance suite's stdio adapter (`cell_conformance::StdioBackend`), and passes the suite.
+//! conformance suite's stdio adapter (`cell_conformance::StdioBackend`), and passes the suite
+//! (but for the scenarios that need confinement or an interrupter, which show as ignored).
 //!
 //! The frame cap comes from `CELL_MAX_FRAME_LEN` (default 1 MiB). A frame the script would send
 //! over it fails in the script (`limit_frame_size`); a bad host frame ends the program.
