@@ -406,6 +406,48 @@ fn reads_are_bounded_by_the_largest_reply() {
     );
 }
 
+/// A listing is bounded by the largest reply too: refused once its entries alone pass it, and
+/// returned whole when it fits.
+#[test]
+fn listings_are_bounded_by_the_largest_reply() {
+    let f = fixture();
+    let many = Path::new(&f.root).join("many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..100 {
+        std::fs::write(many.join(format!("file-{i:03}")), b"").unwrap();
+    }
+    let broker = Broker::builder().build().unwrap();
+    let c = cell(&broker, "list", &grant(&f.root, "read", "[\"list\"]", ""));
+    let list = |max_reply: u64| {
+        c.request_within(
+            B,
+            "fs",
+            "list",
+            map(&[("root", s(&f.root)), ("path", s("many"))]),
+            None,
+            Some(max_reply),
+        )
+    };
+    // 100 entries of at least 16 + 8 + 4 bytes each: 2,800 bytes.
+    let err = list(2000).unwrap_err();
+    assert_eq!(err.code, ErrorCode::LimitFrameSize, "{err}");
+    assert!(
+        err.message
+            .contains("the listing of `many` passes 2000 bytes"),
+        "{err}"
+    );
+    let Value::List(entries) = list(1 << 20).unwrap() else {
+        panic!("not a list")
+    };
+    assert_eq!(entries.len(), 100);
+    // The count is from below: the listing's encoding is at least as large (here exact, plus
+    // the list's own two bytes), so a refused listing could not have fit.
+    let encoded = abi::wire::encoded_len(&Value::List(entries)).unwrap() as u64;
+    assert_eq!(encoded, 2802);
+    assert_eq!(list(2800).map(|_| ()), Ok(()));
+    assert_eq!(list(2799).unwrap_err().code, ErrorCode::LimitFrameSize);
+}
+
 /// `max_bytes` past the largest frame (16 MiB) is refused when the rules are checked, for every
 /// capability that reads it; 16 MiB itself is accepted.
 #[test]

@@ -98,7 +98,15 @@ impl Fs {
         Ok(Value::Int(data.len() as i64))
     }
 
-    fn list(root: &OwnedFd, path: &str, denies: &[PendingDeny]) -> Result<Value, CapabilityError> {
+    /// Lists `path`, refused once the listing's encoding would pass `max_reply` bytes (counted
+    /// per entry from below: a `#{name, type}` map takes at least 16 bytes besides the two
+    /// strings, so a refused listing never fits the reply).
+    fn list(
+        root: &OwnedFd,
+        path: &str,
+        max_reply: Option<u64>,
+        denies: &[PendingDeny],
+    ) -> Result<Value, CapabilityError> {
         let how = Open {
             flags: OFlags::RDONLY | OFlags::DIRECTORY,
             mode: Mode::empty(),
@@ -107,6 +115,7 @@ impl Fs {
         let fd = open_object(root, path, how, denies, "list")?.fd;
         let dir = rustix::fs::Dir::read_from(&fd).map_err(|e| io_err("list", path, e))?;
         let mut entries = Vec::new();
+        let mut encoded: u64 = 0;
         for entry in dir {
             let entry = entry.map_err(|e| io_err("list", path, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -122,6 +131,15 @@ impl Fs {
                 Ok(st) => kind(&st),
                 Err(_) => "other",
             };
+            encoded += 16 + (name.len() + kind.len()) as u64;
+            if let Some(max) = max_reply
+                && encoded > max
+            {
+                return Err(CapabilityError::ReplyTooLarge {
+                    what: format!("the listing of `{path}` passes {max} bytes"),
+                    max,
+                });
+            }
             entries.push((name, kind));
         }
         entries.sort();
@@ -295,7 +313,12 @@ impl Capability for Fs {
             }
             "list" => {
                 p.only(&["root", "path"])?;
-                Self::list(&root_fd, p.opt_str("path")?.unwrap_or("."), &call.denies)
+                Self::list(
+                    &root_fd,
+                    p.opt_str("path")?.unwrap_or("."),
+                    call.max_reply_bytes,
+                    &call.denies,
+                )
             }
             "stat" => {
                 p.only(&["root", "path"])?;
