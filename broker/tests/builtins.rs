@@ -295,3 +295,43 @@ fn kv_deny_out_of_scope_and_caps() {
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
 }
+
+/// A stored value larger than the largest reply the asking cell takes is refused before it is
+/// decoded, naming that limit; one within it is returned.
+#[test]
+fn kv_gets_are_bounded_by_the_largest_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::builder().kv_dir(dir.path()).build().unwrap();
+    let c = cell(
+        &broker,
+        "kv-reply",
+        "[[grants]]\ncapability = \"kv\"\nactions = [\"get\", \"put\"]",
+    );
+    let value = Value::Bytes(vec![1; 500]);
+    c.request(
+        B,
+        "kv",
+        "put",
+        map(&[("key", s("k")), ("value", value.clone())]),
+    )
+    .unwrap();
+    let get = |max_reply: u64| {
+        c.request_within(
+            B,
+            "kv",
+            "get",
+            map(&[("key", s("k"))]),
+            None,
+            Some(max_reply),
+        )
+    };
+    let encoded = abi::wire::encoded_len(&value).unwrap() as u64;
+    let err = get(encoded - 1).unwrap_err();
+    assert_eq!(err.code, ErrorCode::LimitFrameSize, "{err}");
+    assert!(
+        err.message
+            .contains(&format!("the value of `k` encodes to {encoded} bytes")),
+        "{err}"
+    );
+    assert_eq!(get(encoded), Ok(value));
+}

@@ -137,8 +137,23 @@ impl Capability for Kv {
                 check_key(key)?;
                 match store.get(&ns, key)? {
                     None => Ok(Value::Unit),
-                    Some(bytes) => postcard::from_bytes::<Value>(&bytes)
-                        .map_err(|e| db_err(format!("stored value of `{key}` is corrupt: {e}"))),
+                    Some(bytes) => {
+                        // A value encodes to its stored bytes: one past the largest reply is
+                        // refused before it is decoded.
+                        if let Some(max) = call.max_reply_bytes
+                            && bytes.len() as u64 > max
+                        {
+                            return Err(CapabilityError::ReplyTooLarge {
+                                what: format!(
+                                    "the value of `{key}` encodes to {} bytes",
+                                    bytes.len()
+                                ),
+                                max,
+                            });
+                        }
+                        postcard::from_bytes::<Value>(&bytes)
+                            .map_err(|e| db_err(format!("stored value of `{key}` is corrupt: {e}")))
+                    }
                 }
             }
             "put" => {
