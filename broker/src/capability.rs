@@ -85,8 +85,8 @@ pub struct Call {
     /// path resolves to) checks them there and fails with [`CapabilityError::Denied`].
     pub denies: Vec<PendingDeny>,
     /// The largest reply the cell takes, in bytes of data (the host's frame cap less the reply's
-    /// framing); `None` when the caller set none. A capability
-    /// reading data clips or refuses its read to it before allocating: see [`Call::read_limit`].
+    /// framing); `None` when the caller set none. A capability reading data clips or refuses
+    /// its read to it before allocating: see [`Call::read_limit`].
     pub max_reply_bytes: Option<u64>,
 }
 

@@ -147,8 +147,9 @@ impl CellBroker {
 
     /// [`CellBroker::request_with_deadline`] whose reply carries at most `max_reply_bytes`
     /// bytes of data (the host's `RequestContext::max_reply_bytes`): capabilities that read
-    /// (`fs` files, `http` bodies) clip or refuse their reads to it before allocating, with
-    /// `limit_frame_size` naming the limit ([`CapabilityError::ReplyTooLarge`]).
+    /// (`fs` files and listings, `kv` values, `http` bodies) refuse or stop their reads past it
+    /// before allocating, with `limit_frame_size` naming the limit
+    /// ([`CapabilityError::ReplyTooLarge`]).
     pub fn request_within(
         &self,
         backend: &str,
