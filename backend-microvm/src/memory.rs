@@ -30,6 +30,19 @@ fn mmap(len: usize, prot: i32, flags: i32, fd: i32) -> Result<*mut u8, VmError> 
             std::io::Error::last_os_error()
         )));
     }
+    // Guest memory is never a forked child's: a process cell cloned from this process while a
+    // snapshot is being built would otherwise hold a writable shared mapping of the memfd until
+    // it execs, and sealing the snapshot fails with EBUSY meanwhile. (Nor does a child need a
+    // copy-on-write share of every VM's memory.)
+    // SAFETY: advice on the whole mapping just made; it changes no contents.
+    if unsafe { libc::madvise(p, len, libc::MADV_DONTFORK) } != 0 {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: the mapping just made, used by nothing yet.
+        unsafe { libc::munmap(p, len) };
+        return Err(VmError::Memory(format!(
+            "keeping {len} bytes of guest memory from forks: {e}"
+        )));
+    }
     Ok(p.cast())
 }
 

@@ -268,3 +268,43 @@ impl Vm {
         Ok(Vm::from_parts(m, layout, Some(t)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child forked while the snapshot's writable mapping exists (a process cell cloned from
+    /// the same supervisor) must not keep the snapshot from being sealed.
+    #[test]
+    fn a_fork_during_the_build_does_not_block_the_seal() {
+        let len = 2 << 20;
+        let fd = memfd(len as u64).unwrap();
+        let mem = GuestMemory::from_fd(&fd, len, true).unwrap();
+        let mut hold = [0; 2];
+        // SAFETY: a pipe into a valid two-descriptor array.
+        assert_eq!(unsafe { libc::pipe(hold.as_mut_ptr()) }, 0);
+        // SAFETY: the child only calls async-signal-safe functions (read, _exit).
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+        if child == 0 {
+            let mut b = 0u8;
+            // SAFETY: closes its copy of the write end, then reads one byte into a local: ends
+            // when the parent closes the pipe.
+            unsafe {
+                libc::close(hold[1]);
+                libc::read(hold[0], (&raw mut b).cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        drop(mem);
+        // The child lives, holding whatever it inherited, while the snapshot is sealed.
+        let sealed = seal(&fd);
+        // SAFETY: our own pipe ends; the child sees end-of-file and exits; we reap it.
+        unsafe {
+            libc::close(hold[1]);
+            libc::close(hold[0]);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        sealed.expect("the forked child holds no writable mapping of the snapshot");
+    }
+}
