@@ -79,6 +79,16 @@ pub static SCENARIOS: &[Scenario] = &[
         run: collection_growth,
     },
     Scenario {
+        name: "stops_inside_callbacks",
+        setup: tight_engine,
+        run: stops_inside_callbacks,
+    },
+    Scenario {
+        name: "wall_time_inside_a_callback",
+        setup: short_wall_time,
+        run: wall_time_inside_a_callback,
+    },
+    Scenario {
         name: "kill_running_cell",
         setup: unlimited_ops,
         run: kill_running_cell,
@@ -282,6 +292,39 @@ fn engine_limits(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
     let deep = format!("{}1{}", "(".repeat(64), ")".repeat(64));
     let _ = t.exec(cell, &deep);
     let _ = t.exec(cell, "\"limits are per exec: still usable\"");
+    t.drain(cell);
+}
+
+/// Operations inside the callbacks of native functions count against `max_operations`, and a
+/// stop inside a callback whose error the native function discards (`sort`, `dedup`) is still
+/// the answer: no script turns a limit into a success by running its loop in a callback.
+fn stops_inside_callbacks(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
+    // `tight_engine`: 50,000 operations; 100 callbacks of about 3,000 each pass it.
+    let _ = t.exec(
+        cell,
+        "let a = []; a.pad(100, 0); a.map(|x| { let k = 0; while k < 1000 { k += 1; } k }).len()",
+    );
+    let _ = t.exec(cell, "let a = [3, 1, 2]; a.sort(|x, y| { loop {} }); a");
+    let _ = t.exec(
+        cell,
+        "let a = [1, 1, 2]; a.dedup(|x, y| { loop {} }); a.len()",
+    );
+    let _ = t.exec(
+        cell,
+        "[1].map(|x| { let k = 0; while k < 1000 { k += 1; } k })",
+    );
+    t.drain(cell);
+}
+
+/// The wall time stops a script spinning inside a `sort` callback, which discards the
+/// callback's errors: the cell ends with `timed_out` as it does for a plain loop, never with
+/// the sorted array.
+fn wall_time_inside_a_callback(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
+    let _ = t.exec(
+        cell,
+        "post(\"before\"); let a = [3, 1, 2]; a.sort(|x, y| { loop {} }); a",
+    );
+    let _ = t.exec(cell, "1");
     t.drain(cell);
 }
 

@@ -3,8 +3,9 @@
 use crate::api::{self, Link};
 use crate::compiled::CompileCache;
 use crate::convert::{from_dynamic_within, to_dynamic};
-use crate::errors::{STACK_EXHAUSTED, cell_error};
+use crate::errors::{STACK_EXHAUSTED, cell_error, stopped};
 use crate::limits::{self, StackGuard};
+use crate::meter::Meter;
 use crate::transport::{Interrupt, Transport};
 use crate::{ENGINE, ENGINE_VERSION, modules};
 use abi::{
@@ -36,6 +37,7 @@ pub struct Cell {
     modules: Vec<String>,
     limits: abi::EngineLimits,
     stack: Arc<StackGuard>,
+    meter: Arc<Meter>,
 }
 
 /// Rhai's standard library, built once per process and shared by every engine.
@@ -134,8 +136,10 @@ impl Cell {
             bounded(limits.max_call_depth, limits::MAX_CALL_DEPTH),
             bounded(limits.max_expr_depth, limits::MAX_EXPR_DEPTH),
         );
+        // `max_operations` is the meter's, not the engine's (see `meter`): the engine's count
+        // misses the operations of callbacks from native functions.
+        let meter = Arc::new(Meter::new(limits.max_operations));
         engine
-            .set_max_operations(limits.max_operations)
             .set_max_call_levels(calls)
             .set_max_expr_depths(exprs, exprs)
             .set_max_string_size(limits.max_string_len as usize)
@@ -148,14 +152,15 @@ impl Cell {
         // Whatever nests deeper than the limits can see (calls whose bodies nest expressions,
         // closures in closures) stops at the stack budget: per operation while running, per
         // token while parsing.
-        let guard = stack.clone();
-        engine.on_progress(move |ops| {
-            let code = if guard.exceeded() {
-                Some(ErrorCode::LimitCallDepth)
-            } else {
-                interrupt.check(ops)
-            };
-            code.map(|code| Dynamic::from_int(code.as_u16().into()))
+        let (guard, ticks) = (stack.clone(), meter.clone());
+        engine.on_progress(move |_| {
+            // The stack's end is no stop: it passes as the script unwinds (a native function
+            // that discards the error, such as the printer of a deeply nested value, goes on
+            // shallower), so only the meter's stops stick.
+            ticks
+                .tick(|ops| interrupt.check(ops))
+                .or_else(|| guard.exceeded().then_some(ErrorCode::LimitCallDepth))
+                .map(|code| Dynamic::from_int(code.as_u16().into()))
         });
         let guard = stack.clone();
         #[allow(deprecated)] // volatile, not deprecated: the only hook inside the parser
@@ -188,6 +193,7 @@ impl Cell {
             modules: hello.modules.clone(),
             limits: hello.limits.clone(),
             stack,
+            meter,
         })
     }
 
@@ -200,7 +206,7 @@ impl Cell {
     /// Runs source text. Variables it declares and functions it defines stay in the cell.
     /// Returns the value of the last expression.
     pub fn exec(&mut self, source: &str) -> Result<Value, CellError> {
-        self.stack.enter();
+        self.begin();
         let engine = &self.engine;
         let ast = self
             .compiled
@@ -212,7 +218,24 @@ impl Cell {
         let result = self
             .engine
             .eval_ast_with_scope::<Dynamic>(&mut self.scope, &merged);
-        from_dynamic_within(result.map_err(|e| cell_error(&e))?, &self.limits)
+        self.answer(result)
+    }
+
+    /// Starts a transaction: the stack's high-water mark and the meter afresh.
+    fn begin(&self) {
+        self.stack.enter();
+        self.meter.begin();
+    }
+
+    /// A transaction's answer: its stop if it was stopped (whatever the script made of it),
+    /// else its result as a value within the limits.
+    fn answer(&self, result: Result<Dynamic, Box<EvalAltResult>>) -> Result<Value, CellError> {
+        let value = self
+            .meter
+            .verdict(result.map_err(|e| cell_error(&e)), |code| {
+                stopped(code, rhai::Position::NONE)
+            })?;
+        from_dynamic_within(value, &self.limits)
     }
 
     /// Invokes `function` — `name` or `main.name` for functions defined by exec, `module.name`
@@ -223,7 +246,7 @@ impl Cell {
         mut args: Vec<Value>,
         kwargs: Map,
     ) -> Result<Value, CellError> {
-        self.stack.enter();
+        self.begin();
         let (module, name) = split_path(function)?;
         if !kwargs.is_empty() {
             args.push(Value::Map(kwargs));
@@ -260,7 +283,7 @@ impl Cell {
                     .eval_expression_with_scope::<Dynamic>(&mut scope, &expr)
             }
         };
-        from_dynamic_within(result.map_err(|e| cell_error(&e))?, &self.limits)
+        self.answer(result)
     }
 
     /// Handles one host frame of a running cell; completions go out over the channel.

@@ -51,8 +51,8 @@ pub fn cell_error(err: &EvalAltResult) -> CellError {
         E::ErrorParsing(kind, _) => return parse_error(kind, err),
         E::ErrorInFunctionCall(_, _, inner, _) | E::ErrorInModule(_, inner, _) => {
             let inner = cell_error(inner);
-            if inner.code == ErrorCode::LimitCallDepth {
-                // One wording however deep the nesting was found.
+            if inner.code == ErrorCode::LimitCallDepth || is_stop(err) {
+                // One wording however deep the nesting or the stop was found.
                 return inner;
             }
             return CellError::new(inner.code, format!("{err}"));
@@ -92,15 +92,22 @@ pub fn cell_error(err: &EvalAltResult) -> CellError {
                 .and_then(|c| u16::try_from(c).ok())
                 .and_then(ErrorCode::from_u16)
                 .unwrap_or(ErrorCode::Cancelled);
-            if code == ErrorCode::LimitCallDepth {
-                return call_depth(*at);
-            }
-            return CellError::new(code, terminated_message(code));
+            return stopped(code, *at);
         }
         E::ErrorMismatchDataType(..) | E::ErrorMismatchOutputType(..) => ErrorCode::InvalidArgument,
         _ => ErrorCode::Runtime,
     };
     CellError::new(code, err.to_string())
+}
+
+/// Whether `err` is, under any calls that wrap it, a stop of the cell's (see `meter`).
+fn is_stop(err: &EvalAltResult) -> bool {
+    match err {
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+        | EvalAltResult::ErrorInModule(_, inner, _) => is_stop(inner),
+        EvalAltResult::ErrorTerminated(..) => true,
+        _ => false,
+    }
 }
 
 /// The limit code for the engine's description of what is too large (`Length of string`,
@@ -115,6 +122,18 @@ fn data_limit_code(what: &str) -> ErrorCode {
         ErrorCode::LimitMapSize
     } else {
         ErrorCode::LimitValue
+    }
+}
+
+/// A transaction the cell stopped with `code` at `at` (the cell counts operations and keeps
+/// stops itself, see `meter`), worded as the engine words the same stop where it has one.
+pub(crate) fn stopped(code: ErrorCode, at: Position) -> CellError {
+    match code {
+        ErrorCode::LimitCallDepth => call_depth(at),
+        ErrorCode::LimitOperations => {
+            CellError::new(code, EvalAltResult::ErrorTooManyOperations(at).to_string())
+        }
+        _ => CellError::new(code, terminated_message(code)),
     }
 }
 

@@ -30,6 +30,7 @@ mod compiled;
 pub mod convert;
 mod errors;
 pub mod limits;
+mod meter;
 pub mod modules;
 mod transport;
 

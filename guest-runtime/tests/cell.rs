@@ -462,6 +462,61 @@ fn interrupt_stops_a_spinning_script() {
     t.join().unwrap();
 }
 
+/// Operations run inside callbacks of native functions (`map`, `sort`, ...) count against
+/// `max_operations` like any others; the engine's own count lost them when the callback
+/// returned, so a script could loop without bound inside `map`.
+#[test]
+fn operations_inside_callbacks_count() {
+    let limits = EngineLimits {
+        max_operations: 50_000,
+        ..EngineLimits::default()
+    };
+    let (mut c, _) = cell_with(limits, &[]);
+    // 100 callbacks of about 3,000 operations each: 300,000 in all.
+    let err = c
+        .exec("let a = []; a.pad(100, 0); a.map(|x| { let k = 0; while k < 1000 { k += 1; } k }).len()")
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::LimitOperations, "{err}");
+    // The same work under the limit in one callback still runs.
+    let ok = c.exec("[1].map(|x| { let k = 0; while k < 1000 { k += 1; } k })[0]");
+    assert_eq!(ok, Ok(Value::Int(1000)));
+}
+
+/// A stop inside a callback whose error the native function discards (`sort`, `dedup`) is
+/// still the transaction's answer: the script cannot turn a limit or a kill into a success.
+#[test]
+fn a_stop_a_native_function_discards_is_still_the_answer() {
+    let limits = EngineLimits {
+        max_operations: 50_000,
+        ..EngineLimits::default()
+    };
+    let (mut c, _) = cell_with(limits, &[]);
+    for src in [
+        "let a = [3, 1, 2]; a.sort(|x, y| { loop {} }); \"sorted\"",
+        "let a = [1, 1, 2]; a.dedup(|x, y| { loop {} }); a.len()",
+    ] {
+        let err = c.exec(src).unwrap_err();
+        assert_eq!(err.code, ErrorCode::LimitOperations, "{src}: {err}");
+        assert!(
+            err.message.starts_with("Too many operations"),
+            "{src}: {err}"
+        );
+    }
+    assert_eq!(
+        c.exec("\"still usable\""),
+        Ok(Value::Str("still usable".into()))
+    );
+
+    let flag = Arc::new(Flag(AtomicBool::new(true)));
+    let mut h = hello(&[]);
+    h.limits.max_operations = 0;
+    let mut c = Cell::new(&h, Box::new(Recorder::default()), flag).unwrap();
+    let err = c
+        .exec("let a = []; a.pad(100, 0); a.sort(|x, y| { loop {} }); \"sorted\"")
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Cancelled, "{err}");
+}
+
 #[test]
 fn version_mismatch_is_refused() {
     let mut h = hello(&[]);
