@@ -313,6 +313,21 @@ fn stops_inside_callbacks(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
         cell,
         "[1].map(|x| { let k = 0; while k < 1000 { k += 1; } k })",
     );
+    // Nested: a callback inside a callback, inside a script function, and through `call`.
+    let _ = t.exec(
+        cell,
+        "[[3, 1], [2]].map(|x| { x.sort(|a, b| { loop {} }); x })",
+    );
+    let _ = t.exec(
+        cell,
+        "fn spin(a) { a.dedup(|x, y| { loop {} }); a } spin([1, 1]).len()",
+    );
+    let _ = t.exec(
+        cell,
+        "fn sorted() { let a = [2, 1]; a.sort(|x, y| { [x].map(|v| { loop {} }); 0 }); a }",
+    );
+    let _ = t.call(cell, "sorted", vec![], Map::new());
+    let _ = t.exec(cell, "\"the next exec runs\"");
     t.drain(cell);
 }
 
