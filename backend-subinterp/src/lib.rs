@@ -84,11 +84,9 @@ impl Backend for Subinterp {
             stop: Arc::new(Stop {
                 cpu: cpu::CpuBudget::new(spec.resources.cpu_time_ms),
                 memory: memory::Account::new(spec.resources.memory_bytes),
-                killed: AtomicBool::default(),
+                flags: AtomicU8::default(),
                 out_of_memory: AtomicBool::default(),
                 in_flight: AtomicBool::default(),
-                interrupted: AtomicBool::default(),
-                aborted: AtomicU8::default(),
                 deadline: Mutex::default(),
             }),
             host,
@@ -127,9 +125,9 @@ fn memory_layer() -> Layer {
 
 /// Why a running script must stop, shared with the engine's progress callback.
 struct Stop {
-    killed: AtomicBool,
-    /// Set by the host side's `Flow::Abort`: the code to stop with.
-    aborted: AtomicU8,
+    /// [`KILLED`], [`INTERRUPTED`] and [`ABORTED`]: one word, so that the check the engine makes
+    /// on every operation reads one flag word when nothing happened.
+    flags: AtomicU8,
     deadline: Mutex<Option<Instant>>,
     /// The cell's CPU-time limit, charged on the thread that runs it.
     cpu: cpu::CpuBudget,
@@ -139,9 +137,14 @@ struct Stop {
     out_of_memory: AtomicBool,
     /// Whether the engine runs a transaction now: only then does an interrupt take.
     in_flight: AtomicBool,
-    /// Set by [`Interrupter::interrupt`] during a transaction; taken by the next check.
-    interrupted: AtomicBool,
 }
+
+/// The cell was killed: every later operation and transaction stops.
+const KILLED: u8 = 1;
+/// Set by [`Interrupter::interrupt`] during a transaction; taken by the next check.
+const INTERRUPTED: u8 = 2;
+/// Set by the host side's `Flow::Abort`: the transaction stops as a protocol violation.
+const ABORTED: u8 = 4;
 
 impl Stop {
     fn out_of_memory(&self) -> bool {
@@ -149,18 +152,19 @@ impl Stop {
     }
 }
 
-const NOT_ABORTED: u8 = 0;
-
 impl Interrupt for Stop {
     fn check(&self, operations: u64) -> Option<ErrorCode> {
-        if self.killed.load(Ordering::Relaxed)
-            || (self.interrupted.load(Ordering::Relaxed)
-                && self.interrupted.swap(false, Ordering::SeqCst))
-        {
-            return Some(ErrorCode::Cancelled);
-        }
-        if self.aborted.load(Ordering::Relaxed) != NOT_ABORTED {
-            return Some(ErrorCode::ProtocolViolation);
+        let flags = self.flags.load(Ordering::Relaxed);
+        if flags != 0 {
+            if flags & KILLED != 0
+                || (flags & INTERRUPTED != 0
+                    && self.flags.fetch_and(!INTERRUPTED, Ordering::SeqCst) & INTERRUPTED != 0)
+            {
+                return Some(ErrorCode::Cancelled);
+            }
+            if flags & ABORTED != 0 {
+                return Some(ErrorCode::ProtocolViolation);
+            }
         }
         if self.memory.over_limit() {
             // Sticky: the script's blocks are freed as it unwinds, but the cell is done.
@@ -182,7 +186,7 @@ impl Interrupt for Stop {
 
 impl Killer for Stop {
     fn kill(&self) {
-        self.killed.store(true, Ordering::Relaxed);
+        self.flags.fetch_or(KILLED, Ordering::Relaxed);
     }
 }
 
@@ -201,7 +205,7 @@ impl Interrupter for Stop {
         // The script stops at its next operation with `Cancelled`; the host side, told of the
         // interrupt, words it. Outside a transaction there is nothing to stop.
         if self.in_flight.load(Ordering::SeqCst) {
-            self.interrupted.store(true, Ordering::SeqCst);
+            self.flags.fetch_or(INTERRUPTED, Ordering::SeqCst);
         }
     }
 }
@@ -234,7 +238,7 @@ impl Transport for Inline {
         match memory::uncharged(|| self.host.on_frame(frame)) {
             Flow::Reply(reply) => self.reply = Some(reply),
             Flow::Abort(err) => {
-                self.stop.aborted.store(1, Ordering::Relaxed);
+                self.stop.flags.fetch_or(ABORTED, Ordering::Relaxed);
                 *self.abort.lock().unwrap_or_else(|e| e.into_inner()) = Some(err.clone());
                 return Err(TransportError::Aborted(err));
             }
@@ -298,7 +302,7 @@ impl SubinterpPipe {
 
 impl CellPipe for SubinterpPipe {
     fn transact(&mut self, frame: HostFrame, deadline: Option<Instant>) -> Result<(), PipeError> {
-        if self.stop.killed.load(Ordering::Relaxed) {
+        if self.stop.flags.load(Ordering::Relaxed) & KILLED != 0 {
             return Err(PipeError::Killed);
         }
         *self.stop.deadline.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
@@ -351,7 +355,7 @@ impl CellPipe for SubinterpPipe {
                     None
                 } else {
                     self.stop.cpu.start();
-                    self.stop.interrupted.store(false, Ordering::SeqCst);
+                    self.stop.flags.fetch_and(!INTERRUPTED, Ordering::SeqCst);
                     self.stop.in_flight.store(true, Ordering::SeqCst);
                     let run = self.stop.memory.charge(|| run_engine(cell, frame));
                     self.stop.in_flight.store(false, Ordering::SeqCst);

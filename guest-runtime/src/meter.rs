@@ -10,60 +10,72 @@
 //! answers with the stop whatever the script made of it. (The stack guard's error is not a
 //! stop: it passes as the script unwinds.)
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use abi::{CellError, ErrorCode};
 
-/// No stop recorded (codes are stored plus one).
-const RUNNING: u32 = 0;
+/// Where a stop is kept in [`Meter::state`]: its code plus one in the top 17 bits, above any
+/// count of operations a transaction could reach. With it set the word passes every budget, so
+/// the hot path needs one load and one compare to see a stop, a spent budget or neither.
+const STOP_SHIFT: u32 = 47;
+const COUNT_MASK: u64 = (1 << STOP_SHIFT) - 1;
 
 /// One cell's meter; the engine's progress callback ticks it once per operation.
 pub(crate) struct Meter {
-    /// `max_operations` per transaction; 0 is unlimited.
-    budget: u64,
-    spent: AtomicU64,
-    stop: AtomicU32,
+    /// The last operation allowed: `max_operations`, or all of them for 0 (unlimited).
+    last_allowed: u64,
+    /// Operations spent in this transaction, and its stop (see [`STOP_SHIFT`]).
+    state: AtomicU64,
 }
 
 impl Meter {
     pub(crate) fn new(budget: u64) -> Self {
         Meter {
-            budget,
-            spent: AtomicU64::new(0),
-            stop: AtomicU32::new(RUNNING),
+            last_allowed: if budget == 0 {
+                COUNT_MASK
+            } else {
+                budget.min(COUNT_MASK)
+            },
+            state: AtomicU64::new(0),
         }
     }
 
     /// Starts a transaction: nothing spent, nothing stopped.
     pub(crate) fn begin(&self) {
-        self.spent.store(0, Relaxed);
-        self.stop.store(RUNNING, Relaxed);
+        self.state.store(0, Relaxed);
     }
 
     /// Counts one operation; `Some(code)` when the transaction must stop: the budget is spent,
     /// `check` (given the operations so far) says so, or an earlier operation stopped.
     /// One cell runs on one thread at a time, so plain loads and stores suffice.
+    #[inline]
     pub(crate) fn tick(&self, check: impl FnOnce(u64) -> Option<ErrorCode>) -> Option<ErrorCode> {
-        if let Some(code) = self.stopped() {
-            return Some(code);
-        }
-        let spent = self.spent.load(Relaxed) + 1;
-        self.spent.store(spent, Relaxed);
-        let code = if self.budget != 0 && spent > self.budget {
-            Some(ErrorCode::LimitOperations)
+        let spent = self.state.load(Relaxed) + 1;
+        let code = if spent > self.last_allowed {
+            // Stopped before (the stop sits above every count), or the budget is spent now.
+            self.stopped().unwrap_or(ErrorCode::LimitOperations)
         } else {
-            check(spent)
-        }?;
-        self.stop.store(u32::from(code.as_u16()) + 1, Relaxed);
+            self.state.store(spent, Relaxed);
+            check(spent)?
+        };
+        self.stop(code);
         Some(code)
+    }
+
+    fn stop(&self, code: ErrorCode) {
+        let spent = self.state.load(Relaxed) & COUNT_MASK;
+        self.state.store(
+            (u64::from(code.as_u16()) + 1) << STOP_SHIFT | spent,
+            Relaxed,
+        );
     }
 
     /// The code the transaction was stopped with, if it was.
     pub(crate) fn stopped(&self) -> Option<ErrorCode> {
-        let raw = self.stop.load(Relaxed);
-        (raw != RUNNING)
-            .then(|| u16::try_from(raw - 1).ok().and_then(ErrorCode::from_u16))
-            .flatten()
+        let raw = self.state.load(Relaxed) >> STOP_SHIFT;
+        u16::try_from(raw.checked_sub(1)?)
+            .ok()
+            .map(ErrorCode::from_wire)
     }
 
     /// The transaction's answer: `result`, unless it was stopped and the script went on past
@@ -126,6 +138,24 @@ mod tests {
             Some(ErrorCode::Cancelled)
         );
         assert_eq!(meter.tick(|_| None), Some(ErrorCode::Cancelled));
+    }
+
+    #[test]
+    fn any_code_is_kept_whatever_was_spent() {
+        for budget in [0, 1, 1_000, u64::MAX] {
+            for code in [
+                ErrorCode::Cancelled,
+                ErrorCode::TimedOut,
+                ErrorCode::Unknown(u16::MAX),
+            ] {
+                let meter = Meter::new(budget);
+                meter.begin();
+                assert_eq!(meter.stopped(), None);
+                assert_eq!(meter.tick(|_| Some(code)), Some(code), "{budget}");
+                assert_eq!(meter.stopped(), Some(code));
+                assert_eq!(meter.tick(|_| None), Some(code), "the stop sticks");
+            }
+        }
     }
 
     #[test]
