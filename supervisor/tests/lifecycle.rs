@@ -74,6 +74,40 @@ fn kill_during_a_running_exec_stops_it_at_once() {
     }
 }
 
+/// A kill that lands while the cell is still compiling a large script (no operation has run
+/// yet, so no per-operation check has seen it) is never lost: the exec ends `cancelled` (or
+/// `cell_closed`, had the kill come before the exec reached the cell), never with the script's
+/// value, and the cell is gone. Where the kill lands is not asserted; every landing must pass.
+#[test]
+fn a_kill_while_the_script_compiles_is_never_lost() {
+    let s = Supervisor::new();
+    // About 900 KB (the default frame cap is 1 MiB) of statements: the engine parses for a
+    // while before the first operation.
+    let script = format!("let x = 0;\n{}x", "x += 1;\n".repeat(100_000));
+    for backend in available(&s) {
+        for delay_us in [0, 2_000, 20_000] {
+            let cell = s.spawn("compiling", &backend, &Policy::default()).unwrap();
+            let worker = {
+                let (cell, script) = (cell.clone(), script.clone());
+                std::thread::spawn(move || cell.exec(&script))
+            };
+            std::thread::sleep(Duration::from_micros(delay_us));
+            cell.kill();
+            let result = worker.join().unwrap();
+            match &result {
+                Err(e) if matches!(e.code, ErrorCode::Cancelled | ErrorCode::CellClosed) => {}
+                other => panic!("{backend}, kill after {delay_us} µs: {other:?}"),
+            }
+            assert_eq!(
+                cell.exec("1").unwrap_err().code,
+                ErrorCode::CellClosed,
+                "{backend}: the killed cell still ran an exec"
+            );
+            cell.close();
+        }
+    }
+}
+
 #[test]
 fn interrupt_ends_the_running_exec_and_keeps_the_cell() {
     let s = Supervisor::new();
