@@ -132,7 +132,9 @@ struct Stop {
     /// The cell's CPU-time limit, charged on the thread that runs it.
     cpu: cpu::CpuBudget,
     /// The heap the cell's blocks take, against `memory_mib`.
-    memory: Arc<memory::Account>,
+    /// Held in place, not behind an `Arc`: the check the engine makes on every operation
+    /// reaches the account's ledger with one load fewer.
+    memory: memory::Account,
     /// Set when a script was stopped for passing `memory_mib`.
     out_of_memory: AtomicBool,
     /// Whether the engine runs a transaction now: only then does an interrupt take.

@@ -18,7 +18,6 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::ptr::{self, NonNull};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The global allocator that makes `memory_mib` bind on in-process cells: the system
@@ -32,9 +31,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AccountingAllocator;
 
-/// One cell's account: the bytes its blocks take, against its limit. The cell holds it (in an
-/// `Arc`); a block that outlives the cell still knows where to give its bytes back, so what
-/// the account counts ([`Ledger`]) lives until the cell is gone and its last block is freed.
+/// One cell's account: the bytes its blocks take, against its limit. The cell holds it; a
+/// block that outlives the cell still knows where to give its bytes back, so what the account
+/// counts ([`Ledger`]) lives until the cell is gone and its last block is freed.
 #[derive(Debug)]
 pub struct Account {
     ledger: NonNull<Ledger>,
@@ -72,14 +71,14 @@ pub fn installed() -> bool {
 
 impl Account {
     /// An empty account that may hold `limit` bytes (0: no limit, only counting).
-    pub fn new(limit: u64) -> Arc<Account> {
+    pub fn new(limit: u64) -> Account {
         let ledger = Ledger {
             live: AtomicUsize::new(OWNED),
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
         };
         // Uncharged: the ledger may outlive whatever account is current now.
         let ledger = uncharged(|| NonNull::from(Box::leak(Box::new(ledger))));
-        Arc::new(Account { ledger })
+        Account { ledger }
     }
 
     fn ledger(&self) -> &Ledger {
@@ -99,7 +98,7 @@ impl Account {
     }
 
     /// Runs `f` with this account current on this thread: what `f` allocates is charged here.
-    pub fn charge<R>(self: &Arc<Self>, f: impl FnOnce() -> R) -> R {
+    pub fn charge<R>(&self, f: impl FnOnce() -> R) -> R {
         let _current = Current::set(self.ledger.as_ptr());
         f()
     }
