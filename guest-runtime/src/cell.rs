@@ -11,7 +11,7 @@ use crate::{ENGINE, ENGINE_VERSION, modules};
 use abi::{
     ABI_VERSION, CellError, ErrorCode, GuestFrame, Hello, HostFrame, Map, Ready, SCHEMA_KEY, Value,
 };
-use alloc::{boxed::Box, format, string::String, sync::Arc, vec::Vec};
+use alloc::{boxed::Box, format, sync::Arc, vec::Vec};
 use rhai::packages::{Package, StandardPackage};
 use rhai::{AST, CallFnOptions, Dynamic, Engine, EvalAltResult, Module, Scope, Shared};
 
@@ -34,7 +34,7 @@ pub struct Cell {
     lib: AST,
     compiled: CompileCache,
     link: Arc<Link>,
-    modules: Vec<String>,
+    modules: modules::Allowed,
     limits: abi::EngineLimits,
     stack: Arc<StackGuard>,
     meter: Arc<Meter>,
@@ -172,7 +172,9 @@ impl Cell {
             }
         });
 
+        let mut allowed = modules::Allowed::default();
         for name in &hello.modules {
+            allowed.insert(name);
             let module = modules::get(name).ok_or_else(|| {
                 CellError::new(
                     ErrorCode::InvalidArgument,
@@ -181,7 +183,7 @@ impl Cell {
             })?;
             engine.register_static_module(name.as_str(), module);
         }
-        engine.set_module_resolver(modules::PolicyResolver::new(hello.modules.clone()));
+        engine.set_module_resolver(modules::PolicyResolver::new(allowed));
         api::bind(&mut engine, &link, limits);
 
         Ok(Cell {
@@ -190,7 +192,7 @@ impl Cell {
             lib: AST::empty(),
             compiled: CompileCache::default(),
             link,
-            modules: hello.modules.clone(),
+            modules: allowed,
             limits: hello.limits.clone(),
             stack,
             meter,
@@ -264,7 +266,7 @@ impl Cell {
                 )
             }
             Some(module) => {
-                if !self.modules.iter().any(|m| m == module) {
+                if !self.modules.contains(module) {
                     return Err(CellError::new(
                         ErrorCode::OutOfModel,
                         format!("module `{module}` is not allowed by this cell's policy"),

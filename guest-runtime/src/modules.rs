@@ -33,14 +33,42 @@ fn ready(name: &str, mut module: Module) -> Shared<Module> {
     module.into()
 }
 
+/// A set of modules of [`AVAILABLE`], by position: what a cell's policy allows. A bit set,
+/// not a list of names, so a cell's spawn copies no names (its handshake has them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Allowed(u8);
+
+const _: () = assert!(AVAILABLE.len() <= 8, "Allowed holds one bit per module");
+
+impl Allowed {
+    /// Adds the module `name`; false (and nothing added) if the host has no such module.
+    pub fn insert(&mut self, name: &str) -> bool {
+        match AVAILABLE.iter().position(|m| *m == name) {
+            Some(i) => {
+                self.0 |= 1 << i;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `name` is allowed.
+    pub fn contains(&self, name: &str) -> bool {
+        AVAILABLE
+            .iter()
+            .position(|m| *m == name)
+            .is_some_and(|i| self.0 & (1 << i) != 0)
+    }
+}
+
 /// Resolves `import "name"` to a host module, only for the names the policy allows.
 pub struct PolicyResolver {
-    allowed: Vec<String>,
+    allowed: Allowed,
 }
 
 impl PolicyResolver {
     /// A resolver that allows exactly the modules in `allowed` (the handshake's `modules`).
-    pub fn new(allowed: Vec<String>) -> Self {
+    pub fn new(allowed: Allowed) -> Self {
         PolicyResolver { allowed }
     }
 }
@@ -54,7 +82,7 @@ impl rhai::ModuleResolver for PolicyResolver {
         pos: rhai::Position,
     ) -> Res<Shared<Module>> {
         match get(path) {
-            Some(module) if self.allowed.iter().any(|a| a == path) => Ok(module),
+            Some(module) if self.allowed.contains(path) => Ok(module),
             _ => Err(Box::new(EvalAltResult::ErrorModuleNotFound(
                 path.into(),
                 pos,
@@ -203,5 +231,25 @@ pub fn from_json(json: serde_json::Value) -> Value {
         J::String(s) => Value::Str(s),
         J::Array(items) => Value::List(items.into_iter().map(from_json).collect()),
         J::Object(map) => Value::Map(map.into_iter().map(|(k, v)| (k, from_json(v))).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_holds_exactly_the_modules_inserted() {
+        let mut allowed = Allowed::default();
+        assert!(AVAILABLE.iter().all(|m| !allowed.contains(m)));
+        assert!(allowed.insert("json"));
+        assert!(!allowed.insert("fs"), "no such module");
+        assert!(allowed.contains("json"));
+        assert!(!allowed.contains("math") && !allowed.contains("text"));
+        assert!(!allowed.contains("fs") && !allowed.contains(""));
+        for m in AVAILABLE {
+            allowed.insert(m);
+        }
+        assert!(AVAILABLE.iter().all(|m| allowed.contains(m)));
     }
 }
