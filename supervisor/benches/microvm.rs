@@ -101,7 +101,7 @@ fn main() {
         g.finish();
     }
     pin(None);
-    common::bench_scripts(&mut c, GROUP, &supervisor, "microvm", &policy);
+    let script_rows = common::bench_scripts(&supervisor, "microvm", &policy);
 
     // Memory: idle cells after their handshake and one exec, all alive at once (so none shares a
     // pooled VM), growth per cell: (RSS, PSS, MemAvailable drop) in KiB.
@@ -162,7 +162,7 @@ fn main() {
     let (f, e, k) = (med(&mut f), med(&mut e), med(&mut k));
 
     c.final_summary();
-    let mut rows = common::script_rows(GROUP);
+    let mut rows = script_rows;
     for (suffix, label) in [("", "unpinned"), ("_pinned", "pinned to CPU 0")] {
         for (fig, key, target) in [
             (

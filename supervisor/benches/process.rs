@@ -218,7 +218,7 @@ fn main() {
         g.finish();
     }
     pin(None);
-    common::bench_scripts(&mut c, GROUP, &supervisor, "process", &policy);
+    let script_rows = common::bench_scripts(&supervisor, "process", &policy);
 
     // Memory: idle cells after their handshake and one exec, all alive at once. The growth of
     // the PSS summed over this process and every process it started (fork server, spares,
@@ -256,7 +256,7 @@ fn main() {
     let _ = std::fs::remove_file(&guest);
 
     c.final_summary();
-    let mut rows = common::script_rows(GROUP);
+    let mut rows = script_rows;
     for (suffix, label) in [("", "unpinned"), ("_pinned", "pinned to CPU 0")] {
         for (id, how, target) in [
             ("cold_post_42", "fork server", "≤ 300 µs"),

@@ -71,7 +71,7 @@ fn main() {
     let per_cell = heap_in_use().saturating_sub(before) as f64 / CELLS as f64;
     drop(cells);
 
-    common::bench_scripts(&mut c, GROUP, &supervisor, "subinterp", &policy);
+    let script_rows = common::bench_scripts(&supervisor, "subinterp", &policy);
 
     c.final_summary();
     let mut rows = Vec::new();
@@ -97,7 +97,7 @@ fn main() {
             ));
         }
     }
-    rows.extend(common::script_rows(GROUP));
+    rows.extend(script_rows);
     print_summary(
         "subinterp",
         &rows,

@@ -156,6 +156,8 @@ pub struct Row {
     pub median_ns: Option<f64>,
     pub floor: String,
     pub floor_ns: Option<f64>,
+    /// The ratio when it is not `median_ns / floor_ns` (a median of paired ratios).
+    pub ratio: Option<f64>,
     pub target: String,
 }
 
@@ -176,6 +178,7 @@ impl Row {
             median_ns: median_ns(group, &format!("{id}{suffix}/")),
             floor: floor.into(),
             floor_ns: median_ns(group, &format!("{floor_id}{suffix}/")),
+            ratio: None,
             target: target.into(),
         }
     }
@@ -188,8 +191,9 @@ pub fn print_summary(title: &str, rows: &[Row], extra: &[String]) {
         "figure", "median", "floor", "floor med.", "ratio"
     );
     for r in rows {
-        let ratio = match (r.median_ns, r.floor_ns) {
-            (Some(m), Some(f)) if f > 0.0 => format!("{:.2}x", m / f),
+        let ratio = match (r.ratio, r.median_ns, r.floor_ns) {
+            (Some(ratio), _, _) => format!("{ratio:.2}x"),
+            (None, Some(m), Some(f)) if f > 0.0 => format!("{:.2}x", m / f),
             _ => "-".into(),
         };
         println!(
@@ -239,51 +243,54 @@ pub const SCRIPTS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Runs each of [`SCRIPTS`] in one warm cell of `backend` under `policy` and, beside it in the
-/// same run, the same compiled script on a bare engine in this process (no limits, no progress
-/// callback, no account): `script_{id}` and `floor_rhai_{id}` of `group`.
-pub fn bench_scripts(
-    c: &mut Criterion,
-    group: &str,
-    supervisor: &Supervisor,
-    backend: &str,
-    policy: &Policy,
-) {
+/// Pairs of runs per script (after two that are not counted).
+const SCRIPT_PAIRS: usize = 15;
+
+/// Runs each of [`SCRIPTS`] in one warm cell of `backend` under `policy` and, beside it, the
+/// same compiled script on a bare engine in this process (no limits, no progress callback, no
+/// account), alternating bare, cell, bare, cell …: each pair runs at one speed of this shared
+/// machine, so the ratio is taken pair by pair and the row gives the median of those ratios
+/// (and of each side's times). Runs of the two sides minutes apart, as separate criterion
+/// benches would make them, drift apart by more than the difference being measured.
+pub fn bench_scripts(supervisor: &Supervisor, backend: &str, policy: &Policy) -> Vec<Row> {
     use rhai::packages::Package;
+    use std::time::Instant;
     let mut bare = rhai::Engine::new_raw();
     bare.register_global_module(rhai::packages::StandardPackage::new().as_shared_module());
-    let mut g = c.benchmark_group(group);
-    g.sample_size(10);
     let cell = supervisor.spawn(&fresh_name(), backend, policy).unwrap();
-    for (id, _, source) in SCRIPTS {
-        let ast = bare.compile(source).unwrap();
-        let expected = bare.eval_ast::<i64>(&ast).unwrap();
-        g.bench_function(BenchmarkId::new(format!("floor_rhai_{id}"), ""), |b| {
-            b.iter(|| black_box(bare.eval_ast::<i64>(&ast).unwrap()))
-        });
-        assert_eq!(cell.exec(source).unwrap(), Value::Int(expected));
-        g.bench_function(BenchmarkId::new(format!("script_{id}"), ""), |b| {
-            b.iter(|| black_box(cell.exec(source).unwrap()))
-        });
-    }
-    cell.close();
-    g.finish();
-}
-
-/// The summary rows of [`bench_scripts`]: each script in a cell beside the bare engine.
-pub fn script_rows(group: &str) -> Vec<Row> {
-    SCRIPTS
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let rows = SCRIPTS
         .iter()
-        .map(|(id, what, _)| {
-            Row::of(
-                group,
-                "",
-                format!("{what}, default limits"),
-                &format!("script_{id}"),
-                "bare Rhai 1.27, no limits",
-                &format!("floor_rhai_{id}"),
-                "≤ 1.1x",
-            )
+        .map(|(_, what, source)| {
+            let ast = bare.compile(source).unwrap();
+            let expected = bare.eval_ast::<i64>(&ast).unwrap();
+            let (mut bare_ns, mut cell_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for pair in 0..SCRIPT_PAIRS + 2 {
+                let t = Instant::now();
+                black_box(bare.eval_ast::<i64>(&ast).unwrap());
+                let b = t.elapsed().as_nanos() as f64;
+                let t = Instant::now();
+                assert_eq!(cell.exec(source).unwrap(), Value::Int(expected));
+                let c = t.elapsed().as_nanos() as f64;
+                if pair >= 2 {
+                    bare_ns.push(b);
+                    cell_ns.push(c);
+                    ratios.push(c / b);
+                }
+            }
+            Row {
+                figure: format!("{what}, default limits"),
+                median_ns: Some(median(cell_ns)),
+                floor: "bare Rhai 1.27, no limits".into(),
+                floor_ns: Some(median(bare_ns)),
+                ratio: Some(median(ratios)),
+                target: "≤ 1.1x (median of paired ratios)".into(),
+            }
         })
-        .collect()
+        .collect();
+    cell.close();
+    rows
 }
