@@ -84,8 +84,20 @@ pub fn trials(backend: Arc<dyn Backend>) -> Vec<Trial> {
 /// test` passes them) and returns the exit code. What [`crate::conformance_main!`] calls.
 pub fn run(backend: Arc<dyn Backend>) -> ExitCode {
     let args = Arguments::from_args();
-    // `cargo xtask` counts each backend's results after this line.
-    eprintln!("conformance suite: backend `{}`", backend.name());
+    // `cargo xtask` counts each backend's results after this line; a backend may have several
+    // suites (one per way it starts cells), told apart by their test binary.
+    let suite = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|stem| match stem.rsplit_once('-') {
+            Some((name, _hash)) => name.to_string(),
+            None => stem,
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "conformance suite: backend `{}` in `{suite}`",
+        backend.name()
+    );
     if let Err(reason) = backend.available() {
         eprintln!(
             "SKIPPED: conformance of backend `{}`: {reason} (every trial shows as ignored)",

@@ -29,11 +29,16 @@ use std::process::{Command, ExitCode};
 
 const BACKENDS: &[&str] = &["subinterp", "process", "microvm", "stdio"];
 
-/// The package and test target that run the conformance suite against each backend.
-fn suite_target(backend: &str) -> (&'static str, &str) {
+/// The package and test targets that run the conformance suite against each backend: one per
+/// way the backend starts cells (`process_direct`: no fork server; `microvm_cold`: no
+/// snapshot, as `cell run` starts its one microVM cell).
+fn suite_targets(backend: &str) -> Vec<(&'static str, &str)> {
+    const BUILTIN: &str = "cell-conformance-builtin";
     match backend {
-        "stdio" => ("cell-stdio-backend", "conformance"),
-        other => ("cell-conformance-builtin", other),
+        "stdio" => vec![("cell-stdio-backend", "conformance")],
+        "process" => vec![(BUILTIN, "process"), (BUILTIN, "process_direct")],
+        "microvm" => vec![(BUILTIN, "microvm"), (BUILTIN, "microvm_cold")],
+        other => vec![(BUILTIN, other)],
     }
 }
 
@@ -117,6 +122,8 @@ struct Counts {
     ignored: u32,
     /// Why the backend cannot run here, when its suite said so.
     skipped: Option<String>,
+    /// The suite's test binary (a backend has one per way it starts cells).
+    suite: String,
 }
 
 /// The number before `word` in a libtest result line (`test result: ok. 3 passed; 0 failed; ...`).
@@ -161,8 +168,17 @@ fn run_tests(mut cmd: Command) -> (bool, Vec<(String, Counts)>) {
     for line in BufReader::new(reader).lines().map_while(Result::ok) {
         println!("{line}");
         if let Some(rest) = line.trim().strip_prefix("conformance suite: backend `") {
-            let name = rest.trim_end_matches('`').to_string();
-            current = Some((name, Counts::default()));
+            // `NAME` in `SUITE`: results are kept per backend, each suite its own entry.
+            let mut parts = rest.split('`');
+            let name = parts.next().unwrap_or_default().to_string();
+            let suite = parts.nth(1).unwrap_or(&name).to_string();
+            current = Some((
+                name,
+                Counts {
+                    suite,
+                    ..Counts::default()
+                },
+            ));
         } else if line.trim().starts_with("Running ") {
             // A test binary that is no conformance suite.
             current = None;
@@ -197,26 +213,29 @@ fn report(selected: &[&str], results: &[(String, Counts)]) -> bool {
     println!("\n==> conformance per backend");
     let mut ok = true;
     for backend in selected {
-        match results.iter().find(|(b, _)| b == backend) {
-            Some((_, c)) => {
-                let verdict = match (c.failed, c.passed) {
-                    (0, 0) if c.ignored > 0 => "SKIPPED",
-                    (0, _) => "ok",
-                    _ => "FAILED",
-                };
-                println!(
-                    "  {backend:<10} {verdict}: {} passed, {} failed, {} ignored",
-                    c.passed, c.failed, c.ignored
-                );
-                if let Some(reason) = &c.skipped {
-                    println!("  {:<10} {reason}", "");
-                }
-                ok &= c.failed == 0;
+        let suites: Vec<&Counts> = results
+            .iter()
+            .filter(|(b, _)| b == backend)
+            .map(|(_, c)| c)
+            .collect();
+        if suites.is_empty() {
+            println!("  {backend:<10} FAILED: the suite did not run (build error?)");
+            ok = false;
+        }
+        for c in suites {
+            let verdict = match (c.failed, c.passed) {
+                (0, 0) if c.ignored > 0 => "SKIPPED",
+                (0, _) => "ok",
+                _ => "FAILED",
+            };
+            println!(
+                "  {backend:<10} {verdict}: {} passed, {} failed, {} ignored (suite {})",
+                c.passed, c.failed, c.ignored, c.suite
+            );
+            if let Some(reason) = &c.skipped {
+                println!("  {:<10} {reason}", "");
             }
-            None => {
-                println!("  {backend:<10} FAILED: the suite did not run (build error?)");
-                ok = false;
-            }
+            ok &= c.failed == 0;
         }
     }
     ok
@@ -237,8 +256,9 @@ fn conformance(only: Option<&str>) -> bool {
     let mut cmd = cargo();
     cmd.args(["test", "--no-fail-fast"]);
     for b in &selected {
-        let (package, test) = suite_target(b);
-        cmd.args(["-p", package, "--test", test]);
+        for (package, test) in suite_targets(b) {
+            cmd.args(["-p", package, "--test", test]);
+        }
     }
     let (ran, results) = run_tests(cmd);
     report(&selected, &results) && ran

@@ -1,0 +1,6 @@
+//! The conformance suite on the process backend with every cell confined directly, not forked
+//! from the pre-confined fork server (`ProcessBackend { fork_server: false, .. }`).
+conformance::conformance_main!(backend_process::ProcessBackend {
+    fork_server: false,
+    ..backend_process::ProcessBackend::new()
+});
