@@ -36,6 +36,16 @@ pub(crate) const SERVER_ID_SPAN: u32 = 65_536;
 const SERVER_ID_BASE: u32 = HOST_UID_BASE + HOST_UID_SPAN as u32;
 static SERVER_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Where the `n`th directly spawned cell of process `pid` takes its host uid in the span. Not
+/// `n` alone: every process counts its cells from 0, so the first cells of two supervisors (two
+/// `cell run`s at once, or one just after another whose cell is still exiting) would share a uid,
+/// and with it `RLIMIT_NPROC`: the second cell's `exec` then fails with EAGAIN. Offset by the
+/// process id (times a prime that does not divide the span), cells of processes whose ids are
+/// close take uids far apart.
+fn cell_uid_offset(pid: u32, n: u64) -> u32 {
+    ((u64::from(pid) * 4093 + n) % HOST_UID_SPAN) as u32
+}
+
 /// How long the confinement sequence may take before the spawn is abandoned.
 const SPAWN_TIMEOUT_MS: c_int = 10_000;
 
@@ -89,7 +99,7 @@ pub(crate) fn spawn(spec: &SpawnSpec, prepared: Prepared) -> Result<ProcessCell>
         let id = SERVER_ID_BASE + k as u32 * SERVER_ID_SPAN;
         (id, id)
     } else if hs.rootful {
-        let id = HOST_UID_BASE + (n % HOST_UID_SPAN) as u32;
+        let id = HOST_UID_BASE + cell_uid_offset(std::process::id(), n);
         (id, id)
     } else {
         // SAFETY: getters without preconditions.
@@ -354,5 +364,21 @@ fn channel_pair(role: Role) -> io::Result<(UnixStream, OwnedFd)> {
             UnixStream::from_raw_fd(fds[0]),
             OwnedFd::from_raw_fd(fds[1]),
         ))
+    }
+}
+
+#[cfg(test)]
+mod uid_tests {
+    use super::*;
+
+    #[test]
+    fn cells_of_neighbouring_processes_take_different_uids() {
+        // Processes started one after another get neighbouring ids; each spawns a few cells.
+        let mut seen = std::collections::HashSet::new();
+        for pid in 4_000..4_100u32 {
+            for n in 0..8 {
+                assert!(seen.insert(cell_uid_offset(pid, n)), "pid {pid}, cell {n}");
+            }
+        }
     }
 }

@@ -40,6 +40,7 @@ use crate::fork_protocol::{
 use crate::host::{host_support, seccomp_program};
 use crate::image::Image;
 use crate::limits::{Limits, rlimit_values};
+use crate::reaper::EXIT_WAIT;
 use crate::seccomp::Role;
 use crate::spec::{SpawnSpec, check_host};
 
@@ -49,9 +50,6 @@ pub const SPARES: usize = 2;
 /// How long spawns must have been quiet before the keeper refills a pool that still has
 /// a spare.
 const QUIET: Duration = Duration::from_millis(1);
-
-/// How long the exit clean-up waits for the keeper and the reaper.
-const EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a spawn waits for a spare before giving up.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -27,10 +27,15 @@ pub(crate) fn wait_idle(limit: Duration) {
         .unwrap_or_else(PoisonError::into_inner);
 }
 
-/// Hands a killed cell to the reaper thread (started on first use).
+/// How long a normal exit waits for the cells handed over before it to be reaped.
+pub(crate) const EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// Hands a killed cell to the reaper thread (started on first use). A process that exits
+/// normally first waits for what was handed over (see [`wait_at_exit`]).
 pub(crate) fn reap_later(remains: Remains) {
     static REAPER: OnceLock<Mutex<Sender<Remains>>> = OnceLock::new();
     let sender = REAPER.get_or_init(|| {
+        wait_at_exit();
         let (tx, rx) = channel::<Remains>();
         std::thread::Builder::new()
             .name("cell-process-reaper".into())
@@ -54,6 +59,19 @@ pub(crate) fn reap_later(remains: Remains) {
     {
         *PENDING.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
     }
+}
+
+/// Makes a normal exit wait (up to [`EXIT_WAIT`]) until every cell handed to the reaper is
+/// reaped and its cgroups removed: the reaper is a thread of this process, and an exit that
+/// did not wait would leave the cgroups of the last cells closed (a program that closes its
+/// cells and returns from `main`, as `cell run` does) behind.
+fn wait_at_exit() {
+    extern "C" fn wait() {
+        wait_idle(EXIT_WAIT);
+    }
+    // SAFETY: registers a plain function with no arguments; it takes one lock and waits on a
+    // condvar with a bound.
+    unsafe { libc::atexit(wait) };
 }
 
 /// Waits until the process behind `pidfd` has ended, and reaps it.
