@@ -111,9 +111,11 @@ fn find_dirs(dir: &std::path::Path, prefix: &str, depth: u32, out: &mut Vec<std:
 }
 
 #[test]
-fn a_process_run_leaves_no_fork_server_spare_or_cgroup_behind() {
-    // The fork server and its spares outlive every cell; a normal exit must take them
-    // and their cgroups along (a cgroup cannot be removed while a process is in it).
+fn a_process_run_leaves_no_cell_or_cgroup_behind() {
+    // `cell run` confines its one cell directly; the reaper thread removes a killed cell's
+    // cgroups after the process is gone, and a normal exit must wait for it (it did not: the
+    // cell's cgroups were left behind). The fork server and its spares, where a program uses
+    // them, are taken along the same way (a cgroup cannot be removed while a process is in it).
     let child = Command::new(env!("CARGO_BIN_EXE_cell"))
         .args(["run", "--backend", "process"])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))

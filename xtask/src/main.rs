@@ -31,7 +31,7 @@ const BACKENDS: &[&str] = &["subinterp", "process", "microvm", "stdio"];
 
 /// The package and test targets that run the conformance suite against each backend: one per
 /// way the backend starts cells (`process_direct`: no fork server; `microvm_cold`: no
-/// snapshot, as `cell run` starts its one microVM cell).
+/// snapshot; both are how `cell run` starts its one cell).
 fn suite_targets(backend: &str) -> Vec<(&'static str, &str)> {
     const BUILTIN: &str = "cell-conformance-builtin";
     match backend {
