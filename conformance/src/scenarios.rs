@@ -299,33 +299,19 @@ fn engine_limits(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
 /// stop inside a callback whose error the native function discards (`sort`, `dedup`) is still
 /// the answer: no script turns a limit into a success by running its loop in a callback.
 fn stops_inside_callbacks(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
-    // `tight_engine`: 50,000 operations; 100 callbacks of about 3,000 each pass it.
-    let _ = t.exec(
-        cell,
+    // `tight_engine`: 50,000 operations; 100 callbacks of about 3,000 each pass it. Then
+    // nested: a callback inside a callback, inside a script function, and through `call`.
+    for source in [
         "let a = []; a.pad(100, 0); a.map(|x| { let k = 0; while k < 1000 { k += 1; } k }).len()",
-    );
-    let _ = t.exec(cell, "let a = [3, 1, 2]; a.sort(|x, y| { loop {} }); a");
-    let _ = t.exec(
-        cell,
+        "let a = [3, 1, 2]; a.sort(|x, y| { loop {} }); a",
         "let a = [1, 1, 2]; a.dedup(|x, y| { loop {} }); a.len()",
-    );
-    let _ = t.exec(
-        cell,
         "[1].map(|x| { let k = 0; while k < 1000 { k += 1; } k })",
-    );
-    // Nested: a callback inside a callback, inside a script function, and through `call`.
-    let _ = t.exec(
-        cell,
         "[[3, 1], [2]].map(|x| { x.sort(|a, b| { loop {} }); x })",
-    );
-    let _ = t.exec(
-        cell,
         "fn spin(a) { a.dedup(|x, y| { loop {} }); a } spin([1, 1]).len()",
-    );
-    let _ = t.exec(
-        cell,
         "fn sorted() { let a = [2, 1]; a.sort(|x, y| { [x].map(|v| { loop {} }); 0 }); a }",
-    );
+    ] {
+        let _ = t.exec(cell, source);
+    }
     let _ = t.call(cell, "sorted", vec![], Map::new());
     let _ = t.exec(cell, "\"the next exec runs\"");
     t.drain(cell);

@@ -41,23 +41,19 @@ pub struct Allowed(u8);
 const _: () = assert!(AVAILABLE.len() <= 8, "Allowed holds one bit per module");
 
 impl Allowed {
+    /// The bit of module `name`, if the host has it.
+    fn bit(name: &str) -> Option<u8> {
+        AVAILABLE.iter().position(|m| *m == name).map(|i| 1 << i)
+    }
+
     /// Adds the module `name`; false (and nothing added) if the host has no such module.
     pub fn insert(&mut self, name: &str) -> bool {
-        match AVAILABLE.iter().position(|m| *m == name) {
-            Some(i) => {
-                self.0 |= 1 << i;
-                true
-            }
-            None => false,
-        }
+        Self::bit(name).inspect(|bit| self.0 |= bit).is_some()
     }
 
     /// Whether `name` is allowed.
     pub fn contains(&self, name: &str) -> bool {
-        AVAILABLE
-            .iter()
-            .position(|m| *m == name)
-            .is_some_and(|i| self.0 & (1 << i) != 0)
+        Self::bit(name).is_some_and(|bit| self.0 & bit != 0)
     }
 }
 

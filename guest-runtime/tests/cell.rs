@@ -462,16 +462,20 @@ fn interrupt_stops_a_spinning_script() {
     t.join().unwrap();
 }
 
+/// Limits of 50,000 operations per transaction, the rest the defaults.
+fn fifty_thousand_operations() -> EngineLimits {
+    EngineLimits {
+        max_operations: 50_000,
+        ..EngineLimits::default()
+    }
+}
+
 /// Operations run inside callbacks of native functions (`map`, `sort`, ...) count against
 /// `max_operations` like any others; the engine's own count lost them when the callback
 /// returned, so a script could loop without bound inside `map`.
 #[test]
 fn operations_inside_callbacks_count() {
-    let limits = EngineLimits {
-        max_operations: 50_000,
-        ..EngineLimits::default()
-    };
-    let (mut c, _) = cell_with(limits, &[]);
+    let (mut c, _) = cell_with(fifty_thousand_operations(), &[]);
     // 100 callbacks of about 3,000 operations each: 300,000 in all.
     let err = c
         .exec("let a = []; a.pad(100, 0); a.map(|x| { let k = 0; while k < 1000 { k += 1; } k }).len()")
@@ -486,11 +490,7 @@ fn operations_inside_callbacks_count() {
 /// still the transaction's answer: the script cannot turn a limit or a kill into a success.
 #[test]
 fn a_stop_a_native_function_discards_is_still_the_answer() {
-    let limits = EngineLimits {
-        max_operations: 50_000,
-        ..EngineLimits::default()
-    };
-    let (mut c, _) = cell_with(limits, &[]);
+    let (mut c, _) = cell_with(fifty_thousand_operations(), &[]);
     for src in [
         "let a = [3, 1, 2]; a.sort(|x, y| { loop {} }); \"sorted\"",
         "let a = [1, 1, 2]; a.dedup(|x, y| { loop {} }); a.len()",

@@ -155,11 +155,7 @@ fn main() {
     // Cold cells have memory of their own (image and heap in transparent huge pages). Measured
     // last: destroying 40 VMs keeps the reaper thread busy for a while.
     let (cold_rss, _, cold_sys) = idle_memory("microvm-cold");
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    let (f, e, k) = (med(&mut f), med(&mut e), med(&mut k));
+    let (f, e, k) = (common::median(f), common::median(e), common::median(k));
 
     c.final_summary();
     let mut rows = script_rows;

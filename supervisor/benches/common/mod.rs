@@ -37,6 +37,12 @@ pub fn median_ns(group: &str, id: &str) -> Option<f64> {
     json["median"]["point_estimate"].as_f64()
 }
 
+/// The median of `samples` (the upper one of an even count); `samples` must not be empty.
+pub fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples[samples.len() / 2]
+}
+
 /// A cell name no other bench iteration has used.
 pub fn fresh_name() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -258,10 +264,6 @@ pub fn bench_scripts(supervisor: &Supervisor, backend: &str, policy: &Policy) ->
     let mut bare = rhai::Engine::new_raw();
     bare.register_global_module(rhai::packages::StandardPackage::new().as_shared_module());
     let cell = supervisor.spawn(&fresh_name(), backend, policy).unwrap();
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
     let rows = SCRIPTS
         .iter()
         .map(|(_, what, source)| {
