@@ -11,8 +11,8 @@
 
 // Layers, each using only those listed before it: memory, elf, kvm, signal, cpu (leaves);
 // setup (the layout written into memory); machine (KVM objects); control (what other threads
-// hold of a VM); watchdog and reaper; vm (channel and run loop); snapshot (templates, pool);
-// backend (the `abi::backend` contract).
+// hold of a VM); watchdog and reaper; vm (channel and run loop); pool (reset VMs kept for
+// reuse); snapshot (templates); backend (the `abi::backend` contract).
 pub mod backend;
 mod control;
 mod cpu;
@@ -21,6 +21,7 @@ mod error;
 mod kvm;
 mod machine;
 mod memory;
+mod pool;
 mod reaper;
 mod setup;
 mod signal;

@@ -1,7 +1,8 @@
 //! Fast start: a template VM booted once per (memory size, frame cap) to "engine ready", its
 //! memory sealed in a memfd and its registers captured. Cells start as copy-on-write private
 //! mappings of that memfd, either in a new KVM VM or in a pooled one whose dirtied pages are
-//! dropped (`MADV_DONTNEED` reverts a private file mapping to the file) and registers reset.
+//! copied back from the snapshot and registers reset (by the template's reset thread, see
+//! `pool`).
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -12,13 +13,13 @@ use kvm_bindings::{kvm_regs, kvm_sregs, kvm_xcrs, kvm_xsave};
 use crate::error::VmError;
 use crate::machine::{Machine, Recycle, set_boot_regs};
 use crate::memory::GuestMemory;
+use crate::pool::Pool;
+use crate::reaper;
 use crate::setup::{Backing, Layout, VmConfig, setup_memory};
 use crate::vm::{Recv, Vm};
 
 /// How long the template may take to reach "engine ready".
 const TEMPLATE_BOOT_LIMIT: Duration = Duration::from_secs(10);
-/// Pooled VMs kept per template.
-const POOL_MAX: usize = 16;
 
 /// A PROT_READ mapping of the sealed snapshot: nothing can write it (the kernel refuses both
 /// writes through it and any new writable shared mapping), so sharing it between threads is sound.
@@ -37,7 +38,7 @@ pub(crate) struct Template {
     xcrs: kvm_xcrs,
     /// Read-only view of the snapshot: the source of pooled resets.
     view: SnapshotView,
-    pool: Mutex<Vec<Machine>>,
+    pool: Pool,
 }
 
 fn memfd(len: u64) -> Result<OwnedFd, VmError> {
@@ -132,7 +133,7 @@ impl Template {
             sregs,
             xsave,
             xcrs,
-            pool: Mutex::new(Vec::new()),
+            pool: Pool::default(),
         })
     }
 
@@ -160,6 +161,22 @@ impl Template {
         self.restore(&m)?;
         Ok(m)
     }
+
+    /// Resets a closed cell's machine to the snapshot: its pending exit completed (KVM would
+    /// apply it on the next run, over the restored registers), its tables checked, its dirtied
+    /// pages copied back, its registers restored. A machine that fails any step is destroyed.
+    fn reset(&self, mut m: Machine) -> Option<Machine> {
+        let reusable = m.flush_pending_io().is_ok()
+            && tables_unchanged(&m.mem, &self.view.0, &self.layout).unwrap_or(false)
+            && matches!(m.mem.restore_from(&self.view.0, 0..0), Ok(Some(_)))
+            && self.restore(&m).is_ok();
+        if reusable {
+            Some(m)
+        } else {
+            reaper::destroy_later(m);
+            None
+        }
+    }
 }
 
 type Templates = Mutex<HashMap<(u64, u64), Arc<Template>>>;
@@ -180,20 +197,19 @@ fn template(cfg: &VmConfig) -> Result<Arc<Template>, VmError> {
     }
     let t = Arc::new(Template::boot(cfg)?);
     guard.insert(key, t.clone());
+    let served = t.clone();
+    let thread = std::thread::Builder::new()
+        .name("cell-vm-reset".into())
+        .spawn(move || served.pool.serve(|m| served.reset(m)));
+    // Without the thread, starts reset the machines they take themselves (`Pool::take`).
+    drop(thread);
     Ok(t)
 }
 
 impl Recycle for Template {
-    /// Returns a machine from a dropped cell to the pool (pending I/O completed first, so the
-    /// next restore sees a consistent vCPU).
-    fn recycle(&self, mut m: Machine) {
-        if m.flush_pending_io().is_err() {
-            return;
-        }
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < POOL_MAX {
-            pool.push(m);
-        }
+    /// Returns a machine from a dropped cell to the pool; the reset thread resets it.
+    fn recycle(&self, m: Machine) {
+        self.pool.put(m);
     }
 }
 
@@ -239,20 +255,9 @@ impl Vm {
     /// otherwise a new VM mapping the snapshot copy-on-write.
     pub fn from_snapshot(cfg: &VmConfig) -> Result<Vm, VmError> {
         let t = template(cfg)?;
-        let pooled = t.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut reused = false;
-        let m = match pooled {
-            Some(m) if tables_unchanged(&m.mem, &t.view.0, &t.layout)? => {
-                match m.mem.restore_from(&t.view.0, 0..0)? {
-                    Some(_) => {
-                        t.restore(&m)?;
-                        reused = true;
-                        m
-                    }
-                    None => t.fresh_machine()?,
-                }
-            }
-            _ => t.fresh_machine()?,
+        let (m, reused) = match t.pool.take(|m| t.reset(m)) {
+            Some(m) => (m, true),
+            None => (t.fresh_machine()?, false),
         };
         let layout = t.layout;
         let mut vm = Vm::from_parts(m, layout, Some(t));

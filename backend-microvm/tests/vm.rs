@@ -511,6 +511,46 @@ fn pooled_reset_leaves_no_state_behind() {
     assert_eq!(eval(&mut b, "40 + 2"), Ok(Value::Int(42)));
 }
 
+/// Cells closed and started from several threads at once: each VM is reset by the reset thread
+/// or by the start that takes it, never both, and every cell sees only its own state.
+#[test]
+fn concurrent_starts_and_closes_share_the_pool_safely() {
+    if !kvm() {
+        return;
+    }
+    let cfg = VmConfig::new(30 << 20); // a size no other test uses: the pool is ours
+    let reused: usize = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4i64)
+            .map(|t| {
+                let cfg = &cfg;
+                s.spawn(move || {
+                    let mut reused = 0;
+                    for i in 0..15i64 {
+                        let mut vm = Vm::from_snapshot(cfg).unwrap();
+                        reused += usize::from(vm.is_reused());
+                        handshake(&mut vm);
+                        let r = eval(&mut vm, "if is_def_var(\"mine\") { -1 } else { 0 }");
+                        assert_eq!(r, Ok(Value::Int(0)), "a variable of a previous cell leaked");
+                        let v = t * 100 + i;
+                        assert_eq!(
+                            eval(&mut vm, &format!("let mine = {v}; mine")),
+                            Ok(Value::Int(v))
+                        );
+                        // The variable lives on in this cell: the check above could see it.
+                        assert_eq!(eval(&mut vm, "mine"), Ok(Value::Int(v)));
+                    }
+                    reused
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    assert!(
+        reused >= 40,
+        "only {reused} of 60 starts reused a pooled VM"
+    );
+}
+
 #[test]
 fn floor_guest_exits_and_resumes() {
     if !kvm() {
