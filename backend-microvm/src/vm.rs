@@ -33,7 +33,11 @@ pub enum Recv {
 }
 
 enum Wait {
-    Frame(u64),
+    /// Bytes `from..to` of the guest->host buffer: whole frames, in the order placed.
+    Frame {
+        from: u64,
+        to: u64,
+    },
     Idle,
     TimedOut,
 }
@@ -66,6 +70,15 @@ pub struct Vm {
     /// Where the machine goes when this VM is dropped healthy.
     home: Option<Arc<dyn Recycle>>,
     pub(crate) reused: bool,
+    /// Bytes of the guest's current batch already handed over: the guest places one-way frames
+    /// without an exit, and frames placed before a stop from outside (a kick) are taken then;
+    /// the count returns to 0 at the doorbell that ends the batch.
+    taken: u64,
+    /// The guest's stop, held back until the frames it placed before it are handed over.
+    deferred: Option<VmError>,
+    /// A batch of several frames copied out of the guest, handed over one at a time.
+    inbox: Vec<u8>,
+    inbox_pos: usize,
 }
 
 impl std::fmt::Debug for Vm {
@@ -105,6 +118,10 @@ impl Vm {
             cpu: CpuBudget::default(),
             home,
             reused: false,
+            taken: 0,
+            deferred: None,
+            inbox: Vec::new(),
+            inbox_pos: 0,
         }
     }
 
@@ -315,11 +332,11 @@ impl Vm {
     /// passes, or it stops (typed error; the VM is then dead).
     pub fn recv(&mut self, deadline: Option<Instant>) -> Result<Recv, VmError> {
         match self.wait(deadline)? {
-            Wait::Frame(len) => {
-                let mut buf = vec![0u8; len as usize];
+            Wait::Frame { from, to } => {
+                let mut buf = vec![0u8; (to - from) as usize];
                 self.machine()?
                     .mem
-                    .read(self.layout.boot.g2h_base, &mut buf)?;
+                    .read(self.layout.boot.g2h_base + from, &mut buf)?;
                 Ok(Recv::Frame(buf))
             }
             Wait::Idle => Ok(Recv::Idle),
@@ -327,16 +344,20 @@ impl Vm {
         }
     }
 
-    /// Like [`Vm::recv`] for wire frames: the 4-byte length prefix is read from guest memory and
-    /// checked against `max_len` and against the doorbell length before the body is allocated;
-    /// returns the body without its prefix. A bad prefix kills the VM (typed as a wire error).
+    /// Like [`Vm::recv`] for wire frames: each 4-byte length prefix is read from guest memory and
+    /// checked against `max_len` and against the bytes the guest handed over before the body is
+    /// allocated; returns one body without its prefix (the guest may hand over several frames
+    /// at one exit). A bad prefix kills the VM (typed as a wire error).
     pub fn recv_body(&mut self, deadline: Option<Instant>, max_len: u32) -> Result<Recv, VmError> {
-        let len = match self.wait(deadline)? {
-            Wait::Frame(len) => len,
+        if self.inbox_pos < self.inbox.len() {
+            return self.next_in_inbox(max_len);
+        }
+        let (from, to) = match self.wait(deadline)? {
+            Wait::Frame { from, to } => (from, to),
             Wait::Idle => return Ok(Recv::Idle),
             Wait::TimedOut => return Ok(Recv::TimedOut),
         };
-        let base = self.layout.boot.g2h_base;
+        let (base, len) = (self.layout.boot.g2h_base + from, to - from);
         if len < abi::wire::HEADER_LEN as u64 {
             return self.fail(VmError::BadFrame(abi::wire::WireError::Empty));
         }
@@ -347,18 +368,45 @@ impl Vm {
             Err(e) => return self.fail(VmError::BadFrame(e)),
         };
         let avail = len - abi::wire::HEADER_LEN as u64;
-        if n != avail {
-            let e = if avail > n {
-                abi::wire::WireError::TrailingBytes((avail - n) as usize)
-            } else {
-                abi::wire::WireError::Malformed(postcard::Error::DeserializeUnexpectedEnd)
-            };
-            return self.fail(VmError::BadFrame(e));
+        if n > avail {
+            return self.fail(VmError::BadFrame(truncated()));
+        }
+        if n < avail {
+            // Several frames: copy the batch out once (the guest may rewrite its buffer when it
+            // runs again) and hand them over one by one.
+            let mut inbox = std::mem::take(&mut self.inbox);
+            inbox.resize(len as usize, 0);
+            self.machine()?.mem.read(base, &mut inbox)?;
+            self.inbox = inbox;
+            self.inbox_pos = 0;
+            return self.next_in_inbox(max_len);
         }
         let mut body = vec![0u8; n as usize];
         self.machine()?
             .mem
             .read(base + abi::wire::HEADER_LEN as u64, &mut body)?;
+        Ok(Recv::Frame(body))
+    }
+
+    /// The next frame of a batch copied out by [`Vm::recv_body`].
+    fn next_in_inbox(&mut self, max_len: u32) -> Result<Recv, VmError> {
+        let rest = &self.inbox[self.inbox_pos..];
+        let Some((head, tail)) = rest.split_first_chunk::<{ abi::wire::HEADER_LEN }>() else {
+            return self.fail(VmError::BadFrame(truncated()));
+        };
+        let n = match abi::wire::body_len(*head, max_len) {
+            Ok(n) => n,
+            Err(e) => return self.fail(VmError::BadFrame(e)),
+        };
+        let Some(body) = tail.get(..n) else {
+            return self.fail(VmError::BadFrame(truncated()));
+        };
+        let body = body.to_vec();
+        self.inbox_pos += abi::wire::HEADER_LEN + n;
+        if self.inbox_pos == self.inbox.len() {
+            self.inbox.clear();
+            self.inbox_pos = 0;
+        }
         Ok(Recv::Frame(body))
     }
 
@@ -388,8 +436,37 @@ impl Vm {
         }
     }
 
+    /// Frames the guest placed in its buffer without ringing, once it was stopped (a kick, a
+    /// crash): they came before the stop, so they are handed over first.
+    fn take_placed(&mut self) -> Result<Option<Wait>, VmError> {
+        let len = self.machine()?.mem.read_u32(G2H_LEN)? as u64;
+        if len <= self.taken {
+            return Ok(None);
+        }
+        let cap = self.layout.boot.g2h_cap;
+        if len > cap {
+            return self.fail(VmError::FrameTooLarge { len, cap });
+        }
+        let from = std::mem::replace(&mut self.taken, len);
+        Ok(Some(Wait::Frame { from, to: len }))
+    }
+
+    /// Stops the VM with `e`, after handing over the frames the guest placed before it.
+    fn fail_after_placed(&mut self, e: VmError) -> Result<Wait, VmError> {
+        match self.take_placed()? {
+            Some(frames) => {
+                self.deferred = Some(e);
+                Ok(frames)
+            }
+            None => self.fail(e),
+        }
+    }
+
     fn wait(&mut self, deadline: Option<Instant>) -> Result<Wait, VmError> {
         self.check_alive()?;
+        if let Some(e) = self.deferred.take() {
+            return self.fail(e);
+        }
         self.cpu_exhausted()?;
         self.arm(deadline)?;
         loop {
@@ -409,6 +486,7 @@ impl Vm {
                     let mem = &self.machine()?.mem;
                     let len = mem.read_u32(G2H_LEN)? as u64;
                     mem.write_u32(G2H_LEN, 0)?;
+                    let from = std::mem::take(&mut self.taken);
                     if len == 0 {
                         self.idle = true;
                         continue;
@@ -417,9 +495,16 @@ impl Vm {
                     if len > cap {
                         return self.fail(VmError::FrameTooLarge { len, cap });
                     }
-                    return Ok(Wait::Frame(len));
+                    if len <= from {
+                        // Every frame of the batch was taken at an earlier stop.
+                        continue;
+                    }
+                    return Ok(Wait::Frame { from, to: len });
                 }
                 Exit::Interrupted => {
+                    if let Some(frames) = self.take_placed()? {
+                        return Ok(frames);
+                    }
                     if self.kill.is_killed() {
                         return self.fail(VmError::Killed);
                     }
@@ -447,16 +532,16 @@ impl Vm {
                 Exit::Oom => {
                     let requested = self.machine()?.mem.read_u64(OOM_SIZE)?;
                     let limit = self.layout.boot.mem_size;
-                    return self.fail(VmError::GuestOutOfMemory { requested, limit });
+                    return self.fail_after_placed(VmError::GuestOutOfMemory { requested, limit });
                 }
                 Exit::Nop => {
-                    return self.fail(VmError::UndefinedPort {
+                    return self.fail_after_placed(VmError::UndefinedPort {
                         port: PORT_NOP,
                         write: true,
                     });
                 }
-                Exit::Returned => return self.fail(VmError::GuestExited),
-                Exit::Fatal(e) => return self.fail(e),
+                Exit::Returned => return self.fail_after_placed(VmError::GuestExited),
+                Exit::Fatal(e) => return self.fail_after_placed(e),
             }
         }
     }
@@ -512,8 +597,13 @@ impl Vm {
     }
 
     pub(crate) fn reusable(&self) -> bool {
-        self.dead.is_none() && !self.kill.is_killed()
+        self.dead.is_none() && self.deferred.is_none() && !self.kill.is_killed()
     }
+}
+
+/// A frame whose prefix announces more bytes than the guest handed over.
+fn truncated() -> abi::wire::WireError {
+    abi::wire::WireError::Malformed(postcard::Error::DeserializeUnexpectedEnd)
 }
 
 impl Drop for Vm {

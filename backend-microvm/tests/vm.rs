@@ -49,11 +49,23 @@ fn next_by(vm: &mut Vm, deadline: Option<Instant>) -> GuestFrame {
 }
 
 fn handshake(vm: &mut Vm) {
-    send(
-        vm,
-        &HostFrame::Hello(Hello::new("test", EngineLimits::default(), vec![])),
-    );
+    handshake_with(vm, EngineLimits::default());
+}
+
+fn handshake_with(vm: &mut Vm, limits: EngineLimits) {
+    send(vm, &HostFrame::Hello(Hello::new("test", limits, vec![])));
     assert!(matches!(next(vm), GuestFrame::Ready(_)));
+}
+
+/// A guest whose scripts may run forever (no operation limit): only the host stops them.
+fn unlimited() -> Vm {
+    let mut vm = Vm::boot(&VmConfig::new(MEM)).unwrap();
+    let limits = EngineLimits {
+        max_operations: 0,
+        ..EngineLimits::default()
+    };
+    handshake_with(&mut vm, limits);
+    vm
 }
 
 /// Run `src`; returns the posts it made and its result.
@@ -311,6 +323,104 @@ fn garbage_frames_are_rejected() {
         Err(VmError::BadFrame(_)) => {}
         other => panic!("expected a bad frame, got {other:?}"),
     }
+    assert!(matches!(
+        vm.recv_body(deadline(), MAX),
+        Err(VmError::Dead(_))
+    ));
+}
+
+/// Posts are placed without an exit of their own and handed over in batches: every one
+/// arrives, in order, before the exec's result, whether the batch ends at the buffer's end or
+/// at the result.
+#[test]
+fn posts_batched_by_the_guest_all_arrive_in_order() {
+    if !kvm() {
+        return;
+    }
+    let mut vm = Vm::boot(&VmConfig::new(MEM)).unwrap();
+    handshake(&mut vm);
+    // 20,000 posts of ~10 bytes overflow the buffer many times over.
+    let (posts, result) = exec(&mut vm, 1, "for i in 0..20000 { post(i) } 7");
+    assert_eq!(result, Ok(Value::Int(7)));
+    assert_eq!(posts, (0..20000).map(Value::Int).collect::<Vec<_>>());
+    // Large and small frames mixed: a frame that does not fit after the others goes next time.
+    let (posts, _) = exec(
+        &mut vm,
+        2,
+        "for i in 0..50 { post(i); let s = \"x\"; s.pad(100000, 'y'); post(s); } 0",
+    );
+    assert_eq!(posts.len(), 100);
+    for (i, pair) in posts.chunks(2).enumerate() {
+        assert_eq!(pair[0], Value::Int(i as i64));
+        assert!(matches!(&pair[1], Value::Str(s) if s.len() == 100000));
+    }
+}
+
+/// A post the guest placed before it was stopped from outside is handed over before the stop:
+/// a spinning script's post arrives even though the script never reaches another exit.
+#[test]
+fn a_post_placed_before_a_stop_is_handed_over_first() {
+    if !kvm() {
+        return;
+    }
+    let mut vm = unlimited();
+    send(
+        &mut vm,
+        &HostFrame::Exec {
+            id: 1,
+            source: "post(1); loop {}".into(),
+        },
+    );
+    // Under the flush interval or not, the post comes before the deadline's stop.
+    let soon = Some(Instant::now() + Duration::from_millis(200));
+    let mut got = Vec::new();
+    loop {
+        match vm.recv_body(soon, MAX).unwrap() {
+            Recv::Frame(body) => got.push(wire::decode_body::<GuestFrame>(&body).unwrap()),
+            Recv::TimedOut => break,
+            Recv::Idle => panic!("the guest is running; got {got:?}"),
+        }
+    }
+    assert_eq!(got, vec![GuestFrame::Post(Value::Int(1))]);
+    // The same when the script is killed right after its post: the post, then the kill.
+    let mut vm = unlimited();
+    send(
+        &mut vm,
+        &HostFrame::Exec {
+            id: 1,
+            source: "post(2); loop {}".into(),
+        },
+    );
+    let killer = vm.killer();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        killer.kill();
+    });
+    let first = vm.recv_body(None, MAX).unwrap();
+    assert!(
+        matches!(first, Recv::Frame(ref b) if wire::decode_body::<GuestFrame>(b).unwrap() == GuestFrame::Post(Value::Int(2)))
+    );
+    assert_eq!(vm.recv_body(None, MAX), Err(VmError::Killed));
+    t.join().unwrap();
+    // And when the guest runs out of memory a few operations after its post (well within the
+    // flush interval, so the post is still placed, not handed over): the post, then the stop.
+    let mut vm = unlimited();
+    send(
+        &mut vm,
+        &HostFrame::Exec {
+            id: 1,
+            source: "post(3); let a = []; loop { a.push(blob(100000)); }".into(),
+        },
+    );
+    let first = vm.recv_body(deadline(), MAX).unwrap();
+    assert!(
+        matches!(first, Recv::Frame(ref b) if wire::decode_body::<GuestFrame>(b).unwrap() == GuestFrame::Post(Value::Int(3)))
+    );
+    let second = vm.recv_body(deadline(), MAX);
+    assert!(
+        matches!(second, Err(VmError::GuestOutOfMemory { .. })),
+        "{second:?}"
+    );
     assert!(matches!(
         vm.recv_body(deadline(), MAX),
         Err(VmError::Dead(_))

@@ -133,7 +133,7 @@ fn runtime_main(t: transport::Transport) -> ! {
     }
     let res = runtime::agent::serve(
         Box::new(transport::Framed::new(t, max)),
-        Arc::new(control::GuestControl),
+        Arc::new(transport::Flushing(control::GuestControl)),
     );
     match res {
         Ok(()) => loop {

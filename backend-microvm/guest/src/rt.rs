@@ -105,6 +105,8 @@ pub fn init_heap(base: u64, size: u64) {
 
 /// Report a fatal condition without allocating, then never return.
 pub fn fatal(msg: &str) -> ! {
+    // The message goes where deferred frames wait: they go first.
+    crate::transport::flush_deferred();
     let info = crate::boot_info();
     let n = msg.len().min(info.g2h_cap as usize);
     // SAFETY: the g2h buffer is guest RAM reserved by the host; n <= its capacity.

@@ -4,6 +4,7 @@ use crate::layout::*;
 use alloc::vec::Vec;
 use core::arch::asm;
 use core::ptr::{read_volatile, write_volatile};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering, compiler_fence};
 
 /// Raw frame channel over the boot-info buffers and the doorbell.
 pub struct Transport {
@@ -43,8 +44,23 @@ impl Transport {
         }
     }
 
-    /// Hand one frame to the host. A frame larger than the buffer is a guest bug: panic (reported).
+    /// Hand one frame to the host now, with every frame placed before it.
     pub fn send(&mut self, frame: &[u8]) {
+        self.place(frame);
+        flush();
+    }
+
+    /// Hand one frame to the host at the next exit: with a frame that needs the host now, when the
+    /// buffer is full, or once the script has run [`FLUSH_EVERY_OPS`] operations past it
+    /// ([`flush_if_due`]). A one-way frame (post, log, metric) need not cost an exit of its own.
+    pub fn send_later(&mut self, frame: &[u8]) {
+        self.place(frame);
+        DEFERRED.store(true, Ordering::Relaxed);
+    }
+
+    /// Append `frame` to the frames the host has not taken yet (making room first if it does not
+    /// fit after them). A frame larger than the buffer is a guest bug: panic (reported).
+    fn place(&mut self, frame: &[u8]) {
         if !framing::fits_buffer(frame.len(), self.g2h_cap) {
             panic!(
                 "guest frame of {} bytes does not fit the {} byte buffer",
@@ -52,9 +68,19 @@ impl Transport {
                 self.g2h_cap
             );
         }
-        // SAFETY: g2h..g2h+g2h_cap is guest RAM reserved by the host for this buffer.
-        unsafe { core::ptr::copy_nonoverlapping(frame.as_ptr(), self.g2h, frame.len()) };
-        self.send_raw_len(frame.len() as u32);
+        let mut used = placed();
+        if used > self.g2h_cap - frame.len() {
+            flush();
+            used = placed();
+        }
+        // SAFETY: g2h..g2h+g2h_cap is guest RAM reserved by the host for this buffer, and
+        // used + frame.len() <= g2h_cap (checked above; the host zeroes the count it took).
+        unsafe { core::ptr::copy_nonoverlapping(frame.as_ptr(), self.g2h.add(used), frame.len()) };
+        // The host reads the count whenever the vCPU stops, even between two instructions of
+        // this function: the bytes must be in place before the count that covers them.
+        compiler_fence(Ordering::SeqCst);
+        // SAFETY: the mailbox lives in the boot page, mapped and writable.
+        unsafe { write_volatile(&raw mut (*mailbox()).g2h_len, (used + frame.len()) as u32) };
     }
 
     /// Ring the doorbell claiming `len` bytes are ready (test modes use absurd values).
@@ -64,7 +90,7 @@ impl Transport {
         doorbell();
     }
 
-    /// Wait for the next host frame.
+    /// Wait for the next host frame (handing over the frames placed before, if any).
     pub fn recv(&mut self) -> Vec<u8> {
         loop {
             // SAFETY: the mailbox lives in the boot page, mapped and writable.
@@ -80,10 +106,69 @@ impl Transport {
                 }
                 return v;
             }
-            // SAFETY: as above.
-            unsafe { write_volatile(&raw mut (*mailbox()).g2h_len, 0) };
-            doorbell();
+            // A doorbell with no frame placed says "waiting"; with frames, the host takes them
+            // and resumes this loop, which then rings again to wait.
+            flush();
         }
+    }
+}
+
+/// Bytes of frames placed in the g2h buffer and not yet taken by the host (it zeroes the count
+/// at a doorbell).
+fn placed() -> usize {
+    // SAFETY: the mailbox lives in the boot page, mapped and writable.
+    unsafe { read_volatile(&raw const (*mailbox()).g2h_len) as usize }
+}
+
+/// Operations a script may run past a deferred frame before it is handed over: well under a
+/// millisecond of script, so a host waiting for a post sees it promptly.
+pub const FLUSH_EVERY_OPS: u64 = 4096;
+
+/// Whether frames wait in the buffer for the next exit.
+static DEFERRED: AtomicBool = AtomicBool::new(false);
+/// The operation count at which deferred frames are handed over (0: not set yet).
+static FLUSH_AT: AtomicU64 = AtomicU64::new(0);
+
+/// Rings the doorbell: the host takes every frame placed (or, with none, sees the guest wait).
+pub fn flush() {
+    DEFERRED.store(false, Ordering::Relaxed);
+    FLUSH_AT.store(0, Ordering::Relaxed);
+    doorbell();
+}
+
+/// Called with the script's operation count on every operation: hands deferred frames over once
+/// the script ran [`FLUSH_EVERY_OPS`] operations past them. One load when nothing is deferred.
+#[inline(always)]
+pub fn flush_if_due(operations: u64) {
+    if !DEFERRED.load(Ordering::Relaxed) {
+        return;
+    }
+    match FLUSH_AT.load(Ordering::Relaxed) {
+        0 => FLUSH_AT.store(
+            operations.saturating_add(FLUSH_EVERY_OPS),
+            Ordering::Relaxed,
+        ),
+        at if operations >= at => flush(),
+        _ => {}
+    }
+}
+
+/// A [`runtime::Interrupt`] that also hands deferred frames over when they are due.
+pub struct Flushing<I>(pub I);
+
+impl<I: runtime::Interrupt> runtime::Interrupt for Flushing<I> {
+    #[inline(always)]
+    fn check(&self, operations: u64) -> Option<abi::ErrorCode> {
+        flush_if_due(operations);
+        self.0.check(operations)
+    }
+}
+
+/// Hands over any deferred frames before the buffer is reused for something else (a panic
+/// message).
+pub fn flush_deferred() {
+    if placed() != 0 {
+        flush();
     }
 }
 
@@ -102,7 +187,12 @@ impl Framed {
 impl runtime::Transport for Framed {
     fn send(&mut self, frame: abi::GuestFrame) -> Result<(), runtime::TransportError> {
         let bytes = runtime::encode_frame(&frame, self.max)?;
-        self.raw.send(&bytes);
+        match frame {
+            abi::GuestFrame::Post(_)
+            | abi::GuestFrame::Log { .. }
+            | abi::GuestFrame::Metric { .. } => self.raw.send_later(&bytes),
+            _ => self.raw.send(&bytes),
+        }
         Ok(())
     }
 
