@@ -20,6 +20,8 @@ use crate::{reaper, signal, watchdog};
 const MAX_QUEUED: usize = 64;
 /// Longest guest panic message copied out.
 const MAX_PANIC_MSG: usize = 4096;
+/// Bytes of a batch buffer kept between batches at most.
+const INBOX_KEEP: usize = 64 * 1024;
 
 /// Outcome of [`Vm::recv`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -404,6 +406,11 @@ impl Vm {
         let body = body.to_vec();
         self.inbox_pos += abi::wire::HEADER_LEN + n;
         if self.inbox_pos == self.inbox.len() {
+            // A large batch's buffer is not kept for the cell's life (a guest could make every
+            // idle cell hold one).
+            if self.inbox.capacity() > INBOX_KEEP {
+                self.inbox = Vec::new();
+            }
             self.inbox.clear();
             self.inbox_pos = 0;
         }
