@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::cgroup::CellCgroups;
+use crate::cgroup::{CellCgroups, sweep_stale};
 use crate::error::{Error, Result, host};
 use crate::host::{self, host_support};
 use crate::layers::{Layer, LayerReport, LayerState};
@@ -118,6 +118,10 @@ impl Prepared {
     /// to fail later with a reason nobody can act on.
     pub(crate) fn new(limits: &Limits) -> Result<Prepared> {
         let hs = host_support();
+        // Cgroups of supervisors that were killed (a `cell run` stopped by Ctrl-C or SIGKILL
+        // cannot remove its own) go at this process's first cell, whichever way it starts.
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(|| sweep_stale(&hs.cgroups));
         let n = CELL_COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("cell-{}-{n}", std::process::id());
         let (cgroups, cg_states) = CellCgroups::create(&hs.cgroups, &name, limits);

@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 
 use crate::ceilings::{max_memory_bytes, max_open_files, max_processes};
 use crate::cell::{Prepared, ProcessCell, require};
-use crate::cgroup::sweep_stale;
 use crate::direct::{self, SERVER_ID_SPAN};
 use crate::error::{Error, Result, host};
 use crate::fork_protocol::{
@@ -295,7 +294,6 @@ pub(crate) fn spawn(spec: &SpawnSpec) -> Result<ProcessCell> {
 /// shape, replaces a server that died. After a failure it waits for a spawn to ask
 /// again, so a broken host does not make it spin.
 fn keep(key: Key, pool: &'static Pool) {
-    sweep_stale(&host_support().cgroups);
     let mut state = pool.state.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
         if state.closing

@@ -140,6 +140,79 @@ fn a_process_run_leaves_no_cell_or_cgroup_behind() {
     assert!(left.is_empty(), "cgroups left behind: {left:?}");
 }
 
+/// Waits until every process in the cgroup `dir` has ended (a pidfd per process: no polling).
+fn wait_until_empty(dir: &std::path::Path) {
+    use nix::libc;
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs
+        .lines()
+        .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
+    {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
+        if fd < 0 {
+            continue; // already gone
+        }
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; a pidfd becomes readable when its process ends.
+        unsafe {
+            libc::poll(&mut p, 1, 10_000);
+            libc::close(fd);
+        }
+    }
+}
+
+#[test]
+fn a_killed_process_run_leaves_cgroups_only_until_the_next_run() {
+    // A `cell run` stopped by SIGKILL (or Ctrl-C) cannot remove its cell's cgroups. They went
+    // only when a fork server started, which `cell run` no longer starts, so every killed run
+    // left three directories for good; the next process cell of any supervisor removes them.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("spin.rhai");
+    std::fs::write(&script, "post(1); loop {}").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cell"))
+        .args(["run", "--backend", "process"])
+        .arg(&script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cell");
+    let pid = child.id();
+    // The post is on stdout: the cell runs.
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.contains("\"post\""), "{first}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut left = Vec::new();
+    find_dirs(
+        std::path::Path::new("/sys/fs/cgroup"),
+        &format!("cell-{pid}-"),
+        6,
+        &mut left,
+    );
+    if left.is_empty() {
+        eprintln!("SKIPPED: no writable cgroup hierarchy, nothing to leave behind");
+        return;
+    }
+    // The cell dies with its parent; once it has, its cgroups are empty.
+    left.iter().for_each(|d| wait_until_empty(d));
+    let (code, out) = cell(&["run", "--backend", "process", "examples/fib.rhai"]);
+    assert_eq!(code, 0, "{out}");
+    let still: Vec<_> = left.iter().filter(|d| d.exists()).collect();
+    assert!(
+        still.is_empty(),
+        "cgroups of the killed run left: {still:?}"
+    );
+}
+
 #[test]
 fn huge_or_endless_files_are_refused_before_they_are_read_whole() {
     let dir = std::env::temp_dir().join(format!("cell-cli-huge-{}", std::process::id()));
