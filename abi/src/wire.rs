@@ -152,21 +152,41 @@ pub fn decode_body_within<F: Frame>(body: &[u8], max_memory: usize) -> Result<F,
 /// # Ok::<(), wire::WireError>(())
 /// ```
 pub fn decode<F: Frame>(bytes: &[u8], max: u32) -> Result<F, WireError> {
-    let Some((header, body)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+    let (body, rest) = split_first(bytes, max)?;
+    if !rest.is_empty() {
+        return Err(WireError::TrailingBytes(rest.len()));
+    }
+    decode_body(body)
+}
+
+/// The body of the first frame in `bytes` (frames written one after another, prefixes
+/// included), its prefix checked against `max`, and the bytes after it.
+///
+/// ```
+/// use cell_abi::{GuestFrame, Value, wire};
+///
+/// let mut batch = wire::encode(&GuestFrame::Post(Value::Int(1)), 1024)?;
+/// batch.extend(wire::encode(&GuestFrame::Post(Value::Int(2)), 1024)?);
+/// let (first, rest) = wire::split_first(&batch, 1024)?;
+/// assert_eq!(wire::decode_body::<GuestFrame>(first)?, GuestFrame::Post(Value::Int(1)));
+/// let (second, rest) = wire::split_first(rest, 1024)?;
+/// assert_eq!(wire::decode_body::<GuestFrame>(second)?, GuestFrame::Post(Value::Int(2)));
+/// assert!(rest.is_empty());
+/// # Ok::<(), wire::WireError>(())
+/// ```
+pub fn split_first(bytes: &[u8], max: u32) -> Result<(&[u8], &[u8]), WireError> {
+    let Some((header, tail)) = bytes.split_first_chunk::<HEADER_LEN>() else {
         return Err(WireError::Malformed(
             postcard::Error::DeserializeUnexpectedEnd,
         ));
     };
     let len = body_len(*header, max)?;
-    if body.len() < len {
+    if tail.len() < len {
         return Err(WireError::Malformed(
             postcard::Error::DeserializeUnexpectedEnd,
         ));
     }
-    if body.len() > len {
-        return Err(WireError::TrailingBytes(body.len() - len));
-    }
-    decode_body(body)
+    Ok(tail.split_at(len))
 }
 
 #[cfg(test)]

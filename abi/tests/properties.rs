@@ -66,3 +66,31 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Frames written one after another come back out of the batch one by one, in order.
+    #[test]
+    fn a_batch_of_frames_splits_into_the_frames(values in proptest::collection::vec(value(), 1..8)) {
+        let mut batch = Vec::new();
+        for v in &values {
+            batch.extend(wire::encode(&GuestFrame::Post(v.clone()), wire::DEFAULT_MAX_FRAME_LEN).unwrap());
+        }
+        let mut rest = &batch[..];
+        for v in &values {
+            let (body, after) = wire::split_first(rest, wire::DEFAULT_MAX_FRAME_LEN).unwrap();
+            prop_assert_eq!(wire::decode_body::<GuestFrame>(body).unwrap(), GuestFrame::Post(v.clone()));
+            rest = after;
+        }
+        prop_assert!(rest.is_empty());
+    }
+
+    /// Any bytes at all: a typed error or a body and a rest that together are exactly the
+    /// bytes after the prefix, never a panic or a read past the end.
+    #[test]
+    fn splitting_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64), max in 0u32..64) {
+        if let Ok((body, rest)) = wire::split_first(&bytes, max) {
+            prop_assert!(body.len() as u32 <= max && !body.is_empty());
+            prop_assert_eq!(wire::HEADER_LEN + body.len() + rest.len(), bytes.len());
+        }
+    }
+}

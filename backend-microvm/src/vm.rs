@@ -371,7 +371,9 @@ impl Vm {
         };
         let avail = len - abi::wire::HEADER_LEN as u64;
         if n > avail {
-            return self.fail(VmError::BadFrame(truncated()));
+            return self.fail(VmError::BadFrame(abi::wire::WireError::Malformed(
+                postcard::Error::DeserializeUnexpectedEnd,
+            )));
         }
         if n < avail {
             // Several frames: copy the batch out once (the guest may rewrite its buffer when it
@@ -392,19 +394,11 @@ impl Vm {
 
     /// The next frame of a batch copied out by [`Vm::recv_body`].
     fn next_in_inbox(&mut self, max_len: u32) -> Result<Recv, VmError> {
-        let rest = &self.inbox[self.inbox_pos..];
-        let Some((head, tail)) = rest.split_first_chunk::<{ abi::wire::HEADER_LEN }>() else {
-            return self.fail(VmError::BadFrame(truncated()));
-        };
-        let n = match abi::wire::body_len(*head, max_len) {
-            Ok(n) => n,
+        let body = match abi::wire::split_first(&self.inbox[self.inbox_pos..], max_len) {
+            Ok((body, _)) => body.to_vec(),
             Err(e) => return self.fail(VmError::BadFrame(e)),
         };
-        let Some(body) = tail.get(..n) else {
-            return self.fail(VmError::BadFrame(truncated()));
-        };
-        let body = body.to_vec();
-        self.inbox_pos += abi::wire::HEADER_LEN + n;
+        self.inbox_pos += abi::wire::HEADER_LEN + body.len();
         if self.inbox_pos == self.inbox.len() {
             // A large batch's buffer is not kept for the cell's life (a guest could make every
             // idle cell hold one).
@@ -606,11 +600,6 @@ impl Vm {
     pub(crate) fn reusable(&self) -> bool {
         self.dead.is_none() && self.deferred.is_none() && !self.kill.is_killed()
     }
-}
-
-/// A frame whose prefix announces more bytes than the guest handed over.
-fn truncated() -> abi::wire::WireError {
-    abi::wire::WireError::Malformed(postcard::Error::DeserializeUnexpectedEnd)
 }
 
 impl Drop for Vm {
