@@ -41,6 +41,7 @@ pub fn package(args: &[String]) -> bool {
         return false;
     }
     forget_unpacked();
+    forget_built();
     let mut cmd = cargo();
     cmd.args(["package", "--allow-dirty"]);
     for name in PUBLISHED {
@@ -65,22 +66,41 @@ fn forget_unpacked() {
         return;
     };
     for registry in registries.flatten() {
-        let Ok(unpacked) = std::fs::read_dir(registry.path()) else {
-            continue;
-        };
-        for dir in unpacked.flatten() {
-            let name = dir.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let ours = PUBLISHED.iter().any(|p| {
-                name.strip_prefix(p)
-                    .and_then(|rest| rest.strip_prefix('-'))
-                    .is_some_and(|version| version.starts_with(|c: char| c.is_ascii_digit()))
-            });
-            if ours && let Err(e) = std::fs::remove_dir_all(dir.path()) {
-                eprintln!("xtask: removing {}: {e}", dir.path().display());
-            }
+        remove_ours(&registry.path(), |version| {
+            version.starts_with(|c: char| c.is_ascii_digit())
+        });
+    }
+}
+
+/// Removes the entries of `dir` named `<published crate>-<tail>` whose tail `tail` accepts.
+fn remove_ours(dir: &std::path::Path, tail: impl Fn(&str) -> bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let ours = PUBLISHED.iter().any(|p| {
+            name.strip_prefix(p)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(&tail)
+        });
+        if ours && let Err(e) = std::fs::remove_dir_all(entry.path()) {
+            eprintln!("xtask: removing {}: {e}", entry.path().display());
         }
     }
+}
+
+/// Makes cargo rebuild these crates. Verification builds them from that local registry into
+/// the workspace's `target/debug`, and cargo trusts a registry crate of one version never to
+/// change: a second run would link the first run's build of a crate whose sources moved on
+/// (`cargo xtask ci` failed after a new `abi` function that way). Without their fingerprints
+/// they are rebuilt; the next workspace build recompiles its own copies too.
+fn forget_built() {
+    let fingerprints = root().join("target").join("debug").join(".fingerprint");
+    remove_ours(&fingerprints, |hash| {
+        hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit())
+    });
 }
 
 /// Builds the backends (so their build scripts build the guests) and copies each guest binary
