@@ -94,6 +94,10 @@ pub const MODE_PANIC: u32 = 10;
 pub const MODE_STACK_OVERFLOW: u32 = 11;
 /// Floor variant exiting with `in` instead of `out` (compares the two exit kinds).
 pub const MODE_FLOOR_IN: u32 = 12;
+/// Test: hands over one batch holding a valid post and then a prefix far over any cap.
+pub const MODE_BATCH_GARBAGE: u32 = 13;
+/// Test: claims an absurd count of placed bytes without ringing, then spins.
+pub const MODE_PLACE_ABSURD: u32 = 14;
 
 /// Boot parameters the host writes at [`BOOT_INFO_ADDR`] before the vCPU starts.
 #[repr(C)]

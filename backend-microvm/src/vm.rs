@@ -351,6 +351,10 @@ impl Vm {
     /// allocated; returns one body without its prefix (the guest may hand over several frames
     /// at one exit). A bad prefix kills the VM (typed as a wire error).
     pub fn recv_body(&mut self, deadline: Option<Instant>, max_len: u32) -> Result<Recv, VmError> {
+        if let Some(e) = &self.dead {
+            // Stopped (a bad frame, an abort): what is left of a batch is never handed over.
+            return Err(VmError::Dead(Box::new(e.clone())));
+        }
         if self.inbox_pos < self.inbox.len() {
             return self.next_in_inbox(max_len);
         }

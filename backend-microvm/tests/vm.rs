@@ -427,6 +427,54 @@ fn a_post_placed_before_a_stop_is_handed_over_first() {
     ));
 }
 
+/// A batch whose second frame announces more than any cap: the first frame is handed over,
+/// then the VM stops with a wire error, before anything is allocated for the second.
+#[test]
+fn a_batch_with_a_bad_frame_hands_over_the_good_one_then_stops() {
+    if !kvm() {
+        return;
+    }
+    let mut vm = mode(MODE_BATCH_GARBAGE);
+    assert_eq!(next(&mut vm), GuestFrame::Post(Value::Int(1)));
+    let second = vm.recv_body(deadline(), MAX);
+    assert!(
+        matches!(
+            second,
+            Err(VmError::BadFrame(wire::WireError::TooLarge { .. }))
+        ),
+        "{second:?}"
+    );
+    assert!(matches!(
+        vm.recv_body(deadline(), MAX),
+        Err(VmError::Dead(_))
+    ));
+}
+
+/// A guest that claims to have placed an absurd number of bytes and never rings is stopped
+/// at the next stop from outside (here its deadline) with a typed error, nothing read.
+#[test]
+fn an_absurd_count_placed_without_ringing_is_refused_at_the_next_stop() {
+    if !kvm() {
+        return;
+    }
+    let mut vm = mode(MODE_PLACE_ABSURD);
+    let r = vm.recv_body(Some(Instant::now() + Duration::from_millis(50)), MAX);
+    assert!(
+        matches!(
+            r,
+            Err(VmError::FrameTooLarge {
+                len: 0xffff_fff0,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert!(matches!(
+        vm.recv_body(deadline(), MAX),
+        Err(VmError::Dead(_))
+    ));
+}
+
 #[test]
 fn deadline_pauses_a_spinning_guest_and_kill_stops_it() {
     if !kvm() {

@@ -106,6 +106,27 @@ pub extern "C" fn _start() -> ! {
             f.reverse();
             t.send(&f);
         },
+        MODE_BATCH_GARBAGE => {
+            let post = abi::GuestFrame::Post(abi::Value::Int(1));
+            let mut batch = runtime::encode_frame(&post, t.max_frame_len())
+                .unwrap_or_else(|_| rt::fatal("cannot encode the test post"));
+            batch.extend_from_slice(&0xffff_fff0u32.to_le_bytes());
+            loop {
+                t.send(&batch);
+            }
+        }
+        MODE_PLACE_ABSURD => {
+            // SAFETY: the mailbox lives in the boot page, mapped and writable.
+            unsafe {
+                core::ptr::write_volatile(
+                    &raw mut (*(MAILBOX_ADDR as *mut Mailbox)).g2h_len,
+                    0xffff_fff0,
+                )
+            };
+            loop {
+                core::hint::spin_loop();
+            }
+        }
         MODE_PANIC => panic!("guest panic requested by test mode"),
         MODE_STACK_OVERFLOW => {
             let n = rt::recurse(u64::MAX);
