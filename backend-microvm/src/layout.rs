@@ -98,6 +98,8 @@ pub const MODE_FLOOR_IN: u32 = 12;
 pub const MODE_BATCH_GARBAGE: u32 = 13;
 /// Test: claims an absurd count of placed bytes without ringing, then spins.
 pub const MODE_PLACE_ABSURD: u32 = 14;
+/// Test: places one post without ringing, then spins (only a stop from outside ends it).
+pub const MODE_PLACE_AND_SPIN: u32 = 15;
 
 /// Boot parameters the host writes at [`BOOT_INFO_ADDR`] before the vCPU starts.
 #[repr(C)]

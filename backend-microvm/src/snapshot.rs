@@ -38,7 +38,7 @@ pub(crate) struct Template {
     xcrs: kvm_xcrs,
     /// Read-only view of the snapshot: the source of pooled resets.
     view: SnapshotView,
-    pool: Pool,
+    pool: Pool<Machine>,
 }
 
 fn memfd(len: u64) -> Result<OwnedFd, VmError> {
@@ -209,7 +209,9 @@ fn template(cfg: &VmConfig) -> Result<Arc<Template>, VmError> {
 impl Recycle for Template {
     /// Returns a machine from a dropped cell to the pool; the reset thread resets it.
     fn recycle(&self, m: Machine) {
-        self.pool.put(m);
+        if let Some(unheld) = self.pool.put(m) {
+            reaper::destroy_later(unheld);
+        }
     }
 }
 

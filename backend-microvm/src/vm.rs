@@ -351,11 +351,11 @@ impl Vm {
     /// allocated; returns one body without its prefix (the guest may hand over several frames
     /// at one exit). A bad prefix kills the VM (typed as a wire error).
     pub fn recv_body(&mut self, deadline: Option<Instant>, max_len: u32) -> Result<Recv, VmError> {
-        if let Some(e) = &self.dead {
-            // Stopped (a bad frame, an abort): what is left of a batch is never handed over.
-            return Err(VmError::Dead(Box::new(e.clone())));
-        }
         if self.inbox_pos < self.inbox.len() {
+            if let Some(e) = &self.dead {
+                // Stopped (a bad frame, an abort): the rest of the batch is never handed over.
+                return Err(VmError::Dead(Box::new(e.clone())));
+            }
             return self.next_in_inbox(max_len);
         }
         let (from, to) = match self.wait(deadline)? {
@@ -373,15 +373,10 @@ impl Vm {
             Ok(n) => n as u64,
             Err(e) => return self.fail(VmError::BadFrame(e)),
         };
-        let avail = len - abi::wire::HEADER_LEN as u64;
-        if n > avail {
-            return self.fail(VmError::BadFrame(abi::wire::WireError::Malformed(
-                postcard::Error::DeserializeUnexpectedEnd,
-            )));
-        }
-        if n < avail {
-            // Several frames: copy the batch out once (the guest may rewrite its buffer when it
-            // runs again) and hand them over one by one.
+        if n != len - abi::wire::HEADER_LEN as u64 {
+            // Several frames (or a truncated one): copy the batch out once (the guest may
+            // rewrite its buffer when it runs again; it is at most the buffer's size) and hand
+            // them over one by one, each prefix checked as it comes.
             let mut inbox = std::mem::take(&mut self.inbox);
             inbox.resize(len as usize, 0);
             self.machine()?.mem.read(base, &mut inbox)?;

@@ -68,6 +68,14 @@ fn unlimited() -> Vm {
     vm
 }
 
+/// The VM stopped for good: every later receive says so.
+fn assert_dead(vm: &mut Vm) {
+    assert!(matches!(
+        vm.recv_body(deadline(), MAX),
+        Err(VmError::Dead(_))
+    ));
+}
+
 /// Run `src`; returns the posts it made and its result.
 fn exec(vm: &mut Vm, id: u64, src: &str) -> (Vec<Value>, Result<Value, abi::CellError>) {
     exec_by(vm, id, src, deadline())
@@ -323,10 +331,7 @@ fn garbage_frames_are_rejected() {
         Err(VmError::BadFrame(_)) => {}
         other => panic!("expected a bad frame, got {other:?}"),
     }
-    assert!(matches!(
-        vm.recv_body(deadline(), MAX),
-        Err(VmError::Dead(_))
-    ));
+    assert_dead(&mut vm);
 }
 
 /// Posts are placed without an exit of their own and handed over in batches: every one
@@ -356,6 +361,19 @@ fn posts_batched_by_the_guest_all_arrive_in_order() {
     }
 }
 
+/// A guest that may run forever (no operation limit), already running `src`.
+fn running_unlimited(src: &str) -> Vm {
+    let mut vm = unlimited();
+    send(
+        &mut vm,
+        &HostFrame::Exec {
+            id: 1,
+            source: src.into(),
+        },
+    );
+    vm
+}
+
 /// A post the guest placed before it was stopped from outside is handed over before the stop:
 /// a spinning script's post arrives even though the script never reaches another exit.
 #[test]
@@ -363,14 +381,7 @@ fn a_post_placed_before_a_stop_is_handed_over_first() {
     if !kvm() {
         return;
     }
-    let mut vm = unlimited();
-    send(
-        &mut vm,
-        &HostFrame::Exec {
-            id: 1,
-            source: "post(1); loop {}".into(),
-        },
-    );
+    let mut vm = running_unlimited("post(1); loop {}");
     // Under the flush interval or not, the post comes before the deadline's stop.
     let soon = Some(Instant::now() + Duration::from_millis(200));
     let mut got = Vec::new();
@@ -383,48 +394,42 @@ fn a_post_placed_before_a_stop_is_handed_over_first() {
     }
     assert_eq!(got, vec![GuestFrame::Post(Value::Int(1))]);
     // The same when the script is killed right after its post: the post, then the kill.
-    let mut vm = unlimited();
-    send(
-        &mut vm,
-        &HostFrame::Exec {
-            id: 1,
-            source: "post(2); loop {}".into(),
-        },
-    );
+    let mut vm = running_unlimited("post(2); loop {}");
     let killer = vm.killer();
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));
         killer.kill();
     });
-    let first = vm.recv_body(None, MAX).unwrap();
-    assert!(
-        matches!(first, Recv::Frame(ref b) if wire::decode_body::<GuestFrame>(b).unwrap() == GuestFrame::Post(Value::Int(2)))
-    );
+    assert_eq!(next_by(&mut vm, None), GuestFrame::Post(Value::Int(2)));
     assert_eq!(vm.recv_body(None, MAX), Err(VmError::Killed));
     t.join().unwrap();
     // And when the guest runs out of memory a few operations after its post (well within the
     // flush interval, so the post is still placed, not handed over): the post, then the stop.
-    let mut vm = unlimited();
-    send(
-        &mut vm,
-        &HostFrame::Exec {
-            id: 1,
-            source: "post(3); let a = []; loop { a.push(blob(100000)); }".into(),
-        },
-    );
-    let first = vm.recv_body(deadline(), MAX).unwrap();
-    assert!(
-        matches!(first, Recv::Frame(ref b) if wire::decode_body::<GuestFrame>(b).unwrap() == GuestFrame::Post(Value::Int(3)))
-    );
+    let mut vm = running_unlimited("post(3); let a = []; loop { a.push(blob(100000)); }");
+    assert_eq!(next(&mut vm), GuestFrame::Post(Value::Int(3)));
     let second = vm.recv_body(deadline(), MAX);
     assert!(
         matches!(second, Err(VmError::GuestOutOfMemory { .. })),
         "{second:?}"
     );
-    assert!(matches!(
-        vm.recv_body(deadline(), MAX),
-        Err(VmError::Dead(_))
-    ));
+    assert_dead(&mut vm);
+}
+
+/// A frame placed without ringing by a guest that then never exits on its own is taken when
+/// the host stops the guest (its deadline here), before the stop is reported: the path a
+/// runtime guest's post takes when a stop comes before its flush.
+#[test]
+fn a_frame_placed_without_ringing_is_taken_at_the_stop() {
+    if !kvm() {
+        return;
+    }
+    let mut vm = mode(MODE_PLACE_AND_SPIN);
+    let soon = Some(Instant::now() + Duration::from_millis(50));
+    assert_eq!(next_by(&mut vm, soon), GuestFrame::Post(Value::Int(1)));
+    assert_eq!(vm.recv_body(soon, MAX), Ok(Recv::TimedOut));
+    // Resumed, it places nothing more: the taken frame is not handed over twice.
+    let later = Some(Instant::now() + Duration::from_millis(50));
+    assert_eq!(vm.recv_body(later, MAX), Ok(Recv::TimedOut));
 }
 
 /// A batch whose second frame announces more than any cap: the first frame is handed over,
@@ -444,10 +449,7 @@ fn a_batch_with_a_bad_frame_hands_over_the_good_one_then_stops() {
         ),
         "{second:?}"
     );
-    assert!(matches!(
-        vm.recv_body(deadline(), MAX),
-        Err(VmError::Dead(_))
-    ));
+    assert_dead(&mut vm);
 }
 
 /// A guest that claims to have placed an absurd number of bytes and never rings is stopped
@@ -469,10 +471,7 @@ fn an_absurd_count_placed_without_ringing_is_refused_at_the_next_stop() {
         ),
         "{r:?}"
     );
-    assert!(matches!(
-        vm.recv_body(deadline(), MAX),
-        Err(VmError::Dead(_))
-    ));
+    assert_dead(&mut vm);
 }
 
 #[test]

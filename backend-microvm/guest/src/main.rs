@@ -107,9 +107,7 @@ pub extern "C" fn _start() -> ! {
             t.send(&f);
         },
         MODE_BATCH_GARBAGE => {
-            let post = abi::GuestFrame::Post(abi::Value::Int(1));
-            let mut batch = runtime::encode_frame(&post, t.max_frame_len())
-                .unwrap_or_else(|_| rt::fatal("cannot encode the test post"));
+            let mut batch = test_post(&t);
             batch.extend_from_slice(&0xffff_fff0u32.to_le_bytes());
             loop {
                 t.send(&batch);
@@ -127,6 +125,12 @@ pub extern "C" fn _start() -> ! {
                 core::hint::spin_loop();
             }
         }
+        MODE_PLACE_AND_SPIN => {
+            t.send_later(&test_post(&t));
+            loop {
+                core::hint::spin_loop();
+            }
+        }
         MODE_PANIC => panic!("guest panic requested by test mode"),
         MODE_STACK_OVERFLOW => {
             let n = rt::recurse(u64::MAX);
@@ -138,6 +142,13 @@ pub extern "C" fn _start() -> ! {
         }
         _ => rt::fatal("unknown mode"),
     }
+}
+
+/// `post(1)` as a wire frame, for the test modes that hand over frames of their own.
+fn test_post(t: &transport::Transport) -> Vec<u8> {
+    let post = abi::GuestFrame::Post(abi::Value::Int(1));
+    runtime::encode_frame(&post, t.max_frame_len())
+        .unwrap_or_else(|_| rt::fatal("cannot encode the test post"))
 }
 
 /// The cell runtime over the shared-memory channel. Before the first host frame (the snapshot
