@@ -1,6 +1,7 @@
 //! [`abi::backend::Backend`] for microVM cells: spawn from the snapshot, frames through the
 //! shared-memory channel, the vCPU driven by the caller's thread inside `transact`.
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use abi::backend::{
@@ -10,6 +11,9 @@ use abi::backend::{
 use abi::wire::{self, HEADER_LEN, WireError};
 use abi::{CellError, ErrorCode, HostFrame};
 
+use crate::hosting::hosted::{self, HostedCell};
+use crate::hosting::messages::Start;
+use crate::hosting::{HOST_CELLS, IN_PROCESS_CELLS};
 use crate::{Interrupter, Killer, Recv, Vm, VmConfig, VmError, kvm_available};
 
 /// The layer this backend provides (names accepted in `required_layers`).
@@ -26,14 +30,27 @@ pub enum StartMode {
     Cold,
     /// From the snapshot, always in a new KVM VM (copy-on-write mapping; never the pool).
     SnapshotFresh,
+    /// Every cell in a VM host process, from that host's snapshot (pooled there). The default
+    /// mode does this only past the supervisor's own share of cells.
+    Hosted,
 }
 
 /// The `microvm` backend.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct MicroVm {
     /// How cells start: from the snapshot (the default) or cold.
     pub start: StartMode,
     test_mode: u32,
+    /// Live cells this process holds before [`StartMode::Snapshot`] starts new ones in VM hosts.
+    in_process: usize,
+    /// Most cells one VM host holds.
+    per_host: usize,
+}
+
+impl Default for MicroVm {
+    fn default() -> Self {
+        MicroVm::with_start(StartMode::Snapshot)
+    }
 }
 
 impl MicroVm {
@@ -60,15 +77,29 @@ impl MicroVm {
         MicroVm {
             start,
             test_mode: crate::layout::MODE_RUNTIME,
+            in_process: IN_PROCESS_CELLS,
+            per_host: HOST_CELLS,
         }
+    }
+
+    /// The same backend with other bounds for VM hosts: the default start keeps `in_process`
+    /// live cells in this process and starts the rest in VM host processes of at most `per_host`
+    /// cells each (defaults: 512 and 512). Each VM in a process slows every later VM start of that
+    /// process (KVM's MMU notifiers are per address space) and holds two of its descriptors.
+    pub fn with_hosting(mut self, in_process: usize, per_host: usize) -> Self {
+        self.in_process = in_process;
+        self.per_host = per_host.max(1);
+        self
     }
 
     /// The backend with every cell booting a new VM ([`StartMode::Cold`]).
     pub fn cold() -> Self {
-        MicroVm {
-            start: StartMode::Cold,
-            test_mode: crate::layout::MODE_RUNTIME,
-        }
+        MicroVm::with_start(StartMode::Cold)
+    }
+
+    /// The backend with every cell in a VM host process ([`StartMode::Hosted`]).
+    pub fn hosted() -> Self {
+        MicroVm::with_start(StartMode::Hosted)
     }
 
     /// Test only: cells boot the guest in a hostile test mode (`layout::MODE_*`) instead of the
@@ -76,9 +107,17 @@ impl MicroVm {
     #[doc(hidden)]
     pub fn with_test_mode(mode: u32) -> Self {
         MicroVm {
-            start: StartMode::Cold,
             test_mode: mode,
+            ..MicroVm::cold()
         }
+    }
+
+    /// Test only: the same backend with cells started as `start` says (a test mode boots the
+    /// image wherever the VM lives).
+    #[doc(hidden)]
+    pub fn started(mut self, start: StartMode) -> Self {
+        self.start = start;
+        self
     }
 
     /// Builds the snapshot for `spec` and fills the pool with `n` VMs that have each served one
@@ -178,6 +217,17 @@ impl Backend for MicroVm {
         spec: &SpawnSpec,
         host: Arc<dyn HostSide>,
     ) -> Result<Box<dyn CellPipe>, SpawnError> {
+        Ok(Box::new(self.spawn_pipe(spec, host)?))
+    }
+}
+
+impl MicroVm {
+    /// [`Backend::spawn`] with the concrete pipe (which says where its VM lives).
+    pub fn spawn_pipe(
+        &self,
+        spec: &SpawnSpec,
+        host: Arc<dyn HostSide>,
+    ) -> Result<MicroVmPipe, SpawnError> {
         for layer in &spec.required_layers {
             if layer != LAYER_KVM {
                 return Err(SpawnError::MissingLayer {
@@ -187,6 +237,24 @@ impl Backend for MicroVm {
             }
         }
         let cfg = Self::vm_config(spec).with_test_mode(self.test_mode);
+        let runtime = self.test_mode == crate::layout::MODE_RUNTIME;
+        let hosted = match self.start {
+            StartMode::Hosted => true,
+            // Past the supervisor's share, each VM in this process would slow every later start
+            // (see `hosting`).
+            StartMode::Snapshot => LocalCell::live() >= self.in_process,
+            StartMode::Cold | StartMode::SnapshotFresh => false,
+        };
+        if hosted {
+            let start = if runtime {
+                Start::Snapshot
+            } else {
+                Start::Cold
+            };
+            let cell = hosted::spawn(&cfg, start, spec.resources.cpu_time_ms, self.per_host)
+                .map_err(spawn_error)?;
+            return Ok(MicroVmPipe::over_host(cell, host, spec.max_frame_len));
+        }
         let vm = match self.start {
             StartMode::Snapshot if self.test_mode == crate::layout::MODE_RUNTIME => {
                 Vm::from_snapshot(&cfg)
@@ -194,23 +262,24 @@ impl Backend for MicroVm {
             StartMode::SnapshotFresh if self.test_mode == crate::layout::MODE_RUNTIME => {
                 Vm::from_snapshot_unpooled(&cfg)
             }
-            StartMode::Snapshot | StartMode::SnapshotFresh => Vm::boot(&cfg),
+            StartMode::Snapshot | StartMode::SnapshotFresh | StartMode::Hosted => Vm::boot(&cfg),
             StartMode::Cold => Vm::boot(&cfg),
         }
         .map_err(spawn_error)?;
         let mut pipe = MicroVmPipe::new(vm, host, spec.max_frame_len);
         pipe.set_cpu_limit(spec.resources.cpu_time_ms);
-        Ok(Box::new(pipe))
+        Ok(pipe)
     }
 }
 
-/// One cell: its VM and the host side that validates what it sends.
+/// One cell: its VM (in this process or a VM host's) and the host side that validates what it
+/// sends.
 pub struct MicroVmPipe {
-    io: VmIo,
+    io: CellIo,
     host: Arc<dyn HostSide>,
     max_len: u32,
-    killer: Killer,
-    interrupter: Interrupter,
+    killer: Arc<dyn AbiKiller>,
+    interrupter: Arc<dyn AbiInterrupter>,
     mem_size: u64,
 }
 
@@ -218,32 +287,82 @@ impl MicroVmPipe {
     /// A cell over `vm`: frames go to `host`, any frame over `max_len` (clamped to the wire's
     /// absolute cap) is refused.
     pub fn new(vm: Vm, host: Arc<dyn HostSide>, max_len: u32) -> Self {
-        let killer = vm.killer();
-        let interrupter = vm.interrupter();
+        let killer = Arc::new(KillHandle(vm.killer()));
+        let interrupter = Arc::new(InterruptHandle(vm.interrupter()));
         let mem_size = vm.mem_size();
-        let max_len = max_len.min(wire::ABSOLUTE_MAX_FRAME_LEN);
         MicroVmPipe {
-            io: VmIo { vm: Some(vm) },
+            io: CellIo::Local(VmIo {
+                vm: Some(vm),
+                _slot: LocalCell::count(),
+            }),
             host,
-            max_len,
+            max_len: max_len.min(wire::ABSOLUTE_MAX_FRAME_LEN),
             killer,
             interrupter,
             mem_size,
         }
     }
 
+    fn over_host(cell: HostedCell, host: Arc<dyn HostSide>, max_len: u32) -> Self {
+        MicroVmPipe {
+            killer: cell.killer(),
+            interrupter: cell.interrupter(),
+            mem_size: cell.mem_size(),
+            io: CellIo::Hosted(Some(cell)),
+            host,
+            max_len: max_len.min(wire::ABSOLUTE_MAX_FRAME_LEN),
+        }
+    }
+
     /// Limits the CPU time the cell may use over its life, in milliseconds (0: unlimited).
+    /// (A hosted cell's limit is set when it starts.)
     pub fn set_cpu_limit(&mut self, cpu_time_ms: u64) {
-        if let Some(vm) = self.io.vm.as_mut() {
+        if let CellIo::Local(VmIo { vm: Some(vm), .. }) = &mut self.io {
             vm.set_cpu_limit(
                 (cpu_time_ms > 0).then(|| std::time::Duration::from_millis(cpu_time_ms)),
             );
         }
     }
 
-    /// The VM's error, once it died (for diagnostics).
+    /// The VM's error, once it died (for diagnostics; a hosted VM's stays in its host).
     pub fn dead_reason(&self) -> Option<VmError> {
-        self.io.vm.as_ref().and_then(|v| v.dead_reason().cloned())
+        match &self.io {
+            CellIo::Local(io) => io.vm.as_ref().and_then(|v| v.dead_reason().cloned()),
+            CellIo::Hosted(_) => None,
+        }
+    }
+
+    /// The pid of the VM host process the cell's VM lives in (None: this process).
+    pub fn host_pid(&self) -> Option<u32> {
+        match &self.io {
+            CellIo::Hosted(Some(cell)) => Some(cell.host_pid()),
+            _ => None,
+        }
+    }
+}
+
+/// Live cells whose VM is in this process (the share [`IN_PROCESS_CELLS`] bounds).
+struct LocalCell;
+
+static LOCAL_CELLS: AtomicUsize = AtomicUsize::new(0);
+
+impl LocalCell {
+    fn count() -> LocalSlot {
+        LOCAL_CELLS.fetch_add(1, Ordering::Relaxed);
+        LocalSlot
+    }
+
+    fn live() -> usize {
+        LOCAL_CELLS.load(Ordering::Relaxed)
+    }
+}
+
+/// One cell of [`LOCAL_CELLS`], given back when the cell ends.
+struct LocalSlot;
+
+impl Drop for LocalSlot {
+    fn drop(&mut self) {
+        LOCAL_CELLS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -265,27 +384,33 @@ impl AbiInterrupter for InterruptHandle {
 
 impl CellPipe for MicroVmPipe {
     fn transact(&mut self, frame: HostFrame, deadline: Option<Instant>) -> Result<(), PipeError> {
-        if let Some(vm) = self.io.vm.as_ref() {
-            // An interrupt cancels only the transaction it arrives in.
-            vm.clear_interrupt().map_err(pipe_error)?;
+        // An interrupt cancels only the transaction it arrives in.
+        match &mut self.io {
+            CellIo::Local(VmIo { vm: Some(vm), .. }) => vm.clear_interrupt().map_err(pipe_error)?,
+            CellIo::Hosted(Some(cell)) => cell.start_transaction(),
+            _ => {}
         }
         let result = drive(&mut self.io, &*self.host, &frame, deadline, self.max_len);
-        if let (Err(PipeError::Aborted(reason)), Some(vm)) = (&result, self.io.vm.as_mut()) {
+        if let Err(PipeError::Aborted(reason)) = &result {
             // The host side stopped the cell mid-transaction: the guest is paused inside the
             // script that broke the rule. Left as it is, the next transaction would resume that
             // script and deliver its frames (more posts past a full event queue) as if they
             // belonged to the new one. The VM is stopped here, whatever the caller does next.
-            vm.abort(reason.clone());
+            match &mut self.io {
+                CellIo::Local(VmIo { vm: Some(vm), .. }) => vm.abort(reason.clone()),
+                CellIo::Hosted(Some(cell)) => cell.abort(reason.clone()),
+                _ => {}
+            }
         }
         result
     }
 
     fn killer(&self) -> Arc<dyn AbiKiller> {
-        Arc::new(KillHandle(self.killer.clone()))
+        self.killer.clone()
     }
 
     fn interrupter(&self) -> Option<Arc<dyn AbiInterrupter>> {
-        Some(Arc::new(InterruptHandle(self.interrupter.clone())))
+        Some(self.interrupter.clone())
     }
 
     fn layers(&self) -> Vec<Layer> {
@@ -302,14 +427,48 @@ impl CellPipe for MicroVmPipe {
     fn shutdown(&mut self) -> Result<(), PipeError> {
         // Nothing in the guest needs a clean exit: dropping the VM returns it to the pool (reset
         // on reuse) when it is healthy, or destroys it.
-        self.io.vm = None;
+        match &mut self.io {
+            CellIo::Local(io) => io.vm = None,
+            CellIo::Hosted(cell) => *cell = None,
+        }
         Ok(())
+    }
+}
+
+/// Where a cell's VM runs: on the caller's thread, or in a VM host process (`None`: shut down).
+// One per cell, never moved on the hot path: the common local VM stays inline.
+#[allow(clippy::large_enum_variant)]
+enum CellIo {
+    Local(VmIo),
+    Hosted(Option<HostedCell>),
+}
+
+impl FrameIo for CellIo {
+    fn send_frame(&mut self, frame: &[u8]) -> Result<(), PipeError> {
+        match self {
+            CellIo::Local(io) => io.send_frame(frame),
+            CellIo::Hosted(Some(cell)) => cell.send_frame(frame),
+            CellIo::Hosted(None) => Err(PipeError::Closed),
+        }
+    }
+
+    fn recv_frame(
+        &mut self,
+        deadline: Option<Instant>,
+        max_len: u32,
+    ) -> Result<Vec<u8>, PipeError> {
+        match self {
+            CellIo::Local(io) => io.recv_frame(deadline, max_len),
+            CellIo::Hosted(Some(cell)) => cell.recv_frame(deadline, max_len),
+            CellIo::Hosted(None) => Err(PipeError::Closed),
+        }
     }
 }
 
 /// Byte-level frame I/O over the VM channel.
 struct VmIo {
     vm: Option<Vm>,
+    _slot: LocalSlot,
 }
 
 /// Map a VM stop to the pipe error the supervisor understands.

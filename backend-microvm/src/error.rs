@@ -67,6 +67,9 @@ pub enum VmError {
         /// The hardware entry-failure reason.
         reason: u64,
     },
+    /// A VM host process (see `hosting`) could not be started or could not start the cell.
+    #[error("VM host: {0}")]
+    Host(String),
     /// Any other exit the VMM does not expect.
     #[error("unexpected VM exit: {0}")]
     UnexpectedExit(String),

@@ -12,12 +12,14 @@
 // Layers, each using only those listed before it: memory, elf, kvm, signal, cpu (leaves);
 // setup (the layout written into memory); machine (KVM objects); control (what other threads
 // hold of a VM); watchdog and reaper; vm (channel and run loop); pool (reset VMs kept for
-// reuse); snapshot (templates); backend (the `abi::backend` contract).
+// reuse); snapshot (templates); hosting (VM host processes, above vm and snapshot); backend
+// (the `abi::backend` contract).
 pub mod backend;
 mod control;
 mod cpu;
 pub mod elf;
 mod error;
+mod hosting;
 mod kvm;
 mod machine;
 mod memory;

@@ -31,13 +31,18 @@ const BACKENDS: &[&str] = &["subinterp", "process", "microvm", "stdio"];
 
 /// The package and test targets that run the conformance suite against each backend: one per
 /// way the backend starts cells (`process_direct`: no fork server; `microvm_cold`: no
-/// snapshot; both are how `cell run` starts its one cell).
+/// snapshot; both are how `cell run` starts its one cell; `microvm_hosted`: every VM in a VM
+/// host process).
 fn suite_targets(backend: &str) -> Vec<(&'static str, &str)> {
     const BUILTIN: &str = "cell-conformance-builtin";
     match backend {
         "stdio" => vec![("cell-stdio-backend", "conformance")],
         "process" => vec![(BUILTIN, "process"), (BUILTIN, "process_direct")],
-        "microvm" => vec![(BUILTIN, "microvm"), (BUILTIN, "microvm_cold")],
+        "microvm" => vec![
+            (BUILTIN, "microvm"),
+            (BUILTIN, "microvm_cold"),
+            (BUILTIN, "microvm_hosted"),
+        ],
         other => vec![(BUILTIN, other)],
     }
 }

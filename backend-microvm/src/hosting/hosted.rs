@@ -1,0 +1,400 @@
+//! The supervisor's side of VM hosts: the set of host processes it started, a hosted cell's
+//! frame I/O (one request and one answer per step of a transaction), and its kill and interrupt.
+use std::io::{self, IoSlice, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use abi::backend::{FrameIo, Interrupter as AbiInterrupter, Killer as AbiKiller, PipeError};
+use abi::{CellError, ErrorCode};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::{AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use rustix::net::{SocketFlags, SocketType};
+
+use super::messages::{
+    Control, FromVm, HELLO, HOST_ENV, MAX_CONTROL, ReadError, Start, ToVm, encode_control,
+    read_message, write_message,
+};
+use crate::{VmConfig, VmError};
+
+/// How long a new host may take to say it is ready (it execs this binary and runs its
+/// constructors; an executable without this crate's entry never answers, or exits).
+const HELLO_WAIT_SECS: i64 = 30;
+
+/// One VM host process.
+pub(crate) struct Host {
+    control: OwnedFd,
+    child: Mutex<Child>,
+    /// Cells living in it, or being started there.
+    cells: AtomicUsize,
+    /// Its control socket failed: it died, no new cell goes there.
+    broken: AtomicBool,
+}
+
+impl Host {
+    fn send(&self, record: &Control, fd: Option<&OwnedFd>) -> io::Result<()> {
+        let bytes = encode_control(record);
+        debug_assert!(bytes.len() <= MAX_CONTROL);
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut ancillary = SendAncillaryBuffer::new(&mut space);
+        let fds;
+        if let Some(fd) = fd {
+            fds = [fd.as_fd()];
+            ancillary.push(SendAncillaryMessage::ScmRights(&fds));
+        }
+        loop {
+            match rustix::net::sendmsg(
+                &self.control,
+                &[IoSlice::new(&bytes)],
+                &mut ancillary,
+                SendFlags::NOSIGNAL,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    self.broken.store(true, Ordering::SeqCst);
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Reaps the process once its control socket broke (it is dead or dying).
+    fn reap(&self) {
+        let mut child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// The hosts this process started, in the order started.
+static HOSTS: Mutex<Vec<Arc<Host>>> = Mutex::new(Vec::new());
+static NEXT_CELL: AtomicU64 = AtomicU64::new(1);
+
+/// A host holding fewer than `per_host` cells (its count already taken), starting one when all
+/// are full.
+fn reserve_host(per_host: usize) -> Result<Arc<Host>, VmError> {
+    let mut hosts = HOSTS.lock().unwrap_or_else(PoisonError::into_inner);
+    hosts.retain(|h| {
+        let broken = h.broken.load(Ordering::SeqCst);
+        if broken {
+            h.reap();
+        }
+        !broken
+    });
+    for h in hosts.iter() {
+        let n = h.cells.load(Ordering::SeqCst);
+        if n < per_host
+            && h.cells
+                .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            return Ok(h.clone());
+        }
+    }
+    let host = Arc::new(start_host()?);
+    host.cells.store(1, Ordering::SeqCst);
+    hosts.push(host.clone());
+    Ok(host)
+}
+
+fn host_error(what: &str, e: impl std::fmt::Display) -> VmError {
+    VmError::Host(format!("{what}: {e}"))
+}
+
+/// Starts this executable again as a VM host and waits for its hello.
+fn start_host() -> Result<Host, VmError> {
+    if std::env::var_os(HOST_ENV).is_some() {
+        return Err(VmError::Host(
+            "this process was started as a VM host but its executable has no host entry".into(),
+        ));
+    }
+    let (ours, theirs) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| host_error("a VM host's control socket", e))?;
+    // The extra argument makes a `main` that does not know it refuse to start (a test harness, a
+    // command-line parser) should the entry be missing, rather than run as itself.
+    let child = Command::new("/proc/self/exe")
+        .arg0("cell-vm-host")
+        .arg("--cell-vm-host")
+        .env(HOST_ENV, std::process::id().to_string())
+        .stdin(Stdio::from(theirs))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| host_error("starting a VM host", e))?;
+    let host = Host {
+        control: ours,
+        child: Mutex::new(child),
+        cells: AtomicUsize::new(0),
+        broken: AtomicBool::new(false),
+    };
+    match wait_hello(&host.control) {
+        Ok(()) => Ok(host),
+        Err(e) => {
+            host.reap();
+            Err(host_error("a VM host did not start", e))
+        }
+    }
+}
+
+fn wait_hello(control: &OwnedFd) -> io::Result<()> {
+    let limit = Timespec {
+        tv_sec: HELLO_WAIT_SECS,
+        tv_nsec: 0,
+    };
+    let mut fds = [PollFd::new(control, PollFlags::IN)];
+    loop {
+        match rustix::event::poll(&mut fds, Some(&limit)) {
+            Ok(0) => return Err(io::Error::other("no answer within 30 s")),
+            Ok(_) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut buf = [0u8; MAX_CONTROL];
+    let n = rustix::net::recv(control, &mut buf, rustix::net::RecvFlags::empty())?.0;
+    if &buf[..n.min(MAX_CONTROL)] == HELLO {
+        Ok(())
+    } else if n == 0 {
+        Err(io::Error::other(
+            "it exited first (does this executable link the microvm backend?)",
+        ))
+    } else {
+        Err(io::Error::other("it answered something else"))
+    }
+}
+
+/// A cell whose VM lives in a host process.
+pub(crate) struct HostedCell {
+    stream: UnixStream,
+    host: Arc<Host>,
+    cell: u64,
+    /// Frames sent in this step, carried by the next request.
+    pending: Vec<Vec<u8>>,
+    /// The next request starts a transaction (clears the guest's interrupt word first).
+    new_transaction: bool,
+    /// A request is out and its answer not read: the VM may be running.
+    in_flight: bool,
+    killed: Arc<AtomicBool>,
+    mem_size: u64,
+}
+
+/// Starts a cell in a host holding fewer than `per_host` (starting a host if none does).
+pub(crate) fn spawn(
+    cfg: &VmConfig,
+    start: Start,
+    cpu_time_ms: u64,
+    per_host: usize,
+) -> Result<HostedCell, VmError> {
+    let mut last = None;
+    // A host that died since it was chosen is replaced once.
+    for _ in 0..2 {
+        let host = reserve_host(per_host.max(1))?;
+        match spawn_in(&host, cfg, start, cpu_time_ms) {
+            Ok(cell) => return Ok(cell),
+            Err(e) => {
+                host.cells.fetch_sub(1, Ordering::SeqCst);
+                if !host.broken.load(Ordering::SeqCst) {
+                    return Err(e);
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| VmError::Host("no VM host could start the cell".into())))
+}
+
+fn spawn_in(
+    host: &Arc<Host>,
+    cfg: &VmConfig,
+    start: Start,
+    cpu_time_ms: u64,
+) -> Result<HostedCell, VmError> {
+    let (mut ours, theirs) =
+        UnixStream::pair().map_err(|e| host_error("a hosted cell's socket", e))?;
+    let cell = NEXT_CELL.fetch_add(1, Ordering::Relaxed);
+    let record = Control::Spawn {
+        cell,
+        start,
+        mem_size: cfg.mem_size,
+        frame_cap: cfg.frame_cap,
+        mode: cfg.mode(),
+        cpu_time_ms,
+    };
+    host.send(&record, Some(&OwnedFd::from(theirs)))
+        .map_err(|e| host_error("handing a cell to its VM host", e))?;
+    match read_message::<FromVm>(&mut ours) {
+        Ok(FromVm::Started { mem_size }) => Ok(HostedCell {
+            stream: ours,
+            host: host.clone(),
+            cell,
+            pending: Vec::new(),
+            new_transaction: true,
+            in_flight: false,
+            killed: Arc::default(),
+            mem_size,
+        }),
+        Ok(FromVm::SpawnFailed {
+            unavailable: true,
+            reason,
+        }) => Err(VmError::KvmUnavailable(reason)),
+        Ok(FromVm::SpawnFailed { reason, .. }) => Err(VmError::Host(reason)),
+        Ok(other) => Err(VmError::Host(format!(
+            "the VM host answered a spawn with {other:?}"
+        ))),
+        Err(e) => {
+            if matches!(e, ReadError::Closed) {
+                host.broken.store(true, Ordering::SeqCst);
+            }
+            Err(host_error("the VM host did not start the cell", e))
+        }
+    }
+}
+
+impl HostedCell {
+    /// The host process's pid.
+    pub(crate) fn host_pid(&self) -> u32 {
+        self.host
+            .child
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .id()
+    }
+
+    /// Guest RAM in bytes.
+    pub(crate) fn mem_size(&self) -> u64 {
+        self.mem_size
+    }
+
+    /// The next request starts a transaction.
+    pub(crate) fn start_transaction(&mut self) {
+        self.new_transaction = true;
+    }
+
+    /// The host side refused what the guest did: the VM never runs again.
+    pub(crate) fn abort(&mut self, reason: CellError) {
+        if write_message(&mut self.stream, &ToVm::Abort(reason)).is_err() {
+            self.host.broken.store(true, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn killer(&self) -> Arc<dyn AbiKiller> {
+        Arc::new(HostedKiller {
+            host: self.host.clone(),
+            cell: self.cell,
+            killed: self.killed.clone(),
+        })
+    }
+
+    pub(crate) fn interrupter(&self) -> Arc<dyn AbiInterrupter> {
+        Arc::new(HostedInterrupter {
+            host: self.host.clone(),
+            cell: self.cell,
+        })
+    }
+
+    fn lost(&self, e: impl std::fmt::Display) -> PipeError {
+        self.host.broken.store(true, Ordering::SeqCst);
+        PipeError::Crashed(format!("the cell's VM host process stopped ({e})"))
+    }
+}
+
+impl FrameIo for HostedCell {
+    fn send_frame(&mut self, frame: &[u8]) -> Result<(), PipeError> {
+        if self.killed.load(Ordering::SeqCst) {
+            return Err(PipeError::Killed);
+        }
+        self.pending.push(frame.to_vec());
+        Ok(())
+    }
+
+    fn recv_frame(
+        &mut self,
+        deadline: Option<Instant>,
+        max_len: u32,
+    ) -> Result<Vec<u8>, PipeError> {
+        if self.killed.load(Ordering::SeqCst) {
+            return Err(PipeError::Killed);
+        }
+        let request = ToVm::Run {
+            clear_interrupt: std::mem::take(&mut self.new_transaction),
+            frames: std::mem::take(&mut self.pending),
+            timeout_us: deadline.map(|d| {
+                d.saturating_duration_since(Instant::now())
+                    .as_micros()
+                    .min(u64::MAX as u128) as u64
+            }),
+            max_len,
+        };
+        write_message(&mut self.stream, &request)
+            .and_then(|()| self.stream.flush())
+            .map_err(|e| self.lost(e))?;
+        self.in_flight = true;
+        let answer = read_message::<FromVm>(&mut self.stream).map_err(|e| self.lost(e))?;
+        self.in_flight = false;
+        match answer {
+            FromVm::Frame(body) if body.len() <= max_len as usize => Ok(body),
+            FromVm::Frame(body) => Err(self.lost(format!(
+                "it handed over {} bytes past the cap of {max_len}",
+                body.len()
+            ))),
+            FromVm::TimedOut => Err(PipeError::TimedOut),
+            FromVm::Idle => Err(PipeError::Aborted(CellError::new(
+                ErrorCode::ProtocolViolation,
+                "the guest waits for a host frame in the middle of a transaction",
+            ))),
+            FromVm::Stop(stop) => Err(stop.into()),
+            other => Err(self.lost(format!("it answered a run with {other:?}"))),
+        }
+    }
+}
+
+impl Drop for HostedCell {
+    fn drop(&mut self) {
+        if self.in_flight {
+            // Dropped mid-request (the caller gave up): stop the guest, or it runs on until its
+            // deadline with nobody reading.
+            let _ = self.host.send(&Control::Kill { cell: self.cell }, None);
+        }
+        // Closing the socket ends the cell's thread in the host; its VM goes back to the host's
+        // pool when it is healthy.
+        self.host.cells.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+struct HostedKiller {
+    host: Arc<Host>,
+    cell: u64,
+    killed: Arc<AtomicBool>,
+}
+
+impl AbiKiller for HostedKiller {
+    fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        // A dead host has nothing left to kill.
+        let _ = self.host.send(&Control::Kill { cell: self.cell }, None);
+    }
+}
+
+struct HostedInterrupter {
+    host: Arc<Host>,
+    cell: u64,
+}
+
+impl AbiInterrupter for HostedInterrupter {
+    fn interrupt(&self) {
+        let _ = self
+            .host
+            .send(&Control::Interrupt { cell: self.cell }, None);
+    }
+}

@@ -1,0 +1,261 @@
+//! VM hosts: cells whose VMs live in helper processes. Where cells go (the supervisor's share,
+//! then hosts of a bounded size), that a hosted cell answers exactly as a local one (hostile
+//! guests included), and that a host's death is a typed error for its cells only.
+//!
+//! The tests take one lock: hosts and the count of local cells are per process, and each test
+//! asserts where its own cells went.
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use abi::backend::{Backend, CellPipe, PipeError};
+use abi::{ErrorCode, GuestFrame, HostFrame, Value};
+use cell_backend_microvm::layout::*;
+use cell_backend_microvm::{MicroVm, MicroVmPipe, StartMode};
+use common::*;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn started(backend: &MicroVm) -> (MicroVmPipe, Arc<Recorder>) {
+    let host = Arc::new(Recorder::default());
+    let mut pipe = backend.spawn_pipe(&spec(), host.clone()).expect("spawn");
+    pipe.transact(HostFrame::Hello(spec().hello), soon())
+        .expect("handshake");
+    (pipe, host)
+}
+
+fn exec(pipe: &mut MicroVmPipe, host: &Recorder, source: &str) -> Result<Value, PipeError> {
+    pipe.transact(
+        HostFrame::Exec {
+            id: 1,
+            source: source.into(),
+        },
+        soon(),
+    )?;
+    match host.last() {
+        Some(GuestFrame::Done { result, .. }) => Ok(result.expect("the script ran")),
+        other => panic!("no result: {other:?}"),
+    }
+}
+
+/// The names of this process's live VM host children.
+fn host_children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((comm, rest)) = stat.split_once(") ") else {
+            continue;
+        };
+        let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if comm.ends_with("(cell-vm-host") && ppid == Some(me) && !rest.starts_with('Z') {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn past_its_share_the_default_start_puts_cells_in_hosts_of_bounded_size() {
+    if !kvm() {
+        return;
+    }
+    let _serial = serial();
+    let backend = MicroVm::new().with_hosting(2, 3);
+    let mut cells: Vec<_> = (0..8).map(|_| started(&backend)).collect();
+    let places: Vec<Option<u32>> = cells.iter().map(|(p, _)| p.host_pid()).collect();
+    assert_eq!(
+        places[..2],
+        [None, None],
+        "the first two stay in this process"
+    );
+    let mut per_host: HashMap<u32, usize> = HashMap::new();
+    for pid in places[2..].iter() {
+        *per_host
+            .entry(pid.expect("past the share, a cell is hosted"))
+            .or_default() += 1;
+    }
+    assert!(per_host.values().all(|&n| n <= 3), "{per_host:?}");
+    assert!(
+        per_host.len() >= 2,
+        "six hosted cells need two hosts of three"
+    );
+    let children = host_children();
+    for pid in per_host.keys() {
+        assert!(children.contains(pid), "{pid} is not a child: {children:?}");
+        assert_ne!(*pid, std::process::id());
+    }
+    // Every cell keeps its own state, wherever it lives.
+    for (i, (pipe, host)) in cells.iter_mut().enumerate() {
+        exec(pipe, host, &format!("let x = {i};")).unwrap();
+    }
+    for (i, (pipe, host)) in cells.iter_mut().enumerate() {
+        assert_eq!(
+            exec(pipe, host, "x * 10 + 2").unwrap(),
+            Value::Int(i as i64 * 10 + 2)
+        );
+    }
+    // Closed cells make room: a new cell goes where there is some, not to a new host.
+    let before = host_children().len();
+    drop(cells);
+    let backend = MicroVm::hosted().with_hosting(0, 3);
+    let again: Vec<_> = (0..3).map(|_| started(&backend)).collect();
+    assert_eq!(host_children().len(), before, "no host was added");
+    drop(again);
+}
+
+/// The outcome of a hostile guest's handshake and of one more transaction after it.
+fn hostile_outcome(backend: &MicroVm) -> (String, ErrorCode, String) {
+    let mut pipe = backend
+        .spawn(&spec(), Arc::new(Recorder::default()))
+        .expect("spawn");
+    // A deadline ends the guest that places an absurd count and never rings.
+    let first = pipe
+        .transact(
+            HostFrame::Hello(spec().hello),
+            Some(Instant::now() + Duration::from_secs(1)),
+        )
+        .expect_err("a hostile guest cannot complete a handshake");
+    let then = pipe
+        .transact(
+            HostFrame::Exec {
+                id: 1,
+                source: "1".into(),
+            },
+            soon(),
+        )
+        .expect_err("a stopped VM stays stopped");
+    (
+        first.to_string(),
+        first.to_cell_error().code,
+        then.to_string(),
+    )
+}
+
+#[test]
+fn a_hosted_hostile_guest_gives_the_answer_a_local_one_gives() {
+    if !kvm() {
+        return;
+    }
+    let _serial = serial();
+    for mode in [
+        MODE_TRIPLE_FAULT,
+        MODE_WRITE_OUTSIDE,
+        MODE_HEAP_EXHAUST,
+        MODE_GARBAGE_FRAME,
+        MODE_ABSURD_LENGTH,
+        MODE_UNDEFINED_PORT,
+        MODE_PANIC,
+        MODE_STACK_OVERFLOW,
+        MODE_BATCH_GARBAGE,
+        MODE_PLACE_ABSURD,
+    ] {
+        let local = hostile_outcome(&MicroVm::with_test_mode(mode));
+        let hosted = hostile_outcome(&MicroVm::with_test_mode(mode).started(StartMode::Hosted));
+        assert_eq!(hosted, local, "mode {mode}");
+    }
+    // A spinning guest: the deadline, then a kill, as in this process.
+    let mut pipe = MicroVm::with_test_mode(MODE_SPIN)
+        .started(StartMode::Hosted)
+        .spawn_pipe(&spec(), Arc::new(Recorder::default()))
+        .unwrap();
+    assert!(pipe.host_pid().is_some());
+    let r = pipe.transact(
+        HostFrame::Hello(spec().hello),
+        Some(Instant::now() + Duration::from_millis(50)),
+    );
+    assert!(matches!(r, Err(PipeError::TimedOut)), "{r:?}");
+    let killer = pipe.killer();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        killer.kill();
+    });
+    // Resumes the spin with no deadline: only the kill ends it.
+    let r = pipe.transact(HostFrame::Shutdown, None);
+    t.join().unwrap();
+    assert!(matches!(r, Err(PipeError::Killed)), "{r:?}");
+}
+
+#[test]
+fn a_dead_host_is_a_typed_error_for_its_cells_and_is_replaced() {
+    if !kvm() {
+        return;
+    }
+    let _serial = serial();
+    let backend = MicroVm::hosted().with_hosting(0, 2);
+    let (mut a, ha) = started(&backend);
+    let (mut b, hb) = started(&backend);
+    let (mut c, hc) = started(&backend);
+    let victim = a.host_pid().unwrap();
+    assert_eq!(b.host_pid(), Some(victim));
+    assert_ne!(c.host_pid(), Some(victim));
+    // SAFETY: a plain kill(2) of our own child, which is not reaped yet (its pid is not reused).
+    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+    for (pipe, host) in [(&mut a, &ha), (&mut b, &hb)] {
+        let e = exec(pipe, host, "1").expect_err("its host is dead");
+        assert!(
+            matches!(e, PipeError::Crashed(ref m) if m.contains("VM host")),
+            "{e:?}"
+        );
+        assert_eq!(e.to_cell_error().code, ErrorCode::CellCrashed);
+        // Kill and interrupt of a cell whose host is gone do nothing harmful.
+        pipe.killer().kill();
+        pipe.interrupter().unwrap().interrupt();
+    }
+    // The other host's cell is untouched, and a new cell lands in a live host.
+    assert_eq!(exec(&mut c, &hc, "6 * 7").unwrap(), Value::Int(42));
+    let (mut d, hd) = started(&backend);
+    assert_ne!(d.host_pid(), Some(victim));
+    assert_eq!(exec(&mut d, &hd, "6 * 7").unwrap(), Value::Int(42));
+    drop((a, b));
+    assert!(
+        !host_children().contains(&victim),
+        "the dead host was reaped"
+    );
+}
+
+#[test]
+fn concurrent_spawns_from_many_threads_respect_the_host_bound() {
+    if !kvm() {
+        return;
+    }
+    let _serial = serial();
+    let backend = Arc::new(MicroVm::hosted().with_hosting(0, 4));
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            let backend = backend.clone();
+            std::thread::spawn(move || {
+                (0..4)
+                    .map(|i| {
+                        let (mut pipe, host) = started(&backend);
+                        let v = exec(&mut pipe, &host, &format!("{t} * 100 + {i}")).unwrap();
+                        assert_eq!(v, Value::Int(t * 100 + i));
+                        pipe
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let pipes: Vec<MicroVmPipe> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let mut per_host: HashMap<u32, usize> = HashMap::new();
+    for p in &pipes {
+        *per_host.entry(p.host_pid().unwrap()).or_default() += 1;
+    }
+    assert!(per_host.values().all(|&n| n <= 4), "{per_host:?}");
+    assert_eq!(per_host.values().sum::<usize>(), 24);
+}
