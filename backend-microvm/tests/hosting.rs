@@ -107,13 +107,65 @@ fn past_its_share_the_default_start_puts_cells_in_hosts_of_bounded_size() {
             Value::Int(i as i64 * 10 + 2)
         );
     }
-    // Closed cells make room: a new cell goes where there is some, not to a new host.
-    let before = host_children().len();
+    // Closed cells make room: every emptied host but one ends (the one stays for the next burst)
+    // and new cells go to the one that stays.
+    let ours: Vec<u32> = per_host.keys().copied().collect();
+    let pidfds: Vec<_> = ours.iter().map(|&pid| pidfd(pid)).collect();
     drop(cells);
+    let ended = exits(&pidfds, ours.len() - 1);
+    assert_eq!(ended.len(), ours.len() - 1, "emptied hosts end, but one");
+    let survivor = ours
+        .iter()
+        .enumerate()
+        .find(|(i, _)| !ended.contains(i))
+        .map(|(_, pid)| *pid)
+        .unwrap();
     let backend = MicroVm::hosted().with_hosting(0, 3);
     let again: Vec<_> = (0..3).map(|_| started(&backend)).collect();
-    assert_eq!(host_children().len(), before, "no host was added");
-    drop(again);
+    for (pipe, _) in &again {
+        assert_eq!(pipe.host_pid(), Some(survivor), "no host was added");
+    }
+}
+
+/// A pidfd of `pid` (a process not yet reaped).
+fn pidfd(pid: u32) -> std::os::fd::OwnedFd {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+    // SAFETY: a descriptor just returned to us, owned from here on.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) }
+}
+
+/// Waits (at most 30 s, woken by each exit) until `want` of the processes behind `fds` have
+/// ended; returns the indexes of those that did.
+fn exits(fds: &[std::os::fd::OwnedFd], want: usize) -> Vec<usize> {
+    use std::os::fd::AsRawFd;
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut ended = Vec::new();
+    while ended.len() < want {
+        // Only those still running: an ended one stays readable.
+        let waiting: Vec<usize> = (0..fds.len()).filter(|i| !ended.contains(i)).collect();
+        let mut polled: Vec<libc::pollfd> = waiting
+            .iter()
+            .map(|&i| libc::pollfd {
+                fd: fds[i].as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let left = end.saturating_duration_since(Instant::now()).as_millis() as i32;
+        // SAFETY: a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as _, left) };
+        if n <= 0 {
+            break;
+        }
+        for (p, &i) in polled.iter().zip(&waiting) {
+            if p.revents & libc::POLLIN != 0 {
+                ended.push(i);
+            }
+        }
+    }
+    ended
 }
 
 /// The outcome of a hostile guest's handshake and of one more transaction after it.
@@ -258,4 +310,49 @@ fn concurrent_spawns_from_many_threads_respect_the_host_bound() {
     }
     assert!(per_host.values().all(|&n| n <= 4), "{per_host:?}");
     assert_eq!(per_host.values().sum::<usize>(), 24);
+}
+
+/// The child half of `hosts_end_with_their_supervisor`: a supervisor holding a hosted cell, which
+/// prints its host's pid and waits to be killed.
+#[test]
+#[ignore = "run by hosts_end_with_their_supervisor as a child process"]
+fn supervisor_child() {
+    if std::env::var_os("CELL_TEST_SUPERVISOR_CHILD").is_none() {
+        return;
+    }
+    let (pipe, _) = started(&MicroVm::hosted());
+    println!("host {}", pipe.host_pid().unwrap());
+    let mut line = String::new();
+    // Blocks until the parent kills this process.
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+#[test]
+fn hosts_end_with_their_supervisor() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    if !kvm() {
+        return;
+    }
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "supervisor_child", "--ignored", "--nocapture"])
+        .env("CELL_TEST_SUPERVISOR_CHILD", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let host: u32 = out
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("host ").and_then(|p| p.parse().ok()))
+        .expect("the child names its VM host");
+    let watch = pidfd(host);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        exits(&[watch], 1),
+        vec![0],
+        "the VM host {host} outlived its supervisor"
+    );
 }

@@ -26,10 +26,10 @@ use crate::{VmConfig, VmError};
 /// constructors; an executable without this crate's entry never answers, or exits).
 const HELLO_WAIT_SECS: i64 = 30;
 
-/// One VM host process.
+/// One VM host process. Dropping the last handle closes its control socket, which ends it.
 pub(crate) struct Host {
     control: OwnedFd,
-    child: Mutex<Child>,
+    child: Mutex<Option<Child>>,
     /// Cells living in it, or being started there.
     cells: AtomicUsize,
     /// Its control socket failed: it died, no new cell goes there.
@@ -66,9 +66,45 @@ impl Host {
 
     /// Reaps the process once its control socket broke (it is dead or dying).
     fn reap(&self) {
-        let mut child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
-        let _ = child.kill();
-        let _ = child.wait();
+        if let Some(mut child) = self.child_slot().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn child_slot(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One of its cells ended; an empty host is retired unless it is the only idle one (which
+    /// stays for the next burst).
+    fn release(self: &Arc<Self>) {
+        if self.cells.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return;
+        }
+        let mut hosts = lock_hosts();
+        let idle = |h: &Arc<Host>| h.cells.load(Ordering::SeqCst) == 0;
+        // Reservations happen under this lock, so an idle host seen here stays idle.
+        if idle(self) && hosts.iter().filter(|h| idle(h)).count() > 1 {
+            hosts.retain(|h| !Arc::ptr_eq(h, self));
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // The control socket closes when this returns and the host exits on that; its status is
+        // collected off this thread (the exit tears down its pooled VMs, which takes a while).
+        if let Some(mut child) = self.child_slot().take() {
+            let reaped = std::thread::Builder::new()
+                .name("cell-vm-host-reap".into())
+                .spawn(move || {
+                    let _ = child.wait();
+                });
+            if let Err(e) = reaped {
+                eprintln!("cell: no thread to reap a VM host: {e}");
+            }
+        }
     }
 }
 
@@ -76,10 +112,14 @@ impl Host {
 static HOSTS: Mutex<Vec<Arc<Host>>> = Mutex::new(Vec::new());
 static NEXT_CELL: AtomicU64 = AtomicU64::new(1);
 
+fn lock_hosts() -> std::sync::MutexGuard<'static, Vec<Arc<Host>>> {
+    HOSTS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A host holding fewer than `per_host` cells (its count already taken), starting one when all
 /// are full.
 fn reserve_host(per_host: usize) -> Result<Arc<Host>, VmError> {
-    let mut hosts = HOSTS.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut hosts = lock_hosts();
     hosts.retain(|h| {
         let broken = h.broken.load(Ordering::SeqCst);
         if broken {
@@ -134,7 +174,7 @@ fn start_host() -> Result<Host, VmError> {
         .map_err(|e| host_error("starting a VM host", e))?;
     let host = Host {
         control: ours,
-        child: Mutex::new(child),
+        child: Mutex::new(Some(child)),
         cells: AtomicUsize::new(0),
         broken: AtomicBool::new(false),
     };
@@ -203,7 +243,7 @@ pub(crate) fn spawn(
         match spawn_in(&host, cfg, start, cpu_time_ms) {
             Ok(cell) => return Ok(cell),
             Err(e) => {
-                host.cells.fetch_sub(1, Ordering::SeqCst);
+                host.release();
                 if !host.broken.load(Ordering::SeqCst) {
                     return Err(e);
                 }
@@ -264,11 +304,7 @@ fn spawn_in(
 impl HostedCell {
     /// The host process's pid.
     pub(crate) fn host_pid(&self) -> u32 {
-        self.host
-            .child
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .id()
+        self.host.child_slot().as_ref().map_or(0, Child::id)
     }
 
     /// Guest RAM in bytes.
@@ -368,7 +404,7 @@ impl Drop for HostedCell {
         }
         // Closing the socket ends the cell's thread in the host; its VM goes back to the host's
         // pool when it is healthy.
-        self.host.cells.fetch_sub(1, Ordering::SeqCst);
+        self.host.release();
     }
 }
 
