@@ -1,5 +1,6 @@
 //! [`abi::backend::Backend`] for microVM cells: spawn from the snapshot, frames through the
 //! shared-memory channel, the vCPU driven by the caller's thread inside `transact`.
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -45,6 +46,8 @@ pub struct MicroVm {
     in_process: usize,
     /// Most cells one VM host holds.
     per_host: usize,
+    /// The executable started as a VM host.
+    host_exe: PathBuf,
 }
 
 impl Default for MicroVm {
@@ -79,6 +82,7 @@ impl MicroVm {
             test_mode: crate::layout::MODE_RUNTIME,
             in_process: IN_PROCESS_CELLS,
             per_host: HOST_CELLS,
+            host_exe: PathBuf::from("/proc/self/exe"),
         }
     }
 
@@ -89,6 +93,15 @@ impl MicroVm {
     pub fn with_hosting(mut self, in_process: usize, per_host: usize) -> Self {
         self.in_process = in_process;
         self.per_host = per_host.max(1);
+        self
+    }
+
+    /// The same backend starting `exe` as its VM hosts instead of this process's own executable
+    /// (`/proc/self/exe`): any binary that links this crate can be one. Where the executable
+    /// cannot (this crate embedded in another language's runtime, say), the default start keeps
+    /// every cell in this process and [`StartMode::Hosted`] fails to spawn with the reason.
+    pub fn with_host_executable(mut self, exe: impl Into<PathBuf>) -> Self {
+        self.host_exe = exe.into();
         self
     }
 
@@ -242,7 +255,10 @@ impl MicroVm {
             StartMode::Hosted => true,
             // Past the supervisor's share, each VM in this process would slow every later start
             // (see `hosting`).
-            StartMode::Snapshot => LocalCell::live() >= self.in_process,
+            StartMode::Snapshot => {
+                LocalCell::live() >= self.in_process
+                    && hosted::unavailable(&self.host_exe).is_none()
+            }
             StartMode::Cold | StartMode::SnapshotFresh => false,
         };
         if hosted {
@@ -251,9 +267,15 @@ impl MicroVm {
             } else {
                 Start::Cold
             };
-            let cell = hosted::spawn(&cfg, start, spec.resources.cpu_time_ms, self.per_host)
-                .map_err(spawn_error)?;
-            return Ok(MicroVmPipe::over_host(cell, host, spec.max_frame_len));
+            let cpu_ms = spec.resources.cpu_time_ms;
+            match hosted::spawn(&cfg, start, cpu_ms, self.per_host, &self.host_exe) {
+                Ok(cell) => return Ok(MicroVmPipe::over_host(cell, host, spec.max_frame_len)),
+                // An executable that cannot host VMs: the default start keeps its cells here.
+                Err(_)
+                    if self.start == StartMode::Snapshot
+                        && hosted::unavailable(&self.host_exe).is_some() => {}
+                Err(e) => return Err(spawn_error(e)),
+            }
         }
         let vm = match self.start {
             StartMode::Snapshot if self.test_mode == crate::layout::MODE_RUNTIME => {

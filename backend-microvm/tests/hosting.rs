@@ -356,3 +356,33 @@ fn hosts_end_with_their_supervisor() {
         "the VM host {host} outlived its supervisor"
     );
 }
+
+#[test]
+fn an_executable_that_cannot_host_keeps_the_default_start_in_this_process() {
+    if !kvm() {
+        return;
+    }
+    let _serial = serial();
+    // `true` exits at once: it never says hello, as a binary without this crate would not.
+    let backend = MicroVm::new()
+        .with_hosting(0, 4)
+        .with_host_executable("/bin/true");
+    let mut cells: Vec<_> = (0..3).map(|_| started(&backend)).collect();
+    for (pipe, host) in cells.iter_mut() {
+        assert_eq!(pipe.host_pid(), None);
+        assert_eq!(exec(pipe, host, "6 * 7").unwrap(), Value::Int(42));
+    }
+    let refused = MicroVm::hosted()
+        .with_host_executable("/bin/true")
+        .spawn(&spec(), Arc::new(Recorder::default()));
+    match refused {
+        Err(abi::backend::SpawnError::Other(why)) => {
+            assert!(
+                why.contains("/bin/true") && why.contains("VM host"),
+                "{why}"
+            )
+        }
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("a hosted cell needs a host"),
+    }
+}

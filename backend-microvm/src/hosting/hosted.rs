@@ -5,6 +5,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,6 +30,8 @@ const HELLO_WAIT_SECS: i64 = 30;
 /// One VM host process. Dropping the last handle closes its control socket, which ends it.
 pub(crate) struct Host {
     control: OwnedFd,
+    /// The executable it runs (a backend uses only hosts of its own executable).
+    exe: PathBuf,
     child: Mutex<Option<Child>>,
     /// Cells living in it, or being started there.
     cells: AtomicUsize,
@@ -116,9 +119,22 @@ fn lock_hosts() -> std::sync::MutexGuard<'static, Vec<Arc<Host>>> {
     HOSTS.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A host holding fewer than `per_host` cells (its count already taken), starting one when all
-/// are full.
-fn reserve_host(per_host: usize) -> Result<Arc<Host>, VmError> {
+/// Executables that were started as VM hosts and never said hello (they do not link this crate,
+/// as when it is embedded in another language's runtime), with what happened.
+static UNAVAILABLE: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
+
+/// Why `exe` cannot host VMs, once a start of it as a host failed that way.
+pub(crate) fn unavailable(exe: &Path) -> Option<String> {
+    let known = UNAVAILABLE.lock().unwrap_or_else(PoisonError::into_inner);
+    known
+        .iter()
+        .find(|(p, _)| p == exe)
+        .map(|(_, why)| why.clone())
+}
+
+/// A host holding fewer than `per_host` cells (its count already taken), starting `exe` as one
+/// when all are full.
+fn reserve_host(per_host: usize, exe: &Path) -> Result<Arc<Host>, VmError> {
     let mut hosts = lock_hosts();
     hosts.retain(|h| {
         let broken = h.broken.load(Ordering::SeqCst);
@@ -127,7 +143,7 @@ fn reserve_host(per_host: usize) -> Result<Arc<Host>, VmError> {
         }
         !broken
     });
-    for h in hosts.iter() {
+    for h in hosts.iter().filter(|h| h.exe == exe) {
         let n = h.cells.load(Ordering::SeqCst);
         if n < per_host
             && h.cells
@@ -137,7 +153,7 @@ fn reserve_host(per_host: usize) -> Result<Arc<Host>, VmError> {
             return Ok(h.clone());
         }
     }
-    let host = Arc::new(start_host()?);
+    let host = Arc::new(start_host(exe)?);
     host.cells.store(1, Ordering::SeqCst);
     hosts.push(host.clone());
     Ok(host)
@@ -147,8 +163,14 @@ fn host_error(what: &str, e: impl std::fmt::Display) -> VmError {
     VmError::Host(format!("{what}: {e}"))
 }
 
-/// Starts this executable again as a VM host and waits for its hello.
-fn start_host() -> Result<Host, VmError> {
+/// Starts `exe` as a VM host and waits for its hello.
+fn start_host(exe: &Path) -> Result<Host, VmError> {
+    if let Some(why) = unavailable(exe) {
+        return Err(VmError::Host(format!(
+            "{} cannot host VMs: {why}",
+            exe.display()
+        )));
+    }
     if std::env::var_os(HOST_ENV).is_some() {
         return Err(VmError::Host(
             "this process was started as a VM host but its executable has no host entry".into(),
@@ -163,7 +185,7 @@ fn start_host() -> Result<Host, VmError> {
     .map_err(|e| host_error("a VM host's control socket", e))?;
     // The extra argument makes a `main` that does not know it refuse to start (a test harness, a
     // command-line parser) should the entry be missing, rather than run as itself.
-    let child = Command::new("/proc/self/exe")
+    let child = Command::new(exe)
         .arg0("cell-vm-host")
         .arg("--cell-vm-host")
         .env(HOST_ENV, std::process::id().to_string())
@@ -174,6 +196,7 @@ fn start_host() -> Result<Host, VmError> {
         .map_err(|e| host_error("starting a VM host", e))?;
     let host = Host {
         control: ours,
+        exe: exe.to_path_buf(),
         child: Mutex::new(Some(child)),
         cells: AtomicUsize::new(0),
         broken: AtomicBool::new(false),
@@ -182,7 +205,15 @@ fn start_host() -> Result<Host, VmError> {
         Ok(()) => Ok(host),
         Err(e) => {
             host.reap();
-            Err(host_error("a VM host did not start", e))
+            let why = e.to_string();
+            UNAVAILABLE
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((exe.to_path_buf(), why.clone()));
+            Err(VmError::Host(format!(
+                "{} did not start as a VM host: {why}",
+                exe.display()
+            )))
         }
     }
 }
@@ -235,11 +266,12 @@ pub(crate) fn spawn(
     start: Start,
     cpu_time_ms: u64,
     per_host: usize,
+    exe: &Path,
 ) -> Result<HostedCell, VmError> {
     let mut last = None;
     // A host that died since it was chosen is replaced once.
     for _ in 0..2 {
-        let host = reserve_host(per_host.max(1))?;
+        let host = reserve_host(per_host.max(1), exe)?;
         match spawn_in(&host, cfg, start, cpu_time_ms) {
             Ok(cell) => return Ok(cell),
             Err(e) => {
