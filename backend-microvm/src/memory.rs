@@ -234,6 +234,11 @@ impl GuestMemory {
 
 const PAGE: usize = 4096;
 
+/// Opens this process's page map now (a VM host opens it before it gives up file access).
+pub(crate) fn open_pagemap() {
+    let _ = pagemap();
+}
+
 fn pagemap() -> Option<&'static std::fs::File> {
     static PAGEMAP: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
     PAGEMAP

@@ -386,3 +386,33 @@ fn an_executable_that_cannot_host_keeps_the_default_start_in_this_process() {
         Ok(_) => panic!("a hosted cell needs a host"),
     }
 }
+
+#[test]
+fn a_host_runs_without_privileges() {
+    if !kvm() {
+        return;
+    }
+    let _serial = serial();
+    let (mut pipe, host) = started(&MicroVm::hosted());
+    let pid = pipe.host_pid().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    assert_eq!(field("NoNewPrivs"), "1");
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(field(caps), "0000000000000000", "{caps}");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(field("Uid"), "65534 65534 65534 65534");
+        assert_eq!(field("Gid"), "65534 65534 65534 65534");
+        assert_eq!(field("Groups"), "");
+    }
+    // Confined, it still runs its cells.
+    assert_eq!(exec(&mut pipe, &host, "6 * 7").unwrap(), Value::Int(42));
+}

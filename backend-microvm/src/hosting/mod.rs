@@ -11,7 +11,9 @@
 //!
 //! * [`messages`]: what crosses between the supervisor and a host.
 //! * [`vm_host`]: the host process (a thread per cell running its VM as the supervisor would).
+//! * [`confine`]: what a host gives up before it runs a guest.
 //! * [`hosted`]: the supervisor's side (starting hosts, a cell's frame I/O, kill and interrupt).
+mod confine;
 pub(crate) mod hosted;
 pub(crate) mod messages;
 pub(crate) mod vm_host;

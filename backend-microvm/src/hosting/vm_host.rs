@@ -66,6 +66,14 @@ fn serve(parent: &str) -> io::Result<()> {
     let mut nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     nofile.current = nofile.maximum;
     rustix::process::setrlimit(rustix::process::Resource::Nofile, nofile)?;
+    // Still one thread: everything started from here on inherits the confinement.
+    let confined = super::confine::confine()?;
+    if !confined.landlock {
+        eprintln!(
+            "cell VM host {}: this kernel has no Landlock",
+            std::process::id()
+        );
+    }
     // What `ps` shows (the executable is whatever binary the supervisor is).
     rustix::thread::set_name(c"cell-vm-host")?;
     rustix::net::send(&control, HELLO, SendFlags::NOSIGNAL)?;
