@@ -404,6 +404,7 @@ fn a_host_runs_without_privileges() {
             .unwrap_or_else(|| panic!("no {name} in {status}"))
     };
     assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2", "a seccomp filter is installed");
     for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
         assert_eq!(field(caps), "0000000000000000", "{caps}");
     }

@@ -1,5 +1,5 @@
 //! What a VM host gives up before it runs any guest: once `/dev/kvm` and the page map are open,
-//! a VMM needs no file, no network, no privilege and no other process. A guest that broke out of
+//! a VMM needs no file, no network, no privilege, no other process and few system calls. A guest that broke out of
 //! KVM into the host's VMM code would find a process that can do little more than its own work.
 //!
 //! Applied while the host is still single-threaded (its constructor runs before `main` spawns
@@ -11,6 +11,66 @@ use rustix::thread::{CapabilitySet, CapabilitySets};
 /// The unprivileged user a host runs as when started by root (`nobody`).
 const NOBODY: u32 = 65534;
 
+/// The system calls a VM host makes once confined (everything else fails with `EPERM`): KVM's
+/// ioctls, memory management, threads and their synchronisation, its sockets (received, never
+/// opened), signals to its own threads (the vCPU kick), time, and its own exit. Read off
+/// `strace -f` of the hosted conformance suite and the hosting tests, plus the calls of paths
+/// those do not take (`mremap` of a large buffer, `write` to standard error, a sleep, an abort).
+const SYSCALLS: &[i64] = &[
+    // KVM and the descriptors the host holds.
+    libc::SYS_ioctl,
+    libc::SYS_close,
+    libc::SYS_fcntl,
+    libc::SYS_ftruncate,
+    libc::SYS_memfd_create,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_lseek,
+    libc::SYS_read,
+    libc::SYS_pread64,
+    libc::SYS_write,
+    libc::SYS_writev,
+    // Memory.
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_mincore,
+    libc::SYS_brk,
+    // The control and cell sockets.
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+    libc::SYS_getsockopt,
+    // Threads, their synchronisation and the vCPU kick.
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_prctl,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_getppid,
+    libc::SYS_tgkill,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+    // Time, randomness (hash maps), memory size.
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_getrandom,
+    libc::SYS_sysinfo,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
 /// Which layers took effect, for the host's diagnostics.
 #[derive(Debug, Default)]
 pub(crate) struct Confined {
@@ -20,8 +80,8 @@ pub(crate) struct Confined {
 
 /// Opens what the VMM needs for its life, then drops the rest: an unprivileged user (when
 /// root), every capability (bounding set included), `no_new_privs`, not dumpable (no ptrace by
-/// other processes of that user), and a Landlock domain with no file access, no TCP, no signal
-/// or abstract socket outside itself (as far as this kernel supports).
+/// other processes of that user), a Landlock domain with no file access, no TCP, no signal or
+/// abstract socket outside itself (as far as this kernel supports), and a seccomp allowlist.
 pub(crate) fn confine() -> io::Result<Confined> {
     crate::kvm::host().map_err(|e| io::Error::other(e.to_string()))?;
     crate::memory::open_pagemap();
@@ -52,7 +112,24 @@ pub(crate) fn confine() -> io::Result<Confined> {
     )?;
     rustix::thread::set_no_new_privs(true)?;
     done.landlock = restrict_landlock();
+    install_seccomp()?;
     Ok(done)
+}
+
+/// The seccomp filter: [`SYSCALLS`] allowed, any other call `EPERM` (an error the code on that
+/// path reports, not a dead host and all its cells).
+fn install_seccomp() -> io::Result<()> {
+    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+    let rules = SYSCALLS.iter().map(|&nr| (nr, Vec::new())).collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(io::Error::other)?;
+    let program: BpfProgram = filter.try_into().map_err(io::Error::other)?;
+    seccompiler::apply_filter(&program).map_err(io::Error::other)
 }
 
 /// Empties the capability bounding set (each drop needs CAP_SETPCAP; without it, nothing
