@@ -162,6 +162,41 @@ impl Template {
         Ok(m)
     }
 
+    /// A new machine that has served one handshake and one exec (so the pages a cell touches
+    /// are mapped in KVM's MMU), reset to the snapshot: what the reset thread keeps ready ahead
+    /// of demand. `None` when any step fails (the machine is destroyed).
+    fn warm_machine(&self) -> Option<Machine> {
+        use abi::{EngineLimits, GuestFrame, Hello, HostFrame};
+        let max = (self.key.1 as usize)
+            .saturating_sub(abi::wire::HEADER_LEN)
+            .min(abi::wire::ABSOLUTE_MAX_FRAME_LEN as usize) as u32;
+        let mut vm = Vm::from_parts(self.fresh_machine().ok()?, self.layout, None);
+        let end = Instant::now() + TEMPLATE_BOOT_LIMIT;
+        let frames = [
+            HostFrame::Hello(Hello::new("warm", EngineLimits::default(), vec![])),
+            HostFrame::Exec {
+                id: 0,
+                source: "()".into(),
+            },
+        ];
+        for frame in &frames {
+            vm.send(&abi::wire::encode(frame, max).ok()?).ok()?;
+            loop {
+                let Ok(Recv::Frame(body)) = vm.recv_body(Some(end), max) else {
+                    return None;
+                };
+                match abi::wire::decode_body::<GuestFrame>(&body).ok()? {
+                    GuestFrame::Ready(_) | GuestFrame::Done { .. } => break,
+                    GuestFrame::Refused(_) => return None,
+                    _ => {}
+                }
+            }
+        }
+        // Dropping `vm` without its machine destroys nothing; a failure above destroys it.
+        let m = vm.take_machine()?;
+        self.reset(m)
+    }
+
     /// Resets a closed cell's machine to the snapshot: its pending exit completed (KVM would
     /// apply it on the next run, over the restored registers), its tables checked, its dirtied
     /// pages copied back, its registers restored. A machine that fails any step is destroyed.
@@ -200,7 +235,11 @@ fn template(cfg: &VmConfig) -> Result<Arc<Template>, VmError> {
     let served = t.clone();
     let thread = std::thread::Builder::new()
         .name("cell-vm-reset".into())
-        .spawn(move || served.pool.serve(|m| served.reset(m)));
+        .spawn(move || {
+            served
+                .pool
+                .serve(|m| served.reset(m), || served.warm_machine())
+        });
     // Without the thread, starts reset the machines they take themselves (`Pool::take`).
     drop(thread);
     Ok(t)
@@ -257,12 +296,13 @@ impl Vm {
     /// otherwise a new VM mapping the snapshot copy-on-write.
     pub fn from_snapshot(cfg: &VmConfig) -> Result<Vm, VmError> {
         let t = template(cfg)?;
-        let (m, reused) = match t.pool.take(|m| t.reset(m)) {
-            Some(m) => (m, true),
-            None => (t.fresh_machine()?, false),
+        let (m, fresh, reused) = match t.pool.take(|m| t.reset(m)) {
+            Some((m, served)) => (m, false, served),
+            None => (t.fresh_machine()?, true, false),
         };
         let layout = t.layout;
         let mut vm = Vm::from_parts(m, layout, Some(t));
+        vm.fresh = fresh;
         vm.reused = reused;
         Ok(vm)
     }

@@ -71,6 +71,9 @@ pub struct Vm {
     cpu: CpuBudget,
     /// Where the machine goes when this VM is dropped healthy.
     home: Option<Arc<dyn Recycle>>,
+    /// Built for this start (not taken from the pool).
+    pub(crate) fresh: bool,
+    /// Taken from the pool after serving an earlier cell (reset since).
     pub(crate) reused: bool,
     /// Bytes of the guest's current batch already handed over: the guest places one-way frames
     /// without an exit, and frames placed before a stop from outside (a kick) are taken then;
@@ -119,6 +122,7 @@ impl Vm {
             dead: None,
             cpu: CpuBudget::default(),
             home,
+            fresh: true,
             reused: false,
             taken: 0,
             deferred: None,
@@ -582,6 +586,12 @@ impl Vm {
     /// Whether this VM came from the pool (a reset VM of an earlier cell).
     pub fn is_reused(&self) -> bool {
         self.reused
+    }
+
+    /// Whether this VM was built for this start: neither a reset VM of an earlier cell nor one
+    /// the pool built ahead of demand.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
     }
 
     /// Test only: the boot info the host wrote.
