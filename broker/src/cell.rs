@@ -459,6 +459,10 @@ impl CellBroker {
                 .0;
         };
         slot.abandoned.store(true, Ordering::SeqCst);
+        // The requester, not the worker, takes its request off the list: a worker may hold its
+        // job a moment after waking the requester, and the list must not depend on when.
+        lock(&self.cancel.inflight)
+            .retain(|w| !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&slot)) && w.strong_count() > 0);
         outcome
     }
 }
@@ -509,9 +513,9 @@ mod tests {
         );
     }
 
-    /// The list of requests in flight (for `cancel`) forgets finished ones: it holds the
-    /// requests running now and, for an instant, the last one whose worker has not yet dropped
-    /// its job (the worker wakes the requester before it lets go), never the finished ones.
+    /// The list of requests in flight (for `cancel`) forgets finished ones: each requester takes
+    /// its own off before it returns, whenever its worker lets go of the job. (It held 1-3 after
+    /// 50 requests while workers dropped their jobs after waking the requester; a CI run saw 3.)
     #[test]
     fn finished_requests_leave_the_in_flight_list() {
         let dir = tempfile::tempdir().unwrap();
@@ -531,10 +535,7 @@ mod tests {
             assert_eq!(read, Ok(Value::Bytes(b"x".to_vec())));
         }
         let held = lock(&cell.cancel.inflight).len();
-        assert!(
-            (1..=2).contains(&held),
-            "{held} slots held after 50 requests"
-        );
+        assert_eq!(held, 0, "{held} slots held after 50 requests");
     }
 
     #[test]
