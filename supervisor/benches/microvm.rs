@@ -39,6 +39,7 @@ fn main() {
     let backends = [
         ("microvm-cold", StartMode::Cold),
         ("microvm-fresh", StartMode::SnapshotFresh),
+        ("microvm-hosted", StartMode::Hosted),
     ];
     for (name, start) in backends {
         let backend = MicroVm::with_start(start);
@@ -148,11 +149,15 @@ fn main() {
     // one bare `out` exit, one warm exec, one warm call, repeated.
     let warm = supervisor.spawn(&fresh_name(), "microvm", &policy).unwrap();
     warm.exec("fn add(a, b) { a + b }").unwrap();
+    // A cell in a VM host process: the same exit plus a socket round trip to the host.
+    let hosted = supervisor
+        .spawn(&fresh_name(), "microvm-hosted", &policy)
+        .unwrap();
     let mut floor = Vm::boot(&VmConfig::new(16 << 20).with_test_mode(MODE_FLOOR)).unwrap();
     // The guest image (from IMAGE_BASE up to the heap), which a cold VM copies into memory of
     // its own; with the stack and boot pages below it, the least a cold cell holds.
     let image_kib = (floor.boot_info().heap_base - backend_microvm::layout::IMAGE_BASE) / 1024;
-    let (mut f, mut e, mut k) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut f, mut e, mut k, mut h) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3000 {
         let t = Instant::now();
         floor.floor_exits(1).unwrap();
@@ -166,12 +171,21 @@ fn main() {
                 .unwrap(),
         );
         k.push(t.elapsed().as_nanos() as f64);
+        let t = Instant::now();
+        black_box(hosted.exec("40 + 2").unwrap());
+        h.push(t.elapsed().as_nanos() as f64);
     }
     warm.close();
+    hosted.close();
     // Cold cells have memory of their own (image and heap in transparent huge pages). Measured
     // last: destroying 40 VMs keeps the reaper thread busy for a while.
     let (cold_rss, _, cold_sys) = idle_memory("microvm-cold");
-    let (f, e, k) = (common::median(f), common::median(e), common::median(k));
+    let (f, e, k, h) = (
+        common::median(f),
+        common::median(e),
+        common::median(k),
+        common::median(h),
+    );
 
     c.final_summary();
     let mut rows = script_rows;
@@ -262,6 +276,12 @@ fn main() {
                 e / f,
                 k / 1e3,
                 k / f
+            ),
+            format!(
+                "interleaved in the same loop: warm exec of a cell in a VM host process {:.1} µs ({:.2}x the exit, {:.2}x the in-process exec)   target ≤ 2x",
+                h / 1e3,
+                h / f,
+                h / e
             ),
             format!(
                 "host memory per idle cell ({CELLS} cells from the snapshot): RSS {rss:.0} KiB, PSS {pss:.0} KiB, \
