@@ -233,7 +233,13 @@ fn wait_hello(control: &OwnedFd) -> io::Result<()> {
         }
     }
     let mut buf = [0u8; MAX_CONTROL];
-    let n = rustix::net::recv(control, &mut buf, rustix::net::RecvFlags::empty())?.0;
+    let n = loop {
+        match rustix::net::recv(control, &mut buf, rustix::net::RecvFlags::empty()) {
+            Ok((n, _)) => break n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
     if &buf[..n.min(MAX_CONTROL)] == HELLO {
         Ok(())
     } else if n == 0 {
