@@ -413,6 +413,9 @@ impl CellPipe for MicroVmPipe {
             _ => {}
         }
         let result = drive(&mut self.io, &*self.host, &frame, deadline, self.max_len);
+        if let CellIo::Hosted(Some(cell)) = &mut self.io {
+            cell.end_transaction();
+        }
         if let Err(PipeError::Aborted(reason)) = &result {
             // The host side stopped the cell mid-transaction: the guest is paused inside the
             // script that broke the rule. Left as it is, the next transaction would resume that

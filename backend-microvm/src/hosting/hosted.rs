@@ -258,8 +258,12 @@ pub(crate) struct HostedCell {
     cell: u64,
     /// Frames sent in this step, carried by the next request.
     pending: Vec<Vec<u8>>,
-    /// The next request starts a transaction (clears the guest's interrupt word first).
+    /// The number of the current (or last) transaction, and whether the next request starts it.
+    txn: u64,
     new_transaction: bool,
+    /// The transaction running now (0: idle), for the interrupter: an interrupt while idle
+    /// cancels nothing, as in this process.
+    active: Arc<AtomicU64>,
     /// A request is out and its answer not read: the VM may be running.
     in_flight: bool,
     killed: Arc<AtomicBool>,
@@ -317,7 +321,9 @@ fn spawn_in(
             host: host.clone(),
             cell,
             pending: Vec::new(),
-            new_transaction: true,
+            txn: 0,
+            new_transaction: false,
+            active: Arc::default(),
             in_flight: false,
             killed: Arc::default(),
             mem_size,
@@ -350,9 +356,16 @@ impl HostedCell {
         self.mem_size
     }
 
-    /// The next request starts a transaction.
+    /// A transaction starts: the next request says so.
     pub(crate) fn start_transaction(&mut self) {
+        self.txn += 1;
         self.new_transaction = true;
+        self.active.store(self.txn, Ordering::SeqCst);
+    }
+
+    /// The transaction ended: an interrupt from now on cancels nothing.
+    pub(crate) fn end_transaction(&mut self) {
+        self.active.store(0, Ordering::SeqCst);
     }
 
     /// The host side refused what the guest did: the VM never runs again.
@@ -374,6 +387,7 @@ impl HostedCell {
         Arc::new(HostedInterrupter {
             host: self.host.clone(),
             cell: self.cell,
+            active: self.active.clone(),
         })
     }
 
@@ -401,7 +415,8 @@ impl FrameIo for HostedCell {
             return Err(PipeError::Killed);
         }
         let request = ToVm::Run {
-            clear_interrupt: std::mem::take(&mut self.new_transaction),
+            txn: self.txn,
+            starts: std::mem::take(&mut self.new_transaction),
             frames: std::mem::take(&mut self.pending),
             timeout_us: deadline.map(|d| {
                 d.saturating_duration_since(Instant::now())
@@ -463,12 +478,22 @@ impl AbiKiller for HostedKiller {
 struct HostedInterrupter {
     host: Arc<Host>,
     cell: u64,
+    active: Arc<AtomicU64>,
 }
 
 impl AbiInterrupter for HostedInterrupter {
     fn interrupt(&self) {
-        let _ = self
-            .host
-            .send(&Control::Interrupt { cell: self.cell }, None);
+        // The transaction running now, by number: the record travels apart from the cell's own
+        // requests, and must neither miss it nor land in the next one.
+        let txn = self.active.load(Ordering::SeqCst);
+        if txn != 0 {
+            let _ = self.host.send(
+                &Control::Interrupt {
+                    cell: self.cell,
+                    txn,
+                },
+                None,
+            );
+        }
     }
 }

@@ -45,17 +45,20 @@ pub(crate) enum Control {
     },
     /// Kill cell `cell` (wherever its vCPU is).
     Kill { cell: u64 },
-    /// Interrupt cell `cell`'s transaction.
-    Interrupt { cell: u64 },
+    /// Interrupt transaction `txn` of cell `cell` (only that one: sent while it runs, it may
+    /// arrive before the host has started it, or after it ended).
+    Interrupt { cell: u64, txn: u64 },
 }
 
 /// Supervisor → host, on a cell's socket.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToVm {
     /// Queue `frames` for the guest (whole wire frames), then run it until it hands over a frame,
-    /// waits idle, `timeout_us` passes, or it stops. `clear_interrupt` starts a transaction.
+    /// waits idle, `timeout_us` passes, or it stops; part of transaction `txn` (numbered from 1
+    /// by the supervisor), which `starts` (the guest's interrupt word is cleared first).
     Run {
-        clear_interrupt: bool,
+        txn: u64,
+        starts: bool,
         frames: Vec<Vec<u8>>,
         timeout_us: Option<u64>,
         max_len: u32,
@@ -297,7 +300,8 @@ mod tests {
     #[test]
     fn a_run_round_trips() {
         let msg = ToVm::Run {
-            clear_interrupt: true,
+            txn: 1,
+            starts: true,
             frames: vec![vec![1, 2, 3], vec![]],
             timeout_us: Some(5),
             max_len: 1 << 20,
@@ -352,7 +356,7 @@ mod tests {
                 proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), 0..4),
             timeout in proptest::option::of(proptest::prelude::any::<u64>()),
         ) {
-            let run = ToVm::Run { clear_interrupt: false, frames: frames.clone(), timeout_us: timeout, max_len: 7 };
+            let run = ToVm::Run { txn: 3, starts: false, frames: frames.clone(), timeout_us: timeout, max_len: 7 };
             let mut bytes = Vec::new();
             write_message(&mut bytes, &run).unwrap();
             for f in &frames {

@@ -44,8 +44,61 @@ fn enter_if_vm_host() {
     std::process::exit(code);
 }
 
-/// Handles to each live cell's VM, for the control thread's kills and interrupts.
-type Registry = Arc<Mutex<HashMap<u64, (Killer, Interrupter)>>>;
+/// What the control thread holds of a live cell's VM.
+struct Handles {
+    killer: Killer,
+    interrupter: Interrupter,
+    txns: Txns,
+}
+
+/// Which transaction an interrupt is for: interrupt records travel on the control socket, apart
+/// from the cell's requests, so one may arrive before its transaction has started here.
+#[derive(Debug, Default, PartialEq)]
+struct Txns {
+    /// The transaction the cell's thread last started.
+    current: u64,
+    /// A later transaction an interrupt arrived for before its thread started it.
+    pending: u64,
+}
+
+impl Txns {
+    /// An interrupt of transaction `txn`: true if it runs now; remembered if it has not started;
+    /// dropped if it has ended.
+    fn interrupt(&mut self, txn: u64) -> bool {
+        if txn > self.current {
+            self.pending = txn;
+        }
+        txn == self.current
+    }
+
+    /// Transaction `txn` starts: true if its interrupt came early.
+    fn start(&mut self, txn: u64) -> bool {
+        self.current = txn;
+        self.pending == txn
+    }
+}
+
+impl Handles {
+    fn interrupt(&mut self, txn: u64) {
+        if self.txns.interrupt(txn) {
+            self.interrupter.interrupt();
+        }
+    }
+
+    /// Transaction `txn` starts: its interrupt word is cleared (an interrupt cancels only the
+    /// transaction it was meant for), then set again if its interrupt came early.
+    fn start(&mut self, txn: u64, vm: &Vm) -> Result<(), VmError> {
+        let early = self.txns.start(txn);
+        vm.clear_interrupt()?;
+        if early {
+            self.interrupter.interrupt();
+        }
+        Ok(())
+    }
+}
+
+/// Each live cell's handles, for the control thread's kills and interrupts.
+type Registry = Arc<Mutex<HashMap<u64, Handles>>>;
 
 fn serve(parent: &str) -> io::Result<()> {
     // SAFETY: the supervisor passed the control socket as standard input; nothing else in this
@@ -132,13 +185,13 @@ fn serve(parent: &str) -> io::Result<()> {
                 }
             }
             Control::Kill { cell } => {
-                if let Some((killer, _)) = lock(&registry).get(&cell) {
-                    killer.kill();
+                if let Some(h) = lock(&registry).get(&cell) {
+                    h.killer.kill();
                 }
             }
-            Control::Interrupt { cell } => {
-                if let Some((_, interrupter)) = lock(&registry).get(&cell) {
-                    interrupter.interrupt();
+            Control::Interrupt { cell, txn } => {
+                if let Some(h) = lock(&registry).get_mut(&cell) {
+                    h.interrupt(txn);
                 }
             }
         }
@@ -175,7 +228,12 @@ fn serve_cell(
         }
     };
     vm.set_cpu_limit((cpu_time_ms > 0).then(|| Duration::from_millis(cpu_time_ms)));
-    lock(registry).insert(cell, (vm.killer(), vm.interrupter()));
+    let handles = Handles {
+        killer: vm.killer(),
+        interrupter: vm.interrupter(),
+        txns: Txns::default(),
+    };
+    lock(registry).insert(cell, handles);
     let started = FromVm::Started {
         mem_size: vm.mem_size(),
     };
@@ -183,12 +241,23 @@ fn serve_cell(
         loop {
             match read_message::<ToVm>(&mut stream) {
                 Ok(ToVm::Run {
-                    clear_interrupt,
+                    txn,
+                    starts,
                     frames,
                     timeout_us,
                     max_len,
                 }) => {
-                    let reply = run(&mut vm, clear_interrupt, &frames, timeout_us, max_len);
+                    let started = if starts {
+                        lock(registry)
+                            .get_mut(&cell)
+                            .map_or(Ok(()), |h| h.start(txn, &vm))
+                    } else {
+                        Ok(())
+                    };
+                    let reply = match started {
+                        Ok(()) => run(&mut vm, &frames, timeout_us, max_len),
+                        Err(e) => FromVm::Stop(pipe_error(e).into()),
+                    };
                     if write_message(&mut stream, &reply)
                         .and_then(|()| stream.flush())
                         .is_err()
@@ -214,17 +283,8 @@ fn serve_cell(
 
 /// One request: what [`crate::MicroVmPipe`] does in the supervisor's process for one
 /// `send`s-then-`recv` step of a transaction.
-fn run(
-    vm: &mut Vm,
-    clear_interrupt: bool,
-    frames: &[Vec<u8>],
-    timeout_us: Option<u64>,
-    max_len: u32,
-) -> FromVm {
+fn run(vm: &mut Vm, frames: &[Vec<u8>], timeout_us: Option<u64>, max_len: u32) -> FromVm {
     let mut step = || -> Result<crate::Recv, VmError> {
-        if clear_interrupt {
-            vm.clear_interrupt()?;
-        }
         for frame in frames {
             vm.send(frame)?;
         }
@@ -236,5 +296,25 @@ fn run(
         Ok(crate::Recv::Idle) => FromVm::Idle,
         Ok(crate::Recv::TimedOut) => FromVm::TimedOut,
         Err(e) => FromVm::Stop(pipe_error(e).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Txns;
+
+    #[test]
+    fn an_interrupt_lands_in_its_own_transaction_whenever_it_arrives() {
+        let mut t = Txns::default();
+        // Sent while transaction 1 runs, arriving after it started: applies now.
+        assert!(!t.start(1));
+        assert!(t.interrupt(1));
+        // Sent while 2 runs, arriving before its thread started it: applies at its start.
+        assert!(!t.interrupt(2));
+        assert!(t.start(2));
+        // Sent while 2 ran, arriving after 3 started: dropped (3 is not interrupted).
+        assert!(!t.start(3));
+        assert!(!t.interrupt(2));
+        assert!(!t.start(4), "nothing was pending for 4");
     }
 }
