@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use abi::backend::{
     Backend, CellPipe, FrameIo, HostSide, Interrupter as AbiInterrupter, Killer as AbiKiller,
-    Layer, PipeError, Resource, SpawnError, SpawnSpec, drive,
+    Layer, PipeError, SpawnError, SpawnSpec, drive,
 };
-use abi::wire::{self, HEADER_LEN, WireError};
+use abi::wire::{self, HEADER_LEN};
 use abi::{CellError, ErrorCode, HostFrame};
 
+pub use crate::error::pipe_error;
 use crate::hosting::hosted::{self, HostedCell};
 use crate::hosting::messages::Start;
 use crate::hosting::{HOST_CELLS, IN_PROCESS_CELLS};
@@ -494,36 +495,6 @@ impl FrameIo for CellIo {
 struct VmIo {
     vm: Option<Vm>,
     _slot: LocalSlot,
-}
-
-/// Map a VM stop to the pipe error the supervisor understands.
-pub fn pipe_error(e: VmError) -> PipeError {
-    match e {
-        VmError::Killed => PipeError::Killed,
-        VmError::Dead(inner) if *inner == VmError::Killed => PipeError::Killed,
-        // Limits used up: the host side words these the same for every backend.
-        VmError::GuestOutOfMemory { .. } => PipeError::Exhausted {
-            resource: Resource::Memory,
-            detail: e.to_string(),
-        },
-        VmError::StackOverflow { .. } => PipeError::Exhausted {
-            resource: Resource::Stack,
-            detail: e.to_string(),
-        },
-        VmError::CpuTimeExceeded { .. } => PipeError::Exhausted {
-            resource: Resource::CpuTime,
-            detail: e.to_string(),
-        },
-        VmError::Aborted(reason) => PipeError::Aborted(reason),
-        VmError::Dead(inner) if matches!(*inner, VmError::Aborted(_)) => pipe_error(*inner),
-        VmError::FrameTooLarge { len, cap } => PipeError::Wire(WireError::TooLarge {
-            len,
-            max: cap.saturating_sub(HEADER_LEN as u64).min(u32::MAX as u64) as u32,
-        }),
-        VmError::BadFrame(w) => PipeError::Wire(w),
-        VmError::GuestExited => PipeError::Closed,
-        other => PipeError::Crashed(other.to_string()),
-    }
 }
 
 impl FrameIo for VmIo {

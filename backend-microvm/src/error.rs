@@ -1,6 +1,9 @@
 //! Typed errors of the microvm backend. Everything a guest can do maps to one of these; none of
 //! them is ever a host panic.
 
+use abi::backend::{PipeError, Resource};
+use abi::wire::{HEADER_LEN, WireError};
+
 /// Why a VM could not be created or why it stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -120,7 +123,7 @@ pub enum VmError {
     /// The guest's frame prefix is invalid (over the cap, empty, or inconsistent with the
     /// length it announced at the doorbell).
     #[error("guest sent a bad frame: {0}")]
-    BadFrame(abi::wire::WireError),
+    BadFrame(WireError),
     /// A host frame does not fit the host->guest buffer.
     #[error("host frame of {len} bytes exceeds the {cap} byte cap")]
     HostFrameTooLarge {
@@ -152,5 +155,35 @@ impl VmError {
             op,
             errno: e.errno(),
         }
+    }
+}
+
+/// Map a VM stop to the pipe error the supervisor understands.
+pub fn pipe_error(e: VmError) -> PipeError {
+    match e {
+        VmError::Killed => PipeError::Killed,
+        VmError::Dead(inner) if *inner == VmError::Killed => PipeError::Killed,
+        // Limits used up: the host side words these the same for every backend.
+        VmError::GuestOutOfMemory { .. } => PipeError::Exhausted {
+            resource: Resource::Memory,
+            detail: e.to_string(),
+        },
+        VmError::StackOverflow { .. } => PipeError::Exhausted {
+            resource: Resource::Stack,
+            detail: e.to_string(),
+        },
+        VmError::CpuTimeExceeded { .. } => PipeError::Exhausted {
+            resource: Resource::CpuTime,
+            detail: e.to_string(),
+        },
+        VmError::Aborted(reason) => PipeError::Aborted(reason),
+        VmError::Dead(inner) if matches!(*inner, VmError::Aborted(_)) => pipe_error(*inner),
+        VmError::FrameTooLarge { len, cap } => PipeError::Wire(WireError::TooLarge {
+            len,
+            max: cap.saturating_sub(HEADER_LEN as u64).min(u32::MAX as u64) as u32,
+        }),
+        VmError::BadFrame(w) => PipeError::Wire(w),
+        VmError::GuestExited => PipeError::Closed,
+        other => PipeError::Crashed(other.to_string()),
     }
 }

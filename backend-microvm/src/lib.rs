@@ -13,7 +13,8 @@
 // setup (the layout written into memory); machine (KVM objects); control (what other threads
 // hold of a VM); watchdog and reaper; vm (channel and run loop); pool (reset VMs kept for
 // reuse); snapshot (templates); hosting (VM host processes, above vm and snapshot); backend
-// (the `abi::backend` contract).
+// (the `abi::backend` contract, above hosting). `error` holds the VM errors and how each
+// becomes the pipe error every caller sees, in this process or from a VM host.
 pub mod backend;
 mod control;
 mod cpu;

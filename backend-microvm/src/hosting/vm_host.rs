@@ -21,7 +21,7 @@ use super::messages::{
     Control, FromVm, HELLO, HOST_ENV, MAX_CONTROL, ReadError, Start, ToVm, read_message,
     write_message,
 };
-use crate::backend::pipe_error;
+use crate::error::pipe_error;
 use crate::{Interrupter, Killer, Vm, VmConfig, VmError};
 
 /// Stack of a cell's thread: the run loop and the frame copies (bodies live on the heap).
