@@ -409,15 +409,17 @@ impl CellBroker {
             inflight.push(Arc::downgrade(&slot));
         }
         let job_slot = slot.clone();
-        let job = Box::new(move || {
+        let job = Box::new(move |finished: &crate::pool::Finished<'_>| {
             if job_slot.abandoned.load(Ordering::SeqCst) {
                 return;
             }
             let result = run_guarded(&*cap, &call);
-            // Release the capability before reporting, so once the caller has the result no
-            // job keeps the broker's stores alive.
+            // Release the capability and the pool place before reporting, so once the caller
+            // has the result no job keeps the broker's stores alive and its next request finds
+            // the place free.
             drop(cap);
             drop(call);
+            finished.now();
             *lock(&job_slot.result) = Some(result.map_err(|e| match e {
                 Exec::Cap(e) => e,
                 Exec::Cancelled => CapabilityError::failed("cancelled"),

@@ -3,8 +3,13 @@
 //!
 //! Workers start on demand up to the pool's size and then stay, waiting on a condition
 //! variable, until the pool is dropped. A job that finds every worker busy waits in the queue;
-//! when the queue is full too, [`Pool::submit`] refuses it at once ([`Busy`]).
+//! when the queue is full too, [`Pool::submit`] refuses it at once ([`Busy`]). Admission counts
+//! jobs, not threads: at most `workers + queue` jobs are queued or running, whether or not a
+//! worker just started has taken its job yet, and a job gives its place back
+//! ([`Finished::now`]) before it wakes whoever waits for it, so that caller's next request
+//! finds the place free.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -13,7 +18,23 @@ pub const DEFAULT_WORKERS: usize = 8;
 /// Jobs that may wait for a worker when the builder sets no queue length.
 pub const DEFAULT_QUEUE: usize = 64;
 
-type Job = Box<dyn FnOnce() + Send>;
+type Job = Box<dyn FnOnce(&Finished<'_>) + Send>;
+
+/// Handed to a running job: [`Finished::now`] gives its place in the pool back (done anyway
+/// when the job returns).
+pub(crate) struct Finished<'a> {
+    inner: &'a Inner,
+    done: Cell<bool>,
+}
+
+impl Finished<'_> {
+    /// The job's place is free from now on (call it before waking the job's requester).
+    pub(crate) fn now(&self) {
+        if !self.done.replace(true) {
+            lock(&self.inner.state).running -= 1;
+        }
+    }
+}
 
 /// The pool is saturated: every worker is busy and the queue is full.
 #[derive(Debug)]
@@ -26,6 +47,8 @@ struct State {
     queue: VecDeque<Job>,
     workers: usize,
     idle: usize,
+    /// Jobs taken by a worker that have not given their place back.
+    running: usize,
     closed: bool,
 }
 
@@ -52,6 +75,7 @@ impl Pool {
                     queue: VecDeque::new(),
                     workers: 0,
                     idle: 0,
+                    running: 0,
                     closed: false,
                 }),
                 work: Condvar::new(),
@@ -66,9 +90,7 @@ impl Pool {
     pub(crate) fn submit(&self, job: Job) -> Result<(), Busy> {
         let inner = &self.inner;
         let mut s = lock(&inner.state);
-        // Jobs already queued but not yet taken by an idle worker hold their places.
-        let free_now = s.idle + (inner.max_workers - s.workers);
-        if s.queue.len() >= free_now + inner.max_queue {
+        if s.queue.len() + s.running >= inner.max_workers + inner.max_queue {
             return Err(Busy {
                 workers: inner.max_workers,
                 queue: inner.max_queue,
@@ -109,10 +131,16 @@ impl Inner {
         let mut s = lock(&self.state);
         loop {
             if let Some(job) = s.queue.pop_front() {
+                s.running += 1;
                 drop(s);
-                // Jobs catch their capability's panics; this keeps the worker count right if
-                // one escapes anyway.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                let finished = Finished {
+                    inner: self,
+                    done: Cell::new(false),
+                };
+                // Jobs catch their capability's panics; this keeps the counts right if one
+                // escapes anyway.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&finished)));
+                finished.now();
                 s = lock(&self.state);
                 continue;
             }
