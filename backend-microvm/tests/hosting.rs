@@ -521,3 +521,57 @@ fn an_idle_interrupt_never_reaches_the_next_hosted_transaction() {
     );
     assert_eq!(exec(&mut pipe, &host.frames, "7").unwrap(), Value::Int(7));
 }
+
+/// A kill ends the wait for a host's answer even when the host gives none (here it is stopped
+/// with SIGSTOP, as a hung or hostile host would be), and the host, once it runs again, survives
+/// answering on the socket the kill shut (its other cell still answers). Before, the kill
+/// returned only once the host ran again.
+#[test]
+fn a_kill_does_not_wait_for_a_host_that_never_answers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !kvm() {
+        return;
+    }
+    let _serial = serial();
+    let backend = MicroVm::hosted().with_hosting(0, 2);
+    let (mut spinner, _) = started(&backend);
+    let (mut other, other_host) = started(&backend);
+    let pid = spinner.host_pid().unwrap();
+    assert_eq!(other.host_pid(), Some(pid));
+    let killer = spinner.killer();
+    let resumed = Arc::new(AtomicBool::new(false));
+    let guard = {
+        let resumed = resumed.clone();
+        std::thread::spawn(move || {
+            // Let the spin start, stop the host, kill the cell; resume the host only later (a
+            // bound on this test should the kill wait for the host).
+            std::thread::sleep(Duration::from_millis(100));
+            // SAFETY: plain kill(2) of our own child host, not yet reaped.
+            assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+            killer.kill();
+            std::thread::sleep(Duration::from_secs(5));
+            resumed.store(true, Ordering::SeqCst);
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        })
+    };
+    let r = spinner.transact(
+        HostFrame::Exec {
+            id: 1,
+            source: "loop {}".into(),
+        },
+        None,
+    );
+    assert!(matches!(r, Err(PipeError::Killed)), "{r:?}");
+    assert!(
+        !resumed.load(Ordering::SeqCst),
+        "the kill returned only once the host ran again"
+    );
+    drop(spinner);
+    guard.join().unwrap();
+    assert_eq!(
+        exec(&mut other, &other_host, "6 * 7").unwrap(),
+        Value::Int(42)
+    );
+    assert_eq!(other.host_pid(), Some(pid), "the same host, still alive");
+}

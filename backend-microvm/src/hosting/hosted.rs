@@ -18,8 +18,8 @@ use rustix::net::{AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, Send
 use rustix::net::{SocketFlags, SocketType};
 
 use super::messages::{
-    Control, FromVm, HELLO, HOST_ENV, MAX_CONTROL, ReadError, Start, ToVm, encode_control,
-    read_message, write_message,
+    ANSWER_ROOM, Control, FromVm, HELLO, HOST_ENV, MAX_CONTROL, ReadError, Start, ToVm,
+    encode_control, read_message_within, write_message,
 };
 use crate::{VmConfig, VmError};
 
@@ -253,7 +253,9 @@ fn wait_hello(control: &OwnedFd) -> io::Result<()> {
 
 /// A cell whose VM lives in a host process.
 pub(crate) struct HostedCell {
-    stream: UnixStream,
+    /// Shared with the killer, which shuts it down: a kill ends a wait for the host's answer
+    /// even if the host never gives one.
+    stream: Arc<UnixStream>,
     host: Arc<Host>,
     cell: u64,
     /// Frames sent in this step, carried by the next request.
@@ -315,9 +317,9 @@ fn spawn_in(
     };
     host.send(&record, Some(&OwnedFd::from(theirs)))
         .map_err(|e| host_error("handing a cell to its VM host", e))?;
-    match read_message::<FromVm>(&mut ours) {
+    match read_message_within::<FromVm>(&mut ours, ANSWER_ROOM) {
         Ok(FromVm::Started { mem_size }) => Ok(HostedCell {
-            stream: ours,
+            stream: Arc::new(ours),
             host: host.clone(),
             cell,
             pending: Vec::new(),
@@ -370,7 +372,7 @@ impl HostedCell {
 
     /// The host side refused what the guest did: the VM never runs again.
     pub(crate) fn abort(&mut self, reason: CellError) {
-        if write_message(&mut self.stream, &ToVm::Abort(reason)).is_err() {
+        if write_message(&mut &*self.stream, &ToVm::Abort(reason)).is_err() {
             self.host.broken.store(true, Ordering::SeqCst);
         }
     }
@@ -380,6 +382,7 @@ impl HostedCell {
             host: self.host.clone(),
             cell: self.cell,
             killed: self.killed.clone(),
+            stream: self.stream.clone(),
         })
     }
 
@@ -425,11 +428,17 @@ impl FrameIo for HostedCell {
             }),
             max_len,
         };
-        write_message(&mut self.stream, &request)
-            .and_then(|()| self.stream.flush())
-            .map_err(|e| self.lost(e))?;
+        let stream = &mut &*self.stream;
+        let sent = write_message(stream, &request).and_then(|()| stream.flush());
         self.in_flight = true;
-        let answer = read_message::<FromVm>(&mut self.stream).map_err(|e| self.lost(e))?;
+        let answer = sent
+            .map_err(ReadError::Io)
+            .and_then(|()| read_message_within::<FromVm>(stream, max_len as usize + ANSWER_ROOM));
+        let answer = match answer {
+            // The killer shut the socket: the cell is killed, the host is not at fault.
+            Err(_) if self.killed.load(Ordering::SeqCst) => return Err(PipeError::Killed),
+            other => other.map_err(|e| self.lost(e))?,
+        };
         self.in_flight = false;
         match answer {
             FromVm::Frame(body) if body.len() <= max_len as usize => Ok(body),
@@ -455,8 +464,9 @@ impl Drop for HostedCell {
             // deadline with nobody reading.
             let _ = self.host.send(&Control::Kill { cell: self.cell }, None);
         }
-        // Closing the socket ends the cell's thread in the host; its VM goes back to the host's
-        // pool when it is healthy.
+        // Ending the socket ends the cell's thread in the host; its VM goes back to the host's
+        // pool when it is healthy. Shut, not only closed: a killer handle still holds it.
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
         self.host.release();
     }
 }
@@ -465,12 +475,16 @@ struct HostedKiller {
     host: Arc<Host>,
     cell: u64,
     killed: Arc<AtomicBool>,
+    stream: Arc<UnixStream>,
 }
 
 impl AbiKiller for HostedKiller {
     fn kill(&self) {
         self.killed.store(true, Ordering::SeqCst);
-        // A dead host has nothing left to kill.
+        // The wait for the host's answer ends now, whatever the host does (a stopped or hung
+        // host never answers); the record stops the VM in the host. A dead host has nothing
+        // left to kill.
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
         let _ = self.host.send(&Control::Kill { cell: self.cell }, None);
     }
 }

@@ -195,9 +195,22 @@ pub(crate) fn write_message<T: Serialize>(out: &mut impl Write, msg: &T) -> io::
     out.write_all(&buf)
 }
 
+/// Room in an answer besides the frame body it carries (its tag and length, or a stop's text,
+/// of which the longest is a guest panic message of at most 4 KiB).
+pub(crate) const ANSWER_ROOM: usize = 8192;
+
 /// Reads one message, refusing a length over [`MAX_MESSAGE`] before allocating.
 pub(crate) fn read_message<T: for<'de> Deserialize<'de>>(
     input: &mut impl Read,
+) -> Result<T, ReadError> {
+    read_message_within(input, MAX_MESSAGE)
+}
+
+/// Reads one message, refusing a length over `cap` before allocating: the supervisor reads a
+/// host's answers within what the request allows (a host runs hostile guests).
+pub(crate) fn read_message_within<T: for<'de> Deserialize<'de>>(
+    input: &mut impl Read,
+    cap: usize,
 ) -> Result<T, ReadError> {
     let mut head = [0u8; HEADER_LEN];
     // The first byte tells a close between messages from one inside a message. A vCPU kick
@@ -214,7 +227,7 @@ pub(crate) fn read_message<T: for<'de> Deserialize<'de>>(
         .read_exact(&mut head[1..])
         .map_err(|e| ReadError::Bad(format!("a cut length: {e}")))?;
     let len = u32::from_le_bytes(head) as usize;
-    if len == 0 || len > MAX_MESSAGE {
+    if len == 0 || len > cap.min(MAX_MESSAGE) {
         return Err(ReadError::Bad(format!("a message of {len} bytes")));
     }
     let mut body = vec![0u8; len];
@@ -295,6 +308,17 @@ mod tests {
             read_message::<FromVm>(&mut [1u8, 0, 0, 0, 0xff].as_slice()),
             Err(ReadError::Bad(_))
         ));
+    }
+
+    #[test]
+    fn an_answer_over_what_the_request_allows_is_refused_before_allocating() {
+        let mut bytes = Vec::new();
+        write_message(&mut bytes, &FromVm::Frame(vec![7; 100])).unwrap();
+        assert!(matches!(
+            read_message_within::<FromVm>(&mut bytes.as_slice(), 50),
+            Err(ReadError::Bad(_))
+        ));
+        assert!(read_message_within::<FromVm>(&mut bytes.as_slice(), 200).is_ok());
     }
 
     #[test]

@@ -115,6 +115,12 @@ fn serve(parent: &str) -> io::Result<()> {
             "started by pid {ppid}, not by the supervisor {parent}"
         )));
     }
+    // `main` never runs here, so neither does the Rust runtime's start-up that ignores SIGPIPE:
+    // a write to a pipe whose reader is gone (standard error is the supervisor's, perhaps a
+    // pipe) must be an error, not the signal that ends the host and all its cells. (Socket
+    // writes pass MSG_NOSIGNAL already: an answer on a socket a kill shut is an error either way.)
+    // SAFETY: installs the SIG_IGN disposition; no handler code runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     // Each VM holds two descriptors and each cell a socket: the soft limit goes to the hard one.
     let mut nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     nofile.current = nofile.maximum;
