@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use abi::backend::{
-    Backend, CellPipe, FrameIo, HostSide, Interrupter as AbiInterrupter, Killer as AbiKiller,
+    Backend, CellPipe, Flow, FrameIo, HostSide, Interrupter as AbiInterrupter, Killer as AbiKiller,
     Layer, PipeError, SpawnError, SpawnSpec, drive,
 };
 use abi::wire::{self, HEADER_LEN};
 use abi::{CellError, ErrorCode, HostFrame};
 
 pub use crate::error::pipe_error;
+use crate::greeting::{Greeted, Greeting};
 use crate::hosting::hosted::{self, HostedCell};
 use crate::hosting::messages::Start;
 use crate::hosting::{HOST_CELLS, IN_PROCESS_CELLS};
@@ -304,6 +305,8 @@ pub struct MicroVmPipe {
     killer: Arc<dyn AbiKiller>,
     interrupter: Arc<dyn AbiInterrupter>,
     mem_size: u64,
+    /// A handshake answered from the template's record, still to be placed or checked.
+    greeting: Greeting,
 }
 
 impl MicroVmPipe {
@@ -323,6 +326,7 @@ impl MicroVmPipe {
             killer,
             interrupter,
             mem_size,
+            greeting: Greeting::default(),
         }
     }
 
@@ -334,7 +338,43 @@ impl MicroVmPipe {
             io: CellIo::Hosted(Some(cell)),
             host,
             max_len: max_len.min(wire::ABSOLUTE_MAX_FRAME_LEN),
+            greeting: Greeting::default(),
         }
+    }
+
+    /// Answers the handshake from the template's record of the guest's answer, when the VM is
+    /// still at the snapshot point and the guest accepts this `Hello` (its ABI version and
+    /// schema, modules it provides), and keeps the `Hello` for the first transaction
+    /// (`greeting`). `None`: the handshake goes to the guest now.
+    fn defer_handshake(&mut self, frame: &HostFrame) -> Option<Result<(), PipeError>> {
+        let CellIo::Local(VmIo { vm: Some(vm), .. }) = &mut self.io else {
+            return None;
+        };
+        let HostFrame::Hello(hello) = frame else {
+            return None;
+        };
+        let answer = vm.take_known_answer()?;
+        let abi::GuestFrame::Ready(ready) = wire::decode_body(&answer).ok()? else {
+            return None;
+        };
+        if !crate::greeting::accepts(&ready, hello) {
+            return None;
+        }
+        let bytes = match wire::encode(frame, self.max_len) {
+            Ok(bytes) => bytes,
+            Err(e) => return Some(Err(e.into())),
+        };
+        Some(match self.host.on_frame(abi::GuestFrame::Ready(ready)) {
+            Flow::Done => {
+                self.greeting = Greeting::deferred(bytes, answer);
+                Ok(())
+            }
+            Flow::Abort(err) => Err(PipeError::Aborted(err)),
+            _ => Err(PipeError::Aborted(CellError::new(
+                ErrorCode::ProtocolViolation,
+                "the handshake answer did not end the handshake",
+            ))),
+        })
     }
 
     /// Limits the CPU time the cell may use over its life, in milliseconds (0: unlimited).
@@ -353,6 +393,13 @@ impl MicroVmPipe {
             CellIo::Local(io) => io.vm.as_ref().and_then(|v| v.dead_reason().cloned()),
             CellIo::Hosted(_) => None,
         }
+    }
+
+    /// Test only: whether the handshake was answered from the template's record and still
+    /// waits to be placed with the first transaction (`greeting`).
+    #[doc(hidden)]
+    pub fn handshake_deferred(&self) -> bool {
+        self.greeting.is_owed()
     }
 
     /// The pid of the VM host process the cell's VM lives in (None: this process).
@@ -413,7 +460,23 @@ impl CellPipe for MicroVmPipe {
             CellIo::Hosted(Some(cell)) => cell.start_transaction(),
             _ => {}
         }
-        let result = drive(&mut self.io, &*self.host, &frame, deadline, self.max_len);
+        let result = match &frame {
+            HostFrame::Hello(_) if !self.greeting.is_owed() => self.defer_handshake(&frame),
+            _ => None,
+        };
+        let result = match result {
+            Some(deferred) => deferred,
+            None if self.greeting.is_owed() => {
+                let cap = self.io.frame_cap();
+                let mut io = Greeted {
+                    io: &mut self.io,
+                    greeting: &mut self.greeting,
+                    cap,
+                };
+                drive(&mut io, &*self.host, &frame, deadline, self.max_len)
+            }
+            None => drive(&mut self.io, &*self.host, &frame, deadline, self.max_len),
+        };
         if let CellIo::Hosted(Some(cell)) = &mut self.io {
             cell.end_transaction();
         }
@@ -467,6 +530,17 @@ impl CellPipe for MicroVmPipe {
 enum CellIo {
     Local(VmIo),
     Hosted(Option<HostedCell>),
+}
+
+impl CellIo {
+    /// Largest batch of frames the guest's buffer takes at once.
+    fn frame_cap(&self) -> usize {
+        match self {
+            CellIo::Local(VmIo { vm: Some(vm), .. }) => vm.frame_cap(),
+            // Hosted cells and closed ones never batch a deferred handshake.
+            _ => 0,
+        }
+    }
 }
 
 impl FrameIo for CellIo {

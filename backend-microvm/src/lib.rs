@@ -20,6 +20,7 @@ mod control;
 mod cpu;
 pub mod elf;
 mod error;
+mod greeting;
 mod hosting;
 mod kvm;
 mod machine;

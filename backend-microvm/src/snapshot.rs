@@ -39,6 +39,9 @@ pub(crate) struct Template {
     /// Read-only view of the snapshot: the source of pooled resets.
     view: SnapshotView,
     pool: Pool<Machine>,
+    /// The guest's answer to a handshake (a `Ready` frame body), recorded by the first warm-up:
+    /// it names the guest's build, so it is the same for every `Hello` this host sends.
+    ready: OnceLock<Arc<[u8]>>,
 }
 
 fn memfd(len: u64) -> Result<OwnedFd, VmError> {
@@ -134,6 +137,7 @@ impl Template {
             xsave,
             xcrs,
             pool: Pool::default(),
+            ready: OnceLock::new(),
         })
     }
 
@@ -186,7 +190,11 @@ impl Template {
                     return None;
                 };
                 match abi::wire::decode_body::<GuestFrame>(&body).ok()? {
-                    GuestFrame::Ready(_) | GuestFrame::Done { .. } => break,
+                    GuestFrame::Ready(_) => {
+                        let _ = self.ready.get_or_init(|| body.into());
+                        break;
+                    }
+                    GuestFrame::Done { .. } => break,
                     GuestFrame::Refused(_) => return None,
                     _ => {}
                 }
@@ -231,6 +239,12 @@ fn template(cfg: &VmConfig) -> Result<Arc<Template>, VmError> {
         return Ok(t.clone());
     }
     let t = Arc::new(Template::boot(cfg)?);
+    // One warm-up now records the guest's handshake answer, which lets every start from this
+    // template place its handshake with its first transaction (`greeting`); the warmed machine
+    // is the pool's first.
+    if let Some(m) = t.warm_machine() {
+        t.recycle(m);
+    }
     guard.insert(key, t.clone());
     let served = t.clone();
     let thread = std::thread::Builder::new()
@@ -301,9 +315,11 @@ impl Vm {
             None => (t.fresh_machine()?, true, false),
         };
         let layout = t.layout;
+        let answer = t.ready.get().cloned();
         let mut vm = Vm::from_parts(m, layout, Some(t));
         vm.fresh = fresh;
         vm.reused = reused;
+        vm.known_answer = answer;
         Ok(vm)
     }
 
@@ -312,7 +328,10 @@ impl Vm {
         let t = template(cfg)?;
         let m = t.fresh_machine()?;
         let layout = t.layout;
-        Ok(Vm::from_parts(m, layout, Some(t)))
+        let answer = t.ready.get().cloned();
+        let mut vm = Vm::from_parts(m, layout, Some(t));
+        vm.known_answer = answer;
+        Ok(vm)
     }
 }
 

@@ -84,6 +84,9 @@ pub struct Vm {
     /// A batch of several frames copied out of the guest, handed over one at a time.
     inbox: Vec<u8>,
     inbox_pos: usize,
+    /// The guest's answer to a handshake (a frame body), known while the VM is still at its
+    /// template's snapshot point: nothing was sent to it yet (see `greeting`).
+    pub(crate) known_answer: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -128,7 +131,14 @@ impl Vm {
             deferred: None,
             inbox: Vec::new(),
             inbox_pos: 0,
+            known_answer: None,
         }
+    }
+
+    /// The guest's answer to any handshake this host sends, when it is known without running
+    /// the guest: a VM at its template's snapshot point to which nothing was sent yet.
+    pub(crate) fn take_known_answer(&mut self) -> Option<Arc<[u8]>> {
+        self.known_answer.take()
     }
 
     /// Takes the machine out of this VM; its interrupt word is unregistered first, so no
@@ -215,6 +225,8 @@ impl Vm {
     /// Queue one frame for the guest; it is delivered when the guest next asks for one.
     pub fn send(&mut self, frame: &[u8]) -> Result<(), VmError> {
         self.check_alive()?;
+        // Past the snapshot point: the guest's answers are its own from now on.
+        self.known_answer = None;
         let cap = self.layout.boot.h2g_cap;
         if frame.is_empty() || frame.len() as u64 > cap {
             return Err(VmError::HostFrameTooLarge {

@@ -15,17 +15,17 @@ pub fn fits_buffer(len: usize, cap: usize) -> bool {
     len != 0 && len <= cap && len <= u32::MAX as usize
 }
 
-/// The body of a host frame (prefix included in `bytes`), once its prefix is valid for `max`
-/// and agrees with the bytes the host placed.
-pub fn host_frame_body(bytes: &[u8], max: u32) -> Result<&[u8], &'static str> {
-    let Some((head, body)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+/// The first host frame of a batch the host placed (`bytes`, prefixes included): its body and
+/// the bytes after it, once its prefix is valid for `max` and the batch holds the whole body.
+/// The host places one frame, or the handshake and the first transaction's frame together.
+pub fn next_host_frame(bytes: &[u8], max: u32) -> Result<(&[u8], &[u8]), &'static str> {
+    if bytes.len() < HEADER_LEN {
         return Err("host frame shorter than its prefix");
-    };
-    let n = wire::body_len(*head, max).map_err(|_| "bad host frame prefix")?;
-    if n != body.len() {
-        return Err("host frame prefix does not match its length");
     }
-    Ok(body)
+    wire::split_first(bytes, max).map_err(|e| match e {
+        wire::WireError::Malformed(_) => "host frame longer than the bytes placed",
+        _ => "bad host frame prefix",
+    })
 }
 
 #[cfg(test)]
@@ -48,22 +48,40 @@ mod tests {
     }
 
     #[test]
-    fn a_host_frame_is_accepted_only_when_its_prefix_matches_its_bytes() {
+    fn host_frames_are_taken_one_by_one_each_prefix_checked() {
         let frame = wire::encode(&HostFrame::Shutdown, 1024).unwrap();
-        let body = host_frame_body(&frame, 1024).unwrap();
+        let (body, rest) = next_host_frame(&frame, 1024).unwrap();
         assert_eq!(body, &frame[HEADER_LEN..]);
+        assert!(rest.is_empty());
         assert_eq!(
             wire::decode_body::<HostFrame>(body).unwrap(),
             HostFrame::Shutdown
         );
-        assert!(host_frame_body(&frame[..2], 1024).is_err(), "short prefix");
+        assert!(next_host_frame(&frame[..2], 1024).is_err(), "short prefix");
         assert!(
-            host_frame_body(&frame[..frame.len() - 1], 1024).is_err(),
+            next_host_frame(&frame[..frame.len() - 1], 1024).is_err(),
             "truncated"
         );
-        let mut long = frame.clone();
-        long.push(0);
-        assert!(host_frame_body(&long, 1024).is_err(), "trailing bytes");
-        assert!(host_frame_body(&frame, 0).is_err(), "over the cap");
+        assert!(next_host_frame(&frame, 0).is_err(), "over the cap");
+        // A batch: the handshake and the first exec, placed together.
+        let exec = HostFrame::Exec {
+            id: 1,
+            source: "1".into(),
+        };
+        let mut batch = frame.clone();
+        batch.extend(wire::encode(&exec, 1024).unwrap());
+        let (first, rest) = next_host_frame(&batch, 1024).unwrap();
+        assert_eq!(
+            wire::decode_body::<HostFrame>(first).unwrap(),
+            HostFrame::Shutdown
+        );
+        let (second, rest) = next_host_frame(rest, 1024).unwrap();
+        assert_eq!(wire::decode_body::<HostFrame>(second).unwrap(), exec);
+        assert!(rest.is_empty());
+        // Trailing bytes that are not a whole frame are refused when they are read.
+        batch.push(7);
+        let (_, rest) = next_host_frame(&batch, 1024).unwrap();
+        let (_, rest) = next_host_frame(rest, 1024).unwrap();
+        assert!(next_host_frame(rest, 1024).is_err());
     }
 }

@@ -176,11 +176,20 @@ pub fn flush_deferred() {
 pub struct Framed {
     raw: Transport,
     max: u32,
+    /// The host's last batch and how much of it was read: one frame, or the handshake and the
+    /// first transaction's frame placed together (one exit for both).
+    batch: Vec<u8>,
+    read: usize,
 }
 
 impl Framed {
     pub fn new(raw: Transport, max: u32) -> Self {
-        Framed { raw, max }
+        Framed {
+            raw,
+            max,
+            batch: Vec::new(),
+            read: 0,
+        }
     }
 }
 
@@ -188,7 +197,10 @@ impl runtime::Transport for Framed {
     fn send(&mut self, frame: abi::GuestFrame) -> Result<(), runtime::TransportError> {
         let bytes = runtime::encode_frame(&frame, self.max)?;
         match frame {
-            abi::GuestFrame::Post(_)
+            // Ready is always followed by a wait for the next frame, which rings (or finds that
+            // frame already placed): it need not ring on its own.
+            abi::GuestFrame::Ready(_)
+            | abi::GuestFrame::Post(_)
             | abi::GuestFrame::Log { .. }
             | abi::GuestFrame::Metric { .. } => self.raw.send_later(&bytes),
             _ => self.raw.send(&bytes),
@@ -197,14 +209,19 @@ impl runtime::Transport for Framed {
     }
 
     fn recv(&mut self) -> Result<abi::HostFrame, runtime::TransportError> {
-        let bytes = self.raw.recv();
+        if self.read >= self.batch.len() {
+            self.batch = self.raw.recv();
+            self.read = 0;
+        }
         let violation = |m: &str| {
             runtime::TransportError::Aborted(abi::CellError::new(
                 abi::ErrorCode::ProtocolViolation,
                 m,
             ))
         };
-        let body = framing::host_frame_body(&bytes, self.max).map_err(violation)?;
+        let (body, rest) =
+            framing::next_host_frame(&self.batch[self.read..], self.max).map_err(violation)?;
+        self.read = self.batch.len() - rest.len();
         runtime::decode_frame(body)
     }
 }
