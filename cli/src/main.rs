@@ -295,7 +295,9 @@ fn one_cell_supervisor() -> Supervisor {
 
 /// Runs `work` on a worker thread, which closes the cell when it is done, and prints events
 /// here as they arrive: `recv` blocks until the next event or the close (events queued before
-/// the close are still delivered), so nothing waits on a timer.
+/// the close are still delivered), so nothing waits on a timer. A cell that posts faster than
+/// stdout takes its lines waits for room (backpressure) rather than failing, so a flood of
+/// events gives the same lines and result on every backend, whatever the reader's speed.
 fn stream_events(
     cell: &Cell,
     work: impl FnOnce() -> Result<Value, CellError> + Send + 'static,
@@ -307,6 +309,7 @@ fn stream_events(
             self.0.close();
         }
     }
+    cell.set_backpressure(true);
     let worker = std::thread::spawn({
         let closer = CloseOnDrop(cell.clone());
         move || {

@@ -150,3 +150,94 @@ fn hostile_scripts_get_the_same_answer_on_every_backend() {
     }
     assert!(disagreements.is_empty(), "{disagreements:#?}");
 }
+
+/// The lines of one run of `script` under `policy` (a `[limits]` body), read as they come or
+/// only after `stall` (a reader that falls behind), and the exit code.
+fn run_flood(
+    dir: &Path,
+    backend: &str,
+    policy: &str,
+    script: &str,
+    stall: Option<std::time::Duration>,
+) -> (Option<i32>, Vec<String>) {
+    use std::io::Read;
+    let policy_file = dir.join("flood.toml");
+    let script_file = dir.join("flood.rhai");
+    std::fs::write(&policy_file, format!("[limits]\n{policy}")).unwrap();
+    std::fs::write(&script_file, script).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cell"))
+        .args(["run", "--backend", backend, "--policy"])
+        .arg(&policy_file)
+        .arg(&script_file)
+        .env_remove("CELL_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run cell");
+    if let Some(stall) = stall {
+        std::thread::sleep(stall);
+    }
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let status = child.wait().unwrap();
+    (status.code(), out.lines().map(String::from).collect())
+}
+
+#[test]
+fn a_flood_of_events_prints_the_same_lines_on_every_backend() {
+    // More posts than the default queue holds (10,000): the CLI drains while the cell runs, and
+    // a cell that posts faster than the lines are taken waits for room. Before, whether the
+    // queue overflowed depended on each backend's speed against the printer's (subinterp and
+    // microvm failed with limit_event_queue, process succeeded).
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"for i in 0..25000 { post(i) } "done""#;
+    let mut first: Option<(&str, Vec<String>)> = None;
+    for backend in backends() {
+        let (code, lines) = run_flood(dir.path(), backend, "", script, None);
+        assert_eq!(code, Some(0), "{backend}: {:?}", lines.last());
+        assert_eq!(lines.len(), 25_001, "{backend}");
+        assert_eq!(lines[0], r#"{"event":"post","value":0}"#, "{backend}");
+        assert_eq!(
+            lines.last().unwrap(),
+            r#"{"event":"result","value":"done"}"#,
+            "{backend}"
+        );
+        match &first {
+            None => first = Some((backend, lines)),
+            Some((b0, l0)) => assert!(l0 == &lines, "{b0} and {backend} printed different lines"),
+        }
+    }
+}
+
+#[test]
+fn a_reader_that_falls_behind_past_the_wall_time_gets_timed_out_on_every_backend() {
+    // Nobody reads for 1.5 s while the cell has 0.3 s: the queue and the pipe fill, the cell
+    // waits for room, and its wall time ends it, the same way on every backend.
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"for i in 0..100000 { post(i) } "done""#;
+    for backend in backends() {
+        let (code, lines) = run_flood(
+            dir.path(),
+            backend,
+            "wall_time_ms = 300\n",
+            script,
+            Some(std::time::Duration::from_millis(1500)),
+        );
+        let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+        assert_eq!(last["code"], "timed_out", "{backend}: {last}");
+        assert_eq!(code, Some(5), "{backend}");
+        // Every line before the error is a post, in order from 0.
+        for (i, line) in lines[..lines.len() - 1].iter().enumerate() {
+            assert_eq!(
+                line,
+                &format!(r#"{{"event":"post","value":{i}}}"#),
+                "{backend}"
+            );
+        }
+    }
+}

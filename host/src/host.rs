@@ -72,6 +72,11 @@ struct State {
     waiting: usize,
     /// Told when an event is queued or the cell dies (see [`Listener`]).
     listener: Option<Listener>,
+    /// A full queue makes the guest wait for `recv` instead of stopping it (see
+    /// [`CellHost::set_backpressure`]).
+    backpressure: bool,
+    /// Guests waiting for room in the queue (at most one: transactions run one at a time).
+    waiting_for_room: usize,
 }
 
 /// Called when a cell's channel changes: right after an event is queued for `recv`, and once
@@ -110,6 +115,8 @@ pub struct CellHost {
     series: Mutex<Series>,
     /// Signalled when an event is queued or the cell dies.
     arrived: Condvar,
+    /// Signalled when `recv` takes an event, with a guest waiting for room, or the cell dies.
+    room: Condvar,
 }
 
 fn violation(message: String) -> Flow {
@@ -160,10 +167,13 @@ impl CellHost {
                 interrupted: false,
                 waiting: 0,
                 listener: None,
+                backpressure: false,
+                waiting_for_room: 0,
             }),
             stats: Mutex::default(),
             series: Mutex::default(),
             arrived: Condvar::new(),
+            room: Condvar::new(),
         }
     }
 
@@ -231,10 +241,14 @@ impl CellHost {
             s.dead = Some(reason);
         }
         let waiting = s.waiting > 0;
+        let waiting_for_room = s.waiting_for_room > 0;
         drop(s);
         self.requests.cancel();
         if waiting {
             self.arrived.notify_all();
+        }
+        if waiting_for_room {
+            self.room.notify_all();
         }
         // Told once, and let go: nothing more will be queued.
         if let Some(listener) = listener {
@@ -255,6 +269,31 @@ impl CellHost {
             return;
         }
         s.listener = listener;
+    }
+
+    /// With `on`, a cell whose event queue is full (`max_queued_events` or `max_queued_bytes`)
+    /// waits until [`CellHost::next_event`] makes room, its exec/call paused and its wall time
+    /// running, instead of being stopped with `limit_event_queue`; the queue never holds more
+    /// than the limits. For an embedder that drains events while exec/call runs (`cell run`
+    /// prints them as they come): what the cell says and how it ends then no longer depend on
+    /// how fast the drain is against how fast the cell posts, so every backend gives the same
+    /// answer. Off by default: with nobody draining, the cell would wait out its wall time. The
+    /// wait ends when the queue has room, the cell dies (a kill) or the transaction's deadline
+    /// passes (`timed_out`, as for any script past its wall time); an interrupt takes effect once
+    /// the guest runs again.
+    pub fn set_backpressure(&self, on: bool) {
+        let mut s = self.state();
+        s.backpressure = on;
+        let waiting_for_room = s.waiting_for_room > 0;
+        drop(s);
+        if waiting_for_room {
+            self.room.notify_all();
+        }
+    }
+
+    /// Events waiting for [`CellHost::next_event`] now.
+    pub fn queued_events(&self) -> usize {
+        self.state().events.len()
     }
 
     /// How many threads are blocked in [`CellHost::next_event`] right now.
@@ -410,6 +449,10 @@ impl CellHost {
         loop {
             if let Some(event) = s.events.pop_front() {
                 s.queued_bytes = s.queued_bytes.saturating_sub(event_bytes(&event));
+                if s.waiting_for_room > 0 {
+                    drop(s);
+                    self.room.notify_one();
+                }
                 return Ok(event);
             }
             if let Some(dead) = &s.dead {
@@ -517,19 +560,47 @@ impl CellHost {
     fn on_event(&self, event: Event) -> Flow {
         let size = event_bytes(&event);
         let mut s = self.state();
-        if s.events.len() >= self.channel.max_queued_events
-            || s.queued_bytes + size > self.channel.max_queued_bytes
-        {
-            return Flow::Abort(CellError::new(
-                ErrorCode::LimitEventQueue,
-                format!(
-                    "the cell flooded its channel: {} events holding {} bytes wait for recv, one more of {size} bytes is over the limits of {} events / {} bytes",
-                    s.events.len(),
-                    s.queued_bytes,
-                    self.channel.max_queued_events,
-                    self.channel.max_queued_bytes
-                ),
-            ));
+        loop {
+            let full = s.events.len() >= self.channel.max_queued_events
+                || s.queued_bytes + size > self.channel.max_queued_bytes;
+            // An event larger than the whole byte limit never fits, however long it waits.
+            if !full {
+                break;
+            }
+            if !s.backpressure || size > self.channel.max_queued_bytes {
+                return Flow::Abort(CellError::new(
+                    ErrorCode::LimitEventQueue,
+                    format!(
+                        "the cell flooded its channel: {} events holding {} bytes wait for recv, one more of {size} bytes is over the limits of {} events / {} bytes",
+                        s.events.len(),
+                        s.queued_bytes,
+                        self.channel.max_queued_events,
+                        self.channel.max_queued_bytes
+                    ),
+                ));
+            }
+            if let Some(dead) = &s.dead {
+                return Flow::Abort(dead.clone());
+            }
+            let left = match s.deadline {
+                None => None,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Flow::Abort(canonical::timed_out(s.wall_time)),
+                },
+            };
+            // Counted under the lock `next_event` reads it under, so no wake is lost.
+            s.waiting_for_room += 1;
+            s = match left {
+                None => self.room.wait(s).unwrap_or_else(|e| e.into_inner()),
+                Some(left) => {
+                    self.room
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+            s.waiting_for_room -= 1;
         }
         s.queued_bytes += size;
         s.events.push_back(event);

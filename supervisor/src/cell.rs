@@ -229,6 +229,16 @@ impl Cell {
         self.inner.host.set_listener(listener);
     }
 
+    /// With `on`, a cell whose event queue is full waits for [`Cell::recv`] to make room (its
+    /// exec/call paused, its wall time running) instead of being stopped with
+    /// `limit_event_queue`. For a caller that drains events while exec/call runs, on another
+    /// thread: the events and the result are then the same however fast the drain is, on every
+    /// backend. Off by default (with nobody draining, the cell would wait out its wall time).
+    /// A kill or the wall time ends the wait.
+    pub fn set_backpressure(&self, on: bool) {
+        self.inner.host.set_backpressure(on);
+    }
+
     /// Kills the cell now, from any thread; a running exec/call returns `Cancelled`.
     pub fn kill(&self) {
         let _span = tracing::info_span!("kill", cell = %self.inner.name).entered();
