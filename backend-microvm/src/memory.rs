@@ -107,6 +107,53 @@ impl GuestMemory {
         })
     }
 
+    /// Replaces guest memory `[addr, addr + len)` (page aligned, inside the mapping) with a
+    /// private, copy-on-write mapping of `fd` from offset 0, advised for huge pages: reads see
+    /// the file's pages (shared with every other mapping of it), a write copies the page it
+    /// touches into memory of this mapping alone, and the file never changes. Only for memory no
+    /// VM uses yet (before the VM is created): the old contents of the range are dropped.
+    pub fn map_file_private(&self, addr: u64, len: usize, fd: &OwnedFd) -> Result<(), VmError> {
+        let start = self.range(addr, len)?;
+        if !start.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || len == 0 {
+            return Err(VmError::GuestAddress {
+                addr,
+                len: len as u64,
+            });
+        }
+        // SAFETY: `[ptr + start, ptr + start + len)` lies inside this value's own mapping
+        // (checked above), so MAP_FIXED replaces only memory we own; no reference into that range
+        // is held (all access goes through bounds-checked copies) and no VM maps it yet.
+        let p = unsafe {
+            libc::mmap(
+                self.ptr.add(start).cast(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(VmError::Memory(format!(
+                "mapping {len} bytes of a file into guest memory: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        // The new mapping does not inherit the rest's advice: keep it from forks too (see `mmap`).
+        // SAFETY: advice on the range just mapped; it changes no contents.
+        if unsafe { libc::madvise(p, len, libc::MADV_DONTFORK) } != 0 {
+            return Err(VmError::Memory(format!(
+                "keeping {len} bytes of guest memory from forks: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        // Advised for huge pages: where the file's page cache holds 2 MiB folios, a read fault
+        // maps 2 MiB at once (in the host, and so in KVM's MMU). Advice only.
+        // SAFETY: advice on the range just mapped; it changes no contents.
+        unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
+        Ok(())
+    }
+
     /// Read-only shared view of `fd` (the sealed snapshot), used as the source of resets.
     pub fn read_only_view(fd: &OwnedFd, len: usize) -> Result<Self, VmError> {
         let ptr = mmap(len, libc::PROT_READ, libc::MAP_SHARED, fd.as_raw_fd())?;
@@ -257,7 +304,7 @@ struct PageRegion {
 
 /// `struct pm_scan_arg` of `PAGEMAP_SCAN` (linux/fs.h, Linux 6.7+).
 #[repr(C)]
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct PmScanArg {
     size: u64,
     flags: u64,
@@ -276,6 +323,7 @@ struct PmScanArg {
 const PAGE_IS_FILE: u64 = 1 << 2;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_SWAPPED: u64 = 1 << 4;
+const PAGE_IS_HUGE: u64 = 1 << 6;
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
 const PAGEMAP_SCAN: u64 =
     (3 << 30) | ((std::mem::size_of::<PmScanArg>() as u64) << 16) | ((b'f' as u64) << 8) | 16;
@@ -285,13 +333,61 @@ impl GuestMemory {
     /// matching ranges (present or swapped, and not file pages), much faster than reading one
     /// pagemap entry per page.
     fn private_runs_scan(&self) -> Result<Vec<(usize, usize)>, VmError> {
+        self.scan(
+            PmScanArg {
+                category_inverted: PAGE_IS_FILE,
+                category_mask: PAGE_IS_FILE,
+                category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+                return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE,
+                ..Default::default()
+            },
+            0,
+            self.len,
+        )
+    }
+
+    /// Whether all of `[addr, addr + n)` is mapped in the host by huge pages (PMD entries), from
+    /// `PAGEMAP_SCAN`; false where that cannot be told.
+    pub fn huge_mapped(&self, addr: u64, n: usize) -> bool {
+        self.all_pages_are(addr, n, PAGE_IS_HUGE | PAGE_IS_PRESENT)
+    }
+
+    /// Whether all of `[addr, addr + n)` is mapped and maps file pages (none is a private copy).
+    #[cfg(test)]
+    pub fn file_mapped(&self, addr: u64, n: usize) -> bool {
+        self.all_pages_are(addr, n, PAGE_IS_FILE | PAGE_IS_PRESENT)
+    }
+
+    fn all_pages_are(&self, addr: u64, n: usize, categories: u64) -> bool {
+        let Ok(start) = self.range(addr, n) else {
+            return false;
+        };
+        let filter = PmScanArg {
+            category_mask: categories,
+            return_mask: categories,
+            ..Default::default()
+        };
+        match self.scan(filter, start, n) {
+            Ok(runs) => runs.iter().map(|&(_, pages)| pages * PAGE).sum::<usize>() == n,
+            Err(_) => false,
+        }
+    }
+
+    /// Runs (first page, pages) of `[offset, offset + n)` of this mapping whose pages match
+    /// `filter`'s categories, with the `PAGEMAP_SCAN` ioctl.
+    fn scan(
+        &self,
+        filter: PmScanArg,
+        offset: usize,
+        n: usize,
+    ) -> Result<Vec<(usize, usize)>, VmError> {
         use std::os::fd::AsRawFd;
         let file = pagemap().ok_or_else(|| VmError::Memory("no /proc/self/pagemap".into()))?;
         let base = self.ptr as u64;
-        let end = base + self.len as u64;
+        let end = base + (offset + n) as u64;
         let mut regions = vec![PageRegion::default(); 256];
         let mut runs = Vec::new();
-        let mut start = base;
+        let mut start = base + offset as u64;
         while start < end {
             let mut arg = PmScanArg {
                 size: std::mem::size_of::<PmScanArg>() as u64,
@@ -299,11 +395,7 @@ impl GuestMemory {
                 end,
                 vec: regions.as_mut_ptr() as u64,
                 vec_len: regions.len() as u64,
-                category_inverted: PAGE_IS_FILE,
-                category_mask: PAGE_IS_FILE,
-                category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-                return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE,
-                ..Default::default()
+                ..filter
             };
             // SAFETY: PAGEMAP_SCAN reads `arg` and writes at most `vec_len` regions into
             // `regions`, which outlives the call; it only inspects our own address space.

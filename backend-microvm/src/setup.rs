@@ -145,9 +145,21 @@ pub(crate) fn setup_memory(
              the buffers start at {h2g_base:#x})"
         )));
     }
-    if backing == Backing::Anonymous {
-        mem.advise_huge(IMAGE_BASE, h2g_base)?;
-    }
+    // A cold VM maps the image's whole 2 MiB pages copy-on-write from the process's shared file
+    // where the host maps that with huge pages (`image.rs`), and copies the rest; its heap (and
+    // the copied rest of the image) gets transparent huge pages. The snapshot copies all of it.
+    let copied_from = match backing {
+        Backing::Anonymous => {
+            let mut from = IMAGE_BASE;
+            if let Some(head) = crate::image::shared_head(GUEST_ELF, &img) {
+                mem.map_file_private(IMAGE_BASE, head.len, &head.fd)?;
+                from += head.len as u64;
+            }
+            mem.advise_huge(from, h2g_base)?;
+            from
+        }
+        Backing::Snapshot => IMAGE_BASE,
+    };
     // Page tables: identity map of every GiB the RAM reaches (at least one) with the U bit;
     // 4 KiB pages in the first 2 MiB so that page 0 and the stack guard page stay unmapped.
     // Addresses past the RAM but inside the last mapped GiB exit to the host as MMIO. Accessed and dirty are preset: with
@@ -207,13 +219,13 @@ pub(crate) fn setup_memory(
     mem.write_u32(TSS_ADDR + 0x64, (IOMAP_OFF as u32) << 16)?;
     mem.write(TSS_ADDR + TSS_LIMIT, &[0xff])?;
 
+    // The image from `copied_from` on (into fresh, zeroed memory: `.bss` needs no writes).
     for s in &img.segments {
         let bytes = GUEST_ELF
             .get(s.offset..s.offset + s.filesz)
             .ok_or(VmError::BadImage(elf::ElfError::BadSegment))?;
-        mem.write(s.vaddr, bytes)?;
-        let zero_from = s.vaddr + s.filesz as u64;
-        mem.fill(zero_from, (s.memsz - s.filesz as u64) as usize, 0)?;
+        let skip = (copied_from.saturating_sub(s.vaddr) as usize).min(bytes.len());
+        mem.write(s.vaddr + skip as u64, &bytes[skip..])?;
     }
     let boot = BootInfo {
         magic: BOOT_MAGIC,
