@@ -17,6 +17,14 @@ use std::prelude::v1::*;
 #[cfg(not(feature = "no_float"))]
 use crate::FLOAT;
 
+/// `x ** y` on floats. Patched: through `libm` in every build (upstream: the platform's `pow`
+/// with `std`), so it gives the same bits on every host and in a `no_std` build.
+#[cfg(not(feature = "no_float"))]
+#[inline]
+fn pow_float(x: FLOAT, y: FLOAT) -> FLOAT {
+    libm::Libm::<FLOAT>::pow(x, y)
+}
+
 #[cfg(not(feature = "no_float"))]
 #[cfg(feature = "no_std")]
 use num_traits::Float;
@@ -156,7 +164,7 @@ pub fn get_builtin_binary_op_fn(op: &Token, x: &Dynamic, y: &Dynamic) -> Option<
                 Multiply            => impl_op!(FLOAT => $xx * $yy),
                 Divide              => impl_op!(FLOAT => $xx / $yy),
                 Modulo              => impl_op!(FLOAT => $xx % $yy),
-                PowerOf             => impl_op!(FLOAT => $xx.powf($yy as FLOAT)),
+                PowerOf             => impl_op!(FLOAT => Ok(pow_float($xx, $yy))),
 
                 #[cfg(feature = "unchecked")]
                 EqualsTo            => impl_op!(FLOAT => $xx == $yy),
@@ -757,7 +765,7 @@ pub fn get_builtin_op_assignment_fn(op: &Token, x: &Dynamic, y: &Dynamic) -> Opt
                 MultiplyAssign  => impl_op!($x *= $yy),
                 DivideAssign    => impl_op!($x /= $yy),
                 ModuloAssign    => impl_op!($x %= $yy),
-                PowerOfAssign   => impl_op!($x => $xx.powf($yy as $x)),
+                PowerOfAssign   => impl_op!($x => Ok(pow_float($xx, $yy))),
                 _               => None,
             }
         }

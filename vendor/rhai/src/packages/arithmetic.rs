@@ -299,7 +299,7 @@ mod f32_functions {
         }
         #[rhai_fn(name = "**")]
         pub fn pow_f_f(x: f32, y: f32) -> f32 {
-            x.powf(y)
+            libm::Libm::<f32>::pow(x, y) // Patched: libm in every build
         }
 
         #[rhai_fn(name = "+")]
@@ -382,7 +382,7 @@ mod f32_functions {
             )))
         } else {
             #[allow(clippy::cast_possible_truncation, clippy::unnecessary_cast)]
-            Ok(x.powi(y as i32))
+            Ok(libm::Libm::<f32>::pow(x, y as f32)) // Patched: libm in every build
         }
     }
 }
@@ -414,7 +414,7 @@ mod f64_functions {
         }
         #[rhai_fn(name = "**")]
         pub fn pow_f_f(x: f64, y: f64) -> f64 {
-            x.powf(y)
+            libm::Libm::<f64>::pow(x, y) // Patched: libm in every build
         }
 
         #[rhai_fn(name = "+")]

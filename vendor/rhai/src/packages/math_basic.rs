@@ -131,65 +131,68 @@ mod int_functions {
     }
 }
 
+// Patched: every transcendental function goes through `libm` in every build (upstream: the
+// platform's libm with `std`, `libm` only with `no_std`), so a script computes the same bits
+// on every host and in the `no_std` guest. `sqrt`, rounding and conversions are exact and stay.
 #[cfg(not(feature = "no_float"))]
 #[export_module(manifest)]
 mod trig_functions {
     /// Return the sine of the floating-point number in radians.
     pub fn sin(x: FLOAT) -> FLOAT {
-        x.sin()
+        libm::Libm::<FLOAT>::sin(x)
     }
     /// Return the cosine of the floating-point number in radians.
     pub fn cos(x: FLOAT) -> FLOAT {
-        x.cos()
+        libm::Libm::<FLOAT>::cos(x)
     }
     /// Return the tangent of the floating-point number in radians.
     pub fn tan(x: FLOAT) -> FLOAT {
-        x.tan()
+        libm::Libm::<FLOAT>::tan(x)
     }
     /// Return the hyperbolic sine of the floating-point number in radians.
     pub fn sinh(x: FLOAT) -> FLOAT {
-        x.sinh()
+        libm::Libm::<FLOAT>::sinh(x)
     }
     /// Return the hyperbolic cosine of the floating-point number in radians.
     pub fn cosh(x: FLOAT) -> FLOAT {
-        x.cosh()
+        libm::Libm::<FLOAT>::cosh(x)
     }
     /// Return the hyperbolic tangent of the floating-point number in radians.
     pub fn tanh(x: FLOAT) -> FLOAT {
-        x.tanh()
+        libm::Libm::<FLOAT>::tanh(x)
     }
     /// Return the arc-sine of the floating-point number, in radians.
     pub fn asin(x: FLOAT) -> FLOAT {
-        x.asin()
+        libm::Libm::<FLOAT>::asin(x)
     }
     /// Return the arc-cosine of the floating-point number, in radians.
     pub fn acos(x: FLOAT) -> FLOAT {
-        x.acos()
+        libm::Libm::<FLOAT>::acos(x)
     }
     /// Return the arc-tangent of the floating-point number, in radians.
     pub fn atan(x: FLOAT) -> FLOAT {
-        x.atan()
+        libm::Libm::<FLOAT>::atan(x)
     }
     /// Return the arc-tangent of the floating-point numbers `x` and `y`, in radians.
     #[rhai_fn(name = "atan")]
     pub fn atan2(x: FLOAT, y: FLOAT) -> FLOAT {
-        x.atan2(y)
+        libm::Libm::<FLOAT>::atan2(x, y)
     }
     /// Return the arc-hyperbolic-sine of the floating-point number, in radians.
     pub fn asinh(x: FLOAT) -> FLOAT {
-        x.asinh()
+        libm::Libm::<FLOAT>::asinh(x)
     }
     /// Return the arc-hyperbolic-cosine of the floating-point number, in radians.
     pub fn acosh(x: FLOAT) -> FLOAT {
-        x.acosh()
+        libm::Libm::<FLOAT>::acosh(x)
     }
     /// Return the arc-hyperbolic-tangent of the floating-point number, in radians.
     pub fn atanh(x: FLOAT) -> FLOAT {
-        x.atanh()
+        libm::Libm::<FLOAT>::atanh(x)
     }
     /// Return the hypotenuse of a triangle with sides `x` and `y`.
     pub fn hypot(x: FLOAT, y: FLOAT) -> FLOAT {
-        x.hypot(y)
+        libm::Libm::<FLOAT>::hypot(x, y)
     }
 }
 
@@ -226,20 +229,20 @@ mod float_functions {
     }
     /// Return the exponential of the floating-point number.
     pub fn exp(x: FLOAT) -> FLOAT {
-        x.exp()
+        libm::Libm::<FLOAT>::exp(x)
     }
     /// Return the natural log of the floating-point number.
     pub fn ln(x: FLOAT) -> FLOAT {
-        x.ln()
+        libm::Libm::<FLOAT>::log(x)
     }
     /// Return the log of the floating-point number with `base`.
     pub fn log(x: FLOAT, base: FLOAT) -> FLOAT {
-        x.log(base)
+        libm::Libm::<FLOAT>::log(x) / libm::Libm::<FLOAT>::log(base)
     }
     /// Return the log of the floating-point number with base 10.
     #[rhai_fn(name = "log")]
     pub fn log10(x: FLOAT) -> FLOAT {
-        x.log10()
+        libm::Libm::<FLOAT>::log10(x)
     }
     /// Return the largest whole number less than or equals to the floating-point number.
     #[rhai_fn(name = "floor", get = "floor")]
