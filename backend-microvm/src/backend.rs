@@ -347,13 +347,14 @@ impl MicroVmPipe {
     /// schema, modules it provides), and keeps the `Hello` for the first transaction
     /// (`greeting`). `None`: the handshake goes to the guest now.
     fn defer_handshake(&mut self, frame: &HostFrame) -> Option<Result<(), PipeError>> {
-        let CellIo::Local(VmIo { vm: Some(vm), .. }) = &mut self.io else {
-            return None;
-        };
         let HostFrame::Hello(hello) = frame else {
             return None;
         };
-        let answer = vm.take_known_answer()?;
+        let answer = match &mut self.io {
+            CellIo::Local(VmIo { vm: Some(vm), .. }) => vm.take_known_answer()?,
+            CellIo::Hosted(Some(cell)) => cell.take_known_answer()?,
+            _ => return None,
+        };
         let abi::GuestFrame::Ready(ready) = wire::decode_body(&answer).ok()? else {
             return None;
         };
@@ -537,7 +538,8 @@ impl CellIo {
     fn frame_cap(&self) -> usize {
         match self {
             CellIo::Local(VmIo { vm: Some(vm), .. }) => vm.frame_cap(),
-            // Hosted cells and closed ones never batch a deferred handshake.
+            CellIo::Hosted(Some(cell)) => cell.frame_cap(),
+            // A closed cell sends nothing.
             _ => 0,
         }
     }

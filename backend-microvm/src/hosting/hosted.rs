@@ -270,6 +270,10 @@ pub(crate) struct HostedCell {
     in_flight: bool,
     killed: Arc<AtomicBool>,
     mem_size: u64,
+    /// The largest batch of frames the guest's buffer takes at once.
+    frame_cap: usize,
+    /// The guest's answer to a handshake, known to its host without running it (`greeting`).
+    known_answer: Option<Arc<[u8]>>,
 }
 
 /// Starts a cell in a host holding fewer than `per_host` (starting a host if none does).
@@ -318,7 +322,9 @@ fn spawn_in(
     host.send(&record, Some(&OwnedFd::from(theirs)))
         .map_err(|e| host_error("handing a cell to its VM host", e))?;
     match read_message_within::<FromVm>(&mut ours, ANSWER_ROOM) {
-        Ok(FromVm::Started { mem_size }) => Ok(HostedCell {
+        Ok(FromVm::Started { mem_size, answer }) => Ok(HostedCell {
+            frame_cap: usize::try_from(cfg.frame_cap).unwrap_or(usize::MAX),
+            known_answer: answer.map(Arc::from),
             stream: Arc::new(ours),
             host: host.clone(),
             cell,
@@ -356,6 +362,17 @@ impl HostedCell {
     /// Guest RAM in bytes.
     pub(crate) fn mem_size(&self) -> u64 {
         self.mem_size
+    }
+
+    /// The largest batch of frames the guest's buffer takes at once.
+    pub(crate) fn frame_cap(&self) -> usize {
+        self.frame_cap
+    }
+
+    /// The guest's answer to any handshake it accepts, when its host knew it at the start;
+    /// once (see `Vm::take_known_answer`).
+    pub(crate) fn take_known_answer(&mut self) -> Option<Arc<[u8]>> {
+        self.known_answer.take()
     }
 
     /// A transaction starts: the next request says so.

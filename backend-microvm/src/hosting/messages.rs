@@ -70,8 +70,12 @@ pub(crate) enum ToVm {
 /// Host → supervisor, on a cell's socket.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum FromVm {
-    /// The VM is built; its guest RAM in bytes.
-    Started { mem_size: u64 },
+    /// The VM is built; its guest RAM in bytes, and the guest's answer to a handshake when it is
+    /// known without running the guest (a VM at its template's snapshot point: `greeting`).
+    Started {
+        mem_size: u64,
+        answer: Option<Vec<u8>>,
+    },
     /// The VM could not be built (`unavailable`: KVM is missing in the host).
     SpawnFailed { unavailable: bool, reason: String },
     /// One frame body the guest handed over.

@@ -242,6 +242,7 @@ fn serve_cell(
     lock(registry).insert(cell, handles);
     let started = FromVm::Started {
         mem_size: vm.mem_size(),
+        answer: vm.take_known_answer().map(|a| a.to_vec()),
     };
     if write_message(&mut stream, &started).is_ok() {
         loop {
