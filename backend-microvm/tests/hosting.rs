@@ -575,3 +575,29 @@ fn a_kill_does_not_wait_for_a_host_that_never_answers() {
     );
     assert_eq!(other.host_pid(), Some(pid), "the same host, still alive");
 }
+
+/// A host that never answers (stopped with SIGSTOP, as a hung or hostile host would be) cannot
+/// hold a transaction past its deadline: the supervisor stops waiting a moment after it, and the
+/// cell ends timed out as after any deadline. Before, the exec waited for the host for ever.
+#[test]
+fn a_host_that_never_answers_cannot_hold_an_exec_past_its_deadline() {
+    if !kvm() {
+        return;
+    }
+    let _serial = serial();
+    let backend = MicroVm::hosted().with_hosting(0, 2);
+    let (mut stuck, _) = started(&backend);
+    let pid = stuck.host_pid().unwrap();
+    // SAFETY: plain kill(2) of our own child host, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    let r = stuck.transact(
+        HostFrame::Exec {
+            id: 1,
+            source: "40 + 2".into(),
+        },
+        Some(std::time::Instant::now() + Duration::from_millis(200)),
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    assert!(matches!(r, Err(PipeError::TimedOut)), "{r:?}");
+}

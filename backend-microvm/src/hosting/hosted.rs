@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use abi::backend::{FrameIo, Interrupter as AbiInterrupter, Killer as AbiKiller, PipeError};
 use abi::{CellError, ErrorCode};
@@ -274,6 +274,8 @@ pub(crate) struct HostedCell {
     frame_cap: usize,
     /// The guest's answer to a handshake, known to its host without running it (`greeting`).
     known_answer: Option<Arc<[u8]>>,
+    /// The read timeout set on the socket (see [`HostedCell::bound_wait`]).
+    read_bound: Option<Duration>,
 }
 
 /// Starts a cell in a host holding fewer than `per_host` (starting a host if none does).
@@ -325,6 +327,7 @@ fn spawn_in(
         Ok(FromVm::Started { mem_size, answer }) => Ok(HostedCell {
             frame_cap: usize::try_from(cfg.frame_cap).unwrap_or(usize::MAX),
             known_answer: answer.map(Arc::from),
+            read_bound: None,
             stream: Arc::new(ours),
             host: host.clone(),
             cell,
@@ -417,6 +420,28 @@ impl HostedCell {
     }
 }
 
+/// How long past a transaction's deadline the supervisor waits for its host's answer.
+const DEADLINE_GRACE: Duration = Duration::from_secs(1);
+
+impl HostedCell {
+    /// Bounds the wait for the host's answer by the transaction's deadline plus
+    /// [`DEADLINE_GRACE`] (none without a deadline: a kill ends that wait). The bound is rounded
+    /// up to a tenth of a second and set only when it changes, so a cell whose transactions share
+    /// one wall time pays for the socket option once, not per transaction.
+    fn bound_wait(&mut self, deadline: Option<Instant>) {
+        let bound = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now()) + DEADLINE_GRACE;
+            Duration::from_millis(left.as_millis().div_ceil(100).saturating_mul(100) as u64)
+        });
+        if bound != self.read_bound {
+            // Fails only for a zero duration, which `DEADLINE_GRACE` rules out.
+            if self.stream.set_read_timeout(bound).is_ok() {
+                self.read_bound = bound;
+            }
+        }
+    }
+}
+
 impl FrameIo for HostedCell {
     fn send_frame(&mut self, frame: &[u8]) -> Result<(), PipeError> {
         if self.killed.load(Ordering::SeqCst) {
@@ -445,6 +470,7 @@ impl FrameIo for HostedCell {
             }),
             max_len,
         };
+        self.bound_wait(deadline);
         let stream = &mut &*self.stream;
         let sent = write_message(stream, &request).and_then(|()| stream.flush());
         self.in_flight = true;
@@ -454,6 +480,17 @@ impl FrameIo for HostedCell {
         let answer = match answer {
             // The killer shut the socket: the cell is killed, the host is not at fault.
             Err(_) if self.killed.load(Ordering::SeqCst) => return Err(PipeError::Killed),
+            // No answer well past the deadline (the host stops the guest at it and answers at
+            // once): the host hangs or ignores it. The transaction has timed out either way; the
+            // host side then kills the cell, as after any timeout.
+            Err(ReadError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(PipeError::TimedOut);
+            }
             other => other.map_err(|e| self.lost(e))?,
         };
         self.in_flight = false;
