@@ -27,6 +27,19 @@ pub fn escape(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `text` cut to its first `max` characters, saying how many were left out: a user's input
+/// quoted in a message (an argument that is not JSON may be megabytes long).
+pub fn shorten(text: &str, max: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => Cow::Borrowed(text),
+        Some((end, _)) => Cow::Owned(format!(
+            "{}… ({} more characters)",
+            &text[..end],
+            text[end..].chars().count()
+        )),
+    }
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(
@@ -39,7 +52,14 @@ fn needs_escape(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::{escape, shorten};
+
+    #[test]
+    fn long_input_is_shortened_and_says_by_how_much() {
+        assert_eq!(shorten("[1, 2]", 6), "[1, 2]");
+        assert_eq!(shorten("[[[[", 2), "[[… (2 more characters)");
+        assert_eq!(shorten("ééé", 1), "é… (2 more characters)");
+    }
 
     #[test]
     fn plain_text_is_borrowed_unchanged() {

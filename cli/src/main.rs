@@ -9,7 +9,7 @@
 mod escape;
 
 use clap::{Parser, Subcommand};
-use escape::escape;
+use escape::{escape, shorten};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -245,7 +245,10 @@ fn run(
             .map(|a| {
                 serde_json::from_str::<serde_json::Value>(a)
                     .map(|j| json::parse_value(&j))
-                    .map_err(|e| Failure::Usage(format!("argument `{a}` is not JSON: {e}")))
+                    .map_err(|e| {
+                        let a = shorten(a, 80);
+                        Failure::Usage(format!("argument `{a}` is not JSON: {e}"))
+                    })
             })
             .collect::<Result<Vec<Value>, _>>()?,
         None => Vec::new(),

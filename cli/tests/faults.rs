@@ -67,6 +67,13 @@ fn negative_numbers_are_arguments_and_double_dash_ends_the_flags() {
     // A flag that is not a negative number is still a flag.
     let out = output(&["call", s, "neg", "-x"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // A huge argument that is not JSON is quoted shortened, not echoed whole.
+    let huge = "[".repeat(100_000);
+    let out = output(&["call", s, "neg", &huge]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.len() < 1_000, "{} bytes of stderr", stderr.len());
+    assert!(stderr.contains("(99920 more characters)"), "{stderr}");
 }
 
 #[test]
