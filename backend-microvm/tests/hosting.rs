@@ -44,29 +44,6 @@ fn exec(pipe: &mut MicroVmPipe, host: &Recorder, source: &str) -> Result<Value, 
     }
 }
 
-/// The names of this process's live VM host children.
-fn host_children() -> Vec<u32> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...
-        let Some((comm, rest)) = stat.split_once(") ") else {
-            continue;
-        };
-        let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
-        if comm.ends_with("(cell-vm-host") && ppid == Some(me) && !rest.starts_with('Z') {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 #[test]
 fn past_its_share_the_default_start_puts_cells_in_hosts_of_bounded_size() {
     if !kvm() {
@@ -92,7 +69,7 @@ fn past_its_share_the_default_start_puts_cells_in_hosts_of_bounded_size() {
         per_host.len() >= 2,
         "six hosted cells need two hosts of three"
     );
-    let children = host_children();
+    let children = cell_backend_microvm::host_children();
     for pid in per_host.keys() {
         assert!(children.contains(pid), "{pid} is not a child: {children:?}");
         assert_ne!(*pid, std::process::id());
@@ -273,7 +250,7 @@ fn a_dead_host_is_a_typed_error_for_its_cells_and_is_replaced() {
     assert_eq!(exec(&mut d, &hd, "6 * 7").unwrap(), Value::Int(42));
     drop((a, b));
     assert!(
-        !host_children().contains(&victim),
+        !cell_backend_microvm::host_children().contains(&victim),
         "the dead host was reaped"
     );
 }

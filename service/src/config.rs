@@ -117,6 +117,9 @@ pub struct ServeConfig {
     pub api_key: Option<String>,
     /// Bounds on requests, streams and cells.
     pub limits: Limits,
+    /// Every microVM cell in a confined VM host process, not only those past the node's first
+    /// 512 (see [`backend_microvm::MicroVm::hosted`]).
+    pub microvm_hosted: bool,
 }
 
 impl ServeConfig {
@@ -131,6 +134,7 @@ impl ServeConfig {
             policy_file: None,
             api_key: None,
             limits: Limits::default(),
+            microvm_hosted: false,
         }
     }
 }

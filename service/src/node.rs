@@ -282,9 +282,14 @@ pub fn load_tenants(config: &ServeConfig) -> Result<Tenants, TenantsError> {
 impl Node {
     /// A node serving `tenants` under `config`.
     pub fn new(config: ServeConfig, tenants: Tenants) -> Node {
+        let supervisor = Supervisor::new();
+        if config.microvm_hosted {
+            // Replaces the default `microvm` backend under the same name.
+            supervisor.register_backend(Arc::new(backend_microvm::MicroVm::hosted()));
+        }
         Node {
             config,
-            supervisor: Supervisor::new(),
+            supervisor,
             cells: Mutex::default(),
             idempotency: Mutex::default(),
             expiry: Mutex::default(),

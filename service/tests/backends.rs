@@ -179,3 +179,34 @@ fn blocked_execs_never_hold_up_other_requests() {
         assert_eq!(h.join().unwrap(), (200, json!({"result": 7})));
     }
 }
+
+#[test]
+fn a_node_started_with_microvm_hosted_runs_its_microvm_cells_in_vm_hosts() {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        println!("SKIPPED: /dev/kvm is absent: no microVM cells here");
+        return;
+    }
+    let mut config = config("node-hosted");
+    config.microvm_hosted = true;
+    let n = TestNode::start(config);
+    session(&n.url, "microvm");
+    let id = create(&n.url, KEY, json!({"backend": "microvm"}));
+    assert_eq!(
+        exec_ok(&n.url, KEY, &id, "6 * 7"),
+        json!({"result": 42}),
+        "a hosted cell answers like any other"
+    );
+    // The node's only cell (well below the 512 a default node keeps in its own process) lives
+    // in a VM host, a child of this process.
+    assert!(
+        !backend_microvm::host_children().is_empty(),
+        "no VM host process was started"
+    );
+    let (s, _) = send(
+        "DELETE",
+        &format!("{}/v1/cells/{id}", n.url),
+        Some(KEY),
+        None,
+    );
+    assert_eq!(s, 200);
+}

@@ -24,3 +24,31 @@ pub(crate) const HOST_CELLS: usize = 512;
 /// Most cells the supervisor's own process holds before new ones go to VM hosts (in the default
 /// start mode), unless the backend says otherwise.
 pub(crate) const IN_PROCESS_CELLS: usize = 512;
+
+/// The pids of this process's live VM host children (for tests and diagnostics: a host's
+/// command name is `cell-vm-host`).
+#[doc(hidden)]
+pub fn host_children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((comm, rest)) = stat.split_once(") ") else {
+            continue;
+        };
+        let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if comm.ends_with("(cell-vm-host") && ppid == Some(me) && !rest.starts_with('Z') {
+            found.push(pid);
+        }
+    }
+    found
+}
