@@ -84,4 +84,38 @@ mod tests {
         let (_, rest) = next_host_frame(rest, 1024).unwrap();
         assert!(next_host_frame(rest, 1024).is_err());
     }
+
+    proptest::proptest! {
+        /// Any batch of whole frames splits back into exactly those frames, in order; cut
+        /// anywhere inside its last frame, the batch yields the frames before it and then an
+        /// error, never a frame made of the wrong bytes.
+        #[test]
+        fn a_batch_splits_into_its_frames_and_a_cut_one_is_refused(
+            sources in proptest::collection::vec("[ -~]{0,40}", 1..6),
+            cut in 1usize..64,
+        ) {
+            let frames: Vec<Vec<u8>> = sources
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    wire::encode(&HostFrame::Exec { id: i as u64, source: s.clone() }, 4096).unwrap()
+                })
+                .collect();
+            let batch = frames.concat();
+            let mut rest = &batch[..];
+            for frame in &frames {
+                let (body, after) = next_host_frame(rest, 4096).unwrap();
+                proptest::prop_assert_eq!(body, &frame[HEADER_LEN..]);
+                rest = after;
+            }
+            proptest::prop_assert!(rest.is_empty());
+            let last = frames.last().unwrap().len();
+            let cut = cut.min(last);
+            let mut rest = &batch[..batch.len() - cut];
+            for _ in 0..frames.len() - 1 {
+                rest = next_host_frame(rest, 4096).unwrap().1;
+            }
+            proptest::prop_assert!(next_host_frame(rest, 4096).is_err());
+        }
+    }
 }
