@@ -578,3 +578,77 @@ fn a_host_that_never_answers_cannot_hold_an_exec_past_its_deadline() {
     unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     assert!(matches!(r, Err(PipeError::TimedOut)), "{r:?}");
 }
+
+/// A host being started (here an executable that never says hello, as a hung one would not)
+/// holds up neither a spawn into a host with room nor a close. Before, the start held the host
+/// list's lock for as long as it waited (up to the 30 s hello bound).
+#[test]
+fn a_host_start_under_way_holds_up_no_other_spawn_or_close() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !kvm() {
+        return;
+    }
+    let _serial = serial();
+    let dir = std::env::temp_dir().join(format!("cell-hang-host-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hang = dir.join("hang");
+    std::fs::write(&hang, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let working = MicroVm::hosted().with_hosting(0, 8);
+    let (first, _) = started(&working);
+    let hung = MicroVm::hosted().with_host_executable(&hang);
+    let returned = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let returned = returned.clone();
+        std::thread::spawn(move || {
+            let r = hung.spawn_pipe(&spec(), Arc::new(Recorder::default()));
+            returned.store(true, Ordering::SeqCst);
+            r.map(drop)
+        })
+    };
+    // The hung start is under way once its process runs.
+    let sleeper = loop {
+        if let Some(pid) = children_named("sleep").first() {
+            break *pid;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let (mut second, second_host) = started(&working);
+    assert_eq!(
+        exec(&mut second, &second_host, "6 * 7").unwrap(),
+        Value::Int(42)
+    );
+    drop(first);
+    drop(second);
+    assert!(
+        !returned.load(Ordering::SeqCst),
+        "the hung start ended first: the spawn and the close waited for it"
+    );
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(sleeper as i32, libc::SIGKILL) };
+    assert!(
+        waiter.join().unwrap().is_err(),
+        "a host that never said hello"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// This process's live children whose command name is `name`.
+fn children_named(name: &str) -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.split_once(") ").is_some_and(|(comm, rest)| {
+                    comm.ends_with(&format!("({name}"))
+                        && rest.split(' ').nth(1) == Some(&me.to_string())
+                        && !rest.starts_with('Z')
+                })
+            })
+        })
+        .collect()
+}

@@ -133,8 +133,31 @@ pub(crate) fn unavailable(exe: &Path) -> Option<String> {
 }
 
 /// A host holding fewer than `per_host` cells (its count already taken), starting `exe` as one
-/// when all are full.
+/// when all are full. A start (tens of milliseconds; up to the hello bound for an executable
+/// that hangs) holds only [`STARTING`], not the host list: spawns into hosts with room and
+/// closes of hosted cells go on meanwhile, and starts are one at a time, so concurrent spawns
+/// that find every host full start one host, not one each.
 fn reserve_host(per_host: usize, exe: &Path) -> Result<Arc<Host>, VmError> {
+    if let Some(host) = reserve_in_running(per_host, exe) {
+        return Ok(host);
+    }
+    let _starting = STARTING.lock().unwrap_or_else(PoisonError::into_inner);
+    // Another start may have ended while this one waited for its turn.
+    if let Some(host) = reserve_in_running(per_host, exe) {
+        return Ok(host);
+    }
+    let host = Arc::new(start_host(exe)?);
+    host.cells.store(1, Ordering::SeqCst);
+    lock_hosts().push(host.clone());
+    Ok(host)
+}
+
+/// Held while a host is started (see [`reserve_host`]).
+static STARTING: Mutex<()> = Mutex::new(());
+
+/// A place in a running host of `exe` holding fewer than `per_host` cells (reaping the hosts
+/// that broke), taken under the host list's lock.
+fn reserve_in_running(per_host: usize, exe: &Path) -> Option<Arc<Host>> {
     let mut hosts = lock_hosts();
     hosts.retain(|h| {
         let broken = h.broken.load(Ordering::SeqCst);
@@ -143,20 +166,14 @@ fn reserve_host(per_host: usize, exe: &Path) -> Result<Arc<Host>, VmError> {
         }
         !broken
     });
-    for h in hosts.iter().filter(|h| h.exe == exe) {
+    hosts.iter().filter(|h| h.exe == exe).find_map(|h| {
         let n = h.cells.load(Ordering::SeqCst);
-        if n < per_host
+        (n < per_host
             && h.cells
                 .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-        {
-            return Ok(h.clone());
-        }
-    }
-    let host = Arc::new(start_host(exe)?);
-    host.cells.store(1, Ordering::SeqCst);
-    hosts.push(host.clone());
-    Ok(host)
+                .is_ok())
+        .then(|| h.clone())
+    })
 }
 
 fn host_error(what: &str, e: impl std::fmt::Display) -> VmError {
