@@ -110,6 +110,9 @@ pub struct Entry {
     pub live: Arc<Notify>,
     /// Kill the cell when a client reading its events disconnects.
     pub kill_on_disconnect: bool,
+    /// Event streams open on this cell: while there is one, a cell whose queue is full waits
+    /// for the stream to drain it (backpressure) instead of being stopped.
+    streams: AtomicUsize,
     idempotency_key: Option<String>,
     reservation: Reservation,
     released: AtomicBool,
@@ -131,6 +134,24 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 impl Entry {
+    /// A stream opened on this cell: from the first one, a full event queue makes the cell wait
+    /// for the streams to drain it rather than stop it, so what a streamed exec says and how it
+    /// ends does not depend on how fast each backend posts against how fast the node drains (a
+    /// flood of 25,000 posts was stopped on subinterp and microvm and ran on process).
+    pub fn stream_opened(&self) {
+        if self.streams.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.cell.set_backpressure(true);
+        }
+    }
+
+    /// A stream on this cell ended: with none left, a full queue stops the cell again (nobody
+    /// drains it until the exec ends).
+    pub fn stream_closed(&self) {
+        if self.streams.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.cell.set_backpressure(false);
+        }
+    }
+
     /// When the cell expires, milliseconds since the Unix epoch.
     pub fn expires_at_ms(&self) -> u64 {
         self.expiry().at_ms
@@ -585,6 +606,7 @@ impl Node {
             ),
             live,
             kill_on_disconnect: req.kill_on_disconnect,
+            streams: AtomicUsize::new(0),
             idempotency_key: req.idempotency_key,
             reservation,
             released: AtomicBool::new(false),

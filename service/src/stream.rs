@@ -40,6 +40,7 @@ struct Disconnect {
 
 impl Drop for Disconnect {
     fn drop(&mut self) {
+        self.entry.stream_closed();
         if !self.finished && self.entry.kill_on_disconnect && !self.entry.events.is_closed() {
             tracing::info!(target: "cell_service::audit", cell = %self.entry.id, tenant = %self.entry.tenant, "killed: its event reader disconnected");
             let (node, entry) = (self.node.clone(), self.entry.clone());
@@ -73,6 +74,7 @@ pub async fn events(
         )));
     }
     let slot = node.open_stream(&tenant.name)?;
+    entry.stream_opened();
     let reader = Reader {
         rx: entry.events.subscribe(),
         cursor: q.after.unwrap_or(0),

@@ -210,3 +210,35 @@ fn a_node_started_with_microvm_hosted_runs_its_microvm_cells_in_vm_hosts() {
     );
     assert_eq!(s, 200);
 }
+
+#[test]
+fn a_streamed_flood_of_events_ends_the_same_way_on_every_backend() {
+    // 25,000 posts, more than a cell's queue holds (10,000), while a stream is open: the
+    // streams drain the queue and a cell that posts faster waits for them. Before, subinterp
+    // and microvm were stopped with limit_event_queue and process ran to the end.
+    let n = TestNode::start(config("node-flood"));
+    for (backend, available) in n.node().supervisor.backends() {
+        if let Err(why) = available {
+            println!("SKIPPED: backend {backend} is unavailable here: {why}");
+            continue;
+        }
+        let id = create(&n.url, KEY, json!({"backend": backend}));
+        let cell = format!("{}/v1/cells/{id}", n.url);
+        let mut open = n.node().open_streams.subscribe();
+        let reader = {
+            let url = format!("{cell}/events");
+            std::thread::spawn(move || read_events(&url, KEY, |l| l["event"] == "closed").len())
+        };
+        runtime().block_on(open.wait_for(|n| *n == 1)).unwrap();
+        let (s, j) = send(
+            "POST",
+            &format!("{cell}/exec"),
+            Some(KEY),
+            Some(&json!({"source": "for i in 0..25000 { post(i) } \"done\""})),
+        );
+        assert_eq!((s, &j), (200, &json!({"result": "done"})), "{backend}");
+        assert_eq!(send("DELETE", &cell, Some(KEY), None).0, 200);
+        assert!(reader.join().unwrap() > 1, "{backend}: the stream ended");
+        runtime().block_on(open.wait_for(|n| *n == 0)).unwrap();
+    }
+}
