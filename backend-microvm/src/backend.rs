@@ -177,11 +177,16 @@ impl MicroVm {
         Ok(())
     }
 
-    /// Guest memory for a quota: rounded down to whole pages.
+    /// Guest memory for a spec: a heap of the memory quota (whole pages) beside the image, the
+    /// tables and the channel buffers of the frame cap (`setup::mem_size_for_heap`).
     pub fn vm_config(spec: &SpawnSpec) -> VmConfig {
-        let mut cfg = VmConfig::new(spec.resources.memory_bytes & !0xfff);
         let max = spec.max_frame_len.min(wire::ABSOLUTE_MAX_FRAME_LEN) as u64;
-        cfg.frame_cap = max + HEADER_LEN as u64;
+        let frame_cap = max + HEADER_LEN as u64;
+        let mut cfg = VmConfig::new(crate::setup::mem_size_for_heap(
+            spec.resources.memory_bytes,
+            frame_cap,
+        ));
+        cfg.frame_cap = frame_cap;
         cfg
     }
 }
@@ -216,7 +221,8 @@ impl Backend for MicroVm {
         let (active, detail) = match crate::kvm::host() {
             Ok(_) => (
                 true,
-                "KVM virtual machine per cell, guest at CPL3, guest RAM = memory quota".to_string(),
+                "KVM virtual machine per cell, guest at CPL3, guest heap = memory quota"
+                    .to_string(),
             ),
             Err(e) => (false, e.to_string()),
         };
@@ -508,7 +514,8 @@ impl CellPipe for MicroVmPipe {
             name: LAYER_KVM.into(),
             active: true,
             detail: format!(
-                "KVM virtual machine, guest at CPL3, {} MiB guest RAM is the whole memory quota",
+                "KVM virtual machine, guest at CPL3, {} MiB guest RAM: a heap of the memory quota \
+                 beside the image, stack and channel buffers",
                 self.mem_size >> 20
             ),
         }]

@@ -57,5 +57,8 @@ pub use control::{Interrupter, Killer};
 pub use error::VmError;
 pub use hosting::host_children;
 pub use kvm::{bench_create_vm, bench_create_vm_vcpu, kvm_available};
-pub use setup::{DEFAULT_FRAME_CAP, GUEST_ELF, MAX_MEM_SIZE, MIN_MEM_SIZE, VmConfig, max_mem_size};
+pub use setup::{
+    DEFAULT_FRAME_CAP, GUEST_ELF, MAX_MEM_SIZE, MIN_MEM_SIZE, VmConfig, max_mem_size,
+    mem_size_for_heap,
+};
 pub use vm::{Recv, Vm};

@@ -43,6 +43,33 @@ fn host_mem_cap() -> u64 {
 /// Smallest heap left after image and buffers.
 const MIN_HEAP: u64 = 1024 * 1024;
 
+/// The guest RAM whose layout leaves a heap of exactly `heap` bytes (rounded down to whole
+/// pages) beside the image, the tables and two channel buffers of `frame_cap` bytes each: a
+/// cell's memory quota bounds what its scripts allocate, as on the other backends (the
+/// engine's heap in-process, the process's memory), not the VMM's own image, stack and
+/// buffers. At most [`max_mem_size`] (a quota near the host's RAM gets what is left).
+pub fn mem_size_for_heap(heap: u64, frame_cap: u64) -> u64 {
+    static IMAGE_END: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let image_end = *IMAGE_END.get_or_init(|| {
+        elf::parse(GUEST_ELF, IMAGE_BASE, MAX_MEM_SIZE).map_or(IMAGE_BASE, |img| img.end)
+    });
+    let heap = heap & !0xfff;
+    let (Some(tables_base), Some(cap)) = (align_up(image_end, 4096), align_up(frame_cap, 4096))
+    else {
+        return max_mem_size();
+    };
+    // One page directory per GiB after the first: the size depends on itself, so settle it.
+    let mut size = 0u64;
+    for _ in 0..3 {
+        let gibs = size.div_ceil(GIB).max(1);
+        size = tables_base
+            .saturating_add((gibs - 1) * 4096)
+            .saturating_add(heap)
+            .saturating_add(cap.saturating_mul(2));
+    }
+    size.min(max_mem_size())
+}
+
 /// The embedded guest image (built by build.rs).
 pub static GUEST_ELF: &[u8] = include_bytes!(env!("CELL_MICROVM_GUEST_ELF"));
 
@@ -328,6 +355,26 @@ mod tests {
         assert_eq!(tables, heap, "no page directory after the image");
         assert_eq!(translate(&mem, size - 1), Some(size - 1));
         assert_eq!(mem.read_u64(PDPT_ADDR + 8).unwrap(), 0, "one GiB mapped");
+    }
+
+    #[test]
+    fn a_quota_sized_guest_has_exactly_that_heap() {
+        for (heap, cap) in [
+            (8u64 << 20, DEFAULT_FRAME_CAP + 4),
+            (32 << 20, DEFAULT_FRAME_CAP + 4),
+            (100 << 20, 4096 + 4),
+            ((1 << 30) + (5 << 20), DEFAULT_FRAME_CAP + 4),
+            ((2 << 30) - 4096, 16 << 20),
+        ] {
+            let size = mem_size_for_heap(heap, cap);
+            let mem = GuestMemory::anonymous(size as usize).unwrap();
+            let mut cfg = VmConfig::new(size);
+            cfg.frame_cap = cap;
+            let layout = setup_memory(&mem, &cfg, Backing::Snapshot).unwrap();
+            assert_eq!(layout.boot.heap_size, heap, "{heap} with a cap of {cap}");
+        }
+        // Past the host's RAM the guest gets what the host has.
+        assert_eq!(mem_size_for_heap(u64::MAX / 2, 4096), max_mem_size());
     }
 
     #[test]

@@ -547,7 +547,8 @@ impl Vm {
                 }
                 Exit::Oom => {
                     let requested = self.machine()?.mem.read_u64(OOM_SIZE)?;
-                    let limit = self.layout.boot.mem_size;
+                    // The heap is the cell's memory quota (`setup::mem_size_for_heap`).
+                    let limit = self.layout.boot.heap_size;
                     return self.fail_after_placed(VmError::GuestOutOfMemory { requested, limit });
                 }
                 Exit::Nop => {

@@ -81,12 +81,12 @@ fn unknown_required_layer_is_refused() {
 }
 
 #[test]
-fn memory_quota_below_the_image_is_refused() {
+fn a_quota_below_the_smallest_heap_is_refused() {
     if !kvm() {
         return;
     }
     let mut s = spec();
-    s.resources.memory_bytes = 2 << 20;
+    s.resources.memory_bytes = 512 << 10;
     assert!(
         MicroVm::new()
             .spawn(&s, Arc::new(Recorder::default()))

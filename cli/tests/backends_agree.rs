@@ -90,6 +90,16 @@ fn backends() -> Vec<&'static str> {
     ran
 }
 
+/// `cell run --backend BACKEND --policy POLICY SCRIPT`, without `CELL_LOG`.
+fn cell_run(backend: &str, policy: &Path, script: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cell"));
+    cmd.args(["run", "--backend", backend, "--policy"])
+        .arg(policy)
+        .arg(script)
+        .env_remove("CELL_LOG");
+    cmd
+}
+
 /// The exit code and the error line of one run.
 fn run(dir: &Path, case: &Case, backend: &str) -> (Option<i32>, serde_json::Value) {
     let policy = dir.join("policy.toml");
@@ -101,11 +111,7 @@ fn run(dir: &Path, case: &Case, backend: &str) -> (Option<i32>, serde_json::Valu
     };
     std::fs::write(&policy, limits).unwrap();
     std::fs::write(&script, case.script).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_cell"))
-        .args(["run", "--backend", backend, "--policy"])
-        .arg(&policy)
-        .arg(&script)
-        .env_remove("CELL_LOG")
+    let out = cell_run(backend, &policy, &script)
         .output()
         .expect("run cell");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -165,11 +171,7 @@ fn run_flood(
     let script_file = dir.join("flood.rhai");
     std::fs::write(&policy_file, format!("[limits]\n{policy}")).unwrap();
     std::fs::write(&script_file, script).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cell"))
-        .args(["run", "--backend", backend, "--policy"])
-        .arg(&policy_file)
-        .arg(&script_file)
-        .env_remove("CELL_LOG")
+    let mut child = cell_run(backend, &policy_file, &script_file)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -238,6 +240,38 @@ fn a_reader_that_falls_behind_past_the_wall_time_gets_timed_out_on_every_backend
                 &format!(r#"{{"event":"post","value":{i}}}"#),
                 "{backend}"
             );
+        }
+    }
+}
+
+#[test]
+fn memory_limits_no_backend_can_hold_are_refused_alike() {
+    // Below 8 MiB the process and microVM boundaries cannot run a cell and subinterp could; past
+    // the host's RAM they cannot be built and subinterp would never reach the limit. Each used
+    // to answer differently; now the policy (below) or the supervisor (past the RAM) refuses.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("s.rhai");
+    std::fs::write(&script, "40 + 2").unwrap();
+    for (mib, code) in [(4u64, 3), (1 << 20, 4)] {
+        let policy = dir.path().join("p.toml");
+        std::fs::write(&policy, format!("[limits]\nmemory_mib = {mib}\n")).unwrap();
+        let mut first: Option<(&str, String)> = None;
+        for backend in backends() {
+            let out = cell_run(backend, &policy, &script)
+                .output()
+                .expect("run cell");
+            assert_eq!(
+                out.status.code(),
+                Some(code),
+                "{mib} MiB on {backend}: {out:?}"
+            );
+            assert!(out.stdout.is_empty(), "{mib} MiB on {backend}: no cell ran");
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(stderr.contains("memory_mib"), "{stderr}");
+            match &first {
+                None => first = Some((backend, stderr)),
+                Some((b0, e0)) => assert_eq!(e0, &stderr, "{b0} and {backend} differ"),
+            }
         }
     }
 }

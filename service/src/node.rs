@@ -856,7 +856,9 @@ fn random_suffix() -> String {
 fn spawn_error(e: SupervisorError) -> ApiError {
     match e {
         SupervisorError::UnknownBackend { .. } => ApiError::new("unknown_backend", e.to_string()),
-        SupervisorError::Grants(_) => ApiError::new("invalid_policy", e.to_string()),
+        SupervisorError::Grants(_) | SupervisorError::MemoryOverHost { .. } => {
+            ApiError::new("invalid_policy", e.to_string())
+        }
         SupervisorError::Handshake(c) => c.into(),
         SupervisorError::Spawn(_) => ApiError::new("spawn_failed", e.to_string()),
         other => ApiError::new("internal", other.to_string()),

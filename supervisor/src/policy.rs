@@ -38,6 +38,10 @@ use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;
 
+/// The least `limits.memory_mib` a policy may set: the process backend's floor and the smallest
+/// microVM, so that no backend runs a cell another refuses to spawn.
+pub const MIN_MEMORY_MIB: u64 = 8;
+
 /// Everything a cell is allowed, in one place.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -199,8 +203,12 @@ impl Policy {
                 },
             });
         }
-        if l.memory_mib < 1 || l.memory_mib > 1 << 20 {
-            return invalid("limits.memory_mib", "must be between 1 and 1048576");
+        if l.memory_mib < MIN_MEMORY_MIB || l.memory_mib > 1 << 20 {
+            return invalid(
+                "limits.memory_mib",
+                "must be between 8 and 1048576 (8 MiB is the least a cell runs in on every \
+                 backend: the process backend's floor and the smallest microVM)",
+            );
         }
         if l.max_processes == 0 || l.max_open_files < 3 {
             return invalid(
@@ -454,10 +462,13 @@ mod tests {
             Policy::from_toml("modules = [\"m\", \"m\"]"),
             Err(PolicyError::Invalid { .. })
         ));
-        assert!(matches!(
-            Policy::from_toml("[limits]\nmemory_mib = 0"),
-            Err(PolicyError::Invalid { .. })
-        ));
+        for low in [0, 1, 7] {
+            assert!(matches!(
+                Policy::from_toml(&format!("[limits]\nmemory_mib = {low}")),
+                Err(PolicyError::Invalid { .. })
+            ));
+        }
+        assert!(Policy::from_toml("[limits]\nmemory_mib = 8").is_ok());
         assert!(matches!(
             Policy::load("/nonexistent/policy.toml"),
             Err(PolicyError::Read { .. })

@@ -41,6 +41,24 @@ pub enum SupervisorError {
     /// unconfigured secret or kv store, ...).
     #[error("the policy's grants are refused: {0}")]
     Grants(broker::ConfigError),
+    /// The policy's memory limit is more than this host's RAM: refused on every backend alike
+    /// (a limit no boundary can hold; the process and microVM boundaries cannot even be built).
+    #[error("limits.memory_mib is {asked_mib}, more than this host's {host_mib} MiB of RAM")]
+    MemoryOverHost {
+        /// The policy's `memory_mib`.
+        asked_mib: u64,
+        /// This host's RAM in MiB.
+        host_mib: u64,
+    },
+}
+
+/// This host's physical RAM in bytes (`MemTotal`, the `_SC_PHYS_PAGES` the boundaries check
+/// against), `None` if the system does not say.
+fn host_ram_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Owns the backends and keeps track of the cells spawned through it. Spawns on one supervisor
@@ -218,6 +236,14 @@ impl Supervisor {
         // The name is held, not locked: other spawns proceed while this one greets its cell.
         let reservation = self.names.reserve(name)?;
         let spec = policy.spawn_spec(name);
+        if let Some(ram) = host_ram_bytes()
+            && spec.resources.memory_bytes > ram
+        {
+            return Err(SupervisorError::MemoryOverHost {
+                asked_mib: spec.resources.memory_bytes >> 20,
+                host_mib: ram >> 20,
+            });
+        }
         host::check_hello(&spec.hello).map_err(SupervisorError::Handshake)?;
         let requests = self.request_handler(name, policy)?;
         let host = Arc::new(
