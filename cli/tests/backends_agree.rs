@@ -275,3 +275,37 @@ fn memory_limits_no_backend_can_hold_are_refused_alike() {
         }
     }
 }
+
+#[test]
+fn work_well_inside_the_memory_limit_completes_on_every_backend() {
+    // Under memory_mib 32, each of these peaks well under the limit on subinterp and process.
+    // On microvm the 20 MB string failed: the quota was the guest's whole RAM (image, stack and
+    // buffers included) and its allocator copied a growing block into a new one (old and new
+    // live at once) where the host's realloc remaps it.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, format!("[limits]\n{UNBOUNDED}memory_mib = 32\n")).unwrap();
+    let script = dir.path().join("s.rhai");
+    for (source, value) in [
+        (r#"let s = ""; s.pad(20000000, "x"); s.len"#, 20_000_000),
+        ("let a = []; a.pad(2000000, 1); a.len", 2_000_000),
+        (
+            "let m = #{}; for i in 0..400000 { m[`k${i}`] = i; } m.len()",
+            400_000,
+        ),
+    ] {
+        std::fs::write(&script, source).unwrap();
+        for backend in backends() {
+            let out = cell_run(backend, &policy, &script)
+                .output()
+                .expect("run cell");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                stdout.lines().last(),
+                Some(format!(r#"{{"event":"result","value":{value}}}"#).as_str()),
+                "{source} on {backend}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

@@ -19,7 +19,7 @@ use crate::growth::{HEAP_STEP, grow_to};
 /// the last page of guest RAM. Each page the guest touches first costs a host fault and a zeroed
 /// (huge) page, and under shadow paging a KVM fault too; growing on demand keeps a cell's memory
 /// compact, so a small cell touches only the pages it uses.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Grow {
     /// Current end of the heap (None before `init_heap`).
     end: Option<NonNull<u8>>,
@@ -54,6 +54,41 @@ unsafe impl Sync for GuestAlloc {}
 
 static LAST_FAILED: AtomicU64 = AtomicU64::new(0);
 
+impl GuestAlloc {
+    /// Before a block at `ptr` grows to `size` bytes: extends the heap, if the grown block would
+    /// end past it, up to where it would end (whole steps, within the limit). A block at the top
+    /// of the heap (a string or array growing while nothing was allocated after it) then grows
+    /// in place, so it needs its new size and not its old one as well, as a host allocator's
+    /// `realloc` (`mremap`) does: a growing string reaches the same size under the same quota
+    /// on every backend. Elsewhere the extension is what the copy to a new block would have
+    /// taken anyway.
+    fn extend_under(&self, ptr: usize, size: usize, align: usize) {
+        let Grow {
+            end: Some(end),
+            limit,
+        } = self.0.clone_source()
+        else {
+            return;
+        };
+        let from = end.as_ptr() as usize;
+        let Some(past) = ptr.checked_add(size).and_then(|e| e.checked_sub(from)) else {
+            return; // ends inside the heap already
+        };
+        let Some(want) = grow_to(from, past, align, limit) else {
+            return;
+        };
+        // SAFETY: `from..want` lies inside the heap the host reserved (bounded by `limit`) and
+        // nothing else uses it; `end` is this heap's current end.
+        let new_end = unsafe { self.0.extend(end, want as *mut u8) };
+        if new_end != end {
+            self.0.replace_source(Grow {
+                end: Some(new_end),
+                limit,
+            });
+        }
+    }
+}
+
 // SAFETY: delegates to talc; only records failed requests on the side.
 unsafe impl GlobalAlloc for GuestAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -69,6 +104,9 @@ unsafe impl GlobalAlloc for GuestAlloc {
         unsafe { self.0.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if new_size > layout.size() {
+            self.extend_under(ptr as usize, new_size, layout.align());
+        }
         // SAFETY: caller upholds GlobalAlloc's contract.
         let p = unsafe { self.0.realloc(ptr, layout, new_size) };
         if p.is_null() {
