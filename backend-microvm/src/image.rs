@@ -16,7 +16,7 @@
 //! open no file) cold VMs copy the image as before.
 use std::io::{IoSlice, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -47,7 +47,7 @@ pub(crate) fn shared_head(elf_bytes: &[u8], img: &elf::Image) -> Option<&'static
     }
     HEAD.get_or_init(|| {
         let head = make(elf_bytes, img)?;
-        huge_when_mapped(&head).then_some(head)
+        huge_when_mapped(&head.fd, head.len, 0..head.len / HUGE_PAGE).then_some(head)
     })
     .as_ref()
 }
@@ -83,48 +83,70 @@ fn make(elf_bytes: &[u8], img: &elf::Image) -> Option<SharedImage> {
         at = start + n;
     }
     zeros(&mut parts, len - at);
+    // One vectored write where it can (the page cache then holds the file in folios as large as
+    // the filesystem allows, which is what a 2 MiB mapping needs), no copy of the image.
+    let fd = read_only_tmpfile(|file| {
+        let mut slices: Vec<IoSlice> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match file.write_vectored(rest)? {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n => IoSlice::advance_slices(&mut rest, n),
+            }
+        }
+        Ok(())
+    })?;
+    Some(SharedImage { fd, len })
+}
+
+/// A new unnamed file in the temporary directory (`O_TMPFILE | O_EXCL`: never visible there,
+/// never linkable into it, gone with its last descriptor and mapping) filled by `write`, of which
+/// only a read-only descriptor is kept, its mode set to owner-read-only first: afterwards nothing
+/// in the process holds a descriptor that can write it, and reopening it for writing through
+/// `/proc` needs a deliberate `fchmod` or `CAP_DAC_OVERRIDE` (unlike a sealed memfd, the kernel
+/// does not refuse such a writer). `None` where it cannot be made (no temporary directory, or a
+/// VM host, which may open no file).
+pub(crate) fn read_only_tmpfile(
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Option<OwnedFd> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .mode(0o600)
-        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .custom_flags(libc::O_TMPFILE | libc::O_EXCL | libc::O_CLOEXEC)
         .open(std::env::temp_dir())
         .ok()?;
-    // One vectored write where it can (the page cache then holds the file in folios as large as
-    // the filesystem allows, which is what a 2 MiB mapping needs), no copy of the image.
-    let mut slices: Vec<IoSlice> = parts.iter().map(|p| IoSlice::new(p)).collect();
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        let n = file.write_vectored(rest).ok().filter(|&n| n > 0)?;
-        IoSlice::advance_slices(&mut rest, n);
-    }
-    // Keep only a read-only descriptor: nothing in the process can change the file afterwards
-    // (a private mapping may still be written; its writes stay in the mapping).
+    write(&mut file).ok()?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o400))
+        .ok()?;
     let read_only = std::fs::File::open(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
-    Some(SharedImage {
-        fd: read_only.into(),
-        len,
-    })
+    Some(read_only.into())
 }
 
-/// Maps `head` as a cold VM would, touches it, and tells whether the host mapped all of it with
-/// 2 MiB pages.
-fn huge_when_mapped(head: &SharedImage) -> bool {
-    let Ok(probe) = GuestMemory::anonymous(head.len) else {
+/// Maps `fd` (`len` bytes) as a VM would (copy-on-write, 2 MiB aligned, advised for huge pages),
+/// touches each 2 MiB page of it that `chunks` lists (by index), and tells whether the host
+/// mapped all of them with 2 MiB pages.
+pub(crate) fn huge_when_mapped(
+    fd: &OwnedFd,
+    len: usize,
+    chunks: impl IntoIterator<Item = usize>,
+) -> bool {
+    let Ok(probe) = GuestMemory::from_fd(fd, len, false) else {
         return false;
     };
-    if probe.map_file_private(0, head.len, &head.fd).is_err() {
-        return false;
-    }
     let mut byte = [0u8; 1];
-    for at in (0..head.len).step_by(HUGE_PAGE) {
-        // Read faults map the file's pages (a byte the compiler may not elide).
-        if probe.read(at as u64, &mut byte).is_err() {
+    for chunk in chunks {
+        let at = (chunk * HUGE_PAGE) as u64;
+        // A read fault maps the file's page (a byte the compiler may not elide).
+        if probe.read(at, &mut byte).is_err() {
             return false;
         }
         std::hint::black_box(byte);
+        if !probe.huge_mapped(at, HUGE_PAGE.min(len - chunk * HUGE_PAGE)) {
+            return false;
+        }
     }
-    probe.huge_mapped(0, head.len)
+    true
 }
 
 #[cfg(test)]

@@ -79,17 +79,20 @@ impl GuestMemory {
     }
 
     /// Map `fd` shared (writes go to the file: used to build a snapshot) or private
-    /// (copy-on-write clone of the snapshot).
+    /// (copy-on-write clone of the snapshot, 2 MiB aligned like [`Self::anonymous`], so that
+    /// where the file's pages are 2 MiB folios the host, and then KVM, map a guest 2 MiB page at
+    /// once: see [`Self::map_file_private`]).
     pub fn from_fd(fd: &OwnedFd, len: usize, shared: bool) -> Result<Self, VmError> {
-        let flags = if shared {
-            libc::MAP_SHARED
-        } else {
-            libc::MAP_PRIVATE | libc::MAP_NORESERVE
-        };
+        if !shared {
+            let mut mem = Self::anonymous(len)?;
+            mem.map_file_private(0, len, fd)?;
+            mem.private_file = true;
+            return Ok(mem);
+        }
         let ptr = mmap(
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            flags,
+            libc::MAP_SHARED,
             fd.as_raw_fd(),
         )?;
         // Where the node lets shmem use transparent huge pages on advice
@@ -103,7 +106,7 @@ impl GuestMemory {
         Ok(GuestMemory {
             ptr,
             len,
-            private_file: !shared,
+            private_file: false,
         })
     }
 

@@ -1,6 +1,7 @@
 //! Fast start: a template VM booted once per (memory size, frame cap) to "engine ready", its
-//! memory sealed in a memfd and its registers captured. Cells start as copy-on-write private
-//! mappings of that memfd, either in a new KVM VM or in a pooled one whose dirtied pages are
+//! memory sealed in a memfd (copied into a read-only file where the host maps that in 2 MiB
+//! pages, [`huge_copy`]) and its registers captured. Cells start as copy-on-write private
+//! mappings of that snapshot, either in a new KVM VM or in a pooled one whose dirtied pages are
 //! copied back from the snapshot and registers reset (by the template's reset thread, see
 //! `pool`).
 use std::collections::HashMap;
@@ -11,8 +12,9 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{kvm_regs, kvm_sregs, kvm_xcrs, kvm_xsave};
 
 use crate::error::VmError;
+use crate::image;
 use crate::machine::{Machine, Recycle, set_boot_regs};
-use crate::memory::GuestMemory;
+use crate::memory::{GuestMemory, HUGE_PAGE};
 use crate::pool::Pool;
 use crate::reaper;
 use crate::setup::{Backing, Layout, VmConfig, setup_memory};
@@ -21,16 +23,20 @@ use crate::vm::{Recv, Vm};
 /// How long the template may take to reach "engine ready".
 const TEMPLATE_BOOT_LIMIT: Duration = Duration::from_secs(10);
 
-/// A PROT_READ mapping of the sealed snapshot: nothing can write it (the kernel refuses both
-/// writes through it and any new writable shared mapping), so sharing it between threads is sound.
+/// A PROT_READ mapping of the snapshot (the sealed memfd, or its read-only copy in a file, see
+/// [`huge_copy`]): nothing writes it (for the memfd the kernel refuses both writes through it
+/// and any new writable shared mapping; of the file no writable descriptor exists), so sharing it
+/// between threads is sound.
 struct SnapshotView(GuestMemory);
 
-// SAFETY: see above: the mapping is immutable for its whole life; only reads happen through it.
+// SAFETY: see above: the mapping is not written for its whole life; only reads happen through it.
 unsafe impl Sync for SnapshotView {}
 
 pub(crate) struct Template {
     key: (u64, u64),
-    memfd: OwnedFd,
+    /// What new VMs map copy-on-write: the sealed memfd, or its copy in a file where the host
+    /// maps that with 2 MiB pages ([`huge_copy`]).
+    snapshot: OwnedFd,
     layout: Layout,
     regs: kvm_regs,
     sregs: kvm_sregs,
@@ -86,6 +92,59 @@ fn seal(fd: &OwnedFd) -> Result<(), VmError> {
     Ok(())
 }
 
+/// The sealed snapshot `memfd` (`len` bytes) copied into a read-only unnamed file
+/// ([`image::read_only_tmpfile`]), each 2 MiB page that holds data written whole (so the page
+/// cache holds it as one 2 MiB folio) and the others left as holes, if a VM's mapping of it is
+/// mapped with 2 MiB pages by the host; `None` otherwise (the temporary directory on `tmpfs`, a
+/// VM host, which may open no file): new VMs then map the memfd as before.
+///
+/// Why: shmem is mapped in 4 KiB pages unless the node allows shmem huge pages
+/// (`shmem_enabled`, `never` by default), and under shadow paging (this host's PVM) every 4 KiB
+/// page a new VM first touches is a KVM fault of ≈ 25-40 µs; from a 2 MiB host mapping KVM maps
+/// the guest's 2 MiB page at once. A guest write still copies a 4 KiB page (and splits the host's
+/// 2 MiB mapping into 4 KiB entries: the pool's reset finds the copies as before).
+fn huge_copy(memfd: &OwnedFd, len: usize) -> Option<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let source = std::fs::File::from(memfd.try_clone().ok()?);
+    let chunks = len / HUGE_PAGE;
+    if chunks == 0 || !len.is_multiple_of(HUGE_PAGE) {
+        return None;
+    }
+    // The 2 MiB pages that hold data, found by `SEEK_DATA` (reading holes would allocate nothing,
+    // but walking gigabytes of them would take long).
+    let mut data = Vec::new();
+    let mut chunk = 0;
+    while chunk < chunks {
+        let at = (chunk * HUGE_PAGE) as libc::off_t;
+        // SAFETY: lseek on a descriptor we own; it changes only the file offset of that (cloned)
+        // descriptor, which nothing else uses (all reads are positioned).
+        let next = unsafe { libc::lseek(source.as_raw_fd(), at, libc::SEEK_DATA) };
+        if next < 0 {
+            break; // ENXIO: no data past `at`
+        }
+        chunk = next as usize / HUGE_PAGE;
+        if chunk < chunks {
+            data.push(chunk);
+        }
+        chunk += 1;
+    }
+    let mut buf = vec![0u8; HUGE_PAGE];
+    let mut written = Vec::new();
+    let file = image::read_only_tmpfile(|file| {
+        for &chunk in &data {
+            let at = (chunk * HUGE_PAGE) as u64;
+            source.read_exact_at(&mut buf, at)?;
+            if buf.iter().any(|&b| b != 0) {
+                file.write_all_at(&buf, at)?;
+                written.push(chunk);
+            }
+        }
+        file.set_len(len as u64)
+    })?;
+    image::huge_when_mapped(&file, len, written).then_some(file)
+}
+
 impl Template {
     fn boot(cfg: &VmConfig) -> Result<Template, VmError> {
         let fd = memfd(cfg.mem_size)?;
@@ -126,11 +185,14 @@ impl Template {
             // machine (and the shared writable mapping) dropped here
         };
         seal(&fd)?;
-        let view = SnapshotView(GuestMemory::read_only_view(&fd, cfg.mem_size as usize)?);
+        let len = cfg.mem_size as usize;
+        // The memfd (and its memory) goes once its copy is made.
+        let snapshot = huge_copy(&fd, len).unwrap_or(fd);
+        let view = SnapshotView(GuestMemory::read_only_view(&snapshot, len)?);
         Ok(Template {
             view,
             key: (cfg.mem_size, cfg.frame_cap),
-            memfd: fd,
+            snapshot,
             layout,
             regs,
             sregs,
@@ -160,7 +222,7 @@ impl Template {
     }
 
     fn fresh_machine(&self) -> Result<Machine, VmError> {
-        let mem = GuestMemory::from_fd(&self.memfd, self.key.0 as usize, false)?;
+        let mem = GuestMemory::from_fd(&self.snapshot, self.key.0 as usize, false)?;
         let m = Machine::new(mem)?;
         self.restore(&m)?;
         Ok(m)
@@ -372,5 +434,88 @@ mod tests {
             libc::waitpid(child, std::ptr::null_mut(), 0);
         }
         sealed.expect("the forked child holds no writable mapping of the snapshot");
+    }
+
+    /// The file copy of a snapshot holds its bytes exactly, leaves its empty 2 MiB pages as holes
+    /// and can be written by no descriptor of ours; where the host maps it with 2 MiB pages, a
+    /// write into one VM's mapping (splitting that huge mapping) stays in that mapping, and the
+    /// pool's reset finds the copied page and reverts it.
+    #[test]
+    fn the_file_copy_is_the_snapshot_and_writes_to_it_stay_private_and_are_reset() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        const PAGE: usize = 4096;
+        let len = 4 * HUGE_PAGE;
+        let fd = memfd(len as u64).unwrap();
+        {
+            let build = GuestMemory::from_fd(&fd, len, true).unwrap();
+            build.fill(3 * PAGE as u64, PAGE, 0x11).unwrap(); // in the first 2 MiB page
+            build.fill(HUGE_PAGE as u64, PAGE, 0).unwrap(); // allocated, all zero
+            build
+                .write((2 * HUGE_PAGE + 7 * PAGE) as u64, b"snapshot")
+                .unwrap();
+            // the last 2 MiB page is never touched: a hole
+        }
+        seal(&fd).unwrap();
+        let Some(file) = huge_copy(&fd, len) else {
+            eprintln!("SKIPPED: this host does not map the snapshot file with huge pages");
+            return;
+        };
+        let (memfd, copy) = (std::fs::File::from(fd), std::fs::File::from(file));
+        let (mut want, mut got) = (vec![0u8; len], vec![0u8; len]);
+        memfd.read_exact_at(&mut want, 0).unwrap();
+        copy.read_exact_at(&mut got, 0).unwrap();
+        assert!(got == want, "the copy holds the snapshot's bytes");
+        let data_from = |at: usize| {
+            // SAFETY: lseek on our own descriptor.
+            unsafe { libc::lseek(copy.as_raw_fd(), at as libc::off_t, libc::SEEK_DATA) }
+        };
+        assert_eq!(
+            data_from(HUGE_PAGE),
+            2 * HUGE_PAGE as libc::off_t,
+            "empty: a hole"
+        );
+        assert_eq!(data_from(3 * HUGE_PAGE), -1, "untouched: a hole");
+        assert_eq!(copy.metadata().unwrap().mode() & 0o777, 0o400);
+        assert!(
+            std::io::Write::write(&mut &copy, b"x").is_err(),
+            "read-only"
+        );
+        let copy = OwnedFd::from(copy);
+        let (a, b) = (
+            GuestMemory::from_fd(&copy, len, false).unwrap(),
+            GuestMemory::from_fd(&copy, len, false).unwrap(),
+        );
+        let at = (2 * HUGE_PAGE + 7 * PAGE) as u64;
+        let mut word = [0u8; 8];
+        for m in [&a, &b] {
+            m.read(at, &mut word).unwrap();
+            assert_eq!(&word, b"snapshot");
+            assert!(
+                m.huge_mapped(2 * HUGE_PAGE as u64, HUGE_PAGE),
+                "in a 2 MiB page"
+            );
+            assert!(
+                m.file_mapped(2 * HUGE_PAGE as u64, HUGE_PAGE),
+                "the file's page"
+            );
+        }
+        a.write(at, b"private!").unwrap();
+        a.read(at, &mut word).unwrap();
+        assert_eq!(&word, b"private!");
+        b.read(at, &mut word).unwrap();
+        assert_eq!(&word, b"snapshot", "not in another mapping");
+        std::fs::File::from(copy.try_clone().unwrap())
+            .read_exact_at(&mut word, at)
+            .unwrap();
+        assert_eq!(&word, b"snapshot", "not in the file");
+        let view = GuestMemory::read_only_view(&copy, len).unwrap();
+        assert_eq!(
+            a.restore_from(&view, 0..0).unwrap(),
+            Some(1),
+            "one page copied"
+        );
+        a.read(0, &mut got).unwrap();
+        assert!(got == want, "reset to the snapshot");
     }
 }
