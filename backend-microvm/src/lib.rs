@@ -10,11 +10,13 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 // Layers, each using only those listed before it: memory, elf, kvm, signal, cpu (leaves);
-// image (the image file cold VMs share); setup (the layout written into memory); machine (KVM
-// objects); control (what other threads hold of a VM); watchdog and reaper; vm (channel and run
-// loop); pool (reset VMs kept for reuse); snapshot (templates); hosting (VM host processes,
-// above vm and snapshot); backend (the `abi::backend` contract, above hosting). `error` holds the VM errors and how each
-// becomes the pipe error every caller sees, in this process or from a VM host.
+// image (files mapped with 2 MiB pages: the image cold VMs share, and the helpers the snapshot's
+// copy uses); setup (the layout written into memory); machine (KVM objects); control (what other
+// threads hold of a VM); watchdog and reaper; vm (channel and run loop); greeting (the handshake
+// placed with the first transaction); pool (reset VMs kept for reuse); snapshot (templates);
+// hosting (VM host processes, above vm and snapshot); backend (the `abi::backend` contract, above
+// hosting). `error` holds the VM errors and how each becomes the pipe error every caller sees, in
+// this process or from a VM host.
 pub mod backend;
 mod control;
 mod cpu;
