@@ -57,7 +57,7 @@ mod guest_growth;
 pub use backend::{MicroVm, MicroVmPipe, StartMode};
 pub use control::{Interrupter, Killer};
 pub use error::VmError;
-pub use hosting::host_children;
+pub use hosting::{children_named, host_children};
 pub use kvm::{bench_create_vm, bench_create_vm_vcpu, kvm_available};
 pub use setup::{
     DEFAULT_FRAME_CAP, GUEST_ELF, MAX_MEM_SIZE, MIN_MEM_SIZE, VmConfig, max_mem_size,

@@ -609,7 +609,7 @@ fn a_host_start_under_way_holds_up_no_other_spawn_or_close() {
     };
     // The hung start is under way once its process runs.
     let sleeper = loop {
-        if let Some(pid) = children_named("sleep").first() {
+        if let Some(pid) = cell_backend_microvm::children_named("sleep").first() {
             break *pid;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -632,23 +632,4 @@ fn a_host_start_under_way_holds_up_no_other_spawn_or_close() {
         "a host that never said hello"
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// This process's live children whose command name is `name`.
-fn children_named(name: &str) -> Vec<u32> {
-    let me = std::process::id();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                stat.split_once(") ").is_some_and(|(comm, rest)| {
-                    comm.ends_with(&format!("({name}"))
-                        && rest.split(' ').nth(1) == Some(&me.to_string())
-                        && !rest.starts_with('Z')
-                })
-            })
-        })
-        .collect()
 }

@@ -119,6 +119,33 @@ pub struct CellHost {
     room: Condvar,
 }
 
+/// What is left until `deadline`: `Some(None)` without one, `None` once it has passed.
+fn time_left(deadline: Option<Instant>) -> Option<Option<Duration>> {
+    match deadline {
+        None => Some(None),
+        Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Some(Some(left)),
+            _ => None,
+        },
+    }
+}
+
+/// Waits on `cv` with the state's lock, for at most `left` (`None`: until notified).
+fn wait_on<'a>(
+    cv: &Condvar,
+    s: MutexGuard<'a, State>,
+    left: Option<Duration>,
+) -> MutexGuard<'a, State> {
+    match left {
+        None => cv.wait(s).unwrap_or_else(|e| e.into_inner()),
+        Some(left) => {
+            cv.wait_timeout(s, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0
+        }
+    }
+}
+
 fn violation(message: String) -> Flow {
     Flow::Abort(CellError::new(ErrorCode::ProtocolViolation, message))
 }
@@ -458,24 +485,12 @@ impl CellHost {
             if let Some(dead) = &s.dead {
                 return Err(Some(dead.clone()));
             }
-            let timeout = match deadline {
-                None => None,
-                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return Err(None),
-                },
+            let Some(left) = time_left(deadline) else {
+                return Err(None);
             };
             // Counted under the lock that the notifiers read it under, so no wake is lost.
             s.waiting += 1;
-            s = match timeout {
-                None => self.arrived.wait(s).unwrap_or_else(|e| e.into_inner()),
-                Some(left) => {
-                    self.arrived
-                        .wait_timeout(s, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
+            s = wait_on(&self.arrived, s, left);
             s.waiting -= 1;
         }
     }
@@ -582,24 +597,12 @@ impl CellHost {
             if let Some(dead) = &s.dead {
                 return Flow::Abort(dead.clone());
             }
-            let left = match s.deadline {
-                None => None,
-                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return Flow::Abort(canonical::timed_out(s.wall_time)),
-                },
+            let Some(left) = time_left(s.deadline) else {
+                return Flow::Abort(canonical::timed_out(s.wall_time));
             };
             // Counted under the lock `next_event` reads it under, so no wake is lost.
             s.waiting_for_room += 1;
-            s = match left {
-                None => self.room.wait(s).unwrap_or_else(|e| e.into_inner()),
-                Some(left) => {
-                    self.room
-                        .wait_timeout(s, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
+            s = wait_on(&self.room, s, left);
             s.waiting_for_room -= 1;
         }
         s.queued_bytes += size;

@@ -53,12 +53,16 @@ pub enum SupervisorError {
 }
 
 /// This host's physical RAM in bytes (`MemTotal`, the `_SC_PHYS_PAGES` the boundaries check
-/// against), `None` if the system does not say.
+/// against), `None` if the system does not say. Read once: every spawn checks against it, and
+/// reading `/proc/meminfo` costs about twice a whole subinterp spawn.
 fn host_ram_bytes() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+    static RAM: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *RAM.get_or_init(|| {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        kib.checked_mul(1024)
+    })
 }
 
 /// Owns the backends and keeps track of the cells spawned through it. Spawns on one supervisor

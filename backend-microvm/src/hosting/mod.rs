@@ -29,26 +29,28 @@ pub(crate) const IN_PROCESS_CELLS: usize = 512;
 /// command name is `cell-vm-host`).
 #[doc(hidden)]
 pub fn host_children() -> Vec<u32> {
-    let me = std::process::id();
-    let mut found = Vec::new();
+    children_named("cell-vm-host")
+}
+
+/// The pids of this process's live (not zombie) children whose command name is `name`.
+#[doc(hidden)]
+pub fn children_named(name: &str) -> Vec<u32> {
+    let me = std::process::id().to_string();
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
+        return Vec::new();
     };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...
-        let Some((comm, rest)) = stat.split_once(") ") else {
-            continue;
-        };
-        let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
-        if comm.ends_with("(cell-vm-host") && ppid == Some(me) && !rest.starts_with('Z') {
-            found.push(pid);
-        }
-    }
-    found
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            // pid (comm) state ppid ...
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.split_once(") ").is_some_and(|(comm, rest)| {
+                    comm.strip_prefix(&format!("{pid} (")) == Some(name)
+                        && rest.split(' ').nth(1) == Some(me.as_str())
+                        && !rest.starts_with('Z')
+                })
+            })
+        })
+        .collect()
 }
