@@ -20,8 +20,74 @@ struct Case {
 const UNBOUNDED: &str =
     "max_operations = 0\nmax_string_len = 0\nmax_array_len = 0\nmax_map_len = 0\n";
 
+/// Defines `s`, a 1 MiB string, `a`, an array holding `s` 100 times, `b`, an array holding `a`
+/// 100 times, and `m`, a map of 100 copies of `a`: about 1 MiB of engine memory, since the
+/// engine's strings are shared, but 10 GB written out (copied across the boundary, printed,
+/// rendered as JSON or into an error). Under the default policy's limits.
+const SHARED: &str = r#"let s = ""; s.pad(1048576, "x"); let a = []; for i in 0..100 { a.push(s); }
+let b = []; for i in 0..100 { b.push(a); } let m = #{}; for i in 0..100 { m["k" + i] = a; }
+"#;
+
+fn shared(tail: &str) -> &'static str {
+    format!("{SHARED}{tail}").leak()
+}
+
 fn cases() -> Vec<Case> {
     vec![
+        Case {
+            name: "a string shared 10,000 times, posted",
+            policy: "",
+            script: shared("post(b); 1"),
+            code: "limit_frame_size",
+        },
+        Case {
+            name: "a string shared 10,000 times, as the result",
+            policy: "",
+            script: shared("b"),
+            code: "limit_frame_size",
+        },
+        Case {
+            name: "a string shared 10,000 times, in a log's fields",
+            policy: "",
+            script: shared(r#"log("info", "x", #{ b: b }); 1"#),
+            code: "limit_frame_size",
+        },
+        Case {
+            name: "a string shared 10,000 times, as a request's payload",
+            policy: "",
+            script: shared(r#"request("clock", "wall", b)"#),
+            code: "limit_frame_size",
+        },
+        Case {
+            name: "a string shared 10,000 times, thrown",
+            policy: "",
+            script: shared("throw b;"),
+            code: "limit_frame_size",
+        },
+        Case {
+            name: "a string shared 10,000 times, to_string",
+            policy: "",
+            script: shared("let t = b.to_string(); t.len"),
+            code: "limit_string_size",
+        },
+        Case {
+            name: "a string shared 10,000 times, interpolated",
+            policy: "",
+            script: shared("let t = `${b}`; t.len"),
+            code: "limit_string_size",
+        },
+        Case {
+            name: "a string shared 10,000 times, to_json",
+            policy: "",
+            script: shared("let t = m.to_json(); t.len"),
+            code: "limit_string_size",
+        },
+        Case {
+            name: "a replacement a terabyte long",
+            policy: "",
+            script: shared(r#"let t = s; t.replace("x", s); t.len"#),
+            code: "limit_string_size",
+        },
         Case {
             name: "memory in many small blocks",
             policy: "memory_mib = 32\n",

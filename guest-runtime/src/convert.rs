@@ -2,8 +2,10 @@
 //! no ABI counterpart (a function pointer, a custom type) or nested too deeply is an error.
 
 use abi::value::MAX_VALUE_DEPTH;
+use abi::wire::ABSOLUTE_MAX_FRAME_LEN;
 use abi::{CellError, EngineLimits, ErrorCode, Map, Value};
 use alloc::{format, string::ToString, vec::Vec};
+use core::cell::Cell;
 use rhai::Dynamic;
 
 /// Converts an ABI value into a Rhai value. ABI values are depth-checked when decoded, and the
@@ -27,7 +29,7 @@ pub fn to_dynamic(value: Value) -> Dynamic {
 
 /// Converts a Rhai value into an ABI value.
 pub fn from_dynamic(value: Dynamic) -> Result<Value, CellError> {
-    convert(value, 1, &Sizes::UNLIMITED)
+    convert(value, 1, &Sizes::UNLIMITED, &Budget::new())
 }
 
 /// Converts a Rhai value into an ABI value, enforcing the engine's size limits on the way out
@@ -38,7 +40,36 @@ pub fn from_dynamic_within(value: Dynamic, limits: &EngineLimits) -> Result<Valu
         array: limits.max_array_len as usize,
         map: limits.max_map_len as usize,
     };
-    convert(value, 1, &sizes)
+    convert(value, 1, &sizes, &Budget::new())
+}
+
+/// What a value may still take of the largest frame any host accepts, counted as it is converted
+/// and before a string is copied out of the engine. Strings in the engine are shared, so an
+/// array of 100 arrays each holding one 1 MiB string 100 times is 10 GB as ABI values from about
+/// 1 MiB of engine memory: copied out whole, it took the host's memory (subinterp) or the cell's.
+/// Each value counts at least the one byte of its tag in the encoding, each string, BLOB and map
+/// key its bytes, so a value over the budget could never be sent.
+struct Budget(Cell<usize>);
+
+impl Budget {
+    fn new() -> Budget {
+        Budget(Cell::new(ABSOLUTE_MAX_FRAME_LEN as usize))
+    }
+
+    fn take(&self, bytes: usize) -> Result<(), CellError> {
+        match self.0.get().checked_sub(bytes) {
+            Some(left) => {
+                self.0.set(left);
+                Ok(())
+            }
+            None => Err(CellError::new(
+                ErrorCode::LimitFrameSize,
+                format!(
+                    "the value takes over {ABSOLUTE_MAX_FRAME_LEN} bytes, more than any frame can carry across the cell boundary"
+                ),
+            )),
+        }
+    }
 }
 
 /// Largest string (bytes), array and map that may cross; 0 means unlimited, as in Rhai.
@@ -66,13 +97,19 @@ impl Sizes {
     }
 }
 
-fn convert(value: Dynamic, depth: usize, sizes: &Sizes) -> Result<Value, CellError> {
+fn convert(
+    value: Dynamic,
+    depth: usize,
+    sizes: &Sizes,
+    budget: &Budget,
+) -> Result<Value, CellError> {
     if depth > MAX_VALUE_DEPTH {
         return Err(CellError::new(
             ErrorCode::LimitValue,
             format!("value nested deeper than {MAX_VALUE_DEPTH} levels cannot cross the boundary"),
         ));
     }
+    budget.take(1)?;
     // Values captured by closures are shared; read through to the value itself.
     let value = value.flatten();
     if value.is_unit() {
@@ -91,19 +128,23 @@ fn convert(value: Dynamic, depth: usize, sizes: &Sizes) -> Result<Value, CellErr
         return Ok(Value::Str(c.to_string()));
     }
     if value.is_string() {
-        let s = value.into_string().unwrap_or_default();
+        // Measured before it is copied: the engine's copy may be shared by many values.
+        let s = value.into_immutable_string().unwrap_or_default();
         Sizes::check(sizes.string, s.len(), ErrorCode::LimitStringSize, "string")?;
-        return Ok(Value::Str(s));
+        budget.take(s.len())?;
+        return Ok(Value::Str(s.into_owned()));
     }
     if value.is_blob() {
-        return Ok(Value::Bytes(value.into_blob().unwrap_or_default()));
+        let b = value.into_blob().unwrap_or_default();
+        budget.take(b.len())?;
+        return Ok(Value::Bytes(b));
     }
     if value.is_array() {
         let items = value.into_array().unwrap_or_default();
         Sizes::check(sizes.array, items.len(), ErrorCode::LimitArraySize, "array")?;
         return items
             .into_iter()
-            .map(|v| convert(v, depth + 1, sizes))
+            .map(|v| convert(v, depth + 1, sizes, budget))
             .collect::<Result<Vec<_>, _>>()
             .map(Value::List);
     }
@@ -112,7 +153,8 @@ fn convert(value: Dynamic, depth: usize, sizes: &Sizes) -> Result<Value, CellErr
         Sizes::check(sizes.map, map.len(), ErrorCode::LimitMapSize, "map")?;
         let mut out = Map::new();
         for (k, v) in map {
-            out.insert(k.to_string(), convert(v, depth + 1, sizes)?);
+            budget.take(k.len())?;
+            out.insert(k.to_string(), convert(v, depth + 1, sizes, budget)?);
         }
         return Ok(Value::Map(out));
     }
@@ -165,5 +207,19 @@ mod tests {
             d = Dynamic::from_array(vec![d]);
         }
         assert_eq!(from_dynamic(d).unwrap_err().code, ErrorCode::LimitValue);
+    }
+
+    #[test]
+    fn a_value_sharing_one_string_many_times_is_refused_before_it_is_copied() {
+        let s: rhai::ImmutableString = "x".repeat(1 << 20).into();
+        let inner: rhai::Array = (0..100).map(|_| Dynamic::from(s.clone())).collect();
+        let outer: rhai::Array = (0..100)
+            .map(|_| Dynamic::from_array(inner.clone()))
+            .collect();
+        let err = from_dynamic(Dynamic::from_array(outer)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::LimitFrameSize);
+        // The largest value a frame can carry still converts.
+        let fits: rhai::Array = (0..15).map(|_| Dynamic::from(s.clone())).collect();
+        assert!(from_dynamic(Dynamic::from_array(fits)).is_ok());
     }
 }

@@ -55,7 +55,7 @@ pub fn cell_error(err: &EvalAltResult) -> CellError {
                 // One wording however deep the nesting or the stop was found.
                 return inner;
             }
-            return CellError::new(inner.code, format!("{err}"));
+            return CellError::new(inner.code, message(err));
         }
         E::ErrorRuntime(value, _) => {
             if let Some(HostError(err)) = value.read_lock::<HostError>().map(|e| e.clone()) {
@@ -97,7 +97,43 @@ pub fn cell_error(err: &EvalAltResult) -> CellError {
         E::ErrorMismatchDataType(..) | E::ErrorMismatchOutputType(..) => ErrorCode::InvalidArgument,
         _ => ErrorCode::Runtime,
     };
-    CellError::new(code, err.to_string())
+    CellError::new(code, message(err))
+}
+
+/// The longest error message rendered: more than any frame carries, so a longer one could
+/// never cross the boundary whole anyway.
+const MAX_MESSAGE: usize = abi::wire::ABSOLUTE_MAX_FRAME_LEN as usize;
+
+/// `err` as text, cut after [`MAX_MESSAGE`] bytes. A thrown value is rendered into the
+/// message, and the engine's strings are shared: `throw` of an array holding one 1 MiB string
+/// 10,000 times would otherwise render 10 GB (in the host's process on subinterp).
+fn message(err: &EvalAltResult) -> String {
+    use core::fmt::Write;
+    struct Capped(String, bool);
+    impl Write for Capped {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            if self.1 {
+                return Err(core::fmt::Error);
+            }
+            let room = MAX_MESSAGE - self.0.len();
+            if s.len() <= room {
+                self.0.push_str(s);
+                return Ok(());
+            }
+            self.1 = true;
+            let mut end = room;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.0.push_str(&s[..end]);
+            self.0.push('…');
+            // Stops the rendering: every `Display` of the engine's values passes this on.
+            Err(core::fmt::Error)
+        }
+    }
+    let mut out = Capped(String::new(), false);
+    let _ = write!(out, "{err}");
+    out.0
 }
 
 /// Whether `err` is, under any calls that wrap it, a stop of the cell's (see `meter`).

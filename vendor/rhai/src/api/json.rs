@@ -156,9 +156,19 @@ impl Engine {
 #[inline]
 #[must_use]
 pub fn format_map_as_json(map: &Map) -> String {
+    format_map_as_json_within(map, usize::MAX)
+}
+
+/// Patched: [`format_map_as_json`] that stops once the text is longer than `max` bytes (the
+/// caller's size check refuses it then): a map's values may share one string, so the whole text
+/// could be far larger than the memory the map holds.
+pub(crate) fn format_map_as_json_within(map: &Map, max: usize) -> String {
     let mut result = String::from('{');
 
     for (key, value) in map {
+        if result.len() > max {
+            return result;
+        }
         if result.len() > 1 {
             result += ",";
         }
@@ -166,7 +176,7 @@ pub fn format_map_as_json(map: &Map) -> String {
         write!(result, "{key:?}").unwrap();
         result += ":";
 
-        format_dynamic_as_json(&mut result, value);
+        format_dynamic_as_json(&mut result, value, max);
     }
 
     result += "}";
@@ -175,7 +185,7 @@ pub fn format_map_as_json(map: &Map) -> String {
 }
 
 /// Format a [`Dynamic`] value as JSON.
-fn format_dynamic_as_json(result: &mut String, value: &Dynamic) {
+fn format_dynamic_as_json(result: &mut String, value: &Dynamic, max: usize) {
     match value.0 {
         Union::Unit(..) => *result += "null",
         Union::FnPtr(ref f, _, _) if f.is_curried() => {
@@ -183,20 +193,25 @@ fn format_dynamic_as_json(result: &mut String, value: &Dynamic) {
             write!(result, "{:?}", f.fn_name()).unwrap();
             f.iter_curry().for_each(|value| {
                 *result += ",";
-                format_dynamic_as_json(result, value);
+                format_dynamic_as_json(result, value, max);
             });
             *result += "]";
         }
         Union::FnPtr(ref f, _, _) => write!(result, "{:?}", f.fn_name()).unwrap(),
-        Union::Map(ref m, ..) => *result += &format_map_as_json(m),
+        Union::Map(ref m, ..) => {
+            *result += &format_map_as_json_within(m, max.saturating_sub(result.len()))
+        }
         #[cfg(not(feature = "no_index"))]
         Union::Array(ref a, _, _) => {
             *result += "[";
             for (i, x) in a.iter().enumerate() {
+                if result.len() > max {
+                    return;
+                }
                 if i > 0 {
                     *result += ",";
                 }
-                format_dynamic_as_json(result, x);
+                format_dynamic_as_json(result, x, max);
             }
             *result += "]";
         }
@@ -214,7 +229,7 @@ fn format_dynamic_as_json(result: &mut String, value: &Dynamic) {
         #[cfg(not(feature = "no_closure"))]
         Union::Shared(ref v, _, _) => {
             let value = &*crate::func::locked_read(v).unwrap();
-            format_dynamic_as_json(result, value)
+            format_dynamic_as_json(result, value, max)
         }
         _ => write!(result, "{value:?}").unwrap(),
     }

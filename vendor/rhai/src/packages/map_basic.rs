@@ -531,7 +531,7 @@ mod map_functions {
     /// print(m.to_json());     // prints {"a":1, "b":2, "c":3}
     /// ```
     #[rhai_fn(pure)]
-    pub fn to_json(map: &mut Map) -> String {
+    pub fn to_json(_ctx: NativeCallContext, map: &mut Map) -> String {
         #[cfg(feature = "metadata")]
         #[cfg(feature = "compact_str")]
         return serde_json::to_string(map).unwrap_or_else(|_| "ERROR".into());
@@ -543,7 +543,11 @@ mod map_functions {
                 .collect::<std::collections::BTreeMap<_, _>>(),
         )
         .unwrap_or_else(|_| "ERROR".into());
+        // Patched: no further than just past the string limit (the result's check refuses it).
         #[cfg(not(feature = "metadata"))]
-        return crate::format_map_as_json(map);
+        return match _ctx.engine().max_string_size() {
+            0 => crate::format_map_as_json(map),
+            max => crate::api::json::format_map_as_json_within(map, max),
+        };
     }
 }

@@ -85,6 +85,19 @@ pub(crate) fn print_with_func_raw(
     printed_value(engine, fn_name, value, result)
 }
 
+/// Patched: a writer that stops (with an error) once past `.1` bytes (0: unlimited).
+struct Capped(crate::SmartString, usize);
+
+impl Write for Capped {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.1 > 0 && self.0.len() > self.1 {
+            return Err(std::fmt::Error);
+        }
+        self.0.push_str(s);
+        Ok(())
+    }
+}
+
 /// Turn the result of a print function into the printed text.
 fn printed_value(
     engine: &crate::Engine,
@@ -96,12 +109,14 @@ fn printed_value(
         Ok(result) if result.is_string() => result.into_immutable_string().unwrap(),
         Ok(result) => engine.map_type_name(result.type_name()).into(),
         Err(_) => {
-            let mut buf = crate::new_smart_string();
-            match fn_name {
-                FUNC_TO_DEBUG => write!(&mut buf, "{value:?}").unwrap(),
-                _ => write!(&mut buf, "{value}").unwrap(),
-            }
-            engine.map_type_name(&buf).into()
+            // Patched: written no further than just past the string limit (the caller's size
+            // check refuses it then); a value's text can be far larger than its memory.
+            let mut buf = Capped(crate::new_smart_string(), engine.max_string_size());
+            let _ = match fn_name {
+                FUNC_TO_DEBUG => write!(&mut buf, "{value:?}"),
+                _ => write!(&mut buf, "{value}"),
+            };
+            engine.map_type_name(&buf.0).into()
         }
     }
 }
@@ -250,12 +265,19 @@ mod print_debug_functions {
         let mut result = crate::new_smart_string();
         result.push_str("[");
 
-        array.iter_mut().enumerate().for_each(|(i, x)| {
+        let max = ctx.engine().max_string_size();
+        for (i, x) in array.iter_mut().enumerate() {
             result.push_str(&print_with_func(FUNC_TO_DEBUG, &ctx, x));
             if i < len - 1 {
                 result.push_str(", ");
             }
-        });
+            // Patched: stop once past the string limit; the caller's size check refuses the
+            // result. Elements may share one string, so the whole text could be far larger
+            // than the memory the array holds.
+            if max > 0 && result.len() > max {
+                return result.into();
+            }
+        }
 
         result.push_str("]");
         result.into()
@@ -275,7 +297,8 @@ mod print_debug_functions {
         let mut result = crate::new_smart_string();
         result.push_str("#{");
 
-        map.iter_mut().enumerate().for_each(|(i, (k, v))| {
+        let max = ctx.engine().max_string_size();
+        for (i, (k, v)) in map.iter_mut().enumerate() {
             write!(
                 result,
                 "{:?}: {}{}",
@@ -284,7 +307,11 @@ mod print_debug_functions {
                 if i < len - 1 { ", " } else { "" }
             )
             .unwrap();
-        });
+            // Patched: stop once past the string limit, as arrays do.
+            if max > 0 && result.len() > max {
+                return result.into();
+            }
+        }
 
         result.push_str("}");
         result.into()

@@ -9,6 +9,35 @@ use std::{convert::TryFrom, mem};
 
 use super::string_basic::{print_with_func, FUNC_TO_STRING};
 
+/// Patched: refuse a replacement whose result would pass the string limit before building it.
+/// The result's length is the product of the matches and the substitute's length: a 1 MiB string
+/// of one repeated character with a 1 MiB substitute would be 1 TB.
+fn check_replaced_len(
+    ctx: &NativeCallContext,
+    string: &str,
+    find: &str,
+    substitute: &str,
+) -> RhaiResultOf<()> {
+    let max = ctx.engine().max_string_size();
+    if max == 0 || substitute.len() <= find.len() {
+        return Ok(());
+    }
+    let matches = if find.is_empty() {
+        string.chars().count() + 1
+    } else {
+        string.matches(find).count()
+    };
+    let grown = matches.saturating_mul(substitute.len() - find.len());
+    if string.len().saturating_add(grown) > max {
+        return Err(crate::ERR::ErrorDataTooLarge(
+            "Length of string".to_string(),
+            crate::Position::NONE,
+        )
+        .into());
+    }
+    Ok(())
+}
+
 def_package! {
     /// Package of additional string utilities over [`BasicStringPackage`][super::BasicStringPackage]
     pub MoreStringPackage(lib) {
@@ -1168,13 +1197,20 @@ mod string_functions {
     ///
     /// print(text);        // prints "hey, world! hey, foobar!"
     /// ```
-    #[rhai_fn(name = "replace")]
-    pub fn replace(string: &mut ImmutableString, find_string: &str, substitute_string: &str) {
+    #[rhai_fn(name = "replace", return_raw)]
+    pub fn replace(
+        ctx: NativeCallContext,
+        string: &mut ImmutableString,
+        find_string: &str,
+        substitute_string: &str,
+    ) -> RhaiResultOf<()> {
         if string.is_empty() {
-            return;
+            return Ok(());
         }
+        check_replaced_len(&ctx, string, find_string, substitute_string)?;
 
         *string = string.replace(find_string, substitute_string).into();
+        Ok(())
     }
     /// Replace all occurrences of the specified sub-string in the string with the specified character.
     ///
@@ -1212,19 +1248,21 @@ mod string_functions {
     ///
     /// print(text);        // prints "he(^)(^)o, wor(^)d! he(^)(^)o, foobar!"
     /// ```
-    #[rhai_fn(name = "replace")]
+    #[rhai_fn(name = "replace", return_raw)]
     pub fn replace_char_with_string(
+        ctx: NativeCallContext,
         string: &mut ImmutableString,
         find_character: char,
         substitute_string: &str,
-    ) {
+    ) -> RhaiResultOf<()> {
         if string.is_empty() {
-            return;
+            return Ok(());
         }
+        let find = find_character.to_string();
+        check_replaced_len(&ctx, string, &find, substitute_string)?;
 
-        *string = string
-            .replace(&find_character.to_string(), substitute_string)
-            .into();
+        *string = string.replace(&find, substitute_string).into();
+        Ok(())
     }
     /// Replace all occurrences of the specified character in the string with another character.
     ///
