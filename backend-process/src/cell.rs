@@ -249,7 +249,11 @@ impl ProcessCell {
     /// A probe of the cell's memory and CPU time, read from its cgroup files.
     pub fn usage_probe(&self) -> crate::usage::CgroupUsage {
         let (memory, cpu_stat) = self.cgroups.usage_files();
-        crate::usage::CgroupUsage { memory, cpu_stat }
+        crate::usage::CgroupUsage {
+            memory,
+            cpu_stat,
+            over: self.cgroups.over(),
+        }
     }
 
     /// The cgroup directories of this cell (removed once it is reaped).
@@ -331,7 +335,7 @@ impl ProcessCell {
             oom_killed: self.cgroups.oom_killed(),
         };
         self.termination = Some(t);
-        let _ = self.cgroups.remove();
+        let _ = self.cgroups.release();
         Ok(Some(t))
     }
 }

@@ -13,6 +13,8 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::layers::{Layer, LayerState};
 use crate::limits::Limits;
@@ -176,6 +178,14 @@ pub(crate) struct CellCgroups {
     controllers: Vec<(Controller, PathBuf, bool)>,
     /// The limits written.
     limits: Option<Limits>,
+    /// Controller directories whose values are unknown (a rewrite failed): never kept.
+    unsure: Vec<PathBuf>,
+    /// The memory cgroup's `oom_kill` count when this cell got it (a kept cgroup's count
+    /// goes on from its earlier cells').
+    oom_base: u64,
+    /// Set when the cell is over and its cgroups are given up: a usage probe still held
+    /// reads nothing from a directory that may serve another cell by then.
+    over: Arc<AtomicBool>,
 }
 
 /// A cgroup controller that limits a cell.
@@ -275,6 +285,16 @@ impl CellCgroups {
         name: &str,
         limits: &Limits,
     ) -> (CellCgroups, Vec<(Layer, LayerState)>) {
+        CellCgroups::create_in(h, name, limits, &KEPT)
+    }
+
+    /// [`CellCgroups::create`], taking v1 cgroups kept in `bin` where there are some.
+    fn create_in(
+        h: &Hierarchies,
+        name: &str,
+        limits: &Limits,
+        bin: &KeptCgroups,
+    ) -> (CellCgroups, Vec<(Layer, LayerState)>) {
         let mut cg = CellCgroups::default();
         let mut states = Vec::new();
         let v2_dir = h.v2.as_ref().map(|d| d.join(name));
@@ -331,22 +351,36 @@ impl CellCgroups {
                 apply(&dir, &cg.fresh_writes(ctl, true, limits), name_of)
                     .map(|()| cg.adopt(ctl, dir, true))
             } else if let Some(parent) = v1_dir {
-                let dir = parent.join(name);
-                fs::create_dir(&dir)
-                    .map_err(|e| format!("{}: {e}", dir.display()))
-                    .and_then(|()| {
-                        cg.dirs.push(dir.clone());
-                        apply(&dir, &cg.fresh_writes(ctl, false, limits), name_of)
-                    })
-                    .and_then(|()| {
-                        let procs = fs::OpenOptions::new()
-                            .write(true)
-                            .open(dir.join("cgroup.procs"))
-                            .map_err(|e| format!("open cgroup.procs: {e}"))?;
-                        cg.v1_procs.push(procs.into());
-                        cg.adopt(ctl, dir, false);
-                        Ok(())
-                    })
+                let kept = bin.take(ctl, parent);
+                let dir = kept
+                    .as_ref()
+                    .map_or_else(|| parent.join(name), |k| k.dir.clone());
+                let made = match &kept {
+                    // An emptied cgroup of an earlier cell: only the limits that differ are
+                    // written, as for a spare retargeted.
+                    Some(k) => {
+                        if ctl == Controller::Memory {
+                            cg.oom_base = oom_kills(&dir, false);
+                        }
+                        Ok(cg.kept_writes(ctl, &k.limits, limits))
+                    }
+                    None => fs::create_dir(&dir)
+                        .map_err(|e| format!("{}: {e}", dir.display()))
+                        .map(|()| cg.fresh_writes(ctl, false, limits)),
+                };
+                made.and_then(|writes| {
+                    cg.dirs.push(dir.clone());
+                    apply(&dir, &writes, name_of).inspect_err(|_| cg.unsure.push(dir.clone()))
+                })
+                .and_then(|()| {
+                    let procs = fs::OpenOptions::new()
+                        .write(true)
+                        .open(dir.join("cgroup.procs"))
+                        .map_err(|e| format!("open cgroup.procs: {e}"))?;
+                    cg.v1_procs.push(procs.into());
+                    cg.adopt(ctl, dir, false);
+                    Ok(())
+                })
             } else {
                 Err(format!("no {name_of} controller in cgroup v2 or v1"))
             };
@@ -374,6 +408,22 @@ impl CellCgroups {
         ctl.writes(v2, limits, false, pids_bound)
     }
 
+    /// What a kept cgroup of `ctl` needs written: the limits that differ from `old`, those
+    /// of the cell it served last.
+    fn kept_writes(
+        &self,
+        ctl: Controller,
+        old: &Limits,
+        limits: &Limits,
+    ) -> Vec<(&'static str, String)> {
+        let pids_bound = self.pids_dir.is_some();
+        if !ctl.differs(old, limits, pids_bound) {
+            return Vec::new();
+        }
+        let rising = ctl == Controller::Memory && limits.memory_bytes > old.memory_bytes;
+        ctl.writes(false, limits, rising, pids_bound)
+    }
+
     fn adopt(&mut self, ctl: Controller, dir: PathBuf, v2: bool) {
         match ctl {
             Controller::Memory => self.memory_dir = Some((dir.clone(), v2)),
@@ -397,12 +447,15 @@ impl CellCgroups {
                     Controller::Memory => limits.memory_bytes > old.memory_bytes,
                     _ => false,
                 };
-                let state = apply(
+                let applied = apply(
                     dir,
                     &ctl.writes(*v2, limits, rising, pids_bound),
                     ctl.name(),
-                )
-                .map_or_else(LayerState::Inactive, |()| LayerState::Active);
+                );
+                if applied.is_err() {
+                    self.unsure.push(dir.clone());
+                }
+                let state = applied.map_or_else(LayerState::Inactive, |()| LayerState::Active);
                 states.push((ctl.layer(), state));
             }
         }
@@ -462,17 +515,40 @@ impl CellCgroups {
         let Some((dir, v2)) = &self.memory_dir else {
             return false;
         };
-        let file = if *v2 {
-            "memory.events"
-        } else {
-            "memory.oom_control"
-        };
-        let text = fs::read_to_string(dir.join(file)).unwrap_or_default();
-        text.lines().any(|l| {
-            l.strip_prefix("oom_kill ")
-                .and_then(|n| n.trim().parse::<u64>().ok())
-                .is_some_and(|n| n > 0)
-        })
+        oom_kills(dir, *v2) > self.oom_base
+    }
+
+    /// Set once the cell is over (see [`CellCgroups::release`]).
+    pub(crate) fn over(&self) -> Arc<AtomicBool> {
+        self.over.clone()
+    }
+
+    /// Gives the cgroups up once every process of the cell is gone: each v1 controller
+    /// cgroup that is empty, holds next to no memory and has known limits is kept for the
+    /// next cell ([`CellCgroups::create`] takes it and rewrites the limits that differ:
+    /// an `rmdir` and a `mkdir` of a v1 cgroup cost 0.1–0.3 ms of kernel time each here);
+    /// the rest, and the v2 cgroup (its `cgroup.kill` is in every [`crate::Killer`] of the
+    /// cell), are removed. A cgroup with a process in it is never kept.
+    pub(crate) fn release(&mut self) -> io::Result<()> {
+        static AT_EXIT: std::sync::Once = std::sync::Once::new();
+        AT_EXIT.call_once(remove_kept_at_exit);
+        self.release_to(&KEPT)
+    }
+
+    /// [`CellCgroups::release`], keeping cgroups in `bin`.
+    fn release_to(&mut self, bin: &KeptCgroups) -> io::Result<()> {
+        self.over.store(true, Ordering::SeqCst);
+        self.release_fds();
+        if let Some(limits) = self.limits.take() {
+            for (ctl, dir, v2) in std::mem::take(&mut self.controllers) {
+                if !v2 && !self.unsure.contains(&dir) && bin.keep(ctl, &dir, &limits) {
+                    self.dirs.retain(|d| *d != dir);
+                }
+            }
+        }
+        self.memory_dir = None;
+        self.pids_dir = None;
+        self.remove()
     }
 
     /// Directories this cell created (all removed by [`CellCgroups::remove`]).
@@ -510,8 +586,129 @@ impl CellCgroups {
 
 impl Drop for CellCgroups {
     fn drop(&mut self) {
-        let _ = self.remove();
+        let _ = self.release();
     }
+}
+
+/// The `oom_kill` count of a memory cgroup (v2 `memory.events`, v1 `memory.oom_control`).
+fn oom_kills(dir: &Path, v2: bool) -> u64 {
+    let file = if v2 {
+        "memory.events"
+    } else {
+        "memory.oom_control"
+    };
+    let text = fs::read_to_string(dir.join(file)).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// An emptied v1 cgroup kept for the next cell, and the limits last written to it.
+struct Kept {
+    ctl: Controller,
+    dir: PathBuf,
+    limits: Limits,
+}
+
+/// Kept cgroups per controller, at most this many (cells end about as fast as they start;
+/// a burst of ends beyond it is removed as before).
+const KEPT_PER_CONTROLLER: usize = 4;
+/// A kept memory cgroup may still be charged this much (kernel objects freed late, per-CPU
+/// charge caches); one holding more is removed instead.
+const KEPT_MEMORY_SLACK: u64 = 1 << 20;
+
+/// Emptied cgroups kept for later cells; `None` once the process is exiting (every cgroup
+/// given up then is removed).
+pub(crate) struct KeptCgroups(Mutex<Option<Vec<Kept>>>);
+
+/// The cgroups every cell of this process gives up and takes.
+static KEPT: KeptCgroups = KeptCgroups::new();
+
+impl KeptCgroups {
+    const fn new() -> KeptCgroups {
+        KeptCgroups(Mutex::new(Some(Vec::new())))
+    }
+
+    /// Keeps `dir` of `ctl` for the next cell if it is empty and holds next to no memory.
+    fn keep(&self, ctl: Controller, dir: &Path, limits: &Limits) -> bool {
+        let empty = fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty());
+        if !empty {
+            return false;
+        }
+        if ctl == Controller::Memory {
+            let held = fs::read_to_string(dir.join("memory.usage_in_bytes"))
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok());
+            if held.is_none_or(|b| b > KEPT_MEMORY_SLACK) {
+                return false;
+            }
+        }
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(kept) = kept.as_mut() else {
+            return false;
+        };
+        if kept.iter().filter(|k| k.ctl == ctl).count() >= KEPT_PER_CONTROLLER {
+            return false;
+        }
+        kept.push(Kept {
+            ctl,
+            dir: dir.to_path_buf(),
+            limits: limits.clone(),
+        });
+        true
+    }
+
+    /// A kept cgroup of `ctl` under `parent`, if there is one.
+    fn take(&self, ctl: Controller, parent: &Path) -> Option<Kept> {
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept = kept.as_mut()?;
+        let i = kept
+            .iter()
+            .position(|k| k.ctl == ctl && k.dir.parent() == Some(parent))?;
+        Some(kept.swap_remove(i))
+    }
+
+    /// Removes every kept cgroup; with `close`, every cgroup given up from now on is removed.
+    fn clear(&self, close: bool) {
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let dirs: Vec<Kept> = if close {
+            kept.take().unwrap_or_default()
+        } else {
+            kept.as_mut().map(std::mem::take).unwrap_or_default()
+        };
+        drop(kept);
+        for k in dirs {
+            let _ = fs::remove_dir(&k.dir);
+        }
+    }
+
+    /// Whether `dir` is kept here.
+    #[cfg(test)]
+    fn holds(&self, dir: &Path) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .any(|k| k.dir == dir)
+    }
+}
+
+/// On a normal exit, removes the kept cgroups, and every cgroup given up after.
+fn remove_kept_at_exit() {
+    extern "C" fn remove_kept() {
+        KEPT.clear(true);
+    }
+    // SAFETY: registers a plain function with no arguments; it takes one lock and removes
+    // directories.
+    unsafe { libc::atexit(remove_kept) };
+}
+
+/// Whether `dir` is a cgroup kept for the next cell.
+#[cfg(test)]
+pub(crate) fn is_kept(dir: &Path) -> bool {
+    KEPT.holds(dir)
 }
 
 fn apply(dir: &Path, writes: &[(&str, String)], ctl: &str) -> Result<(), String> {
@@ -600,5 +797,155 @@ mod quota_tests {
         );
         assert!(Controller::Cpu.differs(&limits(50, 1), &limits(100, 1), true));
         assert!(!Controller::Cpu.differs(&limits(100, 1), &limits(300, 1), true));
+    }
+}
+
+#[cfg(test)]
+mod kept_tests {
+    use super::*;
+
+    fn read(dir: &Path, file: &str) -> String {
+        fs::read_to_string(dir.join(file))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// The v1 controller cgroups of `cg` (the ones that can be kept).
+    fn v1_dirs(cg: &CellCgroups) -> Vec<(Controller, PathBuf)> {
+        cg.controllers
+            .iter()
+            .filter(|(_, _, v2)| !v2)
+            .map(|(c, d, _)| (*c, d.clone()))
+            .collect()
+    }
+
+    fn limits(memory_mib: u64, max_processes: u32, cpu_percent: u32) -> Limits {
+        Limits {
+            memory_bytes: memory_mib << 20,
+            max_processes,
+            cpu_percent,
+            ..Limits::default()
+        }
+    }
+
+    fn name(tag: &str) -> String {
+        format!("test-kept-{}-{tag}", std::process::id())
+    }
+
+    #[test]
+    fn an_emptied_cgroup_serves_the_next_cell_with_its_limits_rewritten() {
+        let h = &crate::host::host_support().cgroups;
+        let bin = KeptCgroups::new();
+        let (mut a, _) = CellCgroups::create_in(h, &name("a"), &limits(64, 8, 50), &bin);
+        let kept = v1_dirs(&a);
+        if kept.is_empty() {
+            eprintln!("no v1 cgroups on this host: nothing to keep");
+            return;
+        }
+        let all = a.dirs().to_vec();
+        a.release_to(&bin).unwrap();
+        for (_, dir) in &kept {
+            assert!(dir.exists() && bin.holds(dir), "{} not kept", dir.display());
+        }
+        for dir in all.iter().filter(|d| !kept.iter().any(|(_, k)| k == *d)) {
+            assert!(!dir.exists(), "{} (v2) left behind", dir.display());
+        }
+        // The next cell gets the same directories, with its own limits.
+        let (mut b, _) = CellCgroups::create_in(h, &name("b"), &limits(32, 4, 25), &bin);
+        assert_eq!(v1_dirs(&b), kept);
+        for (ctl, dir) in &kept {
+            let (file, want) = match ctl {
+                Controller::Memory => ("memory.limit_in_bytes", (32u64 << 20).to_string()),
+                Controller::Pids => ("pids.max", "4".into()),
+                Controller::Cpu => ("cpu.cfs_quota_us", "25000".into()),
+            };
+            assert_eq!(read(dir, file), want, "{}", dir.display());
+            if *ctl == Controller::Memory {
+                assert_eq!(read(dir, "memory.memsw.limit_in_bytes"), want);
+            }
+        }
+        // A cgroup with a process in it is never kept: it is removed once empty.
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        b.place(sleeper.id() as i32).unwrap();
+        let b_dirs = b.dirs().to_vec();
+        let _ = b.release_to(&bin);
+        for (_, dir) in &kept {
+            assert!(
+                !bin.holds(dir),
+                "{} kept with a process in it",
+                dir.display()
+            );
+        }
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+        for dir in &b_dirs {
+            let _ = fs::remove_dir(dir);
+        }
+        bin.clear(true);
+    }
+
+    #[test]
+    fn an_oom_kill_in_a_kept_cgroup_is_not_the_next_cells() {
+        let h = &crate::host::host_support().cgroups;
+        let bin = KeptCgroups::new();
+        let (mut a, _) = CellCgroups::create_in(h, &name("oom"), &limits(16, 4, 100), &bin);
+        if a.memory_dir.as_ref().is_none_or(|(_, v2)| *v2) {
+            eprintln!("no v1 memory cgroup on this host: nothing to keep");
+            return;
+        }
+        let procs = a.v1_proc_fds();
+        // SAFETY: the child makes only raw system calls (write, mmap, _exit) and writes
+        // memory it mapped itself, so forking this multi-threaded test process is sound.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: see above; the child joins the cgroups, then touches 256 MiB.
+            unsafe {
+                for fd in &procs {
+                    libc::write(*fd, b"0".as_ptr().cast(), 1);
+                }
+                let len = 256usize << 20;
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                if p == libc::MAP_FAILED {
+                    libc::_exit(3);
+                }
+                let mut off = 0;
+                while off < len {
+                    *p.cast::<u8>().add(off) = 1;
+                    off += 4096;
+                }
+                libc::_exit(0);
+            }
+        }
+        assert!(pid > 0);
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+            "not OOM-killed: {status:#x}"
+        );
+        assert!(a.oom_killed());
+        let (dir, _) = a.memory_dir.clone().unwrap();
+        a.release_to(&bin).unwrap();
+        assert!(bin.holds(&dir), "the emptied memory cgroup is kept");
+        let (mut b, _) = CellCgroups::create_in(h, &name("next"), &limits(16, 4, 100), &bin);
+        assert_eq!(b.memory_dir.as_ref().map(|(d, _)| d), Some(&dir));
+        assert!(
+            !b.oom_killed(),
+            "the earlier cell's OOM kill is not this one's"
+        );
+        b.release_to(&bin).unwrap();
+        bin.clear(true);
     }
 }

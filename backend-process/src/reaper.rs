@@ -42,7 +42,7 @@ pub(crate) fn reap_later(remains: Remains) {
             .spawn(move || {
                 for mut remains in rx {
                     wait_for_exit(&remains.pidfd);
-                    let _ = remains.cgroups.remove();
+                    let _ = remains.cgroups.release();
                     *PENDING.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
                     REAPED.notify_all();
                 }

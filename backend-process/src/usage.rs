@@ -1,9 +1,12 @@
 //! What a process cell uses now, read from its cgroup: the kernel's own count of the cell's
-//! memory (every process in it, page cache included) and CPU time. The files go with the
-//! cgroup, so a dead cell reads as "not counted", never as another process's figures.
+//! memory (every process in it, page cache included) and CPU time. A dead cell reads as
+//! "not counted", never as another process's figures: its files go with the cgroup, or the
+//! cgroup is kept for a later cell and the probe says nothing once the cell is over.
 
 use abi::backend::UsageProbe;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Reads a cell's cgroup files on demand.
@@ -13,15 +16,23 @@ pub struct CgroupUsage {
     pub(crate) memory: Option<PathBuf>,
     /// `cpu.stat` (v2), whose `usage_usec` line is the cell's CPU time.
     pub(crate) cpu_stat: Option<PathBuf>,
+    /// Set when the cell is over (its cgroups may serve another cell by then).
+    pub(crate) over: Arc<AtomicBool>,
 }
 
 impl UsageProbe for CgroupUsage {
     fn memory_bytes(&self) -> Option<u64> {
+        if self.over.load(Ordering::SeqCst) {
+            return None;
+        }
         let text = std::fs::read_to_string(self.memory.as_ref()?).ok()?;
         text.trim().parse().ok()
     }
 
     fn cpu_time(&self) -> Option<Duration> {
+        if self.over.load(Ordering::SeqCst) {
+            return None;
+        }
         let text = std::fs::read_to_string(self.cpu_stat.as_ref()?).ok()?;
         parse_usage_usec(&text).map(Duration::from_micros)
     }
@@ -51,8 +62,29 @@ mod tests {
         let probe = CgroupUsage {
             memory: Some("/nonexistent/memory.current".into()),
             cpu_stat: None,
+            over: Arc::default(),
         };
         assert_eq!(probe.memory_bytes(), None);
         assert_eq!(probe.cpu_time(), None);
+    }
+
+    #[test]
+    fn a_cell_that_is_over_reads_as_not_counted() {
+        // Files that read fine: once the cell is over (its cgroup may serve another), nothing.
+        let dir = std::env::temp_dir().join(format!("usage-over-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory.current"), "4096\n").unwrap();
+        std::fs::write(dir.join("cpu.stat"), "usage_usec 7\n").unwrap();
+        let probe = CgroupUsage {
+            memory: Some(dir.join("memory.current")),
+            cpu_stat: Some(dir.join("cpu.stat")),
+            over: Arc::default(),
+        };
+        assert_eq!(probe.memory_bytes(), Some(4096));
+        assert_eq!(probe.cpu_time(), Some(Duration::from_micros(7)));
+        probe.over.store(true, Ordering::SeqCst);
+        assert_eq!(probe.memory_bytes(), None);
+        assert_eq!(probe.cpu_time(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
