@@ -55,7 +55,8 @@ pub fn parse_value(j: &J) -> Value {
 }
 
 fn from_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) {
+    // Hex digits only: `from_str_radix` also takes a sign, so `"+1"` was read as the byte 1.
+    if !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..hex.len())
@@ -137,6 +138,8 @@ mod tests {
             json!({"$bytes": "0g"}),
             json!({"$bytes": "abc"}),
             json!({"$bytes": "00", "x": 1}),
+            json!({"$bytes": "+1"}),
+            json!({"$bytes": "-1"}),
         ] {
             assert!(matches!(parse_value(&j), Value::Map(_)), "{j}");
         }
