@@ -149,12 +149,30 @@ const INTERRUPTED: u8 = 2;
 const ABORTED: u8 = 4;
 
 impl Stop {
+    /// The CPU-time limit and the deadline, read every [`CLOCK_EVERY`] operations (both clocks
+    /// are system calls or locks): kept out of line, off the per-operation path.
+    #[inline(never)]
+    fn check_clocks(&self) -> Option<ErrorCode> {
+        if self.cpu.exhausted_now() {
+            return Some(ErrorCode::LimitCpu);
+        }
+        if let Some(deadline) = *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
+            && Instant::now() >= deadline
+        {
+            return Some(ErrorCode::TimedOut);
+        }
+        None
+    }
+
     fn out_of_memory(&self) -> bool {
         self.out_of_memory.load(Ordering::Relaxed) || self.memory.over_limit()
     }
 }
 
 impl Interrupt for Stop {
+    /// Inlined into the engine's progress callback (see `Cell::with_stack`): it runs on every
+    /// operation, and the common case is two loads and compares.
+    #[inline]
     fn check(&self, operations: u64) -> Option<ErrorCode> {
         let flags = self.flags.load(Ordering::Relaxed);
         if flags != 0 {
@@ -173,14 +191,8 @@ impl Interrupt for Stop {
             self.out_of_memory.store(true, Ordering::Relaxed);
             return Some(ErrorCode::LimitMemory);
         }
-        if operations.is_multiple_of(CLOCK_EVERY) && self.cpu.exhausted_now() {
-            return Some(ErrorCode::LimitCpu);
-        }
-        if operations.is_multiple_of(CLOCK_EVERY)
-            && let Some(deadline) = *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
-            && Instant::now() >= deadline
-        {
-            return Some(ErrorCode::TimedOut);
+        if operations.is_multiple_of(CLOCK_EVERY) {
+            return self.check_clocks();
         }
         None
     }

@@ -74,6 +74,11 @@ pub static SCENARIOS: &[Scenario] = &[
         run: float_math,
     },
     Scenario {
+        name: "typed_methods",
+        setup: default_policy,
+        run: typed_methods,
+    },
+    Scenario {
         name: "engine_limits",
         setup: tight_engine,
         run: engine_limits,
@@ -281,6 +286,18 @@ fn float_math(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
         "let x = 2.9874608671657414; [2.0 ** 0.5, 1.1 ** 7, 7.5 ** -3, 10.0 ** 22, x ** -9.144318252859634, 3 ** 0.5]",
     );
     let _ = t.exec(cell, "let y = 1.7; y **= 3.3; y");
+    t.drain(cell);
+}
+
+/// Methods defined for one type (`fn int.twice()`) beside one for every type, called on values
+/// of alternating types: each call finds its own type's method (the engine keeps the hash of
+/// the last receiver type's name between method calls).
+fn typed_methods(cell: &Cell, t: &mut Transcript, _h: &dyn Target) {
+    let _ = t.exec(
+        cell,
+        "fn int.twice() { this * 2 } fn string.twice() { this + this } fn twice() { \"any\" } \
+         let r = []; for v in [1, \"a\", [1], 2, \"b\", 3.5, #{x: 1}, 'c'] { r.push(v.twice()); } r",
+    );
     t.drain(cell);
 }
 

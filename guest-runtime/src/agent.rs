@@ -40,9 +40,9 @@ use alloc::{boxed::Box, format, sync::Arc};
 /// cell_runtime::agent::serve(Box::new(transport), Arc::new(NeverInterrupt))?;
 /// # Ok::<(), abi::CellError>(())
 /// ```
-pub fn serve(
+pub fn serve<I: Interrupt + ?Sized + 'static>(
     transport: Box<dyn Transport>,
-    interrupt: Arc<dyn Interrupt>,
+    interrupt: Arc<I>,
 ) -> Result<(), CellError> {
     let link = Arc::new(Link::new(transport));
     let hello = match link.recv().map_err(|e| e.into_cell_error())? {

@@ -134,10 +134,17 @@ fn binding(ctx: &NativeCallContext) -> Res<Arc<Binding>> {
 /// size `limits` on the way out.
 pub(crate) fn bind(engine: &mut Engine, link: &Arc<Link>, limits: &EngineLimits) {
     engine.register_global_module(api_module());
-    engine.set_default_tag(Dynamic::from(Arc::new(Binding {
-        link: link.clone(),
-        limits: limits.clone(),
-    })));
+    // Shared, so that copying the tag costs a reference count: the engine copies it with its
+    // whole runtime state whenever a native function calls back into the script (`"k" + i`
+    // calls `to_string`; `map`, `filter` and `sort` call their closures), and an unshared
+    // custom value would be boxed anew each time.
+    engine.set_default_tag(
+        Dynamic::from(Arc::new(Binding {
+            link: link.clone(),
+            limits: limits.clone(),
+        }))
+        .into_shared(),
+    );
 }
 
 /// The script API, built once per process.

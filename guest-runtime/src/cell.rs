@@ -95,20 +95,20 @@ impl Cell {
     ///     Ok(())
     /// }
     /// ```
-    pub fn new(
+    pub fn new<I: Interrupt + ?Sized + 'static>(
         hello: &Hello,
         transport: Box<dyn Transport>,
-        interrupt: Arc<dyn Interrupt>,
+        interrupt: Arc<I>,
     ) -> Result<Cell, CellError> {
         Self::with_stack(hello, transport, interrupt, limits::ENGINE_STACK_BYTES)
     }
 
     /// Like [`Cell::new`] for a backend whose engine runs on `stack_bytes` of stack from the
     /// frame that calls [`Cell::handle`], [`Cell::exec`] or [`Cell::call`].
-    pub fn with_stack(
+    pub fn with_stack<I: Interrupt + ?Sized + 'static>(
         hello: &Hello,
         transport: Box<dyn Transport>,
-        interrupt: Arc<dyn Interrupt>,
+        interrupt: Arc<I>,
         stack_bytes: usize,
     ) -> Result<Cell, CellError> {
         Self::with_link(
@@ -119,10 +119,12 @@ impl Cell {
         )
     }
 
-    pub(crate) fn with_link(
+    /// Generic over the interrupt so that its check, made on every operation, is compiled into
+    /// the engine's progress callback rather than called through a vtable.
+    pub(crate) fn with_link<I: Interrupt + ?Sized + 'static>(
         hello: &Hello,
         link: Arc<Link>,
-        interrupt: Arc<dyn Interrupt>,
+        interrupt: Arc<I>,
         stack_bytes: usize,
     ) -> Result<Cell, CellError> {
         check_hello(hello)?;

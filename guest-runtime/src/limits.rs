@@ -143,8 +143,9 @@ impl StackGuard {
         self.base.store(stack_position(), Ordering::Relaxed);
     }
 
-    /// Whether the caller's frame lies deeper than the budget below the mark.
-    #[inline(never)]
+    /// Whether the caller's frame lies deeper than the budget below the mark. Inlined: the
+    /// engine asks on every operation, and the caller's frame is as good a mark as its own.
+    #[inline]
     pub fn exceeded(&self) -> bool {
         let base = self.base.load(Ordering::Relaxed);
         let used = base.saturating_sub(stack_position());

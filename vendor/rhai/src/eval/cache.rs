@@ -49,6 +49,15 @@ impl FnResolutionCache {
 #[derive(Debug, Clone, Default)]
 pub struct Caches {
     fn_resolution: StaticVec<FnResolutionCache>,
+    /// Patched: the `this` type of the last method call (its type name's address and length)
+    /// and the hash of its display name, which a method call mixes into the hash it looks a
+    /// script method up by. Finding the display name searches every global module and static
+    /// module (a map lookup each), which an engine with several modules paid on every method
+    /// call; the name depends only on the engine's modules, which cannot change during an
+    /// evaluation.
+    #[cfg(not(feature = "no_object"))]
+    #[cfg(not(feature = "no_function"))]
+    this_type_hash: Option<(usize, usize, u64)>,
 }
 
 impl Caches {
@@ -58,6 +67,9 @@ impl Caches {
     pub const fn new() -> Self {
         Self {
             fn_resolution: StaticVec::new_const(),
+            #[cfg(not(feature = "no_object"))]
+            #[cfg(not(feature = "no_function"))]
+            this_type_hash: None,
         }
     }
     /// Get the number of function resolution cache(s) in the stack.
@@ -87,5 +99,29 @@ impl Caches {
     #[inline(always)]
     pub fn rewind_fn_resolution_caches(&mut self, len: usize) {
         self.fn_resolution.truncate(len);
+    }
+    /// Patched: [`calc_typed_method_hash`][crate::calc_typed_method_hash]`(base, display)`, with
+    /// `display(this_type)` (the engine's display name of the type) computed only when
+    /// `this_type` differs from the last call's.
+    #[cfg(not(feature = "no_object"))]
+    #[cfg(not(feature = "no_function"))]
+    #[inline]
+    pub fn typed_method_hash<'a>(
+        &mut self,
+        base: u64,
+        this_type: &'static str,
+        display: impl FnOnce(&'static str) -> &'a str,
+    ) -> u64 {
+        let key = (this_type.as_ptr() as usize, this_type.len());
+        let type_hash = match self.this_type_hash {
+            Some((ptr, len, hash)) if (ptr, len) == key => hash,
+            _ => {
+                // The typed hash is the type's hash XOR the base.
+                let hash = crate::calc_typed_method_hash(0, display(this_type));
+                self.this_type_hash = Some((key.0, key.1, hash));
+                hash
+            }
+        };
+        type_hash ^ base
     }
 }

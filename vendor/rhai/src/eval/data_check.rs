@@ -55,8 +55,22 @@ pub fn calc_data_sizes(value: &Dynamic, _top: bool) -> (usize, usize, usize) {
 }
 
 /// Is `value` nested deeper than `max` levels of arrays and maps? Visits at most the part of
-/// `value` within `max + 1` levels.
+/// `value` within `max + 1` levels. Inline, so that a value that is no array or map (most of
+/// the values checked) answers without a call.
+#[inline]
 fn deeper_than(value: &Dynamic, max: usize) -> bool {
+    match value.0 {
+        #[cfg(not(feature = "no_index"))]
+        Union::Array(..) => collection_deeper_than(value, max),
+        #[cfg(not(feature = "no_object"))]
+        Union::Map(..) => collection_deeper_than(value, max),
+        _ => false,
+    }
+}
+
+/// [`deeper_than`] for an array or a map.
+#[inline(never)]
+fn collection_deeper_than(value: &Dynamic, max: usize) -> bool {
     match value.0 {
         #[cfg(not(feature = "no_index"))]
         Union::Array(ref a, ..) => max == 0 || a.iter().any(|v| deeper_than(v, max - 1)),

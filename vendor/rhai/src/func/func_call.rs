@@ -833,8 +833,9 @@ impl Engine {
 
             #[cfg(not(feature = "no_object"))]
             if _is_method_call && !args.is_empty() {
+                // Patched: the display name's hash is cached (see `Caches::typed_method_hash`).
                 let typed_hash =
-                    crate::calc_typed_method_hash(hash, self.map_type_name(args[0].type_name()));
+                    caches.typed_method_hash(hash, args[0].type_name(), |t| self.map_type_name(t));
                 resolved =
                     self.resolve_fn(global, caches, local_entry, None, typed_hash, None, false);
             }
