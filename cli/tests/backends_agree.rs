@@ -83,6 +83,24 @@ fn cases() -> Vec<Case> {
             code: "limit_string_size",
         },
         Case {
+            name: "a string shared 10,000 times, to_string, under no string limit",
+            policy: "memory_mib = 64\n",
+            script: shared("let t = b.to_string(); t.len"),
+            code: "limit_memory",
+        },
+        Case {
+            name: "a string shared 10,000 times, interpolated, under no string limit",
+            policy: "memory_mib = 64\n",
+            script: shared("let t = `${b}`; t.len"),
+            code: "limit_memory",
+        },
+        Case {
+            name: "a replacement a terabyte long, under no string limit",
+            policy: "memory_mib = 64\n",
+            script: shared(r#"let t = s; t.replace("x", s); t.len"#),
+            code: "limit_memory",
+        },
+        Case {
             name: "a replacement a terabyte long",
             policy: "",
             script: shared(r#"let t = s; t.replace("x", s); t.len"#),

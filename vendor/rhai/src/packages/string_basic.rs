@@ -85,6 +85,29 @@ pub(crate) fn print_with_func_raw(
     printed_value(engine, fn_name, value, result)
 }
 
+/// Patched: text built inside one native call asks the engine's progress callback whether to go
+/// on each time it grows by this many bytes, so that a cell past its memory (or stopped)
+/// stops building it even when no string limit is set.
+pub(crate) const TEXT_CHECK_BYTES: usize = 1 << 20;
+
+/// Patched: whether the progress callback says to stop building a text now `len` bytes long;
+/// asked once `len` reaches `next`, which then moves on by [`TEXT_CHECK_BYTES`].
+pub(crate) fn text_must_stop(
+    engine: &crate::Engine,
+    num_operations: u64,
+    len: usize,
+    next: &mut usize,
+) -> bool {
+    if len < *next {
+        return false;
+    }
+    *next = len.saturating_add(TEXT_CHECK_BYTES);
+    engine
+        .progress
+        .as_ref()
+        .map_or(false, |progress| progress(num_operations).is_some())
+}
+
 /// Patched: a writer that stops (with an error) once past `.1` bytes (0: unlimited).
 struct Capped(crate::SmartString, usize);
 
@@ -266,6 +289,7 @@ mod print_debug_functions {
         result.push_str("[");
 
         let max = ctx.engine().max_string_size();
+        let mut next = TEXT_CHECK_BYTES;
         for (i, x) in array.iter_mut().enumerate() {
             result.push_str(&print_with_func(FUNC_TO_DEBUG, &ctx, x));
             if i < len - 1 {
@@ -274,7 +298,14 @@ mod print_debug_functions {
             // Patched: stop once past the string limit; the caller's size check refuses the
             // result. Elements may share one string, so the whole text could be far larger
             // than the memory the array holds.
-            if max > 0 && result.len() > max {
+            if (max > 0 && result.len() > max)
+                || text_must_stop(
+                    ctx.engine(),
+                    ctx.global_runtime_state().num_operations(),
+                    result.len(),
+                    &mut next,
+                )
+            {
                 return result.into();
             }
         }
@@ -298,6 +329,7 @@ mod print_debug_functions {
         result.push_str("#{");
 
         let max = ctx.engine().max_string_size();
+        let mut next = TEXT_CHECK_BYTES;
         for (i, (k, v)) in map.iter_mut().enumerate() {
             write!(
                 result,
@@ -308,7 +340,14 @@ mod print_debug_functions {
             )
             .unwrap();
             // Patched: stop once past the string limit, as arrays do.
-            if max > 0 && result.len() > max {
+            if (max > 0 && result.len() > max)
+                || text_must_stop(
+                    ctx.engine(),
+                    ctx.global_runtime_state().num_operations(),
+                    result.len(),
+                    &mut next,
+                )
+            {
                 return result.into();
             }
         }

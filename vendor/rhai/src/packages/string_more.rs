@@ -38,6 +38,31 @@ fn check_replaced_len(
     Ok(())
 }
 
+/// Patched: `string` with every `find` replaced by `substitute`, as `str::replace` builds it,
+/// refused past the string limit before it is built and, under no limit, cut short when the
+/// engine's progress callback says to stop (a cell past its memory; the stop sticks).
+fn replaced(
+    ctx: &NativeCallContext,
+    string: &str,
+    find: &str,
+    substitute: &str,
+) -> RhaiResultOf<String> {
+    use super::string_basic::{text_must_stop, TEXT_CHECK_BYTES};
+    check_replaced_len(ctx, string, find, substitute)?;
+    let operations = ctx.global_runtime_state().num_operations();
+    let (mut out, mut last, mut next) = (String::new(), 0, TEXT_CHECK_BYTES);
+    for (at, part) in string.match_indices(find) {
+        out.push_str(&string[last..at]);
+        out.push_str(substitute);
+        last = at + part.len();
+        if text_must_stop(ctx.engine(), operations, out.len(), &mut next) {
+            return Ok(out);
+        }
+    }
+    out.push_str(&string[last..]);
+    Ok(out)
+}
+
 def_package! {
     /// Package of additional string utilities over [`BasicStringPackage`][super::BasicStringPackage]
     pub MoreStringPackage(lib) {
@@ -1207,9 +1232,7 @@ mod string_functions {
         if string.is_empty() {
             return Ok(());
         }
-        check_replaced_len(&ctx, string, find_string, substitute_string)?;
-
-        *string = string.replace(find_string, substitute_string).into();
+        *string = replaced(&ctx, string, find_string, substitute_string)?.into();
         Ok(())
     }
     /// Replace all occurrences of the specified sub-string in the string with the specified character.
@@ -1259,9 +1282,7 @@ mod string_functions {
             return Ok(());
         }
         let find = find_character.to_string();
-        check_replaced_len(&ctx, string, &find, substitute_string)?;
-
-        *string = string.replace(&find, substitute_string).into();
+        *string = replaced(&ctx, string, &find, substitute_string)?.into();
         Ok(())
     }
     /// Replace all occurrences of the specified character in the string with another character.
