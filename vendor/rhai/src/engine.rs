@@ -95,6 +95,10 @@ pub struct Engine {
     /// A collection of all sub-modules directly loaded into the Engine.
     #[cfg(not(feature = "no_module"))]
     pub(crate) global_sub_modules: std::collections::BTreeMap<Identifier, SharedModule>,
+    /// Patched: whether any of [`global_sub_modules`][Engine::global_sub_modules] registers a
+    /// custom type, so that `map_type_name` (on every `to_string`) skips them when none does.
+    #[cfg(not(feature = "no_module"))]
+    pub(crate) sub_modules_have_custom_types: bool,
 
     /// A module resolution service.
     #[cfg(not(feature = "no_module"))]
@@ -253,6 +257,8 @@ impl Engine {
 
         #[cfg(not(feature = "no_module"))]
         global_sub_modules: std::collections::BTreeMap::new(),
+        #[cfg(not(feature = "no_module"))]
+        sub_modules_have_custom_types: false,
 
         #[cfg(not(feature = "no_module"))]
         module_resolver: None,

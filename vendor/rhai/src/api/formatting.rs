@@ -207,11 +207,15 @@ impl Engine {
             .iter()
             .find_map(|m| m.get_custom_type_display_by_name(name))
             .or_else(|| {
+                // Patched: skipped when no static module has a custom type.
                 #[cfg(not(feature = "no_module"))]
-                return self
-                    .global_sub_modules
-                    .values()
-                    .find_map(|m| m.get_custom_type_display_by_name(name));
+                return if self.sub_modules_have_custom_types {
+                    self.global_sub_modules
+                        .values()
+                        .find_map(|m| m.get_custom_type_display_by_name(name))
+                } else {
+                    None
+                };
 
                 #[cfg(feature = "no_module")]
                 return None;

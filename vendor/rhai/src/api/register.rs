@@ -721,6 +721,11 @@ impl Engine {
         }
 
         register_static_module_raw(&mut self.global_sub_modules, name.as_ref(), module);
+        // Patched: see `Engine::sub_modules_have_custom_types`.
+        self.sub_modules_have_custom_types = self
+            .global_sub_modules
+            .values()
+            .any(|m| m.has_custom_types());
         self
     }
     /// _(metadata)_ Generate a list of all registered functions.

@@ -1091,6 +1091,14 @@ impl Module {
         self.custom_types.get(type_name)
     }
 
+    /// Patched: whether this module registers any custom type (see
+    /// `Engine::sub_modules_have_custom_types`).
+    #[inline]
+    #[must_use]
+    pub(crate) fn has_custom_types(&self) -> bool {
+        self.custom_types.iter().next().is_some()
+    }
+
     /// Returns `true` if this [`Module`] contains no items.
     ///
     /// # Example
