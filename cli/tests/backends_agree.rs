@@ -95,6 +95,12 @@ fn cases() -> Vec<Case> {
             code: "limit_memory",
         },
         Case {
+            name: "a string shared 10,000 times, to_json, under no string limit",
+            policy: "memory_mib = 64\n",
+            script: shared("let t = m.to_json(); t.len"),
+            code: "limit_memory",
+        },
+        Case {
             name: "a replacement a terabyte long, under no string limit",
             policy: "memory_mib = 64\n",
             script: shared(r#"let t = s; t.replace("x", s); t.len"#),

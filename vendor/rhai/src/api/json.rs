@@ -163,29 +163,45 @@ pub fn format_map_as_json(map: &Map) -> String {
 /// caller's size check refuses it then): a map's values may share one string, so the whole text
 /// could be far larger than the memory the map holds.
 pub(crate) fn format_map_as_json_within(map: &Map, max: usize) -> String {
-    let mut result = String::from('{');
+    format_map_as_json_until(map, &mut |len| len > max)
+}
 
-    for (key, value) in map {
-        if result.len() > max {
-            return result;
-        }
-        if result.len() > 1 {
-            result += ",";
-        }
-
-        write!(result, "{key:?}").unwrap();
-        result += ":";
-
-        format_dynamic_as_json(&mut result, value, max);
-    }
-
-    result += "}";
-
+/// Patched: [`format_map_as_json`] that stops once `stop`, given the text's length so far, says
+/// so (asked before each entry and each array element).
+pub(crate) fn format_map_as_json_until(map: &Map, stop: &mut dyn FnMut(usize) -> bool) -> String {
+    let mut result = String::new();
+    write_map_as_json(&mut result, map, stop);
     result
 }
 
+/// Appends `map` as JSON to `result` (see [`format_map_as_json_until`]).
+fn write_map_as_json(result: &mut String, map: &Map, stop: &mut dyn FnMut(usize) -> bool) {
+    *result += "{";
+    let first = result.len();
+
+    for (key, value) in map {
+        if stop(result.len()) {
+            return;
+        }
+        if result.len() > first {
+            *result += ",";
+        }
+
+        write!(result, "{key:?}").unwrap();
+        *result += ":";
+
+        format_dynamic_as_json(result, value, stop);
+    }
+
+    *result += "}";
+}
+
 /// Format a [`Dynamic`] value as JSON.
-fn format_dynamic_as_json(result: &mut String, value: &Dynamic, max: usize) {
+fn format_dynamic_as_json(
+    result: &mut String,
+    value: &Dynamic,
+    stop: &mut dyn FnMut(usize) -> bool,
+) {
     match value.0 {
         Union::Unit(..) => *result += "null",
         Union::FnPtr(ref f, _, _) if f.is_curried() => {
@@ -193,25 +209,23 @@ fn format_dynamic_as_json(result: &mut String, value: &Dynamic, max: usize) {
             write!(result, "{:?}", f.fn_name()).unwrap();
             f.iter_curry().for_each(|value| {
                 *result += ",";
-                format_dynamic_as_json(result, value, max);
+                format_dynamic_as_json(result, value, stop);
             });
             *result += "]";
         }
         Union::FnPtr(ref f, _, _) => write!(result, "{:?}", f.fn_name()).unwrap(),
-        Union::Map(ref m, ..) => {
-            *result += &format_map_as_json_within(m, max.saturating_sub(result.len()))
-        }
+        Union::Map(ref m, ..) => write_map_as_json(result, m, stop),
         #[cfg(not(feature = "no_index"))]
         Union::Array(ref a, _, _) => {
             *result += "[";
             for (i, x) in a.iter().enumerate() {
-                if result.len() > max {
+                if stop(result.len()) {
                     return;
                 }
                 if i > 0 {
                     *result += ",";
                 }
-                format_dynamic_as_json(result, x, max);
+                format_dynamic_as_json(result, x, stop);
             }
             *result += "]";
         }
@@ -229,7 +243,7 @@ fn format_dynamic_as_json(result: &mut String, value: &Dynamic, max: usize) {
         #[cfg(not(feature = "no_closure"))]
         Union::Shared(ref v, _, _) => {
             let value = &*crate::func::locked_read(v).unwrap();
-            format_dynamic_as_json(result, value, max)
+            format_dynamic_as_json(result, value, stop)
         }
         _ => write!(result, "{value:?}").unwrap(),
     }

@@ -546,7 +546,16 @@ mod map_functions {
         // Patched: no further than just past the string limit (the result's check refuses it).
         #[cfg(not(feature = "metadata"))]
         return match _ctx.engine().max_string_size() {
-            0 => crate::format_map_as_json(map),
+            // With no string limit, ask the engine's progress callback every so often whether
+            // the cell must stop (a cell past its memory), as printing does.
+            0 => {
+                use crate::packages::string_basic::{text_must_stop, TEXT_CHECK_BYTES};
+                let (engine, mut next) = (_ctx.engine(), TEXT_CHECK_BYTES);
+                let operations = _ctx.global_runtime_state().num_operations();
+                crate::api::json::format_map_as_json_until(map, &mut |len| {
+                    text_must_stop(engine, operations, len, &mut next)
+                })
+            }
             max => crate::api::json::format_map_as_json_within(map, max),
         };
     }
