@@ -113,6 +113,18 @@ fn cases() -> Vec<Case> {
             code: "limit_string_size",
         },
         Case {
+            name: "a split into more pieces than an array may hold",
+            policy: "",
+            script: r#"let s = ""; s.pad(1000000, "a"); let p = s.split(""); p.len()"#,
+            code: "limit_array_size",
+        },
+        Case {
+            name: "more characters than an array may hold",
+            policy: "",
+            script: r#"let s = ""; s.pad(1000000, "a"); let p = s.to_chars(); p.len()"#,
+            code: "limit_array_size",
+        },
+        Case {
             name: "memory in many small blocks",
             policy: "memory_mib = 32\n",
             script: "let a = []; loop { a.push(`item ${a.len()}`); }",

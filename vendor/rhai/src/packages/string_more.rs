@@ -72,6 +72,21 @@ def_package! {
     }
 }
 
+/// Patched: the pieces of a split (or a string's characters) as an array of at most one element
+/// past the array limit, which the result's size check then refuses. Collecting every piece
+/// first made a long string's split fail by the array limit on one backend and by memory on
+/// another (the microVM's heap is its quota).
+fn collect_within<T: Into<Dynamic>>(
+    _ctx: &NativeCallContext,
+    pieces: impl Iterator<Item = T>,
+) -> crate::Array {
+    #[cfg(not(feature = "unchecked"))]
+    if let max @ 1.. = _ctx.engine().max_array_size() {
+        return pieces.take(max.saturating_add(1)).map(Into::into).collect();
+    }
+    pieces.map(Into::into).collect()
+}
+
 #[export_module(manifest)]
 mod string_functions {
     #[rhai_fn(name = "+", pure)]
@@ -1592,11 +1607,11 @@ mod string_functions {
         /// print(text.to_chars());     // prints "['h', 'e', 'l', 'l', 'o']"
         /// ```
         #[rhai_fn(name = "to_chars")]
-        pub fn to_chars(string: &str) -> Array {
+        pub fn to_chars(ctx: NativeCallContext, string: &str) -> Array {
             if string.is_empty() {
                 Array::new()
             } else {
-                string.chars().map(Into::into).collect()
+                crate::packages::string_more::collect_within(&ctx, string.chars())
             }
         }
         /// Split the string into segments based on whitespaces, returning an array of the segments.
@@ -1609,11 +1624,11 @@ mod string_functions {
         /// print(text.split());        // prints ["hello,", "world!", "hello,", "foo!"]
         /// ```
         #[rhai_fn(name = "split", pure)]
-        pub fn split_whitespace(string: &mut ImmutableString) -> Array {
+        pub fn split_whitespace(ctx: NativeCallContext, string: &mut ImmutableString) -> Array {
             if string.is_empty() {
                 vec![string.clone().into()]
             } else {
-                string.split_whitespace().map(Into::into).collect()
+                crate::packages::string_more::collect_within(&ctx, string.split_whitespace())
             }
         }
         /// Split the string into segments based on a `delimiter` string, returning an array of the segments.
@@ -1626,11 +1641,15 @@ mod string_functions {
         /// print(text.split("ll"));    // prints ["he", "o, world! he", "o, foo!"]
         /// ```
         #[rhai_fn(pure)]
-        pub fn split(string: &mut ImmutableString, delimiter: &str) -> Array {
+        pub fn split(
+            ctx: NativeCallContext,
+            string: &mut ImmutableString,
+            delimiter: &str,
+        ) -> Array {
             if string.is_empty() || (!delimiter.is_empty() && !string.contains(delimiter)) {
                 vec![string.clone().into()]
             } else {
-                string.split(delimiter).map(Into::into).collect()
+                crate::packages::string_more::collect_within(&ctx, string.split(delimiter))
             }
         }
         /// Split the string into at most the specified number of `segments` based on a `delimiter` string,
@@ -1646,7 +1665,12 @@ mod string_functions {
         /// print(text.split("ll", 2));     // prints ["he", "o, world! hello, foo!"]
         /// ```
         #[rhai_fn(name = "split", pure)]
-        pub fn splitn(string: &mut ImmutableString, delimiter: &str, segments: INT) -> Array {
+        pub fn splitn(
+            ctx: NativeCallContext,
+            string: &mut ImmutableString,
+            delimiter: &str,
+            segments: INT,
+        ) -> Array {
             if segments <= 1
                 || string.is_empty()
                 || (!delimiter.is_empty() && !string.contains(delimiter))
@@ -1654,7 +1678,10 @@ mod string_functions {
                 vec![string.clone().into()]
             } else {
                 let segments = usize::try_from(segments).unwrap_or(usize::MAX);
-                string.splitn(segments, delimiter).map(Into::into).collect()
+                crate::packages::string_more::collect_within(
+                    &ctx,
+                    string.splitn(segments, delimiter),
+                )
             }
         }
         /// Split the string into segments based on a `delimiter` character, returning an array of the segments.
@@ -1667,11 +1694,15 @@ mod string_functions {
         /// print(text.split('l'));     // prints ["he", "", "o, wor", "d! he", "", "o, foo!"]
         /// ```
         #[rhai_fn(name = "split", pure)]
-        pub fn split_char(string: &mut ImmutableString, delimiter: char) -> Array {
+        pub fn split_char(
+            ctx: NativeCallContext,
+            string: &mut ImmutableString,
+            delimiter: char,
+        ) -> Array {
             if string.is_empty() || !string.contains(delimiter) {
                 vec![string.clone().into()]
             } else {
-                string.split(delimiter).map(Into::into).collect()
+                crate::packages::string_more::collect_within(&ctx, string.split(delimiter))
             }
         }
         /// Split the string into at most the specified number of `segments` based on a `delimiter` character,
@@ -1687,12 +1718,20 @@ mod string_functions {
         /// print(text.split('l', 3));      // prints ["he", "", "o, world! hello, foo!"]
         /// ```
         #[rhai_fn(name = "split", pure)]
-        pub fn splitn_char(string: &mut ImmutableString, delimiter: char, segments: INT) -> Array {
+        pub fn splitn_char(
+            ctx: NativeCallContext,
+            string: &mut ImmutableString,
+            delimiter: char,
+            segments: INT,
+        ) -> Array {
             if segments <= 1 || string.is_empty() || !string.contains(delimiter) {
                 [string.clone().into()].into()
             } else {
                 let segments = usize::try_from(segments).unwrap_or(usize::MAX);
-                string.splitn(segments, delimiter).map(Into::into).collect()
+                crate::packages::string_more::collect_within(
+                    &ctx,
+                    string.splitn(segments, delimiter),
+                )
             }
         }
         /// Split the string into segments based on a `delimiter` string, returning an array of the
@@ -1706,11 +1745,15 @@ mod string_functions {
         /// print(text.split_rev("ll"));    // prints ["o, foo!", "o, world! he", "he"]
         /// ```
         #[rhai_fn(name = "split_rev", pure)]
-        pub fn rsplit(string: &mut ImmutableString, delimiter: &str) -> Array {
+        pub fn rsplit(
+            ctx: NativeCallContext,
+            string: &mut ImmutableString,
+            delimiter: &str,
+        ) -> Array {
             if string.is_empty() || (!delimiter.is_empty() && !string.contains(delimiter)) {
                 vec![string.clone().into()]
             } else {
-                string.rsplit(delimiter).map(Into::into).collect()
+                crate::packages::string_more::collect_within(&ctx, string.rsplit(delimiter))
             }
         }
         /// Split the string into at most a specified number of `segments` based on a `delimiter` string,
@@ -1726,7 +1769,12 @@ mod string_functions {
         /// print(text.split_rev("ll", 2));     // prints ["o, foo!", "hello, world! he"]
         /// ```
         #[rhai_fn(name = "split_rev", pure)]
-        pub fn rsplitn(string: &mut ImmutableString, delimiter: &str, segments: INT) -> Array {
+        pub fn rsplitn(
+            ctx: NativeCallContext,
+            string: &mut ImmutableString,
+            delimiter: &str,
+            segments: INT,
+        ) -> Array {
             if segments <= 1
                 || string.is_empty()
                 || (!delimiter.is_empty() && !string.contains(delimiter))
@@ -1734,10 +1782,10 @@ mod string_functions {
                 vec![string.clone().into()]
             } else {
                 let segments = usize::try_from(segments).unwrap_or(usize::MAX);
-                string
-                    .rsplitn(segments, delimiter)
-                    .map(Into::into)
-                    .collect()
+                crate::packages::string_more::collect_within(
+                    &ctx,
+                    string.rsplitn(segments, delimiter),
+                )
             }
         }
         /// Split the string into segments based on a `delimiter` character, returning an array of
@@ -1751,11 +1799,15 @@ mod string_functions {
         /// print(text.split_rev('l'));     // prints ["o, foo!", "", "d! he", "o, wor", "", "he"]
         /// ```
         #[rhai_fn(name = "split_rev", pure)]
-        pub fn rsplit_char(string: &mut ImmutableString, delimiter: char) -> Array {
+        pub fn rsplit_char(
+            ctx: NativeCallContext,
+            string: &mut ImmutableString,
+            delimiter: char,
+        ) -> Array {
             if string.is_empty() || !string.contains(delimiter) {
                 vec![string.clone().into()]
             } else {
-                string.rsplit(delimiter).map(Into::into).collect()
+                crate::packages::string_more::collect_within(&ctx, string.rsplit(delimiter))
             }
         }
         /// Split the string into at most the specified number of `segments` based on a `delimiter` character,
@@ -1771,15 +1823,20 @@ mod string_functions {
         /// print(text.split('l', 3));      // prints ["o, foo!", "", "hello, world! he"
         /// ```
         #[rhai_fn(name = "split_rev", pure)]
-        pub fn rsplitn_char(string: &mut ImmutableString, delimiter: char, segments: INT) -> Array {
+        pub fn rsplitn_char(
+            ctx: NativeCallContext,
+            string: &mut ImmutableString,
+            delimiter: char,
+            segments: INT,
+        ) -> Array {
             if segments <= 1 || string.is_empty() || !string.contains(delimiter) {
                 [string.clone().into()].into()
             } else {
                 let segments = usize::try_from(segments).unwrap_or(usize::MAX);
-                string
-                    .rsplitn(segments, delimiter)
-                    .map(Into::into)
-                    .collect()
+                crate::packages::string_more::collect_within(
+                    &ctx,
+                    string.rsplitn(segments, delimiter),
+                )
             }
         }
     }
