@@ -156,18 +156,12 @@ impl Engine {
 #[inline]
 #[must_use]
 pub fn format_map_as_json(map: &Map) -> String {
-    format_map_as_json_within(map, usize::MAX)
-}
-
-/// Patched: [`format_map_as_json`] that stops once the text is longer than `max` bytes (the
-/// caller's size check refuses it then): a map's values may share one string, so the whole text
-/// could be far larger than the memory the map holds.
-pub(crate) fn format_map_as_json_within(map: &Map, max: usize) -> String {
-    format_map_as_json_until(map, &mut |len| len > max)
+    format_map_as_json_until(map, &mut |_| false)
 }
 
 /// Patched: [`format_map_as_json`] that stops once `stop`, given the text's length so far, says
-/// so (asked before each entry and each array element).
+/// so (asked before each entry and each array element): a map's values may share one string,
+/// so the whole text could be far larger than the memory the map holds.
 pub(crate) fn format_map_as_json_until(map: &Map, stop: &mut dyn FnMut(usize) -> bool) -> String {
     let mut result = String::new();
     write_map_as_json(&mut result, map, stop);

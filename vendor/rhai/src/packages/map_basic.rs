@@ -543,20 +543,14 @@ mod map_functions {
                 .collect::<std::collections::BTreeMap<_, _>>(),
         )
         .unwrap_or_else(|_| "ERROR".into());
-        // Patched: no further than just past the string limit (the result's check refuses it).
+        // Patched: no further than just past the string limit (the result's check refuses it),
+        // and stopped when the progress callback says so, as printing is.
         #[cfg(not(feature = "metadata"))]
-        return match _ctx.engine().max_string_size() {
-            // With no string limit, ask the engine's progress callback every so often whether
-            // the cell must stop (a cell past its memory), as printing does.
-            0 => {
-                use crate::packages::string_basic::{text_must_stop, TEXT_CHECK_BYTES};
-                let (engine, mut next) = (_ctx.engine(), TEXT_CHECK_BYTES);
-                let operations = _ctx.global_runtime_state().num_operations();
-                crate::api::json::format_map_as_json_until(map, &mut |len| {
-                    text_must_stop(engine, operations, len, &mut next)
-                })
-            }
-            max => crate::api::json::format_map_as_json_within(map, max),
-        };
+        {
+            let mut watch = crate::packages::string_basic::TextWatch::new(&_ctx);
+            return crate::api::json::format_map_as_json_until(map, &mut |len| {
+                watch.must_stop(len)
+            });
+        }
     }
 }

@@ -90,22 +90,43 @@ pub(crate) fn print_with_func_raw(
 /// stops building it even when no string limit is set.
 pub(crate) const TEXT_CHECK_BYTES: usize = 1 << 20;
 
-/// Patched: whether the progress callback says to stop building a text now `len` bytes long;
-/// asked once `len` reaches `next`, which then moves on by [`TEXT_CHECK_BYTES`].
-pub(crate) fn text_must_stop(
-    engine: &crate::Engine,
+/// Patched: watches a text one native call builds: it must stop once past the string limit
+/// (0: none), or when the engine's progress callback, asked each time the text has grown by
+/// [`TEXT_CHECK_BYTES`], says so. A value's text can be far larger than the memory it holds
+/// (its strings may be one shared string); the caller's size check refuses a text cut short
+/// past the limit, and a progress stop sticks.
+pub(crate) struct TextWatch<'a> {
+    engine: &'a crate::Engine,
     num_operations: u64,
-    len: usize,
-    next: &mut usize,
-) -> bool {
-    if len < *next {
-        return false;
+    max: usize,
+    next: usize,
+}
+
+impl<'a> TextWatch<'a> {
+    pub(crate) fn new(ctx: &'a NativeCallContext) -> Self {
+        let engine = ctx.engine();
+        TextWatch {
+            engine,
+            num_operations: ctx.global_runtime_state().num_operations(),
+            max: engine.max_string_size(),
+            next: TEXT_CHECK_BYTES,
+        }
     }
-    *next = len.saturating_add(TEXT_CHECK_BYTES);
-    engine
-        .progress
-        .as_ref()
-        .map_or(false, |progress| progress(num_operations).is_some())
+
+    /// Whether a text now `len` bytes long must stop growing.
+    pub(crate) fn must_stop(&mut self, len: usize) -> bool {
+        if self.max > 0 && len > self.max {
+            return true;
+        }
+        if len < self.next {
+            return false;
+        }
+        self.next = len.saturating_add(TEXT_CHECK_BYTES);
+        self.engine
+            .progress
+            .as_ref()
+            .map_or(false, |progress| progress(self.num_operations).is_some())
+    }
 }
 
 /// Patched: a writer that stops (with an error) once past `.1` bytes (0: unlimited).
@@ -288,24 +309,14 @@ mod print_debug_functions {
         let mut result = crate::new_smart_string();
         result.push_str("[");
 
-        let max = ctx.engine().max_string_size();
-        let mut next = TEXT_CHECK_BYTES;
+        let mut watch = TextWatch::new(&ctx);
         for (i, x) in array.iter_mut().enumerate() {
             result.push_str(&print_with_func(FUNC_TO_DEBUG, &ctx, x));
             if i < len - 1 {
                 result.push_str(", ");
             }
-            // Patched: stop once past the string limit; the caller's size check refuses the
-            // result. Elements may share one string, so the whole text could be far larger
-            // than the memory the array holds.
-            if (max > 0 && result.len() > max)
-                || text_must_stop(
-                    ctx.engine(),
-                    ctx.global_runtime_state().num_operations(),
-                    result.len(),
-                    &mut next,
-                )
-            {
+            // Patched: stop once past the string limit or when told to (see `TextWatch`).
+            if watch.must_stop(result.len()) {
                 return result.into();
             }
         }
@@ -328,8 +339,7 @@ mod print_debug_functions {
         let mut result = crate::new_smart_string();
         result.push_str("#{");
 
-        let max = ctx.engine().max_string_size();
-        let mut next = TEXT_CHECK_BYTES;
+        let mut watch = TextWatch::new(&ctx);
         for (i, (k, v)) in map.iter_mut().enumerate() {
             write!(
                 result,
@@ -339,15 +349,8 @@ mod print_debug_functions {
                 if i < len - 1 { ", " } else { "" }
             )
             .unwrap();
-            // Patched: stop once past the string limit, as arrays do.
-            if (max > 0 && result.len() > max)
-                || text_must_stop(
-                    ctx.engine(),
-                    ctx.global_runtime_state().num_operations(),
-                    result.len(),
-                    &mut next,
-                )
-            {
+            // Patched: stop as arrays do.
+            if watch.must_stop(result.len()) {
                 return result.into();
             }
         }

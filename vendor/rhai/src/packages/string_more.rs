@@ -47,15 +47,14 @@ fn replaced(
     find: &str,
     substitute: &str,
 ) -> RhaiResultOf<String> {
-    use super::string_basic::{text_must_stop, TEXT_CHECK_BYTES};
     check_replaced_len(ctx, string, find, substitute)?;
-    let operations = ctx.global_runtime_state().num_operations();
-    let (mut out, mut last, mut next) = (String::new(), 0, TEXT_CHECK_BYTES);
+    let mut watch = super::string_basic::TextWatch::new(ctx);
+    let (mut out, mut last) = (String::new(), 0);
     for (at, part) in string.match_indices(find) {
         out.push_str(&string[last..at]);
         out.push_str(substitute);
         last = at + part.len();
-        if text_must_stop(ctx.engine(), operations, out.len(), &mut next) {
+        if watch.must_stop(out.len()) {
             return Ok(out);
         }
     }
