@@ -62,6 +62,10 @@ pub fn app(node: Arc<Node>, extra: Router<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_export::render))
         .merge(extra)
+        // After every route: it applies to the routes registered before it. `Allow` is kept.
+        .method_not_allowed_fallback(|| async {
+            ApiError::new("method_not_allowed", "the route does not serve this method")
+        })
         .route_layer(middleware::from_fn(request_context))
         .fallback(|| async { ApiError::new("no_route", "no such route") })
         .layer(DefaultBodyLimit::max(limits.body_bytes))
@@ -186,6 +190,20 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
+/// The `{id}` of a cell route, percent-decoded: one that does not decode to UTF-8 (`%FF`) is a
+/// typed `bad_request`, not axum's plain-text rejection.
+pub struct CellId(pub String);
+
+impl FromRequestParts<AppState> for CellId {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, node: &AppState) -> Result<CellId, ApiError> {
+        Path::<String>::from_request_parts(parts, node)
+            .await
+            .map(|Path(id)| CellId(id))
+            .map_err(|e| ApiError::bad_request(format!("invalid cell id: {}", e.body_text())))
+    }
+}
+
 /// A JSON body: over the cap → 413 before it is buffered, malformed or unknown fields → 400.
 pub struct JsonBody<T>(pub T);
 
@@ -294,7 +312,7 @@ async fn list(State(node): State<AppState>, Auth(tenant): Auth) -> Json<J> {
 async fn show(
     State(node): State<AppState>,
     Auth(tenant): Auth,
-    Path(id): Path<String>,
+    CellId(id): CellId,
     uri: Uri,
 ) -> Result<Json<J>, ApiError> {
     let entry = node.find(&tenant, &id, &path_of(&uri))?;
@@ -304,7 +322,7 @@ async fn show(
 async fn delete(
     State(node): State<AppState>,
     Auth(tenant): Auth,
-    Path(id): Path<String>,
+    CellId(id): CellId,
     uri: Uri,
 ) -> Result<Json<J>, ApiError> {
     let entry = node.find(&tenant, &id, &path_of(&uri))?;
@@ -327,7 +345,7 @@ struct ExecRequest {
 async fn exec(
     State(node): State<AppState>,
     Auth(tenant): Auth,
-    Path(id): Path<String>,
+    CellId(id): CellId,
     uri: Uri,
     JsonBody(req): JsonBody<ExecRequest>,
 ) -> Result<Json<J>, ApiError> {
@@ -351,7 +369,7 @@ struct CallRequest {
 async fn call(
     State(node): State<AppState>,
     Auth(tenant): Auth,
-    Path(id): Path<String>,
+    CellId(id): CellId,
     uri: Uri,
     JsonBody(req): JsonBody<CallRequest>,
 ) -> Result<Json<J>, ApiError> {
@@ -380,7 +398,7 @@ struct TtlRequest {
 async fn ttl(
     State(node): State<AppState>,
     Auth(tenant): Auth,
-    Path(id): Path<String>,
+    CellId(id): CellId,
     uri: Uri,
     JsonBody(req): JsonBody<TtlRequest>,
 ) -> Result<Json<J>, ApiError> {

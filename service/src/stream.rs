@@ -4,12 +4,12 @@
 //! arrive live. A client that goes away never kills the cell, unless
 //! the cell was created with `kill_on_disconnect`.
 
-use crate::api::{AppState, Auth, EventsQuery};
+use crate::api::{AppState, Auth, CellId, EventsQuery};
 use crate::error::ApiError;
 use crate::node::{Entry, Node, StreamSlot};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -55,7 +55,7 @@ impl Drop for Disconnect {
 pub async fn events(
     State(node): State<AppState>,
     Auth(tenant): Auth,
-    Path(id): Path<String>,
+    CellId(id): CellId,
     uri: Uri,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {

@@ -587,3 +587,51 @@ fn a_create_under_way_when_the_node_drains_leaves_no_cell_behind() {
     assert_eq!(node.len(), 0, "a cell alive in a drained node");
     assert_eq!(*node.count.borrow(), 0);
 }
+
+/// Sends `head` (a request line and headers, without the blank line) and returns the answer's
+/// status line, headers and JSON body.
+fn answer(url: &str, head: &str) -> (String, String, J) {
+    let mut s = TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    write!(s, "{head}\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (headers, body) = out.split_once("\r\n\r\n").unwrap();
+    let (status, headers) = headers.split_once("\r\n").unwrap();
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"));
+    (status.to_string(), headers.to_ascii_lowercase(), body)
+}
+
+#[test]
+fn a_cell_id_that_is_not_utf8_and_a_wrong_method_get_typed_errors() {
+    let n = TestNode::start(config("node-typed"));
+    let auth = format!("Authorization: Bearer {KEY}");
+    // Axum's own rejections answered these in plain text (`Invalid URL: ...`) or with an empty
+    // body: every error is `{code, message}`.
+    for head in [
+        format!("GET /v1/cells/%FF HTTP/1.1\r\n{auth}"),
+        format!("DELETE /v1/cells/a%C3 HTTP/1.1\r\n{auth}"),
+        format!("GET /v1/cells/%FF%FE/events HTTP/1.1\r\n{auth}"),
+        format!("POST /v1/cells/%80/ttl HTTP/1.1\r\n{auth}\r\nContent-Length: 2"),
+    ] {
+        let (status, _, j) = answer(&n.url, &head);
+        assert!(status.starts_with("HTTP/1.1 400"), "{head}: {status}");
+        assert_eq!(j["code"], "bad_request", "{head}: {j}");
+        assert!(j["message"].as_str().unwrap().contains("UTF-8"), "{j}");
+    }
+    for (head, allow) in [
+        (
+            format!("PUT /v1/cells HTTP/1.1\r\n{auth}"),
+            "allow: post,get,head",
+        ),
+        (
+            format!("POST /v1/cells/x_1 HTTP/1.1\r\n{auth}"),
+            "allow: get,head,delete",
+        ),
+        ("PATCH /healthz HTTP/1.1".to_string(), "allow: get,head"),
+    ] {
+        let (status, headers, j) = answer(&n.url, &head);
+        assert!(status.starts_with("HTTP/1.1 405"), "{head}: {status}");
+        assert_eq!(j["code"], "method_not_allowed", "{head}: {j}");
+        assert!(headers.contains(allow), "{head}: {headers}");
+    }
+}
