@@ -333,6 +333,16 @@ impl CellHost {
         self.state().dead.clone()
     }
 
+    /// What a transaction on the cell answers once it is gone: `cell_closed`, naming why.
+    pub fn gone(&self) -> Option<CellError> {
+        self.dead().map(|dead| {
+            CellError::new(
+                ErrorCode::CellClosed,
+                format!("cell `{}` is gone: {dead}", self.cell),
+            )
+        })
+    }
+
     /// Checks a host frame against every limit before it is handed to a pipe: the frame cap
     /// (its encoded size), value depth and the lengths the cell's engine holds, and for a
     /// handshake the ABI and the modules. A frame that breaks one is never sent; the error names
@@ -355,11 +365,8 @@ impl CellHost {
         frame: HostFrame,
         wall_time: Option<Duration>,
     ) -> Result<Value, CellError> {
-        if let Some(dead) = self.dead() {
-            return Err(CellError::new(
-                ErrorCode::CellClosed,
-                format!("cell `{}` is gone: {dead}", self.cell),
-            ));
+        if let Some(gone) = self.gone() {
+            return Err(gone);
         }
         let (hello, id) = match &frame {
             HostFrame::Hello(hello) => (Some(hello.limits.clone()), None),

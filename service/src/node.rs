@@ -660,9 +660,15 @@ impl Node {
         result.map_err(ApiError::from)
     }
 
-    /// Returns the cell's quota reservation, once.
+    /// Returns the cell's quota reservation and what its boundary holds, once. A cell seen dead
+    /// stays listed (its reason and events are read until it is deleted or expires), but its
+    /// engine and heap (subinterp), child process and cgroups (process) or VM (microvm) are
+    /// given back now: the quota no longer counts them, so kept to the cell's expiry they would
+    /// let a tenant hold any number of dead cells' memory past its quota.
     fn release(&self, entry: &Entry) {
         if !entry.released.swap(true, Ordering::SeqCst) {
+            // Events queued before the death stay receivable; the death's reason stays first.
+            entry.cell.close();
             self.ledger.release(&entry.tenant, entry.reservation);
             metrics::gauge!("cell_service_cells", "backend" => entry.backend.clone(), "state" => "alive")
                 .decrement(1.0);

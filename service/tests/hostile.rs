@@ -10,6 +10,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// 40 posts of 8 KiB each: 320 KiB of events in 40 lines.
+/// Counts subinterp cells' heaps, as `cell-serve` does, so `memory_bytes` is reported.
+#[global_allocator]
+static ALLOCATOR: supervisor::AccountingAllocator = supervisor::AccountingAllocator;
+
 const POST_40_OF_8_KIB: &str =
     r#"let s = "x"; while s.len() < 8192 { s += s; } for i in 0..40 { post(s); } 1"#;
 
@@ -634,4 +638,52 @@ fn a_cell_id_that_is_not_utf8_and_a_wrong_method_get_typed_errors() {
         assert_eq!(j["code"], "method_not_allowed", "{head}: {j}");
         assert!(headers.contains(allow), "{head}: {headers}");
     }
+}
+
+#[test]
+fn a_cell_seen_dead_gives_back_what_it_held() {
+    let n = TestNode::start(config("node-dead"));
+    let id = create(&n.url, KEY, json!({"backend": "subinterp"}));
+    let cell = format!("{}/v1/cells/{id}", n.url);
+    let memory = || {
+        let (s, j) = send("GET", &cell, Some(KEY), None);
+        assert_eq!(s, 200, "{j}");
+        (
+            j["state"].clone(),
+            j["stats"]["memory_bytes"].as_u64().unwrap(),
+        )
+    };
+    // 8 MiB the cell keeps between execs.
+    let hold = r#"let s = "x"; while s.len() < 524288 { s += s; }
+        let big = []; for i in 0..16 { big.push(s + i); } big.len()"#;
+    assert_eq!(exec_ok(&n.url, KEY, &id, hold)["result"], 16);
+    let (state, held) = memory();
+    assert!(state == "alive" && held >= 8 << 20, "{state} {held}");
+    // Killed by its own flood (no stream open): its quota was given back at once, but its
+    // engine and heap (a process cell's zombie child and cgroups, a microVM) were kept until it
+    // was deleted or expired: a tenant could hold any number of dead cells' memory.
+    let (s, j) = send(
+        "POST",
+        &format!("{cell}/exec"),
+        Some(KEY),
+        Some(&json!({"source": "for i in 0..100000 { post(i) } 1"})),
+    );
+    assert_eq!(
+        (s, j["code"].as_str()),
+        (410, Some("limit_event_queue")),
+        "{j}"
+    );
+    let (state, left) = memory();
+    assert_eq!(state, "dead");
+    assert!(left < 1 << 20, "a dead cell still holds {left} bytes");
+    // Its reason and events stay readable until it is deleted.
+    let (_, j) = send("GET", &cell, Some(KEY), None);
+    assert_eq!(j["reason"]["code"], "limit_event_queue", "{j}");
+    let lines = read_events(&format!("{cell}/events"), KEY, |l| l["event"] == "closed");
+    assert_eq!(lines.last().unwrap()["code"], "limit_event_queue");
+    assert!(
+        lines.iter().any(|l| l["event"] == "post"),
+        "{:?}",
+        lines.len()
+    );
 }

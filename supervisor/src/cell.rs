@@ -189,6 +189,16 @@ impl Cell {
         let inner = &*self.inner;
         let mut pipe = inner.pipe.lock().unwrap_or_else(|e| e.into_inner());
         let Some(pipe) = pipe.as_mut() else {
+            // Released after it died (a killed cell's boundary given back early): it answers
+            // as it did before the release, naming why it died.
+            if inner
+                .host
+                .dead()
+                .is_some_and(|d| d.code != ErrorCode::CellClosed)
+                && let Some(gone) = inner.host.gone()
+            {
+                return Err(gone);
+            }
             return Err(CellError::new(
                 ErrorCode::CellClosed,
                 format!("cell `{}` is closed", inner.name),
