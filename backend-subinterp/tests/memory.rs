@@ -73,6 +73,23 @@ fn many_small_blocks_are_counted_as_well_as_one_large_one() {
 }
 
 #[test]
+fn padding_with_copies_of_a_collection_is_stopped_near_the_limit() {
+    // One native call made every copy: 1,000 copies of a 1.6 MB array grew the host by 1.6 GB
+    // for a 24 MiB cell before the next operation saw the limit.
+    let mut c = limited(24);
+    let before = resident_bytes();
+    let e = c
+        .exec(
+            "let a = []; for i in 0..100 { a.push(i) } let b = []; for i in 0..1000 { b.push(a) }
+             let c = []; c.pad(1000, b); c.len()",
+        )
+        .expect_err("1.6 GB of copies cannot fit in 24 MiB");
+    assert_eq!(e.code, ErrorCode::LimitMemory, "{e}");
+    let grown = resident_bytes().saturating_sub(before);
+    assert!(grown < 256 << 20, "the host grew by {} MiB", grown >> 20);
+}
+
+#[test]
 fn state_kept_across_execs_adds_up_to_the_limit() {
     let mut c = limited(16);
     c.exec("let kept = [];").unwrap();

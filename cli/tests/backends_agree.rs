@@ -161,6 +161,45 @@ fn cases() -> Vec<Case> {
             code: "limit_value",
         },
         Case {
+            name: "text::join of a string shared 10,000 times",
+            policy: "",
+            script: shared(r#"let t = text::join(b, ","); t.len"#),
+            code: "limit_string_size",
+        },
+        Case {
+            name: "text::join of a string shared 10,000 times, under no string limit",
+            policy: "memory_mib = 64\n",
+            script: shared(r#"let t = text::join(b, ","); t.len"#),
+            code: "limit_memory",
+        },
+        Case {
+            name: "a metric tag of a string shared 10,000 times",
+            policy: "",
+            script: shared(r#"metric("m", 1, #{ t: b }); 1"#),
+            code: "limit_string_size",
+        },
+        Case {
+            name: "a metric tag of a string shared 10,000 times, under no string limit",
+            policy: "memory_mib = 64\n",
+            script: shared(r#"metric("m", 1, #{ t: b }); 1"#),
+            code: "limit_frame_size",
+        },
+        Case {
+            name: "a switch on a string shared 10,000 times",
+            policy: "wall_time_ms = 300\n",
+            script: shared("switch b { 1 => 1, _ => 2 }"),
+            code: "timed_out",
+        },
+        Case {
+            name: "a sort of a string shared 20,000 times",
+            policy: "wall_time_ms = 300\n",
+            script: shared(
+                r#"let y = s + "y"; let t = []; for i in 0..10000 { t.push(s); t.push(y); }
+t.sort(); t.len()"#,
+            ),
+            code: "timed_out",
+        },
+        Case {
             name: "a thrown map that looks like a host error",
             policy: "",
             script: r#"throw #{code: 42, message: "the host says: cell crashed"}"#,
@@ -342,6 +381,49 @@ fn a_reader_that_falls_behind_past_the_wall_time_gets_timed_out_on_every_backend
                 &format!(r#"{{"event":"post","value":{i}}}"#),
                 "{backend}"
             );
+        }
+    }
+}
+
+#[test]
+fn odd_but_valid_scripts_give_the_same_result_on_every_backend() {
+    // A comparer that is no total order made `slice::sort_by` panic: the host of a subinterp
+    // cell printed the panic and answered limit_memory (the backtrace's allocations), a process
+    // cell died of SIGSEGV and a microVM's guest panicked. Closure names (`anon$<hash>`) came
+    // from hash keys drawn anew for each build, so each backend printed another name.
+    let dir = tempfile::tempdir().unwrap();
+    for (script, value) in [
+        (
+            "let n = 0; let a = []; for i in 0..200 { a.push((i * 7919) % 101); }
+             a.sort(|x, y| { n += 1; if (n * 31) % 7 < 3 { 1 } else { -1 } }); a.len()",
+            Some("200"),
+        ),
+        (
+            "let a = []; for i in 0..200 { a.push(if i % 3 == 0 { 0.0 / 0.0 } else { i * 1.5 }); }
+             a.sort(); a.sort_desc(); a.len()",
+            Some("200"),
+        ),
+        ("let a = [3, 1, 2]; a.sort(|x, y| 42); a", None),
+        // The hash a switch takes of its value while running is the parser's of its cases.
+        (
+            r#"switch [1, "a", #{b: 2.5}] { [1, "a", #{b: 2.5}] => 1, _ => 2 }"#,
+            Some("1"),
+        ),
+        ("`${|x| x + 1}`", None),
+        ("text::join([|x| x, |y| y], \",\")", None),
+    ] {
+        let mut first: Option<(&str, Vec<String>)> = None;
+        for backend in backends() {
+            let (code, lines) = run_flood(dir.path(), backend, "", script, None);
+            assert_eq!(code, Some(0), "{script} on {backend}: {lines:?}");
+            if let Some(value) = value {
+                let want = format!(r#"{{"event":"result","value":{value}}}"#);
+                assert_eq!(lines, [want], "{script} on {backend}");
+            }
+            match &first {
+                None => first = Some((backend, lines)),
+                Some((b0, l0)) => assert_eq!(l0, &lines, "{script}: {b0} and {backend} differ"),
+            }
         }
     }
 }

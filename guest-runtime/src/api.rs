@@ -1,8 +1,9 @@
 //! The script API: exactly `post`, `log`, `metric` and `request`, plus the out-of-model names
 //! that fail with a hint instead of "function not found".
 
-use crate::convert::{from_dynamic_within, to_dynamic};
+use crate::convert::{Budget, from_dynamic_within, to_dynamic};
 use crate::errors::{out_of_model, register_host_error, throw};
+use crate::text::Text;
 use crate::transport::{Transport, TransportError};
 use abi::{CellError, EngineLimits, ErrorCode, GuestFrame, HostFrame, Level, Map, Value};
 use alloc::{
@@ -101,9 +102,28 @@ fn number(d: &Dynamic) -> Res<f64> {
     })
 }
 
-fn tags(map: rhai::Map) -> BTreeMap<String, String> {
+/// A metric's tags, each value as `{}` writes it. Each is one string, so it is held to the
+/// string limit (`limit_string_size`, worded as the engine words it), and all of them together
+/// to what a frame can carry (`limit_frame_size`); a text stops being written past its bound
+/// (see `Text`), or when the cell is stopped (whose stop then answers).
+fn tags(ctx: &NativeCallContext, map: rhai::Map) -> Res<BTreeMap<String, String>> {
+    let budget = Budget::new();
+    let max = ctx.engine().max_string_size();
     map.into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| {
+            budget.take(k.len()).map_err(throw)?;
+            let mut text = Text::new(ctx, budget.left());
+            let whole = text.push(&v);
+            let text = text.into_string();
+            budget.take(text.len()).map_err(throw)?;
+            if !whole || (max > 0 && text.len() > max) {
+                return Err(Box::new(EvalAltResult::ErrorDataTooLarge(
+                    "Length of string".into(),
+                    rhai::Position::NONE,
+                )));
+            }
+            Ok((k.to_string(), text))
+        })
         .collect()
 }
 
@@ -199,7 +219,7 @@ fn build_api_module() -> Module {
     f("metric").set_into_module(
         &mut m,
         |ctx: NativeCallContext, name: &str, v: Dynamic, t: rhai::Map| -> Res<()> {
-            let (name, value, tags) = (name.into(), number(&v)?, tags(t));
+            let (name, value, tags) = (name.into(), number(&v)?, tags(&ctx, t)?);
             binding(&ctx)?
                 .link
                 .emit(GuestFrame::Metric { name, value, tags })

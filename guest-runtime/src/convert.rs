@@ -49,14 +49,19 @@ pub fn from_dynamic_within(value: Dynamic, limits: &EngineLimits) -> Result<Valu
 /// 1 MiB of engine memory: copied out whole, it took the host's memory (subinterp) or the cell's.
 /// Each value counts at least the one byte of its tag in the encoding, each string, BLOB and map
 /// key its bytes, so a value over the budget could never be sent.
-struct Budget(Cell<usize>);
+pub(crate) struct Budget(Cell<usize>);
 
 impl Budget {
-    fn new() -> Budget {
+    pub(crate) fn new() -> Budget {
         Budget(Cell::new(ABSOLUTE_MAX_FRAME_LEN as usize))
     }
 
-    fn take(&self, bytes: usize) -> Result<(), CellError> {
+    /// The bytes still free.
+    pub(crate) fn left(&self) -> usize {
+        self.0.get()
+    }
+
+    pub(crate) fn take(&self, bytes: usize) -> Result<(), CellError> {
         match self.0.get().checked_sub(bytes) {
             Some(left) => {
                 self.0.set(left);

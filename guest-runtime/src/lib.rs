@@ -32,6 +32,7 @@ mod errors;
 pub mod limits;
 mod meter;
 pub mod modules;
+mod text;
 mod transport;
 
 pub use cell::Cell;

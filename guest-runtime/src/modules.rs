@@ -3,9 +3,10 @@
 
 use crate::convert::{from_dynamic, to_dynamic};
 use crate::errors::throw;
+use crate::text::Text;
 use abi::{CellError, ErrorCode, Value};
-use alloc::{boxed::Box, format, string::String, string::ToString, vec::Vec};
-use rhai::{Array, Dynamic, EvalAltResult, FLOAT, INT, Module, Shared};
+use alloc::{boxed::Box, format, string::String, vec::Vec};
+use rhai::{Array, Dynamic, EvalAltResult, FLOAT, INT, Module, NativeCallContext, Shared};
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
 
@@ -161,13 +162,20 @@ fn text() -> Module {
             .map(|w| Dynamic::from(String::from(w)))
             .collect::<Array>())
     });
-    m.set_native_fn("join", |items: Array, sep: &str| {
-        Ok(items
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(sep))
-    });
+    m.set_native_fn(
+        "join",
+        |ctx: NativeCallContext, items: Array, sep: &str| -> Res<String> {
+            // Stops past the string limit (the result's size check refuses it then) or when
+            // the cell is stopped: see `Text`.
+            let mut text = Text::new(&ctx, usize::MAX);
+            for (i, item) in items.iter().enumerate() {
+                if (i > 0 && !text.push(&sep)) || !text.push(item) {
+                    break;
+                }
+            }
+            Ok(text.into_string())
+        },
+    );
     m.set_native_fn("chars", |s: &str| Ok(s.chars().count() as INT));
     m.set_native_fn("starts_with", |s: &str, p: &str| Ok(s.starts_with(p)));
     m.set_native_fn("ends_with", |s: &str, p: &str| Ok(s.ends_with(p)));

@@ -251,6 +251,10 @@ use func::{calc_fn_hash, calc_fn_hash_full, calc_var_hash};
 pub use func::{plugin, FnAccess, FuncArgs, NativeCallContext, RhaiNativeFunc};
 pub use module::{FnNamespace, FuncRegistration, Module};
 pub use packages::string_basic::{FUNC_TO_DEBUG, FUNC_TO_STRING};
+
+/// Patched: see `TextWatch`.
+#[cfg(feature = "internals")]
+pub use packages::string_basic::TextWatch;
 pub use rhai_codegen::*;
 #[cfg(not(feature = "no_time"))]
 pub use types::Instant;

@@ -4,7 +4,7 @@ use super::{Caches, EvalContext, GlobalRuntimeState, Target};
 use crate::ast::{
     ASTFlags, BinaryExpr, Expr, FlowControl, OpAssignment, Stmt, SwitchCasesCollection,
 };
-use crate::func::{calc_switch_value_hash, get_builtin_op_assignment_fn};
+use crate::func::{calc_switch_value_hash_watched, get_builtin_op_assignment_fn};
 use crate::types::dynamic::{AccessMode, Union};
 use crate::{Dynamic, Engine, RhaiResult, RhaiResultOf, Scope, VarDefInfo, ERR, INT};
 #[cfg(feature = "no_std")]
@@ -460,7 +460,14 @@ impl Engine {
                 let value = self.eval_expr(global, caches, scope, this_ptr.as_deref_mut(), expr)?;
 
                 if value.is_hashable() {
-                    let hash = calc_switch_value_hash(&value);
+                    // Patched: hashing asks the progress callback as it goes (see
+                    // `calc_switch_value_hash_watched`).
+                    let mut watch = crate::packages::string_basic::TextWatch::work(
+                        self,
+                        global.num_operations(),
+                    );
+                    let hash =
+                        calc_switch_value_hash_watched(&value, |hashed| watch.must_stop(hashed));
 
                     // First check hashes
                     if let Some(case) = cases.get(&hash) {

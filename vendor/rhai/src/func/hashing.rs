@@ -72,6 +72,60 @@ pub fn calc_switch_value_hash(value: &Dynamic) -> u64 {
     hasher.finish()
 }
 
+/// Patched: [`calc_switch_value_hash`] of a value met while running, whose strings may be one
+/// shared string many times (a value of 1 MiB can take a terabyte to hash): `must_stop` is
+/// told the bytes hashed so far before each write, and once it answers `true` nothing more is
+/// hashed. The hash is then of no use, but the run is stopped (the stop sticks). Otherwise the
+/// same hash as [`calc_switch_value_hash`], every write passed on as it came.
+pub(crate) fn calc_switch_value_hash_watched(
+    value: &Dynamic,
+    must_stop: impl FnMut(usize) -> bool,
+) -> u64 {
+    struct Watched<F> {
+        inner: ahash::AHasher,
+        hashed: usize,
+        stopped: bool,
+        must_stop: F,
+    }
+    impl<F: FnMut(usize) -> bool> Watched<F> {
+        fn go_on(&mut self, bytes: usize) -> bool {
+            self.hashed = self.hashed.saturating_add(bytes);
+            self.stopped = self.stopped || (self.must_stop)(self.hashed);
+            !self.stopped
+        }
+    }
+    macro_rules! pass_on {
+        ($($write:ident: $t:ty),*) => {$(
+            fn $write(&mut self, i: $t) {
+                if self.go_on(std::mem::size_of::<$t>()) {
+                    self.inner.$write(i);
+                }
+            }
+        )*};
+    }
+    impl<F: FnMut(usize) -> bool> Hasher for Watched<F> {
+        fn finish(&self) -> u64 {
+            self.inner.finish()
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            if self.go_on(bytes.len()) {
+                self.inner.write(bytes);
+            }
+        }
+        pass_on!(write_u8: u8, write_u16: u16, write_u32: u32, write_u64: u64, write_u128: u128,
+            write_usize: usize, write_i8: i8, write_i16: i16, write_i32: i32, write_i64: i64,
+            write_i128: i128, write_isize: isize);
+    }
+    let hasher = &mut Watched {
+        inner: get_hasher(),
+        hashed: 0,
+        stopped: false,
+        must_stop,
+    };
+    value.hash(hasher);
+    hasher.finish()
+}
+
 #[cfg(not(feature = "no_function"))]
 #[cfg(not(feature = "no_ast"))]
 #[inline]

@@ -29,6 +29,8 @@ pub use function::{is_valid_function_name, FnAccess, RhaiFunc};
 #[cfg(not(feature = "no_function"))]
 #[cfg(not(feature = "no_ast"))]
 pub use hashing::calc_closure_hash;
+/// Patched: see `calc_switch_value_hash_watched`.
+pub(crate) use hashing::calc_switch_value_hash_watched;
 #[cfg(not(feature = "no_object"))]
 #[cfg(not(feature = "no_function"))]
 pub use hashing::calc_typed_method_hash;

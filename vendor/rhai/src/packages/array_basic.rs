@@ -28,6 +28,80 @@ def_package! {
     }
 }
 
+/// Patched: sorts `array` stably by `compare`, which answers `None` to stop (the array is then
+/// left as it was). A merge sort of the elements' positions: unlike `slice::sort_by`, which
+/// panics on an order that is not total (a script's comparer, floats with NaN), it never
+/// panics, so such an order no longer aborts a guest built with `panic = "abort"` or panics
+/// the host of an in-process cell. For a total order it gives what `slice::sort_by` gives
+/// (both are stable).
+fn merge_sort(array: &mut Array, mut compare: impl FnMut(&Dynamic, &Dynamic) -> Option<Ordering>) {
+    if let Some(order) = sorted_order(array, &mut compare) {
+        let mut items = mem::take(array);
+        *array = order
+            .into_iter()
+            .map(|i| mem::take(&mut items[i]))
+            .collect();
+    }
+}
+
+/// Patched: the positions of `items` in the order of [`merge_sort`], bottom-up: runs of
+/// `width` positions are merged pairwise, an item of the right run going first only if it
+/// is less than the left run's.
+fn sorted_order(
+    items: &[Dynamic],
+    compare: &mut impl FnMut(&Dynamic, &Dynamic) -> Option<Ordering>,
+) -> Option<Vec<usize>> {
+    let n = items.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut merged = vec![0; n];
+    let mut width = 1;
+    while width < n {
+        for start in (0..n).step_by(width.saturating_mul(2)) {
+            let mid = start.saturating_add(width).min(n);
+            let end = mid.saturating_add(width).min(n);
+            let (mut left, mut right) = (start, mid);
+            for slot in &mut merged[start..end] {
+                let from_right = left == mid
+                    || (right < end
+                        && compare(&items[order[left]], &items[order[right]])?
+                            == Ordering::Greater);
+                let next = if from_right { &mut right } else { &mut left };
+                *slot = order[*next];
+                *next += 1;
+            }
+        }
+        mem::swap(&mut order, &mut merged);
+        width = width.saturating_mul(2);
+    }
+    Some(order)
+}
+
+/// Patched: a string comparison for [`merge_sort`] that stops when `watch` says so, counting
+/// the bytes compared (the strings may be one shared string many times).
+fn compare_strings(
+    mut watch: super::string_basic::TextWatch<'_>,
+) -> impl FnMut(&Dynamic, &Dynamic) -> Option<Ordering> + '_ {
+    let mut compared = 0usize;
+    move |a, b| {
+        let (a, b) = (
+            a.as_immutable_string_ref().ok()?,
+            b.as_immutable_string_ref().ok()?,
+        );
+        compared = compared.saturating_add(a.len().min(b.len()));
+        (!watch.must_stop(compared)).then(|| a.as_str().cmp(b.as_str()))
+    }
+}
+
+/// Patched: the float comparison of `sort`, NaN equal to every number (as upstream).
+fn compare_floats(a: &Dynamic, b: &Dynamic) -> Option<Ordering> {
+    Some(
+        a.as_float()
+            .ok()?
+            .partial_cmp(&b.as_float().ok()?)
+            .unwrap_or(Ordering::Equal),
+    )
+}
+
 /// Temporary helper function supporting deprecated `index_of_by_fn_name*` functions.
 /// Can be removed in the next major version
 pub(crate) fn index_of_start_inner(
@@ -269,6 +343,27 @@ pub mod array_functions {
         if _ctx.engine().max_array_size() > 0 {
             // Patched: the array's own length after padding.
             _ctx.engine().throw_on_size((len, 0, 0))?;
+        }
+
+        // Patched: each copy of a collection takes as much memory as the item, so the cell may
+        // be past its memory long before the array is past its limit (an in-process cell's
+        // host allocated 16 GB in this one call for a 64 MiB cell): ask the progress callback
+        // before each copy and stop when told (the stop sticks).
+        if !(item.is_unit()
+            || item.is_bool()
+            || item.is_int()
+            || item.is_float()
+            || item.is_char()
+            || item.is_string())
+        {
+            let watch = crate::packages::string_basic::TextWatch::work(
+                _ctx.engine(),
+                _ctx.global_runtime_state().num_operations(),
+            );
+            while array.len() < len && !watch.told_to_stop() {
+                array.push(item.clone());
+            }
+            return Ok(());
         }
 
         array.resize(len, item);
@@ -1545,10 +1640,8 @@ pub mod array_functions {
     ///
     /// Any other return value type will yield unpredictable order.
     ///
-    /// # Errors
-    ///
     /// If the `comparer` function does not implement a [total order](https://en.wikipedia.org/wiki/Total_order),
-    /// an error is returned.
+    /// the elements end in some order (patched: no error, see `merge_sort`).
     ///
     /// # Example
     ///
@@ -1566,8 +1659,11 @@ pub mod array_functions {
             return Ok(());
         }
 
-        let closure = || {
-            array.sort_by(|x, y| {
+        // Patched: `merge_sort`, which never panics whatever the comparer answers (upstream
+        // caught the panic of `slice::sort_by` with `std` only; a guest without unwinding
+        // aborted).
+        merge_sort(array, |x, y| {
+            Some(
                 comparer
                     .call_raw(&ctx, None, [x.clone(), y.clone()])
                     .ok()
@@ -1576,31 +1672,10 @@ pub mod array_functions {
                             .or_else(|_| v.as_bool().map(|v| if v { -1 } else { 1 }))
                             .ok()
                     })
-                    .map_or_else(
-                        || x.type_id().cmp(&y.type_id()),
-                        |v| match v {
-                            v if v > 0 => Ordering::Greater,
-                            v if v < 0 => Ordering::Less,
-                            0 => Ordering::Equal,
-                            _ => unreachable!("v is {}", v),
-                        },
-                    )
-            });
-        };
-
-        // `slice::sort_by` may panic if the comparer function does not implement a total order.
-        // Catch this instead.
-        #[cfg(not(feature = "no_std"))]
-        return std::panic::catch_unwind(std::panic::AssertUnwindSafe(closure)).map_err(|_| {
-            ERR::ErrorRuntime("error in comparer for sorting".into(), Position::NONE).into()
+                    .map_or_else(|| x.type_id().cmp(&y.type_id()), |v| v.cmp(&0)),
+            )
         });
-
-        #[cfg(feature = "no_std")]
-        {
-            let mut closure = closure;
-            closure();
-            Ok(())
-        }
+        Ok(())
     }
     /// Sort the array.
     ///
@@ -1626,7 +1701,7 @@ pub mod array_functions {
     /// print(x);       // prints "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"
     /// ```
     #[rhai_fn(name = "sort", return_raw)]
-    pub fn sort_with_builtin(array: &mut Array) -> RhaiResultOf<()> {
+    pub fn sort_with_builtin(ctx: NativeCallContext, array: &mut Array) -> RhaiResultOf<()> {
         if array.len() <= 1 {
             return Ok(());
         }
@@ -1659,19 +1734,17 @@ pub mod array_functions {
         }
         #[cfg(not(feature = "no_float"))]
         if type_id == TypeId::of::<crate::FLOAT>() {
-            array.sort_by(|a, b| {
-                let a = a.as_float().unwrap();
-                let b = b.as_float().unwrap();
-                a.partial_cmp(&b).unwrap_or(Ordering::Equal)
-            });
+            // Patched: not a total order with NaN; see `merge_sort`.
+            merge_sort(array, compare_floats);
             return Ok(());
         }
         if type_id == TypeId::of::<ImmutableString>() {
-            array.sort_by(|a, b| {
-                let a = &*a.as_immutable_string_ref().unwrap();
-                let b = &*b.as_immutable_string_ref().unwrap();
-                a.cmp(b)
-            });
+            // Patched: asks the progress callback as it compares; see `compare_strings`.
+            let watch = crate::packages::string_basic::TextWatch::work(
+                ctx.engine(),
+                ctx.global_runtime_state().num_operations(),
+            );
+            merge_sort(array, compare_strings(watch));
             return Ok(());
         }
         #[cfg(feature = "decimal")]
@@ -1725,7 +1798,7 @@ pub mod array_functions {
     /// print(x);       // prints "[10, 9, 8, 7, 6, 5, 4, 3, 2, 1]"
     /// ```
     #[rhai_fn(name = "sort_desc", return_raw)]
-    pub fn sort_with_builtin_desc(array: &mut Array) -> RhaiResultOf<()> {
+    pub fn sort_with_builtin_desc(ctx: NativeCallContext, array: &mut Array) -> RhaiResultOf<()> {
         if array.len() <= 1 {
             return Ok(());
         }
@@ -1766,27 +1839,18 @@ pub mod array_functions {
         }
         #[cfg(not(feature = "no_float"))]
         if type_id == TypeId::of::<crate::FLOAT>() {
-            array.sort_by(|a, b| {
-                let a = a.as_float().unwrap();
-                let b = b.as_float().unwrap();
-                match a.partial_cmp(&b).unwrap_or(Ordering::Equal) {
-                    Ordering::Less => Ordering::Greater,
-                    Ordering::Equal => Ordering::Equal,
-                    Ordering::Greater => Ordering::Less,
-                }
-            });
+            // Patched: not a total order with NaN; see `merge_sort`.
+            merge_sort(array, |a, b| compare_floats(a, b).map(Ordering::reverse));
             return Ok(());
         }
         if type_id == TypeId::of::<ImmutableString>() {
-            array.sort_by(|a, b| {
-                let a = &*a.as_immutable_string_ref().unwrap();
-                let b = &*b.as_immutable_string_ref().unwrap();
-                match a.cmp(b) {
-                    Ordering::Less => Ordering::Greater,
-                    Ordering::Equal => Ordering::Equal,
-                    Ordering::Greater => Ordering::Less,
-                }
-            });
+            // Patched: asks the progress callback as it compares; see `compare_strings`.
+            let watch = crate::packages::string_basic::TextWatch::work(
+                ctx.engine(),
+                ctx.global_runtime_state().num_operations(),
+            );
+            let mut compare = compare_strings(watch);
+            merge_sort(array, |a, b| compare(a, b).map(Ordering::reverse));
             return Ok(());
         }
         #[cfg(feature = "decimal")]
@@ -1848,10 +1912,8 @@ pub mod array_functions {
     ///
     /// Any other return value type will yield unpredictable order.
     ///
-    /// # Errors
-    ///
     /// If the `comparer` function does not implement a [total order](https://en.wikipedia.org/wiki/Total_order),
-    /// an error is returned.
+    /// the elements end in some order (patched: no error, see `merge_sort`).
     ///
     /// # Example
     ///
@@ -1897,9 +1959,9 @@ pub mod array_functions {
     /// print(y);       // prints "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"
     /// ```
     #[rhai_fn(name = "order", return_raw)]
-    pub fn order_with_builtin(array: &mut Array) -> RhaiResultOf<Array> {
+    pub fn order_with_builtin(ctx: NativeCallContext, array: &mut Array) -> RhaiResultOf<Array> {
         let mut array = array.clone();
-        sort_with_builtin(&mut array)?;
+        sort_with_builtin(ctx, &mut array)?;
         Ok(array)
     }
     /// Sort the array in descending order and return it as a new array.
@@ -1926,9 +1988,12 @@ pub mod array_functions {
     /// print(y);       // prints "[10, 9, 8, 7, 6, 5, 4, 3, 2, 1]"
     /// ```
     #[rhai_fn(name = "order_desc", return_raw)]
-    pub fn order_with_builtin_desc(array: &mut Array) -> RhaiResultOf<Array> {
+    pub fn order_with_builtin_desc(
+        ctx: NativeCallContext,
+        array: &mut Array,
+    ) -> RhaiResultOf<Array> {
         let mut array = array.clone();
-        sort_with_builtin_desc(&mut array)?;
+        sort_with_builtin_desc(ctx, &mut array)?;
         Ok(array)
     }
     /// Remove all elements in the array that returns `true` when applied the `filter` function and

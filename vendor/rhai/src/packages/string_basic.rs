@@ -95,7 +95,10 @@ pub(crate) const TEXT_CHECK_BYTES: usize = 1 << 20;
 /// [`TEXT_CHECK_BYTES`], says so. A value's text can be far larger than the memory it holds
 /// (its strings may be one shared string); the caller's size check refuses a text cut short
 /// past the limit, and a progress stop sticks.
-pub(crate) struct TextWatch<'a> {
+///
+/// Public (re-exported under `internals`) so that a host's native functions that build text
+/// from values can stop the same way.
+pub struct TextWatch<'a> {
     engine: &'a crate::Engine,
     num_operations: u64,
     max: usize,
@@ -103,7 +106,8 @@ pub(crate) struct TextWatch<'a> {
 }
 
 impl<'a> TextWatch<'a> {
-    pub(crate) fn new(ctx: &'a NativeCallContext) -> Self {
+    /// A watch on a text the native function called with `ctx` builds.
+    pub fn new(ctx: &'a NativeCallContext) -> Self {
         let engine = ctx.engine();
         TextWatch {
             engine,
@@ -113,8 +117,20 @@ impl<'a> TextWatch<'a> {
         }
     }
 
+    /// Patched: a watch on work measured in bytes (compared, hashed) rather than on a text:
+    /// no string limit, only the progress callback each [`TEXT_CHECK_BYTES`]. A value's strings
+    /// may be one shared string, so such work is unbounded by the value's memory.
+    pub(crate) fn work(engine: &'a crate::Engine, num_operations: u64) -> Self {
+        TextWatch {
+            engine,
+            num_operations,
+            max: 0,
+            next: TEXT_CHECK_BYTES,
+        }
+    }
+
     /// Whether a text now `len` bytes long must stop growing.
-    pub(crate) fn must_stop(&mut self, len: usize) -> bool {
+    pub fn must_stop(&mut self, len: usize) -> bool {
         if self.max > 0 && len > self.max {
             return true;
         }
@@ -122,6 +138,11 @@ impl<'a> TextWatch<'a> {
             return false;
         }
         self.next = len.saturating_add(TEXT_CHECK_BYTES);
+        self.told_to_stop()
+    }
+
+    /// Patched: whether the engine's progress callback, asked now, says to stop.
+    pub(crate) fn told_to_stop(&self) -> bool {
         self.engine
             .progress
             .as_ref()
