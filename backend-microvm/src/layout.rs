@@ -28,6 +28,10 @@ pub const STACK_GUARD_ADDR: u64 = 0xa000;
 pub const STACK_BOTTOM: u64 = 0xb000;
 /// Top of the stack (exclusive): where the stack pointer starts.
 pub const STACK_TOP: u64 = 0x20_0000;
+/// The top of the stack the host touches before the first entry: KVM's shadow MMU, faulting one
+/// guest page in, also maps the aligned group of eight around it whose host pages are present,
+/// so the four stack pages a start writes cost one KVM fault instead of four.
+pub const STACK_WARM_BYTES: u64 = 8 * 4096;
 /// Stack the guest keeps free below the engine: the engine's progress callback stops a script
 /// (`limit_call_depth`) once less than this remains, so the guard page is reached only by code
 /// that never calls back (the parser, deep native recursion).

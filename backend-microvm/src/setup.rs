@@ -246,6 +246,10 @@ pub(crate) fn setup_memory(
     mem.write_u32(TSS_ADDR + 0x64, (IOMAP_OFF as u32) << 16)?;
     mem.write(TSS_ADDR + TSS_LIMIT, &[0xff])?;
 
+    // The stack's top pages present in the host, so that KVM maps them all at the first (see
+    // `STACK_WARM_BYTES`).
+    mem.fill(STACK_TOP - STACK_WARM_BYTES, STACK_WARM_BYTES as usize, 0)?;
+
     // The image from `copied_from` on (into fresh, zeroed memory: `.bss` needs no writes).
     for s in &img.segments {
         let bytes = GUEST_ELF

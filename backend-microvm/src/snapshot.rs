@@ -48,6 +48,10 @@ pub(crate) struct Template {
     /// The guest's answer to a handshake (a `Ready` frame body), recorded by the first warm-up:
     /// it names the guest's build, so it is the same for every `Hello` this host sends.
     ready: OnceLock<Arc<[u8]>>,
+    /// The pages a start writes (runs of page index and count), recorded by the first warm-up:
+    /// a new VM makes their private copies before its first entry (see
+    /// [`GuestMemory::populate_write`]).
+    written: OnceLock<Vec<(usize, usize)>>,
 }
 
 fn memfd(len: u64) -> Result<OwnedFd, VmError> {
@@ -205,6 +209,7 @@ impl Template {
             xcrs,
             pool: Pool::default(),
             ready: OnceLock::new(),
+            written: OnceLock::new(),
         })
     }
 
@@ -228,6 +233,9 @@ impl Template {
 
     fn fresh_machine(&self) -> Result<Machine, VmError> {
         let mem = GuestMemory::from_fd(&self.snapshot, self.key.0 as usize, false)?;
+        if let Some(runs) = self.written.get() {
+            mem.populate_write(runs);
+        }
         let m = Machine::new(mem)?;
         self.restore(&m)?;
         Ok(m)
@@ -269,6 +277,11 @@ impl Template {
         }
         // Dropping `vm` without its machine destroys nothing; a failure above destroys it.
         let m = vm.take_machine()?;
+        if self.written.get().is_none()
+            && let Ok(runs) = m.mem.private_runs_scan().or_else(|_| m.mem.private_runs())
+        {
+            let _ = self.written.set(prefetch_groups(&runs));
+        }
         self.reset(m)
     }
 
@@ -287,6 +300,27 @@ impl Template {
             None
         }
     }
+}
+
+/// KVM's shadow MMU maps, with a faulting page, the present and writable host pages of the
+/// aligned group of this many around it, from the group's first page on, stopping at the first
+/// page that is not.
+const PREFETCH_GROUP: usize = 8;
+
+/// `runs` (page index, count) each widened down to the start of its prefetch group, so that
+/// the first fault in a group maps every page written up to the last; merged, in order. Not
+/// widened up: pages past the last written one would be copies that nothing uses.
+fn prefetch_groups(runs: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for &(start, n) in runs {
+        let lo = start / PREFETCH_GROUP * PREFETCH_GROUP;
+        let hi = start + n;
+        match out.last_mut() {
+            Some((s, len)) if *s + *len >= lo => *len = (*len).max(hi - *s),
+            _ => out.push((lo, hi - lo)),
+        }
+    }
+    out
 }
 
 type Templates = Mutex<HashMap<(u64, u64), Arc<Template>>>;
@@ -405,6 +439,24 @@ impl Vm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_runs_widen_down_to_their_prefetch_group_and_merge() {
+        assert_eq!(prefetch_groups(&[]), vec![]);
+        assert_eq!(
+            prefetch_groups(&[
+                (1, 1),
+                (509, 3),
+                (1084, 1),
+                (1120, 1),
+                (1123, 2),
+                (15872, 1)
+            ]),
+            vec![(0, 2), (504, 8), (1080, 5), (1120, 5), (15872, 1)]
+        );
+        // A run crossing groups keeps its length past the first group.
+        assert_eq!(prefetch_groups(&[(6, 4), (10, 1)]), vec![(0, 11)]);
+    }
 
     /// A child forked while the snapshot's writable mapping exists (a process cell cloned from
     /// the same supervisor) must not keep the snapshot from being sealed.
