@@ -56,7 +56,8 @@ impl EventBuffer {
         self.buf.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn push_locked(&self, b: &mut Buf, mut line: J) {
+    /// Appends `line` with the next sequence number; returns its length.
+    fn push_locked(&self, b: &mut Buf, mut line: J) -> usize {
         let seq = b.next;
         b.next += 1;
         line["seq"] = seq.into();
@@ -71,20 +72,33 @@ impl EventBuffer {
             }
             metrics::counter!("cell_service_events_dropped_total").increment(1);
         }
-        b.bytes += line.len();
+        let len = line.len();
+        b.bytes += len;
         b.lines.push_back((seq, line));
+        len
     }
 
-    /// Moves every queued event of `cell` into the buffer; if the cell is gone, closes the
-    /// buffer with a last `closed` line naming why.
-    pub fn drain(&self, cell: &Cell) {
+    /// Moves the events `cell` has queued into the buffer, at most `max_events` of them and
+    /// `max_bytes` of lines (at least one); if the cell is gone and nothing is left, closes the
+    /// buffer with a last `closed` line naming why. Returns whether it wrote a line. Bounded
+    /// because a cell posts while it is drained: a cell posting as fast as the drain moved (in
+    /// step with it under backpressure) kept one drain going for its whole exec, on an async
+    /// worker, holding the buffer's lock, while the stream sent nothing. What is left waits in
+    /// the cell for the next drain. `max_events` at the cell's queue bound moves every event
+    /// queued when the drain began.
+    pub fn drain(&self, cell: &Cell, max_events: usize, max_bytes: usize) -> bool {
         let mut b = self.lock();
         if b.closed {
-            return;
+            return false;
         }
-        loop {
+        let first = b.next;
+        let (mut events, mut bytes) = (0, 0);
+        while events < max_events.max(1) && bytes < max_bytes.max(1) {
             match cell.recv(Some(Duration::ZERO)) {
-                Ok(event) => self.push_locked(&mut b, cj::event(&event)),
+                Ok(event) => {
+                    events += 1;
+                    bytes += self.push_locked(&mut b, cj::event(&event));
+                }
                 Err(RecvError::Closed(reason)) => {
                     self.close_locked(&mut b, reason.code.name(), &reason.message);
                     break;
@@ -92,7 +106,13 @@ impl EventBuffer {
                 Err(_) => break,
             }
         }
-        self.tx.send_replace((b.next - 1, b.closed));
+        // Readers are woken only by a line: a wake for nothing would send a stream that drains
+        // before it waits round its loop again at once.
+        let wrote = b.next > first;
+        if wrote {
+            self.tx.send_replace((b.next - 1, b.closed));
+        }
+        wrote
     }
 
     /// Closes the buffer (the cell was deleted or reaped) with a last line saying why.

@@ -110,6 +110,10 @@ pub struct Entry {
     pub live: Arc<Notify>,
     /// Kill the cell when a client reading its events disconnects.
     pub kill_on_disconnect: bool,
+    /// Most events the cell's queue holds at once (its policy's `channel.max_queued_events`):
+    /// a drain of that many moves every event queued when it began, and ends even while
+    /// another exec posts.
+    queue_bound: usize,
     /// Event streams open on this cell: while there is one, a cell whose queue is full waits
     /// for the stream to drain it (backpressure) instead of being stopped.
     streams: AtomicUsize,
@@ -606,6 +610,7 @@ impl Node {
             ),
             live,
             kill_on_disconnect: req.kill_on_disconnect,
+            queue_bound: policy.channel.max_queued_events,
             streams: AtomicUsize::new(0),
             idempotency_key: req.idempotency_key,
             reservation,
@@ -653,7 +658,9 @@ impl Node {
         *entry.busy.lock().unwrap_or_else(|e| e.into_inner()) += took;
         metrics::histogram!("cell_service_exec_seconds", "backend" => entry.backend.clone())
             .record(took.as_secs_f64());
-        entry.events.drain(&entry.cell);
+        entry
+            .events
+            .drain(&entry.cell, entry.queue_bound, usize::MAX);
         if !entry.alive() {
             self.release(entry);
         }
@@ -714,7 +721,9 @@ impl Node {
         }
         // Events the cell sent first, then the reason, then the kill (whose own reason the
         // closed buffer no longer takes).
-        entry.events.drain(&entry.cell);
+        entry
+            .events
+            .drain(&entry.cell, entry.queue_bound, usize::MAX);
         entry.events.close(code, why);
         entry.cell.kill();
         self.release(entry);

@@ -64,8 +64,9 @@ pub async fn events(
         .path_and_query()
         .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string());
     let entry = node.find(&tenant, &id, &path)?;
-    // What the cell queued before this reader came (a running exec's events) is moved now.
-    entry.events.drain(&entry.cell);
+    // What the cell queued before this reader came (a running exec's events) starts moving now;
+    // the stream moves the rest at its reader's pace.
+    entry.events.drain(&entry.cell, usize::MAX, CHUNK_BYTES);
     // A cursor past the last line written would hide every line to come: a client's mistake.
     let last = entry.events.last_seq();
     if let Some(after) = q.after.filter(|a| *a > last) {
@@ -114,15 +115,18 @@ async fn next_chunk(mut r: Reader) -> Option<(Result<Bytes, Infallible>, Reader)
             r.guard.finished = true;
             return None;
         }
+        // What the cell queued since, one chunk's worth: the rest waits in the cell (under
+        // backpressure the cell waits with it) until this chunk is sent. A cell waiting for
+        // room sends no wake, so this comes before waiting for one.
+        if r.entry.events.drain(&r.entry.cell, usize::MAX, CHUNK_BYTES) {
+            continue;
+        }
         let live = r.entry.live.clone();
         let woken = tokio::time::timeout(r.heartbeat, async {
             tokio::select! {
                 changed = r.rx.changed() => changed.is_ok(),
-                () = live.notified() => {
-                    // The cell queued an event or died: move it into the buffer, in order.
-                    r.entry.events.drain(&r.entry.cell);
-                    true
-                }
+                // The cell queued an event or died: drained at the top of the loop, in order.
+                () = live.notified() => true,
             }
         })
         .await;

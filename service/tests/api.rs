@@ -332,11 +332,7 @@ fn idempotent_creates_return_the_same_cell() {
 /// An open stream gets a running exec's events as the cell posts them, not when the exec ends.
 #[test]
 fn a_running_exec_streams_its_events_live() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, "[limits]\nmax_operations = 0\nwall_time_ms = 0\n").unwrap();
-    let mut c = config("node-live");
-    c.policy_file = Some(policy);
+    let (_dir, c) = endless_config("node-live");
     let n = TestNode::start(c);
     let id = create(&n.url, KEY, json!({"backend": "subinterp"}));
     let cell = format!("{}/v1/cells/{id}", n.url);

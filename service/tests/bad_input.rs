@@ -104,11 +104,7 @@ fn streams_per_tenant_are_capped_and_disconnects_spare_the_cell() {
 /// once instead, and the place comes back when the running exec ends.
 #[test]
 fn execs_in_flight_per_tenant_are_capped() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, "[limits]\nmax_operations = 0\nwall_time_ms = 0\n").unwrap();
-    let mut c = config("node-execs");
-    c.policy_file = Some(policy);
+    let (_dir, mut c) = endless_config("node-execs");
     c.limits.execs_per_tenant = 1;
     let n = TestNode::start(c);
     let id = create(&n.url, KEY, json!({}));

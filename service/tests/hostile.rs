@@ -48,13 +48,7 @@ fn an_events_cursor_past_the_last_event_is_a_400_not_an_endless_stream() {
     // Wait for the reader's stream to be open before the cell goes.
     let mut open = n.node().open_streams.subscribe();
     runtime().block_on(open.wait_for(|n| *n == 1)).unwrap();
-    let (s, _) = send(
-        "DELETE",
-        &format!("{}/v1/cells/{id}", n.url),
-        Some(KEY),
-        None,
-    );
-    assert_eq!(s, 200);
+    delete_ok(&n.url, KEY, &id);
     assert_eq!(reader.join().unwrap(), ["closed"]);
 }
 
@@ -466,13 +460,7 @@ fn a_cells_own_metrics_stay_on_its_stream_not_on_the_nodes_metrics() {
         l["event"] == "metric"
     });
     assert_eq!(lines.last().unwrap()["name"], "hostile_series_7f3a");
-    let (s, _) = send(
-        "DELETE",
-        &format!("{}/v1/cells/{id}", n.url),
-        Some(KEY),
-        None,
-    );
-    assert_eq!(s, 200);
+    delete_ok(&n.url, KEY, &id);
     // `/metrics` takes no key, and a series outlives its cell: a cell's series grew the node
     // with every cell made and showed one tenant's names and tags to anyone.
     let (s, text) = send("GET", &format!("{}/metrics", n.url), None, None);
@@ -685,5 +673,42 @@ fn a_cell_seen_dead_gives_back_what_it_held() {
         lines.iter().any(|l| l["event"] == "post"),
         "{:?}",
         lines.len()
+    );
+}
+
+#[test]
+fn a_cell_that_floods_its_stream_is_streamed_live_and_holds_no_worker() {
+    let (_dir, c) = endless_config("node-flood");
+    let n = TestNode::start(c);
+    let id = create(&n.url, KEY, json!({}));
+    let cell = format!("{}/v1/cells/{id}", n.url);
+    // Posts for ever, ended only by the delete below.
+    let flood = r#"let s = "x"; while s.len() < 1024 { s += s; } loop { post(s); }"#;
+    let events = format!("{cell}/events");
+    // The drain a stream ran on each wake moved events for as long as the cell queued them, so
+    // a flood kept it on an async worker for the whole exec, holding the buffer's lock, and the
+    // reader got nothing until the exec ended (here: never, nor did the delete).
+    let reader =
+        std::thread::spawn(move || read_events(&events, KEY, |l| l["seq"].as_u64() >= Some(5000)));
+    let mut open = n.node().open_streams.subscribe();
+    runtime().block_on(open.wait_for(|n| *n == 1)).unwrap();
+    let exec = format!("{cell}/exec");
+    let running = std::thread::spawn(move || {
+        send("POST", &exec, Some(KEY), Some(&json!({ "source": flood })))
+    });
+    let lines = reader.join().unwrap();
+    assert!(
+        lines.iter().filter(|l| l["event"] == "post").count() > 1000,
+        "{} lines",
+        lines.len()
+    );
+    // The reader went at its pace: the cell waited for it (backpressure), nothing was lost.
+    assert!(lines.iter().all(|l| l["event"] != "gap"), "a gap");
+    delete_ok(&n.url, KEY, &id);
+    // Deleted, or stopped by its flood first once its reader went (no backpressure then).
+    let (_, j) = running.join().unwrap();
+    assert!(
+        j["code"] == "cancelled" || j["code"] == "limit_event_queue",
+        "{j}"
     );
 }

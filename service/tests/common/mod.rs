@@ -28,6 +28,17 @@ pub fn config(node: &str) -> ServeConfig {
     c
 }
 
+/// A node config whose base policy lets a script run without end (no operation or wall-time
+/// limit); the directory holds the policy file and must outlive the node's start.
+pub fn endless_config(node: &str) -> (tempfile::TempDir, ServeConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[limits]\nmax_operations = 0\nwall_time_ms = 0\n").unwrap();
+    let mut c = config(node);
+    c.policy_file = Some(policy);
+    (dir, c)
+}
+
 pub struct TestNode {
     pub url: String,
     pub server: Option<Server>,
@@ -127,6 +138,12 @@ pub fn create(url: &str, key: &str, body: J) -> String {
     let (s, j) = send("POST", &format!("{url}/v1/cells"), Some(key), Some(&body));
     assert_eq!(s, 201, "{j}");
     j["id"].as_str().unwrap().to_string()
+}
+
+/// Deletes cell `id`, which must answer 200.
+pub fn delete_ok(url: &str, key: &str, id: &str) {
+    let (s, j) = send("DELETE", &format!("{url}/v1/cells/{id}"), Some(key), None);
+    assert_eq!(s, 200, "{j}");
 }
 
 /// Runs `source` in cell `id` and returns the answer, which must be a 200.
