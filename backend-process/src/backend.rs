@@ -15,6 +15,7 @@ use abi::wire::{self, HEADER_LEN};
 use crate::cell::{Killer, ProcessCell};
 use crate::deadline::ChannelDeadline;
 use crate::error::Error;
+use crate::fork_protocol::last_words;
 use crate::fork_server::PoolLease;
 use crate::host::host_support;
 use crate::layers::{Layer, LayerReport, LayerState};
@@ -356,13 +357,57 @@ impl SocketIo {
             .cell
             .wait_timeout(std::time::Duration::from_millis(500));
         match status {
-            Ok(Some(t)) => crate::exit::classify(&t, self.cell.limits()),
+            Ok(Some(t)) => {
+                let words = t.panicked().then(|| self.last_words()).flatten();
+                crate::exit::classify(&t, self.cell.limits(), words.as_deref())
+            }
             _ => PipeError::Closed,
         }
     }
 
-    /// Reads more bytes into the buffer, honouring the deadline.
-    fn fill(&mut self, deadline: Option<Instant>) -> Result<(), PipeError> {
+    /// The message a panicking guest wrote before it exited ([`last_words`]), from the next
+    /// frame boundary on: read without waiting, since the writer is gone. `None` when what
+    /// is there is no such record.
+    fn last_words(&mut self) -> Option<String> {
+        let fd = self.cell.channel().as_raw_fd();
+        loop {
+            let have = &self.buf[self.start..self.end];
+            if let Some(text) = last_words::decode(have) {
+                return Some(String::from_utf8_lossy(text).into_owned());
+            }
+            let prefix = have.len().min(last_words::MARKER.len());
+            if have[..prefix] != last_words::MARKER[..prefix] {
+                return None;
+            }
+            self.make_room();
+            let n = self.recv_ready(fd);
+            if n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted)
+            {
+                return None;
+            }
+        }
+    }
+
+    /// Appends to the buffer what `fd` holds now, without waiting: `recv`'s result.
+    fn recv_ready(&mut self, fd: i32) -> isize {
+        let spare = &mut self.buf[self.end..];
+        // SAFETY: `spare` is valid writable memory of the given length.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            self.end += n as usize;
+        }
+        n
+    }
+
+    /// Moves the unread bytes to the front of the buffer when they reach its end.
+    fn make_room(&mut self) {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -371,6 +416,11 @@ impl SocketIo {
             self.end -= self.start;
             self.start = 0;
         }
+    }
+
+    /// Reads more bytes into the buffer, honouring the deadline.
+    fn fill(&mut self, deadline: Option<Instant>) -> Result<(), PipeError> {
+        self.make_room();
         let fd = self.cell.channel().as_raw_fd();
         // Poll without sleeping for a short while first: the answer usually comes within
         // microseconds, and a sleep/wake across CPUs costs ~25 µs here. On one CPU the
@@ -381,18 +431,8 @@ impl SocketIo {
             if !parallel {
                 break;
             }
-            let spare = &mut self.buf[self.end..];
-            // SAFETY: `spare` is valid writable memory of the given length.
-            let n = unsafe {
-                libc::recv(
-                    fd,
-                    spare.as_mut_ptr().cast(),
-                    spare.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
+            let n = self.recv_ready(fd);
             if n > 0 {
-                self.end += n as usize;
                 return Ok(());
             }
             if n == 0 {
@@ -500,6 +540,14 @@ impl FrameIo for SocketIo {
         let header: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
             .try_into()
             .expect("header");
+        if header == last_words::MARKER {
+            // A panicking guest's last words (left unread for `ended`), not a frame. From a
+            // cell that has not ended, it is a length prefix over the cap like any other.
+            match self.ended() {
+                PipeError::Closed => {}
+                ended => return Err(ended),
+            }
+        }
         // The cap is checked before anything is allocated for the body.
         let len = wire::body_len(header, max_len)?;
         self.start += HEADER_LEN;

@@ -43,6 +43,13 @@ impl Termination {
         matches!(self.status, ExitStatus::Signaled(_)) && !self.killed_by_host
     }
 
+    /// Ended by a panic of the guest program, which wrote its message on the channel
+    /// first (`fork_protocol::last_words`).
+    pub fn panicked(&self) -> bool {
+        self.status == ExitStatus::Exited(crate::fork_protocol::exit::PANICKED)
+            && !self.killed_by_host
+    }
+
     /// The confinement step the process failed, when its exit status names one.
     pub fn failed_step(&self) -> Option<Step> {
         match self.status {

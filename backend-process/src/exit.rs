@@ -1,5 +1,5 @@
 //! What a cell's end means: a limit it reached (with that limit's error code), a
-//! confinement step a forked cell failed, a crash, or a clean exit.
+//! confinement step a forked cell failed, a panic, a crash, or a clean exit.
 
 use abi::backend::{PipeError, Resource};
 
@@ -9,8 +9,8 @@ use crate::limits::Limits;
 use crate::step::Step;
 
 /// The error a transaction reports for a cell that ended with `t` (not killed by the
-/// host), given the limits it ran under.
-pub(crate) fn classify(t: &Termination, limits: &Limits) -> PipeError {
+/// host), given the limits it ran under and, for a panic, the message the guest left.
+pub(crate) fn classify(t: &Termination, limits: &Limits, panic: Option<&str>) -> PipeError {
     if t.killed_by_host {
         return PipeError::Killed;
     }
@@ -40,6 +40,11 @@ pub(crate) fn classify(t: &Termination, limits: &Limits) -> PipeError {
             resource: Resource::Stack,
             detail: "the guest's stack guard page was hit".into(),
         },
+        // Worded as the microVM backend words its guest's panic.
+        ExitStatus::Exited(exit::PANICKED) => PipeError::Crashed(match panic {
+            Some(message) => format!("guest panicked: {message}"),
+            None => "guest panicked (its message did not reach the host)".into(),
+        }),
         // The RLIMIT_CPU backstop (SIGXCPU at the soft limit, SIGKILL at the hard one;
         // the host's own kills and OOM kills are told apart above).
         ExitStatus::Signaled(libc::SIGXCPU) => cpu(),

@@ -60,6 +60,38 @@ pub mod exit {
     pub const CPU_TIME: i32 = 81;
     /// The engine ran off its stack (the guard page faulted): `limit_call_depth`.
     pub const STACK_OVERFLOW: i32 = 82;
+    /// The guest program panicked, after writing its [`super::last_words`] on the channel:
+    /// `cell_crashed`, with the panic's message.
+    pub const PANICKED: i32 = 83;
+}
+
+/// A cell's last words: the record a panicking guest writes on its channel, at a frame
+/// boundary, just before it exits with [`exit::PANICKED`]. Its first four bytes sit where
+/// a frame's length prefix would and announce more than any frame may hold
+/// (`wire::ABSOLUTE_MAX_FRAME_LEN`), so no frame is ever mistaken for it; then the
+/// message's length (u16, little-endian, at most [`last_words::MAX_TEXT`]) and the
+/// message (UTF-8).
+pub mod last_words {
+    /// The record's first four bytes, little-endian: "PNC!", 558 MB as a length prefix.
+    pub const MARKER: [u8; 4] = *b"PNC!";
+    /// The marker and the message's length.
+    pub const HEAD_LEN: usize = 6;
+    /// The longest message a record carries (the guest cuts it at a char boundary).
+    pub const MAX_TEXT: usize = 1024;
+
+    const _: () = assert!(u32::from_le_bytes(MARKER) > abi::wire::ABSOLUTE_MAX_FRAME_LEN);
+    const _: () = assert!(MAX_TEXT <= u16::MAX as usize);
+
+    /// The message of the record at the start of `bytes`: `None` while `bytes` do not yet
+    /// hold all of it (or do not start with [`MARKER`]).
+    pub fn decode(bytes: &[u8]) -> Option<&[u8]> {
+        let (head, rest) = bytes.split_first_chunk::<HEAD_LEN>()?;
+        if head[..4] != MARKER {
+            return None;
+        }
+        let len = usize::from(u16::from_le_bytes([head[4], head[5]])).min(MAX_TEXT);
+        rest.get(..len)
+    }
 }
 
 /// The setup message: the number of ids mapped from 1000 up, the code of a confinement

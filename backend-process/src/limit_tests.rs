@@ -284,7 +284,7 @@ fn a_failed_fork_step_is_named_in_the_error() {
         killed_by_host: false,
         oom_killed: false,
     };
-    match crate::exit::classify(&t, &Limits::default()) {
+    match crate::exit::classify(&t, &Limits::default(), None) {
         PipeError::Crashed(msg) => {
             assert!(msg.contains("setting its rlimits"), "{msg}");
             assert!(msg.contains("set-rlimits"), "{msg}");

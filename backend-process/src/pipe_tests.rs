@@ -10,7 +10,7 @@ use abi::backend::{
 use abi::wire::{self, WireError};
 use abi::{EngineLimits, GuestFrame, Hello, HostFrame};
 
-use crate::tests::spawn_probe;
+use crate::tests::{PATHS, spawn_probe, spawn_probe_via};
 use crate::*;
 
 /// Records every guest frame; a handshake answer or a completion ends the transaction.
@@ -155,19 +155,24 @@ fn hello() -> HostFrame {
     HostFrame::Hello(abi_spec().hello)
 }
 
-#[test]
-fn oversized_length_prefix_is_refused_before_allocation_and_kills_the_cell() {
-    let (mut pipe, host) = probe_pipe("huge_frame");
+/// The probe `name` sends a length prefix over the cap: refused before allocation, and the
+/// pipe kills the cell (the next transaction reports it dead).
+fn assert_oversized_prefix_kills(name: &str) {
+    let (mut pipe, host) = probe_pipe(name);
     match pipe.transact(hello(), deadline()) {
         Err(PipeError::Wire(WireError::TooLarge { .. })) => {}
-        other => panic!("expected a frame-size error, got {other:?}"),
+        other => panic!("{name}: expected a frame-size error, got {other:?}"),
     }
     assert!(host.0.lock().unwrap().is_empty());
-    // The pipe killed the cell; the next transaction reports it dead.
     assert!(matches!(
         pipe.transact(hello(), deadline()),
         Err(PipeError::Killed)
     ));
+}
+
+#[test]
+fn oversized_length_prefix_is_refused_before_allocation_and_kills_the_cell() {
+    assert_oversized_prefix_kills("huge_frame");
 }
 
 #[test]
@@ -179,6 +184,39 @@ fn crash_mid_frame_is_reported_as_crashed() {
         }
         other => panic!("expected a crash, got {other:?}"),
     }
+}
+
+#[test]
+fn a_guest_panic_is_a_crash_naming_the_panic_and_ends_the_cell() {
+    // The probe panics through the guest program's panic hook, under a cell's confinement.
+    for fork_server in PATHS {
+        let host = Arc::new(Recorder::default());
+        let cell = spawn_probe_via("panic", fork_server);
+        let mut pipe = ProcessPipe::new(cell, host.clone(), wire::DEFAULT_MAX_FRAME_LEN);
+        let err = pipe.transact(hello(), deadline()).unwrap_err();
+        let PipeError::Crashed(why) = &err else {
+            panic!("fork server {fork_server}: expected a crash, got {err:?}");
+        };
+        // Worded as the microVM backend words its guest's panic, with the place.
+        assert!(
+            why.starts_with("guest panicked: probe panic requested (7) at ")
+                && why.contains("probe.rs:"),
+            "fork server {fork_server}: {why}"
+        );
+        assert_eq!(err.to_cell_error().code, abi::ErrorCode::CellCrashed);
+        assert!(host.0.lock().unwrap().is_empty());
+        // Only the panic's exit status is worded so: the cell ended by itself, and stays
+        // reported so.
+        match pipe.transact(hello(), deadline()) {
+            Err(PipeError::Crashed(again)) => assert_eq!(&again, why),
+            other => panic!("fork server {fork_server}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn last_words_from_a_cell_that_lives_on_are_a_bad_frame_and_kill_it() {
+    assert_oversized_prefix_kills("live_last_words");
 }
 
 #[test]

@@ -68,6 +68,7 @@ fn codes_are_stable_distinct_and_clear_of_other_exit_statuses() {
         exit::OUT_OF_MEMORY,
         exit::CPU_TIME,
         exit::STACK_OVERFLOW,
+        exit::PANICKED,
     ] {
         assert_eq!(Step::from_exit_status(status), None, "status {status}");
     }
@@ -105,7 +106,7 @@ fn every_step_of_a_forked_cell_that_fails_is_named() {
             Ok(mut cell) => {
                 let t = cell.wait().unwrap();
                 assert_eq!(t.failed_step(), Some(step), "{t:?}");
-                match crate::exit::classify(&t, cell.limits()) {
+                match crate::exit::classify(&t, cell.limits(), None) {
                     PipeError::Crashed(message) => message,
                     other => panic!("{step:?}: {other:?}"),
                 }

@@ -20,9 +20,9 @@ pub(crate) fn spawn_probe(name: &str) -> ProcessCell {
 }
 
 /// Both ways a cell starts: forked by the fork server, and confined directly.
-const PATHS: [bool; 2] = [true, false];
+pub(crate) const PATHS: [bool; 2] = [true, false];
 
-fn spawn_probe_via(name: &str, fork_server: bool) -> ProcessCell {
+pub(crate) fn spawn_probe_via(name: &str, fork_server: bool) -> ProcessCell {
     let spec = SpawnSpec {
         fork_server,
         ..probe_spec(name)
@@ -66,6 +66,27 @@ fn doctor_reports_every_layer() {
     assert_eq!(report.iter().count(), Layer::ALL.len());
     for layer in Layer::ALL {
         assert_eq!(Layer::from_name(layer.name()), Some(layer));
+    }
+}
+
+#[test]
+fn a_panicking_cell_leaves_its_last_words_and_exits_with_the_panic_status() {
+    use crate::fork_protocol::{exit, last_words};
+    for fork_server in PATHS {
+        let mut cell = spawn_probe_via("panic", fork_server);
+        let mut ch = cell.channel();
+        ch.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut words = Vec::new();
+        ch.read_to_end(&mut words).unwrap();
+        let text = last_words::decode(&words).map(String::from_utf8_lossy);
+        assert!(
+            text.as_ref()
+                .is_some_and(|t| t.starts_with("probe panic requested (7) at ")),
+            "fork server {fork_server}: {text:?} from {words:?}"
+        );
+        let t = cell.wait().unwrap();
+        assert_eq!(t.status, ExitStatus::Exited(exit::PANICKED), "{t:?}");
+        assert!(t.panicked(), "{t:?}");
     }
 }
 

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 mod fork_server;
+mod last_words;
 mod limits;
 
 use std::sync::Arc;
@@ -203,8 +204,10 @@ extern "C" fn main(argc: i32, argv: *const *const libc::c_char) -> i32 {
         });
         (args, reporter) = (cell.args, cell.reporter);
     }
-    // Before any script: the engine's stack limit and interrupt become errors, not
-    // crashes, and the CPU-time limit counts from here (not from a spare's rehearsal).
+    // Before any script: a panic reaches the host with its message, the engine's stack
+    // limit and interrupt become errors, not crashes, and the CPU-time limit counts from
+    // here (not from a spare's rehearsal).
+    last_words::install();
     limits::install_handlers();
     let Settings {
         max_frame_len,

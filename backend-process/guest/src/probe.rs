@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod fork_server;
+mod last_words;
 
 use core::ffi::CStr;
 
@@ -317,6 +318,19 @@ fn probe(name: &str) {
                 say("\u{ff}");
                 let rest = [0xffu8; 3];
                 libc::write(CHANNEL, rest.as_ptr().cast(), 3);
+                loop {
+                    libc::pause();
+                }
+            }
+            "panic" => {
+                // A panic in a cell, reported as the guest program reports one.
+                last_words::install();
+                let n = core::hint::black_box(7);
+                panic!("probe panic requested ({n})");
+            }
+            "live_last_words" => {
+                // A panic record's head from a cell that goes on living.
+                say("PNC!\x04\x00oops");
                 loop {
                     libc::pause();
                 }
