@@ -60,6 +60,10 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Time to receive a request's body.
     pub body_timeout: Duration,
+    /// Longest a response write may wait for the client to take bytes (it reads nothing, its
+    /// window stays shut) before the connection is closed: else a client that sends requests
+    /// and never reads the answers holds its connection, and a descriptor, for ever.
+    pub write_timeout: Duration,
     /// Events kept per cell for reconnecting readers.
     pub event_buffer: usize,
     /// Bytes of event lines kept per cell (the oldest lines go first; the newest stays).
@@ -87,6 +91,7 @@ impl Default for Limits {
             body_bytes: 1 << 20,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
             event_buffer: 1024,
             event_buffer_bytes: 4 << 20,
             heartbeat: Duration::from_secs(15),

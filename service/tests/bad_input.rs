@@ -183,3 +183,52 @@ fn a_panicking_handler_is_a_500_for_that_request_only() {
         200
     );
 }
+
+/// A client that sends requests and never reads the answers: once the socket buffers are full
+/// the server's write waits, and it must not wait for ever (no key is needed to do this).
+#[test]
+fn a_client_that_never_reads_its_answers_is_cut_off() {
+    let mut c = config("node-noread");
+    c.limits.write_timeout = Duration::from_millis(300);
+    let n = TestNode::start(c);
+    let mut s = raw(&n.url);
+    // A bound on the test itself, not an assertion: the server closes long before.
+    s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let error = loop {
+        if let Err(e) = s.write_all(request) {
+            break e;
+        }
+    };
+    // Closed by the server with our requests unread: a reset, not our own bound running out.
+    assert!(
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "{error:?}"
+    );
+
+    // An event stream whose reader stopped reading ends too, giving back its slot and the
+    // cell it held under backpressure.
+    let id = create(&n.url, KEY, json!({}));
+    let mut stream = raw(&n.url);
+    write!(
+        stream,
+        "GET /v1/cells/{id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n"
+    )
+    .unwrap();
+    let mut open = n.node().open_streams.subscribe();
+    runtime().block_on(open.wait_for(|n| *n == 1)).unwrap();
+    let flood =
+        r#"let s = "x"; while s.len() < 4096 { s += s; } for i in 0..100000 { post(s); } 1"#;
+    let exec = format!("{}/v1/cells/{id}/exec", n.url);
+    let running =
+        std::thread::spawn(move || send("POST", &exec, Some(KEY), Some(&json!({"source": flood}))));
+    runtime().block_on(open.wait_for(|n| *n == 0)).unwrap();
+    let (s, j) = running.join().unwrap();
+    assert!(s == 200 || j["code"] == "limit_event_queue", "{s} {j}");
+    let (s, _) = send("GET", &format!("{}/healthz", n.url), None, None);
+    assert_eq!(s, 200);
+    drop(stream);
+}
