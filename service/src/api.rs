@@ -286,8 +286,19 @@ async fn create(
     Auth(tenant): Auth,
     JsonBody(req): JsonBody<CreateRequest>,
 ) -> Result<Response, ApiError> {
+    // A create's `source` runs as an exec does, on a thread until it ends: it takes one of the
+    // tenant's places for execs, else creates would run any number of scripts at once.
+    let running = req
+        .source
+        .is_some()
+        .then(|| node.start_exec(&tenant))
+        .transpose()?;
     let n = node.clone();
-    let (entry, new) = blocking(&node, move || n.create(&tenant, req)).await?;
+    let (entry, new) = blocking(&node, move || {
+        let _running = running;
+        n.create(&tenant, req)
+    })
+    .await?;
     let status = if new {
         StatusCode::CREATED
     } else {

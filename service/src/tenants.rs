@@ -82,8 +82,8 @@ pub struct Quotas {
     pub cpu_time_ms: Option<u64>,
     /// Caps every grant's request rate, per cell.
     pub broker_requests_per_second: Option<u64>,
-    /// Most execs and calls running at once over all the tenant's cells (the node's
-    /// `execs_per_tenant` bounds it too).
+    /// Most execs and calls (a create's `source` included) running at once over all the
+    /// tenant's cells (the node's `execs_per_tenant` bounds it too).
     pub execs_in_flight: Option<u64>,
 }
 

@@ -125,15 +125,20 @@ fn execs_in_flight_per_tenant_are_capped() {
             "{op}: {j}"
         );
     }
-    let (s, j) = send(
-        "DELETE",
-        &format!("{}/v1/cells/{id}", n.url),
-        Some(KEY),
-        None,
+    // A create's source is an exec too: it ran past the bound (a cell without one still comes).
+    let cells = format!("{}/v1/cells", n.url);
+    let (s, j) = send("POST", &cells, Some(KEY), Some(&json!({"source": "1"})));
+    assert_eq!(
+        (s, j["quota"].as_str()),
+        (429, Some("execs_in_flight")),
+        "{j}"
     );
-    assert_eq!(s, 200, "{j}");
+    let empty = create(&n.url, KEY, json!({}));
+    delete_ok(&n.url, KEY, &id);
     let (_, j) = running.join().unwrap();
     assert_eq!(j["code"], "cancelled", "{j}");
+    create(&n.url, KEY, json!({"source": "1"}));
+    delete_ok(&n.url, KEY, &empty);
     // The running exec's place is free again.
     assert_eq!(exec_ok(&n.url, KEY, &other, "40 + 2")["result"], 42);
 }
