@@ -276,6 +276,21 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::new("internal", format!("the request's worker failed: {e}")))?
 }
 
+/// [`blocking`] holding `held` (an exec place) inside the work until it ends: on the blocking
+/// pool the work runs on after its client hangs up and the handler is dropped, and a place held
+/// by the handler would come back while the script still runs, letting a tenant pass its bound.
+async fn blocking_holding<T: Send + 'static, H: Send + 'static>(
+    node: &Node,
+    held: H,
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    blocking(node, move || {
+        let _held = held;
+        f()
+    })
+    .await
+}
+
 fn path_of(uri: &Uri) -> String {
     uri.path_and_query()
         .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string())
@@ -294,11 +309,7 @@ async fn create(
         .then(|| node.start_exec(&tenant))
         .transpose()?;
     let n = node.clone();
-    let (entry, new) = blocking(&node, move || {
-        let _running = running;
-        n.create(&tenant, req)
-    })
-    .await?;
+    let (entry, new) = blocking_holding(&node, running, move || n.create(&tenant, req)).await?;
     let status = if new {
         StatusCode::CREATED
     } else {
@@ -361,9 +372,12 @@ async fn exec(
     JsonBody(req): JsonBody<ExecRequest>,
 ) -> Result<Json<J>, ApiError> {
     let entry = node.find(&tenant, &id, &path_of(&uri))?;
-    let _running = node.start_exec(&tenant)?;
+    let running = node.start_exec(&tenant)?;
     let n = node.clone();
-    let value = blocking(&node, move || n.run(&entry, |c| c.exec(&req.source))).await?;
+    let value = blocking_holding(&node, running, move || {
+        n.run(&entry, |c| c.exec(&req.source))
+    })
+    .await?;
     Ok(Json(json!({ "result": cj::value(&value) })))
 }
 
@@ -385,7 +399,7 @@ async fn call(
     JsonBody(req): JsonBody<CallRequest>,
 ) -> Result<Json<J>, ApiError> {
     let entry = node.find(&tenant, &id, &path_of(&uri))?;
-    let _running = node.start_exec(&tenant)?;
+    let running = node.start_exec(&tenant)?;
     let args = req.args.iter().map(cj::parse_value).collect();
     let kwargs = req
         .kwargs
@@ -393,7 +407,7 @@ async fn call(
         .map(|(k, v)| (k.clone(), cj::parse_value(v)))
         .collect();
     let n = node.clone();
-    let value = blocking(&node, move || {
+    let value = blocking_holding(&node, running, move || {
         n.run(&entry, |c| c.call(&req.function, args, kwargs))
     })
     .await?;

@@ -239,6 +239,8 @@ pub struct Node {
     execs: Arc<Held>,
     /// Open event streams on this node.
     pub open_streams: watch::Sender<usize>,
+    /// Open client connections; one is counted off once its requests' handlers are dropped.
+    pub connections: watch::Sender<usize>,
     /// Blocking calls running in place on async workers now.
     in_place: AtomicUsize,
     /// Cells held plus creates under way, bounded by `max_cells`: counted before the spawn, so
@@ -327,6 +329,7 @@ impl Node {
             streams: Arc::default(),
             execs: Arc::default(),
             open_streams: watch::Sender::new(0),
+            connections: watch::Sender::new(0),
             in_place: AtomicUsize::new(0),
             places: AtomicUsize::new(0),
         }

@@ -256,6 +256,8 @@ async fn connection(
     node: Arc<Node>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Declared before the connection, so dropped after it and the handlers it runs.
+    let _counted = Connection::open(node.clone());
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(node.config.limits.header_timeout)
@@ -269,6 +271,24 @@ async fn connection(
         _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
     }
     let _ = conn.await;
+}
+
+/// A connection counted in [`Node::connections`] and `cell_service_connections` while it lives.
+struct Connection(Arc<Node>);
+
+impl Connection {
+    fn open(node: Arc<Node>) -> Connection {
+        node.connections.send_modify(|n| *n += 1);
+        metrics::gauge!("cell_service_connections").increment(1.0);
+        Connection(node)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.0.connections.send_modify(|n| *n = n.saturating_sub(1));
+        metrics::gauge!("cell_service_connections").decrement(1.0);
+    }
 }
 
 /// A connection whose writes wait at most `limit` for the client to take bytes: hyper has a

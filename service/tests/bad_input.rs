@@ -237,3 +237,47 @@ fn a_client_that_never_reads_its_answers_is_cut_off() {
     assert_eq!(s, 200);
     drop(stream);
 }
+
+/// An exec running on the blocking pool holds its place until it ends, not until its client
+/// goes: a tenant could pass its bound by starting long execs and hanging up.
+#[test]
+fn an_exec_whose_client_hangs_up_keeps_its_place_until_it_ends() {
+    let (_dir, mut c) = endless_config("node-hangup");
+    c.limits.execs_per_tenant = 1;
+    // The events reader's hang-up is noticed at its next heartbeat.
+    c.limits.heartbeat = Duration::from_millis(50);
+    let n = TestNode::start(c);
+    let id = create(&n.url, KEY, json!({}));
+    let other = create(&n.url, KEY, json!({}));
+    // Every in-place slot taken: the exec runs on the blocking pool, apart from its request.
+    let in_place: Vec<_> = (0..cell_service::api::MAX_IN_PLACE)
+        .map(|_| n.node().in_place(cell_service::api::MAX_IN_PLACE).unwrap())
+        .collect();
+    let mut s = raw(&n.url);
+    let body = json!({"source": "post(1); loop {}"}).to_string();
+    write!(s, "POST /v1/cells/{id}/exec HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let lines = read_events(&format!("{}/v1/cells/{id}/events", n.url), KEY, |l| {
+        l["seq"] == 1 || l["event"] == "heartbeat"
+    });
+    assert_eq!(lines.last().unwrap()["seq"], 1, "the exec runs: {lines:?}");
+    // The client hangs up; once the server has closed every connection, the request's
+    // handler is gone while the exec runs on.
+    drop(s);
+    let mut open = n.node().connections.subscribe();
+    runtime().block_on(open.wait_for(|n| *n == 0)).unwrap();
+    let (_, j) = send("GET", &format!("{}/v1/cells/{id}", n.url), Some(KEY), None);
+    assert_eq!(j["state"], "alive", "{j}");
+    let (st, j) = send(
+        "POST",
+        &format!("{}/v1/cells/{other}/exec", n.url),
+        Some(KEY),
+        Some(&json!({"source": "1"})),
+    );
+    assert_eq!(
+        (st, j["quota"].as_str()),
+        (429, Some("execs_in_flight")),
+        "{j}"
+    );
+    drop(in_place);
+    delete_ok(&n.url, KEY, &id);
+}
