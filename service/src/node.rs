@@ -624,6 +624,7 @@ impl Node {
             && let Err(e) = self.run(&entry, |c| c.exec(source))
         {
             self.release(&entry);
+            self.ledger.release_cell(&tenant.name);
             entry.cell.kill();
             return Err(e);
         }
@@ -632,6 +633,7 @@ impl Node {
             if self.closed.load(Ordering::SeqCst) {
                 drop(cells);
                 self.release(&entry);
+                self.ledger.release_cell(&tenant.name);
                 entry.cell.kill();
                 return Err(ApiError::new(
                     "draining",
@@ -670,16 +672,19 @@ impl Node {
         result.map_err(ApiError::from)
     }
 
-    /// Returns the cell's quota reservation and what its boundary holds, once. A cell seen dead
-    /// stays listed (its reason and events are read until it is deleted or expires), but its
-    /// engine and heap (subinterp), child process and cgroups (process) or VM (microvm) are
-    /// given back now: the quota no longer counts them, so kept to the cell's expiry they would
-    /// let a tenant hold any number of dead cells' memory past its quota.
+    /// Returns the cell's memory and CPU-time reservation and what its boundary holds, once. A
+    /// cell seen dead stays listed (its reason and events are read until it is deleted or
+    /// expires), but its engine and heap (subinterp), child process and cgroups (process) or VM
+    /// (microvm) are given back now: the quota no longer counts them, so kept to the cell's
+    /// expiry they would let a tenant hold any number of dead cells' memory past its quota. The
+    /// cell itself still counts against the tenant's `live_cells` until [`Node::remove`]: it
+    /// holds a `max_cells` place and its buffered events until then, and a tenant whose cells
+    /// die must not fill the node past its quota with them.
     fn release(&self, entry: &Entry) {
         if !entry.released.swap(true, Ordering::SeqCst) {
             // Events queued before the death stay receivable; the death's reason stays first.
             entry.cell.close();
-            self.ledger.release(&entry.tenant, entry.reservation);
+            self.ledger.release_limits(&entry.tenant, entry.reservation);
             metrics::gauge!("cell_service_cells", "backend" => entry.backend.clone(), "state" => "alive")
                 .decrement(1.0);
         }
@@ -719,8 +724,10 @@ impl Node {
         // Out of the table first: a reader that saw the `closed` line finds the cell gone. The
         // count drain waits on drops once the boundary is released, below.
         if self.locked().remove(&entry.id).is_some() {
-            // The place `spawn_cell` kept; removed twice (a delete racing the reaper) once.
+            // The place `spawn_cell` kept, and the tenant's count of cells held; removed twice
+            // (a delete racing the reaper) once.
             self.places.fetch_sub(1, Ordering::AcqRel);
+            self.ledger.release_cell(&entry.tenant);
         }
         // Events the cell sent first, then the reason, then the kill (whose own reason the
         // closed buffer no longer takes).

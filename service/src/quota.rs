@@ -52,7 +52,7 @@ impl Ledger {
                 tenant,
                 "live_cells",
                 format!(
-                    "tenant `{tenant}` has {} live cells, its quota is {max}",
+                    "tenant `{tenant}` holds {} cells (dead ones count until deleted or expired), its quota is {max}",
                     u.cells
                 ),
             ));
@@ -99,12 +99,29 @@ impl Ledger {
         Ok(())
     }
 
+    /// Gives back a whole reservation: the cell (its count) and its limits.
     pub fn release(&self, tenant: &str, r: Reservation) {
+        self.release_limits(tenant, r);
+        self.release_cell(tenant);
+    }
+
+    /// Gives back a cell's memory and CPU-time limits (its boundary is gone: it died or was
+    /// removed); the cell still counts against `live_cells` until [`Ledger::release_cell`].
+    pub fn release_limits(&self, tenant: &str, r: Reservation) {
+        let mut all = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(u) = all.get_mut(tenant) {
+            u.memory_mib = u.memory_mib.saturating_sub(r.memory_mib);
+            u.cpu_time_ms = u.cpu_time_ms.saturating_sub(r.cpu_time_ms);
+        }
+    }
+
+    /// Gives back a cell's place in the tenant's `live_cells` count: once the node no longer
+    /// holds it (deleted, expired, or never added), not at its death, as a dead cell stays
+    /// listed and holds one of the node's `max_cells` places until then.
+    pub fn release_cell(&self, tenant: &str) {
         let mut all = self.usage.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(u) = all.get_mut(tenant) {
             u.cells = u.cells.saturating_sub(1);
-            u.memory_mib = u.memory_mib.saturating_sub(r.memory_mib);
-            u.cpu_time_ms = u.cpu_time_ms.saturating_sub(r.cpu_time_ms);
         }
     }
 

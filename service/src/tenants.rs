@@ -8,7 +8,7 @@
 //! backends = ["subinterp", "process"]   # allowed backends (empty: all)
 //! default_policy = "small"               # used when a create names none (else the base)
 //! [tenant.quotas]
-//! live_cells = 100
+//! live_cells = 100                       # cells held, dead ones until deleted or expired
 //! creates_per_minute = 600
 //! memory_mib = 4096                      # sum of the live cells' memory limits
 //! cpu_time_ms = 600000                   # sum of the live cells' CPU-time limits
@@ -72,7 +72,7 @@ pub enum TenantsError {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Quotas {
-    /// Most live cells at once.
+    /// Most cells held at once: live ones, and dead ones until deleted or expired.
     pub live_cells: Option<u64>,
     /// Most creates in any minute (a sliding window).
     pub creates_per_minute: Option<u64>,

@@ -214,3 +214,54 @@ fn tcp_without_a_key_is_refused_and_a_unix_socket_serves_without_one() {
     runtime().block_on(server.kill());
     assert!(!sock.exists(), "the socket file is removed");
 }
+
+/// A cell dead by its own fault stays listed (state, reason, events) and holds one of the node's
+/// places until deleted or expired, so it counts against its tenant's `live_cells` until then:
+/// a tenant whose cells die could otherwise fill the node past its quota and lock others out.
+#[test]
+fn dead_cells_count_against_their_tenants_quota_until_deleted() {
+    let mut s = setup("node-td");
+    s.config.limits.max_cells = 3;
+    let n = TestNode::start(s.config.clone());
+    let u = &n.url;
+    let cells = format!("{u}/v1/cells");
+    // Two cells of a, each killed by its own flood (no stream open).
+    let dead: Vec<String> = (0..2)
+        .map(|_| {
+            let id = create(u, &s.a, json!({"policy": "endless"}));
+            let (st, j) = send(
+                "POST",
+                &format!("{cells}/{id}/exec"),
+                Some(&s.a),
+                Some(&json!({"source": "for i in 0..100000 { post(i) } 1"})),
+            );
+            assert_eq!(
+                (st, j["code"].as_str()),
+                (410, Some("limit_event_queue")),
+                "{j}"
+            );
+            id
+        })
+        .collect();
+    // a's quota holds its dead cells: a third is refused by name, not made.
+    let (st, j) = send(
+        "POST",
+        &cells,
+        Some(&s.a),
+        Some(&json!({"policy": "small"})),
+    );
+    assert_eq!((st, j["quota"].as_str()), (429, Some("live_cells")), "{j}");
+    // The node's last place is b's.
+    create(u, &s.b, json!({}));
+    // The dead cells stay readable with their reason.
+    let (st, j) = send("GET", &format!("{cells}/{}", dead[1]), Some(&s.a), None);
+    assert_eq!(st, 200, "{j}");
+    assert_eq!(
+        (j["state"].as_str(), j["reason"]["code"].as_str()),
+        (Some("dead"), Some("limit_event_queue")),
+        "{j}"
+    );
+    // Deleting one gives back its place in a's quota and the node's.
+    delete_ok(u, &s.a, &dead[0]);
+    create(u, &s.a, json!({"policy": "small"}));
+}
