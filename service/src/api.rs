@@ -6,6 +6,7 @@ use crate::node::{CreateRequest, Node};
 use crate::tenants::Tenant;
 use crate::{metrics_export, stream};
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
@@ -322,13 +323,62 @@ async fn create(
     Ok((status, Json(body)).into_response())
 }
 
-async fn list(State(node): State<AppState>, Auth(tenant): Auth) -> Json<J> {
-    let cells: Vec<J> = node
-        .list(&tenant.name)
+/// Cells in a page of `GET /v1/cells` when the request names no `limit`.
+pub const LIST_LIMIT: usize = 100;
+/// The largest `limit` a page of `GET /v1/cells` may ask.
+pub const MAX_LIST_LIMIT: usize = 1000;
+/// A page of `GET /v1/cells` ends before the cell that would take it past this many bytes of
+/// JSON (a page holds one cell at least): each cell may carry 64 KiB of labels.
+pub const LIST_PAGE_BYTES: usize = 1 << 20;
+
+/// `?after=ID&limit=N` of the cell list.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Only cells whose id sorts after this one (the previous page's `next`).
+    after: Option<String>,
+    /// Most cells in the page.
+    limit: Option<usize>,
+}
+
+async fn list(
+    State(node): State<AppState>,
+    Auth(tenant): Auth,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<J>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = q.limit.unwrap_or(LIST_LIMIT);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "`limit` is {limit}, it must be 1 to {MAX_LIST_LIMIT}"
+        )));
+    }
+    let all = node.list(&tenant.name);
+    let after = q.after.as_deref();
+    let mut rest = all
         .iter()
-        .map(|e| e.to_json(&node.config.node))
-        .collect();
-    Json(json!({ "node": node.config.node, "cells": cells }))
+        .filter(|e| after.is_none_or(|a| e.id.as_str() > a))
+        .peekable();
+    let (mut cells, mut bytes) = (Vec::new(), 0);
+    while let Some(e) = rest.peek() {
+        let cell = e.to_json(&node.config.node);
+        // Its JSON and the comma after it.
+        let size = cell.to_string().len() + 1;
+        if cells.len() == limit || (!cells.is_empty() && bytes + size > LIST_PAGE_BYTES) {
+            break;
+        }
+        bytes += size;
+        cells.push(cell);
+        rest.next();
+    }
+    // The last id listed when more follow: the next page starts after it.
+    let next = rest
+        .peek()
+        .and_then(|_| cells.last())
+        .map(|c| c["id"].clone());
+    Ok(Json(
+        json!({ "node": node.config.node, "cells": cells, "next": next }),
+    ))
 }
 
 async fn show(
