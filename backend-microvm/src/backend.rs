@@ -293,7 +293,8 @@ impl MicroVm {
                 Vm::from_snapshot_unpooled(&cfg)
             }
             StartMode::Snapshot | StartMode::SnapshotFresh | StartMode::Hosted => Vm::boot(&cfg),
-            StartMode::Cold => Vm::boot(&cfg),
+            // A spare made ahead from the second cold boot of a process on (`cold_spare`).
+            StartMode::Cold => crate::cold_spare::boot(&cfg),
         }
         .map_err(spawn_error)?;
         let mut pipe = MicroVmPipe::new(vm, host, spec.max_frame_len);

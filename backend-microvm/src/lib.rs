@@ -18,6 +18,7 @@
 // hosting). `error` holds the VM errors and how each becomes the pipe error every caller sees, in
 // this process or from a VM host.
 pub mod backend;
+mod cold_spare;
 mod control;
 mod cpu;
 pub mod elf;

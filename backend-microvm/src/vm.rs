@@ -11,9 +11,8 @@ use crate::control::{Control, Interrupter, Killer};
 use crate::cpu::{CpuBudget, thread_cpu_time};
 use crate::error::VmError;
 use crate::layout::*;
-use crate::machine::{Machine, Recycle, set_boot_regs};
-use crate::memory::GuestMemory;
-use crate::setup::{Backing, Layout, MIN_MEM_SIZE, VmConfig, setup_memory};
+use crate::machine::{Machine, Recycle};
+use crate::setup::{Layout, VmConfig};
 use crate::{reaper, signal, watchdog};
 
 /// Cap on frames queued for a guest that does not consume them.
@@ -102,10 +101,7 @@ impl std::fmt::Debug for Vm {
 impl Vm {
     /// Cold boot: new VM, fresh memory, the guest starts at its entry point.
     pub fn boot(cfg: &VmConfig) -> Result<Vm, VmError> {
-        let mem = GuestMemory::anonymous(cfg.mem_size.max(MIN_MEM_SIZE) as usize)?;
-        let layout = setup_memory(&mem, cfg, Backing::Anonymous)?;
-        let machine = Machine::new(mem)?;
-        set_boot_regs(&machine.vcpu, layout.entry)?;
+        let (machine, layout) = crate::cold_spare::build(cfg)?;
         Ok(Vm::from_parts(machine, layout, None))
     }
 
