@@ -351,10 +351,16 @@ const PAGEMAP_SCAN: u64 =
     (3 << 30) | ((std::mem::size_of::<PmScanArg>() as u64) << 16) | ((b'f' as u64) << 8) | 16;
 
 impl GuestMemory {
+    /// Runs (page index, count) of this private file mapping that hold private copies: with
+    /// `PAGEMAP_SCAN` where the kernel has it, else from the page map.
+    pub(crate) fn written_runs(&self) -> Result<Vec<(usize, usize)>, VmError> {
+        self.private_runs_scan().or_else(|_| self.private_runs())
+    }
+
     /// Like [`Self::private_runs`], with the `PAGEMAP_SCAN` ioctl: the kernel returns only the
     /// matching ranges (present or swapped, and not file pages), much faster than reading one
     /// pagemap entry per page.
-    pub(crate) fn private_runs_scan(&self) -> Result<Vec<(usize, usize)>, VmError> {
+    fn private_runs_scan(&self) -> Result<Vec<(usize, usize)>, VmError> {
         self.scan(
             PmScanArg {
                 category_inverted: PAGE_IS_FILE,
@@ -447,7 +453,7 @@ impl GuestMemory {
 
     /// Runs of pages of this private file mapping that hold private copies (written by the guest
     /// or the host since the mapping was made), from `/proc/self/pagemap`.
-    pub(crate) fn private_runs(&self) -> Result<Vec<(usize, usize)>, VmError> {
+    fn private_runs(&self) -> Result<Vec<(usize, usize)>, VmError> {
         use std::os::unix::fs::FileExt;
         let file = pagemap().ok_or_else(|| VmError::Memory("no /proc/self/pagemap".into()))?;
         let pages = self.len / PAGE;
@@ -491,7 +497,7 @@ impl GuestMemory {
                 "restore needs a private snapshot mapping".into(),
             ));
         }
-        let runs = match self.private_runs_scan().or_else(|_| self.private_runs()) {
+        let runs = match self.written_runs() {
             Ok(r) => r,
             Err(_) => return Ok(None),
         };
@@ -567,14 +573,20 @@ mod tests {
         }
     }
 
+    /// A snapshot of `len` bytes, each `byte`.
+    fn filled_snapshot(len: usize, byte: u8) -> OwnedFd {
+        let fd = snapshot_fd(len);
+        GuestMemory::from_fd(&fd, len, true)
+            .unwrap()
+            .fill(0, len, byte)
+            .unwrap();
+        fd
+    }
+
     #[test]
     fn scan_and_pagemap_agree_and_restore_reverts_exactly_the_written_pages() {
         let len = 64 * PAGE;
-        let fd = snapshot_fd(len);
-        {
-            let shared = GuestMemory::from_fd(&fd, len, true).unwrap();
-            shared.fill(0, len, 0x11).unwrap();
-        }
+        let fd = filled_snapshot(len, 0x11);
         let view = GuestMemory::read_only_view(&fd, len).unwrap();
         let private = GuestMemory::from_fd(&fd, len, false).unwrap();
         let mut b = [0u8; 1];
@@ -599,11 +611,7 @@ mod tests {
     #[test]
     fn populated_pages_become_private_copies_of_the_same_bytes() {
         let len = 64 * PAGE;
-        let fd = snapshot_fd(len);
-        {
-            let shared = GuestMemory::from_fd(&fd, len, true).unwrap();
-            shared.fill(0, len, 0x22).unwrap();
-        }
+        let fd = filled_snapshot(len, 0x22);
         let private = GuestMemory::from_fd(&fd, len, false).unwrap();
         // The last run reaches past the mapping: skipped, not an error.
         private.populate_write(&[(2, 3), (30, 1), (63, 2)]);

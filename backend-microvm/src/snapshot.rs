@@ -278,7 +278,7 @@ impl Template {
         // Dropping `vm` without its machine destroys nothing; a failure above destroys it.
         let m = vm.take_machine()?;
         if self.written.get().is_none()
-            && let Ok(runs) = m.mem.private_runs_scan().or_else(|_| m.mem.private_runs())
+            && let Ok(runs) = m.mem.written_runs()
         {
             let _ = self.written.set(prefetch_groups(&runs));
         }
