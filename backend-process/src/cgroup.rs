@@ -2,9 +2,9 @@
 //! what the host offers, and v2 `cgroup.kill` for killing a whole cell atomically.
 //!
 //! A cell's cgroups are created before the child exists, the child is placed in them
-//! before any guest instruction (v2 through `CLONE_INTO_CGROUP`, v1 by writing to
-//! `cgroup.procs` first thing in the child), and they are removed after the cell is
-//! reaped.
+//! before any guest instruction (v2 through `CLONE_INTO_CGROUP`, v1 by writing itself
+//! to each `tasks` file first thing in the child; a forked cell is moved in by the host),
+//! and they are removed after the cell is reaped.
 //!
 //! About 600 lines because v2 and v1 are handled side by side, step for step (create, place,
 //! limit, kill, remove), so that the two paths can be read against each other.
@@ -167,8 +167,8 @@ pub(crate) struct CellCgroups {
     dirs: Vec<PathBuf>,
     /// v2 directory fd for `CLONE_INTO_CGROUP`.
     pub v2_fd: Option<OwnedFd>,
-    /// v1 `cgroup.procs` files the child writes itself into.
-    pub v1_procs: Vec<OwnedFd>,
+    /// v1 `cgroup.procs`, open for moving a forked cell in.
+    v1_procs: Vec<OwnedFd>,
     /// v2 `cgroup.procs`, open for moving a forked cell in.
     v2_procs: Option<OwnedFd>,
     kill_file: Option<PathBuf>,
@@ -483,9 +483,23 @@ impl CellCgroups {
         self.v2_fd = None;
     }
 
-    /// The v1 `cgroup.procs` fds, raw, for the child.
-    pub(crate) fn v1_proc_fds(&self) -> Vec<i32> {
-        self.v1_procs.iter().map(|f| f.as_raw_fd()).collect()
+    /// The v1 `tasks` files of the cell's cgroups, for a child that writes itself in
+    /// ("0") while it is still single-threaded, right after `clone3`.
+    ///
+    /// Not `cgroup.procs`: moving a whole thread group (or another process by pid) takes
+    /// the kernel's global `cgroup_threadgroup_rwsem` for writing, whose first writer
+    /// waits out a full RCU grace period (`rcu_sync_enter`; 5-11 ms of a one-shot run on
+    /// this host). A thread moving itself takes no such lock, and a single-threaded
+    /// process is its one thread.
+    pub(crate) fn v1_self_join_files(&self) -> io::Result<Vec<OwnedFd>> {
+        self.controllers
+            .iter()
+            .filter(|(_, _, v2)| !v2)
+            .map(|(_, dir, _)| {
+                let file = fs::OpenOptions::new().write(true).open(dir.join("tasks"))?;
+                Ok(file.into())
+            })
+            .collect()
     }
 
     /// Kills every process of the cell's cgroup (v2 `cgroup.kill`), if available.
@@ -897,7 +911,7 @@ mod kept_tests {
             eprintln!("no v1 memory cgroup on this host: nothing to keep");
             return;
         }
-        let procs = a.v1_proc_fds();
+        let procs = a.v1_self_join_files().unwrap();
         // SAFETY: the child makes only raw system calls (write, mmap, _exit) and writes
         // memory it mapped itself, so forking this multi-threaded test process is sound.
         let pid = unsafe { libc::fork() };
@@ -905,7 +919,7 @@ mod kept_tests {
             // SAFETY: see above; the child joins the cgroups, then touches 256 MiB.
             unsafe {
                 for fd in &procs {
-                    libc::write(*fd, b"0".as_ptr().cast(), 1);
+                    libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1);
                 }
                 let len = 256usize << 20;
                 let p = libc::mmap(

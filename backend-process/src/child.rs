@@ -16,7 +16,7 @@ const FD_STATUS: c_int = 5;
 const FD_MAPS_WRITTEN: c_int = 6;
 const FD_NETNS: c_int = 7;
 const FD_LANDLOCK: c_int = 8;
-const FD_V1_PROCS: [c_int; 3] = [9, 10, 11];
+const FD_V1_TASKS: [c_int; 3] = [9, 10, 11];
 
 /// Everything the child needs, prepared by the parent: raw descriptors (-1: none) and
 /// references into memory the parent keeps alive until the child has exec'd or failed.
@@ -24,7 +24,7 @@ pub(crate) struct Plan<'a> {
     pub chan: c_int,
     pub image: c_int,
     pub status: c_int,
-    pub v1_procs: [c_int; 3],
+    pub v1_tasks: [c_int; 3],
     pub netns: c_int,
     pub mountpoint: &'a CStr,
     pub rootful: bool,
@@ -71,9 +71,9 @@ pub(crate) unsafe fn child_main(p: &Plan) -> ! {
         (p.maps_written, FD_MAPS_WRITTEN, libc::O_CLOEXEC),
         (p.netns, FD_NETNS, libc::O_CLOEXEC),
         (p.landlock, FD_LANDLOCK, libc::O_CLOEXEC),
-        (p.v1_procs[0], FD_V1_PROCS[0], libc::O_CLOEXEC),
-        (p.v1_procs[1], FD_V1_PROCS[1], libc::O_CLOEXEC),
-        (p.v1_procs[2], FD_V1_PROCS[2], libc::O_CLOEXEC),
+        (p.v1_tasks[0], FD_V1_TASKS[0], libc::O_CLOEXEC),
+        (p.v1_tasks[1], FD_V1_TASKS[1], libc::O_CLOEXEC),
+        (p.v1_tasks[2], FD_V1_TASKS[2], libc::O_CLOEXEC),
     ];
     let slot = |source: c_int, slot: c_int| if source >= 0 { slot } else { -1 };
     let r = Reporter {
@@ -91,7 +91,7 @@ pub(crate) unsafe fn child_main(p: &Plan) -> ! {
         step::close_fds(r, &[(0, 2), (12, u32::MAX)]);
         arm_parent_death(r);
 
-        let v1 = [0, 1, 2].map(|i| slot(p.v1_procs[i], FD_V1_PROCS[i]));
+        let v1 = [0, 1, 2].map(|i| slot(p.v1_tasks[i], FD_V1_TASKS[i]));
         step::join_cgroups(r, &v1);
         step::unshare_cgroup_namespace(r);
         step::join_network_namespace(r, slot(p.netns, FD_NETNS));

@@ -80,7 +80,8 @@ pub unsafe fn exit_if_orphaned(fd: c_int, events: i16, gone: i16, status: c_int)
     }
 }
 
-/// Joins the cgroup-v1 hierarchies whose `cgroup.procs` are open at `fds` (-1: none).
+/// Joins the cgroup-v1 hierarchies whose `tasks` files are open at `fds` (-1: none): the
+/// calling thread moves itself, which is the whole process while it has one thread.
 ///
 /// # Safety
 /// As [`arrange_fds`].

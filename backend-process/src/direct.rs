@@ -74,11 +74,13 @@ pub(crate) fn spawn(spec: &SpawnSpec, prepared: Prepared) -> Result<ProcessCell>
         layers,
         limits,
     } = prepared;
-    for fd in cgroups.v1_procs.iter_mut() {
-        let moved = high_fd(fd.try_clone().map_err(host("dup cgroup.procs"))?)
-            .map_err(host("dup cgroup.procs"))?;
-        *fd = moved;
-    }
+    let v1_tasks = cgroups
+        .v1_self_join_files()
+        .map_err(host("open a v1 cgroup's tasks"))?
+        .into_iter()
+        .map(high_fd)
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(host("open a v1 cgroup's tasks"))?;
     let landlock = host::landlock_ruleset();
     let image = image_fd(spec.image)?;
     let netns = if hs.rootful {
@@ -126,9 +128,9 @@ pub(crate) fn spawn(spec: &SpawnSpec, prepared: Prepared) -> Result<ProcessCell>
     argv.push(std::ptr::null());
     let envp: [*const c_char; 1] = [std::ptr::null()];
 
-    let mut v1_procs = [-1; 3];
-    for (slot, fd) in v1_procs.iter_mut().zip(cgroups.v1_proc_fds()) {
-        *slot = fd;
+    let mut v1_tasks_fds = [-1; 3];
+    for (slot, fd) in v1_tasks_fds.iter_mut().zip(&v1_tasks) {
+        *slot = fd.as_raw_fd();
     }
     #[cfg(test)]
     let fault = spec.fault.map_or(0, Step::code);
@@ -138,7 +140,7 @@ pub(crate) fn spawn(spec: &SpawnSpec, prepared: Prepared) -> Result<ProcessCell>
         chan: child_chan.as_raw_fd(),
         image,
         status: status_w.as_raw_fd(),
-        v1_procs,
+        v1_tasks: v1_tasks_fds,
         netns: netns.unwrap_or(-1),
         mountpoint: &mountpoint,
         rootful: hs.rootful,

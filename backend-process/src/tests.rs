@@ -361,6 +361,16 @@ fn kill_leaves_no_process_cgroup_or_mount_behind_including_grandchildren() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(pids.len(), 3, "init, child and grandchild: {pids:?}");
+    // The child joined each v1 cgroup through `tasks` (its one thread): the whole process
+    // and everything it forked later must be in every cgroup of the cell.
+    for dir in &dirs {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        let mut listed: Vec<i32> = procs.lines().filter_map(|p| p.parse().ok()).collect();
+        listed.sort_unstable();
+        let mut want = pids.clone();
+        want.sort_unstable();
+        assert_eq!(listed, want, "processes of cgroup {}", dir.display());
+    }
     let killer = cell.killer();
     std::thread::spawn(move || killer.kill()).join().unwrap();
     let t = cell.wait().unwrap();
