@@ -64,6 +64,11 @@ pub struct Limits {
     /// window stays shut) before the connection is closed: else a client that sends requests
     /// and never reads the answers holds its connection, and a descriptor, for ever.
     pub write_timeout: Duration,
+    /// Bytes per second a client must take of an answer that waits on it: each byte taken
+    /// extends the `write_timeout` wait by `1 / min_write_rate` s (never past `write_timeout`
+    /// from now), so a client reading a few bytes now and then cannot hold its connection for
+    /// ever by restarting the wait; 0 lets any progress restart it.
+    pub min_write_rate: u64,
     /// Events kept per cell for reconnecting readers.
     pub event_buffer: usize,
     /// Bytes of event lines kept per cell (the oldest lines go first; the newest stays).
@@ -92,6 +97,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
+            min_write_rate: 4096,
             event_buffer: 1024,
             event_buffer_bytes: 4 << 20,
             heartbeat: Duration::from_secs(15),

@@ -27,6 +27,7 @@ mod quota;
 mod server;
 mod stream;
 pub mod tenants;
+mod write_deadline;
 
 pub use config::{Limits, Listen, Peers, ServeConfig, valid_node_name};
 pub use error::{ApiError, SERVICE_CODES, status_of};

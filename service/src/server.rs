@@ -4,19 +4,15 @@ use crate::api;
 use crate::config::{Listen, ServeConfig, valid_node_name};
 use crate::node::{Node, load_tenants};
 use crate::tenants::TenantsError;
+use crate::write_deadline::WriteDeadline;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -262,7 +258,11 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(node.config.limits.header_timeout)
         .serve_connection(
-            TokioIo::new(WriteTimeout::new(io, node.config.limits.write_timeout)),
+            TokioIo::new(WriteDeadline::new(
+                io,
+                node.config.limits.write_timeout,
+                node.config.limits.min_write_rate,
+            )),
             TowerToHyperService::new(app),
         );
     let mut conn = std::pin::pin!(conn);
@@ -288,99 +288,6 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.0.connections.send_modify(|n| *n = n.saturating_sub(1));
         metrics::gauge!("cell_service_connections").decrement(1.0);
-    }
-}
-
-/// A connection whose writes wait at most `limit` for the client to take bytes: hyper has a
-/// timeout for reading a request's headers but none for writing an answer, so a client that
-/// pipelines requests and never reads (no key needed: `/healthz`, a 401) pinned its connection
-/// for ever, and enough such connections used up the node's descriptors. Any progress restarts
-/// the wait; past it the write fails and hyper ends the connection.
-struct WriteTimeout<T> {
-    io: T,
-    limit: Duration,
-    /// Armed while a write waits; dropped on progress.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<T> WriteTimeout<T> {
-    fn new(io: T, limit: Duration) -> WriteTimeout<T> {
-        WriteTimeout {
-            io,
-            limit,
-            timer: None,
-        }
-    }
-
-    /// `polled` as is when it is ready, else pending until the wait passes `limit`.
-    fn guard<R>(
-        &mut self,
-        cx: &mut Context<'_>,
-        polled: Poll<io::Result<R>>,
-    ) -> Poll<io::Result<R>> {
-        if polled.is_ready() {
-            self.timer = None;
-            return polled;
-        }
-        let limit = self.limit;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        if timer.as_mut().poll(cx).is_ready() {
-            self.timer = None;
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "the client took no bytes of the answer for {} ms",
-                    limit.as_millis()
-                ),
-            )));
-        }
-        Poll::Pending
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for WriteTimeout<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.guard(cx, polled)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.guard(cx, polled)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let polled = Pin::new(&mut self.io).poll_flush(cx);
-        self.guard(cx, polled)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let polled = Pin::new(&mut self.io).poll_shutdown(cx);
-        self.guard(cx, polled)
     }
 }
 

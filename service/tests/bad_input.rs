@@ -281,3 +281,57 @@ fn an_exec_whose_client_hangs_up_keeps_its_place_until_it_ends() {
     drop(in_place);
     delete_ok(&n.url, KEY, &id);
 }
+
+/// A client that reads its answers, but slowly: a few KiB now and then. Each read let the server's
+/// write go on, and a wait restarted by every write never ran out, so such a client held its
+/// connection and its buffers for as long as it liked. Now it must take the answer at the
+/// node's minimum rate once it keeps one waiting, and is cut off well before the end.
+#[test]
+fn a_client_that_reads_its_answers_slowly_is_cut_off() {
+    const REQUESTS: usize = 900;
+    let mut c = config("node-slowread");
+    c.limits.write_timeout = Duration::from_secs(2);
+    c.limits.min_write_rate = 1 << 20;
+    let n = TestNode::start(c);
+    let mut s = raw(&n.url);
+    s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+    // About 18 MB of answers (the OpenAPI document, no key needed), far more than the socket
+    // buffers hold, asked for at once.
+    let request = "GET /v1/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(REQUESTS);
+    s.write_all(request.as_bytes()).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (mut s, stop) = (s.try_clone().unwrap(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut got, mut buf) = (0, vec![0; 4096]);
+            // The slow client itself: 4 KiB every 20 ms (about 200 KiB/s, a fifth of the rate
+            // asked), until the node has closed the connection.
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return got,
+                    Ok(k) => got += k,
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Then what the socket buffers still hold, at once.
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            got + rest.len()
+        })
+    };
+    let mut open = n.node().connections.subscribe();
+    runtime().block_on(async {
+        open.wait_for(|c| *c == 1).await.unwrap();
+        open.wait_for(|c| *c == 0).await.unwrap();
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let got = reader.join().unwrap();
+    let all = REQUESTS * cell_service::api::OPENAPI.len();
+    assert!(
+        got < all,
+        "the slow reader got all {got} bytes of its answers: nothing cut it off"
+    );
+    // The node serves others as before.
+    let (status, _) = send("GET", &format!("{}/healthz", n.url), None, None);
+    assert_eq!(status, 200);
+}
