@@ -2,7 +2,8 @@
 //! [`blocking`], never holding up the async workers' other tasks.
 
 use crate::error::ApiError;
-use crate::node::{CreateRequest, Node};
+use crate::idempotency::Claim;
+use crate::node::{CreateRequest, Entry, Node};
 use crate::tenants::Tenant;
 use crate::{metrics_export, stream};
 use axum::body::Bytes;
@@ -302,25 +303,39 @@ async fn create(
     Auth(tenant): Auth,
     JsonBody(req): JsonBody<CreateRequest>,
 ) -> Result<Response, ApiError> {
+    node.admit(&req)?;
+    // A create with a key some other create runs with now waits for it here, on no thread,
+    // and answers as it did.
+    let lead = match req.idempotency_key.as_deref() {
+        None => None,
+        Some(key) => match node.claim_key(&tenant, key).await? {
+            Claim::Made(entry) => return Ok(created(&node, &entry, StatusCode::OK)),
+            Claim::Lead(lead) => Some(lead),
+        },
+    };
     // A create's `source` runs as an exec does, on a thread until it ends: it takes one of the
     // tenant's places for execs, else creates would run any number of scripts at once.
-    let running = req
-        .source
-        .is_some()
-        .then(|| node.start_exec(&tenant))
-        .transpose()?;
-    let n = node.clone();
-    let (entry, new) = blocking_holding(&node, running, move || n.create(&tenant, req)).await?;
-    let status = if new {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    let running = match req.source.is_some().then(|| node.start_exec(&tenant)) {
+        Some(Err(e)) => {
+            if let Some(lead) = lead {
+                lead.finish(Err(&e), |_| false);
+            }
+            return Err(e);
+        }
+        other => other.transpose()?,
     };
+    let n = node.clone();
+    let entry = blocking_holding(&node, running, move || n.create(&tenant, req, lead)).await?;
+    Ok(created(&node, &entry, StatusCode::CREATED))
+}
+
+/// A create's answer: `201` for a new cell, `200` for the one an idempotency key named.
+fn created(node: &Node, entry: &Entry, status: StatusCode) -> Response {
     let body = json!({
         "id": entry.id, "node": node.config.node, "backend": entry.backend,
         "expires_at": entry.expires_at_ms(),
     });
-    Ok((status, Json(body)).into_response())
+    (status, Json(body)).into_response()
 }
 
 /// Cells in a page of `GET /v1/cells` when the request names no `limit`.

@@ -80,6 +80,9 @@ pub struct Limits {
     /// Execs and calls running at once per tenant, over all its cells: each holds a thread
     /// until it ends, so one tenant's long scripts cannot take every thread the node has.
     pub execs_per_tenant: usize,
+    /// Creates per tenant waiting at once on another create with the same idempotency key
+    /// (each waits without a thread, but holds a connection and its request).
+    pub idempotent_waits_per_tenant: usize,
     /// Lifetime of a cell created without `ttl_ms`.
     pub default_ttl: Duration,
     /// Longest lifetime a cell may ask for (or be extended to).
@@ -103,6 +106,7 @@ impl Default for Limits {
             heartbeat: Duration::from_secs(15),
             streams_per_tenant: 64,
             execs_per_tenant: 64,
+            idempotent_waits_per_tenant: 1024,
             default_ttl: Duration::from_secs(600),
             max_ttl: Duration::from_secs(24 * 3600),
             max_cells: 100_000,

@@ -20,6 +20,7 @@ pub mod cli;
 mod config;
 pub mod error;
 mod events;
+pub mod idempotency;
 pub mod inherit;
 mod metrics_export;
 pub mod node;

@@ -10,6 +10,7 @@
 use crate::config::{ServeConfig, valid_node_name};
 use crate::error::ApiError;
 use crate::events::EventBuffer;
+use crate::idempotency::{Claim, Keys, Lead};
 use crate::quota::{self, Held, HeldSlot, Ledger, Reservation};
 use crate::tenants::{Tenant, Tenants, TenantsError};
 use serde::Deserialize;
@@ -56,7 +57,7 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 impl CreateRequest {
     /// Refuses labels and keys past their bounds, naming the bound.
-    fn check(&self) -> Result<(), ApiError> {
+    pub fn check(&self) -> Result<(), ApiError> {
         if self.labels.len() > MAX_LABELS {
             return Err(ApiError::bad_request(format!(
                 "{} labels, at most {MAX_LABELS} are allowed",
@@ -210,9 +211,6 @@ impl Entry {
     }
 }
 
-/// One idempotency key's slot: the id of the cell made with it, locked while a create runs.
-type IdempotencySlot = Arc<Mutex<Option<String>>>;
-
 /// One node: its configuration, supervisor, cells, tenants and quotas.
 pub struct Node {
     /// What the node was started with.
@@ -220,8 +218,8 @@ pub struct Node {
     /// Spawns and holds the cells.
     pub supervisor: Supervisor,
     cells: Mutex<HashMap<String, Arc<Entry>>>,
-    /// (tenant, idempotency key) → the cell made with it, locked while a create with it runs.
-    idempotency: Mutex<HashMap<(String, String), IdempotencySlot>>,
+    /// Idempotency keys: the cells made with them, and the creates running with them now.
+    keys: Arc<Keys>,
     expiry: Mutex<BTreeSet<(Instant, String)>>,
     tenants: RwLock<Arc<Tenants>>,
     /// Per-tenant usage against the tenants' quotas.
@@ -318,7 +316,7 @@ impl Node {
             config,
             supervisor,
             cells: Mutex::default(),
-            idempotency: Mutex::default(),
+            keys: Arc::default(),
             expiry: Mutex::default(),
             tenants: RwLock::new(Arc::new(tenants)),
             ledger: Ledger::default(),
@@ -383,10 +381,27 @@ impl Node {
 
     /// Idempotency keys remembered: those of live cells and of creates running now.
     pub fn idempotency_keys(&self) -> usize {
-        self.idempotency
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.keys.remembered()
+    }
+
+    /// Creates waiting now on another create with the same idempotency key.
+    pub fn idempotency_waiting(&self) -> watch::Receiver<usize> {
+        self.keys.waiting.subscribe()
+    }
+
+    /// Claims the idempotency key of a create of `tenant` (waiting, without a thread, while
+    /// another create with it runs): the cell made with it, or the lead to pass to
+    /// [`Node::create`]. Past the node's `idempotent_waits_per_tenant` waiting creates, a
+    /// `quota_exceeded`.
+    pub async fn claim_key(
+        &self,
+        tenant: &Tenant,
+        key: &str,
+    ) -> Result<Claim<Arc<Entry>>, ApiError> {
+        let max = self.config.limits.idempotent_waits_per_tenant;
+        self.keys
+            .claim(&tenant.name, key, max, |id| self.locked().get(id).cloned())
+            .await
     }
 
     /// Number of cells held.
@@ -445,13 +460,8 @@ impl Node {
             .min(self.config.limits.max_ttl)
     }
 
-    /// Creates a cell (blocking: spawns, and runs `source` when given). `Ok((entry, false))`
-    /// when an idempotency key names a cell made earlier.
-    pub fn create(
-        &self,
-        tenant: &Tenant,
-        req: CreateRequest,
-    ) -> Result<(Arc<Entry>, bool), ApiError> {
+    /// Refuses a create at once: labels or key past their bounds, or a draining node.
+    pub fn admit(&self, req: &CreateRequest) -> Result<(), ApiError> {
         req.check()?;
         if self.draining() {
             return Err(ApiError::new(
@@ -459,6 +469,28 @@ impl Node {
                 "this node is draining: create the cell elsewhere",
             ));
         }
+        Ok(())
+    }
+
+    /// Creates a cell (blocking: spawns, and runs `source` when given). With `lead` (its
+    /// idempotency key claimed by [`Node::claim_key`]), tells the creates waiting on the key
+    /// how it went.
+    pub fn create(
+        &self,
+        tenant: &Tenant,
+        req: CreateRequest,
+        lead: Option<Lead>,
+    ) -> Result<Arc<Entry>, ApiError> {
+        let made = self.make(tenant, req);
+        if let Some(lead) = lead {
+            let id = made.as_ref().map(|e| e.id.as_str());
+            lead.finish(id, |id| self.locked().contains_key(id));
+        }
+        made
+    }
+
+    fn make(&self, tenant: &Tenant, req: CreateRequest) -> Result<Arc<Entry>, ApiError> {
+        self.admit(&req)?;
         let policy = tenant.policy(req.policy.as_deref()).ok_or_else(|| {
             ApiError::new(
                 "unknown_policy",
@@ -492,55 +524,7 @@ impl Node {
                 format!("backend `{backend}` is unavailable on this node: {why}"),
             ));
         }
-        // One slot per key, held while the create runs: concurrent creates with the same key
-        // wait for it and get its cell, never one each.
-        let idem = req
-            .idempotency_key
-            .clone()
-            .map(|k| (tenant.name.clone(), k));
-        let slot = idem.as_ref().map(|key| {
-            self.idempotency
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(key.clone())
-                .or_default()
-                .clone()
-        });
-        let mut held = slot
-            .as_ref()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
-        if let Some(Some(id)) = held.as_deref()
-            && let Some(entry) = self.locked().get(id).cloned()
-        {
-            return Ok((entry, false));
-        }
-        let made = self.spawn_cell(tenant, req, policy, backend);
-        match (&made, held.as_deref_mut()) {
-            (Ok(entry), Some(named)) => *named = Some(entry.id.clone()),
-            _ => {
-                drop(held);
-                drop(slot);
-                if let Some(key) = &idem {
-                    self.forget_key(key);
-                }
-            }
-        }
-        made.map(|entry| (entry, true))
-    }
-
-    /// Forgets idempotency key `key` when no create holds or waits on it and the cell it names
-    /// (if any) is gone: the map holds keys of live cells only.
-    fn forget_key(&self, key: &(String, String)) {
-        let mut map = self.idempotency.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(slot) = map.get(key) else { return };
-        // Only the map holds it (no create waits on it), and nobody has it locked.
-        let unused = Arc::strong_count(slot) == 1
-            && slot
-                .try_lock()
-                .is_ok_and(|id| id.as_ref().is_none_or(|id| !self.locked().contains_key(id)));
-        if unused {
-            map.remove(key);
-        }
+        self.spawn_cell(tenant, req, policy, backend)
     }
 
     /// Spawns the cell `create` asked for (`source` run, the cell in the table, its expiry set).
@@ -738,7 +722,7 @@ impl Node {
         entry.cell.kill();
         self.release(entry);
         if let Some(key) = &entry.idempotency_key {
-            self.forget_key(&(entry.tenant.clone(), key.clone()));
+            self.keys.forget(&entry.tenant, key, &entry.id);
         }
         let at = entry.expiry().at;
         self.expiry
@@ -917,7 +901,7 @@ mod tests {
             ttl_ms: Some(60_000),
             ..CreateRequest::default()
         };
-        let (entry, _) = node.create(&tenant, req).unwrap();
+        let entry = node.create(&tenant, req, None).unwrap();
         (node, entry)
     }
 

@@ -121,34 +121,21 @@ fn bounded_load_of_concurrent_sessions() {
 /// alike, and the held execs finish once the server answers.
 #[test]
 fn blocked_execs_never_hold_up_other_requests() {
-    use std::io::{BufRead, BufReader, Write};
     const HELD: usize = 4; // the test runtime has 2 workers
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            "[[grants]]\ncapability = \"http\"\nactions = [\"get\"]\norigins = [\"{origin}\"]\n"
-        ),
-    )
-    .unwrap();
-    let mut c = config("node-held");
-    c.policy_file = Some(policy);
+    let (origin, c) = HeldOrigin::config("node-held");
     let n = TestNode::start(c);
     let held: Vec<_> = (0..HELD)
         .map(|_| {
             let id = create(&n.url, KEY, json!({}));
             let exec = format!("{}/v1/cells/{id}/exec", n.url);
-            let source = format!("request(\"http\", \"get\", #{{url: \"{origin}/x\"}}); 7");
+            let source = origin.source();
             std::thread::spawn(move || {
                 send("POST", &exec, Some(KEY), Some(&json!({"source": source})))
             })
         })
         .collect();
     // Every exec is now inside its cell, waiting on this server.
-    let conns: Vec<_> = (0..HELD).map(|_| listener.accept().unwrap().0).collect();
+    let conns: Vec<_> = (0..HELD).map(|_| origin.take()).collect();
     // A bound on the test itself, not an assertion: a held-up node would never answer.
     let bounded: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -165,16 +152,7 @@ fn blocked_execs_never_hold_up_other_requests() {
         Some(&json!({"source": "1 + 1"})),
     );
     assert_eq!((s, &j), (200, &json!({"result": 2})));
-    for conn in conns {
-        let mut reader = BufReader::new(conn.try_clone().unwrap());
-        let mut line = String::new();
-        while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
-            line.clear();
-        }
-        let mut conn = conn;
-        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-            .unwrap();
-    }
+    conns.into_iter().for_each(answer_held);
     for h in held {
         assert_eq!(h.join().unwrap(), (200, json!({"result": 7})));
     }

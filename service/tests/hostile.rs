@@ -128,6 +128,84 @@ fn concurrent_creates_with_one_idempotency_key_make_one_cell_and_forget_it_with_
     assert_eq!(n.node().idempotency_keys(), 0);
 }
 
+/// Creates that carry the key of a create still running wait for it without a thread each: they
+/// once waited on a lock inside the blocking call, so a client sending a few hundred of them took
+/// every thread the node had. The first create is held inside its cell (its `source` waits on a
+/// server this test holds) while more creates with its key than the node has blocking threads
+/// wait; the node answers other requests meanwhile, refuses waiters past its bound, and once the
+/// first create ends every waiter gets its cell.
+#[test]
+fn creates_waiting_on_one_idempotency_key_hold_no_threads() {
+    const WAITERS: usize = 100;
+    // A runtime of its own with few blocking threads: waits that held one each would take them
+    // all, and no other request could run its blocking part.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (origin, mut c) = HeldOrigin::config("node-idem-wait");
+    c.limits.idempotent_waits_per_tenant = WAITERS;
+    let server = rt.block_on(cell_service::Server::start(c)).unwrap();
+    let url = server.url().unwrap();
+    let body = json!({
+        "idempotency_key": "held",
+        "source": origin.source(),
+    });
+    let post = |url: &str, body: &J| {
+        let (url, body) = (url.to_string(), body.clone());
+        std::thread::spawn(move || send("POST", &format!("{url}/v1/cells"), Some(KEY), Some(&body)))
+    };
+    let first = post(&url, &body);
+    // The first create is inside its cell's `source`, waiting on this server.
+    let held = origin.take();
+    let waiters: Vec<_> = (0..WAITERS).map(|_| post(&url, &body)).collect();
+    let mut waiting = server.node.idempotency_waiting();
+    rt.block_on(waiting.wait_for(|n| *n == WAITERS)).unwrap();
+
+    // One more waiter is refused, naming the bound.
+    let (s, j) = send("POST", &format!("{url}/v1/cells"), Some(KEY), Some(&body));
+    assert_eq!(
+        (s, j["quota"].as_str()),
+        (429, Some("idempotent_waits")),
+        "{j}"
+    );
+    // Other requests are answered, async and blocking alike.
+    let bounded: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        // A bound on the test itself, not an assertion: a held-up node would never answer.
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let health = bounded.get(&format!("{url}/healthz")).call().unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    let other = bounded
+        .post(&format!("{url}/v1/cells"))
+        .header("Authorization", &format!("Bearer {KEY}"))
+        .header("content-type", "application/json")
+        .send("{}")
+        .unwrap();
+    assert_eq!(other.status().as_u16(), 201);
+    let other: J = serde_json::from_str(&other.into_body().read_to_string().unwrap()).unwrap();
+    let other = other["id"].as_str().unwrap();
+    assert_eq!(exec_ok(&url, KEY, other, "1 + 1"), json!({"result": 2}));
+    delete_ok(&url, KEY, other);
+
+    // The first create's request is answered: it ends, and every waiter gets its cell.
+    answer_held(held);
+    let (s, j) = first.join().unwrap();
+    assert_eq!(s, 201, "{j}");
+    let id = j["id"].as_str().unwrap().to_string();
+    for w in waiters {
+        let (s, j) = w.join().unwrap();
+        assert_eq!((s, j["id"].as_str()), (200, Some(id.as_str())), "{j}");
+    }
+    assert_eq!(server.node.len(), 1, "one key made more than one cell");
+    assert_eq!(*waiting.borrow(), 0);
+    rt.block_on(server.kill());
+}
+
 /// `cell-serve` as a child under a small descriptor limit, its JSON log lines sent on a channel.
 struct Child {
     child: std::process::Child,

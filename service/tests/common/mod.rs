@@ -203,3 +203,64 @@ pub fn start_endless_exec(url: &str, key: &str, id: &str) -> std::thread::JoinHa
     );
     running
 }
+
+/// A server on loopback that cells' `request("http", "get", ...)` calls wait on until the test
+/// answers them, and a node config whose base policy grants them; the directory holds the
+/// policy file and must outlive the node's start.
+pub struct HeldOrigin {
+    pub listener: std::net::TcpListener,
+    pub origin: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl HeldOrigin {
+    pub fn config(node: &str) -> (HeldOrigin, ServeConfig) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(
+            &policy,
+            format!(
+                "[[grants]]\ncapability = \"http\"\nactions = [\"get\"]\norigins = [\"{origin}\"]\n"
+            ),
+        )
+        .unwrap();
+        let mut c = config(node);
+        c.policy_file = Some(policy);
+        (
+            HeldOrigin {
+                listener,
+                origin,
+                dir,
+            },
+            c,
+        )
+    }
+
+    /// A script that waits on this server, then gives 7.
+    pub fn source(&self) -> String {
+        format!(
+            "request(\"http\", \"get\", #{{url: \"{}/x\"}}); 7",
+            self.origin
+        )
+    }
+
+    /// The next request a cell makes, taken and held: the cell waits until [`answer_held`].
+    pub fn take(&self) -> std::net::TcpStream {
+        self.listener.accept().unwrap().0
+    }
+}
+
+/// Answers a held request `200 ok`, letting its cell go on.
+pub fn answer_held(conn: std::net::TcpStream) {
+    use std::io::{BufRead, Write};
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+        line.clear();
+    }
+    let mut conn = conn;
+    conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+        .unwrap();
+}
