@@ -35,6 +35,14 @@ pub struct ServeArgs {
     /// Most live cells on this node.
     #[arg(long, default_value_t = 100_000)]
     pub max_cells: usize,
+    /// Most dead cells kept for their reason and events (all tenants); past it the oldest are
+    /// reaped early.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_dead_cells: usize,
+    /// Most bytes of events buffered by dead cells (all tenants); past it the oldest dead
+    /// cells are reaped early.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub max_dead_event_bytes: usize,
     /// Run every microVM cell in a confined VM host process (no privileges, Landlock, a
     /// syscall allowlist), so that a guest reaching the VMM is still outside the node's
     /// process; by default only the cells past the node's first 512 are. Costs one socket
@@ -73,6 +81,8 @@ impl ServeArgs {
                 body_bytes: self.max_body_bytes,
                 drain_grace: Duration::from_secs(self.drain_grace_s),
                 max_cells: self.max_cells,
+                max_dead_cells: self.max_dead_cells,
+                max_dead_event_bytes: self.max_dead_event_bytes,
                 ..Limits::default()
             },
             microvm_hosted: self.microvm_hosted,

@@ -89,6 +89,14 @@ pub struct Limits {
     pub max_ttl: Duration,
     /// Live cells on this node (all tenants).
     pub max_cells: usize,
+    /// Dead cells kept for their reason and events (all tenants): past it the oldest are
+    /// reaped early, as if their ttl had run out.
+    pub max_dead_cells: usize,
+    /// Bytes of events buffered by dead cells (all tenants), as measured when each is seen
+    /// dead: past it the oldest dead cells are reaped early (the newest is kept whatever its
+    /// size). Each cell may buffer `event_buffer_bytes`, so without it dead cells of a tenant
+    /// with no `live_cells` quota could hold `max_cells` times that.
+    pub max_dead_event_bytes: usize,
     /// On SIGTERM: how long live cells are given before they are killed.
     pub drain_grace: Duration,
 }
@@ -110,6 +118,8 @@ impl Default for Limits {
             default_ttl: Duration::from_secs(600),
             max_ttl: Duration::from_secs(24 * 3600),
             max_cells: 100_000,
+            max_dead_cells: 10_000,
+            max_dead_event_bytes: 256 << 20,
             drain_grace: Duration::from_secs(30),
         }
     }

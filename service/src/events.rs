@@ -136,6 +136,11 @@ impl EventBuffer {
         self.lock().closed
     }
 
+    /// Bytes of the lines kept.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     pub fn last_seq(&self) -> u64 {
         self.lock().next - 1
     }

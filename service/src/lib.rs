@@ -18,6 +18,7 @@
 pub mod api;
 pub mod cli;
 mod config;
+mod dead;
 pub mod error;
 mod events;
 pub mod idempotency;

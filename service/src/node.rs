@@ -8,6 +8,7 @@
 //! be read against each other; the cell's own record (`Entry`) sits with them for that reason.
 
 use crate::config::{ServeConfig, valid_node_name};
+use crate::dead::DeadCells;
 use crate::error::ApiError;
 use crate::events::EventBuffer;
 use crate::idempotency::{Claim, Keys, Lead};
@@ -220,6 +221,8 @@ pub struct Node {
     cells: Mutex<HashMap<String, Arc<Entry>>>,
     /// Idempotency keys: the cells made with them, and the creates running with them now.
     keys: Arc<Keys>,
+    /// Dead cells kept for their reason and events, bounded node-wide.
+    dead: DeadCells,
     expiry: Mutex<BTreeSet<(Instant, String)>>,
     tenants: RwLock<Arc<Tenants>>,
     /// Per-tenant usage against the tenants' quotas.
@@ -312,11 +315,16 @@ impl Node {
             // Replaces the default `microvm` backend under the same name.
             supervisor.register_backend(Arc::new(backend_microvm::MicroVm::hosted()));
         }
+        let dead = DeadCells::new(
+            config.limits.max_dead_event_bytes,
+            config.limits.max_dead_cells,
+        );
         Node {
             config,
             supervisor,
             cells: Mutex::default(),
             keys: Arc::default(),
+            dead,
             expiry: Mutex::default(),
             tenants: RwLock::new(Arc::new(tenants)),
             ledger: Ledger::default(),
@@ -650,10 +658,35 @@ impl Node {
         entry
             .events
             .drain(&entry.cell, entry.queue_bound, usize::MAX);
-        if !entry.alive() {
-            self.release(entry);
+        if !entry.alive() && self.release(entry) {
+            self.keep_dead(entry);
         }
         result.map_err(ApiError::from)
+    }
+
+    /// Keeps a cell just seen dead among the node's dead cells, reaping the oldest early when
+    /// they pass the node's bounds (`max_dead_cells`, `max_dead_event_bytes`).
+    fn keep_dead(&self, entry: &Entry) {
+        let bytes = entry.events.bytes();
+        let reap = self.dead.add(&entry.id, bytes, || entry.expiry().ended);
+        for id in reap {
+            let Some(old) = self.locked().get(&id).cloned() else {
+                continue;
+            };
+            tracing::info!(target: "cell_service::audit", tenant = %old.tenant, cell = %id, "reaped: the oldest dead cell past the node's bound");
+            metrics::counter!("cell_service_evictions_total", "reason" => "dead_cells")
+                .increment(1);
+            self.remove(
+                &old,
+                "cancelled",
+                "the cell was dead and the node keeps a bounded number of dead cells and bytes of their events: it was reaped early, oldest first",
+            );
+        }
+    }
+
+    /// Dead cells the node keeps now, and the bytes of events they hold.
+    pub fn dead_cells(&self) -> (usize, usize) {
+        self.dead.held()
     }
 
     /// Returns the cell's memory and CPU-time reservation and what its boundary holds, once. A
@@ -664,14 +697,17 @@ impl Node {
     /// cell itself still counts against the tenant's `live_cells` until [`Node::remove`]: it
     /// holds a `max_cells` place and its buffered events until then, and a tenant whose cells
     /// die must not fill the node past its quota with them.
-    fn release(&self, entry: &Entry) {
-        if !entry.released.swap(true, Ordering::SeqCst) {
-            // Events queued before the death stay receivable; the death's reason stays first.
-            entry.cell.close();
-            self.ledger.release_limits(&entry.tenant, entry.reservation);
-            metrics::gauge!("cell_service_cells", "backend" => entry.backend.clone(), "state" => "alive")
-                .decrement(1.0);
+    /// Whether this call gave them back (the first).
+    fn release(&self, entry: &Entry) -> bool {
+        if entry.released.swap(true, Ordering::SeqCst) {
+            return false;
         }
+        // Events queued before the death stay receivable; the death's reason stays first.
+        entry.cell.close();
+        self.ledger.release_limits(&entry.tenant, entry.reservation);
+        metrics::gauge!("cell_service_cells", "backend" => entry.backend.clone(), "state" => "alive")
+            .decrement(1.0);
+        true
     }
 
     /// Moves the cell's expiry to `ttl` from now; false once its life has ended.
@@ -724,6 +760,8 @@ impl Node {
         if let Some(key) = &entry.idempotency_key {
             self.keys.forget(&entry.tenant, key, &entry.id);
         }
+        // After its end was set above: a death recorded from now on is refused.
+        self.dead.forget(&entry.id);
         let at = entry.expiry().at;
         self.expiry
             .lock()

@@ -790,3 +790,97 @@ fn a_cell_that_floods_its_stream_is_streamed_live_and_holds_no_worker() {
         "{j}"
     );
 }
+
+/// Dead cells kept for their reason and events are bounded node-wide, in bytes of events and in
+/// number: a tenant with no `live_cells` quota (here the single default tenant) could otherwise
+/// fill the node with dead cells, each holding up to its event buffer until its ttl. Past a
+/// bound the oldest dead cell is reaped early, and reads of it answer as for an expired cell.
+#[test]
+fn dead_cells_past_the_nodes_bounds_are_reaped_oldest_first() {
+    // Killed by its own flood (no stream open), with events buffered.
+    const FLOOD: &str = "for i in 0..100000 { post(i) } 1";
+    let die = |url: &str, id: &str| {
+        let (s, j) = send(
+            "POST",
+            &format!("{url}/v1/cells/{id}/exec"),
+            Some(KEY),
+            Some(&json!({ "source": FLOOD })),
+        );
+        assert_eq!(
+            (s, j["code"].as_str()),
+            (410, Some("limit_event_queue")),
+            "{j}"
+        );
+    };
+    let get = |url: &str, id: &str| send("GET", &format!("{url}/v1/cells/{id}"), Some(KEY), None);
+
+    // Bytes: a node keeping 1 KiB of dead cells' events keeps only the newest dead cell.
+    let mut c = config("node-dead-bytes");
+    c.limits.max_dead_event_bytes = 1024;
+    let n = TestNode::start(c);
+    let live = create(&n.url, KEY, json!({}));
+    exec_ok(&n.url, KEY, &live, "for i in 0..500 { post(i) } 1");
+    let old = create(&n.url, KEY, json!({}));
+    die(&n.url, &old);
+    let (s, j) = get(&n.url, &old);
+    assert_eq!((s, j["state"].as_str()), (200, Some("dead")), "{j}");
+    let new = create(&n.url, KEY, json!({}));
+    die(&n.url, &new);
+    let (s, j) = get(&n.url, &new);
+    assert_eq!((s, j["state"].as_str()), (200, Some("dead")), "{j}");
+    let lines = read_events(&format!("{}/v1/cells/{new}/events", n.url), KEY, |l| {
+        l["event"] == "closed"
+    });
+    assert_eq!(lines.last().unwrap()["code"], "limit_event_queue");
+    // The older one was reaped: gone as an expired cell is, events included.
+    let (s, gone) = get(&n.url, &old);
+    assert_eq!(
+        (s, gone["code"].as_str()),
+        (404, Some("cell_not_found")),
+        "{gone}"
+    );
+    let (s, j) = send(
+        "GET",
+        &format!("{}/v1/cells/{old}/events", n.url),
+        Some(KEY),
+        None,
+    );
+    assert_eq!(
+        (s, j["code"].as_str()),
+        (404, Some("cell_not_found")),
+        "{j}"
+    );
+    assert_eq!(n.node().dead_cells().0, 1);
+    // A live cell's events do not count: it is kept, and so is its buffer.
+    let (s, j) = get(&n.url, &live);
+    assert_eq!((s, j["state"].as_str()), (200, Some("alive")), "{j}");
+    assert_eq!(j["stats"]["last_seq"], 500);
+    // An expired cell answers the same.
+    let brief = create(&n.url, KEY, json!({ "ttl_ms": 1 }));
+    let mut count = n.node().count.subscribe();
+    runtime().block_on(count.wait_for(|c| *c == 2)).unwrap();
+    let (s, expired) = get(&n.url, &brief);
+    assert_eq!((s, &expired["code"]), (404, &gone["code"]), "{expired}");
+    drop(n);
+
+    // Number: a node keeping two dead cells reaps the first when a third dies.
+    let mut c = config("node-dead-count");
+    c.limits.max_dead_cells = 2;
+    let n = TestNode::start(c);
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            let id = create(&n.url, KEY, json!({}));
+            die(&n.url, &id);
+            id
+        })
+        .collect();
+    assert_eq!(get(&n.url, &ids[0]).0, 404);
+    assert_eq!(get(&n.url, &ids[1]).0, 200);
+    assert_eq!(get(&n.url, &ids[2]).0, 200);
+    // Deleting a dead cell frees its place among them.
+    delete_ok(&n.url, KEY, &ids[1]);
+    let id = create(&n.url, KEY, json!({}));
+    die(&n.url, &id);
+    assert_eq!(get(&n.url, &ids[2]).0, 200);
+    assert_eq!(n.node().dead_cells().0, 2);
+}
