@@ -668,7 +668,10 @@ impl Node {
     /// they pass the node's bounds (`max_dead_cells`, `max_dead_event_bytes`).
     fn keep_dead(&self, entry: &Entry) {
         let bytes = entry.events.bytes();
-        let reap = self.dead.add(&entry.id, bytes, || entry.expiry().ended);
+        // A cell that died in its create's `source` was never added (the create fails and
+        // kills it): recorded, it would push out others' dead cells until it came up as oldest.
+        let gone = || entry.expiry().ended || !self.locked().contains_key(&entry.id);
+        let reap = self.dead.add(&entry.id, bytes, gone);
         for id in reap {
             let Some(old) = self.locked().get(&id).cloned() else {
                 continue;

@@ -80,9 +80,9 @@ impl<T> WriteDeadline<T> {
                 if let Some(timer) = self.timer.as_mut() {
                     let deadline = timer.deadline();
                     if deadline > now {
-                        timer
-                            .as_mut()
-                            .reset((deadline + credit).min(now + self.limit));
+                        let cap = now + self.limit;
+                        let moved = deadline.checked_add(credit).map_or(cap, |d| d.min(cap));
+                        timer.as_mut().reset(moved);
                     } else if waited {
                         // It waited past the deadline: the bytes it got now come too late.
                         self.timer = None;

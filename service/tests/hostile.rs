@@ -877,6 +877,20 @@ fn dead_cells_past_the_nodes_bounds_are_reaped_oldest_first() {
     assert_eq!(get(&n.url, &ids[0]).0, 404);
     assert_eq!(get(&n.url, &ids[1]).0, 200);
     assert_eq!(get(&n.url, &ids[2]).0, 200);
+    // A cell that dies in its create's `source` is never held, so never counted among them.
+    let (s, j) = send(
+        "POST",
+        &format!("{}/v1/cells", n.url),
+        Some(KEY),
+        Some(&json!({ "source": FLOOD })),
+    );
+    assert_eq!(
+        (s, j["code"].as_str()),
+        (410, Some("limit_event_queue")),
+        "{j}"
+    );
+    assert_eq!(n.node().dead_cells().0, 2);
+    assert_eq!(get(&n.url, &ids[1]).0, 200);
     // Deleting a dead cell frees its place among them.
     delete_ok(&n.url, KEY, &ids[1]);
     let id = create(&n.url, KEY, json!({}));
