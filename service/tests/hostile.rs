@@ -799,19 +799,15 @@ fn a_cell_that_floods_its_stream_is_streamed_live_and_holds_no_worker() {
 fn dead_cells_past_the_nodes_bounds_are_reaped_oldest_first() {
     // Killed by its own flood (no stream open), with events buffered.
     const FLOOD: &str = "for i in 0..100000 { post(i) } 1";
-    let die = |url: &str, id: &str| {
-        let (s, j) = send(
-            "POST",
-            &format!("{url}/v1/cells/{id}/exec"),
-            Some(KEY),
-            Some(&json!({ "source": FLOOD })),
-        );
+    let flood = |path: &str| {
+        let (s, j) = send("POST", path, Some(KEY), Some(&json!({ "source": FLOOD })));
         assert_eq!(
             (s, j["code"].as_str()),
             (410, Some("limit_event_queue")),
             "{j}"
         );
     };
+    let die = |url: &str, id: &str| flood(&format!("{url}/v1/cells/{id}/exec"));
     let get = |url: &str, id: &str| send("GET", &format!("{url}/v1/cells/{id}"), Some(KEY), None);
 
     // Bytes: a node keeping 1 KiB of dead cells' events keeps only the newest dead cell.
@@ -878,17 +874,7 @@ fn dead_cells_past_the_nodes_bounds_are_reaped_oldest_first() {
     assert_eq!(get(&n.url, &ids[1]).0, 200);
     assert_eq!(get(&n.url, &ids[2]).0, 200);
     // A cell that dies in its create's `source` is never held, so never counted among them.
-    let (s, j) = send(
-        "POST",
-        &format!("{}/v1/cells", n.url),
-        Some(KEY),
-        Some(&json!({ "source": FLOOD })),
-    );
-    assert_eq!(
-        (s, j["code"].as_str()),
-        (410, Some("limit_event_queue")),
-        "{j}"
-    );
+    flood(&format!("{}/v1/cells", n.url));
     assert_eq!(n.node().dead_cells().0, 2);
     assert_eq!(get(&n.url, &ids[1]).0, 200);
     // Deleting a dead cell frees its place among them.
