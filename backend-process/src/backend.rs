@@ -20,6 +20,7 @@ use crate::fork_server::PoolLease;
 use crate::host::host_support;
 use crate::layers::{Layer, LayerReport, LayerState};
 use crate::limits::Limits;
+use crate::read_buf::ReadBuf;
 use crate::spec::SpawnSpec;
 
 /// The `process` backend.
@@ -213,9 +214,7 @@ impl ProcessPipe {
             io: SocketIo {
                 cell,
                 deadline,
-                buf: vec![0; READ_BUF].into_boxed_slice(),
-                start: 0,
-                end: 0,
+                buf: ReadBuf::new(),
                 broken: false,
             },
             host,
@@ -303,7 +302,6 @@ impl Drop for ProcessPipe {
     }
 }
 
-const READ_BUF: usize = 64 << 10;
 /// Whether this thread may run on more than one CPU (else spinning only delays the
 /// peer, which needs the same CPU). Asked of the kernel once every 256 calls per thread:
 /// affinity rarely changes, and a stale answer costs only a little speed.
@@ -337,9 +335,7 @@ struct SocketIo {
     cell: ProcessCell,
     /// The transaction's deadline, enforced by the watchdog (`None`: by a `poll` per read).
     deadline: Option<Arc<ChannelDeadline>>,
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
+    buf: ReadBuf,
     broken: bool,
 }
 
@@ -371,7 +367,7 @@ impl SocketIo {
     fn last_words(&mut self) -> Option<String> {
         let fd = self.cell.channel().as_raw_fd();
         loop {
-            let have = &self.buf[self.start..self.end];
+            let have = self.buf.unread();
             if let Some(text) = last_words::decode(have) {
                 return Some(String::from_utf8_lossy(text).into_owned());
             }
@@ -379,7 +375,6 @@ impl SocketIo {
             if have[..prefix] != last_words::MARKER[..prefix] {
                 return None;
             }
-            self.make_room();
             let n = self.recv_ready(fd);
             if n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted)
             {
@@ -390,7 +385,7 @@ impl SocketIo {
 
     /// Appends to the buffer what `fd` holds now, without waiting: `recv`'s result.
     fn recv_ready(&mut self, fd: i32) -> isize {
-        let spare = &mut self.buf[self.end..];
+        let spare = self.buf.spare();
         // SAFETY: `spare` is valid writable memory of the given length.
         let n = unsafe {
             libc::recv(
@@ -401,26 +396,13 @@ impl SocketIo {
             )
         };
         if n > 0 {
-            self.end += n as usize;
+            self.buf.filled_by(n as usize);
         }
         n
     }
 
-    /// Moves the unread bytes to the front of the buffer when they reach its end.
-    fn make_room(&mut self) {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.end == self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-    }
-
     /// Reads more bytes into the buffer, honouring the deadline.
     fn fill(&mut self, deadline: Option<Instant>) -> Result<(), PipeError> {
-        self.make_room();
         let fd = self.cell.channel().as_raw_fd();
         // Poll without sleeping for a short while first: the answer usually comes within
         // microseconds, and a sleep/wake across CPUs costs ~25 µs here. On one CPU the
@@ -478,11 +460,11 @@ impl SocketIo {
                     return Err(PipeError::Io(e));
                 }
             }
-            let spare = &mut self.buf[self.end..];
+            let spare = self.buf.spare();
             // SAFETY: `spare` is valid writable memory of the given length.
             let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
             if n > 0 {
-                self.end += n as usize;
+                self.buf.filled_by(n as usize);
                 return Ok(());
             }
             if n == 0 {
@@ -534,12 +516,10 @@ impl FrameIo for SocketIo {
         deadline: Option<Instant>,
         max_len: u32,
     ) -> Result<Vec<u8>, PipeError> {
-        while self.end - self.start < HEADER_LEN {
+        while self.buf.unread().len() < HEADER_LEN {
             self.fill(deadline)?;
         }
-        let header: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
-            .try_into()
-            .expect("header");
+        let header: [u8; HEADER_LEN] = self.buf.unread()[..HEADER_LEN].try_into().expect("header");
         if header == last_words::MARKER {
             // A panicking guest's last words (left unread for `ended`), not a frame. From a
             // cell that has not ended, it is a length prefix over the cap like any other.
@@ -550,12 +530,12 @@ impl FrameIo for SocketIo {
         }
         // The cap is checked before anything is allocated for the body.
         let len = wire::body_len(header, max_len)?;
-        self.start += HEADER_LEN;
+        self.buf.consume(HEADER_LEN);
         let mut body = Vec::with_capacity(len);
         loop {
-            let take = (len - body.len()).min(self.end - self.start);
-            body.extend_from_slice(&self.buf[self.start..self.start + take]);
-            self.start += take;
+            let take = (len - body.len()).min(self.buf.unread().len());
+            body.extend_from_slice(&self.buf.unread()[..take]);
+            self.buf.consume(take);
             if body.len() == len {
                 return Ok(body);
             }

@@ -41,6 +41,7 @@ mod spawn;
 mod backend;
 mod deadline;
 mod exit;
+mod read_buf;
 mod usage;
 pub use usage::CgroupUsage;
 
