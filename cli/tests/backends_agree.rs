@@ -200,6 +200,68 @@ t.sort(); t.len()"#,
             code: "timed_out",
         },
         Case {
+            // A string's `pad` grew its text in one native call without asking the progress
+            // callback: a subinterp cell of 64 MiB grew its host by 2.9 GB, past its wall time.
+            name: "a string padded to 3 GB with a string, under no string limit",
+            policy: "memory_mib = 64\n",
+            script: r#"let s = ""; s.pad(3000000000, "x"); s.len"#,
+            code: "limit_memory",
+        },
+        Case {
+            name: "a string padded to 3 GB with a character, under no string limit",
+            policy: "memory_mib = 64\n",
+            script: r#"let s = ""; s.pad(3000000000, 'x'); s.len"#,
+            code: "limit_memory",
+        },
+        Case {
+            // Lengths no size limit bounds under no array limit were allocated in one step: a
+            // subinterp cell of 64 MiB grew its host by 3 GB (`blob(3e9)`, `pad`), a length past
+            // the host's memory aborted the host (`memory allocation of 100000000000 bytes
+            // failed`), and `a.pad(i64::MAX, 0)` panicked (capacity overflow): cell_crashed on
+            // process and microvm. Each now ends alike in limit_memory.
+            name: "a BLOB of 100 GB, under no array limit",
+            policy: "memory_mib = 64\n",
+            script: "let b = blob(100000000000); b.len",
+            code: "limit_memory",
+        },
+        Case {
+            name: "a BLOB of 3 GB, under no array limit",
+            policy: "memory_mib = 64\n",
+            script: "let b = blob(3000000000, 1); b.len",
+            code: "limit_memory",
+        },
+        Case {
+            name: "a BLOB padded to 100 GB, under no array limit",
+            policy: "memory_mib = 64\n",
+            script: "let b = blob(); b.pad(100000000000, 1); b.len",
+            code: "limit_memory",
+        },
+        Case {
+            name: "an array padded to 160 GB, under no array limit",
+            policy: "memory_mib = 64\n",
+            script: "let a = []; a.pad(10000000000, 0); a.len",
+            code: "limit_memory",
+        },
+        Case {
+            name: "an array padded to i64::MAX items, under no array limit",
+            policy: "memory_mib = 64\n",
+            script: "let a = []; a.pad(9223372036854775807, 0); a.len",
+            code: "limit_memory",
+        },
+        Case {
+            // 16 bytes and more an item for each byte: 3 GB of a subinterp cell's host.
+            name: "a 40 MB string split into characters, under no array limit",
+            policy: "memory_mib = 64\n",
+            script: r#"let s = ""; s.pad(40000000, 'x'); let p = s.split(""); p.len"#,
+            code: "limit_memory",
+        },
+        Case {
+            name: "a 40 MB BLOB as an array, under no array limit",
+            policy: "memory_mib = 64\n",
+            script: "let b = blob(40000000, 1); let a = b.to_array(); a.len",
+            code: "limit_memory",
+        },
+        Case {
             name: "a thrown map that looks like a host error",
             policy: "",
             script: r#"throw #{code: 42, message: "the host says: cell crashed"}"#,
@@ -410,6 +472,9 @@ fn odd_but_valid_scripts_give_the_same_result_on_every_backend() {
             Some("1"),
         ),
         ("`${|x| x + 1}`", None),
+        // A pad with the empty string looped forever in one native call: a subinterp cell hung
+        // its host's thread past every limit, process and microVM cells ran to their wall time.
+        (r#"let s = "héllo"; s.pad(10, ""); s"#, Some(r#""héllo""#)),
         ("text::join([|x| x, |y| y], \",\")", None),
     ] {
         let mut first: Option<(&str, Vec<String>)> = None;

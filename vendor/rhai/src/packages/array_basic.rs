@@ -366,9 +366,8 @@ pub mod array_functions {
             return Ok(());
         }
 
-        array.resize(len, item);
-
-        Ok(())
+        // Patched: grown a step at a time, asking the progress callback (see `grow_within`).
+        crate::packages::string_basic::grow_within(&_ctx, array, len, item, "Size of array")
     }
     /// Remove the last element from the array and return it.
     ///

@@ -86,7 +86,10 @@ pub mod blob_functions {
         _ctx.engine().throw_on_size((len, 0, 0))?;
 
         let byte = u8::try_from(value & 0x00ff).unwrap();
-        Ok(vec![byte; len])
+        // Patched: grown a step at a time, asking the progress callback (see `grow_within`).
+        let mut blob = Blob::new();
+        crate::packages::string_basic::grow_within(&_ctx, &mut blob, len, byte, "Size of BLOB")?;
+        Ok(blob)
     }
     /// Convert the BLOB into an array of integers.
     ///
@@ -100,8 +103,10 @@ pub mod blob_functions {
     /// print(x);       // prints "[66, 66, 66, 66, 66]"
     /// ```
     #[rhai_fn(pure)]
-    pub fn to_array(blob: &mut Blob) -> Array {
-        blob.iter().map(|&ch| (ch as INT).into()).collect()
+    pub fn to_array(ctx: NativeCallContext, blob: &mut Blob) -> Array {
+        // Patched: an array takes 16 bytes an item for each byte; asks the progress callback
+        // as it grows, as a split does (`string_more::collect_within`).
+        crate::packages::string_more::collect_within(&ctx, blob.iter().map(|&ch| ch as INT))
     }
     /// Convert the BLOB into a string.
     ///
@@ -380,8 +385,9 @@ pub mod blob_functions {
 
         let byte = u8::try_from(value & 0x00ff).unwrap();
 
+        // Patched: grown a step at a time, asking the progress callback (see `grow_within`).
         if len > blob.len() {
-            blob.resize(len, byte);
+            crate::packages::string_basic::grow_within(&_ctx, blob, len, byte, "Size of BLOB")?;
         }
 
         Ok(())

@@ -150,6 +150,37 @@ impl<'a> TextWatch<'a> {
     }
 }
 
+/// Patched: `items` grown to `len` items of `item` (`len` at least its length), filled a step of
+/// about [`TEXT_CHECK_BYTES`] at a time, asking the engine's progress callback after each step;
+/// `Err` (`what` too large) once it says to stop (a cell past its memory or stopped: that stop
+/// sticks and answers instead).
+/// For lengths no size limit bounds (`blob(n)`, `pad` of a BLOB or of an array with a scalar
+/// under no array limit): grown in one step, a subinterp cell of 64 MiB took gigabytes of its
+/// host's heap in the one call, and a length past the host's memory aborted the host.
+pub(crate) fn grow_within<T: Clone>(
+    ctx: &NativeCallContext,
+    items: &mut Vec<T>,
+    len: usize,
+    item: T,
+    what: &str,
+) -> crate::RhaiResultOf<()> {
+    let step = (TEXT_CHECK_BYTES / std::mem::size_of::<T>().max(1)).max(1);
+    let watch = TextWatch::work(ctx.engine(), ctx.global_runtime_state().num_operations());
+    // The whole length at once where the allocator grants it (its memory is not touched until
+    // it is filled, and a subinterp cell is charged for it at once, so the first step stops a
+    // length past its memory); else step by step, each step's growth as memory allows, until
+    // the cell is stopped or the allocator fails as it would have for the whole.
+    let _ = items.try_reserve_exact(len - items.len());
+    while items.len() < len {
+        let next = items.len() + (len - items.len()).min(step);
+        items.resize(next, item.clone());
+        if items.len() < len && watch.told_to_stop() {
+            return Err(crate::ERR::ErrorDataTooLarge(what.into(), crate::Position::NONE).into());
+        }
+    }
+    Ok(())
+}
+
 /// Patched: a writer that stops (with an error) once past `.1` bytes (0: unlimited).
 struct Capped(crate::SmartString, usize);
 

@@ -74,8 +74,14 @@ def_package! {
 /// Patched: the pieces of a split (or a string's characters) as an array of at most one element
 /// past the array limit, which the result's size check then refuses. Collecting every piece
 /// first made a long string's split fail by the array limit on one backend and by memory on
-/// another (the microVM's heap is its quota).
-fn collect_within<T: Into<Dynamic>>(
+/// another (the microVM's heap is its quota). Under no array limit, the engine's progress
+/// callback is asked each time the array has grown by about [`TEXT_CHECK_BYTES`] and the
+/// collection stops when it says so (a cell past its memory: the stop sticks): each piece takes
+/// 16 bytes or more for each byte of the string, so a subinterp cell of 64 MiB took 3 GB of its
+/// host's heap in one `split("")`.
+///
+/// [`TEXT_CHECK_BYTES`]: super::string_basic::TEXT_CHECK_BYTES
+pub(crate) fn collect_within<T: Into<Dynamic>>(
     _ctx: &NativeCallContext,
     pieces: impl Iterator<Item = T>,
 ) -> crate::Array {
@@ -83,7 +89,19 @@ fn collect_within<T: Into<Dynamic>>(
     if let max @ 1.. = _ctx.engine().max_array_size() {
         return pieces.take(max.saturating_add(1)).map(Into::into).collect();
     }
-    pieces.map(Into::into).collect()
+    let step = super::string_basic::TEXT_CHECK_BYTES / std::mem::size_of::<Dynamic>();
+    let watch = super::string_basic::TextWatch::work(
+        _ctx.engine(),
+        _ctx.global_runtime_state().num_operations(),
+    );
+    let mut array = crate::Array::new();
+    for piece in pieces {
+        array.push(piece.into());
+        if array.len() % step == 0 && watch.told_to_stop() {
+            break;
+        }
+    }
+    array
 }
 
 #[export_module(manifest)]
@@ -1384,8 +1402,16 @@ mod string_functions {
 
         let p = string.make_mut();
 
+        // Patched: stops once past the string limit (in bytes: a character may take four) or,
+        // under no limit, when the engine's progress callback says to stop (a cell past its
+        // memory or wall time; the stop sticks). Before, a subinterp cell under no string limit
+        // padded gigabytes on the host's heap, past its memory and wall time, in this one call.
+        let mut watch = crate::packages::string_basic::TextWatch::new(&_ctx);
         for _ in 0..(len - orig_len) {
             p.push(character);
+            if watch.must_stop(p.len()) {
+                break;
+            }
         }
 
         #[cfg(not(feature = "unchecked"))]
@@ -1449,12 +1475,16 @@ mod string_functions {
         let mut str_len = string.chars().count();
         let padding_len = padding.chars().count();
 
-        if len <= str_len {
+        // Patched: an empty padding pads nothing (as JavaScript's `padEnd`). It looped forever
+        // before, in one native call: a subinterp cell hung its host's thread past every limit.
+        if len <= str_len || padding_len == 0 {
             return Ok(());
         }
 
         let p = string.make_mut();
 
+        // Patched: stops as `pad` with a character does.
+        let mut watch = crate::packages::string_basic::TextWatch::new(&_ctx);
         while str_len < len {
             if str_len + padding_len <= len {
                 p.push_str(padding);
@@ -1462,6 +1492,9 @@ mod string_functions {
             } else {
                 p.extend(padding.chars().take(len - str_len));
                 str_len = len;
+            }
+            if watch.must_stop(p.len()) {
+                break;
             }
         }
 
