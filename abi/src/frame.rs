@@ -41,6 +41,11 @@ impl Default for EngineLimits {
 /// in `modules`. The host refuses any other before it spawns a cell.
 pub const HOST_MODULES: &[&str] = &["math", "text", "json"];
 
+/// The longest metric name, in bytes; a name is 1 to this many bytes long. The host refuses a
+/// [`GuestFrame::Metric`] outside it as a protocol violation; the guest runtime refuses the
+/// script's `metric` call first, with `invalid_argument`, so a script cannot break the protocol.
+pub const MAX_METRIC_NAME_LEN: usize = 256;
+
 /// host → cell, first frame: who the host is and what the cell may do.
 ///
 /// `features` travels after the v1 fields, only when non-empty, and is read by

@@ -45,6 +45,8 @@ pub use version::{ABI_VERSION, SCHEMA_KEY};
 #[cfg(feature = "alloc")]
 pub use error::CellError;
 #[cfg(feature = "alloc")]
-pub use frame::{EngineLimits, GuestFrame, HOST_MODULES, Hello, HostFrame, Level, Ready};
+pub use frame::{
+    EngineLimits, GuestFrame, HOST_MODULES, Hello, HostFrame, Level, MAX_METRIC_NAME_LEN, Ready,
+};
 #[cfg(feature = "alloc")]
 pub use value::{Map, Value};

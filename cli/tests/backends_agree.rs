@@ -475,6 +475,13 @@ fn odd_but_valid_scripts_give_the_same_result_on_every_backend() {
         // A pad with the empty string looped forever in one native call: a subinterp cell hung
         // its host's thread past every limit, process and microVM cells ran to their wall time.
         (r#"let s = "héllo"; s.pad(10, ""); s"#, Some(r#""héllo""#)),
+        // A metric name the host refuses (empty, over 256 bytes) killed the cell with
+        // protocol_violation; the script now gets an error it can catch.
+        (
+            r#"let n = ""; n.pad(257, "m"); let r = [];
+             for name in ["", n] { try { metric(name, 1) } catch (e) { r.push(e.name) } } r"#,
+            Some(r#"["invalid_argument","invalid_argument"]"#),
+        ),
         ("text::join([|x| x, |y| y], \",\")", None),
     ] {
         let mut first: Option<(&str, Vec<String>)> = None;

@@ -102,6 +102,22 @@ fn number(d: &Dynamic) -> Res<f64> {
     })
 }
 
+/// A metric's name, refused here if the host would refuse it: an empty or overlong name killed
+/// the cell with `protocol_violation`, which the script could not catch.
+fn metric_name(name: &str) -> Res<String> {
+    if name.is_empty() || name.len() > abi::MAX_METRIC_NAME_LEN {
+        return Err(throw(CellError::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "a metric name is 1 to {} bytes long, not {}",
+                abi::MAX_METRIC_NAME_LEN,
+                name.len()
+            ),
+        )));
+    }
+    Ok(name.into())
+}
+
 /// A metric's tags, each value as `{}` writes it. Each is one string, so it is held to the
 /// string limit (`limit_string_size`, worded as the engine words it), and all of them together
 /// to what a frame can carry (`limit_frame_size`); a text stops being written past its bound
@@ -210,7 +226,7 @@ fn build_api_module() -> Module {
     f("metric").set_into_module(
         &mut m,
         |ctx: NativeCallContext, name: &str, v: Dynamic| -> Res<()> {
-            let (name, value, tags) = (name.into(), number(&v)?, BTreeMap::new());
+            let (name, value, tags) = (metric_name(name)?, number(&v)?, BTreeMap::new());
             binding(&ctx)?
                 .link
                 .emit(GuestFrame::Metric { name, value, tags })
@@ -219,7 +235,7 @@ fn build_api_module() -> Module {
     f("metric").set_into_module(
         &mut m,
         |ctx: NativeCallContext, name: &str, v: Dynamic, t: rhai::Map| -> Res<()> {
-            let (name, value, tags) = (name.into(), number(&v)?, tags(&ctx, t)?);
+            let (name, value, tags) = (metric_name(name)?, number(&v)?, tags(&ctx, t)?);
             binding(&ctx)?
                 .link
                 .emit(GuestFrame::Metric { name, value, tags })

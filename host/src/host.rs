@@ -708,10 +708,11 @@ impl CellHost {
                 })
             }
             (Phase::Running(_), GuestFrame::Metric { name, value, tags }) => {
-                if name.is_empty() || name.len() > 256 {
+                if name.is_empty() || name.len() > abi::MAX_METRIC_NAME_LEN {
                     violation(format!(
-                        "metric name of {} bytes (1..=256 allowed)",
-                        name.len()
+                        "metric name of {} bytes (1..={} allowed)",
+                        name.len(),
+                        abi::MAX_METRIC_NAME_LEN
                     ))
                 } else {
                     self.reemit_metric(&name, value, &tags);
