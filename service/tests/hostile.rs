@@ -162,7 +162,12 @@ fn creates_waiting_on_one_idempotency_key_hold_no_threads() {
     let held = origin.take();
     let waiters: Vec<_> = (0..WAITERS).map(|_| post(&url, &body)).collect();
     let mut waiting = server.node.idempotency_waiting();
-    rt.block_on(waiting.wait_for(|n| *n == WAITERS)).unwrap();
+    // A bound on the test itself, not an assertion on speed: a node whose waits held threads
+    // never got here (its workers handed off to a full blocking pool, it stopped accepting).
+    let bound = Duration::from_secs(120);
+    rt.block_on(async { tokio::time::timeout(bound, waiting.wait_for(|n| *n == WAITERS)).await })
+        .expect("the node stopped taking creates while they waited")
+        .unwrap();
 
     // One more waiter is refused, naming the bound.
     let (s, j) = send("POST", &format!("{url}/v1/cells"), Some(KEY), Some(&body));
