@@ -260,8 +260,10 @@ impl CellHost {
         let mut listener = None;
         if s.dead.is_none() {
             listener = s.listener.take();
-            if reason.code == ErrorCode::CellClosed {
-                tracing::debug!(cell = %self.cell, "cell closed");
+            // Closed or killed by its embedder (a DELETE, an expiry): asked for, so not a
+            // warning; a service deleting thousands of cells would log a line for each.
+            if matches!(reason.code, ErrorCode::CellClosed | ErrorCode::Cancelled) {
+                tracing::debug!(cell = %self.cell, code = %reason.code, "cell ended: {}", reason.message);
             } else {
                 tracing::warn!(cell = %self.cell, code = %reason.code, "cell stopped: {}", reason.message);
             }
