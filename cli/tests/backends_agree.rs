@@ -32,6 +32,17 @@ fn shared(tail: &str) -> &'static str {
     format!("{SHARED}{tail}").leak()
 }
 
+/// `function(1, 1, ...)` with 100,000 arguments.
+fn call_of_many_arguments(function: &str) -> &'static str {
+    format!("{function}({})", vec!["1"; 100_000].join(",")).leak()
+}
+
+/// `#{p0:0,p1:0,...}` of `n` properties (under the 1 MiB frame cap for 100,001).
+fn map_literal_of(n: usize) -> &'static str {
+    let properties: Vec<String> = (0..n).map(|i| format!("p{i}:0")).collect();
+    format!("#{{{}}}", properties.join(",")).leak()
+}
+
 fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -260,6 +271,31 @@ t.sort(); t.len()"#,
             policy: "memory_mib = 64\n",
             script: "let b = blob(40000000, 1); let a = b.to_array(); a.len",
             code: "limit_memory",
+        },
+        Case {
+            // A call is looked up among up to 65,536 permutations of its argument types (some
+            // `Dynamic`), each hashing every argument: 16 s for 100,000 arguments, during which
+            // a subinterp cell's host could not stop it (no operation runs), where process and
+            // microVM cells were killed on time.
+            name: "a call of 100,000 arguments",
+            policy: "wall_time_ms = 300\n",
+            script: call_of_many_arguments("abs"),
+            code: "timed_out",
+        },
+        Case {
+            name: "a module function's call of 100,000 arguments",
+            policy: "wall_time_ms = 300\n",
+            script: call_of_many_arguments("text::join"),
+            code: "timed_out",
+        },
+        Case {
+            // Each property was checked against every earlier one: 100,000 of them took about a
+            // minute to parse (process and microVM ran to their wall time; subinterp's parse
+            // could not be stopped).
+            name: "a map literal of 100,001 properties",
+            policy: "",
+            script: map_literal_of(100_001),
+            code: "limit_map_size",
         },
         Case {
             name: "a thrown map that looks like a host error",

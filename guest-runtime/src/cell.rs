@@ -3,7 +3,7 @@
 use crate::api::{self, Link};
 use crate::compiled::CompileCache;
 use crate::convert::{from_dynamic_within, to_dynamic};
-use crate::errors::{STACK_EXHAUSTED, cell_error, stopped};
+use crate::errors::{PARSE_STOPPED, STACK_EXHAUSTED, cell_error, stopped};
 use crate::limits::{self, StackGuard};
 use crate::meter::Meter;
 use crate::transport::{Interrupt, Transport};
@@ -12,6 +12,7 @@ use abi::{
     ABI_VERSION, CellError, ErrorCode, GuestFrame, Hello, HostFrame, Map, Ready, SCHEMA_KEY, Value,
 };
 use alloc::{boxed::Box, format, sync::Arc, vec::Vec};
+use core::sync::atomic::{AtomicU64, Ordering};
 use rhai::packages::{Package, StandardPackage};
 use rhai::{AST, CallFnOptions, Dynamic, Engine, EvalAltResult, Module, Scope, Shared};
 
@@ -154,23 +155,42 @@ impl Cell {
         // Whatever nests deeper than the limits can see (calls whose bodies nest expressions,
         // closures in closures) stops at the stack budget: per operation while running, per
         // token while parsing.
-        let (guard, ticks) = (stack.clone(), meter.clone());
-        engine.on_progress(move |_| {
+        let (guard, ticks, parse_interrupt) = (stack.clone(), meter.clone(), interrupt.clone());
+        engine.on_progress(move |asked| {
             // The stack's end is no stop: it passes as the script unwinds (a native function
             // that discards the error, such as the printer of a deeply nested value, goes on
             // shallower), so only the meter's stops stick.
             ticks
-                .tick(|ops| interrupt.check(ops))
+                .tick(|ops| {
+                    if asked == rhai::NATIVE_PROGRESS {
+                        interrupt.check_now(ops)
+                    } else {
+                        interrupt.check(ops)
+                    }
+                })
                 .or_else(|| guard.exceeded().then_some(ErrorCode::LimitCallDepth))
                 .map(|code| Dynamic::from_int(code.as_u16().into()))
         });
-        let guard = stack.clone();
+        let (guard, parse_meter) = (stack.clone(), meter.clone());
+        let tokens = AtomicU64::new(0);
         #[allow(deprecated)] // volatile, not deprecated: the only hook inside the parser
         engine.on_parse_token(move |token, _, _| {
             if guard.exceeded() {
-                rhai::Token::LexError(Box::new(rhai::LexError::Runtime(STACK_EXHAUSTED.into())))
-            } else {
-                token
+                return rhai::Token::LexError(Box::new(rhai::LexError::Runtime(
+                    STACK_EXHAUSTED.into(),
+                )));
+            }
+            // A kill, the wall time, the CPU time or the memory limit stops a parse as it stops
+            // a running script (and sticks: the exec answers with it). The parser does no
+            // operations, so on subinterp a slow parse (a call of 100,000 arguments, a long
+            // source) ran on past all of them, where process and microVM cells were killed.
+            let n = tokens.fetch_add(1, Ordering::Relaxed) + 1;
+            match parse_meter.stopped().or_else(|| parse_interrupt.check(n)) {
+                Some(code) => {
+                    parse_meter.halt(code);
+                    rhai::Token::LexError(Box::new(rhai::LexError::Runtime(PARSE_STOPPED.into())))
+                }
+                None => token,
             }
         });
 
@@ -212,10 +232,16 @@ impl Cell {
     pub fn exec(&mut self, source: &str) -> Result<Value, CellError> {
         self.begin();
         let engine = &self.engine;
-        let ast = self
-            .compiled
-            .get_or_compile(source, |s| engine.compile(s))
-            .map_err(|e| cell_error(&Box::<EvalAltResult>::from(e)))?;
+        let ast = match self.compiled.get_or_compile(source, |s| engine.compile(s)) {
+            Ok(ast) => ast,
+            // A parse stopped by a kill or a limit answers with that stop.
+            Err(e) => {
+                let error = cell_error(&Box::<EvalAltResult>::from(e));
+                return self
+                    .meter
+                    .verdict(Err(error), |code| stopped(code, rhai::Position::NONE));
+            }
+        };
         let merged = self.lib.merge(&ast);
         drop(ast);
         self.lib = merged.clone_functions_only();

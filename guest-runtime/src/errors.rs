@@ -196,6 +196,10 @@ fn call_depth(at: Position) -> CellError {
 /// What the parser's token hook reports when parsing runs past the stack budget.
 pub(crate) const STACK_EXHAUSTED: &str = "the script nests deeper than the engine's stack holds";
 
+/// What the parser's token hook reports when the parse was stopped (a kill, a limit); the
+/// transaction answers with the stop itself (see `Cell::exec`).
+pub(crate) const PARSE_STOPPED: &str = "the parse was stopped";
+
 fn parse_error(kind: &ParseErrorType, err: &EvalAltResult) -> CellError {
     match kind {
         ParseErrorType::ExprTooDeep => CellError::new(ErrorCode::LimitExprDepth, err.to_string()),

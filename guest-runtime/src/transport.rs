@@ -47,6 +47,13 @@ pub trait Transport: Send {
 pub trait Interrupt: Send + Sync {
     /// `Some(code)` stops the running script with that code (`Cancelled`, `TimedOut`, ...).
     fn check(&self, operations: u64) -> Option<ErrorCode>;
+
+    /// Like [`Interrupt::check`], asked from inside one native function's long work (a text
+    /// built, a function looked up among its permutations), where no operation comes for a
+    /// while: an interrupt that reads its clocks only every so many operations reads them now.
+    fn check_now(&self, operations: u64) -> Option<ErrorCode> {
+        self.check(operations)
+    }
 }
 
 /// For boundaries that stop the guest from outside (a killed process or vCPU).

@@ -462,6 +462,21 @@ fn interrupt_stops_a_spinning_script() {
     t.join().unwrap();
 }
 
+/// A stop reaches a parse too, and the exec answers with it: the parser runs no operations, so
+/// on subinterp (whose host can only ask the engine to stop) a slow parse ran on past the wall
+/// time and a kill. A script whose parse fails would otherwise answer with its syntax error.
+#[test]
+fn a_stop_reaches_the_parser() {
+    let flag = Arc::new(Flag(AtomicBool::new(true)));
+    let mut c = Cell::new(&hello(&[]), Box::new(Recorder::default()), flag.clone()).unwrap();
+    let err = c.exec("let x = 1; x +").unwrap_err();
+    assert_eq!(err.code, ErrorCode::Cancelled, "{err}");
+    flag.0.store(false, Ordering::Relaxed);
+    let err = c.exec("let x = 1; x +").unwrap_err();
+    assert_eq!(err.code, ErrorCode::Syntax, "{err}");
+    assert_eq!(c.exec("40 + 2"), Ok(Value::Int(42)));
+}
+
 /// Limits of 50,000 operations per transaction, the rest the defaults.
 fn fifty_thousand_operations() -> EngineLimits {
     EngineLimits {

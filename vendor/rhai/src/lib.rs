@@ -254,7 +254,7 @@ pub use packages::string_basic::{FUNC_TO_DEBUG, FUNC_TO_STRING};
 
 /// Patched: see `TextWatch`.
 #[cfg(feature = "internals")]
-pub use packages::string_basic::TextWatch;
+pub use packages::string_basic::{TextWatch, NATIVE_PROGRESS};
 pub use rhai_codegen::*;
 #[cfg(not(feature = "no_time"))]
 pub use types::Instant;

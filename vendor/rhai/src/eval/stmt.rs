@@ -462,10 +462,7 @@ impl Engine {
                 if value.is_hashable() {
                     // Patched: hashing asks the progress callback as it goes (see
                     // `calc_switch_value_hash_watched`).
-                    let mut watch = crate::packages::string_basic::TextWatch::work(
-                        self,
-                        global.num_operations(),
-                    );
+                    let mut watch = crate::packages::string_basic::TextWatch::work(self);
                     let hash =
                         calc_switch_value_hash_watched(&value, |hashed| watch.must_stop(hashed));
 

@@ -498,6 +498,16 @@ impl Engine {
                         };
                     }
 
+                    // Patched: each permutation hashes every argument's type, so a call of n
+                    // arguments tries up to 65,536 of them at n each (10,000 arguments: 4 s);
+                    // ask the progress callback every 256 and give up when told to stop (the
+                    // stop sticks, and answers for the transaction).
+                    if bitmask % 256 == 0
+                        && crate::packages::string_basic::TextWatch::work(self).told_to_stop()
+                    {
+                        return None;
+                    }
+
                     // Try all permutations with `Dynamic` wildcards
                     hash = calc_fn_hash_full(
                         hash_base,
@@ -1004,7 +1014,12 @@ impl Engine {
             let max_bitmask = 1usize << max_dynamic_count;
             let mut bitmask = 1usize;
 
+            // Patched: asks the progress callback every 256 permutations, as `resolve_fn` does.
+            let watch = crate::packages::string_basic::TextWatch::work(self);
             while bitmask < max_bitmask {
+                if bitmask % 256 == 0 && watch.told_to_stop() {
+                    break;
+                }
                 let hash_qualified_fn = super::calc_fn_hash_full(
                     hash,
                     args.iter().enumerate().map(|(i, a)| {

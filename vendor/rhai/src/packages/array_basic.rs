@@ -356,10 +356,7 @@ pub mod array_functions {
             || item.is_char()
             || item.is_string())
         {
-            let watch = crate::packages::string_basic::TextWatch::work(
-                _ctx.engine(),
-                _ctx.global_runtime_state().num_operations(),
-            );
+            let watch = crate::packages::string_basic::TextWatch::work(_ctx.engine());
             while array.len() < len && !watch.told_to_stop() {
                 array.push(item.clone());
             }
@@ -1739,10 +1736,7 @@ pub mod array_functions {
         }
         if type_id == TypeId::of::<ImmutableString>() {
             // Patched: asks the progress callback as it compares; see `compare_strings`.
-            let watch = crate::packages::string_basic::TextWatch::work(
-                ctx.engine(),
-                ctx.global_runtime_state().num_operations(),
-            );
+            let watch = crate::packages::string_basic::TextWatch::work(ctx.engine());
             merge_sort(array, compare_strings(watch));
             return Ok(());
         }
@@ -1844,10 +1838,7 @@ pub mod array_functions {
         }
         if type_id == TypeId::of::<ImmutableString>() {
             // Patched: asks the progress callback as it compares; see `compare_strings`.
-            let watch = crate::packages::string_basic::TextWatch::work(
-                ctx.engine(),
-                ctx.global_runtime_state().num_operations(),
-            );
+            let watch = crate::packages::string_basic::TextWatch::work(ctx.engine());
             let mut compare = compare_strings(watch);
             merge_sort(array, |a, b| compare(a, b).map(Ordering::reverse));
             return Ok(());

@@ -90,6 +90,11 @@ pub(crate) fn print_with_func_raw(
 /// stops building it even when no string limit is set.
 pub(crate) const TEXT_CHECK_BYTES: usize = 1 << 20;
 
+/// Patched: what a [`TextWatch`] passes the engine's progress callback instead of an operation
+/// count: it asks from inside one native call's long work, where no operation comes for a
+/// while, so a callback that reads its clocks only every so many operations reads them now.
+pub const NATIVE_PROGRESS: u64 = u64::MAX;
+
 /// Patched: watches a text one native call builds: it must stop once past the string limit
 /// (0: none), or when the engine's progress callback, asked each time the text has grown by
 /// [`TEXT_CHECK_BYTES`], says so. A value's text can be far larger than the memory it holds
@@ -100,7 +105,6 @@ pub(crate) const TEXT_CHECK_BYTES: usize = 1 << 20;
 /// from values can stop the same way.
 pub struct TextWatch<'a> {
     engine: &'a crate::Engine,
-    num_operations: u64,
     max: usize,
     next: usize,
 }
@@ -111,7 +115,6 @@ impl<'a> TextWatch<'a> {
         let engine = ctx.engine();
         TextWatch {
             engine,
-            num_operations: ctx.global_runtime_state().num_operations(),
             max: engine.max_string_size(),
             next: TEXT_CHECK_BYTES,
         }
@@ -120,10 +123,9 @@ impl<'a> TextWatch<'a> {
     /// Patched: a watch on work measured in bytes (compared, hashed) rather than on a text:
     /// no string limit, only the progress callback each [`TEXT_CHECK_BYTES`]. A value's strings
     /// may be one shared string, so such work is unbounded by the value's memory.
-    pub(crate) fn work(engine: &'a crate::Engine, num_operations: u64) -> Self {
+    pub(crate) fn work(engine: &'a crate::Engine) -> Self {
         TextWatch {
             engine,
-            num_operations,
             max: 0,
             next: TEXT_CHECK_BYTES,
         }
@@ -141,12 +143,13 @@ impl<'a> TextWatch<'a> {
         self.told_to_stop()
     }
 
-    /// Patched: whether the engine's progress callback, asked now, says to stop.
+    /// Patched: whether the engine's progress callback, asked now, says to stop. It is asked
+    /// with [`NATIVE_PROGRESS`], not an operation count.
     pub(crate) fn told_to_stop(&self) -> bool {
         self.engine
             .progress
             .as_ref()
-            .map_or(false, |progress| progress(self.num_operations).is_some())
+            .map_or(false, |progress| progress(NATIVE_PROGRESS).is_some())
     }
 }
 
@@ -165,7 +168,7 @@ pub(crate) fn grow_within<T: Clone>(
     what: &str,
 ) -> crate::RhaiResultOf<()> {
     let step = (TEXT_CHECK_BYTES / std::mem::size_of::<T>().max(1)).max(1);
-    let watch = TextWatch::work(ctx.engine(), ctx.global_runtime_state().num_operations());
+    let watch = TextWatch::work(ctx.engine());
     // The whole length at once where the allocator grants it (its memory is not touched until
     // it is filled, and a subinterp cell is charged for it at once, so the first step stops a
     // length past its memory); else step by step, each step's growth as memory allows, until

@@ -71,6 +71,15 @@ def_package! {
     }
 }
 
+/// Patched: `pad` writes the string a chunk of this many bytes at a time: one piece at a time,
+/// each grew the engine's string through a reallocation (20 MB took 9 s in a debug build).
+const PAD_CHUNK: usize = 64 << 10;
+
+/// Patched: ... once the string is this long; the pieces before go in one at a time, so that the
+/// string is on the heap and its capacity grows as it did a piece at a time (doubling from where
+/// one chunk put it, a 20 MB string took 32 MiB rather than 24 MB).
+const PAD_CHUNK_AFTER: usize = 64;
+
 /// Patched: the pieces of a split (or a string's characters) as an array of at most one element
 /// past the array limit, which the result's size check then refuses. Collecting every piece
 /// first made a long string's split fail by the array limit on one backend and by memory on
@@ -90,10 +99,7 @@ pub(crate) fn collect_within<T: Into<Dynamic>>(
         return pieces.take(max.saturating_add(1)).map(Into::into).collect();
     }
     let step = super::string_basic::TEXT_CHECK_BYTES / std::mem::size_of::<Dynamic>();
-    let watch = super::string_basic::TextWatch::work(
-        _ctx.engine(),
-        _ctx.global_runtime_state().num_operations(),
-    );
+    let watch = super::string_basic::TextWatch::work(_ctx.engine());
     let mut array = crate::Array::new();
     for piece in pieces {
         array.push(piece.into());
@@ -1400,17 +1406,23 @@ mod string_functions {
             return Ok(());
         }
 
+        // Patched: written a chunk at a time (see `PAD_CHUNK`), stopping once past the string
+        // limit (in bytes: a character may take four) or, under no limit, when the engine's
+        // progress callback says to stop (a cell past its memory or wall time; the stop
+        // sticks). Before, a subinterp cell under no string limit padded gigabytes on the
+        // host's heap, past its memory and wall time, in this one call.
         let p = string.make_mut();
-
-        // Patched: stops once past the string limit (in bytes: a character may take four) or,
-        // under no limit, when the engine's progress callback says to stop (a cell past its
-        // memory or wall time; the stop sticks). Before, a subinterp cell under no string limit
-        // padded gigabytes on the host's heap, past its memory and wall time, in this one call.
         let mut watch = crate::packages::string_basic::TextWatch::new(&_ctx);
-        for _ in 0..(len - orig_len) {
-            p.push(character);
-            if watch.must_stop(p.len()) {
-                break;
+        let (mut left, mut chunk) = (len - orig_len, String::new());
+        while left > 0 {
+            chunk.push(character);
+            left -= 1;
+            if p.len() <= PAD_CHUNK_AFTER || chunk.len() >= PAD_CHUNK || left == 0 {
+                p.push_str(&chunk);
+                chunk.clear();
+                if left > 0 && watch.must_stop(p.len()) {
+                    break;
+                }
             }
         }
 
@@ -1481,20 +1493,24 @@ mod string_functions {
             return Ok(());
         }
 
+        // Patched: written a chunk at a time and stopped as `pad` with a character is.
         let p = string.make_mut();
-
-        // Patched: stops as `pad` with a character does.
         let mut watch = crate::packages::string_basic::TextWatch::new(&_ctx);
+        let mut chunk = String::new();
         while str_len < len {
             if str_len + padding_len <= len {
-                p.push_str(padding);
+                chunk.push_str(padding);
                 str_len += padding_len;
             } else {
-                p.extend(padding.chars().take(len - str_len));
+                chunk.extend(padding.chars().take(len - str_len));
                 str_len = len;
             }
-            if watch.must_stop(p.len()) {
-                break;
+            if p.len() <= PAD_CHUNK_AFTER || chunk.len() >= PAD_CHUNK || str_len == len {
+                p.push_str(&chunk);
+                chunk.clear();
+                if str_len < len && watch.must_stop(p.len()) {
+                    break;
+                }
             }
         }
 
