@@ -496,8 +496,10 @@ impl CellCgroups {
             .iter()
             .filter(|(_, _, v2)| !v2)
             .map(|(_, dir, _)| {
-                let file = fs::OpenOptions::new().write(true).open(dir.join("tasks"))?;
-                Ok(file.into())
+                // `cgroup.procs` where `tasks` cannot be opened (a delegation that chowned
+                // only the former): slower to join, never less confined.
+                let open = |file: &str| fs::OpenOptions::new().write(true).open(dir.join(file));
+                Ok(open("tasks").or_else(|_| open("cgroup.procs"))?.into())
             })
             .collect()
     }
