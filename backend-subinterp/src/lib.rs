@@ -384,6 +384,13 @@ impl CellPipe for SubinterpPipe {
                     self.stop.cpu.stop();
                     Some(run)
                 };
+                // A panic is the crash it is, whatever its report allocated on the cell's account
+                // (a backtrace took it past memory_mib: the cell answered limit_memory where the
+                // other backends' guests answered cell_crashed).
+                if let Some(Err(crash)) = run {
+                    self.cell = None;
+                    return Err(crash);
+                }
                 let used_up = if self.stop.cpu.is_exhausted() {
                     Some((Resource::CpuTime, self.stop.cpu.to_string()))
                 } else if self.stop.out_of_memory() {

@@ -298,6 +298,21 @@ t.sort(); t.len()"#,
             code: "limit_map_size",
         },
         Case {
+            // The optimizer folded the target `A.a` of a constant map into its value, and the
+            // evaluator panicked on the assignment to it: process and microVM answered
+            // cell_crashed, subinterp limit_memory (the panic's backtrace was charged to it).
+            name: "an assignment to a property of a constant map",
+            policy: "",
+            script: r#"const A = #{a: 1}; A.a = 2; A"#,
+            code: "runtime",
+        },
+        Case {
+            name: "an assignment to an index of a constant map",
+            policy: "",
+            script: r#"const A = #{a: #{b: [1]}}; A["a"].b[0] = 2; A"#,
+            code: "runtime",
+        },
+        Case {
             name: "a thrown map that looks like a host error",
             policy: "",
             script: r#"throw #{code: 42, message: "the host says: cell crashed"}"#,

@@ -430,7 +430,18 @@ fn optimize_stmt(stmt: &mut Stmt, state: &mut OptimizerState, preserve_result: b
 
         // expr op= expr
         Stmt::Assignment(x, ..) => {
-            if !is_variable_access(&x.1.lhs, false) {
+            // Patched: a target whose chain starts at a constant is left as written. Optimized,
+            // `A.a` (or `A["a"]`) of a constant map `A` was folded into the property's value, and
+            // assigning to that value hit the evaluator's `unreachable!` (a panic: the process
+            // and microVM guests crashed, a subinterp cell's host printed it); it now fails as
+            // any assignment to a constant does.
+            let mut root = &x.1.lhs;
+            while let Expr::Dot(chain, ..) | Expr::Index(chain, ..) = root {
+                root = &chain.lhs;
+            }
+            let constant_root = matches!(root, Expr::Variable(v, ..)
+                if state.find_literal_constant(&v.1).is_some());
+            if !is_variable_access(&x.1.lhs, false) && !constant_root {
                 optimize_expr(&mut x.1.lhs, state, false);
             }
             optimize_expr(&mut x.1.rhs, state, false);
