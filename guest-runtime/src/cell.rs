@@ -187,7 +187,7 @@ impl Cell {
             let n = tokens.fetch_add(1, Ordering::Relaxed) + 1;
             match parse_meter.stopped().or_else(|| parse_interrupt.check(n)) {
                 Some(code) => {
-                    parse_meter.halt(code);
+                    parse_meter.stop(code);
                     rhai::Token::LexError(Box::new(rhai::LexError::Runtime(PARSE_STOPPED.into())))
                 }
                 None => token,

@@ -62,13 +62,9 @@ impl Meter {
         Some(code)
     }
 
-    /// Stops the transaction with `code` (it sticks as a stop the meter found does), for a
-    /// check made outside the engine's operations (the parser's).
-    pub(crate) fn halt(&self, code: ErrorCode) {
-        self.stop(code);
-    }
-
-    fn stop(&self, code: ErrorCode) {
+    /// Stops the transaction with `code`; it sticks. Also for a check made outside the
+    /// engine's operations (the parser's).
+    pub(crate) fn stop(&self, code: ErrorCode) {
         let spent = self.state.load(Relaxed) & COUNT_MASK;
         self.state.store(
             (u64::from(code.as_u16()) + 1) << STOP_SHIFT | spent,
