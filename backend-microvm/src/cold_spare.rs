@@ -185,7 +185,7 @@ impl Spare {
             Some(made) => made,
             None => build(cfg)?,
         };
-        Ok(Vm::from_parts(machine, layout, None))
+        Ok(Vm::cold(machine, layout))
     }
 }
 

@@ -12,11 +12,11 @@
 // Layers, each using only those listed before it: memory, elf, kvm, signal, cpu (leaves);
 // image (files mapped with 2 MiB pages: the image cold VMs share, and the helpers the snapshot's
 // copy uses); setup (the layout written into memory); machine (KVM objects); control (what other
-// threads hold of a VM); watchdog and reaper; vm (channel and run loop); greeting (the handshake
-// placed with the first transaction); pool (reset VMs kept for reuse); snapshot (templates);
-// hosting (VM host processes, above vm and snapshot); backend (the `abi::backend` contract, above
-// hosting). `error` holds the VM errors and how each becomes the pipe error every caller sees, in
-// this process or from a VM host.
+// threads hold of a VM); watchdog, reaper and trim (an idle cold VM's unwritten heap given back);
+// vm (channel and run loop); greeting (the handshake placed with the first transaction); pool
+// (reset VMs kept for reuse); snapshot (templates); hosting (VM host processes, above vm and
+// snapshot); backend (the `abi::backend` contract, above hosting). `error` holds the VM errors
+// and how each becomes the pipe error every caller sees, in this process or from a VM host.
 pub mod backend;
 mod cold_spare;
 mod control;
@@ -34,6 +34,8 @@ mod reaper;
 mod setup;
 mod signal;
 mod snapshot;
+#[doc(hidden)]
+pub mod trim;
 mod vm;
 mod watchdog;
 

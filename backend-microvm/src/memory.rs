@@ -3,6 +3,7 @@
 //! The vCPU runs only on the thread that holds `&mut Vm`, so the host never reads guest memory
 //! while the guest is running; still, every offset and length coming from the guest is checked
 //! against the mapping before any access.
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::error::VmError;
@@ -386,13 +387,24 @@ impl GuestMemory {
         self.all_pages_are(addr, n, PAGE_IS_FILE | PAGE_IS_PRESENT)
     }
 
+    /// Whether all of `[addr, addr + n)` is anonymous memory mapped by huge pages.
+    fn anonymous_huge_mapped(&self, addr: u64, n: usize) -> bool {
+        self.all_pages_match(addr, n, PAGE_IS_HUGE | PAGE_IS_PRESENT, PAGE_IS_FILE)
+    }
+
     fn all_pages_are(&self, addr: u64, n: usize, categories: u64) -> bool {
+        self.all_pages_match(addr, n, categories, 0)
+    }
+
+    /// Whether every page of `[addr, addr + n)` has the categories `want` and none of `not`.
+    fn all_pages_match(&self, addr: u64, n: usize, want: u64, not: u64) -> bool {
         let Ok(start) = self.range(addr, n) else {
             return false;
         };
         let filter = PmScanArg {
-            category_mask: categories,
-            return_mask: categories,
+            category_inverted: not,
+            category_mask: want | not,
+            return_mask: want | not,
             ..Default::default()
         };
         match self.scan(filter, start, n) {
@@ -520,6 +532,105 @@ impl GuestMemory {
             copied += n;
         }
         Ok(Some(copied))
+    }
+}
+
+impl GuestMemory {
+    /// A second handle on this mapping that never unmaps it, for the idle trim's thread
+    /// (`trim.rs`).
+    ///
+    /// # Safety
+    ///
+    /// The alias must not be used once this value is dropped: the trim drops it under its VM's
+    /// lock when the machine leaves the VM, before the machine can be destroyed.
+    pub(crate) unsafe fn alias(&self) -> ManuallyDrop<GuestMemory> {
+        ManuallyDrop::new(GuestMemory {
+            ptr: self.ptr,
+            len: self.len,
+            private_file: self.private_file,
+        })
+    }
+
+    /// Replaces each anonymous huge page of `[from, to)` that is at least half zero by 4 KiB
+    /// pages holding only its non-zero 4 KiB pages; returns the bytes given back to the host.
+    ///
+    /// Why: a cold VM's heap comes in 2 MiB huge pages, so a boot costs one KVM fault for them
+    /// where 4 KiB pages cost one per page or per eight (`advise_huge`), but a small cell writes
+    /// only a few dozen of those pages. Dropping only the zero pages of a huge page would free
+    /// nothing until the kernel splits it under memory pressure, so the whole huge page goes
+    /// (`MADV_DONTNEED` of all of it frees it at once) and the written pages are copied back
+    /// into 4 KiB pages (`MADV_NOHUGEPAGE` keeps them so, and keeps `khugepaged` from collapsing
+    /// them again). A zero page reads as zero afterwards, so the guest sees the same memory; its
+    /// next touch of the range costs KVM faults again.
+    ///
+    /// `examined` holds one flag per 2 MiB of the mapping: a huge page is read at most once in
+    /// the mapping's life, split or left whole, so a guest that runs and idles in turn cannot
+    /// make the host read its whole memory again each time.
+    ///
+    /// Only while nothing else reads or writes the range: the trim's lock keeps the vCPU out.
+    pub(crate) fn split_sparse_huge_pages(
+        &self,
+        from: u64,
+        to: u64,
+        examined: &mut Vec<bool>,
+    ) -> usize {
+        examined.resize(self.len.div_ceil(HUGE_PAGE), false);
+        let mut freed = 0;
+        let mut page = [0u8; PAGE];
+        let mut addr = from.next_multiple_of(HUGE_PAGE as u64);
+        while addr + HUGE_PAGE as u64 <= to {
+            let region = addr;
+            addr += HUGE_PAGE as u64;
+            let Some(seen) = examined.get_mut(region as usize / HUGE_PAGE) else {
+                return freed;
+            };
+            if *seen || !self.anonymous_huge_mapped(region, HUGE_PAGE) {
+                continue;
+            }
+            *seen = true;
+            // The non-zero pages: their addresses, and their bytes one after another.
+            let (mut kept, mut bytes) = (Vec::new(), Vec::new());
+            for p in (region..region + HUGE_PAGE as u64).step_by(PAGE) {
+                if self.read(p, &mut page).is_err() {
+                    return freed;
+                }
+                if page.iter().any(|&b| b != 0) {
+                    kept.push(p);
+                    bytes.extend_from_slice(&page);
+                }
+            }
+            let zero = HUGE_PAGE / PAGE - kept.len();
+            if zero < HUGE_PAGE / PAGE / 2 {
+                continue;
+            }
+            let Ok(start) = self.range(region, HUGE_PAGE) else {
+                return freed;
+            };
+            // SAFETY: advice on a 2 MiB range inside our own mapping (checked above); it changes
+            // no contents.
+            let r = unsafe {
+                libc::madvise(self.ptr.add(start).cast(), HUGE_PAGE, libc::MADV_NOHUGEPAGE)
+            };
+            if r != 0 {
+                continue;
+            }
+            // SAFETY: the same range of our own private anonymous mapping; its non-zero pages
+            // were copied out above and are written back below before anyone reads the range
+            // (the caller holds the vCPU off), and its zero pages read as zero afterwards.
+            let r = unsafe {
+                libc::madvise(self.ptr.add(start).cast(), HUGE_PAGE, libc::MADV_DONTNEED)
+            };
+            if r != 0 {
+                continue;
+            }
+            for (&p, page) in kept.iter().zip(bytes.chunks_exact(PAGE)) {
+                if self.write(p, page).is_err() {
+                    return freed;
+                }
+            }
+            freed += zero * PAGE;
+        }
+        freed
     }
 }
 

@@ -13,6 +13,7 @@ use crate::error::VmError;
 use crate::layout::*;
 use crate::machine::{Machine, Recycle};
 use crate::setup::{Layout, VmConfig};
+use crate::trim::Trim;
 use crate::{reaper, signal, watchdog};
 
 /// Cap on frames queued for a guest that does not consume them.
@@ -86,6 +87,8 @@ pub struct Vm {
     /// The guest's answer to a handshake (a frame body), known while the VM is still at its
     /// template's snapshot point: nothing was sent to it yet (see `greeting`).
     pub(crate) known_answer: Option<Arc<[u8]>>,
+    /// A cold VM's idle trim: its vCPU runs under the trim's lock.
+    trim: Option<Arc<Trim>>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -102,7 +105,7 @@ impl Vm {
     /// Cold boot: new VM, fresh memory, the guest starts at its entry point.
     pub fn boot(cfg: &VmConfig) -> Result<Vm, VmError> {
         let (machine, layout) = crate::cold_spare::build(cfg)?;
-        Ok(Vm::from_parts(machine, layout, None))
+        Ok(Vm::cold(machine, layout))
     }
 
     pub(crate) fn from_parts(
@@ -128,7 +131,19 @@ impl Vm {
             inbox: Vec::new(),
             inbox_pos: 0,
             known_answer: None,
+            trim: None,
         }
+    }
+
+    /// A cold VM: its heap is given back to the host, but for the pages the guest wrote, when it
+    /// idles (`trim`).
+    pub(crate) fn cold(machine: Machine, layout: Layout) -> Vm {
+        // SAFETY: `take_machine` releases the trim before the machine, and its memory, can leave
+        // this VM.
+        let trim = unsafe { Trim::start(&machine.mem, &layout) };
+        let mut vm = Vm::from_parts(machine, layout, None);
+        vm.trim = trim;
+        vm
     }
 
     /// The guest's answer to any handshake this host sends, when it is known without running
@@ -141,6 +156,9 @@ impl Vm {
     /// [`Interrupter`] writes into memory that is no longer this cell's.
     pub(crate) fn take_machine(&mut self) -> Option<Machine> {
         self.kill.release_memory();
+        if let Some(trim) = self.trim.take() {
+            trim.release();
+        }
         self.machine.take()
     }
 
@@ -268,6 +286,8 @@ impl Vm {
         let Some(m) = self.machine.as_mut() else {
             return Exit::Fatal(VmError::Killed);
         };
+        // Held until the exit is handled: the idle trim never rewrites memory the guest runs on.
+        let _running = self.trim.as_deref().map(Trim::running);
         // Order matters (see `watchdog`): the handler's pointer first, then the tid a kick is
         // aimed at, then the checks a kick sent before the tid was visible would have missed.
         let ie: *mut u8 = &mut m.vcpu.get_kvm_run().immediate_exit;
