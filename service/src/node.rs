@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use supervisor::shown::shown;
 use supervisor::{Cell, CellState, Supervisor, SupervisorError, Value};
 use tokio::sync::{Notify, watch};
 use toml::Table;
@@ -505,7 +506,7 @@ impl Node {
                 format!(
                     "tenant `{}` has no policy `{}`",
                     tenant.name,
-                    req.policy.as_deref().unwrap_or("")
+                    shown(req.policy.as_deref().unwrap_or(""))
                 ),
             )
         })?;
@@ -517,7 +518,7 @@ impl Node {
         let Some(imp) = self.supervisor.backend(&backend) else {
             return Err(ApiError::new(
                 "unknown_backend",
-                format!("unknown backend `{backend}`"),
+                format!("unknown backend `{}`", shown(&backend)),
             ));
         };
         if !tenant.allows_backend(&backend) {

@@ -243,6 +243,14 @@ fn typed_errors_with_stable_statuses() {
     assert_eq!((s, j["code"].as_str()), (400, Some("unknown_backend")));
     let (s, j) = send("POST", &cells, Some(KEY), Some(&json!({"policy": "gold"})));
     assert_eq!((s, j["code"].as_str()), (400, Some("unknown_policy")));
+    // A long name, backend or policy is quoted back cut short.
+    let long = "q".repeat(50_000);
+    for field in ["name", "backend", "policy"] {
+        let (s, j) = send("POST", &cells, Some(KEY), Some(&json!({ field: long })));
+        assert_eq!(s, 400, "{field}: {j}");
+        let message = j["message"].as_str().unwrap();
+        assert!(message.len() < 400, "{field}: {} bytes", message.len());
+    }
     // Over the cap by Content-Length: refused before any of the body is sent (a client that
     // wrote the whole body could see the connection close under its write instead).
     {

@@ -28,6 +28,7 @@ mod cell;
 pub mod json;
 mod names;
 pub mod policy;
+pub mod shown;
 mod supervisor;
 
 pub use abi::{CellError, ErrorCode, Level, Map, Value};

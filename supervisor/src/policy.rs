@@ -29,6 +29,7 @@
 //! roots = ["/srv/data/private"]
 //! ```
 
+use crate::shown::shown;
 use abi::backend::{Resources, SpawnSpec};
 use abi::wire::ABSOLUTE_MAX_FRAME_LEN;
 use abi::{EngineLimits, Hello};
@@ -180,6 +181,14 @@ impl Policy {
                 &format!("must be between 256 and {ABSOLUTE_MAX_FRAME_LEN}"),
             );
         }
+        if c.max_frame_memory < c.max_frame_bytes as usize {
+            // Less would stop a cell for a frame the channel accepts (a string of the frame's
+            // size alone takes that much once decoded).
+            return invalid(
+                "channel.max_frame_memory",
+                &format!("must be at least max_frame_bytes ({})", c.max_frame_bytes),
+            );
+        }
         if c.max_queued_events == 0 || c.max_queued_bytes == 0 {
             return invalid(
                 "channel.max_queued_events",
@@ -217,13 +226,18 @@ impl Policy {
             );
         }
         for (i, m) in self.modules.iter().enumerate() {
-            if m.is_empty()
-                || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                || self.modules[..i].contains(m)
-            {
+            if self.modules[..i].contains(m) {
+                return invalid("modules", &format!("repeats `{}`", shown(m)));
+            }
+            // Every backend runs the same guest runtime: a module it lacks fails every spawn.
+            if !runtime::modules::AVAILABLE.contains(&m.as_str()) {
                 return invalid(
                     "modules",
-                    &format!("has an invalid or repeated entry `{m}`"),
+                    &format!(
+                        "has `{}`, which the runtime does not provide (it has: {})",
+                        shown(m),
+                        runtime::modules::AVAILABLE.join(", ")
+                    ),
                 );
             }
         }
@@ -459,9 +473,44 @@ mod tests {
             })
         ));
         assert!(matches!(
-            Policy::from_toml("modules = [\"m\", \"m\"]"),
+            Policy::from_toml("modules = [\"math\", \"math\"]"),
             Err(PolicyError::Invalid { .. })
         ));
+        // A module the runtime lacks (names are case-sensitive) is refused here, not at spawn.
+        for unknown in ["MATH", "m", "", "os"] {
+            let err = Policy::from_toml(&format!("modules = [\"{unknown}\"]")).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    PolicyError::Invalid {
+                        field: "modules",
+                        ..
+                    }
+                ),
+                "{unknown}: {err}"
+            );
+            assert!(err.to_string().contains("math, text, json"), "{err}");
+        }
+        let long = "x".repeat(100_000);
+        let err = Policy::from_toml(&format!("modules = [\"{long}\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.len() < 300,
+            "the entry is quoted whole: {} bytes",
+            err.len()
+        );
+        // A frame the channel accepts must fit the frame memory bound.
+        assert!(matches!(
+            Policy::from_toml("[channel]\nmax_frame_memory = 0"),
+            Err(PolicyError::Invalid {
+                field: "channel.max_frame_memory",
+                ..
+            })
+        ));
+        assert!(
+            Policy::from_toml("[channel]\nmax_frame_bytes = 4096\nmax_frame_memory = 4096").is_ok()
+        );
         for low in [0, 1, 7] {
             assert!(matches!(
                 Policy::from_toml(&format!("[limits]\nmemory_mib = {low}")),

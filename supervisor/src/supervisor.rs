@@ -5,6 +5,7 @@ use crate::builder::SupervisorBuilder;
 use crate::cell::{Cell, CellInfo};
 use crate::names::Names;
 use crate::policy::Policy;
+use crate::shown::shown;
 use abi::CellError;
 use abi::backend::{Backend, SpawnError};
 use host::CellHost;
@@ -20,12 +21,13 @@ pub enum SupervisorError {
     /// The policy or caller names a backend this supervisor does not have.
     #[error("unknown backend `{name}` (known: {known})")]
     UnknownBackend {
-        /// The name asked for.
+        /// The name asked for (escaped, cut after 64 characters).
         name: String,
         /// The backends this supervisor has, comma-separated.
         known: String,
     },
-    /// The name is empty, too long, only dots, or has characters outside `[A-Za-z0-9-_.]`.
+    /// The name is empty, too long, only dots, or has characters outside `[A-Za-z0-9-_.]`
+    /// (quoted escaped, cut after 64 characters).
     #[error("invalid cell name `{0}`: use 1 to 64 letters, digits, `-`, `_` or `.`, not only dots")]
     InvalidName(String),
     /// A live cell already has this name.
@@ -222,12 +224,12 @@ impl Supervisor {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
-            return Err(SupervisorError::InvalidName(name.into()));
+            return Err(SupervisorError::InvalidName(shown(name)));
         }
         let imp = self
             .backend(backend)
             .ok_or_else(|| SupervisorError::UnknownBackend {
-                name: backend.into(),
+                name: shown(backend),
                 known: self
                     .backends
                     .read()

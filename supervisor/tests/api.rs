@@ -35,6 +35,19 @@ fn names_are_validated_and_unique_among_live_cells() {
     assert_eq!(again.exec("1").unwrap(), Value::Int(1));
     let err = s.spawn("b", "warp-drive", &Policy::default()).unwrap_err();
     assert!(err.to_string().contains("subinterp"), "{err}");
+    // A hostile name or backend is quoted back cut short and escaped.
+    let huge = format!("\u{1b}[2J{}", "x".repeat(100_000));
+    for err in [
+        s.spawn(&huge, "subinterp", &Policy::default()).unwrap_err(),
+        s.spawn("b", &huge, &Policy::default()).unwrap_err(),
+    ] {
+        let text = err.to_string();
+        assert!(text.len() < 400, "{} bytes", text.len());
+        assert!(
+            text.contains("\\u{1b}[2Jxxx") && !text.contains('\u{1b}'),
+            "{text}"
+        );
+    }
 }
 
 #[test]
