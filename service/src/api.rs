@@ -308,7 +308,7 @@ async fn create(
     // and answers as it did.
     let lead = match req.idempotency_key.as_deref() {
         None => None,
-        Some(key) => match node.claim_key(&tenant, key).await? {
+        Some(key) => match node.claim_key(&tenant, &req, key).await? {
             Claim::Made(entry) => return Ok(created(&node, &entry, StatusCode::OK)),
             Claim::Lead(lead) => Some(lead),
         },

@@ -27,10 +27,17 @@ enum Outcome {
     Failed(ApiError),
 }
 
+/// A key's create: where it stands, and the fingerprint of the request that claimed the key
+/// (`CreateRequest::fingerprint`).
+struct Claimed {
+    outcome: watch::Sender<Outcome>,
+    request: u64,
+}
+
 /// The keys of a node: those of cells it holds and of creates running now.
 #[derive(Default)]
 pub struct Keys {
-    map: Mutex<HashMap<Key, watch::Sender<Outcome>>>,
+    map: Mutex<HashMap<Key, Claimed>>,
     waits: Arc<Held>,
     /// Creates waiting on another create's key now, node-wide.
     pub waiting: watch::Sender<usize>,
@@ -70,7 +77,7 @@ impl Drop for Waiting<'_> {
 }
 
 impl Keys {
-    fn locked(&self) -> MutexGuard<'_, HashMap<Key, watch::Sender<Outcome>>> {
+    fn locked(&self) -> MutexGuard<'_, HashMap<Key, Claimed>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -79,13 +86,17 @@ impl Keys {
         self.locked().len()
     }
 
-    /// Claims `key` for a create of `tenant`: the cell made with it (`held` finds it among the
-    /// node's cells), else the lead, after waiting for a create that runs with it now. At most
-    /// `max_waits` of the tenant's creates wait at once; past that the create is refused.
+    /// Claims `key` for a create of `tenant` whose request has the fingerprint `request`: the
+    /// cell made with it (`held` finds it among the node's cells), else the lead, after waiting
+    /// for a create that runs with it now. At most `max_waits` of the tenant's creates wait at
+    /// once; past that the create is refused. A key claimed by a different request (another
+    /// backend, source, labels...) is refused with `idempotency_key_reused`: answering it with
+    /// the first request's cell would hide that it was not made as asked.
     pub async fn claim<E>(
         self: &Arc<Self>,
         tenant: &str,
         key: &str,
+        request: u64,
         max_waits: usize,
         held: impl Fn(&str) -> Option<E>,
     ) -> Result<Claim<E>, ApiError> {
@@ -94,10 +105,25 @@ impl Keys {
         loop {
             let mut rx = {
                 let mut map = self.locked();
-                let now = map
-                    .get(&key)
-                    .map(|tx| (tx.borrow().clone(), tx.subscribe()));
-                match now {
+                let now = map.get(&key).map(|c| {
+                    let outcome = c.outcome.borrow().clone();
+                    (outcome, c.outcome.subscribe(), c.request)
+                });
+                let reused = |outcome: &Outcome| match outcome {
+                    Outcome::Making => true,
+                    Outcome::Made(id) => held(id).is_some(),
+                    Outcome::Failed(_) => false,
+                };
+                if let Some((outcome, _, first)) = &now
+                    && *first != request
+                    && reused(outcome)
+                {
+                    return Err(ApiError::new(
+                        "idempotency_key_reused",
+                        "this idempotency key was used with a different request; use a new key",
+                    ));
+                }
+                match now.map(|(outcome, rx, _)| (outcome, rx)) {
                     Some((Outcome::Making, rx)) => rx,
                     // No key, or its cell is gone: this create makes one.
                     other => {
@@ -107,7 +133,11 @@ impl Keys {
                             return Ok(Claim::Made(cell));
                         }
                         let tx = watch::Sender::new(Outcome::Making);
-                        map.insert(key.clone(), tx.clone());
+                        let claimed = Claimed {
+                            outcome: tx.clone(),
+                            request,
+                        };
+                        map.insert(key.clone(), claimed);
                         return Ok(Claim::Lead(Lead {
                             keys: self.clone(),
                             key,
@@ -155,7 +185,7 @@ impl Keys {
         let mut map = self.locked();
         if map
             .get(&key)
-            .is_some_and(|tx| matches!(&*tx.borrow(), Outcome::Made(made) if made == id))
+            .is_some_and(|c| matches!(&*c.outcome.borrow(), Outcome::Made(made) if made == id))
         {
             map.remove(&key);
         }
@@ -181,7 +211,7 @@ impl Lead {
         if !keep
             && map
                 .get(&self.key)
-                .is_some_and(|tx| tx.same_channel(&self.tx))
+                .is_some_and(|c| c.outcome.same_channel(&self.tx))
         {
             map.remove(&self.key);
         }
@@ -199,7 +229,7 @@ impl Drop for Lead {
             let mut map = self.keys.locked();
             if map
                 .get(&self.key)
-                .is_some_and(|tx| tx.same_channel(&self.tx))
+                .is_some_and(|c| c.outcome.same_channel(&self.tx))
             {
                 map.remove(&self.key);
             }
@@ -222,11 +252,11 @@ mod tests {
     async fn waiters_get_the_leaders_cell_or_its_error_and_are_bounded() {
         let keys = Arc::new(Keys::default());
         let held = |id: &str| (id == "c1").then(|| id.to_string());
-        let first = lead(keys.claim("t", "k", 2, held).await.unwrap());
+        let first = lead(keys.claim("t", "k", 7, 2, held).await.unwrap());
         let waiters: Vec<_> = (0..2)
             .map(|_| {
                 let keys = keys.clone();
-                tokio::spawn(async move { keys.claim("t", "k", 2, held).await })
+                tokio::spawn(async move { keys.claim("t", "k", 7, 2, held).await })
             })
             .collect();
         keys.waiting
@@ -234,7 +264,7 @@ mod tests {
             .wait_for(|n| *n == 2)
             .await
             .unwrap();
-        let refused = keys.claim("t", "k", 2, held).await.err().unwrap();
+        let refused = keys.claim("t", "k", 7, 2, held).await.err().unwrap();
         assert_eq!(refused.quota, Some("idempotent_waits"));
         first.finish(Ok("c1"), |_| true);
         for w in waiters {
@@ -245,10 +275,10 @@ mod tests {
         assert_eq!(keys.remembered(), 0);
 
         // A failure: the waiter gets the same error, and the key is forgotten.
-        let first = lead(keys.claim("t", "k", 2, held).await.unwrap());
+        let first = lead(keys.claim("t", "k", 7, 2, held).await.unwrap());
         let waiter = {
             let keys = keys.clone();
-            tokio::spawn(async move { keys.claim("t", "k", 2, held).await })
+            tokio::spawn(async move { keys.claim("t", "k", 7, 2, held).await })
         };
         keys.waiting
             .subscribe()
@@ -261,9 +291,33 @@ mod tests {
         assert_eq!(keys.remembered(), 0);
 
         // A lead dropped unfinished fails its waiters with `internal`, and a new claim leads.
-        let first = lead(keys.claim("t", "k", 2, held).await.unwrap());
+        let first = lead(keys.claim("t", "k", 7, 2, held).await.unwrap());
         drop(first);
         assert_eq!(keys.remembered(), 0);
-        lead(keys.claim("t", "k", 2, held).await.unwrap());
+        lead(keys.claim("t", "k", 7, 2, held).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_key_claimed_by_another_request_is_refused_while_its_create_runs_or_cell_lives() {
+        let keys = Arc::new(Keys::default());
+        let held = |id: &str| (id == "c1").then(|| id.to_string());
+        let reused = |r: Result<Claim<String>, ApiError>| match r {
+            Err(e) => e.code == "idempotency_key_reused",
+            Ok(_) => false,
+        };
+        let first = lead(keys.claim("t", "k", 7, 2, held).await.unwrap());
+        // While its create runs: refused at once, not made to wait.
+        assert!(reused(keys.claim("t", "k", 8, 2, held).await));
+        // Another tenant's key of the same name is its own.
+        lead(keys.claim("u", "k", 8, 2, held).await.unwrap());
+        first.finish(Ok("c1"), |_| true);
+        assert!(reused(keys.claim("t", "k", 8, 2, held).await));
+        assert!(matches!(
+            keys.claim("t", "k", 7, 2, held).await,
+            Ok(Claim::Made(id)) if id == "c1"
+        ));
+        // Its cell gone, the key is free for any request.
+        let gone = |_: &str| None::<String>;
+        lead(keys.claim("t", "k", 8, 2, gone).await.unwrap());
     }
 }

@@ -47,6 +47,25 @@ pub struct CreateRequest {
     pub kill_on_disconnect: bool,
 }
 
+impl CreateRequest {
+    /// A hash of everything the create asks for but its idempotency key: a repeated key must
+    /// come with the same request.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        (
+            &self.backend,
+            &self.policy,
+            &self.source,
+            self.ttl_ms,
+            &self.labels,
+            self.kill_on_disconnect,
+        )
+            .hash(&mut h);
+        h.finish()
+    }
+}
+
 /// Most labels one cell may carry, and their keys' and values' longest (bytes): a cell's labels
 /// live as long as it, so the body cap alone would let each cell hold a megabyte of them.
 pub const MAX_LABELS: usize = 64;
@@ -401,15 +420,19 @@ impl Node {
     /// Claims the idempotency key of a create of `tenant` (waiting, without a thread, while
     /// another create with it runs): the cell made with it, or the lead to pass to
     /// [`Node::create`]. Past the node's `idempotent_waits_per_tenant` waiting creates, a
-    /// `quota_exceeded`.
+    /// `quota_exceeded`; a key another request claimed, `idempotency_key_reused`.
     pub async fn claim_key(
         &self,
         tenant: &Tenant,
+        req: &CreateRequest,
         key: &str,
     ) -> Result<Claim<Arc<Entry>>, ApiError> {
         let max = self.config.limits.idempotent_waits_per_tenant;
+        let request = req.fingerprint();
         self.keys
-            .claim(&tenant.name, key, max, |id| self.locked().get(id).cloned())
+            .claim(&tenant.name, key, request, max, |id| {
+                self.locked().get(id).cloned()
+            })
             .await
     }
 

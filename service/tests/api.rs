@@ -335,6 +335,19 @@ fn idempotent_creates_return_the_same_cell() {
     assert_eq!((s1, s2), (201, 200));
     assert_eq!(a["id"], b["id"]);
     assert_eq!(n.node().len(), 1);
+    // The same key with another request is refused, and makes nothing.
+    let other = json!({"idempotency_key": "k1", "labels": {"a": "b"}});
+    let (s3, e) = send(
+        "POST",
+        &format!("{}/v1/cells", n.url),
+        Some(KEY),
+        Some(&other),
+    );
+    assert_eq!(
+        (s3, e["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+    assert_eq!(n.node().len(), 1);
 }
 
 /// An open stream gets a running exec's events as the cell posts them, not when the exec ends.
