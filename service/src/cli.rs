@@ -43,6 +43,21 @@ pub struct ServeArgs {
     /// cells are reaped early.
     #[arg(long, default_value_t = 256 << 20)]
     pub max_dead_event_bytes: usize,
+    /// Execs and calls running at once per tenant, over all its cells (each holds a thread
+    /// until it ends); past it `429`.
+    #[arg(long, default_value_t = Limits::default().execs_per_tenant)]
+    pub execs_per_tenant: usize,
+    /// Open event streams per tenant; past it `429`.
+    #[arg(long, default_value_t = Limits::default().streams_per_tenant)]
+    pub streams_per_tenant: usize,
+    /// Creates per tenant waiting at once on another create with the same idempotency key;
+    /// past it `429`.
+    #[arg(long, default_value_t = Limits::default().idempotent_waits_per_tenant)]
+    pub idempotent_waits_per_tenant: usize,
+    /// Bytes per second a client must take of an answer that waits on it, else its connection
+    /// is closed (0: any progress will do, within the write timeout).
+    #[arg(long, default_value_t = Limits::default().min_write_rate)]
+    pub min_write_rate: u64,
     /// Run every microVM cell in a confined VM host process (no privileges, Landlock, a
     /// syscall allowlist), so that a guest reaching the VMM is still outside the node's
     /// process; by default only the cells past the node's first 512 are. Costs one socket
@@ -70,6 +85,19 @@ impl ServeArgs {
                 .ok_or_else(|| format!("--peer `{p}` is not NAME=URL"))?;
             peers.map.insert(name.into(), url.into());
         }
+        for (flag, value) in [
+            ("--execs-per-tenant", self.execs_per_tenant),
+            ("--streams-per-tenant", self.streams_per_tenant),
+            (
+                "--idempotent-waits-per-tenant",
+                self.idempotent_waits_per_tenant,
+            ),
+            ("--max-cells", self.max_cells),
+        ] {
+            if value == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
         Ok(ServeConfig {
             listen: self.listen.clone(),
             node,
@@ -83,6 +111,10 @@ impl ServeArgs {
                 max_cells: self.max_cells,
                 max_dead_cells: self.max_dead_cells,
                 max_dead_event_bytes: self.max_dead_event_bytes,
+                execs_per_tenant: self.execs_per_tenant,
+                streams_per_tenant: self.streams_per_tenant,
+                idempotent_waits_per_tenant: self.idempotent_waits_per_tenant,
+                min_write_rate: self.min_write_rate,
                 ..Limits::default()
             },
             microvm_hosted: self.microvm_hosted,
@@ -136,6 +168,50 @@ impl TenantAddArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn config(flags: &[&str]) -> Result<ServeConfig, String> {
+        let argv = ["serve", "--node", "n1"].iter().chain(flags);
+        Serve::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .args
+            .config()
+    }
+
+    #[test]
+    fn the_per_tenant_bounds_and_the_write_rate_come_from_flags_or_the_defaults() {
+        let d = Limits::default();
+        let l = config(&[]).unwrap().limits;
+        assert_eq!(
+            (l.execs_per_tenant, l.streams_per_tenant),
+            (d.execs_per_tenant, d.streams_per_tenant)
+        );
+        assert_eq!(
+            (l.idempotent_waits_per_tenant, l.min_write_rate),
+            (d.idempotent_waits_per_tenant, d.min_write_rate)
+        );
+        let l = config(&[
+            "--execs-per-tenant=3",
+            "--streams-per-tenant=4",
+            "--idempotent-waits-per-tenant=5",
+            "--min-write-rate=0",
+        ])
+        .unwrap()
+        .limits;
+        assert_eq!((l.execs_per_tenant, l.streams_per_tenant), (3, 4));
+        assert_eq!((l.idempotent_waits_per_tenant, l.min_write_rate), (5, 0));
+        for zero in ["--execs-per-tenant=0", "--max-cells=0"] {
+            let err = config(&[zero]).unwrap_err();
+            assert!(err.contains("at least 1"), "{zero}: {err}");
+        }
+        assert!(config(&["--min-write-rate=-1"]).is_err());
+    }
 
     #[test]
     fn tenant_add_refuses_a_backend_this_build_lacks_and_writes_nothing() {
