@@ -551,8 +551,34 @@ impl GuestMemory {
         })
     }
 
-    /// Replaces each anonymous huge page of `[from, to)` that is at least half zero by 4 KiB
-    /// pages holding only its non-zero 4 KiB pages; returns the bytes given back to the host.
+    /// The 2 MiB-aligned guest addresses in `[from, to)` whose 2 MiB are anonymous memory mapped
+    /// by one huge page (one `PAGEMAP_SCAN` over the range; empty where that cannot be told).
+    pub(crate) fn anonymous_huge_pages(&self, from: u64, to: u64) -> Vec<u64> {
+        let huge = HUGE_PAGE as u64;
+        let (from, to) = (from.next_multiple_of(huge), to / huge * huge);
+        let Ok(start) = self.range(from, to.saturating_sub(from) as usize) else {
+            return Vec::new();
+        };
+        let filter = PmScanArg {
+            category_inverted: PAGE_IS_FILE,
+            category_mask: PAGE_IS_HUGE | PAGE_IS_PRESENT | PAGE_IS_FILE,
+            return_mask: PAGE_IS_HUGE | PAGE_IS_PRESENT | PAGE_IS_FILE,
+            ..Default::default()
+        };
+        let Ok(runs) = self.scan(filter, start, to.saturating_sub(from) as usize) else {
+            return Vec::new();
+        };
+        let mut pages = Vec::new();
+        for (first, n) in runs {
+            let (a, b) = ((first * PAGE) as u64, ((first + n) * PAGE) as u64);
+            pages.extend((a.next_multiple_of(huge)..b / huge * huge).step_by(HUGE_PAGE));
+        }
+        pages
+    }
+
+    /// Replaces the anonymous huge page at `addr` (2 MiB aligned), if at least half of its
+    /// 4 KiB pages are zero, by 4 KiB pages holding only its non-zero pages; returns the bytes
+    /// given back to the host (0 where it was left whole or is not such a page).
     ///
     /// Why: a cold VM's heap comes in 2 MiB huge pages, so a boot costs one KVM fault for them
     /// where 4 KiB pages cost one per page or per eight (`advise_huge`), but a small cell writes
@@ -563,74 +589,51 @@ impl GuestMemory {
     /// them again). A zero page reads as zero afterwards, so the guest sees the same memory; its
     /// next touch of the range costs KVM faults again.
     ///
-    /// `examined` holds one flag per 2 MiB of the mapping: a huge page is read at most once in
-    /// the mapping's life, split or left whole, so a guest that runs and idles in turn cannot
-    /// make the host read its whole memory again each time.
-    ///
     /// Only while nothing else reads or writes the range: the trim's lock keeps the vCPU out.
-    pub(crate) fn split_sparse_huge_pages(
-        &self,
-        from: u64,
-        to: u64,
-        examined: &mut Vec<bool>,
-    ) -> usize {
-        examined.resize(self.len.div_ceil(HUGE_PAGE), false);
-        let mut freed = 0;
-        let mut page = [0u8; PAGE];
-        let mut addr = from.next_multiple_of(HUGE_PAGE as u64);
-        while addr + HUGE_PAGE as u64 <= to {
-            let region = addr;
-            addr += HUGE_PAGE as u64;
-            let Some(seen) = examined.get_mut(region as usize / HUGE_PAGE) else {
-                return freed;
-            };
-            if *seen || !self.anonymous_huge_mapped(region, HUGE_PAGE) {
-                continue;
-            }
-            *seen = true;
-            // The non-zero pages: their addresses, and their bytes one after another.
-            let (mut kept, mut bytes) = (Vec::new(), Vec::new());
-            for p in (region..region + HUGE_PAGE as u64).step_by(PAGE) {
-                if self.read(p, &mut page).is_err() {
-                    return freed;
-                }
-                if page.iter().any(|&b| b != 0) {
-                    kept.push(p);
-                    bytes.extend_from_slice(&page);
-                }
-            }
-            let zero = HUGE_PAGE / PAGE - kept.len();
-            if zero < HUGE_PAGE / PAGE / 2 {
-                continue;
-            }
-            let Ok(start) = self.range(region, HUGE_PAGE) else {
-                return freed;
-            };
-            // SAFETY: advice on a 2 MiB range inside our own mapping (checked above); it changes
-            // no contents.
-            let r = unsafe {
-                libc::madvise(self.ptr.add(start).cast(), HUGE_PAGE, libc::MADV_NOHUGEPAGE)
-            };
-            if r != 0 {
-                continue;
-            }
-            // SAFETY: the same range of our own private anonymous mapping; its non-zero pages
-            // were copied out above and are written back below before anyone reads the range
-            // (the caller holds the vCPU off), and its zero pages read as zero afterwards.
-            let r = unsafe {
-                libc::madvise(self.ptr.add(start).cast(), HUGE_PAGE, libc::MADV_DONTNEED)
-            };
-            if r != 0 {
-                continue;
-            }
-            for (&p, page) in kept.iter().zip(bytes.chunks_exact(PAGE)) {
-                if self.write(p, page).is_err() {
-                    return freed;
-                }
-            }
-            freed += zero * PAGE;
+    pub(crate) fn split_if_sparse(&self, addr: u64) -> usize {
+        if !addr.is_multiple_of(HUGE_PAGE as u64) || !self.anonymous_huge_mapped(addr, HUGE_PAGE) {
+            return 0;
         }
-        freed
+        // The non-zero pages: their addresses, and their bytes one after another.
+        let (mut kept, mut bytes) = (Vec::new(), Vec::new());
+        let mut page = [0u8; PAGE];
+        for p in (addr..addr + HUGE_PAGE as u64).step_by(PAGE) {
+            if self.read(p, &mut page).is_err() {
+                return 0;
+            }
+            if page.iter().any(|&b| b != 0) {
+                kept.push(p);
+                bytes.extend_from_slice(&page);
+            }
+        }
+        let zero = HUGE_PAGE / PAGE - kept.len();
+        if zero < HUGE_PAGE / PAGE / 2 {
+            return 0;
+        }
+        let Ok(start) = self.range(addr, HUGE_PAGE) else {
+            return 0;
+        };
+        // SAFETY: advice on a 2 MiB range inside our own mapping (checked above); it changes no
+        // contents.
+        let r =
+            unsafe { libc::madvise(self.ptr.add(start).cast(), HUGE_PAGE, libc::MADV_NOHUGEPAGE) };
+        if r != 0 {
+            return 0;
+        }
+        // SAFETY: the same range of our own private anonymous mapping; its non-zero pages were
+        // copied out above and are written back below before anyone reads the range (the caller
+        // holds the vCPU off), and its zero pages read as zero afterwards.
+        let r =
+            unsafe { libc::madvise(self.ptr.add(start).cast(), HUGE_PAGE, libc::MADV_DONTNEED) };
+        if r != 0 {
+            return 0;
+        }
+        for (&p, page) in kept.iter().zip(bytes.chunks_exact(PAGE)) {
+            if self.write(p, page).is_err() {
+                break;
+            }
+        }
+        zero * PAGE
     }
 }
 

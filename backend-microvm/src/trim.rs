@@ -6,7 +6,7 @@
 //! boot). A small cell writes only a few dozen pages of its first huge page, so an idle cold cell
 //! held ≈ 2 MiB. One process-wide thread keeps a deadline per cold VM; at a VM's deadline, if it
 //! has not run since, it rewrites each of its huge pages that is at least half zero as 4 KiB
-//! pages holding only the written ones (`GuestMemory::split_sparse_huge_pages`). The boot keeps
+//! pages holding only the written ones (`GuestMemory::split_if_sparse`). The boot keeps
 //! its speed, the idle cell its memory, and a cell that runs again pays the KVM faults of the
 //! pages it touches once.
 //!
@@ -14,8 +14,9 @@
 //! while it rewrites memory, so the guest never sees memory in between. The host itself never
 //! touches the range while the VM lives (its buffers and mailbox lie outside it).
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeSet, BinaryHeap};
 use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
@@ -41,8 +42,8 @@ pub(crate) struct VmState {
     range: (u64, u64),
     /// When the vCPU last started running.
     last_run: Instant,
-    /// The huge pages the trim has read (one flag per 2 MiB).
-    examined: Vec<bool>,
+    /// The huge pages the trim has read (their guest addresses).
+    examined: BTreeSet<u64>,
     /// Whether the trimmer holds a deadline for this VM: it drops it once the VM is trimmed, and
     /// the VM's next run gives it a new one.
     queued: bool,
@@ -86,31 +87,51 @@ impl Trim {
     }
 
     /// At a deadline: trims the VM if it has not run for the idle time, else says when to look
-    /// again.
+    /// again. One huge page per hold of the lock, so a run that comes meanwhile waits for one
+    /// page's trim at most (≈ 0.3 ms), not for a whole large heap's.
     fn visit(&self, now: Instant, idle: Duration) -> Visit {
-        let mut st = match self.state.try_lock() {
-            Ok(st) => st,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            // Running now: not idle.
-            Err(TryLockError::WouldBlock) => return Visit::Again(now + idle),
-        };
-        let st = &mut *st;
-        let Some(mem) = &st.mem else {
-            return Visit::Gone;
-        };
-        let due = st.last_run + idle;
-        if due > now {
-            return Visit::Again(due);
+        let mut pages = Vec::new();
+        let mut first = true;
+        loop {
+            let mut st = match self.state.try_lock() {
+                Ok(st) => st,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                // Running now: not idle.
+                Err(TryLockError::WouldBlock) => return Visit::Again(now + idle),
+            };
+            let st = &mut *st;
+            let Some(mem) = &st.mem else {
+                return Visit::Gone;
+            };
+            let due = st.last_run + idle;
+            if due > now {
+                return Visit::Again(due);
+            }
+            if first {
+                first = false;
+                // The huge pages not read yet, last first (popped in address order).
+                pages = mem.anonymous_huge_pages(st.range.0, st.range.1);
+                pages.retain(|&a| !st.examined.contains(&a));
+                pages.reverse();
+            }
+            let Some(page) = pages.pop() else {
+                st.queued = false;
+                return Visit::Trimmed;
+            };
+            // Read once in the VM's life, split or left whole: a guest that runs and idles in
+            // turn cannot make this thread read its whole memory again each time.
+            st.examined.insert(page);
+            let freed = mem.split_if_sparse(page);
+            self.trimmer
+                .freed
+                .fetch_add(freed as u64, AtomicOrdering::Relaxed);
         }
-        let freed = mem.split_sparse_huge_pages(st.range.0, st.range.1, &mut st.examined);
-        st.queued = false;
-        Visit::Trimmed(freed)
     }
 }
 
 enum Visit {
     Again(Instant),
-    Trimmed(usize),
+    Trimmed,
     Gone,
 }
 
@@ -142,8 +163,7 @@ struct Queue {
     deadlines: BinaryHeap<Entry>,
     /// The thread is visiting a VM it took from `deadlines`.
     visiting: bool,
-    /// Bytes given back so far, and VMs trimmed (tests and benches).
-    freed: u64,
+    /// VMs trimmed so far (tests and benches).
     trimmed: u64,
 }
 
@@ -155,6 +175,8 @@ pub(crate) struct Trimmer {
     /// Wakes those waiting for the trim to settle.
     settled: Condvar,
     idle: Duration,
+    /// Bytes given back so far (tests and benches).
+    freed: AtomicU64,
 }
 
 fn trimmer() -> Option<Arc<Trimmer>> {
@@ -169,6 +191,7 @@ impl Trimmer {
             wake: Condvar::new(),
             settled: Condvar::new(),
             idle,
+            freed: AtomicU64::new(0),
         });
         let run = t.clone();
         std::thread::Builder::new()
@@ -185,7 +208,7 @@ impl Trimmer {
                 mem: Some(mem),
                 range,
                 last_run: now,
-                examined: Vec::new(),
+                examined: BTreeSet::new(),
                 queued: true,
             }),
             trimmer: self.clone(),
@@ -237,10 +260,7 @@ impl Trimmer {
             q.visiting = false;
             match visit {
                 Visit::Again(at) => q.deadlines.push(Entry { at, vm: entry.vm }),
-                Visit::Trimmed(freed) => {
-                    q.freed += freed as u64;
-                    q.trimmed += 1;
-                }
+                Visit::Trimmed => q.trimmed += 1,
                 Visit::Gone => {}
             }
             self.settled.notify_all();
@@ -255,7 +275,7 @@ impl Trimmer {
         while q.visiting || q.deadlines.peek().is_some_and(|top| top.at <= by) {
             q = self.settled.wait(q).unwrap_or_else(PoisonError::into_inner);
         }
-        (q.freed, q.trimmed)
+        (self.freed.load(AtomicOrdering::Relaxed), q.trimmed)
     }
 }
 
@@ -301,7 +321,9 @@ mod tests {
     #[test]
     fn a_sparse_huge_page_keeps_only_its_written_pages_with_their_bytes() {
         let Some(mem) = sparse_heap(20) else { return };
-        let freed = mem.split_sparse_huge_pages(0, 3 * HUGE_PAGE as u64, &mut Vec::new());
+        let all = 3 * HUGE_PAGE as u64;
+        assert_eq!(mem.anonymous_huge_pages(0, all), vec![HUGE_PAGE as u64]);
+        let freed = mem.split_if_sparse(HUGE_PAGE as u64);
         assert_eq!(freed, (512 - 20) * 4096);
         assert!(!mem.huge_mapped(HUGE_PAGE as u64, HUGE_PAGE));
         assert_eq!(heap_pages_resident(&mem), 20);
@@ -315,37 +337,44 @@ mod tests {
         // A later write makes a 4 KiB page, not a huge page again.
         mem.write(HUGE_PAGE as u64 + 4096, &[7]).unwrap();
         assert_eq!(heap_pages_resident(&mem), 21);
-        assert_eq!(
-            mem.split_sparse_huge_pages(0, 3 * HUGE_PAGE as u64, &mut Vec::new()),
-            0
-        );
+        assert!(mem.anonymous_huge_pages(0, all).is_empty());
+        assert_eq!(mem.split_if_sparse(HUGE_PAGE as u64), 0);
     }
 
-    #[test]
-    fn a_mostly_written_huge_page_is_left_whole_and_read_once() {
-        let Some(mem) = sparse_heap(60) else { return };
-        // 60 of every eighth page: fill the rest of its first half too.
+    /// 60 of every eighth page and the rest of the first half written: more than half in use.
+    fn dense_heap() -> Option<GuestMemory> {
+        let mem = sparse_heap(60)?;
         for i in 0..256 {
             mem.write((HUGE_PAGE + i * 4096 + 200) as u64, &[9])
                 .unwrap();
         }
-        let mut examined = Vec::new();
-        assert_eq!(
-            mem.split_sparse_huge_pages(0, 3 * HUGE_PAGE as u64, &mut examined),
-            0
-        );
+        Some(mem)
+    }
+
+    #[test]
+    fn a_mostly_written_huge_page_is_left_whole() {
+        let Some(mem) = dense_heap() else { return };
+        assert_eq!(mem.split_if_sparse(HUGE_PAGE as u64), 0);
         assert!(mem.huge_mapped(HUGE_PAGE as u64, HUGE_PAGE));
-        // Read once in the mapping's life: zeroed again since, it is still not read again.
+        // Not a huge page's address, or not a huge page: nothing.
+        assert_eq!(mem.split_if_sparse(HUGE_PAGE as u64 + 4096), 0);
+        assert_eq!(mem.split_if_sparse(0), 0);
+    }
+
+    #[test]
+    fn a_vms_huge_page_is_read_once_in_its_life() {
+        let Some(mem) = dense_heap() else { return };
+        let trimmer = Trimmer::start(Duration::from_millis(20)).unwrap();
+        // SAFETY: the trim is released below, before `mem` is dropped.
+        let trim = trimmer.watch(unsafe { mem.alias() }, (0, 3 * HUGE_PAGE as u64));
+        assert_eq!(trimmer.settle().1, 1);
+        assert!(mem.huge_mapped(HUGE_PAGE as u64, HUGE_PAGE));
+        // Zeroed since and run again: the trim does not read that page again.
         mem.fill(HUGE_PAGE as u64, HUGE_PAGE, 0).unwrap();
-        assert_eq!(
-            mem.split_sparse_huge_pages(0, 3 * HUGE_PAGE as u64, &mut examined),
-            0
-        );
+        drop(trim.running());
+        assert_eq!(trimmer.settle().1, 2);
         assert!(mem.huge_mapped(HUGE_PAGE as u64, HUGE_PAGE));
-        assert_eq!(
-            mem.split_sparse_huge_pages(0, 3 * HUGE_PAGE as u64, &mut Vec::new()),
-            512 * 4096
-        );
+        trim.release();
     }
 
     #[test]
