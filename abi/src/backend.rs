@@ -65,6 +65,13 @@ pub trait UsageProbe: Send + Sync {
     /// CPU time the cell has used over its life (up to the end of its last transaction, or
     /// now); `None` where the boundary does not count it.
     fn cpu_time(&self) -> Option<core::time::Duration>;
+    /// Whether the cell's boundary ended on its own while no transaction ran (its process was
+    /// killed from outside, say), told without waiting. A transaction would find out by
+    /// failing; this lets the embedder say so before one runs. `false` where the boundary
+    /// cannot end between transactions or cannot tell.
+    fn ended(&self) -> bool {
+        false
+    }
 }
 
 /// Resource limits the boundary enforces (beyond the engine limits in [`Hello`]).

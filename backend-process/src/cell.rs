@@ -260,6 +260,7 @@ impl ProcessCell {
             memory,
             cpu_stat,
             over: self.cgroups.over(),
+            pidfd: self.pidfd.clone(),
         }
     }
 

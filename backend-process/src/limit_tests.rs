@@ -2,6 +2,7 @@
 //! ceilings work; the capability bounding set is empty; an interrupt ends the running
 //! transaction and leaves the cell usable.
 
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -323,5 +324,40 @@ fn usage_is_read_live_from_the_cells_cgroup() {
     assert!(holding >= idle + (8 << 20), "{idle} -> {holding}");
     if let Some(cpu) = probe.cpu_time() {
         assert!(cpu > Duration::ZERO);
+    }
+}
+
+#[test]
+fn a_cell_killed_from_outside_between_transactions_is_seen_ended_at_once() {
+    for fork_server in PATHS {
+        let (mut pipe, host) = cell(&abi_spec(), fork_server);
+        exec(&mut pipe, &host, "1").unwrap();
+        let probe = pipe.usage().expect("process cells have a usage probe");
+        assert!(!probe.ended(), "fork server {fork_server}");
+        let pid = pipe.cell().pid();
+        // Waits on its own pidfd for the exit (the probe itself never waits).
+        // SAFETY: pidfd_open of the cell this test spawned; the descriptor is checked, then owned.
+        let waiter = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        assert!(
+            waiter >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a descriptor just returned by pidfd_open, owned from here on.
+        let waiter = unsafe { std::os::fd::OwnedFd::from_raw_fd(waiter as i32) };
+        // SAFETY: killing the cell process this test spawned, as an outside killer would.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let mut fd = libc::pollfd {
+            fd: waiter.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; bounded wait for an exit a SIGKILL makes certain.
+        assert_eq!(unsafe { libc::poll(&mut fd, 1, 30_000) }, 1);
+        assert!(probe.ended(), "fork server {fork_server}");
+        // A transaction finds the same.
+        assert!(exec(&mut pipe, &host, "1").is_err());
+        pipe.shutdown().ok();
+        drop(pipe);
     }
 }

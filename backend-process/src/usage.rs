@@ -1,9 +1,11 @@
 //! What a process cell uses now, read from its cgroup: the kernel's own count of the cell's
 //! memory (every process in it, page cache included) and CPU time. A dead cell reads as
 //! "not counted", never as another process's figures: its files go with the cgroup, or the
-//! cgroup is kept for a later cell and the probe says nothing once the cell is over.
+//! cgroup is kept for a later cell and the probe says nothing once the cell is over. Whether the
+//! cell's process ended between transactions comes from its pidfd.
 
 use abi::backend::UsageProbe;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +20,8 @@ pub struct CgroupUsage {
     pub(crate) cpu_stat: Option<PathBuf>,
     /// Set when the cell is over (its cgroups may serve another cell by then).
     pub(crate) over: Arc<AtomicBool>,
+    /// The cell process's pidfd: readable once the process has exited.
+    pub(crate) pidfd: Arc<OwnedFd>,
 }
 
 impl UsageProbe for CgroupUsage {
@@ -36,6 +40,21 @@ impl UsageProbe for CgroupUsage {
         let text = std::fs::read_to_string(self.cpu_stat.as_ref()?).ok()?;
         parse_usage_usec(&text).map(Duration::from_micros)
     }
+
+    fn ended(&self) -> bool {
+        if self.over.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut fd = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for a pidfd this probe keeps open; a zero timeout never
+        // blocks.
+        let n = unsafe { libc::poll(&mut fd, 1, 0) };
+        n == 1 && fd.revents & libc::POLLIN != 0
+    }
 }
 
 /// The `usage_usec` figure of a `cpu.stat` file.
@@ -49,6 +68,16 @@ fn parse_usage_usec(cpu_stat: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::FromRawFd;
+
+    /// A pidfd of this test process: never readable while the test runs.
+    fn own_pidfd() -> Arc<OwnedFd> {
+        // SAFETY: pidfd_open of this process; the descriptor is checked, then owned.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id(), 0) };
+        assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+        // SAFETY: a descriptor just returned by pidfd_open, owned from here on.
+        Arc::new(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
 
     #[test]
     fn usage_usec_is_read_from_cpu_stat() {
@@ -63,9 +92,11 @@ mod tests {
             memory: Some("/nonexistent/memory.current".into()),
             cpu_stat: None,
             over: Arc::default(),
+            pidfd: own_pidfd(),
         };
         assert_eq!(probe.memory_bytes(), None);
         assert_eq!(probe.cpu_time(), None);
+        assert!(!probe.ended(), "a live process reads as not ended");
     }
 
     #[test]
@@ -79,12 +110,14 @@ mod tests {
             memory: Some(dir.join("memory.current")),
             cpu_stat: Some(dir.join("cpu.stat")),
             over: Arc::default(),
+            pidfd: own_pidfd(),
         };
         assert_eq!(probe.memory_bytes(), Some(4096));
         assert_eq!(probe.cpu_time(), Some(Duration::from_micros(7)));
         probe.over.store(true, Ordering::SeqCst);
         assert_eq!(probe.memory_bytes(), None);
         assert_eq!(probe.cpu_time(), None);
+        assert!(!probe.ended());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

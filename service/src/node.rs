@@ -467,10 +467,12 @@ impl Node {
             None => return Err(ApiError::cell_not_found(id)),
             Some(_) => {}
         }
-        match self.locked().get(id) {
-            Some(e) if e.tenant == tenant.name => Ok(e.clone()),
-            _ => Err(ApiError::cell_not_found(id)),
-        }
+        let found = match self.locked().get(id) {
+            Some(e) if e.tenant == tenant.name => e.clone(),
+            _ => return Err(ApiError::cell_not_found(id)),
+        };
+        self.settle_if_dead(&found);
+        Ok(found)
     }
 
     /// The cells of `tenant`, ordered by id.
@@ -482,7 +484,18 @@ impl Node {
             .cloned()
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
+        for entry in &out {
+            self.settle_if_dead(entry);
+        }
         out
+    }
+
+    /// A cell seen dead (after a transaction, or found so: a process cell killed from outside
+    /// between transactions) gives back what it holds and joins the dead cells, once.
+    fn settle_if_dead(&self, entry: &Entry) {
+        if !entry.alive() && self.release(entry) {
+            self.keep_dead(entry);
+        }
     }
 
     fn ttl(&self, ttl_ms: Option<u64>) -> Duration {
@@ -682,9 +695,7 @@ impl Node {
         entry
             .events
             .drain(&entry.cell, entry.queue_bound, usize::MAX);
-        if !entry.alive() && self.release(entry) {
-            self.keep_dead(entry);
-        }
+        self.settle_if_dead(entry);
         result.map_err(ApiError::from)
     }
 

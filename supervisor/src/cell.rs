@@ -305,12 +305,23 @@ impl Cell {
         self.inner.host.mark_dead(reason);
     }
 
-    /// Whether the cell is alive, or why it died.
+    /// Whether the cell is alive, or why it died. A cell whose boundary ended on its own since
+    /// its last transaction (its process killed from outside) is found dead here, as
+    /// `cell_crashed`, without waiting for a transaction to fail.
     pub fn state(&self) -> CellState {
-        match self.inner.host.dead() {
-            None => CellState::Alive,
-            Some(reason) => CellState::Dead(reason),
+        if let Some(reason) = self.inner.host.dead() {
+            return CellState::Dead(reason);
         }
+        if self.inner.usage.as_deref().is_some_and(UsageProbe::ended) {
+            self.inner.host.mark_dead(CellError::new(
+                ErrorCode::CellCrashed,
+                "the cell's boundary ended between transactions (its process exited or was killed)",
+            ));
+            if let Some(reason) = self.inner.host.dead() {
+                return CellState::Dead(reason);
+            }
+        }
+        CellState::Alive
     }
 
     /// What the cell uses now, read without waiting for a running exec.

@@ -2,11 +2,14 @@
 //! ends it and keeps the cell, spawns run in parallel, names leave with their last handle, and
 //! third-party backends register through the builder.
 
-use abi::backend::{Backend, CellPipe, HostSide, Killer, Layer, PipeError, SpawnError, SpawnSpec};
+use abi::backend::{
+    Backend, CellPipe, HostSide, Killer, Layer, PipeError, SpawnError, SpawnSpec, UsageProbe,
+};
 use abi::{ErrorCode, HostFrame};
 use cell_supervisor::{
-    Cell, CellError, Event, InterruptError, Policy, Supervisor, SupervisorError, Value,
+    Cell, CellError, CellState, Event, InterruptError, Policy, Supervisor, SupervisorError, Value,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -285,4 +288,82 @@ fn a_name_leaves_the_table_with_its_last_handle() {
     assert_eq!(s.get("short").unwrap().state(), replacement.state());
     assert_eq!(s.list().len(), 2);
     drop((newer, replacement));
+}
+
+/// In-process cells whose boundary "ends on its own" when the test says so (as a process cell
+/// killed from outside between transactions does), through its usage probe.
+struct Ending(Arc<AtomicBool>);
+
+impl Backend for Ending {
+    fn name(&self) -> &str {
+        "ending"
+    }
+
+    fn spawn(
+        &self,
+        spec: &SpawnSpec,
+        host: Arc<dyn HostSide>,
+    ) -> Result<Box<dyn CellPipe>, SpawnError> {
+        let pipe = backend_subinterp::Subinterp.spawn(spec, host)?;
+        Ok(Box::new(EndingPipe(pipe, self.0.clone())))
+    }
+}
+
+struct EndingPipe(Box<dyn CellPipe>, Arc<AtomicBool>);
+
+impl CellPipe for EndingPipe {
+    fn transact(&mut self, frame: HostFrame, deadline: Option<Instant>) -> Result<(), PipeError> {
+        self.0.transact(frame, deadline)
+    }
+    fn killer(&self) -> Arc<dyn Killer> {
+        self.0.killer()
+    }
+    fn usage(&self) -> Option<Arc<dyn UsageProbe>> {
+        Some(Arc::new(EndedFlag(self.1.clone())))
+    }
+    fn shutdown(&mut self) -> Result<(), PipeError> {
+        self.0.shutdown()
+    }
+}
+
+struct EndedFlag(Arc<AtomicBool>);
+
+impl UsageProbe for EndedFlag {
+    fn memory_bytes(&self) -> Option<u64> {
+        None
+    }
+    fn cpu_time(&self) -> Option<Duration> {
+        None
+    }
+    fn ended(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_cell_whose_boundary_ended_between_transactions_is_dead_before_the_next_one() {
+    let ended = Arc::new(AtomicBool::new(false));
+    let s = Supervisor::builder()
+        .backend(Arc::new(Ending(ended.clone())))
+        .build();
+    let cell = s.spawn("ends", "ending", &Policy::default()).unwrap();
+    assert_eq!(cell.exec("40 + 2").unwrap(), Value::Int(42));
+    assert_eq!(cell.state(), CellState::Alive);
+    ended.store(true, Ordering::SeqCst);
+    let CellState::Dead(reason) = cell.state() else {
+        panic!("still alive")
+    };
+    assert_eq!(reason.code, ErrorCode::CellCrashed);
+    assert!(matches!(s.list()[0].state, CellState::Dead(_)));
+    // The next transaction is refused as on any dead cell, naming the reason.
+    let err = cell.exec("1").unwrap_err();
+    assert_eq!(err.code, ErrorCode::CellClosed);
+    assert!(err.message.contains(&reason.message), "{err:?}");
+    // Ended or not, a cell that was closed stays closed.
+    let closed = s.spawn("closed", "ending", &Policy::default()).unwrap();
+    closed.close();
+    let CellState::Dead(reason) = closed.state() else {
+        panic!("a closed cell is alive")
+    };
+    assert_eq!(reason.code, ErrorCode::CellClosed);
 }
