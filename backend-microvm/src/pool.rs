@@ -5,10 +5,11 @@
 //! takes one still waiting and resets it itself, or waits for the reset in progress: it never
 //! builds a new VM (milliseconds) while one is moments from ready.
 //!
-//! Once a start has found the pool empty (more cells alive than the pool holds), the same thread
-//! keeps [`KEEP_AHEAD`] VMs built, warmed and reset ahead of demand, so the next starts take one
-//! instead of building their own (a new VM faults in every page it touches: about ten
-//! milliseconds against a few hundred microseconds for a warm one).
+//! Once a start has found no VM ready (more cells alive than the pool holds, or starts back to
+//! back that come faster than the resets), the same thread keeps [`KEEP_AHEAD`] VMs built, warmed
+//! and reset ahead of demand, so the next starts take one instead of building their own (a new
+//! VM faults in every page it touches: about ten milliseconds against a few hundred
+//! microseconds for a warm one) or resetting or waiting for one.
 //!
 //! Generic over what it holds (machines in the backend, plain numbers in its unit tests).
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -99,6 +100,14 @@ impl<T> Pool<T> {
                 }
                 return Some(m);
             }
+            // Nothing ready: starts come faster than closed cells' VMs are reset (back to back)
+            // or than the pool holds. Either way, from now on some are kept ready ahead, so the
+            // next starts neither reset on their own path nor wait.
+            s.ahead = KEEP_AHEAD;
+            let build = s.wants_build();
+            if build {
+                self.work.notify_one();
+            }
             if let Some(m) = s.dirty.pop() {
                 drop(s);
                 if let Some(m) = reset(m) {
@@ -108,12 +117,6 @@ impl<T> Pool<T> {
                 continue;
             }
             if s.resetting == 0 {
-                s.ahead = KEEP_AHEAD;
-                let build = s.wants_build();
-                drop(s);
-                if build {
-                    self.work.notify_one();
-                }
                 return None;
             }
             // The reset thread always ends its reset and notifies (see `InProgress`).
@@ -305,6 +308,21 @@ mod tests {
             assert!((100..102 + round).contains(&item), "{item}");
             assert_eq!(built.recv_timeout(hang_guard()).unwrap(), 102 + round);
         }
+    }
+
+    #[test]
+    fn a_start_that_finds_only_a_returned_item_asks_for_items_ahead() {
+        let pool = Arc::new(Pool::<u32>::default());
+        // Returned before the reset thread runs: the start resets it itself, and from then on
+        // the thread keeps items ready ahead.
+        assert_eq!(pool.put(7), None);
+        assert_eq!(pool.take(|i| Some(i + 1)), Some((8, true)));
+        let built = building_thread(&pool, false);
+        let first: Vec<u32> = (0..KEEP_AHEAD)
+            .map(|_| built.recv_timeout(hang_guard()).unwrap())
+            .collect();
+        assert_eq!(first, [100, 101]);
+        assert!(matches!(pool.take(|_| panic!("one is ready")), Some((100 | 101, false))));
     }
 
     #[test]
