@@ -322,7 +322,10 @@ mod tests {
             .map(|_| built.recv_timeout(hang_guard()).unwrap())
             .collect();
         assert_eq!(first, [100, 101]);
-        assert!(matches!(pool.take(|_| panic!("one is ready")), Some((100 | 101, false))));
+        assert!(matches!(
+            pool.take(|_| panic!("one is ready")),
+            Some((100 | 101, false))
+        ));
     }
 
     #[test]
