@@ -35,12 +35,12 @@ pub struct ServeArgs {
     /// Most live cells on this node.
     #[arg(long, default_value_t = 100_000)]
     pub max_cells: usize,
-    /// Most dead cells kept for their reason and events (all tenants); past it the oldest are
-    /// reaped early.
+    /// Most dead cells kept for their reason and events (all tenants); past it the oldest of the
+    /// tenant holding the most are reaped early.
     #[arg(long, default_value_t = 10_000)]
     pub max_dead_cells: usize,
     /// Most bytes of events buffered by dead cells (all tenants); past it the oldest dead
-    /// cells are reaped early.
+    /// cells of the tenant holding the most bytes are reaped early.
     #[arg(long, default_value_t = 256 << 20)]
     pub max_dead_event_bytes: usize,
     /// Execs and calls running at once per tenant, over all its cells (each holds a thread

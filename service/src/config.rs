@@ -89,12 +89,12 @@ pub struct Limits {
     pub max_ttl: Duration,
     /// Live cells on this node (all tenants).
     pub max_cells: usize,
-    /// Dead cells kept for their reason and events (all tenants): past it the oldest are
-    /// reaped early, as if their ttl had run out.
+    /// Dead cells kept for their reason and events (all tenants): past it the oldest of the
+    /// tenant holding the most are reaped early, as if their ttl had run out.
     pub max_dead_cells: usize,
     /// Bytes of events buffered by dead cells (all tenants), as measured when each is seen
-    /// dead: past it the oldest dead cells are reaped early (the newest is kept whatever its
-    /// size). Each cell may buffer `event_buffer_bytes`, so without it dead cells of a tenant
+    /// dead: past it the oldest dead cells of the tenant holding the most bytes are reaped
+    /// early (the newest is kept whatever its size). Each cell may buffer `event_buffer_bytes`, so without it dead cells of a tenant
     /// with no `live_cells` quota could hold `max_cells` times that.
     pub max_dead_event_bytes: usize,
     /// On SIGTERM: how long live cells are given before they are killed.

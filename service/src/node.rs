@@ -699,25 +699,26 @@ impl Node {
         result.map_err(ApiError::from)
     }
 
-    /// Keeps a cell just seen dead among the node's dead cells, reaping the oldest early when
-    /// they pass the node's bounds (`max_dead_cells`, `max_dead_event_bytes`).
+    /// Keeps a cell just seen dead among the node's dead cells, reaping others early when they
+    /// pass the node's bounds (`max_dead_cells`, `max_dead_event_bytes`): the oldest of the
+    /// tenant that holds the most.
     fn keep_dead(&self, entry: &Entry) {
         let bytes = entry.events.bytes();
         // A cell that died in its create's `source` was never added (the create fails and
         // kills it): recorded, it would push out others' dead cells until it came up as oldest.
         let gone = || entry.expiry().ended || !self.locked().contains_key(&entry.id);
-        let reap = self.dead.add(&entry.id, bytes, gone);
+        let reap = self.dead.add(&entry.id, &entry.tenant, bytes, gone);
         for id in reap {
             let Some(old) = self.locked().get(&id).cloned() else {
                 continue;
             };
-            tracing::info!(target: "cell_service::audit", tenant = %old.tenant, cell = %id, "reaped: the oldest dead cell past the node's bound");
+            tracing::info!(target: "cell_service::audit", tenant = %old.tenant, cell = %id, "reaped: past the node's bound of dead cells, the oldest of the tenant holding the most");
             metrics::counter!("cell_service_evictions_total", "reason" => "dead_cells")
                 .increment(1);
             self.remove(
                 &old,
                 "cancelled",
-                "the cell was dead and the node keeps a bounded number of dead cells and bytes of their events: it was reaped early, oldest first",
+                "the cell was dead and the node keeps a bounded number of dead cells and bytes of their events: it was reaped early, the oldest of the tenant holding the most",
             );
         }
     }
