@@ -4,6 +4,7 @@
 //! while the guest is running; still, every offset and length coming from the guest is checked
 //! against the mapping before any access.
 use std::mem::ManuallyDrop;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::error::VmError;
@@ -343,6 +344,18 @@ struct PmScanArg {
     return_mask: u64,
 }
 
+impl PmScanArg {
+    /// A filter for the pages that have the categories `want` and none of `not`.
+    fn matching(want: u64, not: u64) -> PmScanArg {
+        PmScanArg {
+            category_inverted: not,
+            category_mask: want | not,
+            return_mask: want | not,
+            ..Default::default()
+        }
+    }
+}
+
 const PAGE_IS_FILE: u64 = 1 << 2;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_SWAPPED: u64 = 1 << 4;
@@ -401,13 +414,7 @@ impl GuestMemory {
         let Ok(start) = self.range(addr, n) else {
             return false;
         };
-        let filter = PmScanArg {
-            category_inverted: not,
-            category_mask: want | not,
-            return_mask: want | not,
-            ..Default::default()
-        };
-        match self.scan(filter, start, n) {
+        match self.scan(PmScanArg::matching(want, not), start, n) {
             Ok(runs) => runs.iter().map(|&(_, pages)| pages * PAGE).sum::<usize>() == n,
             Err(_) => false,
         }
@@ -559,12 +566,7 @@ impl GuestMemory {
         let Ok(start) = self.range(from, to.saturating_sub(from) as usize) else {
             return Vec::new();
         };
-        let filter = PmScanArg {
-            category_inverted: PAGE_IS_FILE,
-            category_mask: PAGE_IS_HUGE | PAGE_IS_PRESENT | PAGE_IS_FILE,
-            return_mask: PAGE_IS_HUGE | PAGE_IS_PRESENT | PAGE_IS_FILE,
-            ..Default::default()
-        };
+        let filter = PmScanArg::matching(PAGE_IS_HUGE | PAGE_IS_PRESENT, PAGE_IS_FILE);
         let Ok(runs) = self.scan(filter, start, to.saturating_sub(from) as usize) else {
             return Vec::new();
         };
@@ -589,8 +591,16 @@ impl GuestMemory {
     /// them again). A zero page reads as zero afterwards, so the guest sees the same memory; its
     /// next touch of the range costs KVM faults again.
     ///
+    /// `small` is the range earlier splits of this mapping advised `MADV_NOHUGEPAGE` (`None`
+    /// before the first): it grows to take in this page, so the mapping keeps one such range,
+    /// and two more VMAs, however many pages are split. Advice for each page alone would let a
+    /// guest that leaves every other huge page of a large heap sparse cut its mapping into a VMA
+    /// per page, against the whole process's `vm.max_map_count`. The pages in between are
+    /// anonymous heap too (the image's shared file mapping lies below the heap); those already
+    /// mapped whole stay so, and the others come in 4 KiB pages when first touched.
+    ///
     /// Only while nothing else reads or writes the range: the trim's lock keeps the vCPU out.
-    pub(crate) fn split_if_sparse(&self, addr: u64) -> usize {
+    pub(crate) fn split_if_sparse(&self, addr: u64, small: &mut Option<Range<u64>>) -> usize {
         if !addr.is_multiple_of(HUGE_PAGE as u64) || !self.anonymous_huge_mapped(addr, HUGE_PAGE) {
             return 0;
         }
@@ -610,16 +620,30 @@ impl GuestMemory {
         if zero < HUGE_PAGE / PAGE / 2 {
             return 0;
         }
-        let Ok(start) = self.range(addr, HUGE_PAGE) else {
+        let end = addr + HUGE_PAGE as u64;
+        let advised = match small {
+            Some(r) => r.start.min(addr)..r.end.max(end),
+            None => addr..end,
+        };
+        let (Ok(start), Ok(advised_start)) = (
+            self.range(addr, HUGE_PAGE),
+            self.range(advised.start, (advised.end - advised.start) as usize),
+        ) else {
             return 0;
         };
-        // SAFETY: advice on a 2 MiB range inside our own mapping (checked above); it changes no
+        // SAFETY: advice on a range inside our own mapping (checked above); it changes no
         // contents.
-        let r =
-            unsafe { libc::madvise(self.ptr.add(start).cast(), HUGE_PAGE, libc::MADV_NOHUGEPAGE) };
+        let r = unsafe {
+            libc::madvise(
+                self.ptr.add(advised_start).cast(),
+                (advised.end - advised.start) as usize,
+                libc::MADV_NOHUGEPAGE,
+            )
+        };
         if r != 0 {
             return 0;
         }
+        *small = Some(advised);
         // SAFETY: the same range of our own private anonymous mapping; its non-zero pages were
         // copied out above and are written back below before anyone reads the range (the caller
         // holds the vCPU off), and its zero pages read as zero afterwards.

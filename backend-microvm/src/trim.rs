@@ -16,6 +16,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::mem::ManuallyDrop;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError, Weak};
 use std::time::{Duration, Instant};
@@ -44,6 +45,8 @@ pub(crate) struct VmState {
     last_run: Instant,
     /// The huge pages the trim has read (their guest addresses).
     examined: BTreeSet<u64>,
+    /// The range advised to stay in 4 KiB pages (`GuestMemory::split_if_sparse`).
+    small: Option<Range<u64>>,
     /// Whether the trimmer holds a deadline for this VM: it drops it once the VM is trimmed, and
     /// the VM's next run gives it a new one.
     queued: bool,
@@ -90,8 +93,8 @@ impl Trim {
     /// again. One huge page per hold of the lock, so a run that comes meanwhile waits for one
     /// page's trim at most (≈ 0.3 ms), not for a whole large heap's.
     fn visit(&self, now: Instant, idle: Duration) -> Visit {
-        let mut pages = Vec::new();
-        let mut first = true;
+        // The huge pages not read yet, found at the first hold, last first (popped in order).
+        let mut pages: Option<Vec<u64>> = None;
         loop {
             let mut st = match self.state.try_lock() {
                 Ok(st) => st,
@@ -107,13 +110,12 @@ impl Trim {
             if due > now {
                 return Visit::Again(due);
             }
-            if first {
-                first = false;
-                // The huge pages not read yet, last first (popped in address order).
-                pages = mem.anonymous_huge_pages(st.range.0, st.range.1);
-                pages.retain(|&a| !st.examined.contains(&a));
-                pages.reverse();
-            }
+            let pages = pages.get_or_insert_with(|| {
+                let mut found = mem.anonymous_huge_pages(st.range.0, st.range.1);
+                found.retain(|a| !st.examined.contains(a));
+                found.reverse();
+                found
+            });
             let Some(page) = pages.pop() else {
                 st.queued = false;
                 return Visit::Trimmed;
@@ -121,7 +123,7 @@ impl Trim {
             // Read once in the VM's life, split or left whole: a guest that runs and idles in
             // turn cannot make this thread read its whole memory again each time.
             st.examined.insert(page);
-            let freed = mem.split_if_sparse(page);
+            let freed = mem.split_if_sparse(page, &mut st.small);
             self.trimmer
                 .freed
                 .fetch_add(freed as u64, AtomicOrdering::Relaxed);
@@ -209,6 +211,7 @@ impl Trimmer {
                 range,
                 last_run: now,
                 examined: BTreeSet::new(),
+                small: None,
                 queued: true,
             }),
             trimmer: self.clone(),
@@ -268,7 +271,8 @@ impl Trimmer {
     }
 
     /// Returns once every VM idle now has been visited: when none is due before the idle time
-    /// from now and none is being visited (at most the idle time and a tenth of it). Returns the bytes freed and the VMs trimmed so far.
+    /// from now and none is being visited (at most the idle time and a tenth of it). Returns the
+    /// bytes freed and the VMs trimmed so far.
     fn settle(&self) -> (u64, u64) {
         let by = Instant::now() + self.idle;
         let mut q = lock(&self.queue);
@@ -280,8 +284,8 @@ impl Trimmer {
 }
 
 /// Bench and test only: waits until every cold VM of this process that is idle now has been
-/// trimmed (at most [`IDLE`] and a tenth, and the trims themselves), and returns the bytes given back and the
-/// VMs trimmed since the process started.
+/// trimmed (at most [`IDLE`] and a tenth, and the trims themselves), and returns the bytes given
+/// back and the VMs trimmed since the process started.
 #[doc(hidden)]
 pub fn settle() -> (u64, u64) {
     trimmer().map_or((0, 0), |t| t.settle())
@@ -323,7 +327,7 @@ mod tests {
         let Some(mem) = sparse_heap(20) else { return };
         let all = 3 * HUGE_PAGE as u64;
         assert_eq!(mem.anonymous_huge_pages(0, all), vec![HUGE_PAGE as u64]);
-        let freed = mem.split_if_sparse(HUGE_PAGE as u64);
+        let freed = mem.split_if_sparse(HUGE_PAGE as u64, &mut None);
         assert_eq!(freed, (512 - 20) * 4096);
         assert!(!mem.huge_mapped(HUGE_PAGE as u64, HUGE_PAGE));
         assert_eq!(heap_pages_resident(&mem), 20);
@@ -338,7 +342,7 @@ mod tests {
         mem.write(HUGE_PAGE as u64 + 4096, &[7]).unwrap();
         assert_eq!(heap_pages_resident(&mem), 21);
         assert!(mem.anonymous_huge_pages(0, all).is_empty());
-        assert_eq!(mem.split_if_sparse(HUGE_PAGE as u64), 0);
+        assert_eq!(mem.split_if_sparse(HUGE_PAGE as u64, &mut None), 0);
     }
 
     /// 60 of every eighth page and the rest of the first half written: more than half in use.
@@ -354,11 +358,53 @@ mod tests {
     #[test]
     fn a_mostly_written_huge_page_is_left_whole() {
         let Some(mem) = dense_heap() else { return };
-        assert_eq!(mem.split_if_sparse(HUGE_PAGE as u64), 0);
+        assert_eq!(mem.split_if_sparse(HUGE_PAGE as u64, &mut None), 0);
         assert!(mem.huge_mapped(HUGE_PAGE as u64, HUGE_PAGE));
         // Not a huge page's address, or not a huge page: nothing.
-        assert_eq!(mem.split_if_sparse(HUGE_PAGE as u64 + 4096), 0);
-        assert_eq!(mem.split_if_sparse(0), 0);
+        assert_eq!(mem.split_if_sparse(HUGE_PAGE as u64 + 4096, &mut None), 0);
+        assert_eq!(mem.split_if_sparse(0, &mut None), 0);
+    }
+
+    /// The mappings (VMAs) of this process that lie in `mem`.
+    fn vmas_in(mem: &GuestMemory) -> usize {
+        let (lo, hi) = (mem.host_addr(), mem.host_addr() + mem.len() as u64);
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines()
+            .filter_map(|l| l.split(['-', ' ']).next())
+            .filter_map(|a| u64::from_str_radix(a, 16).ok())
+            .filter(|a| (lo..hi).contains(a))
+            .count()
+    }
+
+    #[test]
+    fn however_many_pages_are_split_the_mapping_keeps_one_small_page_range() {
+        // Five huge pages: the 2nd and 4th sparse, the 3rd written whole.
+        let mem = GuestMemory::anonymous(5 * HUGE_PAGE).unwrap();
+        let (h, all) = (HUGE_PAGE as u64, 5 * HUGE_PAGE as u64);
+        mem.advise_huge(h, all).unwrap();
+        mem.write(h, &[1]).unwrap();
+        mem.fill(2 * h, HUGE_PAGE, 0xff).unwrap();
+        mem.write(3 * h, &[3]).unwrap();
+        if mem.anonymous_huge_pages(0, all) != [h, 2 * h, 3 * h] {
+            eprintln!("SKIPPED: this host maps no transparent huge page for advised memory");
+            return;
+        }
+        let before = vmas_in(&mem);
+        let mut small = None;
+        for page in [h, 2 * h, 3 * h] {
+            mem.split_if_sparse(page, &mut small);
+        }
+        assert_eq!(small, Some(h..4 * h));
+        // One range advised for 4 KiB pages, the 2nd to the 4th page, where advice per split
+        // page would have cut the advised heap into five: one boundary more (at the 5th), not
+        // three.
+        assert_eq!(vmas_in(&mem), before + 1);
+        // The dense page in between stays mapped whole; the split ones hold what was written.
+        assert!(mem.huge_mapped(2 * h, HUGE_PAGE));
+        assert_eq!(mem.anonymous_huge_pages(0, all), [2 * h]);
+        let mut b = [0u8; 1];
+        mem.read(3 * h, &mut b).unwrap();
+        assert_eq!(b, [3]);
     }
 
     #[test]
