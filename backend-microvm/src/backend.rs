@@ -510,6 +510,15 @@ impl CellPipe for MicroVmPipe {
         Some(self.interrupter.clone())
     }
 
+    /// A hosted cell's liveness between transactions (its host process may be killed); a cell in
+    /// this process has no probe.
+    fn usage(&self) -> Option<Arc<dyn abi::backend::UsageProbe>> {
+        match &self.io {
+            CellIo::Hosted(Some(cell)) => Some(cell.probe()),
+            _ => None,
+        }
+    }
+
     fn layers(&self) -> Vec<Layer> {
         vec![Layer {
             name: LAYER_KVM.into(),

@@ -58,6 +58,12 @@ fn past_its_share_the_default_start_puts_cells_in_hosts_of_bounded_size() {
         [None, None],
         "the first two stay in this process"
     );
+    // Only a hosted cell can end between transactions (its host killed), so only it has a probe.
+    let probes: Vec<bool> = cells.iter().map(|(p, _)| p.usage().is_some()).collect();
+    assert_eq!(
+        probes,
+        places.iter().map(Option::is_some).collect::<Vec<_>>()
+    );
     let mut per_host: HashMap<u32, usize> = HashMap::new();
     for pid in places[2..].iter() {
         *per_host
@@ -230,8 +236,32 @@ fn a_dead_host_is_a_typed_error_for_its_cells_and_is_replaced() {
     let victim = a.host_pid().unwrap();
     assert_eq!(b.host_pid(), Some(victim));
     assert_ne!(c.host_pid(), Some(victim));
-    // SAFETY: a plain kill(2) of our own child, which is not reaped yet (its pid is not reused).
+    let probes = [&a, &b, &c].map(|p| p.usage().expect("a hosted cell has a probe"));
+    assert!(probes.iter().all(|p| !p.ended()), "all hosts are alive");
+    // SAFETY: pidfd_open of our own child, which is not reaped yet (its pid is not reused).
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, victim as i32, 0) } as i32;
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a plain kill(2) of the same child.
     assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+    // Its exit is told through the pidfd once its descriptors are closed (the kernel closes
+    // them first); bounded, as a SIGKILL makes the exit certain.
+    let mut fd = libc::pollfd {
+        fd: pidfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; the pidfd is closed right after.
+    let ready = unsafe { libc::poll(&mut fd, 1, 10_000) };
+    assert_eq!(ready, 1, "the host exited");
+    // SAFETY: our own descriptor, used no more.
+    unsafe { libc::close(pidfd) };
+    // Between transactions, before any exec fails: the cells of the dead host are seen ended,
+    // the other host's is not.
+    assert_eq!(probes.each_ref().map(|p| p.ended()), [true, true, false]);
     for (pipe, host) in [(&mut a, &ha), (&mut b, &hb)] {
         let e = exec(pipe, host, "1").expect_err("its host is dead");
         assert!(
@@ -248,6 +278,11 @@ fn a_dead_host_is_a_typed_error_for_its_cells_and_is_replaced() {
     let (mut d, hd) = started(&backend);
     assert_ne!(d.host_pid(), Some(victim));
     assert_eq!(exec(&mut d, &hd, "6 * 7").unwrap(), Value::Int(42));
+    // A cell this process killed did not end on its own; a local cell has no probe.
+    let probe = d.usage().unwrap();
+    d.killer().kill();
+    assert!(!probe.ended(), "a kill is not an end on its own");
+    assert!(!probes[2].ended());
     drop((a, b));
     assert!(
         !cell_backend_microvm::host_children().contains(&victim),

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use abi::backend::{FrameIo, Interrupter as AbiInterrupter, Killer as AbiKiller, PipeError};
+use abi::backend::{
+    FrameIo, Interrupter as AbiInterrupter, Killer as AbiKiller, PipeError, UsageProbe,
+};
 use abi::{CellError, ErrorCode};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
@@ -423,6 +425,14 @@ impl HostedCell {
         })
     }
 
+    /// Tells, without waiting, whether the cell's VM host went away between transactions.
+    pub(crate) fn probe(&self) -> Arc<dyn UsageProbe> {
+        Arc::new(HostedProbe {
+            stream: self.stream.clone(),
+            killed: self.killed.clone(),
+        })
+    }
+
     pub(crate) fn interrupter(&self) -> Arc<dyn AbiInterrupter> {
         Arc::new(HostedInterrupter {
             host: self.host.clone(),
@@ -557,6 +567,43 @@ impl AbiKiller for HostedKiller {
         // left to kill.
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         let _ = self.host.send(&Control::Kill { cell: self.cell }, None);
+    }
+}
+
+/// A hosted cell's liveness: its VM lives only as long as its host process, whose end of the
+/// cell's socket the kernel closes when the process dies (killed from outside, out of memory).
+/// A cell in this process can only die inside a transaction, which reports it.
+struct HostedProbe {
+    stream: Arc<UnixStream>,
+    /// Set by this cell's own kill, which shuts the socket down: no end "on its own" then.
+    killed: Arc<AtomicBool>,
+}
+
+impl UsageProbe for HostedProbe {
+    /// Not counted: the host process holds the VMs of several cells.
+    fn memory_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    fn cpu_time(&self) -> Option<Duration> {
+        None
+    }
+
+    fn ended(&self) -> bool {
+        if self.killed.load(Ordering::SeqCst) {
+            return false;
+        }
+        // The peer's close, not data: an answer left unread (none is, between transactions)
+        // would only be readable.
+        let mut fds = [PollFd::new(&*self.stream, PollFlags::RDHUP)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(1))
+            && fds[0]
+                .revents()
+                .intersects(PollFlags::RDHUP | PollFlags::HUP)
     }
 }
 
