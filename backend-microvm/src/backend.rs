@@ -90,8 +90,9 @@ impl MicroVm {
 
     /// The same backend with other bounds for VM hosts: the default start keeps `in_process`
     /// live cells in this process and starts the rest in VM host processes of at most `per_host`
-    /// cells each (defaults: 512 and 512). Each VM in a process slows every later VM start of that
-    /// process (KVM's MMU notifiers are per address space) and holds two of its descriptors.
+    /// cells each (defaults: 128 and 128). Each VM in a process slows every later VM start of that
+    /// process (KVM's MMU notifiers are per address space; a host's DAMON checks a page's access
+    /// through all of them) and holds two of its descriptors.
     pub fn with_hosting(mut self, in_process: usize, per_host: usize) -> Self {
         self.in_process = in_process;
         self.per_host = per_host.max(1);

@@ -60,7 +60,7 @@ pub struct ServeArgs {
     pub min_write_rate: u64,
     /// Run every microVM cell in a confined VM host process (no privileges, Landlock, a
     /// syscall allowlist), so that a guest reaching the VMM is still outside the node's
-    /// process; by default only the cells past the node's first 512 are. Costs one socket
+    /// process; by default only the cells past the node's first 128 are. Costs one socket
     /// round trip per exec (about 1.16x a warm exec).
     #[arg(long)]
     pub microvm_hosted: bool,

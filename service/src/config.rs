@@ -143,7 +143,7 @@ pub struct ServeConfig {
     /// Bounds on requests, streams and cells.
     pub limits: Limits,
     /// Every microVM cell in a confined VM host process, not only those past the node's first
-    /// 512 (see [`backend_microvm::MicroVm::hosted`]).
+    /// 128 (see [`backend_microvm::MicroVm::hosted`]).
     pub microvm_hosted: bool,
 }
 

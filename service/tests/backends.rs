@@ -174,7 +174,7 @@ fn a_node_started_with_microvm_hosted_runs_its_microvm_cells_in_vm_hosts() {
         json!({"result": 42}),
         "a hosted cell answers like any other"
     );
-    // The node's only cell (well below the 512 a default node keeps in its own process) lives
+    // The node's only cell (well below the 128 a default node keeps in its own process) lives
     // in a VM host, a child of this process.
     assert!(
         !backend_microvm::host_children().is_empty(),

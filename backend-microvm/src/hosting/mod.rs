@@ -19,11 +19,11 @@ pub(crate) mod messages;
 pub(crate) mod vm_host;
 
 /// Most cells one VM host process holds, unless the backend says otherwise.
-pub(crate) const HOST_CELLS: usize = 512;
+pub(crate) const HOST_CELLS: usize = 128;
 
 /// Most cells the supervisor's own process holds before new ones go to VM hosts (in the default
 /// start mode), unless the backend says otherwise.
-pub(crate) const IN_PROCESS_CELLS: usize = 512;
+pub(crate) const IN_PROCESS_CELLS: usize = 128;
 
 /// The pids of this process's live VM host children (for tests and diagnostics: a host's
 /// command name is `cell-vm-host`).
