@@ -309,8 +309,18 @@ impl Cell {
                     expr.push_str(&format!("{}__arg{i}", if i == 0 { "" } else { ", " }));
                 }
                 expr.push(')');
-                self.engine
-                    .eval_expression_with_scope::<Dynamic>(&mut scope, &expr)
+                // A name the language keeps for itself (`if`, `fn`, `match`, ...) makes this
+                // no call at all: no module has such a function.
+                let Ok(ast) = self.engine.compile_expression_with_scope(&scope, &expr) else {
+                    return self.meter.verdict(
+                        Err(CellError::new(
+                            ErrorCode::NotFound,
+                            format!("module `{module}` has no function `{name}`: a keyword of the language names none"),
+                        )),
+                        |code| stopped(code, rhai::Position::NONE),
+                    );
+                };
+                self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
             }
         };
         self.answer(result)

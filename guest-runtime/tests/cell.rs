@@ -220,6 +220,12 @@ fn host_modules_only_when_allowed() {
         c.call("math.nope", vec![], Map::new()).unwrap_err().code,
         ErrorCode::NotFound
     );
+    for keyword in ["if", "fn", "match", "this"] {
+        let err = c
+            .call(&format!("math.{keyword}"), vec![], Map::new())
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::NotFound, "{keyword}: {err:?}");
+    }
     assert_eq!(
         c.call("math.sqrt(1)); evil(", vec![], Map::new())
             .unwrap_err()
