@@ -133,8 +133,16 @@ fn message(err: &EvalAltResult) -> String {
     }
     let mut out = Capped(String::new(), false);
     let _ = write!(out, "{err}");
+    // The engine names a string argument of a call it could not match by the Rust types it
+    // accepts; a script knows the type as `string` (`type_of("x")`).
+    if out.0.contains(RUST_STRING_TYPES) {
+        return out.0.replace(RUST_STRING_TYPES, "string");
+    }
     out.0
 }
+
+/// How the engine's call signatures name a string argument.
+const RUST_STRING_TYPES: &str = "&str | ImmutableString | String";
 
 /// Whether `err` is, under any calls that wrap it, a stop of the cell's (see `meter`).
 fn is_stop(err: &EvalAltResult) -> bool {

@@ -294,6 +294,21 @@ fn errors_are_typed_and_the_cell_stays_usable() {
         c.call("missing", vec![], Map::new()).unwrap_err().code,
         ErrorCode::NotFound
     );
+    // A call that matches no function names its arguments' types as a script knows them, also
+    // inside a function of the script's.
+    for source in [
+        "no_such_fn(\"a\", 1)",
+        "fn f(s) { no_such_fn(s, 1) } f(\"a\")",
+    ] {
+        let err = c.exec(source).unwrap_err();
+        assert_eq!(err.code, ErrorCode::NotFound);
+        assert!(
+            err.message.contains("no_such_fn (string, i64)"),
+            "{}",
+            err.message
+        );
+        assert!(!err.message.contains("ImmutableString"), "{}", err.message);
+    }
     assert_eq!(
         c.exec("log(\"loud\", \"x\")").unwrap_err().code,
         ErrorCode::InvalidArgument
