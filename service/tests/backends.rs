@@ -176,16 +176,49 @@ fn a_node_started_with_microvm_hosted_runs_its_microvm_cells_in_vm_hosts() {
     );
     // The node's only cell (well below the 128 a default node keeps in its own process) lives
     // in a VM host, a child of this process.
-    assert!(
-        !backend_microvm::host_children().is_empty(),
-        "no VM host process was started"
-    );
+    let hosts = backend_microvm::host_children();
+    assert!(!hosts.is_empty(), "no VM host process was started");
     let (s, _) = send(
         "DELETE",
         &format!("{}/v1/cells/{id}", n.url),
         Some(KEY),
         None,
     );
+    assert_eq!(s, 200);
+
+    // A VM host killed from outside: its cell reads dead at once, before any exec, with its
+    // reason (no other test of this binary hosts its cells).
+    let id = create(&n.url, KEY, json!({"backend": "microvm"}));
+    let cell = format!("{}/v1/cells/{id}", n.url);
+    let host = *backend_microvm::host_children()
+        .last()
+        .expect("the cell's host");
+    // SAFETY: pidfd_open of our own child, not reaped yet (its pid is not reused).
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, host as i32, 0) } as i32;
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a plain kill(2) of the same child.
+    assert_eq!(unsafe { libc::kill(host as i32, libc::SIGKILL) }, 0);
+    let mut fd = libc::pollfd {
+        fd: pidfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; bounded, as a SIGKILL makes the exit certain.
+    let exited = unsafe { libc::poll(&mut fd, 1, 10_000) };
+    // SAFETY: our own descriptor, used no more.
+    unsafe { libc::close(pidfd) };
+    assert_eq!(exited, 1, "the VM host exited");
+    let (s, j) = send("GET", &cell, Some(KEY), None);
+    assert_eq!(
+        (s, j["state"].as_str(), j["reason"]["code"].as_str()),
+        (200, Some("dead"), Some("cell_crashed")),
+        "{j}"
+    );
+    let (s, _) = send("DELETE", &cell, Some(KEY), None);
     assert_eq!(s, 200);
 }
 
