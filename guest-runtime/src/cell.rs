@@ -320,7 +320,13 @@ impl Cell {
                         |code| stopped(code, rhai::Position::NONE),
                     );
                 };
-                self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
+                // A position would point into this expression, which the caller never wrote.
+                self.engine
+                    .eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
+                    .map_err(|mut e| {
+                        e.clear_position();
+                        e
+                    })
             }
         };
         self.answer(result)
