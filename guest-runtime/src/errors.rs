@@ -134,8 +134,11 @@ fn message(err: &EvalAltResult) -> String {
     let mut out = Capped(String::new(), false);
     let _ = write!(out, "{err}");
     // The engine names a string argument of a call it could not match by the Rust types it
-    // accepts; a script knows the type as `string` (`type_of("x")`).
-    if out.0.contains(RUST_STRING_TYPES) {
+    // accepts; a script knows the type as `string` (`type_of("x")`). Only in such an error: no
+    // thrown value is rendered in it, so no script's text is rewritten.
+    if matches!(innermost(err), EvalAltResult::ErrorFunctionNotFound(..))
+        && out.0.contains(RUST_STRING_TYPES)
+    {
         return out.0.replace(RUST_STRING_TYPES, "string");
     }
     out.0
@@ -144,14 +147,18 @@ fn message(err: &EvalAltResult) -> String {
 /// How the engine's call signatures name a string argument.
 const RUST_STRING_TYPES: &str = "&str | ImmutableString | String";
 
-/// Whether `err` is, under any calls that wrap it, a stop of the cell's (see `meter`).
-fn is_stop(err: &EvalAltResult) -> bool {
+/// The error under any calls and modules that wrap it.
+fn innermost(err: &EvalAltResult) -> &EvalAltResult {
     match err {
         EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
-        | EvalAltResult::ErrorInModule(_, inner, _) => is_stop(inner),
-        EvalAltResult::ErrorTerminated(..) => true,
-        _ => false,
+        | EvalAltResult::ErrorInModule(_, inner, _) => innermost(inner),
+        other => other,
     }
+}
+
+/// Whether `err` is, under any calls that wrap it, a stop of the cell's (see `meter`).
+fn is_stop(err: &EvalAltResult) -> bool {
+    matches!(innermost(err), EvalAltResult::ErrorTerminated(..))
 }
 
 /// The limit code for the engine's description of what is too large (`Length of string`,

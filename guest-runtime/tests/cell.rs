@@ -309,6 +309,10 @@ fn errors_are_typed_and_the_cell_stays_usable() {
         );
         assert!(!err.message.contains("ImmutableString"), "{}", err.message);
     }
+    // A script's own text is never rewritten, even one that reads like the engine's.
+    let thrown = "&str | ImmutableString | String";
+    let err = c.exec(&format!("throw \"{thrown}\"")).unwrap_err();
+    assert!(err.message.contains(thrown), "{}", err.message);
     assert_eq!(
         c.exec("log(\"loud\", \"x\")").unwrap_err().code,
         ErrorCode::InvalidArgument
