@@ -304,6 +304,17 @@ impl MicroVm {
     }
 }
 
+/// A cell in this process reads its VM's counts directly, also while the vCPU runs.
+impl abi::backend::UsageProbe for crate::Usage {
+    fn memory_bytes(&self) -> Option<u64> {
+        self.heap_bytes()
+    }
+
+    fn cpu_time(&self) -> Option<std::time::Duration> {
+        Some(crate::Usage::cpu_time(self))
+    }
+}
+
 /// One cell: its VM (in this process or a VM host's) and the host side that validates what it
 /// sends.
 pub struct MicroVmPipe {
@@ -511,10 +522,11 @@ impl CellPipe for MicroVmPipe {
         Some(self.interrupter.clone())
     }
 
-    /// A hosted cell's liveness between transactions (its host process may be killed); a cell in
-    /// this process has no probe.
+    /// The guest heap's live bytes and the vCPU's CPU time; a hosted cell's as of its host's
+    /// last answer, with its liveness between transactions (its host process may be killed).
     fn usage(&self) -> Option<Arc<dyn abi::backend::UsageProbe>> {
         match &self.io {
+            CellIo::Local(VmIo { vm: Some(vm), .. }) => Some(Arc::new(vm.usage())),
             CellIo::Hosted(Some(cell)) => Some(cell.probe()),
             _ => None,
         }

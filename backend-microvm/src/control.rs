@@ -1,10 +1,11 @@
 //! What other threads hold of a VM: the kill flag, the thread running its vCPU, the instant the
-//! watchdog kicks it and its interrupt word; and the handles built on them ([`Killer`],
-//! [`Interrupter`]).
+//! watchdog kicks it, its mailbox (the interrupt word, the guest's heap count) and the CPU time
+//! it used; and the handles built on them ([`Killer`], [`Interrupter`], [`Usage`]).
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::layout::{MAILBOX_ADDR, MAILBOX_HEAP_IN_USE, MAILBOX_INTERRUPT};
 use crate::signal;
 
 pub(crate) struct Control {
@@ -14,20 +15,32 @@ pub(crate) struct Control {
     /// When the watchdog kicks the vCPU: the earlier of the call's deadline and the earliest
     /// instant the cell's CPU budget can be spent.
     pub(crate) deadline: Deadline,
-    /// Host address of the guest's interrupt word while the VM's memory is this cell's (0 once
-    /// the memory went back to the pool or the reaper).
-    interrupt_word: Mutex<usize>,
+    /// Host address of the guest's mailbox while the VM's memory is this cell's (0 once the
+    /// memory went back to the pool or the reaper).
+    mailbox: Mutex<usize>,
+    /// The guest's memory size: the most its heap count may claim.
+    mem_size: u64,
+    /// CPU time the vCPU spent in the guest, in nanoseconds (see `Vm::run_once`).
+    cpu_ns: AtomicU64,
 }
 
 impl Control {
-    /// `interrupt_word`: host address of the guest's interrupt word (see [`Interrupter`]).
-    pub(crate) fn new(interrupt_word: usize) -> Arc<Control> {
+    /// `mailbox`: host address of the guest's mailbox (see [`Interrupter`], [`Usage`]).
+    pub(crate) fn new(mailbox: usize, mem_size: u64) -> Arc<Control> {
         Arc::new(Control {
             killed: AtomicBool::new(false),
             tid: Mutex::new(None),
             deadline: Deadline::default(),
-            interrupt_word: Mutex::new(interrupt_word),
+            mailbox: Mutex::new(mailbox),
+            mem_size,
+            cpu_ns: AtomicU64::new(0),
         })
+    }
+
+    /// Publishes the CPU time the guest has used so far.
+    pub(crate) fn set_cpu_used(&self, used: Duration) {
+        let ns = u64::try_from(used.as_nanos()).unwrap_or(u64::MAX);
+        self.cpu_ns.store(ns, Ordering::Relaxed);
     }
 
     pub(crate) fn is_killed(&self) -> bool {
@@ -41,10 +54,14 @@ impl Control {
 
     /// The VM's memory is no longer this cell's: interrupts stop writing to it.
     pub(crate) fn release_memory(&self) {
-        *self
-            .interrupt_word
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = 0;
+        *self.mailbox.lock().unwrap_or_else(|p| p.into_inner()) = 0;
+    }
+
+    /// Runs `f` on the host address of mailbox field `field` (a `MAILBOX_*` address) while the
+    /// VM's memory is this cell's; `None` once it was released.
+    fn with_mailbox<T>(&self, field: u64, f: impl FnOnce(usize) -> T) -> Option<T> {
+        let mailbox = self.mailbox.lock().unwrap_or_else(|p| p.into_inner());
+        (*mailbox != 0).then(|| f(*mailbox + (field - MAILBOX_ADDR) as usize))
     }
 
     pub(crate) fn killer(self: &Arc<Self>) -> Killer {
@@ -53,6 +70,10 @@ impl Control {
 
     pub(crate) fn interrupter(self: &Arc<Self>) -> Interrupter {
         Interrupter(self.clone())
+    }
+
+    pub(crate) fn usage(self: &Arc<Self>) -> Usage {
+        Usage(self.clone())
     }
 
     /// Kicks the vCPU out of `KVM_RUN` if a thread is in this VM's run step. The signal is sent
@@ -94,18 +115,46 @@ pub struct Interrupter(Arc<Control>);
 impl Interrupter {
     /// Sets the guest's interrupt word: the running exec/call ends with `cancelled`.
     pub fn interrupt(&self) {
-        let word = self
-            .0
-            .interrupt_word
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if *word != 0 {
+        self.0.with_mailbox(MAILBOX_INTERRUPT, |word| {
             // SAFETY: the address is the 4-byte aligned interrupt word inside this VM's guest
             // memory, which stays mapped while it is registered: the VM clears the registration
-            // under this lock before its memory is released. The guest reads it from another
-            // CPU; the host only ever accesses it atomically.
-            unsafe { AtomicU32::from_ptr(*word as *mut u32) }.store(1, Ordering::SeqCst);
-        }
+            // under the lock `with_mailbox` holds before its memory is released. The guest reads
+            // it from another CPU; the host only ever accesses it atomically.
+            unsafe { AtomicU32::from_ptr(word as *mut u32) }.store(1, Ordering::SeqCst);
+        });
+    }
+}
+
+/// What a VM's cell uses, read from any thread, also while its vCPU runs: the live bytes of the
+/// guest's heap, as its allocator counts them in the mailbox, and the CPU time the vCPU spent in
+/// the guest up to its last exit. A hostile guest can misstate its heap, never past its memory.
+#[derive(Clone)]
+pub struct Usage(Arc<Control>);
+
+impl Usage {
+    /// Live bytes of the guest's heap; `None` once the VM's memory is no longer this cell's.
+    pub fn heap_bytes(&self) -> Option<u64> {
+        self.0.with_mailbox(MAILBOX_HEAP_IN_USE, |field| {
+            // SAFETY: the address is the 8-byte aligned heap count inside this VM's guest memory,
+            // mapped while registered (as for `Interrupter::interrupt`); the guest writes it with
+            // single aligned stores, so an atomic load sees one of its values.
+            let claimed = unsafe { AtomicU64::from_ptr(field as *mut u64) }.load(Ordering::Relaxed);
+            claimed.min(self.0.mem_size)
+        })
+    }
+
+    /// CPU time the vCPU spent in the guest, up to its last exit.
+    pub fn cpu_time(&self) -> Duration {
+        Duration::from_nanos(self.0.cpu_ns.load(Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Debug for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Usage")
+            .field("heap_bytes", &self.heap_bytes())
+            .field("cpu_time", &self.cpu_time())
+            .finish()
     }
 }
 

@@ -1,7 +1,8 @@
 //! CPU time of a cell: what its vCPU spent inside `KVM_RUN`, read from the running thread's CPU
-//! clock around each run. Only cells with a CPU limit pay for it (two `clock_gettime` system
-//! calls per run: the thread CPU clock has no vDSO path); the limit is enforced by kicking the
-//! vCPU when its remaining budget could be spent (see `Vm::wait`).
+//! clock around each run (two `clock_gettime` system calls per run, well under a microsecond
+//! beside the exit itself: the thread CPU clock has no vDSO path). It is the cell's reported CPU
+//! time, and a limit is enforced by kicking the vCPU when its remaining budget could be spent
+//! (see `Vm::wait`).
 use std::time::{Duration, Instant};
 
 /// CPU time the calling thread has used.

@@ -147,6 +147,11 @@ pub struct Mailbox {
     pub interrupt: u32,
     /// Padding to keep the layout the same on both sides.
     pub _pad: u32,
+    /// Bytes of the guest heap's live blocks, kept by the guest's allocator at every
+    /// allocation and free; the host reads it (from any thread, while the guest runs) as the
+    /// cell's memory use. Written by the guest alone, so the host takes it as a claim: it is
+    /// never more than the guest's memory.
+    pub heap_in_use: u64,
 }
 
 /// Offsets of the mailbox fields (the host reads and writes them by address).
@@ -157,6 +162,8 @@ pub const MAILBOX_G2H_LEN: u64 = MAILBOX_ADDR + 4;
 pub const MAILBOX_OOM_SIZE: u64 = MAILBOX_ADDR + 8;
 /// Address of [`Mailbox::interrupt`].
 pub const MAILBOX_INTERRUPT: u64 = MAILBOX_ADDR + 16;
+/// Address of [`Mailbox::heap_in_use`].
+pub const MAILBOX_HEAP_IN_USE: u64 = MAILBOX_ADDR + 24;
 
 // The offsets above are what the host uses; they must match the struct the guest uses.
 const _: () = {
@@ -164,6 +171,9 @@ const _: () = {
     assert!(core::mem::offset_of!(Mailbox, g2h_len) as u64 == MAILBOX_G2H_LEN - MAILBOX_ADDR);
     assert!(core::mem::offset_of!(Mailbox, oom_size) as u64 == MAILBOX_OOM_SIZE - MAILBOX_ADDR);
     assert!(core::mem::offset_of!(Mailbox, interrupt) as u64 == MAILBOX_INTERRUPT - MAILBOX_ADDR);
+    assert!(
+        core::mem::offset_of!(Mailbox, heap_in_use) as u64 == MAILBOX_HEAP_IN_USE - MAILBOX_ADDR
+    );
     assert!(MAILBOX_ADDR + core::mem::size_of::<Mailbox>() as u64 <= GDT_ADDR);
     assert!(BOOT_INFO_ADDR + core::mem::size_of::<BootInfo>() as u64 <= MAILBOX_ADDR);
     assert!(STACK_GUARD_ADDR + 4096 == STACK_BOTTOM && STACK_BOTTOM < STACK_TOP);

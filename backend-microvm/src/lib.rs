@@ -58,7 +58,7 @@ mod guest_framing;
 mod guest_growth;
 
 pub use backend::{MicroVm, MicroVmPipe, StartMode};
-pub use control::{Interrupter, Killer};
+pub use control::{Interrupter, Killer, Usage};
 pub use error::VmError;
 pub use hosting::{children_named, host_children};
 pub use kvm::{bench_create_vm, bench_create_vm_vcpu, kvm_available};

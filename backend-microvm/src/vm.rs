@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::VcpuExit;
 
-use crate::control::{Control, Interrupter, Killer};
+use crate::control::{Control, Interrupter, Killer, Usage};
 use crate::cpu::{CpuBudget, thread_cpu_time};
 use crate::error::VmError;
 use crate::layout::*;
@@ -113,11 +113,12 @@ impl Vm {
         layout: Layout,
         home: Option<Arc<dyn Recycle>>,
     ) -> Vm {
-        let word = machine.mem.host_addr() + MAILBOX_INTERRUPT;
+        let mailbox = machine.mem.host_addr() + MAILBOX_ADDR;
+        let mem_size = layout.boot.mem_size;
         Vm {
             machine: Some(machine),
             layout,
-            kill: Control::new(word as usize),
+            kill: Control::new(mailbox as usize, mem_size),
             queue: VecDeque::new(),
             watched: false,
             idle: false,
@@ -168,9 +169,14 @@ impl Vm {
         self.cpu.set_limit(limit);
     }
 
-    /// CPU time the guest has spent running (counted only while a CPU limit is set).
+    /// CPU time the guest has spent running.
     pub fn cpu_used(&self) -> Duration {
         self.cpu.used()
+    }
+
+    /// What the cell uses, read from any thread (see [`Usage`]).
+    pub fn usage(&self) -> Usage {
+        self.kill.usage()
     }
 
     /// A handle that interrupts this VM's transaction from another thread.
@@ -298,11 +304,10 @@ impl Vm {
         } else if self.kill.deadline.passed() {
             Exit::Interrupted
         } else {
-            let start = self.cpu.is_limited().then(thread_cpu_time);
+            let start = thread_cpu_time();
             let run = m.vcpu.run();
-            if let Some(start) = start {
-                self.cpu.charge(thread_cpu_time().saturating_sub(start));
-            }
+            self.cpu.charge(thread_cpu_time().saturating_sub(start));
+            self.kill.set_cpu_used(self.cpu.used());
             match run {
                 Ok(VcpuExit::IoIn(PORT_DOORBELL, _)) => Exit::Doorbell,
                 Ok(VcpuExit::IoIn(PORT_NOP, _)) => Exit::Nop,

@@ -58,12 +58,13 @@ fn past_its_share_the_default_start_puts_cells_in_hosts_of_bounded_size() {
         [None, None],
         "the first two stay in this process"
     );
-    // Only a hosted cell can end between transactions (its host killed), so only it has a probe.
-    let probes: Vec<bool> = cells.iter().map(|(p, _)| p.usage().is_some()).collect();
-    assert_eq!(
-        probes,
-        places.iter().map(Option::is_some).collect::<Vec<_>>()
-    );
+    // Every cell reports its usage wherever it lives; only a hosted cell can end between
+    // transactions (its host killed).
+    for (pipe, _) in &cells {
+        let probe = pipe.usage().expect("every microvm cell has a usage probe");
+        assert!(probe.memory_bytes().is_some() && probe.cpu_time().is_some());
+        assert!(!probe.ended());
+    }
     let mut per_host: HashMap<u32, usize> = HashMap::new();
     for pid in places[2..].iter() {
         *per_host
@@ -278,7 +279,7 @@ fn a_dead_host_is_a_typed_error_for_its_cells_and_is_replaced() {
     let (mut d, hd) = started(&backend);
     assert_ne!(d.host_pid(), Some(victim));
     assert_eq!(exec(&mut d, &hd, "6 * 7").unwrap(), Value::Int(42));
-    // A cell this process killed did not end on its own; a local cell has no probe.
+    // A cell this process killed did not end on its own.
     let probe = d.usage().unwrap();
     d.killer().kill();
     assert!(!probe.ended(), "a kill is not an end on its own");
@@ -288,6 +289,60 @@ fn a_dead_host_is_a_typed_error_for_its_cells_and_is_replaced() {
         !cell_backend_microvm::host_children().contains(&victim),
         "the dead host was reaped"
     );
+}
+
+/// What a cell's usage probe says: the live heap bytes of its guest and the CPU time of its
+/// vCPU, the same in a VM host as in this process.
+fn usage_through(pipe: &mut MicroVmPipe, host: &Recorder) {
+    let probe = pipe.usage().expect("a microvm cell has a usage probe");
+    let heap = |p: &dyn abi::backend::UsageProbe| p.memory_bytes().expect("the heap is counted");
+    let start = heap(&*probe);
+    assert!(start > 0, "the engine itself lives on the heap");
+    assert!(start < spec().resources.memory_bytes, "{start}");
+    // Four strings of a million bytes kept in the cell's state are counted, and given back
+    // when dropped.
+    let keep = "let big = []; for i in 0..4 { let s = \"y\"; s.pad(1000000, 'y'); big.push(s); }";
+    exec(pipe, host, keep).unwrap();
+    let held = heap(&*probe);
+    assert!(held >= start + 4_000_000, "{start} -> {held}");
+    exec(pipe, host, "big = ();").unwrap();
+    let after = heap(&*probe);
+    assert!(after < held - 3_000_000, "{held} -> {after}");
+    // Work in the guest is CPU time; a cell that does none adds little.
+    let before = probe.cpu_time().unwrap();
+    exec(pipe, host, "let s = 0; for i in 0..300000 { s += i; } s").unwrap();
+    let used = probe.cpu_time().unwrap();
+    assert!(used > before, "{before:?} -> {used:?}");
+    assert!(
+        used - before >= Duration::from_millis(1),
+        "300,000 rounds of a loop in the guest: {:?}",
+        used - before
+    );
+}
+
+#[test]
+fn a_cells_heap_and_cpu_time_are_reported_in_this_process_and_in_a_host() {
+    if !kvm() {
+        return;
+    }
+    let _serial = serial();
+    let (mut local, hl) = started(&MicroVm::new().with_hosting(1, 4));
+    assert_eq!(local.host_pid(), None);
+    usage_through(&mut local, &hl);
+    let (mut hosted, hh) = started(&MicroVm::hosted().with_hosting(0, 4));
+    assert!(hosted.host_pid().is_some());
+    usage_through(&mut hosted, &hh);
+    // Once closed, a cell's VM memory is no longer its own: nothing is read from it.
+    for mut pipe in [local, hosted] {
+        let probe = pipe.usage().unwrap();
+        pipe.shutdown().unwrap();
+        drop(pipe);
+        assert_eq!(probe.memory_bytes(), None);
+        assert!(
+            probe.cpu_time().unwrap() > Duration::ZERO,
+            "the total stays"
+        );
+    }
 }
 
 #[test]

@@ -197,16 +197,19 @@ fn cpu_time_adds_up_over_the_life_of_a_cell() {
 }
 
 #[test]
-fn without_a_cpu_limit_nothing_is_counted() {
+fn the_cpu_time_is_counted_with_or_without_a_limit() {
     if !kvm() {
         return;
     }
-    let mut vm = Vm::boot(&VmConfig::new(32 << 20)).unwrap();
-    assert_eq!(vm.recv(soon()).unwrap(), cell_backend_microvm::Recv::Idle);
-    assert_eq!(vm.cpu_used(), Duration::ZERO);
-    vm.set_cpu_limit(Some(Duration::from_secs(100)));
-    let mut vm2 = Vm::boot(&VmConfig::new(32 << 20)).unwrap();
-    vm2.set_cpu_limit(Some(Duration::from_secs(100)));
-    assert_eq!(vm2.recv(soon()).unwrap(), cell_backend_microvm::Recv::Idle);
-    assert!(vm2.cpu_used() > Duration::ZERO, "a boot uses CPU");
+    for limit in [None, Some(Duration::from_secs(100))] {
+        let mut vm = Vm::boot(&VmConfig::new(32 << 20)).unwrap();
+        vm.set_cpu_limit(limit);
+        assert_eq!(vm.cpu_used(), Duration::ZERO, "nothing ran yet");
+        assert_eq!(vm.recv(soon()).unwrap(), cell_backend_microvm::Recv::Idle);
+        assert!(
+            vm.cpu_used() > Duration::ZERO,
+            "a boot uses CPU ({limit:?})"
+        );
+        assert_eq!(vm.usage().cpu_time(), vm.cpu_used(), "the probe reads it");
+    }
 }

@@ -261,6 +261,7 @@ impl ProcessCell {
             cpu_stat,
             over: self.cgroups.over(),
             pidfd: self.pidfd.clone(),
+            pid: self.pid,
         }
     }
 

@@ -1,8 +1,11 @@
 //! What a process cell uses now, read from its cgroup: the kernel's own count of the cell's
-//! memory (every process in it, page cache included) and CPU time. A dead cell reads as
-//! "not counted", never as another process's figures: its files go with the cgroup, or the
-//! cgroup is kept for a later cell and the probe says nothing once the cell is over. Whether the
-//! cell's process ended between transactions comes from its pidfd.
+//! memory (every process in it, page cache included) and CPU time. Under cgroup v1, which has
+//! no CPU count in the memory controller, the CPU time is the cell process's own CPU clock (its
+//! threads; children it forked and reaped are not counted). A dead cell reads as "not counted",
+//! never as another process's figures: its files go with the cgroup, or the cgroup is kept for a
+//! later cell and the probe says nothing once the cell is over; its process clock is read only
+//! while its pidfd says it has not exited. Whether the cell's process ended between transactions
+//! comes from that pidfd.
 
 use abi::backend::UsageProbe;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -22,6 +25,46 @@ pub struct CgroupUsage {
     pub(crate) over: Arc<AtomicBool>,
     /// The cell process's pidfd: readable once the process has exited.
     pub(crate) pidfd: Arc<OwnedFd>,
+    /// The cell process's host pid, whose CPU clock is read where there is no `cpu.stat`.
+    pub(crate) pid: libc::pid_t,
+}
+
+impl CgroupUsage {
+    /// Whether the cell's process has exited (a zombie or reaped: its pid may be reused).
+    fn exited(&self) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for a pidfd this probe keeps open; a zero timeout never
+        // blocks.
+        let n = unsafe { libc::poll(&mut fd, 1, 0) };
+        n == 1 && fd.revents & libc::POLLIN != 0
+    }
+
+    /// The CPU time of the cell's process, by its CPU clock. Taken only if the process had not
+    /// exited after the read: it was then the cell's process that was read, not a later one
+    /// given its pid.
+    fn process_cpu_time(&self) -> Option<Duration> {
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: writes one clockid we own.
+        if unsafe { libc::clock_getcpuclockid(self.pid, &mut clock) } != 0 {
+            return None;
+        }
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: writes one timespec we own.
+        if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 || self.exited() {
+            return None;
+        }
+        Some(Duration::new(
+            u64::try_from(ts.tv_sec).ok()?,
+            u32::try_from(ts.tv_nsec).ok()?,
+        ))
+    }
 }
 
 impl UsageProbe for CgroupUsage {
@@ -37,23 +80,17 @@ impl UsageProbe for CgroupUsage {
         if self.over.load(Ordering::SeqCst) {
             return None;
         }
-        let text = std::fs::read_to_string(self.cpu_stat.as_ref()?).ok()?;
-        parse_usage_usec(&text).map(Duration::from_micros)
+        match &self.cpu_stat {
+            Some(file) => {
+                let text = std::fs::read_to_string(file).ok()?;
+                parse_usage_usec(&text).map(Duration::from_micros)
+            }
+            None => self.process_cpu_time(),
+        }
     }
 
     fn ended(&self) -> bool {
-        if self.over.load(Ordering::SeqCst) {
-            return false;
-        }
-        let mut fd = libc::pollfd {
-            fd: self.pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for a pidfd this probe keeps open; a zero timeout never
-        // blocks.
-        let n = unsafe { libc::poll(&mut fd, 1, 0) };
-        n == 1 && fd.revents & libc::POLLIN != 0
+        !self.over.load(Ordering::SeqCst) && self.exited()
     }
 }
 
@@ -90,13 +127,52 @@ mod tests {
     fn missing_files_read_as_not_counted() {
         let probe = CgroupUsage {
             memory: Some("/nonexistent/memory.current".into()),
-            cpu_stat: None,
+            cpu_stat: Some("/nonexistent/cpu.stat".into()),
             over: Arc::default(),
             pidfd: own_pidfd(),
+            pid: std::process::id() as libc::pid_t,
         };
         assert_eq!(probe.memory_bytes(), None);
         assert_eq!(probe.cpu_time(), None);
         assert!(!probe.ended(), "a live process reads as not ended");
+    }
+
+    #[test]
+    fn without_cpu_stat_the_cpu_time_is_the_live_process_clock_and_none_once_it_exited() {
+        // This process: alive, its clock counts what this test spent so far.
+        let probe = CgroupUsage {
+            memory: None,
+            cpu_stat: None,
+            over: Arc::default(),
+            pidfd: own_pidfd(),
+            pid: std::process::id() as libc::pid_t,
+        };
+        assert!(probe.cpu_time().unwrap() > Duration::ZERO);
+        // An exited child, not yet reaped: its clock is not read (its pid could be reused).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: pidfd_open of our own child, checked, then owned.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+        // SAFETY: a descriptor just returned by pidfd_open.
+        let pidfd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        let exited = CgroupUsage {
+            memory: None,
+            cpu_stat: None,
+            over: Arc::default(),
+            pidfd,
+            pid,
+        };
+        let mut pfd = libc::pollfd {
+            fd: fd as i32,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; `true` exits at once, the bound is a hang guard.
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 10_000) }, 1);
+        assert!(exited.ended());
+        assert_eq!(exited.cpu_time(), None);
+        child.wait().unwrap();
     }
 
     #[test]
@@ -111,6 +187,7 @@ mod tests {
             cpu_stat: Some(dir.join("cpu.stat")),
             over: Arc::default(),
             pidfd: own_pidfd(),
+            pid: std::process::id() as libc::pid_t,
         };
         assert_eq!(probe.memory_bytes(), Some(4096));
         assert_eq!(probe.cpu_time(), Some(Duration::from_micros(7)));

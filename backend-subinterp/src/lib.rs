@@ -256,6 +256,10 @@ impl Transport for Inline {
                 max: self.max_frame_len,
             }));
         }
+        if matches!(frame, GuestFrame::Request { .. }) {
+            // A broker request may wait for its reply: that wait is no CPU time of the cell's.
+            self.stop.cpu.before_wait();
+        }
         // What the host side allocates to handle the frame is the host's, not the cell's.
         match memory::uncharged(|| self.host.on_frame(frame)) {
             Flow::Reply(reply) => self.reply = Some(reply),

@@ -457,3 +457,48 @@ fn the_cell_list_is_paged_by_count_and_by_bytes() {
         );
     }
 }
+
+/// Every backend this host has reports what a cell holds and the CPU it used, over HTTP: 8 MB
+/// kept in the cell's state shows in `memory_bytes` (the engine's live heap in process and in a
+/// microVM, the cgroup's count of a process cell's pages), and a loop's work in `cpu_time_ms`.
+#[test]
+fn every_backend_reports_a_cells_memory_and_cpu_time() {
+    let n = TestNode::start(config("node-usage"));
+    let hold = r#"let big = []; for i in 0..8 { let s = "y"; s.pad(1000000, 'y'); big.push(s); }"#;
+    let work = "let n = 0; for i in 0..2000000 { n += i; } n";
+    for backend in n.available_backends() {
+        let id = create(&n.url, KEY, json!({"backend": backend}));
+        let cell = format!("{}/v1/cells/{id}", n.url);
+        let stats = || {
+            let (s, j) = send("GET", &cell, Some(KEY), None);
+            assert_eq!(s, 200, "{backend}: {j}");
+            let memory = j["stats"]["memory_bytes"].as_u64();
+            let cpu = j["stats"]["cpu_time_ms"].as_u64();
+            match (memory, cpu) {
+                (Some(m), Some(c)) => (m, c),
+                _ => panic!("{backend}: no usage figures: {j}"),
+            }
+        };
+        exec_ok(&n.url, KEY, &id, hold);
+        let (held, _) = stats();
+        assert!(held >= 8_000_000, "{backend}: {held}");
+        exec_ok(&n.url, KEY, &id, "big = ();");
+        let (freed, cpu_before) = stats();
+        // An engine's heap gives the bytes back; a process's allocator may keep the pages,
+        // which its cgroup still counts.
+        assert!(freed <= held, "{backend}: {held} -> {freed}");
+        if backend != "process" {
+            assert!(freed < held - 6_000_000, "{backend}: {held} -> {freed}");
+        }
+        exec_ok(&n.url, KEY, &id, work);
+        let (_, cpu_after) = stats();
+        assert!(
+            cpu_after > cpu_before,
+            "{backend}: {cpu_before} -> {cpu_after}"
+        );
+        assert_eq!(send("DELETE", &cell, Some(KEY), None).0, 200);
+        println!(
+            "backend {backend}: held {held}, then {freed}; cpu {cpu_before} -> {cpu_after} ms"
+        );
+    }
+}

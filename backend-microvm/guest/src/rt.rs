@@ -54,6 +54,22 @@ unsafe impl Sync for GuestAlloc {}
 
 static LAST_FAILED: AtomicU64 = AtomicU64::new(0);
 
+/// Keeps [`Mailbox::heap_in_use`], the live heap bytes the host reports as the cell's memory:
+/// `freed` bytes went back, `taken` were handed out.
+#[inline(always)]
+fn account(taken: usize, freed: usize) {
+    // SAFETY: the mailbox lives in the boot page, mapped and writable; the guest alone writes
+    // this field (the host only reads it), from its single vCPU.
+    unsafe {
+        let field = &raw mut (*(MAILBOX_ADDR as *mut Mailbox)).heap_in_use;
+        let live = core::ptr::read_volatile(field);
+        core::ptr::write_volatile(
+            field,
+            live.wrapping_sub(freed as u64).wrapping_add(taken as u64),
+        );
+    }
+}
+
 impl GuestAlloc {
     /// Before a block at `ptr` grows to `size` bytes: extends the heap, if the grown block would
     /// end past it, up to where it would end (whole steps, within the limit). A block at the top
@@ -96,10 +112,13 @@ unsafe impl GlobalAlloc for GuestAlloc {
         let p = unsafe { self.0.alloc(layout) };
         if p.is_null() {
             LAST_FAILED.store(layout.size() as u64, Ordering::Relaxed);
+        } else {
+            account(layout.size(), 0);
         }
         p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        account(0, layout.size());
         // SAFETY: caller upholds GlobalAlloc's contract.
         unsafe { self.0.dealloc(ptr, layout) }
     }
@@ -111,6 +130,8 @@ unsafe impl GlobalAlloc for GuestAlloc {
         let p = unsafe { self.0.realloc(ptr, layout, new_size) };
         if p.is_null() {
             LAST_FAILED.store(new_size as u64, Ordering::Relaxed);
+        } else {
+            account(new_size, layout.size());
         }
         p
     }

@@ -20,8 +20,8 @@ use rustix::net::{AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, Send
 use rustix::net::{SocketFlags, SocketType};
 
 use super::messages::{
-    ANSWER_ROOM, Control, FromVm, HELLO, HOST_ENV, MAX_CONTROL, ReadError, Start, ToVm,
-    encode_control, read_message_within, write_message,
+    ANSWER_ROOM, Answer, Control, FromVm, HELLO, HOST_ENV, MAX_CONTROL, ReadError, Start, ToVm,
+    Used, encode_control, read_message_within, write_message,
 };
 use crate::{VmConfig, VmError};
 
@@ -295,6 +295,28 @@ pub(crate) struct HostedCell {
     known_answer: Option<Arc<[u8]>>,
     /// The read timeout set on the socket (see [`HostedCell::bound_wait`]).
     read_bound: Option<Duration>,
+    /// What the cell used, as its host said with its last answer.
+    used: Arc<Reported>,
+}
+
+/// What a hosted cell used as of its host's last answer: its VM's memory and CPU clock are in
+/// the host process, and change only while a request of this cell runs there.
+#[derive(Debug, Default)]
+struct Reported {
+    /// Live heap bytes plus one (0: not known).
+    heap_bytes: AtomicU64,
+    cpu_ns: AtomicU64,
+}
+
+impl Reported {
+    /// Records `used`; a host's claim of more heap than the guest has memory is cut to it.
+    fn set(&self, used: Used, mem_size: u64) {
+        let heap = used
+            .heap_bytes
+            .map_or(0, |b| b.min(mem_size).saturating_add(1));
+        self.heap_bytes.store(heap, Ordering::Relaxed);
+        self.cpu_ns.store(used.cpu_ns, Ordering::Relaxed);
+    }
 }
 
 /// Starts a cell in a host holding fewer than `per_host` (starting a host if none does).
@@ -343,7 +365,11 @@ fn spawn_in(
     host.send(&record, Some(&OwnedFd::from(theirs)))
         .map_err(|e| host_error("handing a cell to its VM host", e))?;
     match read_message_within::<FromVm>(&mut ours, ANSWER_ROOM) {
-        Ok(FromVm::Started { mem_size, answer }) => Ok(HostedCell {
+        Ok(FromVm::Started {
+            mem_size,
+            answer,
+            used,
+        }) => Ok(HostedCell {
             frame_cap: usize::try_from(cfg.frame_cap).unwrap_or(usize::MAX),
             known_answer: answer.map(Arc::from),
             read_bound: None,
@@ -356,6 +382,11 @@ fn spawn_in(
             active: Arc::default(),
             in_flight: false,
             killed: Arc::default(),
+            used: {
+                let reported = Arc::new(Reported::default());
+                reported.set(used, mem_size);
+                reported
+            },
             mem_size,
         }),
         Ok(FromVm::SpawnFailed {
@@ -430,6 +461,7 @@ impl HostedCell {
         Arc::new(HostedProbe {
             stream: self.stream.clone(),
             killed: self.killed.clone(),
+            used: self.used.clone(),
         })
     }
 
@@ -503,7 +535,7 @@ impl FrameIo for HostedCell {
         self.in_flight = true;
         let answer = sent
             .map_err(ReadError::Io)
-            .and_then(|()| read_message_within::<FromVm>(stream, max_len as usize + ANSWER_ROOM));
+            .and_then(|()| read_message_within::<Answer>(stream, max_len as usize + ANSWER_ROOM));
         let answer = match answer {
             // The killer shut the socket: the cell is killed, the host is not at fault.
             Err(_) if self.killed.load(Ordering::SeqCst) => return Err(PipeError::Killed),
@@ -521,7 +553,8 @@ impl FrameIo for HostedCell {
             other => other.map_err(|e| self.lost(e))?,
         };
         self.in_flight = false;
-        match answer {
+        self.used.set(answer.used, self.mem_size);
+        match answer.reply {
             FromVm::Frame(body) if body.len() <= max_len as usize => Ok(body),
             FromVm::Frame(body) => Err(self.lost(format!(
                 "it handed over {} bytes past the cap of {max_len}",
@@ -549,6 +582,8 @@ impl Drop for HostedCell {
         // pool when it is healthy. Shut, not only closed: a killer handle still holds it.
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         self.host.release();
+        // Its VM's memory is no longer the cell's, as for a cell in this process.
+        self.used.heap_bytes.store(0, Ordering::Relaxed);
     }
 }
 
@@ -570,23 +605,28 @@ impl AbiKiller for HostedKiller {
     }
 }
 
-/// A hosted cell's liveness: its VM lives only as long as its host process, whose end of the
-/// cell's socket the kernel closes when the process dies (killed from outside, out of memory).
-/// A cell in this process can only die inside a transaction, which reports it.
+/// A hosted cell's usage, as its host last reported it, and its liveness: its VM lives only as
+/// long as its host process, whose end of the cell's socket the kernel closes when the process
+/// dies (killed from outside, out of memory). A cell in this process can only die inside a
+/// transaction, which reports it.
 struct HostedProbe {
     stream: Arc<UnixStream>,
     /// Set by this cell's own kill, which shuts the socket down: no end "on its own" then.
     killed: Arc<AtomicBool>,
+    used: Arc<Reported>,
 }
 
 impl UsageProbe for HostedProbe {
-    /// Not counted: the host process holds the VMs of several cells.
+    /// As of the host's last answer: a transaction in flight shows what the cell used before
+    /// it.
     fn memory_bytes(&self) -> Option<u64> {
-        None
+        self.used.heap_bytes.load(Ordering::Relaxed).checked_sub(1)
     }
 
     fn cpu_time(&self) -> Option<Duration> {
-        None
+        Some(Duration::from_nanos(
+            self.used.cpu_ns.load(Ordering::Relaxed),
+        ))
     }
 
     fn ended(&self) -> bool {

@@ -75,6 +75,7 @@ pub(crate) enum FromVm {
     Started {
         mem_size: u64,
         answer: Option<Vec<u8>>,
+        used: Used,
     },
     /// The VM could not be built (`unavailable`: KVM is missing in the host).
     SpawnFailed { unavailable: bool, reason: String },
@@ -86,6 +87,32 @@ pub(crate) enum FromVm {
     TimedOut,
     /// The VM stopped: the pipe error the supervisor reports.
     Stop(Stop),
+}
+
+/// Host → supervisor, on a cell's socket: the answer to a [`ToVm::Run`], with what the cell
+/// had used by then.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Answer {
+    pub used: Used,
+    pub reply: FromVm,
+}
+
+/// What a hosted cell uses, as its VM counts it ([`crate::Usage`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Used {
+    /// Live bytes of the guest's heap (`None`: the VM's memory is no longer the cell's).
+    pub heap_bytes: Option<u64>,
+    /// CPU time the vCPU spent in the guest, in nanoseconds.
+    pub cpu_ns: u64,
+}
+
+impl Used {
+    pub(crate) fn of(usage: &crate::Usage) -> Used {
+        Used {
+            heap_bytes: usage.heap_bytes(),
+            cpu_ns: u64::try_from(usage.cpu_time().as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
 }
 
 /// A [`PipeError`] as it crosses the socket.

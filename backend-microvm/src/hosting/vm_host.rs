@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags, SocketType};
 
 use super::messages::{
-    Control, FromVm, HELLO, HOST_ENV, MAX_CONTROL, ReadError, Start, ToVm, read_message,
-    write_message,
+    Answer, Control, FromVm, HELLO, HOST_ENV, MAX_CONTROL, ReadError, Start, ToVm, Used,
+    read_message, write_message,
 };
 use crate::error::pipe_error;
 use crate::{Interrupter, Killer, Vm, VmConfig, VmError};
@@ -240,9 +240,11 @@ fn serve_cell(
         txns: Txns::default(),
     };
     lock(registry).insert(cell, handles);
+    let usage = vm.usage();
     let started = FromVm::Started {
         mem_size: vm.mem_size(),
         answer: vm.take_known_answer().map(|a| a.to_vec()),
+        used: Used::of(&usage),
     };
     if write_message(&mut stream, &started).is_ok() {
         loop {
@@ -265,7 +267,11 @@ fn serve_cell(
                         Ok(()) => run(&mut vm, &frames, timeout_us, max_len),
                         Err(e) => FromVm::Stop(pipe_error(e).into()),
                     };
-                    if write_message(&mut stream, &reply)
+                    let answer = Answer {
+                        used: Used::of(&usage),
+                        reply,
+                    };
+                    if write_message(&mut stream, &answer)
                         .and_then(|()| stream.flush())
                         .is_err()
                     {

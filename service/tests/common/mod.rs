@@ -66,6 +66,18 @@ impl TestNode {
         &self.server.as_ref().unwrap().node
     }
 
+    /// The backends this host runs, each unavailable one named as skipped.
+    pub fn available_backends(&self) -> Vec<String> {
+        let mut available = Vec::new();
+        for (backend, up) in self.node().supervisor.backends() {
+            match up {
+                Ok(()) => available.push(backend),
+                Err(why) => println!("SKIPPED: backend {backend} is unavailable here: {why}"),
+            }
+        }
+        available
+    }
+
     pub fn kill(mut self) {
         let s = self.server.take().unwrap();
         runtime().block_on(s.kill());
