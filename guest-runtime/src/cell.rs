@@ -11,7 +11,13 @@ use crate::{ENGINE, ENGINE_VERSION, modules};
 use abi::{
     ABI_VERSION, CellError, ErrorCode, GuestFrame, Hello, HostFrame, Map, Ready, SCHEMA_KEY, Value,
 };
-use alloc::{boxed::Box, format, sync::Arc, vec::Vec};
+use alloc::{
+    boxed::Box,
+    format,
+    string::{String, ToString},
+    sync::Arc,
+    vec::Vec,
+};
 use core::sync::atomic::{AtomicU64, Ordering};
 use rhai::packages::{Package, StandardPackage};
 use rhai::{AST, CallFnOptions, Dynamic, Engine, EvalAltResult, Module, Scope, Shared};
@@ -284,14 +290,37 @@ impl Cell {
         let args: Vec<Dynamic> = args.into_iter().map(to_dynamic).collect();
         let result = match module {
             None | Some("main") => {
+                let given = args.len();
                 let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
-                self.engine.call_fn_with_options::<Dynamic>(
+                let result = self.engine.call_fn_with_options::<Dynamic>(
                     options,
                     &mut self.scope,
                     &self.lib,
                     name,
                     args,
-                )
+                );
+                // The engine names only the function; a caller who got the arguments wrong
+                // needs to hear what the cell has under that name. (Its own lookup failure
+                // carries the bare name and no position; one inside the function carries a
+                // signature with the argument types, and a position.)
+                if let Err(e) = &result
+                    && let EvalAltResult::ErrorFunctionNotFound(signature, at) = &**e
+                    && signature == name
+                    && at.is_none()
+                    && let Some(takes) = self.arities(name)
+                {
+                    return self.meter.verdict(
+                        Err(CellError::new(
+                            ErrorCode::NotFound,
+                            format!(
+                                "Function not found: {name} with {given} argument{}: the cell's `{name}` takes {takes}",
+                                if given == 1 { "" } else { "s" }
+                            ),
+                        )),
+                        |code| stopped(code, rhai::Position::NONE),
+                    );
+                }
+                result
             }
             Some(module) => {
                 if !self.modules.contains(module) {
@@ -330,6 +359,31 @@ impl Cell {
             }
         };
         self.answer(result)
+    }
+
+    /// The argument counts of the script functions named `name` (`2`, `1 or 3`), if any.
+    fn arities(&self, name: &str) -> Option<String> {
+        let mut counts: Vec<usize> = self
+            .lib
+            .iter_functions()
+            .filter(|f| f.name == name && f.this_type.is_none())
+            .map(|f| f.params.len())
+            .collect();
+        counts.sort_unstable();
+        counts.dedup();
+        let (last, rest) = counts.split_last()?;
+        let noun = if counts == [1] {
+            "argument"
+        } else {
+            "arguments"
+        };
+        Some(match rest {
+            [] => format!("{last} {noun}"),
+            _ => {
+                let rest: Vec<String> = rest.iter().map(usize::to_string).collect();
+                format!("{} or {last} {noun}", rest.join(", "))
+            }
+        })
     }
 
     /// Handles one host frame of a running cell; completions go out over the channel.

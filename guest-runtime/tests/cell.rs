@@ -294,6 +294,35 @@ fn errors_are_typed_and_the_cell_stays_usable() {
         c.call("missing", vec![], Map::new()).unwrap_err().code,
         ErrorCode::NotFound
     );
+    // A call with the wrong number of arguments says what the cell's function takes.
+    c.exec("fn add(a, b) { a + b } fn one(x) { x } fn many() { 0 } fn many(a, b, c) { a }")
+        .unwrap();
+    for (name, given, says) in [
+        (
+            "add",
+            1,
+            "Function not found: add with 1 argument: the cell's `add` takes 2 arguments",
+        ),
+        (
+            "one",
+            0,
+            "Function not found: one with 0 arguments: the cell's `one` takes 1 argument",
+        ),
+        ("many", 2, "the cell's `many` takes 0 or 3 arguments"),
+        ("main.add", 3, "the cell's `add` takes 2 arguments"),
+    ] {
+        let args = (0..given).map(Value::Int).collect();
+        let err = c.call(name, args, Map::new()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::NotFound, "{err}");
+        assert!(err.message.contains(says), "{name}: {}", err.message);
+    }
+    // A function of the right arity that fails inside keeps its own error.
+    c.exec("fn inner(a) { no_such_fn(a) }").unwrap();
+    let err = c
+        .call("inner", vec![Value::Int(1)], Map::new())
+        .unwrap_err();
+    assert!(err.message.contains("no_such_fn"), "{}", err.message);
+    assert!(!err.message.contains("takes"), "{}", err.message);
     // A call that matches no function names its arguments' types as a script knows them, also
     // inside a function of the script's.
     for source in [
