@@ -219,6 +219,45 @@ impl Deadline {
 mod tests {
     use super::*;
 
+    /// A mailbox in host memory: what the host reads of the guest's claims, and when it stops.
+    #[test]
+    fn the_heap_claim_is_capped_at_the_guests_memory_and_unread_once_released() {
+        let mut mailbox = [0u64; 8];
+        let control = Control::new(mailbox.as_mut_ptr() as usize, 1 << 20);
+        let usage = control.usage();
+        let field = (MAILBOX_HEAP_IN_USE - MAILBOX_ADDR) as usize / 8;
+        for (claim, read) in [
+            (0, 0),
+            (4096, 4096),
+            (1 << 20, 1 << 20),
+            (u64::MAX, 1 << 20),
+        ] {
+            // SAFETY: the array lives through the test; the probe only loads atomically.
+            unsafe { std::ptr::write_volatile(mailbox.as_mut_ptr().add(field), claim) };
+            assert_eq!(usage.heap_bytes(), Some(read), "claimed {claim}");
+        }
+        // An interrupt lands in the word the guest polls.
+        control.interrupter().interrupt();
+        let word = (MAILBOX_INTERRUPT - MAILBOX_ADDR) as usize;
+        // SAFETY: as above; the byte offset is the interrupt word's, 4-byte aligned.
+        let set = unsafe {
+            std::ptr::read_volatile(mailbox.as_ptr().cast::<u8>().add(word).cast::<u32>())
+        };
+        assert_eq!(set, 1);
+        control.set_cpu_used(Duration::from_micros(1500));
+        control.release_memory();
+        assert_eq!(usage.heap_bytes(), None, "memory no longer the cell's");
+        assert_eq!(
+            usage.cpu_time(),
+            Duration::from_micros(1500),
+            "the total stays"
+        );
+        // SAFETY: as above.
+        unsafe { std::ptr::write_volatile(mailbox.as_mut_ptr().add(word / 8), 0) };
+        control.interrupter().interrupt();
+        assert_eq!(mailbox[word / 8], 0, "nothing is written once released");
+    }
+
     #[test]
     fn deadlines_round_trip_and_far_ones_never_pass() {
         let d = Deadline::default();
