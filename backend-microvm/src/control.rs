@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::cpu::{cpu_clock_time, own_cpu_clock};
 use crate::layout::{MAILBOX_ADDR, MAILBOX_HEAP_IN_USE, MAILBOX_INTERRUPT};
 use crate::signal;
 
@@ -20,8 +21,17 @@ pub(crate) struct Control {
     mailbox: Mutex<usize>,
     /// The guest's memory size: the most its heap count may claim.
     mem_size: u64,
-    /// CPU time the vCPU spent in the guest, in nanoseconds (see `Vm::run_once`).
-    cpu_ns: AtomicU64,
+    /// CPU time the vCPU spent in the guest (see `Vm::run_once`).
+    cpu: Mutex<CpuShare>,
+}
+
+/// What another thread needs to tell a VM's CPU time at any instant.
+#[derive(Default)]
+struct CpuShare {
+    /// Charged up to the last exit.
+    used: Duration,
+    /// While the vCPU runs: the running thread's CPU clock and its time when the run began.
+    running: Option<(libc::clockid_t, Duration)>,
 }
 
 impl Control {
@@ -33,14 +43,34 @@ impl Control {
             deadline: Deadline::default(),
             mailbox: Mutex::new(mailbox),
             mem_size,
-            cpu_ns: AtomicU64::new(0),
+            cpu: Mutex::default(),
         })
     }
 
-    /// Publishes the CPU time the guest has used so far.
-    pub(crate) fn set_cpu_used(&self, used: Duration) {
-        let ns = u64::try_from(used.as_nanos()).unwrap_or(u64::MAX);
-        self.cpu_ns.store(ns, Ordering::Relaxed);
+    fn cpu(&self) -> std::sync::MutexGuard<'_, CpuShare> {
+        self.cpu.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The vCPU enters the guest on the calling thread, whose CPU clock reads `start`.
+    pub(crate) fn run_begins(&self, start: Duration) {
+        self.cpu().running = Some((own_cpu_clock(), start));
+    }
+
+    /// The vCPU left the guest; the VM has used `used` in all.
+    pub(crate) fn run_ended(&self, used: Duration) {
+        let mut cpu = self.cpu();
+        cpu.running = None;
+        cpu.used = used;
+    }
+
+    /// The CPU time used so far, the running part included.
+    fn cpu_used_now(&self) -> Duration {
+        let cpu = self.cpu();
+        // The running thread cannot leave its run step (and end) while this lock is held.
+        let running = cpu
+            .running
+            .and_then(|(clock, start)| cpu_clock_time(clock).map(|now| now.saturating_sub(start)));
+        cpu.used + running.unwrap_or_default()
     }
 
     pub(crate) fn is_killed(&self) -> bool {
@@ -127,7 +157,7 @@ impl Interrupter {
 
 /// What a VM's cell uses, read from any thread, also while its vCPU runs: the live bytes of the
 /// guest's heap, as its allocator counts them in the mailbox, and the CPU time the vCPU spent in
-/// the guest up to its last exit. A hostile guest can misstate its heap, never past its memory.
+/// the guest (a run in progress read from its thread's CPU clock). A hostile guest can misstate its heap, never past its memory.
 #[derive(Clone)]
 pub struct Usage(Arc<Control>);
 
@@ -143,9 +173,9 @@ impl Usage {
         })
     }
 
-    /// CPU time the vCPU spent in the guest, up to its last exit.
+    /// CPU time the vCPU spent in the guest, up to now.
     pub fn cpu_time(&self) -> Duration {
-        Duration::from_nanos(self.0.cpu_ns.load(Ordering::Relaxed))
+        self.0.cpu_used_now()
     }
 }
 
@@ -244,7 +274,15 @@ mod tests {
             std::ptr::read_volatile(mailbox.as_ptr().cast::<u8>().add(word).cast::<u32>())
         };
         assert_eq!(set, 1);
-        control.set_cpu_used(Duration::from_micros(1500));
+        control.run_ended(Duration::from_micros(1500));
+        // A run in progress counts as it goes, read from the running thread's clock.
+        let start = crate::cpu::thread_cpu_time();
+        control.run_begins(start);
+        while crate::cpu::thread_cpu_time() - start < Duration::from_millis(2) {
+            std::hint::black_box(());
+        }
+        assert!(usage.cpu_time() >= Duration::from_micros(3500), "{usage:?}");
+        control.run_ended(Duration::from_micros(1500));
         control.release_memory();
         assert_eq!(usage.heap_bytes(), None, "memory no longer the cell's");
         assert_eq!(

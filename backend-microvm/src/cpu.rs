@@ -19,6 +19,36 @@ pub(crate) fn thread_cpu_time() -> Duration {
     )
 }
 
+/// The calling thread's CPU clock, for reading from other threads while it runs.
+pub(crate) fn own_cpu_clock() -> libc::clockid_t {
+    let mut clock: libc::clockid_t = libc::CLOCK_THREAD_CPUTIME_ID;
+    // SAFETY: pthread_self is the calling, live thread; the call writes one clockid we own
+    // (glibc derives it from the thread's id, no system call). On failure the fallback, the
+    // caller's own clock, is replaced by nothing: see `cpu_clock_time`.
+    unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+    clock
+}
+
+/// The time of CPU clock `clock` (a thread's, from [`own_cpu_clock`]); `None` if it cannot be
+/// read (the thread ended).
+pub(crate) fn cpu_clock_time(clock: libc::clockid_t) -> Option<Duration> {
+    if clock == libc::CLOCK_THREAD_CPUTIME_ID {
+        return None; // the reader's own clock, not the running thread's
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own; an invalid clock is an error return.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(Duration::new(
+        u64::try_from(ts.tv_sec).ok()?,
+        u32::try_from(ts.tv_nsec).ok()?,
+    ))
+}
+
 /// A cell's CPU budget and what it used so far.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct CpuBudget {
@@ -81,6 +111,30 @@ mod tests {
             b.exhausted(),
             Some((Duration::from_millis(10), Duration::from_millis(10)))
         );
+    }
+
+    #[test]
+    fn another_threads_clock_is_read_while_it_runs() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            let a = thread_cpu_time();
+            while thread_cpu_time() - a < Duration::from_millis(3) {
+                std::hint::black_box(());
+            }
+            tx.send((own_cpu_clock(), thread_cpu_time())).unwrap();
+            done_rx.recv().unwrap();
+        });
+        let (clock, theirs) = rx.recv().unwrap();
+        let read = cpu_clock_time(clock).expect("a live thread's clock");
+        assert!(
+            read >= theirs && read >= Duration::from_millis(3),
+            "{read:?}"
+        );
+        assert!(read < thread_cpu_time() + Duration::from_secs(3600));
+        done_tx.send(()).unwrap();
+        worker.join().unwrap();
+        assert_eq!(cpu_clock_time(libc::CLOCK_THREAD_CPUTIME_ID), None);
     }
 
     #[test]

@@ -305,9 +305,10 @@ impl Vm {
             Exit::Interrupted
         } else {
             let start = thread_cpu_time();
+            self.kill.run_begins(start);
             let run = m.vcpu.run();
             self.cpu.charge(thread_cpu_time().saturating_sub(start));
-            self.kill.set_cpu_used(self.cpu.used());
+            self.kill.run_ended(self.cpu.used());
             match run {
                 Ok(VcpuExit::IoIn(PORT_DOORBELL, _)) => Exit::Doorbell,
                 Ok(VcpuExit::IoIn(PORT_NOP, _)) => Exit::Nop,

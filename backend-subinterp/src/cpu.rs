@@ -10,11 +10,40 @@
 //! thread CPU clock from then on. So a short exec/call counts its wall time, an upper bound of
 //! its CPU time off by what the scheduler took from it within those first operations; a long
 //! one counts its CPU time but for that start, and no wait for a broker reply is counted.
+//!
+//! The figure is read from any thread, also while an exec/call runs: the part under way comes
+//! from the running thread's CPU clock (its clock id, taken where the operation moved to it) or
+//! the monotonic clock.
 use rustix::time::{ClockId, clock_gettime};
 use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// The calling thread's CPU clock, which another thread can read while this one runs.
+fn own_cpu_clock() -> Option<libc::clockid_t> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: pthread_self is the calling, live thread; the call writes one clockid we own
+    // (glibc derives it from the thread's id: no system call).
+    let ok = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0;
+    ok.then_some(clock)
+}
+
+/// The time of another thread's CPU clock (see [`own_cpu_clock`]).
+fn read_cpu_clock(clock: libc::clockid_t) -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own; a stale clock is an error return.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(Duration::new(
+        u64::try_from(ts.tv_sec).ok()?,
+        u32::try_from(ts.tv_nsec).ok()?,
+    ))
+}
 
 /// CPU time the calling thread has used.
 fn thread_cpu_time() -> Duration {
@@ -37,8 +66,9 @@ struct Clock {
     /// CPU time of finished operations.
     used: Duration,
     /// The running thread's CPU clock when the current operation began (or, without a limit,
-    /// when it moved to that clock).
+    /// when it moved to that clock), and that clock's id for readers on other threads.
     started: Option<Duration>,
+    running_clock: Option<libc::clockid_t>,
     /// Without a limit: when the current operation began, while it is timed by the monotonic
     /// clock.
     began: Option<Instant>,
@@ -62,6 +92,7 @@ impl CpuBudget {
         let mut c = self.clock();
         if self.limit.is_some() {
             c.started = Some(thread_cpu_time());
+            c.running_clock = own_cpu_clock();
         } else {
             c.began = Some(Instant::now());
         }
@@ -76,6 +107,7 @@ impl CpuBudget {
         if let Some(start) = c.started.take() {
             c.used += thread_cpu_time().saturating_sub(start);
         }
+        c.running_clock = None;
     }
 
     /// Without a limit: the running operation is timed by the thread's CPU clock from now on
@@ -86,6 +118,7 @@ impl CpuBudget {
         if let Some(began) = c.began.take() {
             c.used += began.elapsed();
             c.started = Some(thread_cpu_time());
+            c.running_clock = own_cpu_clock();
         }
     }
 
@@ -117,9 +150,18 @@ impl CpuBudget {
 }
 
 impl CpuBudget {
-    /// CPU time charged so far (up to the end of the last transaction, or its first clock check).
+    /// CPU time used so far, an exec/call under way included (read from any thread).
     pub fn used(&self) -> Duration {
-        self.clock().used
+        let c = self.clock();
+        // The running thread cannot end its operation (nor end) while this lock is held.
+        let running = match (c.began, c.started, c.running_clock) {
+            (Some(began), ..) => began.elapsed(),
+            (None, Some(start), Some(clock)) => {
+                read_cpu_clock(clock).map_or(Duration::ZERO, |now| now.saturating_sub(start))
+            }
+            _ => Duration::ZERO,
+        };
+        c.used + running
     }
 }
 
@@ -178,6 +220,40 @@ mod tests {
             long < Duration::from_millis(300),
             "a sleep of 300 ms counted as CPU: {long:?}"
         );
+    }
+
+    #[test]
+    fn another_thread_reads_the_operation_under_way() {
+        use std::sync::Arc;
+        use std::sync::mpsc::channel;
+        // Limited (thread clock from the start), unlimited before and after its switch.
+        for (limit, switch) in [(10_000, false), (0, false), (0, true)] {
+            let budget = Arc::new(CpuBudget::new(limit));
+            let (busy_tx, busy_rx) = channel();
+            let (end_tx, end_rx) = channel::<()>();
+            let worker = {
+                let budget = budget.clone();
+                std::thread::spawn(move || {
+                    budget.start();
+                    if switch {
+                        budget.before_wait();
+                    }
+                    burn(Duration::from_millis(3));
+                    busy_tx.send(()).unwrap();
+                    end_rx.recv().unwrap();
+                    budget.stop();
+                })
+            };
+            busy_rx.recv().unwrap();
+            let mid = budget.used();
+            assert!(
+                mid >= Duration::from_millis(3),
+                "limit {limit}, switched {switch}: {mid:?}"
+            );
+            end_tx.send(()).unwrap();
+            worker.join().unwrap();
+            assert!(budget.used() >= mid, "limit {limit}, switched {switch}");
+        }
     }
 
     #[test]
