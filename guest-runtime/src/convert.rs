@@ -171,11 +171,14 @@ fn convert(
         out.insert("message".into(), Value::Str(e.0.message.clone()));
         return Ok(Value::Map(out));
     }
+    // Named as `type_of` names it in a script (`range`, `Fn`), not by its Rust type; a raw
+    // engine knows those names, and this path is an error's only.
+    let names = rhai::Engine::new_raw();
     Err(CellError::new(
         ErrorCode::InvalidArgument,
         format!(
             "a value of type `{}` cannot cross the cell boundary",
-            value.type_name()
+            names.map_type_name(value.type_name())
         ),
     ))
 }
@@ -203,9 +206,17 @@ mod tests {
     #[test]
     fn function_pointers_and_deep_values_are_errors() {
         let fp = Dynamic::from(rhai::FnPtr::new("f").unwrap());
+        let err = from_dynamic(fp).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
         assert_eq!(
-            from_dynamic(fp).unwrap_err().code,
-            ErrorCode::InvalidArgument
+            err.message,
+            "a value of type `Fn` cannot cross the cell boundary"
+        );
+        // A range reads as a script names it, not as a Rust type.
+        let err = from_dynamic(Dynamic::from(0_i64..5)).unwrap_err();
+        assert_eq!(
+            err.message,
+            "a value of type `range` cannot cross the cell boundary"
         );
         let mut d = Dynamic::UNIT;
         for _ in 0..=MAX_VALUE_DEPTH {
