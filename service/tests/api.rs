@@ -502,3 +502,39 @@ fn every_backend_reports_a_cells_memory_and_cpu_time() {
         );
     }
 }
+
+/// A cell waiting for a broker reply uses no CPU, and its CPU time says so on every backend:
+/// the wait (held here for 400 ms of wall time) is not counted, the cell's own work is.
+#[test]
+fn a_wait_for_a_broker_reply_is_no_cpu_time_on_any_backend() {
+    const HELD: std::time::Duration = std::time::Duration::from_millis(400);
+    let (origin, c) = HeldOrigin::config("node-wait-cpu");
+    let n = TestNode::start(c);
+    for backend in n.available_backends() {
+        let id = create(&n.url, KEY, json!({"backend": backend}));
+        let cell = format!("{}/v1/cells/{id}", n.url);
+        let exec = {
+            let (url, source) = (format!("{cell}/exec"), origin.source());
+            std::thread::spawn(move || {
+                send("POST", &url, Some(KEY), Some(&json!({"source": source})))
+            })
+        };
+        let conn = origin.take();
+        // The cell is inside its request now: let wall time pass before the answer.
+        std::thread::sleep(HELD);
+        answer_held(conn);
+        let (s, j) = exec.join().unwrap();
+        assert_eq!((s, &j), (200, &json!({"result": 7})), "{backend}");
+        let (s, j) = send("GET", &cell, Some(KEY), None);
+        assert_eq!(s, 200, "{backend}: {j}");
+        let cpu = j["stats"]["cpu_time_ms"].as_u64().expect("counted");
+        let busy = j["stats"]["busy_ms"].as_u64().expect("counted");
+        assert!(busy >= HELD.as_millis() as u64, "{backend}: busy {busy} ms");
+        assert!(
+            cpu < HELD.as_millis() as u64 / 2,
+            "{backend}: the wait was counted as CPU time: {cpu} ms of {busy} ms busy"
+        );
+        assert_eq!(send("DELETE", &cell, Some(KEY), None).0, 200);
+        println!("backend {backend}: {cpu} ms CPU in {busy} ms busy");
+    }
+}
