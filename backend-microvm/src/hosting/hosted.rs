@@ -317,6 +317,14 @@ impl Reported {
         self.heap_bytes.store(heap, Ordering::Relaxed);
         self.cpu_ns.store(used.cpu_ns, Ordering::Relaxed);
     }
+
+    fn heap_bytes(&self) -> Option<u64> {
+        self.heap_bytes.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    fn cpu_time(&self) -> Duration {
+        Duration::from_nanos(self.cpu_ns.load(Ordering::Relaxed))
+    }
 }
 
 /// Starts a cell in a host holding fewer than `per_host` (starting a host if none does).
@@ -620,13 +628,11 @@ impl UsageProbe for HostedProbe {
     /// As of the host's last answer: a transaction in flight shows what the cell used before
     /// it.
     fn memory_bytes(&self) -> Option<u64> {
-        self.used.heap_bytes.load(Ordering::Relaxed).checked_sub(1)
+        self.used.heap_bytes()
     }
 
     fn cpu_time(&self) -> Option<Duration> {
-        Some(Duration::from_nanos(
-            self.used.cpu_ns.load(Ordering::Relaxed),
-        ))
+        Some(self.used.cpu_time())
     }
 
     fn ended(&self) -> bool {
@@ -667,5 +673,32 @@ impl AbiInterrupter for HostedInterrupter {
                 None,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hosts_usage_claims_are_capped_at_the_guests_memory() {
+        let reported = Reported::default();
+        assert_eq!(reported.heap_bytes(), None, "nothing said yet");
+        for (claim, read) in [
+            (Some(0), Some(0)),
+            (Some(4096), Some(4096)),
+            (Some(u64::MAX), Some(1 << 20)),
+            (None, None),
+        ] {
+            reported.set(
+                Used {
+                    heap_bytes: claim,
+                    cpu_ns: 7,
+                },
+                1 << 20,
+            );
+            assert_eq!(reported.heap_bytes(), read, "{claim:?}");
+        }
+        assert_eq!(reported.cpu_time(), Duration::from_nanos(7));
     }
 }

@@ -402,6 +402,12 @@ mod tests {
             }
             let mut input = bytes.as_slice();
             let _ = read_message::<ToVm>(&mut input);
+            // What the supervisor reads in answer to a run.
+            let mut input = bytes.as_slice();
+            match read_message::<Answer>(&mut input) {
+                Ok(_) | Err(ReadError::Closed) | Err(ReadError::Bad(_)) => {}
+                Err(ReadError::Io(e)) => proptest::prop_assert!(false, "a slice read failed: {e}"),
+            }
         }
 
         /// Frames of any size up to the cap cross in order, each message exactly as written.
@@ -410,23 +416,28 @@ mod tests {
             frames in proptest::collection::vec(
                 proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), 0..4),
             timeout in proptest::option::of(proptest::prelude::any::<u64>()),
+            heap_bytes in proptest::option::of(proptest::prelude::any::<u64>()),
+            cpu_ns in proptest::prelude::any::<u64>(),
         ) {
             let run = ToVm::Run { txn: 3, starts: false, frames: frames.clone(), timeout_us: timeout, max_len: 7 };
             let mut bytes = Vec::new();
             write_message(&mut bytes, &run).unwrap();
+            let used = Used { heap_bytes, cpu_ns };
             for f in &frames {
-                write_message(&mut bytes, &FromVm::Frame(f.clone())).unwrap();
+                write_message(&mut bytes, &Answer { used, reply: FromVm::Frame(f.clone()) }).unwrap();
             }
             let mut input = bytes.as_slice();
             let back: ToVm = read_message(&mut input).unwrap();
             proptest::prop_assert_eq!(format!("{back:?}"), format!("{run:?}"));
             for f in &frames {
-                match read_message::<FromVm>(&mut input).unwrap() {
+                let answer = read_message::<Answer>(&mut input).unwrap();
+                proptest::prop_assert_eq!(answer.used, used);
+                match answer.reply {
                     FromVm::Frame(b) => proptest::prop_assert_eq!(&b, f),
                     other => proptest::prop_assert!(false, "{other:?}"),
                 }
             }
-            proptest::prop_assert!(matches!(read_message::<FromVm>(&mut input), Err(ReadError::Closed)));
+            proptest::prop_assert!(matches!(read_message::<Answer>(&mut input), Err(ReadError::Closed)));
         }
     }
 }
