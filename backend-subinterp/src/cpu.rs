@@ -6,10 +6,11 @@
 //! A cell with a limit reads it when each exec/call begins and ends. A cell without one would
 //! pay those two reads on every exec/call for a figure reported in milliseconds, a sixth of a
 //! cold start: it times an exec/call by the monotonic clock (vDSO) until the first clock check
-//! ([`crate::CLOCK_EVERY`] operations in) or a broker request, whichever comes first, and by the
-//! thread CPU clock from then on. So a short exec/call counts its wall time, an upper bound of
-//! its CPU time off by what the scheduler took from it within those first operations; a long
-//! one counts its CPU time but for that start, and no wait for a broker reply is counted.
+//! ([`crate::CLOCK_EVERY`] operations in), leaving out the time the host side takes with the
+//! cell's frames (a wait for a broker reply or for room in a full event queue among it), and by
+//! the thread CPU clock from then on, under which a wait uses nothing. So a short exec/call
+//! counts its own wall time, an upper bound of its CPU time off by what the scheduler took from
+//! it within those first operations; a long one counts its CPU time but for that start.
 //!
 //! The figure is read from any thread, also while an exec/call runs: the part under way comes
 //! from the running thread's CPU clock (its clock id, taken where the operation moved to it) or
@@ -70,8 +71,10 @@ struct Clock {
     started: Option<Duration>,
     running_clock: Option<libc::clockid_t>,
     /// Without a limit: when the current operation began, while it is timed by the monotonic
-    /// clock.
+    /// clock (moved later by the host side's time with its frames).
     began: Option<Instant>,
+    /// Under the monotonic clock: since when the host side has been handling one of its frames.
+    paused: Option<Instant>,
 }
 
 impl CpuBudget {
@@ -110,10 +113,30 @@ impl CpuBudget {
         c.running_clock = None;
     }
 
+    /// Runs `f`, the host side's handling of one of the cell's frames, on the running thread:
+    /// under the monotonic clock its time is left out (a wait for a broker reply or for room in
+    /// the event queue is none of the cell's); under the thread's CPU clock a wait uses none.
+    pub fn outside<T>(&self, f: impl FnOnce() -> T) -> T {
+        {
+            let mut c = self.clock();
+            if c.began.is_none() {
+                drop(c);
+                return f();
+            }
+            c.paused = Some(Instant::now());
+        }
+        let out = f();
+        let mut c = self.clock();
+        let paused = c.paused.take();
+        if let (Some(began), Some(paused)) = (c.began.as_mut(), paused) {
+            *began += paused.elapsed();
+        }
+        out
+    }
+
     /// Without a limit: the running operation is timed by the thread's CPU clock from now on
-    /// (charging the monotonic time it ran so far). Call on the running thread before anything
-    /// that may wait, and at each clock check.
-    pub fn before_wait(&self) {
+    /// (charging the monotonic time it ran so far). Called at each clock check.
+    pub fn switch_to_cpu_clock(&self) {
         let mut c = self.clock();
         if let Some(began) = c.began.take() {
             c.used += began.elapsed();
@@ -123,10 +146,10 @@ impl CpuBudget {
     }
 
     /// Whether the limit is used up, reading the clock (call on the running thread). Without a
-    /// limit, never; the operation moves to the thread's CPU clock (see [`Self::before_wait`]).
+    /// limit, never; the operation moves to the thread's CPU clock (see [`Self::switch_to_cpu_clock`]).
     pub fn exhausted_now(&self) -> bool {
         let Some(limit) = self.limit else {
-            self.before_wait();
+            self.switch_to_cpu_clock();
             return false;
         };
         if self.is_exhausted() {
@@ -155,7 +178,7 @@ impl CpuBudget {
         let c = self.clock();
         // The running thread cannot end its operation (nor end) while this lock is held.
         let running = match (c.began, c.started, c.running_clock) {
-            (Some(began), ..) => began.elapsed(),
+            (Some(began), ..) => c.paused.unwrap_or_else(Instant::now) - began,
             (None, Some(start), Some(clock)) => {
                 read_cpu_clock(clock).map_or(Duration::ZERO, |now| now.saturating_sub(start))
             }
@@ -195,7 +218,7 @@ mod tests {
     #[test]
     fn without_a_limit_an_operation_counts_its_time_and_a_wait_after_the_switch_is_not() {
         let budget = CpuBudget::new(0);
-        budget.before_wait();
+        budget.switch_to_cpu_clock();
         assert_eq!(
             budget.used(),
             Duration::ZERO,
@@ -209,7 +232,7 @@ mod tests {
         assert!(short >= Duration::from_millis(1), "{short:?}");
         // Switched to the CPU clock before a wait: the sleep is not counted, the work is.
         budget.start();
-        budget.before_wait();
+        budget.switch_to_cpu_clock();
         std::thread::sleep(Duration::from_millis(300));
         burn(Duration::from_millis(2));
         assert!(!budget.exhausted_now(), "no limit");
@@ -236,7 +259,7 @@ mod tests {
                 std::thread::spawn(move || {
                     budget.start();
                     if switch {
-                        budget.before_wait();
+                        budget.switch_to_cpu_clock();
                     }
                     burn(Duration::from_millis(3));
                     busy_tx.send(()).unwrap();
@@ -254,6 +277,39 @@ mod tests {
             worker.join().unwrap();
             assert!(budget.used() >= mid, "limit {limit}, switched {switch}");
         }
+    }
+
+    #[test]
+    fn the_host_sides_time_with_a_frame_is_left_out_under_either_clock() {
+        for (limit, switch) in [(0, false), (0, true), (10_000, false)] {
+            let budget = CpuBudget::new(limit);
+            budget.start();
+            if switch {
+                budget.switch_to_cpu_clock();
+            }
+            burn(Duration::from_millis(1));
+            let before = budget.used();
+            let during = budget.outside(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                budget.used()
+            });
+            assert!(
+                during < before + Duration::from_millis(100),
+                "limit {limit}, switched {switch}: {before:?} -> {during:?} while the host waited"
+            );
+            burn(Duration::from_millis(1));
+            budget.stop();
+            let used = budget.used();
+            assert!(used >= Duration::from_millis(2), "{used:?}");
+            assert!(
+                used < Duration::from_millis(300),
+                "limit {limit}, switched {switch}: the wait was counted: {used:?}"
+            );
+        }
+        // Outside an operation nothing is timed.
+        let budget = CpuBudget::new(0);
+        assert_eq!(budget.outside(|| 5), 5);
+        assert_eq!(budget.used(), Duration::ZERO);
     }
 
     #[test]

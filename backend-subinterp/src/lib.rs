@@ -256,12 +256,13 @@ impl Transport for Inline {
                 max: self.max_frame_len,
             }));
         }
-        if matches!(frame, GuestFrame::Request { .. }) {
-            // A broker request may wait for its reply: that wait is no CPU time of the cell's.
-            self.stop.cpu.before_wait();
-        }
-        // What the host side allocates to handle the frame is the host's, not the cell's.
-        match memory::uncharged(|| self.host.on_frame(frame)) {
+        // What the host side allocates to handle the frame is the host's, not the cell's, and
+        // the time it takes (a wait for a broker reply or for room in the queue) no CPU time.
+        match self
+            .stop
+            .cpu
+            .outside(|| memory::uncharged(|| self.host.on_frame(frame)))
+        {
             Flow::Reply(reply) => self.reply = Some(reply),
             Flow::Abort(err) => {
                 self.stop.flags.fetch_or(ABORTED, Ordering::Relaxed);

@@ -367,3 +367,39 @@ fn a_cell_whose_boundary_ended_between_transactions_is_dead_before_the_next_one(
     };
     assert_eq!(reason.code, ErrorCode::CellClosed);
 }
+
+/// A cell held back by a full event queue (backpressure on, nobody draining for 400 ms) waits
+/// without using CPU, and its CPU time says so on every backend.
+#[test]
+fn a_wait_for_room_in_the_event_queue_is_no_cpu_time() {
+    const HELD: Duration = Duration::from_millis(400);
+    let s = Supervisor::new();
+    let policy = Policy::from_toml("[channel]\nmax_queued_events = 2").unwrap();
+    for backend in available(&s) {
+        let cell = s
+            .spawn(&format!("room-{backend}"), &backend, &policy)
+            .unwrap();
+        cell.set_backpressure(true);
+        let worker = {
+            let cell = cell.clone();
+            std::thread::spawn(move || cell.exec("for i in 0..5 { post(i) } 1"))
+        };
+        // Two posts fill the queue; the third waits for room until these are taken.
+        let first = cell.recv(Some(HANG_GUARD)).unwrap();
+        assert_eq!(first, Event::Post(Value::Int(0)), "{backend}");
+        std::thread::sleep(HELD);
+        for i in 1..5 {
+            assert_eq!(
+                cell.recv(Some(HANG_GUARD)).unwrap(),
+                Event::Post(Value::Int(i))
+            );
+        }
+        assert_eq!(worker.join().unwrap().unwrap(), Value::Int(1), "{backend}");
+        let cpu = cell.usage().cpu_time_ms.expect("counted");
+        assert!(
+            cpu < HELD.as_millis() as u64 / 2,
+            "{backend}: a wait for room counted as {cpu} ms of CPU time"
+        );
+        cell.close();
+    }
+}
