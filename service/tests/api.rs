@@ -485,8 +485,7 @@ fn every_backend_reports_a_cells_memory_and_cpu_time() {
         exec_ok(&n.url, KEY, &id, "big = ();");
         let (freed, cpu_before) = stats();
         // An engine's heap gives the bytes back; a process's allocator may keep the pages,
-        // which its cgroup still counts.
-        assert!(freed <= held, "{backend}: {held} -> {freed}");
+        // which its cgroup still counts (and the next exec may touch a few more).
         if backend != "process" {
             assert!(freed < held - 6_000_000, "{backend}: {held} -> {freed}");
         }

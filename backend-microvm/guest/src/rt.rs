@@ -54,18 +54,31 @@ unsafe impl Sync for GuestAlloc {}
 
 static LAST_FAILED: AtomicU64 = AtomicU64::new(0);
 
-/// Keeps [`Mailbox::heap_in_use`], the live heap bytes the host reports as the cell's memory:
-/// `freed` bytes went back, `taken` were handed out.
+/// Live bytes of the heap, kept here at every allocation and free and published to
+/// [`Mailbox::heap_in_use`] by [`publish_heap`]. Kept in the mailbox itself at every allocation,
+/// a start in a new VM measured 1.57-2.15 ms against 1.38-1.42 ms without the count (three
+/// alternating runs; the cause was not traced); published this way, 1.49-1.60 ms.
+static HEAP_IN_USE: AtomicU64 = AtomicU64::new(0);
+
 #[inline(always)]
 fn account(taken: usize, freed: usize) {
+    // One vCPU, no threads: a load and a store, not a locked add.
+    let live = HEAP_IN_USE.load(Ordering::Relaxed);
+    HEAP_IN_USE.store(
+        live.wrapping_sub(freed as u64).wrapping_add(taken as u64),
+        Ordering::Relaxed,
+    );
+}
+
+/// Publishes the heap's live bytes to the mailbox, where the host reads them: at every exit to
+/// the host and every few thousand operations of a running script.
+pub fn publish_heap() {
     // SAFETY: the mailbox lives in the boot page, mapped and writable; the guest alone writes
     // this field (the host only reads it), from its single vCPU.
     unsafe {
-        let field = &raw mut (*(MAILBOX_ADDR as *mut Mailbox)).heap_in_use;
-        let live = core::ptr::read_volatile(field);
         core::ptr::write_volatile(
-            field,
-            live.wrapping_sub(freed as u64).wrapping_add(taken as u64),
+            &raw mut (*(MAILBOX_ADDR as *mut Mailbox)).heap_in_use,
+            HEAP_IN_USE.load(Ordering::Relaxed),
         );
     }
 }

@@ -19,6 +19,7 @@ fn mailbox() -> *mut Mailbox {
 }
 
 fn doorbell() {
+    crate::rt::publish_heap();
     // SAFETY: IOPL=3 makes `in` legal at CPL3; it only causes a VM exit. The value is ignored.
     unsafe {
         asm!("in eax, dx", in("dx") PORT_DOORBELL, out("eax") _, options(nostack, preserves_flags))
