@@ -147,9 +147,9 @@ pub struct Mailbox {
     pub interrupt: u32,
     /// Padding to keep the layout the same on both sides.
     pub _pad: u32,
-    /// Bytes of the guest heap's live blocks, kept by the guest's allocator at every
-    /// allocation and free; the host reads it (from any thread, while the guest runs) as the
-    /// cell's memory use. Written by the guest alone, so the host takes it as a claim: it is
+    /// Bytes of the guest heap's live blocks, as the guest's allocator counts them, published
+    /// at every exit and every few thousand operations; the host reads it (from any thread,
+    /// while the guest runs) as the cell's memory use. Written by the guest alone, so the host takes it as a claim: it is
     /// never more than the guest's memory.
     pub heap_in_use: u64,
 }
