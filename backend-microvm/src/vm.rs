@@ -89,6 +89,10 @@ pub struct Vm {
     pub(crate) known_answer: Option<Arc<[u8]>>,
     /// A cold VM's idle trim: its vCPU runs under the trim's lock.
     trim: Option<Arc<Trim>>,
+    /// A cold VM's guest has not rung its doorbell yet: its runs are its boot (and the
+    /// handshake that comes with it), the VMM's work of starting a cell, which no backend
+    /// charges to the cell's CPU time. (A VM from the snapshot booted before it was copied.)
+    starting: bool,
 }
 
 impl std::fmt::Debug for Vm {
@@ -133,6 +137,7 @@ impl Vm {
             inbox_pos: 0,
             known_answer: None,
             trim: None,
+            starting: false,
         }
     }
 
@@ -144,6 +149,7 @@ impl Vm {
         let trim = unsafe { Trim::start(&machine.mem, &layout) };
         let mut vm = Vm::from_parts(machine, layout, None);
         vm.trim = trim;
+        vm.starting = true;
         vm
     }
 
@@ -163,13 +169,13 @@ impl Vm {
         self.machine.take()
     }
 
-    /// Limits the CPU time the guest may spend running over the VM's life (None: unlimited).
-    /// Past it the VM stops with [`VmError::CpuTimeExceeded`].
+    /// Limits the CPU time the guest may spend running over the VM's life, its boot left out
+    /// (None: unlimited). Past it the VM stops with [`VmError::CpuTimeExceeded`].
     pub fn set_cpu_limit(&mut self, limit: Option<Duration>) {
         self.cpu.set_limit(limit);
     }
 
-    /// CPU time the guest has spent running.
+    /// CPU time the guest has spent running since its boot.
     pub fn cpu_used(&self) -> Duration {
         self.cpu.used()
     }
@@ -304,11 +310,19 @@ impl Vm {
         } else if self.kill.deadline.passed() {
             Exit::Interrupted
         } else {
-            let start = thread_cpu_time();
-            self.kill.run_begins(start);
+            let counted = !self.starting;
+            let start = if counted {
+                let start = thread_cpu_time();
+                self.kill.run_begins(start);
+                start
+            } else {
+                Duration::ZERO
+            };
             let run = m.vcpu.run();
-            self.cpu.charge(thread_cpu_time().saturating_sub(start));
-            self.kill.run_ended(self.cpu.used());
+            if counted {
+                self.cpu.charge(thread_cpu_time().saturating_sub(start));
+                self.kill.run_ended(self.cpu.used());
+            }
             match run {
                 Ok(VcpuExit::IoIn(PORT_DOORBELL, _)) => Exit::Doorbell,
                 Ok(VcpuExit::IoIn(PORT_NOP, _)) => Exit::Nop,
@@ -451,8 +465,8 @@ impl Vm {
     /// Arms the watchdog for the earlier of `deadline` and the instant the CPU budget could be
     /// spent at the earliest.
     fn arm(&mut self, deadline: Option<Instant>) -> Result<(), VmError> {
-        // Unlimited cells do not even read the clock.
-        let cpu_end = if self.cpu.is_limited() {
+        // Unlimited cells do not even read the clock; a boot is not charged.
+        let cpu_end = if self.cpu.is_limited() && !self.starting {
             self.cpu.earliest_end(Instant::now())
         } else {
             None
@@ -520,6 +534,8 @@ impl Vm {
             }
             match self.run_once() {
                 Exit::Doorbell => {
+                    // Booted: from here on the guest runs the cell's code.
+                    self.starting = false;
                     self.cpu_exhausted()?;
                     let mem = &self.machine()?.mem;
                     let len = mem.read_u32(G2H_LEN)? as u64;

@@ -616,3 +616,27 @@ fn work_well_inside_the_memory_limit_completes_on_every_backend() {
         }
     }
 }
+
+#[test]
+fn a_cpu_time_limit_counts_the_script_not_the_start_of_its_cell() {
+    // `cell run` boots a microVM cold: its boot took 1-2 ms of the vCPU's CPU time here and was
+    // charged to the cell, so under a 1 ms limit the microVM answered limit_cpu to a script
+    // that the other backends ran (neither charges a cell's start).
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, "[limits]\ncpu_time_ms = 1\n").unwrap();
+    let script = dir.path().join("s.rhai");
+    std::fs::write(&script, "40 + 2").unwrap();
+    for backend in backends() {
+        let out = cell_run(backend, &policy, &script)
+            .output()
+            .expect("run cell");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).lines().last(),
+            Some(r#"{"event":"result","value":42}"#),
+            "{backend}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(0), "{backend}");
+    }
+}
