@@ -20,6 +20,18 @@ pub fn timed_out(wall_time: Option<Duration>) -> CellError {
     )
 }
 
+/// The cell's start (its handshake) took longer than it is given ([`crate::START_TIME`],
+/// or the wall time when that is longer).
+pub fn start_timed_out(limit: Option<Duration>) -> CellError {
+    CellError::new(
+        ErrorCode::TimedOut,
+        match limit {
+            Some(t) => format!("the cell did not start within {} ms", t.as_millis()),
+            None => "the cell did not start before its deadline".into(),
+        },
+    )
+}
+
 /// The cell was killed.
 pub fn cancelled() -> CellError {
     CellError::new(ErrorCode::Cancelled, "the cell was killed")

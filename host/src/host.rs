@@ -35,6 +35,12 @@ use std::time::{Duration, Instant};
 
 mod reemit;
 
+/// The least time a cell's start (its handshake) is given, whatever its wall time: the wall
+/// time is the script's, per exec and call, while a start waits for a process or a VM to come
+/// up (milliseconds, more on a loaded host). With a wall time below that, process and microVM
+/// cells were refused at random.
+pub const START_TIME: Duration = Duration::from_secs(10);
+
 /// Where the protocol is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -63,6 +69,9 @@ struct State {
     /// When the transaction in flight must end, and the wall-time limit it comes from.
     deadline: Option<Instant>,
     wall_time: Option<Duration>,
+    /// The transaction in flight is the handshake (its time is [`START_TIME`]'s, not the
+    /// script's wall time).
+    starting: bool,
     /// The host side's own reason for its last `Flow::Abort`.
     aborted: Option<CellError>,
     /// The embedder interrupted the transaction in flight: a `cancelled` completion is its own.
@@ -190,6 +199,7 @@ impl CellHost {
                 lengths: Lengths::of(&EngineLimits::default()),
                 deadline: None,
                 wall_time: None,
+                starting: false,
                 aborted: None,
                 interrupted: false,
                 waiting: 0,
@@ -390,6 +400,11 @@ impl CellHost {
             }
             return Err(err);
         }
+        // The wall time is the script's; a start waits for a process or a VM to come up.
+        let wall_time = match hello {
+            Some(_) => wall_time.map(|t| t.max(START_TIME)),
+            None => wall_time,
+        };
         let deadline = wall_time.map(|t| Instant::now() + t);
         {
             let mut s = self.state();
@@ -398,6 +413,7 @@ impl CellHost {
             }
             s.deadline = deadline;
             s.wall_time = wall_time;
+            s.starting = hello.is_some();
             s.aborted = None;
             s.interrupted = false;
         }
@@ -441,11 +457,12 @@ impl CellHost {
 
     /// The error a broken transaction ends with, in the host's words.
     fn pipe_error(&self, e: PipeError) -> CellError {
-        let (aborted, wall_time) = {
+        let (aborted, wall_time, starting) = {
             let mut s = self.state();
-            (s.aborted.take(), s.wall_time)
+            (s.aborted.take(), s.wall_time, s.starting)
         };
         match e {
+            PipeError::TimedOut if starting => canonical::start_timed_out(wall_time),
             PipeError::TimedOut => canonical::timed_out(wall_time),
             PipeError::Killed => canonical::cancelled(),
             PipeError::Wire(wire::WireError::TooLarge { len, max }) => rules::frame_too_large(

@@ -23,7 +23,7 @@ pub mod series;
 
 pub use channel::Channel;
 pub use event::Event;
-pub use host::{CellHost, Listener, Stats};
+pub use host::{CellHost, Listener, START_TIME, Stats};
 pub use memory::event_bytes;
 pub use requests::{DenyAll, RequestContext, RequestHandler};
 pub use rules::{Direction, check_hello};

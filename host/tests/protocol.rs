@@ -900,3 +900,92 @@ fn listener_is_told_of_each_event_as_it_is_queued_and_of_death() {
     }
     assert_eq!(late.load(Ordering::SeqCst), 1);
 }
+
+/// A pipe that notes the deadline of each transaction, answers the handshake with `Ready`
+/// unless told to let it time out, and completes every exec with unit.
+struct Timed {
+    host: Arc<CellHost>,
+    deadlines: Vec<Option<std::time::Instant>>,
+    start_times_out: bool,
+    killed: Arc<Flag>,
+}
+
+impl abi::backend::CellPipe for Timed {
+    fn transact(
+        &mut self,
+        frame: HostFrame,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(), PipeError> {
+        self.deadlines.push(deadline);
+        let answer = match frame {
+            HostFrame::Hello(_) if self.start_times_out => return Err(PipeError::TimedOut),
+            HostFrame::Hello(_) => ready(),
+            other => GuestFrame::Done {
+                id: id_of(&other),
+                result: Ok(Value::Unit),
+            },
+        };
+        match self.host.on_frame(answer) {
+            abi::backend::Flow::Done => Ok(()),
+            other => panic!("{other:?}"),
+        }
+    }
+    fn killer(&self) -> Arc<dyn abi::backend::Killer> {
+        self.killed.clone()
+    }
+    fn shutdown(&mut self) -> Result<(), PipeError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_start_is_given_the_start_time_not_only_the_scripts_wall_time() {
+    // A wall time of 1 ms refused process and microVM cells at random: their handshake waits
+    // for a process or a VM to come up, and it was given the script's wall time.
+    let timed = |start_times_out| {
+        let host = Arc::new(CellHost::new(
+            "t",
+            "fake",
+            Channel::default(),
+            Arc::new(DenyAll),
+        ));
+        let pipe = Timed {
+            host: host.clone(),
+            deadlines: Vec::new(),
+            start_times_out,
+            killed: Arc::new(Flag(std::sync::atomic::AtomicBool::new(false))),
+        };
+        (host, pipe)
+    };
+    let wall = Duration::from_millis(1);
+    let (host, mut pipe) = timed(false);
+    let before = std::time::Instant::now();
+    assert_eq!(
+        host.transact(&mut pipe, hello(), Some(wall)),
+        Ok(Value::Unit)
+    );
+    assert_eq!(
+        host.transact(&mut pipe, exec(1), Some(wall)),
+        Ok(Value::Unit)
+    );
+    let after = std::time::Instant::now();
+    let start = pipe.deadlines[0].expect("a start has a deadline");
+    let script = pipe.deadlines[1].expect("an exec has its wall time");
+    assert!(start >= before + cell_host::START_TIME, "{start:?}");
+    assert!(script <= after + wall, "the exec keeps the wall time");
+    // A wall time longer than the start time is the start's too; none is none.
+    let (host, mut pipe) = timed(false);
+    let long = cell_host::START_TIME * 3;
+    host.transact(&mut pipe, hello(), Some(long)).unwrap();
+    assert!(pipe.deadlines[0].unwrap() >= before + long);
+    let (host, mut pipe) = timed(false);
+    host.transact(&mut pipe, hello(), None).unwrap();
+    assert_eq!(pipe.deadlines, [None]);
+    // A start past it says so, in its own words, and the cell is dead.
+    let (host, mut pipe) = timed(true);
+    let err = host.transact(&mut pipe, hello(), Some(wall)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::TimedOut);
+    assert_eq!(err.message, "the cell did not start within 10000 ms");
+    assert!(pipe.killed.0.load(Ordering::SeqCst));
+    assert_eq!(host.dead(), Some(err));
+}
