@@ -96,8 +96,13 @@ impl ProcessBackend {
             limits,
             require,
             fork_server: self.fork_server,
-            // The guest arms its CPU-time timer from the second argument.
-            args: vec![max.to_string(), r.cpu_time_ms.to_string()],
+            // The guest arms its CPU-time timer from the second argument and holds its heap
+            // to the third.
+            args: vec![
+                max.to_string(),
+                r.cpu_time_ms.to_string(),
+                r.memory_bytes.to_string(),
+            ],
             ..SpawnSpec::default()
         })
     }

@@ -223,7 +223,7 @@ impl Controller {
         rising: bool,
         pids_bound: bool,
     ) -> Vec<(&'static str, String)> {
-        let mem = limits.memory_bytes.to_string();
+        let mem = limits.cgroup_memory_bytes().to_string();
         let quota = cpu_quota(limits, pids_bound);
         let mut writes = match (self, v2) {
             (Controller::Memory, true) => {
@@ -872,7 +872,10 @@ mod kept_tests {
         assert_eq!(v1_dirs(&b), kept);
         for (ctl, dir) in &kept {
             let (file, want) = match ctl {
-                Controller::Memory => ("memory.limit_in_bytes", (32u64 << 20).to_string()),
+                Controller::Memory => (
+                    "memory.limit_in_bytes",
+                    limits(32, 4, 25).cgroup_memory_bytes().to_string(),
+                ),
                 Controller::Pids => ("pids.max", "4".into()),
                 Controller::Cpu => ("cpu.cfs_quota_us", "25000".into()),
             };

@@ -9,7 +9,9 @@ pub const MIN_MEMORY_BYTES: u64 = 8 << 20;
 /// Resource limits of one cell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Memory (cgroup); the address-space rlimit is this plus [`Limits::ADDRESS_SPACE_SLACK`].
+    /// Memory: the heap the guest's allocator holds the cell to (the bytes of its live blocks,
+    /// as every backend counts them). The memory cgroup is [`Limits::cgroup_memory_bytes`],
+    /// above it; the address-space rlimit that plus [`Limits::ADDRESS_SPACE_SLACK`].
     /// At most [`crate::max_memory_bytes`].
     pub memory_bytes: u64,
     /// CPU time over the cell's life, in milliseconds (0 = unlimited): a CPU-time timer the
@@ -27,8 +29,19 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Address space allowed beyond `memory_bytes` (code, stacks, guard pages).
+    /// Address space allowed beyond the memory cgroup's bound (code, stacks, guard pages).
     pub const ADDRESS_SPACE_SLACK: u64 = 64 << 20;
+
+    /// The memory cgroup's bound: the heap quota ([`Limits::memory_bytes`]), half as much
+    /// again for the allocator's own overhead (a block's header and rounding: a million
+    /// one-element blobs take twice what they ask for), and 16 MiB for the stack (up to 8 MiB)
+    /// and the runtime. It bounds the process; the guest's allocator stops a script at the
+    /// quota first, as the other backends do.
+    pub fn cgroup_memory_bytes(&self) -> u64 {
+        self.memory_bytes
+            .saturating_add(self.memory_bytes / 2)
+            .saturating_add(16 << 20)
+    }
 }
 
 impl Default for Limits {
@@ -49,7 +62,8 @@ impl Default for Limits {
 /// processes, stack.
 pub(crate) fn rlimit_values(l: &Limits) -> [u64; 7] {
     [
-        l.memory_bytes.saturating_add(Limits::ADDRESS_SPACE_SLACK),
+        l.cgroup_memory_bytes()
+            .saturating_add(Limits::ADDRESS_SPACE_SLACK),
         if l.cpu_time_ms == 0 {
             libc::RLIM_INFINITY
         } else {

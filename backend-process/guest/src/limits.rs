@@ -13,18 +13,55 @@ use crate::fork_server::fork_protocol::{STACK_BYTES, exit};
 // The main thread runs the engine: its stack limit must leave the engine its stack.
 const _: () = assert!(runtime::limits::ENGINE_STACK_BYTES as u64 + (1 << 20) <= STACK_BYTES);
 
-/// The system allocator, except that an allocation the address-space limit refuses ends
-/// the cell with [`exit::OUT_OF_MEMORY`] (reported as `limit_memory`) instead of an abort.
+/// The system allocator, holding the heap to the cell's quota as every backend counts it: the
+/// bytes of the live blocks the program asked for (block sizes as requested, the allocator's
+/// own overhead left out), from the fork server's blocks the cell inherited to its engine's.
+/// An allocation past the quota, or one the system refuses (the address-space limit), ends the
+/// cell with [`exit::OUT_OF_MEMORY`] (reported as `limit_memory`) instead of an abort. The
+/// memory cgroup sits above the quota, with room for that overhead, the stack and the runtime:
+/// it bounds the process, the quota the script.
 struct ExitOnExhaustion;
+
+/// Bytes of the live blocks, as [`ExitOnExhaustion`] counts them.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// The most [`LIVE`] may reach: the cell's `memory_mib` (unbounded in the fork server and until
+/// [`set_heap_quota`]).
+static QUOTA: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Holds the heap to `bytes` from now on (0: unbounded). Call before any script runs.
+pub fn set_heap_quota(bytes: u64) {
+    let quota = match bytes {
+        0 => usize::MAX,
+        b => usize::try_from(b).unwrap_or(usize::MAX),
+    };
+    QUOTA.store(quota, Ordering::Relaxed);
+}
 
 fn out_of_memory() -> ! {
     // SAFETY: plain exit.
     unsafe { libc::_exit(exit::OUT_OF_MEMORY) }
 }
 
-// SAFETY: forwards to the system allocator unchanged; only a null result differs.
+/// Counts `grow` more live bytes, or ends the cell if that would pass the quota.
+#[inline(always)]
+fn take(grow: usize) {
+    let live = LIVE.fetch_add(grow, Ordering::Relaxed).saturating_add(grow);
+    if live > QUOTA.load(Ordering::Relaxed) {
+        out_of_memory()
+    }
+}
+
+#[inline(always)]
+fn give(shrink: usize) {
+    LIVE.fetch_sub(shrink, Ordering::Relaxed);
+}
+
+// SAFETY: forwards to the system allocator unchanged; a block is counted before it is made and
+// after it is freed, and a null result ends the process.
 unsafe impl GlobalAlloc for ExitOnExhaustion {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        take(layout.size());
         // SAFETY: the caller's contract, passed on.
         let p = unsafe { System.alloc(layout) };
         if p.is_null() {
@@ -34,6 +71,7 @@ unsafe impl GlobalAlloc for ExitOnExhaustion {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        take(layout.size());
         // SAFETY: the caller's contract, passed on.
         let p = unsafe { System.alloc_zeroed(layout) };
         if p.is_null() {
@@ -45,13 +83,22 @@ unsafe impl GlobalAlloc for ExitOnExhaustion {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: the caller's contract, passed on.
         unsafe { System.dealloc(ptr, layout) }
+        give(layout.size());
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // A block grows by the difference, as the system's realloc (mremap for a large one)
+        // holds it: a growing string reaches the same size under the same quota everywhere.
+        if new_size > layout.size() {
+            take(new_size - layout.size());
+        }
         // SAFETY: the caller's contract, passed on.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if p.is_null() {
             out_of_memory()
+        }
+        if new_size < layout.size() {
+            give(layout.size() - new_size);
         }
         p
     }

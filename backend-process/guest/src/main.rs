@@ -162,6 +162,8 @@ impl Transport for Socket {
 struct Settings {
     max_frame_len: u32,
     cpu_ms: u64,
+    /// The heap quota in bytes (0: unbounded), held by the allocator (`limits.rs`).
+    heap_bytes: u64,
 }
 
 impl Settings {
@@ -174,6 +176,7 @@ impl Settings {
                     n.min(wire::ABSOLUTE_MAX_FRAME_LEN)
                 }),
             cpu_ms: args.get(1).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0),
+            heap_bytes: args.get(2).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0),
         }
     }
 }
@@ -212,7 +215,9 @@ extern "C" fn main(argc: i32, argv: *const *const libc::c_char) -> i32 {
     let Settings {
         max_frame_len,
         cpu_ms,
+        heap_bytes,
     } = Settings::from_args(&args);
+    limits::set_heap_quota(heap_bytes);
     // SAFETY: no script has run yet; the timer's signal ends the cell (limits.rs).
     unsafe { fork_server::confine::arm_cpu_timer(reporter, cpu_ms) };
     let socket = Socket {
@@ -310,17 +315,19 @@ mod tests {
     fn settings_come_from_the_arguments_and_are_capped() {
         let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            Settings::from_args(&args(&["4096", "250"])),
+            Settings::from_args(&args(&["4096", "250", "8388608"])),
             Settings {
                 max_frame_len: 4096,
-                cpu_ms: 250
+                cpu_ms: 250,
+                heap_bytes: 8 << 20,
             }
         );
         assert_eq!(
             Settings::from_args(&[]),
             Settings {
                 max_frame_len: wire::DEFAULT_MAX_FRAME_LEN,
-                cpu_ms: 0
+                cpu_ms: 0,
+                heap_bytes: 0,
             }
         );
         let huge = (u64::from(wire::ABSOLUTE_MAX_FRAME_LEN) + 1).min(u64::from(u32::MAX));
