@@ -183,12 +183,7 @@ impl MicroVm {
     pub fn vm_config(spec: &SpawnSpec) -> VmConfig {
         let max = spec.max_frame_len.min(wire::ABSOLUTE_MAX_FRAME_LEN) as u64;
         let frame_cap = max + HEADER_LEN as u64;
-        let mut cfg = VmConfig::new(crate::setup::mem_size_for_heap(
-            spec.resources.memory_bytes,
-            frame_cap,
-        ));
-        cfg.frame_cap = frame_cap;
-        cfg
+        VmConfig::for_heap_quota(spec.resources.memory_bytes, frame_cap)
     }
 }
 

@@ -129,6 +129,10 @@ pub struct BootInfo {
     pub g2h_base: u64,
     /// Capacity of the guest→host buffer: the largest frame the guest may place.
     pub g2h_cap: u64,
+    /// The most the heap's live blocks may take, as its allocator counts them (the sizes asked
+    /// for): the cell's memory quota, below `heap_size`, which leaves room for the allocator's
+    /// own overhead (0: the whole heap).
+    pub heap_quota: u64,
 }
 
 /// The shared page through which host and guest hand frames over, at [`MAILBOX_ADDR`].

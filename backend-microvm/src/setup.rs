@@ -43,6 +43,15 @@ fn host_mem_cap() -> u64 {
 /// Smallest heap left after image and buffers.
 const MIN_HEAP: u64 = 1024 * 1024;
 
+/// The heap a quota of `quota` bytes (live blocks, as the allocator counts them) is given: half
+/// as much again and 1 MiB for the allocator's own overhead (talc's chunk headers and rounding:
+/// a million short strings take about a third more than they ask for), so the quota, not the
+/// allocator, says where a script stops, as on the other backends. Only the pages the guest
+/// writes cost the host memory.
+pub fn heap_room(quota: u64) -> u64 {
+    quota.saturating_add(quota / 2).saturating_add(1 << 20)
+}
+
 /// The guest RAM whose layout leaves a heap of exactly `heap` bytes (rounded down to whole
 /// pages) beside the image, the tables and two channel buffers of `frame_cap` bytes each: a
 /// cell's memory quota bounds what its scripts allocate, as on the other backends (the
@@ -80,6 +89,9 @@ pub struct VmConfig {
     pub mem_size: u64,
     /// Capacity of each channel buffer (largest frame in either direction).
     pub frame_cap: u64,
+    /// The most the guest's heap may hold, as its allocator counts its live blocks (0: as
+    /// much as the heap's RAM holds): see [`BootInfo::heap_quota`].
+    pub heap_quota: u64,
     mode: u32,
 }
 
@@ -89,6 +101,20 @@ impl VmConfig {
         VmConfig {
             mem_size,
             frame_cap: DEFAULT_FRAME_CAP,
+            heap_quota: 0,
+            mode: MODE_RUNTIME,
+        }
+    }
+
+    /// A runtime VM whose heap holds `quota` bytes of live blocks, as every backend counts a
+    /// cell's memory (the sizes its allocations ask for), with room beside them for the guest
+    /// allocator's own overhead ([`heap_room`]), the image, the tables and two channel buffers
+    /// of `frame_cap` bytes each.
+    pub fn for_heap_quota(quota: u64, frame_cap: u64) -> Self {
+        VmConfig {
+            mem_size: mem_size_for_heap(heap_room(quota), frame_cap),
+            frame_cap,
+            heap_quota: quota,
             mode: MODE_RUNTIME,
         }
     }
@@ -269,6 +295,7 @@ pub(crate) fn setup_memory(
         h2g_cap: cfg.frame_cap,
         g2h_base,
         g2h_cap: cfg.frame_cap,
+        heap_quota: cfg.heap_quota,
     };
     let fields = [
         boot.magic,
@@ -280,6 +307,7 @@ pub(crate) fn setup_memory(
         boot.h2g_cap,
         boot.g2h_base,
         boot.g2h_cap,
+        boot.heap_quota,
     ];
     for (i, v) in fields.iter().enumerate() {
         mem.write_u64(BOOT_INFO_ADDR + i as u64 * 8, *v)?;

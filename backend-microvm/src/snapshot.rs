@@ -33,7 +33,7 @@ struct SnapshotView(GuestMemory);
 unsafe impl Sync for SnapshotView {}
 
 pub(crate) struct Template {
-    key: (u64, u64),
+    key: (u64, u64, u64),
     /// What new VMs map copy-on-write: the sealed memfd, or its copy in a file where the host
     /// maps that with 2 MiB pages ([`huge_copy`]).
     snapshot: OwnedFd,
@@ -200,7 +200,7 @@ impl Template {
         let view = SnapshotView(GuestMemory::read_only_view(&snapshot, len)?);
         Ok(Template {
             view,
-            key: (cfg.mem_size, cfg.frame_cap),
+            key: (cfg.mem_size, cfg.frame_cap, cfg.heap_quota),
             snapshot,
             layout,
             regs,
@@ -323,7 +323,7 @@ fn prefetch_groups(runs: &[(usize, usize)]) -> Vec<(usize, usize)> {
     out
 }
 
-type Templates = Mutex<HashMap<(u64, u64), Arc<Template>>>;
+type Templates = Mutex<HashMap<(u64, u64, u64), Arc<Template>>>;
 static TEMPLATES: OnceLock<Templates> = OnceLock::new();
 
 fn template(cfg: &VmConfig) -> Result<Arc<Template>, VmError> {
@@ -333,7 +333,7 @@ fn template(cfg: &VmConfig) -> Result<Arc<Template>, VmError> {
         ));
     }
     let map = TEMPLATES.get_or_init(|| Mutex::new(HashMap::new()));
-    let key = (cfg.mem_size, cfg.frame_cap);
+    let key = (cfg.mem_size, cfg.frame_cap, cfg.heap_quota);
     // Held while booting: concurrent first spawns of one size wait for one template boot.
     let mut guard = map.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(t) = guard.get(&key) {

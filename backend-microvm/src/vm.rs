@@ -585,8 +585,11 @@ impl Vm {
                 }
                 Exit::Oom => {
                     let requested = self.machine()?.mem.read_u64(OOM_SIZE)?;
-                    // The heap is the cell's memory quota (`setup::mem_size_for_heap`).
-                    let limit = self.layout.boot.heap_size;
+                    // The cell's memory quota (`setup::heap_room`), else the heap's RAM.
+                    let limit = match self.layout.boot.heap_quota {
+                        0 => self.layout.boot.heap_size,
+                        quota => quota,
+                    };
                     return self.fail_after_placed(VmError::GuestOutOfMemory { requested, limit });
                 }
                 Exit::Nop => {

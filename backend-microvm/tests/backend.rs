@@ -81,17 +81,31 @@ fn unknown_required_layer_is_refused() {
 }
 
 #[test]
-fn a_quota_below_the_smallest_heap_is_refused() {
+fn a_quota_too_small_for_a_cell_fails_its_spawn_or_start() {
     if !kvm() {
         return;
     }
     let mut s = spec();
-    s.resources.memory_bytes = 512 << 10;
-    assert!(
-        MicroVm::new()
+    s.resources.memory_bytes = 64 << 10;
+    for backend in [MicroVm::new(), MicroVm::cold()] {
+        let started = backend
             .spawn(&s, Arc::new(Recorder::default()))
-            .is_err()
-    );
+            .map_err(|e| e.to_string())
+            .and_then(|mut pipe| {
+                pipe.transact(HostFrame::Hello(s.hello.clone()), soon())
+                    .map_err(|e| e.to_string())?;
+                pipe.transact(
+                    HostFrame::Exec {
+                        id: 1,
+                        source: "1".into(),
+                    },
+                    soon(),
+                )
+                .map_err(|e| e.to_string())
+            });
+        let err = started.expect_err("64 KiB holds no engine");
+        eprintln!("{err}");
+    }
 }
 
 #[test]

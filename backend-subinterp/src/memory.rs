@@ -39,7 +39,7 @@ pub struct Account {
     ledger: NonNull<Ledger>,
 }
 
-/// What an account counts: the bytes of its live blocks plus [`OWNED`] while its [`Account`]
+/// What an account counts: the bytes its live blocks asked for plus [`OWNED`] while its [`Account`]
 /// exists. Whoever brings that to zero (the account's drop, or the refund of its last block)
 /// frees it: one atomic update per block allocated and per block freed.
 #[derive(Debug)]
@@ -86,7 +86,7 @@ impl Account {
         unsafe { self.ledger.as_ref() }
     }
 
-    /// Bytes its live blocks take (with the allocator's word per block).
+    /// Bytes its live blocks asked for (the allocator's word per block left out).
     pub fn live_bytes(&self) -> usize {
         self.ledger().live.load(Ordering::Relaxed) & !OWNED
     }
@@ -210,7 +210,11 @@ impl AccountingAllocator {
         if !INSTALLED.load(Ordering::Relaxed) {
             INSTALLED.store(true, Ordering::Relaxed);
         }
-        let account = charge_current(outer.size());
+        // The size asked for, as the process and microvm guests count their heaps (the header
+        // is the allocator's overhead, as theirs is theirs): a script stops at the same size on
+        // every backend. GlobalAlloc is never asked for zero bytes, so every block holds a
+        // share of its ledger.
+        let account = charge_current(outer.size() - header);
         // SAFETY: the block is at least `header` bytes long and `header` is a multiple of the
         // alignment, at least a pointer's size; the pointer sits right before the user block.
         unsafe {
@@ -254,7 +258,7 @@ unsafe impl GlobalAlloc for AccountingAllocator {
         // SAFETY: the block came from `alloc` with this layout, so `outer` succeeded then.
         unsafe {
             let (outer, header) = outer(layout).unwrap_unchecked();
-            refund(Self::account_of(user), outer.size());
+            refund(Self::account_of(user), outer.size() - header);
             System.dealloc(user.sub(header), outer);
         }
     }

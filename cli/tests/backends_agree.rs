@@ -640,3 +640,58 @@ fn a_cpu_time_limit_counts_the_script_not_the_start_of_its_cell() {
         assert_eq!(out.status.code(), Some(0), "{backend}");
     }
 }
+
+#[test]
+fn a_memory_limit_stops_the_same_script_at_the_same_size_on_every_backend() {
+    // Each backend counts a cell's memory as the bytes its engine's live heap blocks asked
+    // for. Before, the process backend's quota was its cgroup, which counts pages: under 8 MiB
+    // an array of integers passed 270,000 elements there (capacity never written costs no
+    // page) and stopped near 262,000 elsewhere, and a 7.9 MB blob failed there alone; the
+    // microVM's quota was its heap's RAM, allocator overhead included, so 127,000 short
+    // strings failed there alone. Each size below is about 3 % from where all three stop.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, format!("[limits]\n{UNBOUNDED}memory_mib = 8\n")).unwrap();
+    let script = dir.path().join("s.rhai");
+    for (template, holds, stops) in [
+        (
+            "let a = []; for i in 0..N { a.push(i) } a.len",
+            255_000,
+            270_000,
+        ),
+        (
+            "let a = []; for i in 0..N { a.push(`s${i}`) } a.len",
+            127_000,
+            135_000,
+        ),
+        (
+            "let m = #{}; for i in 0..N { m[`k${i}`] = i } m.len()",
+            109_000,
+            116_000,
+        ),
+        ("let b = blob(N); b.len", 7_900_000, 8_400_000),
+        (r#"let s = ""; s.pad(N, "x"); s.len"#, 5_850_000, 6_200_000),
+    ] {
+        for (n, held) in [(holds, true), (stops, false)] {
+            let source = template.replace('N', &n.to_string());
+            std::fs::write(&script, &source).unwrap();
+            for backend in backends() {
+                let out = cell_run(backend, &policy, &script)
+                    .output()
+                    .expect("run cell");
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                let want = if held {
+                    format!(r#"{{"event":"result","value":{n}}}"#)
+                } else {
+                    r#"{"code":"limit_memory","event":"error","message":"the cell ran out of memory: its limit is 8 MiB"}"#.to_string()
+                };
+                assert_eq!(
+                    stdout.lines().last(),
+                    Some(want.as_str()),
+                    "{source} on {backend}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}

@@ -49,7 +49,7 @@ pub extern "C" fn _start() -> ! {
     if info.magic != BOOT_MAGIC {
         rt::fatal("bad boot magic");
     }
-    rt::init_heap(info.heap_base, info.heap_size);
+    rt::init_heap(info.heap_base, info.heap_size, info.heap_quota);
     let mut t = transport::Transport::new(&info);
     match info.mode {
         MODE_RUNTIME => runtime_main(t),

@@ -60,6 +60,21 @@ static LAST_FAILED: AtomicU64 = AtomicU64::new(0);
 /// alternating runs; the cause was not traced); published this way, 1.49-1.60 ms.
 static HEAP_IN_USE: AtomicU64 = AtomicU64::new(0);
 
+/// The most [`HEAP_IN_USE`] may reach: the cell's memory quota (from the boot page; unbounded
+/// before `init_heap` and where the host gives none). An allocation past it fails as one the
+/// heap cannot hold would, so the quota, counted as every backend counts a cell's heap, says
+/// where a script stops, and the heap's room beyond it takes the allocator's own overhead.
+static HEAP_QUOTA: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Whether `more` bytes of live blocks stay within the quota.
+#[inline(always)]
+fn within_quota(more: usize) -> bool {
+    HEAP_IN_USE
+        .load(Ordering::Relaxed)
+        .saturating_add(more as u64)
+        <= HEAP_QUOTA.load(Ordering::Relaxed)
+}
+
 #[inline(always)]
 fn account(taken: usize, freed: usize) {
     // One vCPU, no threads: a load and a store, not a locked add.
@@ -121,8 +136,12 @@ impl GuestAlloc {
 // SAFETY: delegates to talc; only records failed requests on the side.
 unsafe impl GlobalAlloc for GuestAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: caller upholds GlobalAlloc's contract.
-        let p = unsafe { self.0.alloc(layout) };
+        let p = if within_quota(layout.size()) {
+            // SAFETY: caller upholds GlobalAlloc's contract.
+            unsafe { self.0.alloc(layout) }
+        } else {
+            core::ptr::null_mut()
+        };
         if p.is_null() {
             LAST_FAILED.store(layout.size() as u64, Ordering::Relaxed);
         } else {
@@ -137,6 +156,10 @@ unsafe impl GlobalAlloc for GuestAlloc {
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if new_size > layout.size() {
+            if !within_quota(new_size - layout.size()) {
+                LAST_FAILED.store(new_size as u64, Ordering::Relaxed);
+                return core::ptr::null_mut();
+            }
             self.extend_under(ptr as usize, new_size, layout.align());
         }
         // SAFETY: caller upholds GlobalAlloc's contract.
@@ -157,8 +180,12 @@ static ALLOC: GuestAlloc = GuestAlloc(TalcCell::new(Grow {
 }));
 
 /// Gives the allocator `[base, base+size)`: claimed up to the end of the 2 MiB page holding
-/// `base` (at least 256 KiB, about what the runtime needs to start), the rest as it is needed.
-pub fn init_heap(base: u64, size: u64) {
+/// `base` (at least 256 KiB, about what the runtime needs to start), the rest as it is needed;
+/// its live blocks may take `quota` bytes (0: as much as the heap holds).
+pub fn init_heap(base: u64, size: u64, quota: u64) {
+    if quota != 0 {
+        HEAP_QUOTA.store(quota, Ordering::Relaxed);
+    }
     let (base, limit) = (base as usize, base.saturating_add(size) as usize);
     let first = base
         .saturating_add(256 * 1024)

@@ -367,6 +367,7 @@ fn spawn_in(
         start,
         mem_size: cfg.mem_size,
         frame_cap: cfg.frame_cap,
+        heap_quota: cfg.heap_quota,
         mode: cfg.mode(),
         cpu_time_ms,
     };

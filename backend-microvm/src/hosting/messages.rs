@@ -40,6 +40,7 @@ pub(crate) enum Control {
         start: Start,
         mem_size: u64,
         frame_cap: u64,
+        heap_quota: u64,
         mode: u32,
         cpu_time_ms: u64,
     },

@@ -173,12 +173,14 @@ fn serve(parent: &str) -> io::Result<()> {
                 start,
                 mem_size,
                 frame_cap,
+                heap_quota,
                 mode,
                 cpu_time_ms,
             } => {
                 let Some(socket) = socket else { continue };
                 let mut cfg = VmConfig::new(mem_size).with_test_mode(mode);
                 cfg.frame_cap = frame_cap;
+                cfg.heap_quota = heap_quota;
                 let registry = registry.clone();
                 let stream = UnixStream::from(socket);
                 let spawned = std::thread::Builder::new()
