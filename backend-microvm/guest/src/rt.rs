@@ -60,19 +60,23 @@ static LAST_FAILED: AtomicU64 = AtomicU64::new(0);
 /// alternating runs; the cause was not traced); published this way, 1.49-1.60 ms.
 static HEAP_IN_USE: AtomicU64 = AtomicU64::new(0);
 
-/// The most [`HEAP_IN_USE`] may reach: the cell's memory quota (from the boot page; unbounded
-/// before `init_heap` and where the host gives none). An allocation past it fails as one the
-/// heap cannot hold would, so the quota, counted as every backend counts a cell's heap, says
-/// where a script stops, and the heap's room beyond it takes the allocator's own overhead.
-static HEAP_QUOTA: AtomicU64 = AtomicU64::new(u64::MAX);
+/// The most [`HEAP_IN_USE`] may reach: the cell's memory quota (from the boot page; 0, as
+/// before `init_heap` and where the host gives none: no bound but the heap's RAM). An
+/// allocation past it fails as one the heap cannot hold would, so the quota, counted as every
+/// backend counts a cell's heap, says where a script stops, and the heap's room beyond it
+/// takes the allocator's own overhead. Zero-initialised: in `.bss`, beside the count every
+/// allocation writes anyway.
+static HEAP_QUOTA: AtomicU64 = AtomicU64::new(0);
 
 /// Whether `more` bytes of live blocks stay within the quota.
 #[inline(always)]
 fn within_quota(more: usize) -> bool {
-    HEAP_IN_USE
-        .load(Ordering::Relaxed)
-        .saturating_add(more as u64)
-        <= HEAP_QUOTA.load(Ordering::Relaxed)
+    let quota = HEAP_QUOTA.load(Ordering::Relaxed);
+    quota == 0
+        || HEAP_IN_USE
+            .load(Ordering::Relaxed)
+            .saturating_add(more as u64)
+            <= quota
 }
 
 #[inline(always)]
@@ -183,9 +187,7 @@ static ALLOC: GuestAlloc = GuestAlloc(TalcCell::new(Grow {
 /// `base` (at least 256 KiB, about what the runtime needs to start), the rest as it is needed;
 /// its live blocks may take `quota` bytes (0: as much as the heap holds).
 pub fn init_heap(base: u64, size: u64, quota: u64) {
-    if quota != 0 {
-        HEAP_QUOTA.store(quota, Ordering::Relaxed);
-    }
+    HEAP_QUOTA.store(quota, Ordering::Relaxed);
     let (base, limit) = (base as usize, base.saturating_add(size) as usize);
     let first = base
         .saturating_add(256 * 1024)
