@@ -217,8 +217,10 @@ fn an_idle_cold_vm_gives_back_its_unwritten_heap_and_keeps_what_it_wrote() {
         ),
         Ok(Value::Int(60_000))
     );
-    // The image's rest and the heap's start share the huge page after the image's first 2 MiB.
-    let first = IMAGE_BASE + 2 * 1024 * 1024..IMAGE_BASE + 4 * 1024 * 1024;
+    // The huge page holding the heap's start (with the image's `.data` and `.bss`).
+    let huge = 2 * 1024 * 1024;
+    let start = vm.boot_info().heap_base & !(huge - 1);
+    let first = start..start + huge;
     let before = resident_in(&vm, first.clone());
     // Returns once every VM idle now has been idle for the trim's idle time, and visited.
     let (_, trimmed) = cell_backend_microvm::trim::settle();

@@ -13,6 +13,7 @@
 #![allow(dead_code)] // each side runs the steps of its own sequence
 
 use core::ffi::{CStr, c_char, c_int};
+use core::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use super::step::{RECORD_LEN, Reporter, Step, record};
 
@@ -509,8 +510,11 @@ pub unsafe fn exec(
     r.fail(Step::Exec)
 }
 
-/// Arms a timer on this process's CPU clock that raises `SIGXCPU` once it has used `ms`
-/// milliseconds of CPU from now (0: no limit).
+/// Makes a timer on this process's CPU clock that raises `SIGXCPU` once it has used `ms`
+/// milliseconds of CPU (0: no limit), counted from [`start_cpu_timer`], which the guest calls
+/// when its handshake is answered: a cell's start (the engine it builds, more than a
+/// millisecond of CPU in a process just exec'd) is not counted against its limit, as on every
+/// backend. Until then `RLIMIT_CPU` and the host's start deadline bound it.
 ///
 /// # Safety
 /// In the guest program, before any script runs.
@@ -534,25 +538,46 @@ pub unsafe fn arm_cpu_timer(r: Reporter, ms: u64) {
                 &raw mut timer,
             ),
         );
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: (ms / 1000) as libc::time_t,
-                tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
-            },
-        };
-        r.check(
-            Step::CpuTimer,
-            libc::syscall(
-                libc::SYS_timer_settime,
-                timer,
-                0,
-                &raw const spec,
-                core::ptr::null_mut::<libc::itimerspec>(),
-            ),
+        CPU_TIMER.store(timer, Ordering::Relaxed);
+        CPU_TIMER_MS.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// The timer [`arm_cpu_timer`] made (-1: none) and its limit, for [`start_cpu_timer`].
+static CPU_TIMER: AtomicI32 = AtomicI32::new(-1);
+static CPU_TIMER_MS: AtomicU64 = AtomicU64::new(0);
+
+/// The timer setting that fires once `ms` more milliseconds of CPU are used.
+fn cpu_timer_spec(ms: u64) -> libc::itimerspec {
+    libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: (ms / 1000) as libc::time_t,
+            tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+        },
+    }
+}
+
+/// Starts the timer [`arm_cpu_timer`] made: it fires once the process has used its limit of
+/// CPU from now. A no-op without a limit. Should `timer_settime` fail, the cell runs without
+/// its timer and `RLIMIT_CPU` (a second past the limit) stops it: still `limit_cpu`.
+pub fn start_cpu_timer() {
+    let timer = CPU_TIMER.load(Ordering::Relaxed);
+    if timer < 0 {
+        return;
+    }
+    let spec = cpu_timer_spec(CPU_TIMER_MS.load(Ordering::Relaxed));
+    // SAFETY: timer_settime on the timer this process created, with a spec we own.
+    unsafe {
+        libc::syscall(
+            libc::SYS_timer_settime,
+            timer,
+            0,
+            &raw const spec,
+            core::ptr::null_mut::<libc::itimerspec>(),
         );
     }
 }

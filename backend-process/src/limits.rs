@@ -15,7 +15,7 @@ pub struct Limits {
     /// At most [`crate::max_memory_bytes`].
     pub memory_bytes: u64,
     /// CPU time over the cell's life, in milliseconds (0 = unlimited): a CPU-time timer the
-    /// guest arms before it runs anything ends the cell with `limit_cpu`; `RLIMIT_CPU`, a
+    /// guest starts when its handshake is answered ends the cell with `limit_cpu`; `RLIMIT_CPU`, a
     /// second later, is the backstop.
     pub cpu_time_ms: u64,
     /// CPU bandwidth (cgroup), in percent of one CPU.

@@ -133,7 +133,14 @@ impl Socket {
 
 impl Transport for Socket {
     fn send(&mut self, frame: GuestFrame) -> Result<(), TransportError> {
-        write_all(self.fd, &encode_frame(&frame, self.max_frame_len)?)
+        let started = matches!(frame, GuestFrame::Ready(_));
+        write_all(self.fd, &encode_frame(&frame, self.max_frame_len)?)?;
+        if started {
+            // The handshake is answered: the cell's CPU time counts from here, not from its
+            // start (the engine it built), as on every backend.
+            fork_server::confine::start_cpu_timer();
+        }
+        Ok(())
     }
 
     fn recv(&mut self) -> Result<HostFrame, TransportError> {
@@ -208,8 +215,8 @@ extern "C" fn main(argc: i32, argv: *const *const libc::c_char) -> i32 {
         (args, reporter) = (cell.args, cell.reporter);
     }
     // Before any script: a panic reaches the host with its message, the engine's stack
-    // limit and interrupt become errors, not crashes, and the CPU-time limit counts from
-    // here (not from a spare's rehearsal).
+    // limit and interrupt become errors, not crashes, and the CPU-time timer is made (it
+    // counts from the handshake's answer: not a spare's rehearsal, not the cell's start).
     last_words::install();
     limits::install_handlers();
     let Settings {
