@@ -346,6 +346,56 @@ fn a_cells_heap_and_cpu_time_are_reported_in_this_process_and_in_a_host() {
 }
 
 #[test]
+fn a_cells_heap_and_cpu_time_move_while_its_exec_runs() {
+    if !kvm() {
+        return;
+    }
+    let _serial = serial();
+    let (mut pipe, _host) = started(&MicroVm::new().with_hosting(1, 4));
+    let probe = pipe.usage().expect("a microvm cell has a usage probe");
+    let killer = pipe.killer();
+    let (heap_before, cpu_before) = (probe.memory_bytes().unwrap(), probe.cpu_time().unwrap());
+    // About 4 MB of strings, then a loop that never ends by itself.
+    let running = std::thread::spawn(move || {
+        let source = r#"let a = []; for i in 0..40 { let s = ""; s.pad(100000, "x"); a.push(s); }
+            let n = 0; loop { n += 1 }"#;
+        pipe.transact(
+            HostFrame::Exec {
+                id: 1,
+                source: source.into(),
+            },
+            soon(),
+        )
+    });
+    // The guest publishes its heap count every 4,096 operations and the running vCPU's clock is
+    // read live, so both move before the exec ends (no event says when: the reads are repeated
+    // until they do, within the cell's own hang guard).
+    let give_up = Instant::now() + Duration::from_secs(50);
+    loop {
+        let heap = probe.memory_bytes().unwrap_or(0);
+        let cpu = probe.cpu_time().unwrap();
+        if heap >= heap_before + 4_000_000 && cpu >= cpu_before + Duration::from_millis(50) {
+            eprintln!("while running: heap {heap} bytes (from {heap_before}), CPU {cpu:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "heap {heap} (from {heap_before}), CPU {cpu:?}: not seen moving"
+        );
+        std::thread::yield_now();
+    }
+    assert!(
+        !running.is_finished(),
+        "the figures were read while the exec ran"
+    );
+    killer.kill();
+    assert!(
+        running.join().unwrap().is_err(),
+        "the endless exec ends killed"
+    );
+}
+
+#[test]
 fn concurrent_spawns_from_many_threads_respect_the_host_bound() {
     if !kvm() {
         return;
