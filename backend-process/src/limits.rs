@@ -33,8 +33,9 @@ impl Limits {
     pub const ADDRESS_SPACE_SLACK: u64 = 64 << 20;
 
     /// The memory cgroup's bound: the heap quota ([`Limits::memory_bytes`]), half as much
-    /// again for the allocator's own overhead (a block's header and rounding: a million
-    /// one-element blobs take twice what they ask for), and 16 MiB for the stack (up to 8 MiB)
+    /// again for the allocator's own overhead (glibc's 8-byte chunk header and 16-byte
+    /// rounding, 32 bytes at least: a block of 24 bytes or less takes 32), and 16 MiB for the
+    /// stack (up to 8 MiB)
     /// and the runtime. It bounds the process; the guest's allocator stops a script at the
     /// quota first, as the other backends do.
     pub fn cgroup_memory_bytes(&self) -> u64 {
